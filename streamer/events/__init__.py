@@ -1,0 +1,35 @@
+"""Wire contracts: typed models mirroring ``schemas/`` and the codec that validates bytes."""
+
+from streamer.events.codec import EventCodec, InvalidEvent, check_offer
+from streamer.events.models import (
+    CLICK_KINDS,
+    BundleOffer,
+    ClickEvent,
+    ClickKind,
+    DeadLetter,
+    DeadLetterKind,
+    Event,
+    Evidence,
+    OrderLine,
+    PurchaseEvent,
+    RewardWindow,
+    Variant,
+)
+
+__all__ = [
+    "CLICK_KINDS",
+    "BundleOffer",
+    "ClickEvent",
+    "ClickKind",
+    "DeadLetter",
+    "DeadLetterKind",
+    "Event",
+    "EventCodec",
+    "Evidence",
+    "InvalidEvent",
+    "OrderLine",
+    "PurchaseEvent",
+    "RewardWindow",
+    "Variant",
+    "check_offer",
+]

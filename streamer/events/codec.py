@@ -1,0 +1,108 @@
+"""Bytes <-> models: size limits first, then JSON decoding and validation in one pass.
+
+Decoding never raises anything but :class:`InvalidEvent`, whose ``kind`` says which check
+failed (``too_large``, ``not_json``, ``schema``, ``semantic``) and whose message is safe to log
+and to put in a dead letter.
+
+>>> codec = EventCodec(max_message_bytes=1024)
+>>> ev = codec.decode_click(b'{"event_id":"e1","ts":1700000000000,"user_id":"u","session_id":"s",'
+...                         b'"item_id":"i","kind":"view"}')
+>>> ev.kind, ev.item_id
+('view', 'i')
+>>> codec.decode_click(b'{"event_id":"e1"}')
+Traceback (most recent call last):
+...
+streamer.events.codec.InvalidEvent: schema: Object missing required field `ts`
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from streamer.events.models import (
+    BundleOffer,
+    ClickEvent,
+    DeadLetter,
+    DeadLetterKind,
+    PurchaseEvent,
+    RewardWindow,
+)
+
+T = TypeVar("T")
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class InvalidEvent(ValueError):
+    """A message that cannot become a model; ``kind`` names the failed check."""
+
+    def __init__(self, kind: DeadLetterKind, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind: DeadLetterKind = kind
+        self.reason = reason
+
+
+class _TypedDecoder(Generic[T]):
+    __slots__ = ("_decoder", "_max")
+
+    def __init__(self, model: type[T], max_message_bytes: int) -> None:
+        self._decoder = msgspec.json.Decoder(model)
+        self._max = max_message_bytes
+
+    def __call__(self, data: bytes | bytearray | memoryview) -> T:
+        if len(data) > self._max:
+            raise InvalidEvent("too_large", f"message of {len(data)} bytes exceeds {self._max}")
+        try:
+            return self._decoder.decode(data)
+        except msgspec.ValidationError as e:
+            raise InvalidEvent("schema", str(e)) from e
+        except msgspec.DecodeError as e:
+            raise InvalidEvent("not_json", str(e)) from e
+
+
+class EventCodec:
+    """Decoders and encoders for every wire model, sharing one message size limit.
+
+    Instances are immutable and safe to share; decoding owns no state.
+    """
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.decode_click = _TypedDecoder(ClickEvent, max_message_bytes)
+        self.decode_purchase = _TypedDecoder(PurchaseEvent, max_message_bytes)
+        self.decode_offer = _TypedDecoder(BundleOffer, max_message_bytes)
+        self.decode_reward = _TypedDecoder(RewardWindow, max_message_bytes)
+        self.decode_dead_letter = _TypedDecoder(DeadLetter, max_message_bytes)
+        self._encoder = msgspec.json.Encoder()
+
+    def encode(self, model: Any) -> bytes:
+        """Encode any wire model (or plain JSON-able value) to compact JSON bytes."""
+        return self._encoder.encode(model)
+
+
+def check_offer(offer: BundleOffer, *, tolerance: float = 1e-6) -> None:
+    """Checks the schema cannot express: probabilities sum to 1, anchor first, finite scores.
+
+    >>> from streamer.events.models import Evidence, Variant
+    >>> ev = Evidence(support=1.0, confidence=0.5, lift=2.0)
+    >>> v = Variant(items=["a", "b"], discount_pct=10, bundle_price=9.0, probability=0.5,
+    ...             score=1.0, evidence=ev)
+    >>> check_offer(BundleOffer(offer_id="o", ts=1700000000000, anchor_item_id="a", segment="all",
+    ...     policy_version="v0", variants=[v], expires_at=1700000060000))
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: semantic: variant probabilities sum to 0.5, not 1
+    """
+    total = math.fsum(v.probability for v in offer.variants)
+    if abs(total - 1.0) > tolerance:
+        raise InvalidEvent("semantic", f"variant probabilities sum to {total:g}, not 1")
+    for v in offer.variants:
+        if v.items[0] != offer.anchor_item_id:
+            raise InvalidEvent("semantic", "each variant's first item must be the anchor")
+        if len(set(v.items)) != len(v.items):
+            raise InvalidEvent("semantic", "a bundle lists an item twice")
+        if not math.isfinite(v.score):
+            raise InvalidEvent("semantic", "non-finite score")

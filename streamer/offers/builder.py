@@ -1,0 +1,87 @@
+"""Turn a policy's proposals into a :class:`~streamer.events.BundleOffer`.
+
+>>> from types import SimpleNamespace as C
+>>> from streamer.policy import Proposal
+>>> cand = C(items=("a", "b"), support=3.0, confidence=0.5, lift=2.0, score=0.4)
+>>> b = OfferBuilder(segment="all", ttl_ms=60_000)
+>>> offer = b.build("a", [Proposal(cand, 10.0, 1.0, 0.4)], prices={"a": 5.0, "b": 5.0},
+...                 policy_version="v0", now_ms=1_700_000_000_000)
+>>> offer.variants[0].bundle_price, offer.expires_at - offer.ts
+(9.0, 60000)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from streamer.events import BundleOffer, Evidence, Variant
+from streamer.policy import Proposal
+
+
+class OfferSink(Protocol):
+    """Where built offers go: the ``offers`` topic live, a list in replay and tests."""
+
+    def publish(self, offer: BundleOffer) -> None: ...
+
+
+def offer_signature(offer: BundleOffer) -> tuple[tuple[tuple[str, ...], float, float], ...]:
+    """What makes two offers materially different: their bundles, discounts, and probabilities
+    rounded to 0.05 (smaller moves are noise and not worth a republication)."""
+    return tuple(
+        (tuple(v.items), v.discount_pct, round(v.probability * 20) / 20) for v in offer.variants
+    )
+
+
+class OfferBuilder:
+    """Builds offers; the offer id is a stable hash of anchor, version and time, so replaying
+    the same events yields the same offers."""
+
+    def __init__(self, *, segment: str = "all", ttl_ms: int = 3_600_000) -> None:
+        self.segment = segment
+        self.ttl_ms = ttl_ms
+
+    def build(
+        self,
+        anchor: str,
+        proposals: Sequence[Proposal],
+        *,
+        prices: Mapping[str, float],
+        policy_version: str,
+        now_ms: int,
+    ) -> BundleOffer:
+        if not proposals:
+            raise ValueError("an offer needs at least one proposal")
+        total = sum(p.probability for p in proposals)
+        variants = [
+            Variant(
+                items=list(p.candidate.items),
+                discount_pct=p.discount_pct,
+                bundle_price=round(
+                    sum(prices.get(i, 0.0) for i in p.candidate.items)
+                    * (1.0 - p.discount_pct / 100.0),
+                    2,
+                ),
+                probability=p.probability / total,
+                score=p.score,
+                evidence=Evidence(
+                    support=p.candidate.support,
+                    confidence=min(1.0, p.candidate.confidence),
+                    lift=p.candidate.lift,
+                ),
+            )
+            for p in proposals
+        ]
+        digest = hashlib.blake2b(
+            f"{anchor}\x00{policy_version}\x00{self.segment}\x00{now_ms}".encode(), digest_size=12
+        ).hexdigest()
+        return BundleOffer(
+            offer_id=f"of-{digest}",
+            ts=now_ms,
+            anchor_item_id=anchor,
+            segment=self.segment,
+            policy_version=policy_version,
+            variants=variants,
+            expires_at=now_ms + self.ttl_ms,
+        )
