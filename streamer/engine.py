@@ -48,8 +48,9 @@ class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
     partners: list[str]
     ts: int
     event_id: str
-    price: float = 0.0
+    price: float = -1.0  # the anchor's unit price; negative: not a list price, do not learn it
     weight: float = 1.0
+    partner_prices: list[float] = []  # aligned with partners, same convention as ``price``
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +123,7 @@ class Engine:
         through_offer = purchase.offer_id is not None
         prices: dict[str, float] = {}
         for line in purchase.items:
-            prices.setdefault(line.item_id, 0.0 if through_offer else line.unit_price)
+            prices.setdefault(line.item_id, -1.0 if through_offer else line.unit_price)
         items = list(prices)
         baskets = [
             ItemBasket(
@@ -131,6 +132,7 @@ class Engine:
                 ts=purchase.ts,
                 event_id=purchase.event_id,
                 price=p,
+                partner_prices=[prices[b] for b in items if b != a],
             )
             for a, p in prices.items()
         ]
@@ -149,8 +151,15 @@ class Engine:
             self.stats.learn_order_total(basket.ts, basket.weight)
             return None
         self.stats.learn_anchor(basket.anchor, basket.partners, basket.ts, basket.weight)
-        if basket.price > 0 and self.state.catalog.get(basket.anchor) != basket.price:
-            self.state.catalog[basket.anchor] = basket.price
+        catalog = self.state.catalog
+        if basket.price >= 0 and catalog.get(basket.anchor) != basket.price:
+            catalog[basket.anchor] = basket.price
+        # A partner's price is its own anchor's business (kept current there); here it is only
+        # filled in when still unknown, so the first offers already carry right bundle prices
+        # even when the partner's own slice of the order has not been learned yet.
+        for partner, price in zip(basket.partners, basket.partner_prices, strict=False):
+            if price >= 0 and partner not in catalog:
+                catalog[partner] = price
         return self.revise_offer(basket.anchor, basket.ts)
 
     def revise_offer(self, anchor: str, now_ms: int) -> BundleOffer | None:
@@ -166,6 +175,10 @@ class Engine:
             max_triples=self.config.max_triples,
             min_support=self.config.min_support,
         )
+        # A bundle is offerable once every item's price is known (learned from its own orders),
+        # so no offer goes out with a wrong bundle price.
+        catalog = self.state.catalog
+        candidates = [c for c in candidates if all(i in catalog for i in c.items)]
         proposals = self.policy.propose(anchor, candidates)
         if not proposals:
             return None

@@ -108,3 +108,59 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., R
     yield start
     for proc in started:
         proc.stop()
+
+
+async def _produce(settings: Settings, topic: str,
+                   messages: list[tuple[bytes | None, bytes]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def produce(settings: Settings, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    """Send ``(key, value)`` messages to ``topic`` and wait until the broker has them."""
+    asyncio.run(_produce(settings, topic, messages))
+
+
+async def _consume(settings: Settings, topic: str, done: Callable[[list[Any]], bool],
+                   timeout_s: float) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + timeout_s
+        while not done(records) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def consume(settings: Settings, topic: str, done: Callable[[list[Any]], bool],
+            timeout_s: float = 30.0) -> list[Any]:
+    """Read ``topic`` from the beginning until ``done(records)`` or the timeout; return all."""
+    return asyncio.run(_consume(settings, topic, done, timeout_s))
+
+
+def item_view(worker: RunningWorker, item: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{worker.url}/items/{item}/", timeout=5) as r:
+        data: dict[str, Any] = json.load(r)
+        return data

@@ -225,6 +225,26 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         snapshot["ready"] = sa.ready
         return web_.json(snapshot)
 
+    @app.page("/items/{item}/")
+    @app.table_route(table=items_t, match_info="item")
+    async def item_view(web_: Any, request: Any, item: str) -> Any:
+        """Why an item is offered what it is: its candidates and its live offer."""
+        now_ms = int(time.time() * 1000)
+        cfg = engine.config
+        candidates = engine.stats.candidates(
+            item, now_ms=now_ms, max_pairs=cfg.max_pairs, max_triples=cfg.max_triples,
+            min_support=0.0)
+        offer = engine.live_offer(item)
+        return web_.json({
+            "item": item,
+            "count": engine.stats.item_count(item, now_ms),
+            "candidates": [
+                {"items": list(c.items), "support": c.support, "confidence": c.confidence,
+                 "lift": c.lift, "score": c.score} for c in candidates
+            ],
+            "offer": msgspec.to_builtins(offer) if offer is not None else None,
+        })
+
     @app.page("/metrics")
     async def prometheus(web_: Any, request: Any) -> Any:
         metrics.tracked_items.set(len(items_t))

@@ -44,7 +44,12 @@ class Choice:
 
 
 class OfferBook:
-    """Newest offer per anchor (by offer ``ts``); older or duplicate revisions are ignored."""
+    """Newest offer per anchor; older or duplicate revisions are ignored.
+
+    An offer replaces the held one when its ``ts`` is not older and its id differs: revisions
+    built from events of the same millisecond share a ``ts``, and the offers topic is keyed by
+    anchor, so arrival order within an anchor is publication order.
+    """
 
     def __init__(self) -> None:
         self._offers: dict[str, BundleOffer] = {}
@@ -53,7 +58,7 @@ class OfferBook:
     def update(self, offer: BundleOffer) -> bool:
         """Keep ``offer`` if it is newer than the one held; True when it was kept."""
         held = self._offers.get(offer.anchor_item_id)
-        if held is not None and held.ts >= offer.ts:
+        if held is not None and (held.ts > offer.ts or held.offer_id == offer.offer_id):
             return False
         self._offers[offer.anchor_item_id] = offer
         self.revisions += 1

@@ -16,6 +16,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import msgspec
+
 from streamer.events import BundleOffer, Evidence, Variant
 from streamer.policy import Proposal
 
@@ -26,11 +28,14 @@ class OfferSink(Protocol):
     def publish(self, offer: BundleOffer) -> None: ...
 
 
-def offer_signature(offer: BundleOffer) -> tuple[tuple[tuple[str, ...], float, float], ...]:
-    """What makes two offers materially different: their bundles, discounts, and probabilities
-    rounded to 0.05 (smaller moves are noise and not worth a republication)."""
+def offer_signature(
+    offer: BundleOffer,
+) -> tuple[tuple[tuple[str, ...], float, float, float], ...]:
+    """What makes two offers materially different: their bundles, discounts, prices, and
+    probabilities rounded to 0.05 (smaller moves are noise and not worth a republication)."""
     return tuple(
-        (tuple(v.items), v.discount_pct, round(v.probability * 20) / 20) for v in offer.variants
+        (tuple(v.items), v.discount_pct, v.bundle_price, round(v.probability * 20) / 20)
+        for v in offer.variants
     )
 
 
@@ -73,11 +78,8 @@ class OfferBuilder:
             )
             for p in proposals
         ]
-        digest = hashlib.blake2b(
-            f"{anchor}\x00{policy_version}\x00{self.segment}\x00{now_ms}".encode(), digest_size=12
-        ).hexdigest()
-        return BundleOffer(
-            offer_id=f"of-{digest}",
+        draft = BundleOffer(
+            offer_id="draft",
             ts=now_ms,
             anchor_item_id=anchor,
             segment=self.segment,
@@ -85,3 +87,7 @@ class OfferBuilder:
             variants=variants,
             expires_at=now_ms + self.ttl_ms,
         )
+        # Same content, same id: replays give the same ids, and two revisions built in the same
+        # millisecond still get different ones.
+        digest = hashlib.blake2b(msgspec.json.encode(draft), digest_size=12).hexdigest()
+        return msgspec.structs.replace(draft, offer_id=f"of-{digest}")
