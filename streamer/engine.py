@@ -108,12 +108,16 @@ class Engine:
     def in_memory(cls, config: EngineConfig | None = None) -> Engine:
         """An engine on plain dicts with the v0 policy (replay, evaluation, tests)."""
         config = config or EngineConfig()
-        policy = EpsilonGreedyPolicy(
+        return cls(config, EngineState.in_memory(), cls.v0_policy(config))
+
+    @staticmethod
+    def v0_policy(config: EngineConfig) -> Policy:
+        """The epsilon-greedy policy every engine starts with."""
+        return EpsilonGreedyPolicy(
             epsilon=config.epsilon,
             discount_pct=config.discount_pct,
             max_variants=config.max_pairs + config.max_triples,
         )
-        return cls(config, EngineState.in_memory(), policy)
 
     # -- the two steps both drivers share -------------------------------------------------
     @staticmethod

@@ -83,6 +83,16 @@ class WorkerSettings(_Section):
     )
 
 
+class CoPurchaseSettings(_Section):
+    """The co-purchase statistics behind candidate bundles."""
+
+    half_life_days: float = Field(
+        30.0, gt=0, description="Event-time half-life of co-purchase counts, in days."
+    )
+    top_k: int = Field(50, ge=1, le=1000, description="Partners tracked per item (Space-Saving).")
+    max_triples: int = Field(1, ge=0, le=4, description="3-item variants per offer.")
+
+
 class OfferSettings(_Section):
     """How offers are built and when they are republished."""
 
@@ -121,5 +131,6 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
     worker: WorkerSettings = WorkerSettings()
+    copurchase: CoPurchaseSettings = CoPurchaseSettings()
     offers: OfferSettings = OfferSettings()
     demo: DemoSettings = DemoSettings()

@@ -76,7 +76,7 @@ async def fetch_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any
             if r.status == 200:
                 data: dict[str, Any] = await r.json()
                 return data
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         return None
     return None
 
@@ -146,8 +146,9 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
         settings = settings.model_copy(update={"kafka": kafka})
         await ensure_topics(settings)
-        console.print(f"broker on {broker.bootstrap}; starting worker (logs in {workdir})")
+        console.print(f"broker on {broker.bootstrap} (pid {broker.pid}); logs in {workdir}")
         worker = WorkerProcess(env, workdir / "worker.log")
+        console.print(f"worker starting (pid {worker.proc.pid})")
         try:
             stats_url = f"http://127.0.0.1:{web_port}/stats/"
             result.worker_ready_s = await wait_ready(worker, stats_url, timeout_s=60)

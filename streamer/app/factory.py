@@ -33,7 +33,6 @@ from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
-from streamer.policy import EpsilonGreedyPolicy
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,10 +42,12 @@ _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
 
 def engine_config(settings: Settings) -> EngineConfig:
     """Map the settings tree onto the engine's plain values."""
-    o, w = settings.offers, settings.worker
+    o, w, c = settings.offers, settings.worker, settings.copurchase
     return EngineConfig(
-        max_pairs=max(1, o.max_variants - 1),
-        max_triples=1,
+        half_life_s=c.half_life_days * 86_400.0,
+        top_k=c.top_k,
+        max_pairs=max(1, o.max_variants - c.max_triples),
+        max_triples=c.max_triples,
         min_support=o.min_support,
         min_interval_ms=int(o.min_interval_s * 1000),
         offer_ttl_ms=int(o.ttl_s * 1000),
@@ -127,12 +128,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         offers=EncodedTable(offers_t, BundleOffer),
         seen=EncodedTable(seen_t, SeenId),
     )
-    policy = EpsilonGreedyPolicy(
-        epsilon=settings.offers.epsilon,
-        discount_pct=settings.offers.discount_pct,
-        max_variants=settings.offers.max_variants,
-    )
-    engine = Engine(engine_config(settings), state, policy)
+    config = engine_config(settings)
+    engine = Engine(config, state, Engine.v0_policy(config))
     click_dedup = Deduplicator(
         EncodedTable(seen_clicks_t, SeenId),
         ttl_ms=int(w.dedup_ttl_s * 1000),
@@ -146,7 +143,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         value = bytes(message.value or b"")
         reason = error.reason[:900]
         if len(value) > _DEAD_LETTER_VALUE_LIMIT:
-            reason = f"{reason} (value truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
+            reason += f" (value truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
             value = value[:_DEAD_LETTER_VALUE_LIMIT]
         key = message.key
         letter = DeadLetter(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import msgspec
 from msgspec import Meta, Struct
 
 #: Epoch milliseconds between 2000-01-01 and 2100-01-01: anything else is a unit error.
@@ -38,7 +37,9 @@ CLICK_KINDS: tuple[ClickKind, ...] = (
 )
 
 
-class ClickEvent(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class ClickEvent(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """A storefront interaction; ``offer_*`` kinds carry the offer, variant and propensity."""
 
     event_id: Id
@@ -61,7 +62,9 @@ class OrderLine(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     unit_price: Price
 
 
-class PurchaseEvent(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class PurchaseEvent(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """A completed order; ``offer_id`` is set when the order was placed through an offer."""
 
     event_id: Id
@@ -104,7 +107,9 @@ class BundleOffer(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     expires_at: TimestampMs
 
 
-class RewardWindow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class RewardWindow(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """Aggregated outcomes of one policy version over one window, published on ``rewards``."""
 
     window_start: TimestampMs
@@ -115,7 +120,9 @@ class RewardWindow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     conversions: Count
     revenue: Annotated[float, Meta(ge=0.0, le=1e15)]
     reward_rate: Annotated[float, Meta(ge=0.0, le=1e12)]
-    ci95: Annotated[list[Annotated[float, Meta(ge=-1e12, le=1e12)]], Meta(min_length=2, max_length=2)]
+    ci95: Annotated[
+        list[Annotated[float, Meta(ge=-1e12, le=1e12)]], Meta(min_length=2, max_length=2)
+    ]
     anchor_item_id: Id | None = None
     segment: Annotated[str, Meta(min_length=1, max_length=32)] | None = None
 
@@ -123,7 +130,9 @@ class RewardWindow(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 DeadLetterKind = Literal["too_large", "not_json", "schema", "semantic"]
 
 
-class DeadLetter(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+class DeadLetter(
+    Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
     """A message that failed validation, with its original bytes (base64) and why."""
 
     ts: TimestampMs

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-
 class BundleCandidate(Protocol):
     """What a policy needs of a candidate bundle (``streamer.copurchase.Candidate`` fits).
 

@@ -1,0 +1,10 @@
+# The streamer worker image used by docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY streamer ./streamer
+COPY schemas ./schemas
+RUN pip install --no-cache-dir .
+USER nobody
+ENTRYPOINT []
+CMD ["streamer", "worker"]

@@ -1,0 +1,126 @@
+"""The engine without Kafka: fan-out, learning, offer revision, rate limiting, idempotence."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgspec
+import pytest
+
+from streamer.copurchase import TOTAL_KEY
+from streamer.engine import Engine, EngineConfig, ItemBasket
+from streamer.events import EventCodec, OrderLine, PurchaseEvent, check_offer
+
+T0 = 1_700_000_000_000
+
+
+def order(n: int, items: list[str], *, ts: int = T0, offer_id: str | None = None,
+          price: float = 2.0) -> PurchaseEvent:
+    return PurchaseEvent(event_id=f"e{n}", ts=ts, user_id="u", session_id=f"s{n}",
+                         order_id=f"o{n}", offer_id=offer_id,
+                         items=[OrderLine(item_id=i, quantity=1, unit_price=price)
+                                for i in items])
+
+
+def test_fan_out_one_basket_per_distinct_item_plus_the_order_counter() -> None:
+    p = order(1, ["a", "b", "a", "c"])
+    baskets = Engine.fan_out(p)
+    assert [(b.anchor, b.partners) for b in baskets] == [
+        ("a", ["b", "c"]), ("b", ["a", "c"]), ("c", ["a", "b"]), (TOTAL_KEY, [])]
+    assert all(b.event_id == "e1" and b.ts == T0 for b in baskets)
+    assert baskets[0].partner_prices == [2.0, 2.0]
+
+
+def test_prices_paid_through_an_offer_are_not_list_prices() -> None:
+    baskets = Engine.fan_out(order(1, ["a", "b"], offer_id="of-1", price=1.0))
+    assert {b.price for b in baskets if b.anchor != TOTAL_KEY} == {-1.0}
+
+
+def test_basket_round_trips_through_the_wire() -> None:
+    b = Engine.fan_out(order(1, ["a", "b"]))[0]
+    assert msgspec.json.decode(msgspec.json.encode(b), type=ItemBasket) == b
+
+
+def test_offers_follow_the_best_partner_and_are_valid() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    published = []
+    for n in range(3):
+        published += engine.handle_purchase(order(n, ["tea", "cup"], ts=T0 + n))
+    for n in range(3, 9):
+        published += engine.handle_purchase(order(n, ["tea", "scone"], ts=T0 + n))
+    offer = engine.live_offer("tea")
+    assert offer is not None and offer.variants[0].items == ["tea", "scone"]
+    assert offer.variants[0].bundle_price == pytest.approx(3.6)  # (2 + 2) * 0.9
+    codec = EventCodec()
+    for o in published:
+        check_offer(o)  # probabilities sum to 1, anchor first
+        assert codec.decode_offer(codec.encode(o)) == o  # schema-valid
+
+
+def test_rate_limit_in_event_time() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000))
+    out = [engine.handle_purchase(order(n, ["tea", "cup" if n < 2 else "scone"], ts=T0 + n * 100))
+           for n in range(8)]
+    tea = [o for offers in out for o in offers if o.anchor_item_id == "tea"]
+    assert len(tea) == 1  # all eight orders fall within one second of event time
+    later = engine.handle_purchase(order(99, ["tea", "scone"], ts=T0 + 5000))
+    assert [o.anchor_item_id for o in later if o.anchor_item_id == "tea"] == ["tea"]
+
+
+def test_unchanged_offers_are_not_republished() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    engine.handle_purchase(order(0, ["tea", "cup"]))
+    engine.handle_purchase(order(1, ["tea", "cup"], ts=T0 + 1))
+    assert engine.handle_purchase(order(2, ["tea", "cup"], ts=T0 + 2)) == []
+
+
+def _state(engine: Engine) -> dict[str, Any]:
+    s = engine.state
+    return {"items": dict(s.items), "counts": dict(s.counts), "catalog": dict(s.catalog),
+            "offers": dict(s.offers)}
+
+
+def test_duplicates_and_delivery_order_do_not_change_the_state() -> None:
+    orders = [order(n, random.Random(n).sample(list("abcdefg"), 3), ts=T0 + n * 1000)
+              for n in range(40)]
+    once = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    for o in orders:
+        once.handle_purchase(o)
+    twice = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    for o in orders:
+        twice.handle_purchase(o)
+        twice.handle_purchase(o)
+    assert _state(twice)["items"] == _state(once)["items"]
+    assert _state(twice)["counts"] == _state(once)["counts"]
+    # Redelivery of an older slice after newer ones: still counted once.
+    redelivered = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    for o in orders:
+        redelivered.handle_purchase(o)
+    for o in orders[:10]:
+        assert redelivered.handle_purchase(o) == []
+    assert _state(redelivered)["items"] == _state(once)["items"]
+
+
+def test_live_and_replay_paths_agree() -> None:
+    """The faust app learns baskets one by one after the repartition; replay learns whole
+    orders. Interleaving the baskets of different orders (as partitions do) gives the same
+    statistics."""
+    orders = [order(n, random.Random(n).sample(list("abcdef"), 3), ts=T0 + n) for n in range(30)]
+    replay = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    for o in orders:
+        replay.handle_purchase(o)
+    live = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    baskets = [b for o in orders for b in Engine.fan_out(o)]
+    by_anchor: dict[str, list[ItemBasket]] = {}
+    for b in baskets:
+        by_anchor.setdefault(b.anchor, []).append(b)
+    # Each anchor's baskets stay in order (one partition), anchors interleave arbitrarily.
+    queues = list(by_anchor.values())
+    rng = random.Random(0)
+    while queues:
+        q = rng.choice(queues)
+        live.learn_basket(q.pop(0))
+        queues = [q for q in queues if q]
+    assert dict(live.state.items) == dict(replay.state.items)
+    assert dict(live.state.counts) == dict(replay.state.counts)
