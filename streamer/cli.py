@@ -82,7 +82,7 @@ def convert(
     from streamer.replay.convert import convert as run_convert
 
     stats = run_convert(path, format, output, limit=limit)  # type: ignore[arg-type]
-    console.print(stats)
+    console.print(stats.summary())
 
 
 def main() -> None:

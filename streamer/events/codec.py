@@ -34,12 +34,16 @@ from streamer.events.models import (
 T = TypeVar("T")
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+MAX_REASON_LEN = 1000
 
 
 class InvalidEvent(ValueError):
     """A message that cannot become a model; ``kind`` names the failed check."""
 
     def __init__(self, kind: DeadLetterKind, reason: str) -> None:
+        # Reasons echo attacker-chosen keys and values: bound them to fit a DeadLetter.
+        if len(reason) > MAX_REASON_LEN:
+            reason = reason[: MAX_REASON_LEN - 3] + "..."
         super().__init__(f"{kind}: {reason}")
         self.kind: DeadLetterKind = kind
         self.reason = reason
@@ -61,6 +65,8 @@ class _TypedDecoder(Generic[T]):
             raise InvalidEvent("schema", str(e)) from e
         except msgspec.DecodeError as e:
             raise InvalidEvent("not_json", str(e)) from e
+        except UnicodeDecodeError as e:  # invalid UTF-8 inside a JSON string
+            raise InvalidEvent("not_json", f"invalid UTF-8: {e.reason} at byte {e.start}") from e
 
 
 class EventCodec:
@@ -96,6 +102,8 @@ def check_offer(offer: BundleOffer, *, tolerance: float = 1e-6) -> None:
     ...
     streamer.events.codec.InvalidEvent: semantic: variant probabilities sum to 0.5, not 1
     """
+    if not all(math.isfinite(v.probability) for v in offer.variants):
+        raise InvalidEvent("semantic", "non-finite probability")
     total = math.fsum(v.probability for v in offer.variants)
     if abs(total - 1.0) > tolerance:
         raise InvalidEvent("semantic", f"variant probabilities sum to {total:g}, not 1")

@@ -1,0 +1,598 @@
+"""Readers turning historical data files into wire events, in event-time order.
+
+Every reader yields :class:`~streamer.events.ClickEvent` and
+:class:`~streamer.events.PurchaseEvent` values that satisfy the schemas in ``schemas/``, ordered
+by ``ts`` (ties keep file order), with **deterministic** ``event_id`` values derived from the
+source records, so that replaying a file twice never counts an event twice downstream.
+
+To order by event time a reader holds the whole file's events in memory before yielding the
+first one (about 100 bytes per click and per order line): fine for the datasets below, not for
+the full 100M-row Taobao file. Plain and gzip files are both accepted (detected by magic bytes).
+
+Formats (:data:`ReaderFormat`):
+
+``jsonl``
+    One schema event per line (the universal format, what :func:`~streamer.replay.convert`
+    writes): a line with ``items`` is a purchase, one with ``kind`` a click. An invalid line
+    raises :class:`InvalidRecord` naming the file and line number: a file that claims to hold
+    schema events and does not is a bug upstream, and skipping would hide it. Blank lines are
+    skipped and counted.
+``online-retail``
+    The UCI Online Retail CSV (header ``InvoiceNo,StockCode,...``). One invoice -> one
+    ``PurchaseEvent`` (see :func:`read_events` for every rule).
+``taobao``
+    Alibaba's UserBehavior CSV, no header: ``user_id,item_id,category_id,behavior,unix_seconds``.
+``bakery``
+    The "BreadBasket_DMS" log (``Date,Time,Transaction,Item``), or its re-upload with
+    ``Transaction,Item,date_time,...`` columns.
+
+>>> import tempfile, pathlib
+>>> tmp = tempfile.TemporaryDirectory()
+>>> path = pathlib.Path(tmp.name) / "bakery.csv"
+>>> _ = path.write_text("Date,Time,Transaction,Item\\n"
+...                     "2016-10-30,10:05:34,2,Scandinavian\\n2016-10-30,10:05:34,2,Scandinavian\\n"
+...                     "2016-10-30,09:58:11,1,Bread\\n2016-10-30,09:58:11,1,NONE\\n")
+>>> stats = ReaderStats()
+>>> [(e.event_id, [(line.item_id, line.quantity) for line in e.items])
+...  for e in read_events(path, "bakery", stats=stats)]
+[('bk-1', [('Bread', 1)]), ('bk-2', [('Scandinavian', 2)])]
+>>> stats.rows, stats.purchases, dict(stats.skipped_rows)
+(4, 2, {'none_item': 1})
+>>> detect_format(path)
+'bakery'
+>>> tmp.cleanup()
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, TextIO, get_args
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from streamer.events import (
+    ClickEvent,
+    ClickKind,
+    EventCodec,
+    InvalidEvent,
+    OrderLine,
+    PurchaseEvent,
+)
+from streamer.events.models import (
+    MAX_ID_LEN,
+    MAX_ORDER_LINES,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    TS_MAX_MS,
+    TS_MIN_MS,
+)
+
+ReaderFormat = Literal["jsonl", "online-retail", "taobao", "bakery"]
+FORMATS: tuple[ReaderFormat, ...] = get_args(ReaderFormat)
+
+Event = ClickEvent | PurchaseEvent
+PathLike = str | Path
+
+#: Unit price given to order lines of datasets without prices (Taobao, bakery): revenue then
+#: counts units sold, which keeps revenue-weighted metrics meaningful instead of all zero.
+UNPRICED_UNIT_PRICE = 1.0
+
+#: Taobao behaviours -> click kinds. ``fav`` (add to favourites) becomes ``click``: it is
+#: explicit interest beyond a page view, short of a cart, and the data has no other click.
+TAOBAO_CLICK_KINDS: dict[str, ClickKind] = {"pv": "view", "fav": "click", "cart": "add_to_cart"}
+
+_UK = ZoneInfo("Europe/London")
+# China has had no daylight saving time since 1991: a fixed offset needs no tz database.
+_CHINA = timezone(timedelta(hours=8))
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class InvalidRecord(ValueError):
+    """A record of a source file that cannot be read; says which file and line.
+
+    >>> str(InvalidRecord("events.jsonl", 7, "schema: Object missing required field `ts`"))
+    'events.jsonl:7: schema: Object missing required field `ts`'
+    """
+
+    def __init__(self, path: PathLike, line: int, reason: str) -> None:
+        super().__init__(f"{path}:{line}: {reason}")
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class ReaderStats:
+    """What a reader read, yielded and skipped, and why; filled in while reading.
+
+    ``rows`` counts source records (CSV data rows or JSONL lines); ``orders_seen`` counts source
+    orders (invoices, transactions, a Taobao user's buying days); every order seen either became
+    a purchase or is counted in ``dropped_orders`` by reason. ``skipped_rows`` counts rows left
+    out by reason. The event counts are of events actually yielded, so they honour ``limit``.
+    """
+
+    rows: int = 0
+    orders_seen: int = 0
+    clicks: int = 0
+    purchases: int = 0
+    order_lines: int = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+    skipped_rows: Counter[str] = field(default_factory=Counter)
+    dropped_orders: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def events(self) -> int:
+        """Events yielded."""
+        return self.clicks + self.purchases
+
+    def count(self, event: Event) -> None:
+        """Account for one yielded event."""
+        if isinstance(event, PurchaseEvent):
+            self.purchases += 1
+            self.order_lines += len(event.items)
+        else:
+            self.clicks += 1
+        self.first_ts = event.ts if self.first_ts is None else min(self.first_ts, event.ts)
+        self.last_ts = event.ts if self.last_ts is None else max(self.last_ts, event.ts)
+
+    def summary(self) -> str:
+        """One human-readable line for a terminal.
+
+        >>> s = ReaderStats(rows=3, clicks=1, purchases=1, order_lines=2)
+        >>> s.skipped_rows["cancellation"] += 1
+        >>> s.summary()
+        '3 rows -> 2 events (1 clicks, 1 purchases, 2 order lines); skipped rows: cancellation 1'
+        """
+        text = (
+            f"{self.rows} rows -> {self.events} events ({self.clicks} clicks, "
+            f"{self.purchases} purchases, {self.order_lines} order lines)"
+        )
+        for title, counts in (
+            ("skipped rows", self.skipped_rows),
+            ("dropped orders", self.dropped_orders),
+        ):
+            if counts:
+                text += f"; {title}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        return text
+
+
+def read_events(
+    path: PathLike,
+    fmt: ReaderFormat,
+    *,
+    limit: int | None = None,
+    stats: ReaderStats | None = None,
+) -> Iterator[Event]:
+    """Yield the events of ``path`` read as ``fmt``, in event-time order (stable for ties).
+
+    ``limit`` keeps the first ``limit`` events in event-time order. ``stats``, if given, is
+    filled in as the file is read (row and skip counts once the first event is yielded, event
+    counts as events are yielded). The format and the file's existence are checked at once
+    (``ValueError``, ``FileNotFoundError``); the file is read on the first ``next()``, which may
+    raise :class:`InvalidRecord` (``jsonl``, or a CSV without the expected columns).
+
+    Rules per format (every skipped row or dropped order is counted by reason in ``stats``):
+
+    ``online-retail`` (UCI): an invoice becomes one ``PurchaseEvent`` with ``event_id``
+    ``or-<InvoiceNo>``, ``order_id`` and ``session_id`` the invoice number, ``user_id`` the
+    CustomerID (``17850.0`` -> ``17850``) or ``guest-<InvoiceNo>`` when it is empty, and ``ts``
+    the invoice's latest ``InvoiceDate`` read as **UK local time** (Europe/London: GMT in
+    winter, BST in summer; ``YYYY-MM-DD HH:MM[:SS]`` or the original ``M/D/YYYY H:MM``).
+    Rows of the same StockCode are summed into one line whose unit price is the quantity-
+    weighted mean (rounded to 4 decimals), so the line's revenue is preserved. Skipped rows:
+    ``cancellation`` (InvoiceNo starting with ``C``: a cancellation is not a purchase, and
+    crediting it against an earlier invoice is not attempted), ``non_positive_quantity``,
+    ``non_positive_price`` (stock adjustments, bad-debt ``A`` invoices, free samples),
+    ``out_of_bounds`` (a line over the model's quantity or price limits), ``malformed``, and
+    ``over_line_limit`` (rows of StockCodes beyond the 200th of an invoice: the first 200
+    distinct codes in file order are kept). Non-product codes (``POST``, ``M``, ``DOT``, ...)
+    are kept as items: they are in the data. Dropped invoices: ``cancellation``,
+    ``no_positive_quantity``, ``no_positive_price`` (it had units but none with a price).
+
+    ``taobao``: ``pv`` -> ``view``, ``fav`` -> ``click``, ``cart`` -> ``add_to_cart`` (see
+    :data:`TAOBAO_CLICK_KINDS`), with ``event_id`` ``tb-<user>-<item>-<behavior>-<unix_s>``
+    (identical rows share an id and count once downstream). One user's ``buy`` rows of one
+    China-time day (UTC+8) form one order, ``event_id`` ``tb-<user>-<YYYYMMDD>``, at the time
+    of the day's last buy; an item bought n times is one line of quantity n. Sessions are
+    user-days: ``session_id`` ``<user>-<YYYYMMDD>`` for the day's clicks and order. There are
+    no prices: clicks carry none and order lines cost :data:`UNPRICED_UNIT_PRICE`.
+
+    ``bakery``: one transaction -> one order, ``event_id`` ``bk-<Transaction>``, ``user_id``
+    and ``session_id`` ``bk-<Transaction>`` (the data has no customers), ``ts`` the
+    transaction's date and time as UK local time; ``NONE`` items are skipped
+    (``none_item``), a transaction of only ``NONE`` is dropped (``only_none_items``); repeated
+    items add to the line's quantity; unit price :data:`UNPRICED_UNIT_PRICE`.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file: {source}")
+    return _ordered(source, _READERS[fmt], limit, stats if stats is not None else ReaderStats())
+
+
+def detect_format(path: PathLike) -> ReaderFormat:
+    """Guess a file's format from its first line; ``ValueError`` if it matches none."""
+    with _open_text(Path(path)) as f:
+        first = f.readline().strip()
+    if first.startswith("{"):
+        return "jsonl"
+    header = [c.strip() for c in first.split(",")]
+    if header[:2] == ["InvoiceNo", "StockCode"]:
+        return "online-retail"
+    if header[:4] == ["Date", "Time", "Transaction", "Item"] or header[:2] == [
+        "Transaction",
+        "Item",
+    ]:
+        return "bakery"
+    if len(header) == 5 and header[3] in {"pv", "fav", "cart", "buy"}:
+        return "taobao"
+    raise ValueError(f"cannot tell the format of {path}; pass it explicitly")
+
+
+# --- plumbing ------------------------------------------------------------------------------
+
+Reader = Callable[[Path, ReaderStats], list[Event]]
+
+
+def _ordered(path: Path, reader: Reader, limit: int | None, stats: ReaderStats) -> Iterator[Event]:
+    events = reader(path, stats)
+    events.sort(key=_event_time)  # list.sort is stable: ties keep file order
+    for event in itertools.islice(events, limit):
+        stats.count(event)
+        yield event
+
+
+def _event_time(event: Event) -> int:
+    return event.ts
+
+
+def _is_gzip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")
+
+
+def _open_text(path: Path) -> TextIO:
+    # newline="" as the csv module requires; utf-8-sig drops a spreadsheet's byte-order mark.
+    if _is_gzip(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open(encoding="utf-8-sig", newline="")
+
+
+def _columns(path: Path, header: list[str], wanted: Iterable[str]) -> dict[str, int]:
+    index = {name.strip(): i for i, name in enumerate(header)}
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise InvalidRecord(path, 1, f"header lacks column(s) {', '.join(missing)}")
+    return index
+
+
+def _fits_id(*values: str) -> bool:
+    return all(0 < len(v) <= MAX_ID_LEN for v in values)
+
+
+def _in_time_range(ts_ms: int) -> bool:
+    return TS_MIN_MS <= ts_ms <= TS_MAX_MS
+
+
+@lru_cache(maxsize=65_536)
+def _uk_local_ms(text: str) -> int:
+    """Epoch ms of a UK wall-clock time (Europe/London, so BST in summer).
+
+    Ambiguous times in the autumn fall-back hour are read as the first (BST) occurrence.
+
+    >>> _uk_local_ms("2010-12-01 08:26:00")  # winter: GMT = UTC
+    1291191960000
+    >>> _uk_local_ms("2011-06-01 08:26") - _uk_local_ms("2011-06-01 07:26:00+00:00")  # BST
+    0
+    >>> _uk_local_ms("12/1/2010 8:26") == _uk_local_ms("2010-12-01 08:26")
+    True
+    """
+    try:
+        wall = datetime.fromisoformat(text)
+    except ValueError:
+        wall = datetime.strptime(text, "%m/%d/%Y %H:%M")
+    if wall.tzinfo is None:
+        wall = wall.replace(tzinfo=_UK)
+    return int(wall.timestamp()) * 1000
+
+
+@lru_cache(maxsize=4096)
+def _china_day(unix_seconds: int) -> str:
+    """The China-time (UTC+8) calendar day of a Unix time, as ``YYYYMMDD``.
+
+    >>> _china_day(1511971199), _china_day(1511971200)  # 2017-11-29 15:59:59Z / 16:00:00Z
+    ('20171129', '20171130')
+    """
+    return datetime.fromtimestamp(unix_seconds, tz=_CHINA).strftime("%Y%m%d")
+
+
+@dataclass(slots=True)
+class _Basket:
+    """Lines of one source order being assembled: item -> [quantity, revenue, rows]."""
+
+    ts: int = 0
+    lines: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, item_id: str, quantity: int, unit_price: float, ts: int) -> None:
+        line = self.lines.setdefault(item_id, [0, 0.0, 0])
+        line[0] += quantity
+        line[1] += quantity * unit_price
+        line[2] += 1
+        self.ts = max(self.ts, ts)
+
+    def order_lines(self, stats: ReaderStats) -> list[OrderLine]:
+        """The first 200 items' lines; rows of later items are counted as skipped."""
+        out: list[OrderLine] = []
+        for item_id, (quantity, revenue, rows) in self.lines.items():
+            if len(out) == MAX_ORDER_LINES:
+                stats.skipped_rows["over_line_limit"] += int(rows)
+                continue
+            if quantity > MAX_QUANTITY or revenue / quantity > MAX_PRICE:
+                stats.skipped_rows["out_of_bounds"] += int(rows)
+                continue
+            # Weighted mean keeps the line's revenue when one item was entered at two prices.
+            unit_price = round(revenue / quantity, 4)
+            out.append(OrderLine(item_id=item_id, quantity=int(quantity), unit_price=unit_price))
+        return out
+
+
+# --- jsonl ---------------------------------------------------------------------------------
+
+_CODEC = EventCodec()
+
+
+def _read_jsonl(path: Path, stats: ReaderStats) -> list[Event]:
+    events: list[Event] = []
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            stats.rows += 1
+            line = raw.strip()
+            if not line:
+                stats.skipped_rows["blank_line"] += 1
+                continue
+            events.append(_decode_line(path, number, line))
+    stats.orders_seen = sum(isinstance(e, PurchaseEvent) for e in events)
+    return events
+
+
+def _decode_line(path: Path, number: int, line: bytes) -> Event:
+    try:
+        shape = msgspec.json.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise InvalidRecord(path, number, f"not_json: {e}") from e
+    try:
+        if isinstance(shape, dict) and "items" in shape:
+            return _CODEC.decode_purchase(line)
+        if isinstance(shape, dict) and "kind" in shape:
+            return _CODEC.decode_click(line)
+    except InvalidEvent as e:
+        raise InvalidRecord(path, number, str(e)) from e
+    raise InvalidRecord(path, number, "neither a purchase (no `items`) nor a click (no `kind`)")
+
+
+# --- UCI Online Retail ---------------------------------------------------------------------
+
+
+def _read_online_retail(path: Path, stats: ReaderStats) -> list[Event]:
+    invoices: dict[str, _Basket] = {}
+    cancelled: set[str] = set()
+    has_units: set[str] = set()  # invoices with a row of positive quantity
+    customers: dict[str, str] = {}
+    with _open_text(path) as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header is None:
+            return []
+        col = _columns(
+            path,
+            header,
+            ("InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"),
+        )
+        i_inv, i_code, i_qty = col["InvoiceNo"], col["StockCode"], col["Quantity"]
+        i_date, i_price, i_cust = col["InvoiceDate"], col["UnitPrice"], col["CustomerID"]
+        for row in rows:
+            stats.rows += 1
+            try:
+                invoice, code = row[i_inv].strip(), row[i_code].strip()
+                if invoice not in invoices:
+                    invoices[invoice] = _Basket()
+                if invoice.startswith("C"):
+                    cancelled.add(invoice)
+                    stats.skipped_rows["cancellation"] += 1
+                    continue
+                quantity, unit_price = int(row[i_qty]), float(row[i_price])
+                ts = _uk_local_ms(row[i_date].strip())
+                customer = row[i_cust].strip().removesuffix(".0")
+            except (ValueError, IndexError):
+                stats.skipped_rows["malformed"] += 1
+                continue
+            if quantity <= 0:
+                stats.skipped_rows["non_positive_quantity"] += 1
+                continue
+            has_units.add(invoice)
+            if not unit_price > 0:  # also NaN
+                stats.skipped_rows["non_positive_price"] += 1
+                continue
+            user = customer or f"guest-{invoice}"
+            if not (
+                _fits_id(f"or-{invoice}", code, user)
+                and _in_time_range(ts)
+                and unit_price <= MAX_PRICE
+            ):
+                stats.skipped_rows["out_of_bounds"] += 1
+                continue
+            customers[invoice] = user
+            invoices[invoice].add(code, quantity, unit_price, ts)
+    stats.orders_seen = len(invoices)
+    events: list[Event] = []
+    for invoice, basket in invoices.items():
+        lines = basket.order_lines(stats)
+        if not lines:
+            reason = (
+                "cancellation"
+                if invoice in cancelled
+                else "no_positive_price"
+                if invoice in has_units
+                else "no_positive_quantity"
+            )
+            stats.dropped_orders[reason] += 1
+            continue
+        events.append(
+            PurchaseEvent(
+                event_id=f"or-{invoice}",
+                ts=basket.ts,
+                user_id=customers[invoice],
+                session_id=invoice,
+                order_id=invoice,
+                items=lines,
+            )
+        )
+    return events
+
+
+# --- Taobao UserBehavior -------------------------------------------------------------------
+
+
+def _read_taobao(path: Path, stats: ReaderStats) -> list[Event]:
+    events: list[Event] = []
+    days: dict[tuple[str, str], _Basket] = {}
+    with _open_text(path) as f:
+        for row in csv.reader(f):
+            stats.rows += 1
+            try:
+                user, item, _category, behavior, seconds_text = (c.strip() for c in row)
+                seconds = int(seconds_text)
+            except ValueError:  # wrong field count or a non-integer time
+                stats.skipped_rows["malformed"] += 1
+                continue
+            ts = seconds * 1000
+            event_id = f"tb-{user}-{item}-{behavior}-{seconds}"
+            if not (_fits_id(event_id) and _in_time_range(ts)):
+                stats.skipped_rows["out_of_bounds"] += 1
+                continue
+            day = _china_day(seconds)
+            if behavior == "buy":
+                days.setdefault((user, day), _Basket()).add(item, 1, UNPRICED_UNIT_PRICE, ts)
+                continue
+            kind = TAOBAO_CLICK_KINDS.get(behavior)
+            if kind is None:
+                stats.skipped_rows["unknown_behavior"] += 1
+                continue
+            events.append(
+                ClickEvent(
+                    event_id=event_id,
+                    ts=ts,
+                    user_id=user,
+                    session_id=f"{user}-{day}",
+                    item_id=item,
+                    kind=kind,
+                )
+            )
+    stats.orders_seen = len(days)
+    for (user, day), basket in days.items():
+        lines = basket.order_lines(stats)
+        if not lines:
+            stats.dropped_orders["no_valid_line"] += 1
+            continue
+        events.append(
+            PurchaseEvent(
+                event_id=f"tb-{user}-{day}",
+                ts=basket.ts,
+                user_id=user,
+                session_id=f"{user}-{day}",
+                order_id=f"{user}-{day}",
+                items=lines,
+            )
+        )
+    return events
+
+
+# --- bakery --------------------------------------------------------------------------------
+
+
+def _read_bakery(path: Path, stats: ReaderStats) -> list[Event]:
+    baskets: dict[str, _Basket] = {}
+    with _open_text(path) as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header is None:
+            return []
+        col = _columns(path, header, ("Transaction", "Item"))
+        # BreadBasket_DMS.csv has Date and Time; its re-upload has date_time "dd-mm-YYYY HH:MM".
+        if "date_time" not in col:
+            _columns(path, header, ("Date", "Time"))
+        for row in rows:
+            stats.rows += 1
+            try:
+                txn, item = row[col["Transaction"]].strip(), row[col["Item"]].strip()
+                if "date_time" in col:
+                    wall = datetime.strptime(row[col["date_time"]].strip(), "%d-%m-%Y %H:%M")
+                    ts = _uk_local_ms(wall.isoformat())
+                else:
+                    ts = _uk_local_ms(f"{row[col['Date']].strip()} {row[col['Time']].strip()}")
+            except (ValueError, IndexError):
+                stats.skipped_rows["malformed"] += 1
+                continue
+            basket = baskets.setdefault(txn, _Basket())
+            if item.upper() == "NONE":
+                stats.skipped_rows["none_item"] += 1
+                continue
+            if not (_fits_id(f"bk-{txn}", item) and _in_time_range(ts)):
+                stats.skipped_rows["out_of_bounds"] += 1
+                continue
+            basket.add(item, 1, UNPRICED_UNIT_PRICE, ts)
+    stats.orders_seen = len(baskets)
+    events: list[Event] = []
+    for txn, basket in baskets.items():
+        lines = basket.order_lines(stats)
+        if not lines:
+            stats.dropped_orders["only_none_items" if not basket.lines else "no_valid_line"] += 1
+            continue
+        events.append(
+            PurchaseEvent(
+                event_id=f"bk-{txn}",
+                ts=basket.ts,
+                user_id=f"bk-{txn}",
+                session_id=f"bk-{txn}",
+                order_id=txn,
+                items=lines,
+            )
+        )
+    return events
+
+
+_READERS: dict[ReaderFormat, Reader] = {
+    "jsonl": _read_jsonl,
+    "online-retail": _read_online_retail,
+    "taobao": _read_taobao,
+    "bakery": _read_bakery,
+}
+
+__all__ = [
+    "FORMATS",
+    "TAOBAO_CLICK_KINDS",
+    "UNPRICED_UNIT_PRICE",
+    "InvalidRecord",
+    "ReaderFormat",
+    "ReaderStats",
+    "detect_format",
+    "read_events",
+]

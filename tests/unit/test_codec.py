@@ -1,0 +1,315 @@
+"""EventCodec: round trips, rejections with the right ``kind``, and check_offer."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from streamer.events import (
+    BundleOffer,
+    ClickEvent,
+    DeadLetter,
+    EventCodec,
+    Evidence,
+    InvalidEvent,
+    OrderLine,
+    PurchaseEvent,
+    RewardWindow,
+    Variant,
+    check_offer,
+)
+from streamer.events.codec import DEFAULT_MAX_MESSAGE_BYTES
+
+CODEC = EventCodec()
+TS = 1_700_000_000_000
+
+CLICK = ClickEvent(event_id="e1", ts=TS, user_id="u", session_id="s", item_id="i", kind="view")
+OFFER_CLICK = ClickEvent(
+    event_id="e2",
+    ts=TS,
+    user_id="u",
+    session_id="s",
+    item_id="a",
+    kind="offer_click",
+    offer_id="of-1",
+    variant=1,
+    propensity=0.5,
+    price=12.5,
+)
+PURCHASE = PurchaseEvent(
+    event_id="p1",
+    ts=TS,
+    user_id="u",
+    session_id="s",
+    order_id="o1",
+    items=[
+        OrderLine(item_id="a", quantity=2, unit_price=3.25),
+        OrderLine(item_id="b", quantity=1, unit_price=0.0),
+    ],
+    offer_id="of-1",
+)
+EVIDENCE = Evidence(support=4.0, confidence=0.5, lift=2.0)
+
+
+def variant(items: list[str], probability: float, score: float = 1.0) -> Variant:
+    return Variant(
+        items=items,
+        discount_pct=10.0,
+        bundle_price=9.0,
+        probability=probability,
+        score=score,
+        evidence=EVIDENCE,
+    )
+
+
+def offer(*variants: Variant, anchor: str = "a") -> BundleOffer:
+    return BundleOffer(
+        offer_id="of-1",
+        ts=TS,
+        anchor_item_id=anchor,
+        segment="all",
+        policy_version="v1",
+        variants=list(variants),
+        expires_at=TS + 60_000,
+    )
+
+
+OFFER = offer(variant(["a", "b"], 0.75), variant(["a", "b", "c"], 0.25, score=-2.0))
+REWARD = RewardWindow(
+    window_start=TS,
+    window_end=TS + 60_000,
+    policy_version="v1",
+    impressions=10,
+    offer_clicks=2,
+    conversions=1,
+    revenue=9.0,
+    reward_rate=0.9,
+    ci95=[0.0, 2.5],
+    segment="all",
+)
+DEAD = DeadLetter(
+    ts=TS,
+    source_topic="clicks",
+    partition=0,
+    offset=42,
+    kind="not_json",
+    reason="JSON is malformed",
+    value_b64="e30=",
+)
+
+DECODERS: dict[type[Any], Callable[[bytes], Any]] = {
+    ClickEvent: CODEC.decode_click,
+    PurchaseEvent: CODEC.decode_purchase,
+    BundleOffer: CODEC.decode_offer,
+    RewardWindow: CODEC.decode_reward,
+    DeadLetter: CODEC.decode_dead_letter,
+}
+MODELS = [CLICK, OFFER_CLICK, PURCHASE, OFFER, REWARD, DEAD]
+VALID_CLICK = CODEC.encode(CLICK)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: type(m).__name__)
+def test_decode_of_encode_is_identity(model: Any) -> None:
+    decode = DECODERS[type(model)]
+    assert decode(CODEC.encode(model)) == model
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: type(m).__name__)
+def test_encode_of_decode_is_identity_on_bytes(model: Any) -> None:
+    raw = CODEC.encode(model)
+    assert CODEC.encode(DECODERS[type(model)](raw)) == raw
+
+
+@pytest.mark.parametrize("buffer", [bytes, bytearray, memoryview])
+def test_decoders_take_any_bytes_like_buffer(buffer: Callable[[bytes], Any]) -> None:
+    assert CODEC.decode_click(buffer(VALID_CLICK)) == CLICK
+
+
+def test_unset_optionals_are_omitted_and_null_decodes_as_unset() -> None:
+    assert json.loads(CODEC.encode(CLICK)) == {
+        "event_id": "e1",
+        "ts": TS,
+        "user_id": "u",
+        "session_id": "s",
+        "item_id": "i",
+        "kind": "view",
+    }
+    with_nulls = {**json.loads(VALID_CLICK), "offer_id": None, "price": None}
+    assert CODEC.decode_click(json.dumps(with_nulls).encode()) == CLICK
+
+
+def test_integer_prices_decode_as_floats() -> None:
+    raw = CODEC.encode(PURCHASE).replace(b'"unit_price":0.0', b'"unit_price":0')
+    assert b'"unit_price":0}' in raw
+    line = CODEC.decode_purchase(raw).items[1]
+    assert isinstance(line.unit_price, float)
+
+
+def reject(decode: Callable[[bytes], Any], raw: bytes) -> InvalidEvent:
+    with pytest.raises(InvalidEvent) as info:
+        decode(raw)
+    return info.value
+
+
+def test_invalid_event_is_a_value_error_with_kind_and_reason() -> None:
+    err = reject(CODEC.decode_click, b"{")
+    assert isinstance(err, ValueError)
+    assert err.kind == "not_json"
+    assert str(err) == f"not_json: {err.reason}"
+
+
+def test_too_large_is_checked_before_decoding() -> None:
+    small = EventCodec(max_message_bytes=len(VALID_CLICK))
+    assert small.decode_click(VALID_CLICK) == CLICK  # the limit itself is allowed
+    # One byte over: rejected for size even though it is valid JSON of a valid event...
+    err = reject(small.decode_click, VALID_CLICK + b" ")
+    assert err.kind == "too_large"
+    assert str(len(VALID_CLICK) + 1) in err.reason
+    # ...and a huge message of garbage is never parsed: too_large, not not_json.
+    garbage = b"\xff{[" * (DEFAULT_MAX_MESSAGE_BYTES // 3 + 1)
+    assert reject(CODEC.decode_offer, garbage).kind == "too_large"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"nul",
+        b"NaN",
+        b'{"ts": Infinity}',
+        VALID_CLICK + b" x",  # a valid event with trailing garbage
+        VALID_CLICK[:-1] + b",}",  # trailing comma
+        b"{'event_id': 'e1'}",  # Python, not JSON
+        b"\xff\xfe{}",  # invalid UTF-8 outside strings
+    ],
+)
+def test_bytes_that_are_not_json_are_not_json(raw: bytes) -> None:
+    assert reject(CODEC.decode_click, raw).kind == "not_json"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event_id":"\xff","ts":1}',  # invalid UTF-8 inside a string
+        b'{"event_id":"\xed\xa0\x80"}',  # a UTF-8-encoded surrogate
+        b'{"event_id":"\xc3"}',  # truncated multi-byte sequence
+    ],
+)
+def test_invalid_utf8_in_a_string_is_not_json(raw: bytes) -> None:
+    # The codec promises to raise nothing but InvalidEvent; msgspec raises UnicodeDecodeError
+    # for these, so a worker that catches InvalidEvent would crash on them.
+    assert reject(CODEC.decode_click, raw).kind == "not_json"
+
+
+def _click(**changes: Any) -> bytes:
+    return json.dumps({**json.loads(VALID_CLICK), **changes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"{}", "missing required field"),
+        (b"[]", "Expected `object`, got `array`"),
+        (b'"view"', "Expected `object`"),
+        (_click(kind="purchase"), "$.kind"),
+        (_click(ts=TS // 1000), "$.ts"),  # seconds, not milliseconds
+        (_click(ts=float(TS)), "$.ts"),  # integral float: msgspec is strict about integers
+        (_click(item_id=""), "$.item_id"),
+        (_click(item_id="x" * 65), "$.item_id"),
+        (_click(price=-0.01), "$.price"),
+        (_click(price="1.0"), "$.price"),
+        (_click(propensity=0.0), "$.propensity"),
+        (_click(variant=8), "$.variant"),
+        (_click(variant=True), "$.variant"),
+        (_click(extra=1), "unknown field `extra`"),
+        (b'{"ts":1e999}', "out of range"),
+    ],
+)
+def test_schema_violations_are_schema_with_the_failing_path(raw: bytes, fragment: str) -> None:
+    err = reject(CODEC.decode_click, raw)
+    assert err.kind == "schema"
+    assert fragment in err.reason
+
+
+@pytest.mark.parametrize("decode", list(DECODERS.values()), ids=[m.__name__ for m in DECODERS])
+def test_every_decoder_rejects_another_models_document(decode: Callable[[bytes], Any]) -> None:
+    others = [CODEC.encode(m) for m in MODELS if DECODERS[type(m)] is not decode]
+    for raw in others:
+        assert reject(decode, raw).kind == "schema"
+
+
+def test_an_order_of_201_lines_is_rejected() -> None:
+    doc = json.loads(CODEC.encode(PURCHASE))
+    doc["items"] = [{"item_id": f"i{n}", "quantity": 1, "unit_price": 1.0} for n in range(201)]
+    assert reject(CODEC.decode_purchase, json.dumps(doc).encode()).kind == "schema"
+    doc["items"] = doc["items"][:200]
+    assert len(CODEC.decode_purchase(json.dumps(doc).encode()).items) == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _click(**{"k" * 5000: 1}),  # an attacker-chosen unknown field name
+        _click(kind="k" * 5000),  # an attacker-chosen enum value
+    ],
+)
+def test_reasons_fit_in_a_dead_letter(raw: bytes) -> None:
+    # The codec's contract: a reason is safe to put in a dead letter, whose reason field holds
+    # at most 1000 characters; msgspec echoes the offending key or value in full.
+    err = reject(CODEC.decode_click, raw)
+    letter = DeadLetter(
+        ts=TS,
+        source_topic="clicks",
+        partition=0,
+        offset=0,
+        kind=err.kind,
+        reason=err.reason,
+        value_b64="",
+    )
+    assert CODEC.decode_dead_letter(CODEC.encode(letter)) == letter
+
+
+# --- check_offer: what the schema cannot express ---------------------------------------------
+
+
+def test_check_offer_accepts_a_coherent_offer() -> None:
+    check_offer(OFFER)  # raises if incoherent
+
+
+def test_check_offer_tolerates_rounding_within_tolerance() -> None:
+    thirds = offer(*(variant(["a", p], 1 / 3) for p in "bcd"))
+    check_offer(thirds)
+    check_offer(offer(variant(["a", "b"], 1 - 1e-7)))
+    with pytest.raises(InvalidEvent):
+        check_offer(offer(variant(["a", "b"], 1 - 1e-7)), tolerance=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        (offer(variant(["a", "b"], 0.5)), "sum to 0.5"),
+        (offer(variant(["a", "b"], 0.75), variant(["a", "c"], 0.75)), "sum to 1.5"),
+        (offer(variant(["b", "a"], 1.0)), "anchor"),
+        (offer(variant(["a", "b"], 0.5), variant(["c", "a"], 0.5)), "anchor"),
+        (offer(variant(["a", "b", "b"], 1.0)), "twice"),
+        (offer(variant(["a", "a"], 1.0)), "twice"),
+        (offer(variant(["a", "b"], 1.0, score=math.nan)), "non-finite"),
+        (offer(variant(["a", "b"], 1.0, score=-math.inf)), "non-finite"),
+    ],
+)
+def test_check_offer_rejects_incoherent_offers_as_semantic(bad: BundleOffer, fragment: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        check_offer(bad)
+    assert info.value.kind == "semantic"
+    assert fragment in info.value.reason
+
+
+def test_check_offer_rejects_nan_probabilities() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        check_offer(offer(variant(["a", "b"], math.nan)))
+    assert info.value.kind == "semantic"
