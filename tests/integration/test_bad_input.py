@@ -1,0 +1,87 @@
+"""Fuzzed input mixed with good events: the worker never crashes, every bad message lands in
+dead-letters with a reason, every good one is processed."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import msgspec
+import pytest
+
+from streamer.events import DeadLetter
+from streamer.settings import Settings
+from tests.conftest import consume, item_view, produce, wait_for
+from tests.integration.test_pipeline import purchase
+
+pytestmark = pytest.mark.integration
+
+BAD_MESSAGES = 2_000
+
+
+def bad_message(rng: random.Random, now: int, max_bytes: int) -> bytes:
+    good_click: dict[str, Any] = {"event_id": f"c{rng.random()}", "ts": now, "user_id": "u",
+                                  "session_id": "s", "item_id": "i", "kind": "view"}
+    line = {"item_id": "i", "quantity": 1, "unit_price": 1.0}
+    good_purchase: dict[str, Any] = {"event_id": "p", "ts": now, "user_id": "u",
+                                     "session_id": "s", "order_id": "o", "items": [line]}
+    kind = rng.randrange(12)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(1, 200))
+    if kind == 1:
+        return b'{"event_id": "\xff\xfe"}'
+    if kind == 2:
+        return msgspec.json.encode(good_click | {"ts": "yesterday"})
+    if kind == 3:
+        doc = dict(good_click)
+        del doc[rng.choice(list(doc))]
+        return msgspec.json.encode(doc)
+    if kind == 4:
+        return msgspec.json.encode(good_purchase | {"items": [line] * 201})
+    if kind == 5:
+        return msgspec.json.encode(good_click | {"item_id": "x" * 5000})
+    if kind == 6:
+        return msgspec.json.encode(good_purchase).replace(b"1.0", b"NaN")
+    if kind == 7:
+        return msgspec.json.encode(good_purchase | {"items": [line | {"unit_price": -3.0}]})
+    if kind == 8:
+        return msgspec.json.encode(good_click | {"ts": 9_999_999_999_999})
+    if kind == 9:
+        return msgspec.json.encode(good_click | {"kind": "teleport"})
+    if kind == 10:
+        return b"[" + b"1," * (max_bytes // 2) + b"1]"
+    return msgspec.json.encode(good_click | {"unexpected": True})
+
+
+def test_fuzzed_messages_are_dead_lettered_and_good_ones_processed(
+    settings: Settings, start_worker: Any
+) -> None:
+    worker = start_worker()
+    rng = random.Random(11)
+    now = int(time.time() * 1000)
+    t = settings.topics
+    goods = [purchase(n, ["tea", "cup"], ts=now) for n in range(50)]
+    messages: dict[str, list[tuple[bytes | None, bytes]]] = {t.clicks: [], t.purchases: []}
+    for i in range(BAD_MESSAGES):
+        topic = t.clicks if i % 2 else t.purchases
+        messages[topic].append((f"k{i}".encode(),
+                                bad_message(rng, now, settings.kafka.max_message_bytes)))
+        if i % 40 == 0:
+            good = goods[i // 40]
+            messages[t.purchases].append((good.session_id.encode(), msgspec.json.encode(good)))
+    for topic, batch in messages.items():
+        produce(settings, topic, batch)
+
+    records = consume(settings, t.dead_letters, lambda rs: len(rs) >= BAD_MESSAGES,
+                      timeout_s=90)
+    assert len(records) == BAD_MESSAGES
+    letters = [msgspec.json.decode(r.value, type=DeadLetter) for r in records]
+    assert all(d.reason and d.kind in ("too_large", "not_json", "schema") for d in letters)
+    assert {d.source_topic for d in letters} == {t.clicks, t.purchases}
+    wait_for(lambda: worker.consumed(t.purchases) == BAD_MESSAGES // 2 + len(goods), 60,
+             "every purchase message consumed")
+    assert worker.process.proc.poll() is None  # the worker never crashed
+    view = wait_for(lambda: (v := item_view(worker, "tea"))["count"] > 49.9 and v, 30,
+                    "all good purchases learned")
+    assert view["count"] == pytest.approx(len(goods), rel=1e-4)
