@@ -63,7 +63,7 @@ class EngineConfig:
     max_triples: int = 1
     min_support: float = 2.0
     min_interval_ms: int = 5_000
-    offer_ttl_ms: int = 3_600_000
+    offer_ttl_ms: int = 24 * 3_600_000
     segment: str = "all"
     epsilon: float = 0.1
     discount_pct: float = 10.0
@@ -167,8 +167,9 @@ class Engine:
         return self.revise_offer(basket.anchor, basket.ts)
 
     def revise_offer(self, anchor: str, now_ms: int) -> BundleOffer | None:
-        """A new offer for ``anchor`` when its best candidates changed materially and the last
-        offer is at least ``min_interval_ms`` old (event time); else None."""
+        """A new offer for ``anchor`` when its best candidates changed materially (or the live
+        one is past half its life) and the last offer is at least ``min_interval_ms`` old
+        (event time); else None."""
         previous = self.state.offers.get(anchor)
         if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
             return None
@@ -197,6 +198,9 @@ class Engine:
             previous is not None
             and previous.policy_version == offer.policy_version
             and offer_signature(previous) == offer_signature(offer)
+            # An unchanged offer is still republished once half its life is gone, so a
+            # storefront never drops a good offer at expiry while its anchor still sells.
+            and now_ms - previous.ts < self.config.offer_ttl_ms // 2
         ):
             return None
         self.state.offers[anchor] = offer

@@ -104,7 +104,11 @@ class OfferSettings(_Section):
     min_interval_s: float = Field(
         5.0, ge=0, description="At most one offer per anchor per this many seconds."
     )
-    ttl_s: float = Field(3600.0, gt=0, description="Offers expire this long after publication.")
+    ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Offers expire this long after publication; republished at half-life.",
+    )
     min_support: float = Field(2.0, ge=0, description="Pairs seen fewer times are not offered.")
     segment: str = Field("all", description="Segment name of published offers.")
 
@@ -134,3 +138,32 @@ class Settings(BaseSettings):
     copurchase: CoPurchaseSettings = CoPurchaseSettings()
     offers: OfferSettings = OfferSettings()
     demo: DemoSettings = DemoSettings()
+
+
+def reference_markdown() -> str:
+    """The configuration reference as Markdown tables (README's "Configuration" section is
+    this text; a test keeps them equal)."""
+    out: list[str] = []
+    for name, info in Settings.model_fields.items():
+        section = info.annotation
+        assert isinstance(section, type) and issubclass(section, BaseModel)
+        doc = (section.__doc__ or "").strip()
+        out += [
+            "",
+            f"### `{name}`",
+            "",
+            doc,
+            "",
+            "| variable | default | meaning |",
+            "|---|---|---|",
+        ]
+        for field, f in section.model_fields.items():
+            default = "—" if f.default is None else f"`{f.default}`"
+            out.append(
+                f"| `STREAMER__{name.upper()}__{field.upper()}` | {default} | {f.description} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -51,6 +51,13 @@ def test_import_contracts() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_readme_configuration_reference_is_current() -> None:
+    from streamer.settings import reference_markdown
+
+    assert reference_markdown() in (ROOT / "README.md").read_text(), (
+        "regenerate README's configuration tables: python -m streamer.settings")
+
+
 def test_readme_documents_every_setting() -> None:
     from streamer.settings import Settings
 

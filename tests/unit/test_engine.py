@@ -124,3 +124,17 @@ def test_live_and_replay_paths_agree() -> None:
         queues = [q for q in queues if q]
     assert dict(live.state.items) == dict(replay.state.items)
     assert dict(live.state.counts) == dict(replay.state.counts)
+
+
+def test_an_unchanged_offer_is_refreshed_after_half_its_life() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0,
+                                           offer_ttl_ms=10_000))
+    engine.handle_purchase(order(0, ["tea", "cup"]))
+    engine.handle_purchase(order(1, ["tea", "cup"], ts=T0 + 1))
+    first = engine.live_offer("tea")
+    assert first is not None
+    assert engine.handle_purchase(order(2, ["tea", "cup"], ts=T0 + 4_000)) == []
+    refreshed = [o for o in engine.handle_purchase(order(3, ["tea", "cup"], ts=T0 + 6_000))
+                 if o.anchor_item_id == "tea"]
+    assert len(refreshed) == 1 and refreshed[0].expires_at == T0 + 16_000
+    assert [v.items for v in refreshed[0].variants] == [v.items for v in first.variants]
