@@ -1,10 +1,10 @@
 """Turn a policy's proposals into a :class:`~streamer.events.BundleOffer`.
 
 >>> from types import SimpleNamespace as C
->>> from streamer.policy import Proposal
 >>> cand = C(items=("a", "b"), support=3.0, confidence=0.5, lift=2.0, score=0.4)
+>>> proposal = C(candidate=cand, discount_pct=10.0, probability=1.0, score=0.4)
 >>> b = OfferBuilder(segment="all", ttl_ms=60_000)
->>> offer = b.build("a", [Proposal(cand, 10.0, 1.0, 0.4)], prices={"a": 5.0, "b": 5.0},
+>>> offer = b.build("a", [proposal], prices={"a": 5.0, "b": 5.0},
 ...                 policy_version="v0", now_ms=1_700_000_000_000)
 >>> offer.variants[0].bundle_price, offer.expires_at - offer.ts
 (9.0, 60000)
@@ -19,7 +19,33 @@ from typing import Protocol
 import msgspec
 
 from streamer.events import BundleOffer, Evidence, Variant
-from streamer.policy import Proposal
+
+
+class _Evidence(Protocol):
+    @property
+    def items(self) -> tuple[str, ...]: ...
+    @property
+    def support(self) -> float: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def lift(self) -> float: ...
+
+
+class VariantProposal(Protocol):
+    """What an offer is built from: a policy's proposal (``streamer.policy.Proposal`` fits).
+
+    Structural, so offers do not depend on the policy package.
+    """
+
+    @property
+    def candidate(self) -> _Evidence: ...
+    @property
+    def discount_pct(self) -> float: ...
+    @property
+    def probability(self) -> float: ...
+    @property
+    def score(self) -> float: ...
 
 
 class OfferSink(Protocol):
@@ -50,7 +76,7 @@ class OfferBuilder:
     def build(
         self,
         anchor: str,
-        proposals: Sequence[Proposal],
+        proposals: Sequence[VariantProposal],
         *,
         prices: Mapping[str, float],
         policy_version: str,

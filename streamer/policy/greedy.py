@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streamer.policy.base import BundleCandidate, Proposal
+from streamer.policy.base import BundleCandidate, Proposal, VariantFeaturizer
 
 
 class EpsilonGreedyPolicy:
@@ -41,7 +41,13 @@ class EpsilonGreedyPolicy:
     def version(self) -> str:
         return self._version
 
-    def propose(self, anchor: str, candidates: Sequence[BundleCandidate]) -> list[Proposal]:
+    def propose(
+        self,
+        anchor: str,
+        candidates: Sequence[BundleCandidate],
+        featurizer: VariantFeaturizer | None = None,
+    ) -> list[Proposal]:
+        # ``featurizer`` is accepted for the Policy protocol and ignored: v0 uses no features.
         top = sorted(candidates, key=lambda c: (-c.score, c.items))[: self.max_variants]
         if not top:
             return []

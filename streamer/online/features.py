@@ -1,0 +1,188 @@
+"""The one definition of a variant's features: a flat ``dict[str, float]`` per (candidate,
+discount) in a decision context, shared by the River models and the torch policy.
+
+Why here and as plain dicts: ``streamer.online`` and ``streamer.policy`` are independent
+siblings (neither imports the other, enforced by import-linter), and only ``streamer.policy``
+may import torch. River consumes dicts natively; the policy receives the same dicts through the
+:class:`DecisionFeaturizer` the engine hands to ``Policy.propose`` (a structural
+``VariantFeaturizer`` on the policy side) and packs them into tensors in the order of
+:data:`FEATURE_NAMES`, which it stores with its weights, so a checkpoint and the features it was
+trained on cannot drift apart silently.
+
+Every feature is already on a small scale (logs of prices and counts, fractions, cyclic time,
+one-hot segment buckets), so neither model needs fitted normalisation to start learning.
+
+>>> from types import SimpleNamespace as C
+>>> cand = C(items=("tea", "cup"), support=4.0, confidence=0.5, lift=2.0, score=0.4)
+>>> ctx = DecisionContext(segment="all", ts_ms=0, prices={"tea": 6.0, "cup": 4.0})
+>>> f = variant_features(cand, 10.0, ctx)
+>>> list(f) == list(FEATURE_NAMES)
+True
+>>> round(f["discount"], 2), round(variant_value(f), 6), round(f["weekday_sin"], 3)
+(0.1, 9.0, 0.434)
+>>> round(variant_value(f, reward="margin", cost_ratio=0.5), 6)   # 9 paid - 0.5 * 10 list
+4.0
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+RewardKind = Literal["revenue", "margin"]
+
+#: The discount levels (percent) a policy may attach to a candidate: the discount is part of
+#: the action, so one candidate yields one variant per level.
+DISCOUNT_LEVELS: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0)
+
+#: Segments are hashed (crc32, stable across processes, unlike ``hash``) into this many
+#: one-hot buckets: a fixed width the torch network can rely on whatever segments appear.
+SEGMENT_BUCKETS = 4
+
+#: The key of the River conversion propensity inside a feature dict. The propensity model
+#: itself never reads it (it would be learning from its own output).
+PROPENSITY_FEATURE = "conversion_propensity"
+
+#: Every feature, in the order the torch policy packs them.
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_support",
+    "confidence",
+    "log_lift",
+    "score",
+    "extra_items",
+    "log_anchor_price",
+    "log_bundle_price",
+    "discount",
+    "log_offer_price",
+    "hour_sin",
+    "hour_cos",
+    "weekday_sin",
+    "weekday_cos",
+    *(f"segment_{b}" for b in range(SEGMENT_BUCKETS)),
+    PROPENSITY_FEATURE,
+)
+
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+
+
+class CandidateEvidence(Protocol):
+    """What a feature needs of a candidate (``streamer.copurchase.Candidate`` fits)."""
+
+    @property
+    def items(self) -> tuple[str, ...]: ...
+    @property
+    def support(self) -> float: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def lift(self) -> float: ...
+    @property
+    def score(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionContext:
+    """What is known when an offer is revised: the segment it is for, the event time (epoch
+    ms, UTC) and the catalogue's list prices (item id -> unit price)."""
+
+    segment: str
+    ts_ms: int
+    prices: Mapping[str, float]
+
+
+def segment_bucket(segment: str) -> int:
+    """The one-hot bucket of ``segment`` (stable across processes and runs).
+
+    >>> segment_bucket("all") == segment_bucket("all")
+    True
+    """
+    return zlib.crc32(segment.encode()) % SEGMENT_BUCKETS
+
+
+def variant_features(
+    candidate: CandidateEvidence,
+    discount_pct: float,
+    context: DecisionContext,
+    conversion_propensity: float = 0.0,
+) -> dict[str, float]:
+    """The features of offering ``candidate`` at ``discount_pct`` in ``context``.
+
+    Raises ``ValueError`` when an item's price is unknown: the engine only offers bundles whose
+    every price is known, and a silently wrong price would be a wrong feature and reward.
+    """
+    try:
+        prices = [float(context.prices[i]) for i in candidate.items]
+    except KeyError as e:
+        raise ValueError(f"no list price for item {e.args[0]!r}") from e
+    list_price = sum(prices)
+    discount = discount_pct / 100.0
+    hour = (context.ts_ms % _DAY_MS) / _HOUR_MS
+    weekday = ((context.ts_ms // _DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    bucket = segment_bucket(context.segment)
+    features = {
+        "log_support": math.log1p(max(0.0, candidate.support)),
+        "confidence": min(1.0, max(0.0, candidate.confidence)),
+        "log_lift": math.log1p(max(0.0, candidate.lift)),
+        "score": candidate.score,
+        "extra_items": float(len(candidate.items) - 2),
+        "log_anchor_price": math.log1p(max(0.0, prices[0])),
+        "log_bundle_price": math.log1p(max(0.0, list_price)),
+        "discount": discount,
+        "log_offer_price": math.log1p(max(0.0, list_price * (1.0 - discount))),
+        "hour_sin": math.sin(2 * math.pi * hour / 24),
+        "hour_cos": math.cos(2 * math.pi * hour / 24),
+        "weekday_sin": math.sin(2 * math.pi * weekday / 7),
+        "weekday_cos": math.cos(2 * math.pi * weekday / 7),
+    }
+    for b in range(SEGMENT_BUCKETS):
+        features[f"segment_{b}"] = 1.0 if b == bucket else 0.0
+    features[PROPENSITY_FEATURE] = conversion_propensity
+    return features
+
+
+def variant_value(
+    features: Mapping[str, float], *, reward: RewardKind = "revenue", cost_ratio: float = 0.0
+) -> float:
+    """The reward a conversion of this variant earns: the discounted bundle price (revenue), or
+    that minus ``cost_ratio`` times the list price (margin), as ``rewards.attribution`` counts
+    it for one bundle bought once."""
+    list_price = math.expm1(features["log_bundle_price"])
+    paid = list_price * (1.0 - features["discount"])
+    return paid if reward == "revenue" else paid - cost_ratio * list_price
+
+
+class PropensityScorer(Protocol):
+    """Anything that scores a variant's conversion probability from its features."""
+
+    def predict_one(self, features: Mapping[str, float]) -> float: ...
+
+
+class DecisionFeaturizer:
+    """Features of each (candidate, discount) for one decision, with the River propensity.
+
+    Built by the engine per offer revision and handed to ``Policy.propose(...,
+    featurizer=...)``; it fits the policy's ``VariantFeaturizer`` protocol. Pure given the
+    model's current state.
+
+    >>> from types import SimpleNamespace as C
+    >>> class Half:
+    ...     def predict_one(self, features): return 0.5
+    >>> ctx = DecisionContext(segment="all", ts_ms=0, prices={"a": 1.0, "b": 1.0})
+    >>> cand = C(items=("a", "b"), support=1.0, confidence=0.5, lift=1.0, score=0.5)
+    >>> DecisionFeaturizer(ctx, Half())(cand, 5.0)[PROPENSITY_FEATURE]
+    0.5
+    """
+
+    def __init__(self, context: DecisionContext, model: PropensityScorer | None = None) -> None:
+        self.context = context
+        self.model = model
+
+    def __call__(self, candidate: CandidateEvidence, discount_pct: float) -> dict[str, float]:
+        features = variant_features(candidate, discount_pct, self.context)
+        if self.model is not None:
+            features[PROPENSITY_FEATURE] = self.model.predict_one(features)
+        return features

@@ -1,0 +1,112 @@
+"""Policy versions as bytes: safetensors weights plus JSON metadata, never pickle.
+
+What travels on ``policy-updates``: the scorer's tensors, the :class:`PolicyShape` that fixes
+how they are used (feature order, discounts, temperature, floor, ...), and promotion metadata
+(version, parent, OPE estimates and interval, training size, device, seconds). Loading
+refuses anything it cannot trust: oversized input, non-finite weights, tensors that do not
+match the shape, or weights whose hash is not the version they claim.
+
+>>> policy = TorchPolicy.initial(("score", "discount"), seed=1)
+>>> data = policy_to_bytes(policy, {"train_size": 10})
+>>> loaded, meta = policy_from_bytes(data)
+>>> loaded.version == policy.version, meta["train_size"], meta["parent"]
+(True, 10, None)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any, NoReturn
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from streamer.policy.network import VariantScorer
+from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
+
+#: Far above a small scorer's size (tens of KB), far below what could exhaust memory.
+MAX_CHECKPOINT_BYTES = 16 * 1024 * 1024
+_SHAPE_KEY = "streamer.shape"
+_META_KEY = "streamer.meta"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A policy that must not be published or loaded (non-finite, malformed, tampered)."""
+
+
+def weights_are_finite(policy: TorchPolicy) -> bool:
+    """True when every weight of the policy's scorer is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in policy.scorer.state_dict().values())
+
+
+def policy_to_bytes(policy: TorchPolicy, metadata: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise ``policy`` with JSON-able ``metadata`` (``version`` and ``parent`` are
+    always set from the policy). Raises :class:`UnsafeCheckpointError` on non-finite
+    weights: such a policy is never published."""
+    if not weights_are_finite(policy):
+        raise UnsafeCheckpointError(f"policy {policy.version} has non-finite weights")
+    meta = {**(metadata or {}), "version": policy.version, "parent": policy.parent}
+    tensors = {k: v.detach().contiguous() for k, v in policy.scorer.state_dict().items()}
+    return save(
+        tensors,
+        metadata={
+            "format": "pt",
+            _SHAPE_KEY: json.dumps(asdict(policy.shape)),
+            _META_KEY: json.dumps(meta, allow_nan=False),
+        },
+    )
+
+
+def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
+    """The policy and metadata serialised by :func:`policy_to_bytes`.
+
+    Raises :class:`UnsafeCheckpointError` (chained to the cause) on anything untrustworthy.
+    """
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise UnsafeCheckpointError(f"checkpoint of {len(data)} bytes exceeds the limit")
+    try:
+        tensors = load(data)
+        header = _header_metadata(data)
+        raw_shape = json.loads(header[_SHAPE_KEY])
+        shape = PolicyShape(
+            feature_names=tuple(raw_shape["feature_names"]),
+            hidden=int(raw_shape["hidden"]),
+            discount_levels=tuple(float(d) for d in raw_shape["discount_levels"]),
+            temperature=float(raw_shape["temperature"]),
+            floor=float(raw_shape["floor"]),
+            max_variants=raw_shape["max_variants"],
+        )
+        meta = json.loads(header[_META_KEY], parse_constant=_refuse_constant)
+        scorer = VariantScorer(len(shape.feature_names), shape.hidden)
+        scorer.load_state_dict(tensors, strict=True)
+    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UnsafeCheckpointError(f"malformed policy checkpoint: {e}") from e
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise UnsafeCheckpointError(f"policy {meta.get('version')} has non-finite weights")
+    version = meta.get("version")
+    if not isinstance(version, str) or version_of(scorer, version.rsplit("-", 1)[0]) != version:
+        raise UnsafeCheckpointError(f"weights do not match the version they claim: {version}")
+    return TorchPolicy(scorer, shape, version=version, parent=meta.get("parent")), meta
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    # safetensors.torch.load drops the metadata; the header is an 8-byte little-endian length
+    # followed by JSON, whose "__metadata__" holds our string map.
+    if len(data) < 8:
+        raise ValueError("truncated header")
+    length = int.from_bytes(data[:8], "little")
+    if length > len(data) - 8:
+        raise ValueError("truncated header")
+    header = json.loads(data[8 : 8 + length])
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        raise ValueError("no metadata")
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    # json accepts NaN/Infinity by default; metadata with them is not ours.
+    raise ValueError(f"non-finite number {name} in metadata")

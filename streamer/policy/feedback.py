@@ -1,0 +1,211 @@
+"""Logged decisions as training and evaluation data, and the trainer's bounded buffer.
+
+numpy only: the buffer holds fixed-shape arrays (no per-record Python objects), so a million
+records cost ``capacity * max_actions * n_features * 4`` bytes and a fine-tune slices them
+without copying record by record.
+
+>>> d = LoggedDecision(variant_features=({"x": 0.0}, {"x": 1.0}), chosen=1, propensity=0.5,
+...                    reward=3.0, expected_rewards=(0.0, 2.5))
+>>> buffer = FeedbackBuffer(("x",), capacity=2, max_actions=3)
+>>> for _ in range(3):
+...     buffer.append(d)
+>>> batch = buffer.snapshot()
+>>> len(buffer), buffer.total_added, batch.features.shape, batch.valid[0].tolist()
+(2, 3, (2, 3, 1), [True, True, False])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+DoubleArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """One feedback record as the trainer needs it.
+
+    ``variant_features``: every variant the logging policy scored (``Decision.variant_features``);
+    ``chosen``: the index of the shown-and-impressed one among them; ``propensity``: the
+    probability it was shown with (as logged by the storefront); ``reward``: what it earned;
+    ``expected_rewards``: the direct-method model's reward estimate for every variant
+    (``ConversionModel.expected_reward``), needed for doubly robust estimates.
+    """
+
+    variant_features: Sequence[Mapping[str, float]]
+    chosen: int
+    propensity: float
+    reward: float
+    expected_rewards: Sequence[float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackBatch:
+    """Logged decisions as arrays, oldest first: ``features [N, A, F]`` (0 where invalid),
+    ``valid [N, A]``, ``chosen [N]``, ``propensity [N]``, ``reward [N]`` and optionally
+    ``expected_reward [N, A]`` (direct-method predictions)."""
+
+    features: FloatArray
+    valid: BoolArray
+    chosen: IntArray
+    propensity: DoubleArray
+    reward: DoubleArray
+    expected_reward: FloatArray | None = None
+
+    def __len__(self) -> int:
+        return int(self.chosen.shape[0])
+
+    def take(self, index: slice | IntArray) -> FeedbackBatch:
+        """The records at ``index`` (a slice is a view, an index array a copy)."""
+        dm = None if self.expected_reward is None else self.expected_reward[index]
+        return FeedbackBatch(
+            features=self.features[index],
+            valid=self.valid[index],
+            chosen=self.chosen[index],
+            propensity=self.propensity[index],
+            reward=self.reward[index],
+            expected_reward=dm,
+        )
+
+    def split(self, holdout_fraction: float) -> tuple[FeedbackBatch, FeedbackBatch]:
+        """``(train, holdout)``: the holdout is the newest ``holdout_fraction`` of records, so
+        a candidate is judged on feedback it did not train on, and on the most recent."""
+        if not 0.0 < holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        cut = len(self) - max(1, round(len(self) * holdout_fraction))
+        return self.take(slice(0, cut)), self.take(slice(cut, len(self)))
+
+
+class FeedbackBuffer:
+    """The newest ``capacity`` logged decisions in preallocated arrays (a ring). Owns them;
+    not thread-safe.
+
+    Args:
+        feature_names: the order features are packed in (the policy's ``feature_names``).
+        capacity: records kept; the oldest are overwritten beyond it.
+        max_actions: variants per decision kept (decisions with more are refused).
+    """
+
+    def __init__(
+        self, feature_names: Sequence[str], *, capacity: int = 1_000_000, max_actions: int = 16
+    ) -> None:
+        if capacity <= 0 or max_actions <= 0:
+            raise ValueError("capacity and max_actions must be positive")
+        self.feature_names = tuple(feature_names)
+        self.capacity = capacity
+        self.max_actions = max_actions
+        # np.zeros maps pages lazily, so an idle large buffer costs little real memory.
+        n_features = len(self.feature_names)
+        self._features = np.zeros((capacity, max_actions, n_features), dtype=np.float32)
+        self._valid = np.zeros((capacity, max_actions), dtype=np.bool_)
+        self._chosen = np.zeros(capacity, dtype=np.int64)
+        self._propensity = np.ones(capacity, dtype=np.float64)
+        self._reward = np.zeros(capacity, dtype=np.float64)
+        self._dm = np.zeros((capacity, max_actions), dtype=np.float32)
+        self._has_dm = np.zeros(capacity, dtype=np.bool_)
+        self._next = 0
+        self._size = 0
+        self.total_added = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, decision: LoggedDecision) -> None:
+        """Add one record. Raises ``ValueError`` (nothing stored) when it is malformed: no
+        variants or more than ``max_actions``, ``chosen`` out of range, propensity outside
+        (0, 1], a non-finite reward, feature or prediction, or a missing feature."""
+        rows = decision.variant_features
+        n = len(rows)
+        if not 0 < n <= self.max_actions:
+            raise ValueError(f"a decision needs 1..{self.max_actions} variants, got {n}")
+        if not 0 <= decision.chosen < n:
+            raise ValueError(f"chosen {decision.chosen} out of range for {n} variants")
+        if not 0.0 < decision.propensity <= 1.0:
+            raise ValueError(f"propensity must be in (0, 1], got {decision.propensity}")
+        if not math.isfinite(decision.reward):
+            raise ValueError("reward must be finite")
+        try:
+            matrix = np.array(
+                [[float(r[name]) for name in self.feature_names] for r in rows], dtype=np.float32
+            )
+        except KeyError as e:
+            raise ValueError(f"missing feature {e.args[0]!r}") from e
+        dm = decision.expected_rewards
+        if dm is not None and len(dm) != n:
+            raise ValueError("expected_rewards must have one value per variant")
+        dm_row = np.zeros(self.max_actions, dtype=np.float32)
+        if dm is not None:
+            dm_row[:n] = dm
+        if not (np.isfinite(matrix).all() and np.isfinite(dm_row).all()):
+            raise ValueError("features and expected rewards must be finite")
+        i = self._next
+        self._features[i] = 0.0
+        self._features[i, :n] = matrix
+        self._valid[i] = False
+        self._valid[i, :n] = True
+        self._chosen[i] = decision.chosen
+        self._propensity[i] = decision.propensity
+        self._reward[i] = decision.reward
+        self._dm[i] = dm_row
+        self._has_dm[i] = dm is not None
+        self._advance(1)
+
+    def extend(self, batch: FeedbackBatch) -> None:
+        """Add records already in array form (same feature order; ``A <= max_actions``)."""
+        n, actions = batch.valid.shape
+        if actions > self.max_actions or batch.features.shape[2] != len(self.feature_names):
+            raise ValueError("batch shape does not fit this buffer")
+        for start in range(0, n, self.capacity):  # a batch larger than the ring wraps
+            part = batch.take(slice(start, min(n, start + self.capacity)))
+            m = len(part)
+            first = min(m, self.capacity - self._next)
+            for lo, hi, dst in ((0, first, self._next), (first, m, 0)):
+                if hi <= lo:
+                    continue
+                rows = slice(dst, dst + hi - lo)
+                self._features[rows] = 0.0
+                self._features[rows, :actions] = part.features[lo:hi]
+                self._valid[rows] = False
+                self._valid[rows, :actions] = part.valid[lo:hi]
+                self._chosen[rows] = part.chosen[lo:hi]
+                self._propensity[rows] = part.propensity[lo:hi]
+                self._reward[rows] = part.reward[lo:hi]
+                self._dm[rows] = 0.0
+                if part.expected_reward is not None:
+                    self._dm[rows, :actions] = part.expected_reward[lo:hi]
+                self._has_dm[rows] = part.expected_reward is not None
+            self._advance(m)
+
+    def _advance(self, n: int) -> None:
+        self._next = (self._next + n) % self.capacity
+        self._size = min(self.capacity, self._size + n)
+        self.total_added += n
+
+    def snapshot(self) -> FeedbackBatch:
+        """A copy of the records held, oldest first. ``expected_reward`` is present only when
+        every record held has direct-method predictions."""
+        if self._size < self.capacity:
+            order: slice | IntArray = slice(0, self._size)
+        else:
+            order = (np.arange(self.capacity) + self._next) % self.capacity
+        has_dm = bool(self._has_dm[order].all()) and self._size > 0
+
+        def copy(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+            return np.array(a[order], copy=True)
+
+        return FeedbackBatch(
+            features=copy(self._features),  # type: ignore[arg-type]
+            valid=copy(self._valid),  # type: ignore[arg-type]
+            chosen=copy(self._chosen),  # type: ignore[arg-type]
+            propensity=copy(self._propensity),  # type: ignore[arg-type]
+            reward=copy(self._reward),  # type: ignore[arg-type]
+            expected_reward=copy(self._dm) if has_dm else None,  # type: ignore[arg-type]
+        )

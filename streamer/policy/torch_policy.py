@@ -1,0 +1,183 @@
+"""The learned policy: a :class:`~streamer.policy.network.VariantScorer` over candidate x
+discount variants, served on the CPU.
+
+>>> from types import SimpleNamespace as C
+>>> cands = [C(items=("a", b), support=5, confidence=0.5, lift=2.0, score=s)
+...          for b, s in (("b", 0.9), ("c", 0.5))]
+>>> def featurize(candidate, discount_pct):
+...     return {"score": candidate.score, "discount": discount_pct / 100}
+>>> policy = TorchPolicy.initial(("score", "discount"), discount_levels=(0.0, 10.0),
+...                              floor=0.05, seed=0)
+>>> proposals = policy.propose("a", cands, featurizer=featurize)
+>>> [(p.candidate.items[1], p.discount_pct, p.probability) for p in proposals]
+[('b', 0.0, 0.25), ('b', 10.0, 0.25), ('c', 0.0, 0.25), ('c', 10.0, 0.25)]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from streamer.policy.base import BundleCandidate, Proposal, VariantFeaturizer
+from streamer.policy.network import VariantScorer, variant_probabilities
+
+#: The default discount levels (percent); the same values as ``streamer.online``'s.
+DEFAULT_DISCOUNT_LEVELS: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyShape:
+    """Everything besides weights that fixes a torch policy's behaviour (all plain values)."""
+
+    feature_names: tuple[str, ...]
+    hidden: int = 32
+    discount_levels: tuple[float, ...] = DEFAULT_DISCOUNT_LEVELS
+    temperature: float = 1.0
+    floor: float = 0.02
+    max_variants: int | None = 8
+
+    def __post_init__(self) -> None:
+        if not self.feature_names:
+            raise ValueError("a policy needs at least one feature")
+        if not self.discount_levels or any(not 0 <= d < 100 for d in self.discount_levels):
+            raise ValueError("discount levels must be in [0, 100)")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"floor must be in [0, 1], got {self.floor}")
+        if self.max_variants is not None and self.max_variants <= 0:
+            raise ValueError("max_variants must be positive (or None: show every variant)")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One decision, for the decision ledger: every variant the policy scored (candidate
+    order x ``discount_levels``), their features and probabilities (0 when not shown), and
+    ``shown[i]``: the index in ``variant_features`` of ``proposals[i]`` (= offer variant i)."""
+
+    proposals: list[Proposal]
+    variant_features: tuple[Mapping[str, float], ...]
+    probabilities: tuple[float, ...]
+    shown: tuple[int, ...]
+
+
+class TorchPolicy:
+    """Scores every candidate at every discount level and shows the best ``max_variants``
+    with probabilities ``softmax(score / temperature)`` floored at ``floor`` (see
+    :func:`~streamer.policy.network.variant_probabilities`).
+
+    Pure: the scorer is frozen (eval mode, no gradients) and owned by this object; a new
+    version is a new ``TorchPolicy``, so workers hot-swap by replacing one reference. Serving
+    runs on the CPU: one decision is a few dozen rows, where a GPU round trip only costs.
+    """
+
+    def __init__(
+        self, scorer: VariantScorer, shape: PolicyShape, *, version: str, parent: str | None
+    ) -> None:
+        if scorer.n_features != len(shape.feature_names) or scorer.hidden != shape.hidden:
+            raise ValueError("scorer and shape disagree on features or hidden size")
+        self.scorer = copy.deepcopy(scorer).to("cpu").eval().requires_grad_(False)
+        self.shape = shape
+        self._version = version
+        self.parent = parent
+
+    @classmethod
+    def initial(
+        cls,
+        feature_names: Sequence[str],
+        *,
+        hidden: int = 32,
+        discount_levels: Sequence[float] = DEFAULT_DISCOUNT_LEVELS,
+        temperature: float = 1.0,
+        floor: float = 0.02,
+        max_variants: int | None = 8,
+        seed: int = 0,
+    ) -> TorchPolicy:
+        """A fresh policy (uniform over its shown variants; see ``VariantScorer``)."""
+        shape = PolicyShape(
+            feature_names=tuple(feature_names),
+            hidden=hidden,
+            discount_levels=tuple(float(d) for d in discount_levels),
+            temperature=temperature,
+            floor=floor,
+            max_variants=max_variants,
+        )
+        with torch.random.fork_rng(devices=[]):  # seed locally, leave the global RNG alone
+            torch.manual_seed(seed)
+            scorer = VariantScorer(len(shape.feature_names), shape.hidden)
+        return cls(scorer, shape, version=version_of(scorer, "torch"), parent=None)
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def pack(self, rows: Sequence[Mapping[str, float]]) -> torch.Tensor:
+        """Feature dicts -> a float32 tensor ``[len(rows), n_features]`` in ``feature_names``
+        order; a missing feature is a ``KeyError`` (a silent 0 would be a wrong decision)."""
+        names = self.shape.feature_names
+        return torch.tensor([[float(r[n]) for n in names] for r in rows], dtype=torch.float32)
+
+    def decide(
+        self,
+        anchor: str,
+        candidates: Sequence[BundleCandidate],
+        featurizer: VariantFeaturizer | None = None,
+    ) -> Decision:
+        """The full decision behind :meth:`propose` (what the decision ledger records)."""
+        if featurizer is None:
+            raise ValueError("TorchPolicy needs a featurizer (streamer.online.DecisionFeaturizer)")
+        # A canonical candidate order makes the decision independent of the caller's order.
+        ordered = sorted(candidates, key=lambda c: (-c.score, c.items))
+        variants = [(c, d) for c in ordered for d in self.shape.discount_levels]
+        if not variants:
+            return Decision(proposals=[], variant_features=(), probabilities=(), shown=())
+        rows = tuple(featurizer(c, d) for c, d in variants)
+        with torch.inference_mode():
+            scores = self.scorer(self.pack(rows)).double()
+            probs = variant_probabilities(
+                scores.unsqueeze(0),
+                torch.ones(1, len(rows), dtype=torch.bool),
+                temperature=self.shape.temperature,
+                floor=self.shape.floor,
+                max_shown=self.shape.max_variants,
+            )[0]
+        if not bool(torch.isfinite(scores).all()):
+            raise FloatingPointError(f"policy {self.version} produced non-finite scores")
+        probabilities = tuple(float(p) for p in probs)
+        shown = tuple(i for i, p in enumerate(probabilities) if p > 0.0)
+        proposals = [
+            Proposal(
+                candidate=variants[i][0],
+                discount_pct=variants[i][1],
+                probability=probabilities[i],
+                score=float(scores[i]),
+                features=rows[i],
+            )
+            for i in shown
+        ]
+        return Decision(
+            proposals=proposals, variant_features=rows, probabilities=probabilities, shown=shown
+        )
+
+    def propose(
+        self,
+        anchor: str,
+        candidates: Sequence[BundleCandidate],
+        featurizer: VariantFeaturizer | None = None,
+    ) -> list[Proposal]:
+        """Shown variants (candidate by score, then discount ascending), probabilities summing
+        to 1, each at least ``floor``. Raises ``ValueError`` without ``featurizer``."""
+        return self.decide(anchor, candidates, featurizer).proposals
+
+
+def version_of(scorer: VariantScorer, prefix: str) -> str:
+    """A version id derived from the weights: the same weights always get the same id."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(scorer.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return f"{prefix}-{digest.hexdigest()[:12]}"

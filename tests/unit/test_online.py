@@ -1,0 +1,147 @@
+"""River models: features, conversion propensity, drift detection."""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from streamer.online import (
+    DISCOUNT_LEVELS,
+    FEATURE_NAMES,
+    PROPENSITY_FEATURE,
+    ConversionModel,
+    DecisionContext,
+    DecisionFeaturizer,
+    DriftMonitor,
+    variant_features,
+    variant_value,
+)
+
+CONTEXT = DecisionContext(
+    segment="students", ts_ms=1_700_000_000_000, prices={"a": 8.0, "b": 4.0, "c": 3.0}
+)
+
+
+def candidate(items: tuple[str, ...] = ("a", "b"), score: float = 0.3) -> SimpleNamespace:
+    return SimpleNamespace(items=items, support=12.0, confidence=0.4, lift=3.0, score=score)
+
+
+def test_features_are_flat_floats_in_the_declared_order() -> None:
+    for discount in DISCOUNT_LEVELS:
+        f = variant_features(candidate(("a", "b", "c")), discount, CONTEXT)
+        assert tuple(f) == FEATURE_NAMES
+        assert all(isinstance(v, float) and math.isfinite(v) for v in f.values())
+        assert f["extra_items"] == 1.0
+        assert f["discount"] == pytest.approx(discount / 100)
+    f = variant_features(candidate(), 10.0, CONTEXT)
+    assert sum(f[f"segment_{b}"] for b in range(4)) == 1.0
+    assert f["hour_sin"] ** 2 + f["hour_cos"] ** 2 == pytest.approx(1.0)
+    # 2023-11-14T22:13:20Z: a Tuesday (weekday 1), 22.2 h.
+    assert f["weekday_sin"] == pytest.approx(math.sin(2 * math.pi * 1 / 7))
+    assert f["hour_cos"] == pytest.approx(math.cos(2 * math.pi * (22 + 13 / 60 + 20 / 3600) / 24))
+
+
+def test_variant_value_matches_revenue_and_margin() -> None:
+    f = variant_features(candidate(), 15.0, CONTEXT)  # list 12, paid 10.2
+    assert variant_value(f) == pytest.approx(10.2)
+    assert variant_value(f, reward="margin", cost_ratio=0.6) == pytest.approx(10.2 - 7.2)
+
+
+def test_unknown_price_is_an_error_not_a_zero() -> None:
+    with pytest.raises(ValueError, match="'z'"):
+        variant_features(candidate(("a", "z")), 0.0, CONTEXT)
+
+
+def test_featurizer_fills_in_the_models_propensity() -> None:
+    model = ConversionModel(warmup=0)
+    f = DecisionFeaturizer(CONTEXT, model)(candidate(), 5.0)
+    assert f[PROPENSITY_FEATURE] == pytest.approx(model.predict_one(f))
+    assert DecisionFeaturizer(CONTEXT)(candidate(), 5.0)[PROPENSITY_FEATURE] == 0.0
+
+
+def test_conversion_model_learns_a_separable_stream() -> None:
+    # Converts exactly when the discount is high and the bundle is cheap: linearly separable.
+    rng = random.Random(7)
+    model = ConversionModel(warmup=50)
+    correct = total = 0
+    for i in range(6000):
+        price = rng.uniform(1.0, 50.0)
+        ctx = DecisionContext(segment="all", ts_ms=i * 60_000, prices={"a": price, "b": price})
+        f = variant_features(candidate(), rng.choice(DISCOUNT_LEVELS), ctx)
+        converted = 10 * f["discount"] - f["log_bundle_price"] + 2.0 > 0
+        if i >= 5000:
+            correct += (model.predict_one(f) > 0.5) == converted
+            total += 1
+        model.learn_one(f, converted)
+    assert correct / total > 0.95
+
+
+def test_conversion_model_starts_at_the_base_rate_and_ignores_its_own_output() -> None:
+    model = ConversionModel(warmup=100, prior_rate=0.02, prior_weight=50)
+    f = variant_features(candidate(), 0.0, CONTEXT)
+    assert model.predict_one(f) == pytest.approx(0.02)
+    for _ in range(50):
+        model.learn_one(f, converted=True)
+    assert model.predict_one(f) == pytest.approx(51 / 100)
+    g = dict(f, **{PROPENSITY_FEATURE: 0.99})
+    assert model.predict_one(g) == model.predict_one(f)
+    assert model.expected_reward(f) == pytest.approx(model.predict_one(f) * 12.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_adwin_fires_on_an_abrupt_reward_change(seed: int) -> None:
+    rng = random.Random(seed)
+    monitor = DriftMonitor()
+    # Revenue per impression: 5% of impressions convert for 20, then 15%.
+    fired_at = [
+        i
+        for i in range(6000)
+        if monitor.observe_reward("v1", 20.0 * (rng.random() < (0.05 if i < 3000 else 0.15)))
+    ]
+    assert fired_at, "no drift detected"
+    assert 3000 <= fired_at[0] < 4000
+    alarms = monitor.poll()
+    assert alarms[0].stream == "reward:v1" and alarms[0].mean > 20.0 * 0.05
+    assert not monitor.pending
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_adwin_stays_quiet_on_a_stationary_stream(seed: int) -> None:
+    rng = random.Random(100 + seed)
+    monitor = DriftMonitor()
+    for _ in range(6000):
+        monitor.observe_reward("v1", 20.0 * (rng.random() < 0.05))
+        monitor.observe_evidence(rng.betavariate(4, 6))
+    assert monitor.poll() == []
+
+
+def test_streams_are_independent_and_bounded() -> None:
+    monitor = DriftMonitor(max_streams=2)
+    for v in ("v1", "v2", "v3"):
+        monitor.observe_reward(v, 1.0)
+    assert monitor.streams() == ["reward:v2", "reward:v3"]
+    rng = random.Random(3)
+    for i in range(3000):
+        monitor.observe_reward("v2", rng.gauss(0.0, 1.0))
+        monitor.observe_reward("v3", rng.gauss(0.0 if i < 1500 else 3.0, 1.0))
+    assert {a.stream for a in monitor.poll()} == {"reward:v3"}
+
+
+def test_online_imports_neither_torch_nor_the_policy_package() -> None:
+    root = Path(__file__).resolve().parents[2] / "streamer" / "online"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                assert not name.startswith(("torch", "streamer.policy")), (path, name)

@@ -1,0 +1,270 @@
+"""Fine-tuning, the promotion gate, checkpoints and the trainer's triggers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save
+
+from streamer.policy import (
+    FeedbackBatch,
+    FeedbackBuffer,
+    FineTuneConfig,
+    LoggedDecision,
+    PolicyTrainer,
+    TorchPolicy,
+    UnsafeCheckpointError,
+    evaluate_policy,
+    fine_tune,
+    policy_from_bytes,
+    policy_to_bytes,
+    select_device,
+    should_promote,
+)
+from streamer.policy.ope import ips
+from streamer.policy.torch_policy import version_of
+
+torch.set_num_threads(1)
+
+# A 4-variant bandit; variant 2 converts far more often. Features: the variant's one-hot id
+# plus one noise column; the logging policy is uniform.
+NAMES = ("v0", "v1", "v2", "v3", "noise")
+P_CONVERT = np.array([0.05, 0.10, 0.40, 0.10])
+VALUE = 10.0
+BEST = 2
+
+
+def bandit(n: int, seed: int) -> FeedbackBatch:
+    rng = np.random.default_rng(seed)
+    features = np.zeros((n, 4, len(NAMES)), dtype=np.float32)
+    features[:, np.arange(4), np.arange(4)] = 1.0
+    features[:, :, 4] = rng.normal(size=(n, 4))
+    chosen = rng.integers(0, 4, size=n)
+    reward = np.where(rng.random(n) < P_CONVERT[chosen], VALUE, 0.0)
+    return FeedbackBatch(
+        features=features,
+        valid=np.ones((n, 4), dtype=np.bool_),
+        chosen=chosen.astype(np.int64),
+        propensity=np.full(n, 0.25),
+        reward=reward,
+        expected_reward=np.tile(P_CONVERT * VALUE, (n, 1)).astype(np.float32),
+    )
+
+
+def fresh_policy() -> TorchPolicy:
+    return TorchPolicy.initial(
+        NAMES, hidden=8, discount_levels=(0.0,), floor=0.02, max_variants=None, seed=0
+    )
+
+
+def best_probability(policy: TorchPolicy) -> float:
+    batch = bandit(1, seed=99)
+    with torch.no_grad():
+        scores = policy.scorer(torch.from_numpy(batch.features))
+    probs = torch.softmax(scores / policy.shape.temperature, -1)[0]
+    return float(0.02 + (1 - 4 * 0.02) * probs[BEST])
+
+
+CONFIG = FineTuneConfig(epochs=8, batch_size=128, learning_rate=0.02, device="cpu")
+
+
+@pytest.mark.parametrize("objective", ["dr", "ips"])
+def test_training_on_a_bandit_favours_the_better_variant(objective: str) -> None:
+    live = fresh_policy()
+    config = FineTuneConfig(**{**_fields(CONFIG), "objective": objective})
+    result = fine_tune(live, bandit(3000, seed=1), config)
+    assert best_probability(live) == pytest.approx(0.25)
+    assert best_probability(result.candidate) > 0.6
+    cand, base = result.candidate_evaluation.primary, result.live_evaluation.primary
+    assert cand.value > base.value + 1.0
+    # The live policy is uniform: its estimate is the mean of the true arm values.
+    assert base.value == pytest.approx(float(P_CONVERT.mean() * VALUE), abs=3 * base.stderr)
+    assert result.promoted and result.reason.startswith("promoted")
+    assert result.candidate.parent == live.version != result.candidate.version
+    assert result.train_size == 2400 and result.holdout_size == 600
+
+
+def _fields(config: FineTuneConfig) -> dict[str, object]:
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+def test_no_training_is_not_promoted() -> None:
+    # Zero epochs: the candidate is the live policy; its lower bound cannot beat itself.
+    result = fine_tune(fresh_policy(), bandit(2000, seed=2), FineTuneConfig(epochs=0))
+    assert not result.promoted and result.reason.startswith("rejected")
+    assert result.metadata()["promoted"] is False
+
+
+def nan_policy() -> TorchPolicy:
+    policy = fresh_policy()
+    scorer = policy.scorer
+    with torch.no_grad():
+        next(iter(scorer.parameters())).fill_(float("nan"))
+    return TorchPolicy(scorer, policy.shape, version="torch-nan", parent=None)
+
+
+def test_a_candidate_with_nan_weights_is_never_promoted() -> None:
+    result = fine_tune(nan_policy(), bandit(2000, seed=3), CONFIG)
+    assert not result.promoted
+    assert "non-finite" in result.reason
+    meta = result.metadata()
+    json.dumps(meta, allow_nan=False)  # the rejection log stays valid JSON
+    with pytest.raises(UnsafeCheckpointError):
+        result.checkpoint()
+    with pytest.raises(UnsafeCheckpointError):
+        policy_to_bytes(nan_policy())
+    # The gate itself refuses non-finite figures whatever they are compared with.
+    nan_estimate = ips([0.5, 0.5], [1.0, 0.0], [float("nan"), 0.5])
+    finite = ips([0.5, 0.5], [0.0, 0.0], [0.5, 0.5])
+    assert not should_promote(nan_estimate, finite)
+    assert not should_promote(finite, nan_estimate)
+
+
+def test_a_serialised_policy_with_nan_weights_is_refused() -> None:
+    good = policy_to_bytes(fresh_policy())
+    policy, _ = policy_from_bytes(good)
+    tensors = {k: v.clone() for k, v in policy.scorer.state_dict().items()}
+    tensors["layers.0.weight"][0, 0] = float("nan")
+    header_len = int.from_bytes(good[:8], "little")
+    metadata = json.loads(good[8 : 8 + header_len])["__metadata__"]
+    with pytest.raises(UnsafeCheckpointError, match="non-finite"):
+        policy_from_bytes(save(tensors, metadata=metadata))
+
+
+def test_tampered_truncated_or_oversized_checkpoints_are_refused() -> None:
+    good = policy_to_bytes(fresh_policy())
+    policy, _ = policy_from_bytes(good)
+    tensors = {k: v.clone() for k, v in policy.scorer.state_dict().items()}
+    tensors["layers.4.bias"] += 1.0  # different weights, same claimed version
+    header_len = int.from_bytes(good[:8], "little")
+    metadata = json.loads(good[8 : 8 + header_len])["__metadata__"]
+    with pytest.raises(UnsafeCheckpointError, match="version"):
+        policy_from_bytes(save(tensors, metadata=metadata))
+    for bad in (good[:20], b"", b"\x00" * 64, b"x" * (17 * 1024 * 1024)):
+        with pytest.raises(UnsafeCheckpointError):
+            policy_from_bytes(bad)
+
+
+def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
+    result = fine_tune(fresh_policy(), bandit(1500, seed=4), CONFIG)
+    data = result.checkpoint()
+    loaded, meta = policy_from_bytes(data)
+    x = torch.from_numpy(bandit(64, seed=5).features)
+    with torch.no_grad():
+        assert torch.equal(loaded.scorer(x), result.candidate.scorer(x))
+    assert loaded.version == result.candidate.version == version_of(loaded.scorer, "torch")
+    assert loaded.shape == result.candidate.shape
+    assert meta["parent"] == result.live_version
+    assert meta["train_size"] == 1200 and meta["device"] == "cpu"
+    assert meta["estimator"] == "dr" and len(meta["interval"]) == 2
+    assert meta["seconds"] > 0
+    assert evaluate_policy(loaded, bandit(500, seed=6)) == evaluate_policy(
+        result.candidate, bandit(500, seed=6)
+    )
+
+
+def test_cpu_is_picked_without_a_gpu_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("auto", max_threads=1).type == "cpu"
+    assert torch.get_num_threads() == 1
+    with pytest.raises(RuntimeError, match="cuda"):
+        select_device("cuda")
+    result = fine_tune(fresh_policy(), bandit(500, seed=7), FineTuneConfig(epochs=1))
+    assert result.device == "cpu" and result.metadata()["device"] == "cpu"
+
+
+def test_dr_objective_needs_model_predictions() -> None:
+    batch = bandit(100, seed=8)
+    without = FeedbackBatch(
+        batch.features, batch.valid, batch.chosen, batch.propensity, batch.reward, None
+    )
+    with pytest.raises(ValueError, match="expected_reward"):
+        fine_tune(fresh_policy(), without, FineTuneConfig(objective="dr"))
+    result = fine_tune(fresh_policy(), without, FineTuneConfig(objective="ips", epochs=1))
+    assert result.candidate_evaluation.primary.estimator == "snips"
+
+
+def decision(x: float, reward: float = 1.0) -> LoggedDecision:
+    rows = [{n: 0.0 for n in NAMES} for _ in range(4)]
+    rows[0]["noise"] = x
+    return LoggedDecision(
+        variant_features=rows, chosen=0, propensity=0.25, reward=reward, expected_rewards=[0.5] * 4
+    )
+
+
+def test_buffer_keeps_the_newest_records_oldest_first() -> None:
+    buffer = FeedbackBuffer(NAMES, capacity=3, max_actions=4)
+    for i in range(5):
+        buffer.append(decision(float(i)))
+    batch = buffer.snapshot()
+    assert batch.features[:, 0, 4].tolist() == [2.0, 3.0, 4.0]
+    assert batch.expected_reward is not None and len(buffer) == 3
+    buffer.extend(bandit(4, seed=9))  # wraps; the array path keeps the order too
+    assert buffer.total_added == 9 and len(buffer.snapshot()) == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        LoggedDecision(variant_features=[], chosen=0, propensity=0.5, reward=1.0),
+        LoggedDecision(
+            variant_features=[{n: 0.0 for n in NAMES}], chosen=1, propensity=0.5, reward=1.0
+        ),
+        LoggedDecision(
+            variant_features=[{n: 0.0 for n in NAMES}], chosen=0, propensity=0.0, reward=1.0
+        ),
+        LoggedDecision(
+            variant_features=[{n: 0.0 for n in NAMES}],
+            chosen=0,
+            propensity=0.5,
+            reward=float("inf"),
+        ),
+        LoggedDecision(variant_features=[{"v0": 1.0}], chosen=0, propensity=0.5, reward=1.0),
+        LoggedDecision(
+            variant_features=[{**{n: 0.0 for n in NAMES}, "v0": float("nan")}],
+            chosen=0,
+            propensity=0.5,
+            reward=1.0,
+        ),
+    ],
+)
+def test_buffer_refuses_malformed_records(bad: LoggedDecision) -> None:
+    buffer = FeedbackBuffer(NAMES, capacity=3, max_actions=4)
+    with pytest.raises(ValueError):
+        buffer.append(bad)
+    assert len(buffer) == 0
+
+
+def test_trainer_triggers_on_records_time_and_drift() -> None:
+    trainer = PolicyTrainer(
+        NAMES,
+        capacity=100,
+        max_actions=4,
+        every_records=10,
+        every_seconds=60.0,
+        min_records=4,
+        config=FineTuneConfig(epochs=1, holdout_fraction=0.5),
+        start_s=1000.0,
+    )
+    for i in range(3):
+        trainer.add(decision(float(i)))
+    trainer.request_fine_tune("drift on reward:v1")
+    assert trainer.due(now_s=1000.0) is None  # too few records, even on drift
+    trainer.add(decision(3.0))
+    assert trainer.due(now_s=1000.0) == "drift on reward:v1"
+    live = fresh_policy()
+    trainer.fine_tune(live, now_s=1001.0)
+    assert trainer.due(now_s=1001.0) is None and trainer.new_records == 0
+    assert trainer.due(now_s=5000.0) is None  # time passed but nothing new
+    trainer.add(decision(4.0))
+    assert trainer.due(now_s=1050.0) is None
+    assert trainer.due(now_s=1061.0) == "60 s since the last fine-tune"
+    for i in range(9):
+        trainer.add(decision(float(i)))
+    assert trainer.due(now_s=1002.0) == "10 new records"
+    result = trainer.fine_tune(live, now_s=1002.0)
+    assert [h["version"] for h in trainer.history][-1] == result.candidate.version
+    assert len(trainer.history) == 2
