@@ -1,0 +1,128 @@
+"""Update throughput of CoPurchaseStats against plain dict pair counting, same orders, one run.
+
+Synthetic orders: basket sizes 2..``--max-basket`` (skewed towards small), items drawn from a
+Zipf-like catalogue with a seeded generator, so every run sees the same orders. Each repeat
+times both learners from empty state on the same orders (alternating which goes first); the
+ratio reported is the median over repeats of (streamer orders/s) / (plain orders/s).
+
+    python benchmarks/copurchase_throughput.py --orders 50000 --repeats 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+from streamer.copurchase import CoPurchaseStats
+
+Orders = list[tuple[int, list[str]]]
+
+
+def synthetic_orders(n: int, catalogue: int, max_basket: int, seed: int) -> Orders:
+    """``n`` orders a minute apart, distinct items per order, popularity ~ 1 / rank."""
+    rng = random.Random(seed)
+    ids = [f"SKU{i:07d}" for i in range(catalogue)]
+    weights = [1.0 / (rank + 1) for rank in range(catalogue)]
+    cumulative: list[float] = []
+    acc = 0.0
+    for w in weights:
+        acc += w
+        cumulative.append(acc)
+    ts0 = 1_700_000_000_000
+    orders: Orders = []
+    for i in range(n):
+        size = min(max_basket, 2 + int(rng.expovariate(1 / 6)))
+        basket = dict.fromkeys(rng.choices(ids, cum_weights=cumulative, k=size))
+        orders.append((ts0 + 60_000 * i, list(basket)))
+    return orders
+
+
+def plain_dict_counting(orders: Orders) -> None:
+    """The baseline: undecayed item and pair counts in nested dicts, no bounds."""
+    pairs: dict[str, dict[str, float]] = {}
+    counts: dict[str, float] = {}
+    total = 0.0
+    for _, items in orders:
+        total += 1.0
+        for a in items:
+            counts[a] = counts.get(a, 0.0) + 1.0
+            row = pairs.setdefault(a, {})
+            for b in items:
+                if b != a:
+                    row[b] = row.get(b, 0.0) + 1.0
+
+
+def streamer_stats(top_k: int) -> Callable[[Orders], None]:
+    def learn(orders: Orders) -> None:
+        stats = CoPurchaseStats({}, {}, half_life_s=7 * 86_400.0, top_k=top_k)
+        for ts, items in orders:
+            stats.learn_order(items, ts)
+
+    return learn
+
+
+def timed(learn: Callable[[Orders], None], orders: Orders) -> float:
+    t0 = time.perf_counter()
+    learn(orders)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, default=50_000)
+    parser.add_argument("--catalogue", type=int, default=20_000)
+    parser.add_argument("--max-basket", type=int, default=40)
+    parser.add_argument("--top-k", type=int, default=0, help="0: CoPurchaseStats' default")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", default="", help="also write the figures to this path")
+    args = parser.parse_args()
+
+    orders = synthetic_orders(args.orders, args.catalogue, args.max_basket, args.seed)
+    pairs = sum(len(items) * (len(items) - 1) for _, items in orders)
+    top_k = args.top_k or CoPurchaseStats.DEFAULT_TOP_K
+    ours = streamer_stats(top_k)
+    plain_s: list[float] = []
+    ours_s: list[float] = []
+    ratios: list[float] = []
+    for r in range(args.repeats):
+        if r % 2:
+            o, p = timed(ours, orders), timed(plain_dict_counting, orders)
+        else:
+            p, o = timed(plain_dict_counting, orders), timed(ours, orders)
+        plain_s.append(p)
+        ours_s.append(o)
+        ratios.append(p / o)
+    result = {
+        "orders": len(orders),
+        "ordered_pairs": pairs,
+        "top_k": top_k,
+        "plain_orders_per_s": len(orders) / statistics.median(plain_s),
+        "plain_pairs_per_s": pairs / statistics.median(plain_s),
+        "streamer_orders_per_s": len(orders) / statistics.median(ours_s),
+        "streamer_pairs_per_s": pairs / statistics.median(ours_s),
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+    }
+    print(f"{len(orders)} orders, {pairs} ordered pairs, top_k={top_k}, {args.repeats} repeats")
+    print(f"{'learner':<24}{'orders/s':>12}{'pairs/s':>14}")
+    print(
+        f"{'plain dict counting':<24}{result['plain_orders_per_s']:>12,.0f}"
+        f"{result['plain_pairs_per_s']:>14,.0f}"
+    )
+    print(
+        f"{'CoPurchaseStats':<24}{result['streamer_orders_per_s']:>12,.0f}"
+        f"{result['streamer_pairs_per_s']:>14,.0f}"
+    )
+    print(f"ratio (median of repeats): {result['ratio_median']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
