@@ -11,9 +11,10 @@ see this object: the composition root (``streamer.app``) hands them plain values
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,7 +90,12 @@ class CoPurchaseSettings(_Section):
     half_life_days: float = Field(
         30.0, gt=0, description="Event-time half-life of co-purchase counts, in days."
     )
-    top_k: int = Field(50, ge=1, le=1000, description="Partners tracked per item (Space-Saving).")
+    top_k: int = Field(
+        1024,
+        ge=8,
+        le=8192,
+        description="Partners tracked per item (heavy hitters); big baskets need hundreds.",
+    )
     max_triples: int = Field(1, ge=0, le=4, description="3-item variants per offer.")
 
 
@@ -111,6 +117,160 @@ class OfferSettings(_Section):
     )
     min_support: float = Field(2.0, ge=0, description="Pairs seen fewer times are not offered.")
     segment: str = Field("all", description="Segment name of published offers.")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """Milliseconds in a duration like ``500ms``, ``10s``, ``1m``, ``1h``, ``1d``.
+
+    >>> duration_ms("1m"), duration_ms("1.5s")
+    (60000, 1500)
+    """
+    match = _DURATION.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"not a positive duration like 10s, 1m or 1h: {text!r}")
+    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def window_spec_ms(text: str) -> tuple[int, int]:
+    """``(size_ms, step_ms)`` of a window spec: ``SIZE`` (tumbling) or ``SIZE/STEP`` (hopping).
+
+    >>> window_spec_ms("1m"), window_spec_ms("1h/5m")
+    ((60000, 60000), (3600000, 300000))
+    """
+    size, _, step = text.partition("/")
+    size_ms = duration_ms(size)
+    step_ms = duration_ms(step) if step else size_ms
+    if step_ms > size_ms:
+        raise ValueError(f"window step longer than its size: {text!r}")
+    return size_ms, step_ms
+
+
+class RewardSettings(_Section):
+    """Live attribution of impressions to purchases and the windowed reward ledger."""
+
+    attribution_window_s: float = Field(
+        1800.0, gt=0, description="A purchase counts for an impression this long after it."
+    )
+    allowed_lateness_s: float = Field(
+        300.0, ge=0, description="Events this far behind the newest one still count on time."
+    )
+    windows: str = Field(
+        "1m,1h/5m",
+        description="Reward windows, comma-separated: SIZE (tumbling) or SIZE/STEP (hopping).",
+    )
+    ledger_lateness_s: float = Field(
+        60.0, ge=0, description="How long a reward window waits for late outcomes."
+    )
+    by_anchor: bool = Field(False, description="Also publish windows per (version, anchor).")
+    by_segment: bool = Field(False, description="Also publish windows per (version, segment).")
+    reward: Literal["revenue", "margin"] = Field(
+        "revenue", description="Reward of a conversion: bundle revenue or margin."
+    )
+    cost_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Cost as a share of list price (margin rewards)."
+    )
+    tick_interval_s: float = Field(
+        1.0, gt=0, description="How often idle partitions move event time and close windows."
+    )
+    srm_alpha: float = Field(
+        0.0005, gt=0, lt=1, description="p-value below which a sample-ratio mismatch alarms."
+    )
+    srm_expected_split: str | None = Field(
+        None, description="Intended traffic shares, e.g. v1=0.9,v2=0.1; equal when unset."
+    )
+    min_impressions: int = Field(
+        1000, ge=1, description="Impressions both windows need before a regression alarm."
+    )
+    min_conversions: int = Field(
+        20, ge=0, description="Conversions the previous version's window needs for its bound."
+    )
+    history_windows: int = Field(
+        500, ge=1, description="Closed windows kept per version and spec for the dashboard."
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _valid_windows(cls, value: str) -> str:
+        if not [window_spec_ms(w) for w in value.split(",") if w.strip()]:
+            raise ValueError("at least one reward window is needed")
+        return value
+
+    @field_validator("srm_expected_split")
+    @classmethod
+    def _valid_split(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_split(value)
+        return value
+
+    def window_specs_ms(self) -> list[tuple[int, int]]:
+        """The ``(size_ms, step_ms)`` of every configured window.
+
+        >>> RewardSettings().window_specs_ms()
+        [(60000, 60000), (3600000, 300000)]
+        """
+        return [window_spec_ms(w) for w in self.windows.split(",") if w.strip()]
+
+    def expected_split(self) -> dict[str, float] | None:
+        """The intended traffic share per version, or None for an equal split.
+
+        >>> RewardSettings(srm_expected_split="v1=0.9, v2=0.1").expected_split()
+        {'v1': 0.9, 'v2': 0.1}
+        """
+        return None if self.srm_expected_split is None else _parse_split(self.srm_expected_split)
+
+
+def _parse_split(text: str) -> dict[str, float]:
+    split: dict[str, float] = {}
+    for part in text.split(","):
+        version, sep, share = part.partition("=")
+        if not sep or not version.strip() or float(share) < 0:
+            raise ValueError(f"expected VERSION=SHARE,...; got {text!r}")
+        split[version.strip()] = float(share)
+    return split
+
+
+class TrainerSettings(_Section):
+    """The trainer process (``streamer trainer``): feedback buffer, fine-tunes, promotion."""
+
+    buffer_records: int = Field(
+        1_000_000, ge=10, description="Feedback records kept for training (newest first out)."
+    )
+    every_records: int = Field(
+        100_000, ge=1, description="Fine-tune after this many new feedback records."
+    )
+    every_s: float = Field(
+        3600.0, gt=0, description="Fine-tune after this many seconds if any record is new."
+    )
+    min_records: int = Field(
+        1_000, ge=2, description="No fine-tune before the buffer holds this many records."
+    )
+    epochs: int = Field(2, ge=1, description="Passes over the buffer per fine-tune.")
+    batch_size: int = Field(4096, ge=1, description="Records per gradient step.")
+    learning_rate: float = Field(3e-3, gt=0, description="Adam step size.")
+    objective: Literal["dr", "ips"] = Field(
+        "dr", description="Training objective: doubly robust or IPS policy gradient."
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Newest share of the buffer the gate evaluates on."
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="Where to fine-tune: cuda when available (auto), else the CPU."
+    )
+    max_threads: int = Field(1, ge=1, description="torch CPU threads (capped: hosts are shared).")
+    max_actions: int = Field(
+        32, ge=1, le=64, description="Variants per logged decision kept (bundles x discounts)."
+    )
+    offer_index_size: int = Field(
+        200_000, ge=100, description="Offers remembered by id to decode feedback records."
+    )
+    seed: int = Field(0, description="Seed of the initial policy's weights and of training.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics port on 127.0.0.1 (0: not served)."
+    )
 
 
 class DemoSettings(_Section):
@@ -137,6 +297,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     copurchase: CoPurchaseSettings = CoPurchaseSettings()
     offers: OfferSettings = OfferSettings()
+    rewards: RewardSettings = RewardSettings()
+    trainer: TrainerSettings = TrainerSettings()
     demo: DemoSettings = DemoSettings()
 
 
