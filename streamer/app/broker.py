@@ -97,12 +97,10 @@ async def create_topics(
 
 
 class EmbeddedBroker:
-    """A Tansu broker process on a loopback port, memory storage.
+    """A Tansu broker process on a loopback port, memory storage::
 
-    >>> broker = EmbeddedBroker(port=0)   # doctest: +SKIP
-    >>> with broker:                      # doctest: +SKIP
-    ...     print(broker.bootstrap)
-    127.0.0.1:...
+        with EmbeddedBroker() as broker:      # a free port
+            run_against(broker.bootstrap)     # "127.0.0.1:PORT"
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None):

@@ -1,0 +1,253 @@
+"""What the ``rewards`` topic says, kept for people: recent windows per version and guardrails.
+
+:class:`RewardBoard` (plain Python) holds the newest closed
+:class:`~streamer.events.RewardWindow` values per (policy version, window size) and evaluates
+the guardrails over them. :func:`read_reward_windows` reads the topic (to its end, or following
+it). The worker's dashboard and Prometheus gauges, ``streamer rewards`` and ``streamer report``
+all use these two, so they agree.
+
+Windows are read from the topic rather than taken from the ledger that emitted them because a
+version's windows may be emitted by another worker (the ledger is partitioned by version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.offer_index import assign_all_partitions
+from streamer.app.reward_tracking import spec_label
+from streamer.events import RewardWindow
+from streamer.rewards import RegressionCheck, SrmResult, reward_regression, sample_ratio_mismatch
+from streamer.rewards.guardrails import DEFAULT_SRM_ALPHA
+from streamer.settings import KafkaSettings, RewardSettings
+
+_decode_window = msgspec.json.Decoder(RewardWindow).decode
+
+
+@dataclass(frozen=True)
+class Guardrails:
+    """The newest guardrail results; ``None`` when there was nothing to test."""
+
+    srm: SrmResult | None
+    regression: RegressionCheck | None
+
+    @property
+    def srm_alarm(self) -> bool:
+        return self.srm is not None and self.srm.mismatch
+
+    @property
+    def regression_alarm(self) -> bool:
+        return self.regression is not None and self.regression.alarm
+
+
+class RewardBoard:
+    """The newest ``history`` windows per (version, window size); per-version rows only.
+
+    A window seen again (a redelivery, or a restarted ledger re-emitting it) replaces the
+    earlier copy. Versions are ordered by their first window: the *live* version is the one
+    that appeared last, the *previous* the one before it.
+
+    - SRM: over the newest window span (same start and end) that several versions share,
+      impressions per version against ``expected_split`` (equal shares when None).
+    - Regression: the live version's newest window of the largest size against the previous
+      version's window of the same span (or its newest one, once it no longer gets traffic).
+
+    >>> def w(version, start, n, rate, lo=0.0):
+    ...     return RewardWindow(window_start=start, window_end=start + 60_000,
+    ...         policy_version=version, impressions=n, offer_clicks=0, conversions=n // 10,
+    ...         revenue=rate * n, reward_rate=rate, ci95=[lo, rate * 2])
+    >>> board = RewardBoard(min_impressions=100, min_conversions=5)
+    >>> t = 1_700_000_040_000
+    >>> for window in (w("v1", t, 500, 2.0, 1.5), w("v2", t + 60_000, 500, 1.0),
+    ...                w("v1", t + 60_000, 500, 2.0, 1.6)):
+    ...     board.add(window)
+    >>> board.versions(), board.sizes()
+    (['v1', 'v2'], [60000])
+    >>> g = board.guardrails()
+    >>> g.regression_alarm, g.regression.previous_lower, g.srm.mismatch
+    (True, 1.6, False)
+    """
+
+    def __init__(self, *, history: int = 500, srm_alpha: float = DEFAULT_SRM_ALPHA,
+                 expected_split: Mapping[str, float] | None = None,
+                 min_impressions: int = 1000, min_conversions: int = 20) -> None:
+        self.history = history
+        self.srm_alpha = srm_alpha
+        self.expected_split = dict(expected_split) if expected_split else None
+        self.min_impressions = min_impressions
+        self.min_conversions = min_conversions
+        self._windows: dict[tuple[str, int], dict[int, RewardWindow]] = {}
+        self._first_seen: dict[str, tuple[int, int]] = {}
+        self.received = 0
+
+    @classmethod
+    def from_settings(cls, r: RewardSettings) -> RewardBoard:
+        return cls(history=r.history_windows, srm_alpha=r.srm_alpha,
+                   expected_split=r.expected_split(), min_impressions=r.min_impressions,
+                   min_conversions=r.min_conversions)
+
+    def add(self, window: RewardWindow) -> None:
+        """Keep one closed window (breakdown rows per anchor/segment are ignored)."""
+        self.received += 1
+        if window.anchor_item_id is not None or window.segment is not None:
+            return
+        version = window.policy_version
+        size = window.window_end - window.window_start
+        rows = self._windows.setdefault((version, size), {})
+        rows[window.window_start] = window
+        if len(rows) > self.history:
+            del rows[min(rows)]
+        seen = self._first_seen.get(version)
+        if seen is None:
+            self._first_seen[version] = (window.window_start, len(self._first_seen))
+        elif window.window_start < seen[0]:
+            self._first_seen[version] = (window.window_start, seen[1])
+
+    def add_all(self, windows: Iterable[RewardWindow]) -> None:
+        for window in windows:
+            self.add(window)
+
+    def versions(self) -> list[str]:
+        """Versions by first window start (then arrival): the live version is last."""
+        return sorted(self._first_seen, key=lambda v: self._first_seen[v])
+
+    def sizes(self) -> list[int]:
+        """Window sizes seen (ms), smallest first."""
+        return sorted({size for _, size in self._windows})
+
+    def series(self, size_ms: int) -> dict[str, list[RewardWindow]]:
+        """Windows of one size per version, oldest first."""
+        return {
+            v: [rows[s] for s in sorted(rows)]
+            for v in self.versions()
+            if (rows := self._windows.get((v, size_ms)))
+        }
+
+    def latest(self, version: str, size_ms: int) -> RewardWindow | None:
+        rows = self._windows.get((version, size_ms))
+        return rows[max(rows)] if rows else None
+
+    def guardrails(self) -> Guardrails:
+        sizes = self.sizes()
+        if not sizes:
+            return Guardrails(None, None)
+        size = sizes[-1]  # the largest windows: most data per test
+        series = self.series(size)
+        return Guardrails(self._srm(series), self._regression(series))
+
+    def _srm(self, series: dict[str, list[RewardWindow]]) -> SrmResult | None:
+        spans: dict[int, dict[str, int]] = {}
+        for version, windows in series.items():
+            for w in windows:
+                spans.setdefault(w.window_start, {})[version] = w.impressions
+        shared = [start for start, counts in spans.items() if len(counts) >= 2]
+        if not shared:
+            return None
+        observed = spans[max(shared)]
+        split = self.expected_split or dict.fromkeys(observed, 1.0)
+        return sample_ratio_mismatch(observed, split, alpha=self.srm_alpha)
+
+    def _regression(self, series: dict[str, list[RewardWindow]]) -> RegressionCheck | None:
+        versions = [v for v in self.versions() if v in series]
+        if len(versions) < 2:
+            return None
+        live = series[versions[-1]][-1]
+        previous_rows = series[versions[-2]]
+        same_span = [w for w in previous_rows if w.window_start == live.window_start]
+        previous = same_span[0] if same_span else previous_rows[-1]
+        return reward_regression(live, previous, min_impressions=self.min_impressions,
+                                 min_conversions=self.min_conversions)
+
+
+def read_jsonl(lines: Iterable[str]) -> list[RewardWindow]:
+    """RewardWindows from JSON lines (blank lines skipped; a bad line raises ValueError).
+
+    >>> read_jsonl(['{"window_start": 1700000000000, "window_end": 1700000060000, '
+    ...     '"policy_version": "v1", "impressions": 2, "offer_clicks": 0, "conversions": 1, '
+    ...     '"revenue": 9.0, "reward_rate": 4.5, "ci95": [0.0, 9.0]}', ""])[0].reward_rate
+    4.5
+    """
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append(_decode_window(line))
+            except msgspec.DecodeError as e:
+                raise ValueError(f"line {n}: not a RewardWindow: {e}") from e
+    return out
+
+
+async def read_reward_windows(
+    kafka: KafkaSettings, topic: str, *, follow: bool,
+    on_batch: Callable[[list[RewardWindow]], Awaitable[None] | None] | None = None,
+    lookback_ms: int | None = None, idle_timeout_s: float = 30.0,
+) -> list[RewardWindow]:
+    """Read ``topic`` from the start (or ``lookback_ms`` ago); return every valid window.
+
+    Without ``follow`` it stops at the end offsets seen when it started (or after
+    ``idle_timeout_s`` without progress); with ``follow`` it runs until cancelled, calling
+    ``on_batch`` with each batch. Invalid messages are skipped (the rewards topic is ours).
+    """
+    consumer = AIOKafkaConsumer(**aiokafka_kwargs(kafka), enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    windows: list[RewardWindow] = []
+    try:
+        tps = await assign_all_partitions(consumer, topic)
+        await _seek(consumer, tps, lookback_ms)
+        ends = await consumer.end_offsets(tps)
+        last_progress = time.monotonic()
+        while True:
+            if not follow:
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= ends[tp] for tp in tps):
+                    break
+                if time.monotonic() - last_progress > idle_timeout_s:
+                    break
+            batch = await consumer.getmany(timeout_ms=300)
+            got: list[RewardWindow] = []
+            for records in batch.values():
+                for record in records:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        got.append(_decode_window(record.value or b""))
+            if batch:
+                last_progress = time.monotonic()
+            if got:
+                if not follow:
+                    windows.extend(got)
+                if on_batch is not None:
+                    result = on_batch(got)
+                    if asyncio.iscoroutine(result):
+                        await result
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+    return windows
+
+
+async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                lookback_ms: int | None) -> None:
+    if lookback_ms is None:
+        await consumer.seek_to_beginning(*tps)
+        return
+    since = int(time.time() * 1000) - lookback_ms
+    found = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+    for tp in tps:
+        at = found.get(tp)
+        if at is None:
+            await consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, at.offset)
+
+
+def window_label(window: RewardWindow) -> str:
+    """The size of a window as in the settings (``1m``, ``1h``)."""
+    return spec_label(window.window_end - window.window_start)

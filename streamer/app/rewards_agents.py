@@ -1,0 +1,218 @@
+"""The faust side of live reward tracking: tables, internal topics, thin agents, timers, pages.
+
+Topology (partition counts all equal ``topics.partitions``, so faust co-assigns partition *p*
+of every topic to one worker)::
+
+    clicks, purchases ─(clicks / purchases agents: RewardTracker.observe)─┐
+    <app>-reward-ticks ─(reward-ticks agent: RewardTracker.tick)──────────┤
+                         closed impressions ─► feedback (key offer_id)    │
+                                           └─► <app>-reward-outcomes (key policy_version)
+    <app>-reward-outcomes ─(reward-ledger agent: RewardTracker.record)─► rewards (key version)
+    offers ─(OfferIndexFeed, no group)─► OfferIndex        rewards ─(reader)─► RewardBoard
+                                                          ─► dashboard, gauges, guardrails
+
+The timer sends a tick to each ticks partition this worker owns (tables may only be written
+while an event of the key's partition is processed, so the timer cannot close windows itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import msgspec
+
+from streamer.app.offer_index import OfferIndex, OfferIndexFeed
+from streamer.app.reward_board import RewardBoard, read_reward_windows, window_label
+from streamer.app.reward_tracking import (
+    FeedbackRecord,
+    RewardConfig,
+    RewardTracker,
+    Tick,
+)
+from streamer.app.tables import EncodedTable
+from streamer.events import RewardWindow
+from streamer.events.dedup import SeenId
+from streamer.observability import Metrics
+from streamer.rewards import ImpressionOutcome, SessionState, WindowAggregate, WindowSpec
+from streamer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_decode_outcome = msgspec.json.Decoder(ImpressionOutcome).decode
+_decode_tick = msgspec.json.Decoder(Tick).decode
+
+
+def reward_config(settings: Settings) -> RewardConfig:
+    """Map the ``rewards`` settings onto the tracker's plain values."""
+    r = settings.rewards
+    return RewardConfig(
+        window_ms=int(r.attribution_window_s * 1000),
+        allowed_lateness_ms=int(r.allowed_lateness_s * 1000),
+        specs=tuple(WindowSpec(size, step) for size, step in r.window_specs_ms()),
+        ledger_lateness_ms=int(r.ledger_lateness_s * 1000),
+        by_anchor=r.by_anchor,
+        by_segment=r.by_segment,
+        reward=r.reward,
+        cost_ratio=r.cost_ratio,
+        dedup_capacity=settings.worker.dedup_capacity,
+    )
+
+
+@dataclass
+class RewardTracking:
+    """What the clicks and purchases agents, pages and the demo need from reward tracking."""
+
+    tracker: RewardTracker
+    offers: OfferIndex
+    board: RewardBoard
+    publish_outcomes: Callable[[list[ImpressionOutcome]], Any]
+
+
+def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics,
+                            table: Callable[..., Any]) -> RewardTracking:
+    """Add reward tracking's tables, topics, agents and timers to ``app``.
+
+    ``table(name, help=...)`` makes a bytes-valued faust Table (the factory's helper). The
+    clicks and purchases agents call ``tracking.tracker.observe`` and
+    ``tracking.publish_outcomes``; everything else runs here.
+    """
+    t, r, w = settings.topics, settings.rewards, settings.worker
+    config = reward_config(settings)
+    raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str,
+           "key_serializer": "raw"}
+    feedback_topic = app.topic(t.feedback, **raw)
+    rewards_topic = app.topic(t.rewards, **raw)
+    ticks_topic = app.topic(f"{w.app_id}-reward-ticks", internal=True,
+                            partitions=t.partitions, **raw)
+    outcomes_topic = app.topic(f"{w.app_id}-reward-outcomes", internal=True,
+                               partitions=t.partitions, **raw)
+
+    retention_ms = config.window_ms + config.allowed_lateness_ms
+    offers = OfferIndex(retention_ms=retention_ms)
+    tracker = RewardTracker(
+        EncodedTable(table("reward-sessions", help="Attribution state per session."),
+                     SessionState),
+        EncodedTable(table("reward-windows", help="Open reward windows."), WindowAggregate),
+        EncodedTable(table("reward-clocks", help="Event clocks of attribution and ledgers."),
+                     int),
+        EncodedTable(table("reward-seen-outcomes", help="De-duplication of outcomes."),
+                     SeenId),
+        offers=offers.get, config=config, metrics=metrics)
+    board = RewardBoard.from_settings(r)
+
+    async def publish_outcomes(outcomes: list[ImpressionOutcome]) -> None:
+        for outcome in outcomes:
+            record = FeedbackRecord.build(outcome, offers.get(outcome.offer_id))
+            await feedback_topic.send(key=outcome.offer_id, value=_encode(record))
+            metrics.feedback_records.inc()
+            # Unversioned outcomes (offer never found) have no ledger to go to: counted here.
+            if outcome.policy_version is None:
+                metrics.unversioned_outcomes.inc()
+                continue
+            await outcomes_topic.send(key=outcome.policy_version, value=_encode(outcome))
+
+    async def publish_windows(windows: list[RewardWindow]) -> None:
+        for window in windows:
+            await rewards_topic.send(key=window.policy_version, value=_encode(window))
+
+    @app.agent(ticks_topic, name="reward-ticks")
+    async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            tick = _decode_tick(event.value)
+            outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
+            await publish_outcomes(outcomes)
+            await publish_windows(windows)
+
+    @app.agent(outcomes_topic, name="reward-ledger")
+    async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            outcome = _decode_outcome(event.value)
+            windows = tracker.record(outcome, partition=event.message.partition,
+                                     wall_ms=int(time.time() * 1000))
+            await publish_windows(windows)
+
+    @app.timer(r.tick_interval_s)
+    async def send_ticks() -> None:
+        tick = _encode(Tick(wall_ms=int(time.time() * 1000)))
+        name = ticks_topic.get_topic_name()
+        for tp in app.consumer.assignment():
+            if tp.topic == name:
+                await ticks_topic.send(value=tick, partition=tp.partition)
+        update_lag(app, metrics)
+        sessions, windows = tracker.open_state()
+        metrics.open_sessions.set(sessions)
+        metrics.open_windows.set(windows)
+
+    @app.task
+    async def index_offers() -> None:
+        feed = OfferIndexFeed(settings.kafka, t.offers, offers,
+                              lookback_ms=int(settings.offers.ttl_s * 1000) + retention_ms,
+                              on_change=lambda: metrics.offer_index_size.set(len(offers)))
+        await feed.run()
+
+    alarming = {"srm": False, "reward_regression": False}
+
+    def on_windows(windows: list[RewardWindow]) -> None:
+        board.add_all(windows)
+        for window in windows:
+            if window.anchor_item_id is None and window.segment is None:
+                labels = (window.policy_version, window_label(window))
+                latest = board.latest(window.policy_version, window.window_end -
+                                      window.window_start)
+                if latest is window:
+                    metrics.reward_rate.labels(*labels).set(window.reward_rate)
+                    metrics.reward_rate_lower.labels(*labels).set(window.ci95[0])
+                    metrics.reward_rate_upper.labels(*labels).set(window.ci95[1])
+        guard = board.guardrails()
+        metrics.srm_p_value.set(guard.srm.p_value if guard.srm is not None else 1.0)
+        for name, alarm in (("srm", guard.srm_alarm),
+                            ("reward_regression", guard.regression_alarm)):
+            metrics.guardrail_alarm.labels(name).set(1 if alarm else 0)
+            if alarm and not alarming[name]:
+                metrics.guardrail_alarms.labels(name).inc()
+                log.warning("guardrail %s alarms: %s", name, guard)
+            alarming[name] = alarm
+
+    @app.task
+    async def follow_rewards() -> None:
+        # Every worker reads all rewards: a version's windows may come from another worker.
+        while True:
+            try:
+                await read_reward_windows(settings.kafka, t.rewards, follow=True,
+                                          on_batch=on_windows, lookback_ms=86_400_000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a broker hiccup must not stop the worker's dashboard for good
+                log.exception("reading %s failed; retrying", t.rewards)
+                await asyncio.sleep(2.0)  # back-off before reconnecting
+
+    return RewardTracking(tracker, offers, board, publish_outcomes)
+
+
+def update_lag(app: faust.App, metrics: Metrics) -> None:
+    """Set ``streamer_consumer_lag`` per topic: end offset minus what was read, summed over
+    this worker's partitions (partitions not read yet count from their committed offset)."""
+    consumer = app.consumer
+    monitor = app.monitor
+    lag: dict[str, int] = {}
+    for tp in consumer.assignment():
+        try:
+            end = consumer.highwater(tp)
+        except Exception:  # not fetched yet: unknown, not zero
+            continue
+        if end is None:
+            continue
+        read = monitor.tp_read_offsets.get(tp)
+        done = read + 1 if read is not None else monitor.tp_committed_offsets.get(tp)
+        if done is None:
+            continue
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - done)
+    for topic, n in lag.items():
+        metrics.consumer_lag.labels(topic).set(n)
