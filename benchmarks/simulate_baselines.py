@@ -9,10 +9,14 @@ changes at ``--drift-at`` of the run.
     python benchmarks/simulate_baselines.py --impressions 100000 --json /tmp/sim.json \\
         --plot /tmp/sim.png
 
-Methods: ``streamer`` (the in-process Engine with its current v0 policy, default
-EngineConfig), ``greedy_lift`` (highest-lift partner at a fixed 10 %), ``random`` (uniform over
-co-purchase candidates x 0/5/10/15 %), and ``vw`` (an empty slot: register a factory in
-``METHODS`` that returns a ``streamer.simulation.DecisionMaker``).
+Methods: ``streamer`` (the in-process Engine with its v0 epsilon-greedy policy, default
+EngineConfig), ``streamer_learned`` (the same engine serving the torch policy, with
+attribution, the trainer's buffer and a fine-tune every 5,000 closed impressions, promoted
+versions hot-swapped in: ``streamer.simulation.learned``), ``greedy_lift`` (highest-lift
+partner at a fixed 10 %), ``random`` (uniform over co-purchase candidates x 0/5/10/15 %), and
+``vw`` (Vowpal Wabbit ``--cb_explore_adf`` over the same candidates as ``random``: an optional
+benchmark dependency, ``pip install vowpalwabbit``; listed as unavailable without it). Neither
+VW nor streamer sees the shopper's segment (offers are per anchor).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamer.engine import Engine
+from streamer.events import ClickEvent, PurchaseEvent
 from streamer.simulation import (
     DEFAULT_START_MS,
     Catalogue,
@@ -38,18 +43,100 @@ from streamer.simulation import (
     plot_reports,
     run_closed_loop,
 )
+from streamer.simulation.learned import LearnedDecisions
+from streamer.simulation.loop import make_offer
 
 Factory = Callable[[Catalogue, int], DecisionMaker]
 
-#: name -> factory(catalogue, seed); None: a slot another engineer fills (listed, not run).
+
+class VowpalWabbitCB(UniformRandom):
+    """Vowpal Wabbit ``--cb_explore_adf`` (epsilon-greedy exploration) choosing among the
+    candidates of :class:`UniformRandom` (co-bought pairs and triples x the discount grid).
+
+    Shared features: the anchor id; per action: the partners, the discount, bundle size,
+    log support and lift, log list price (and anchor x discount interactions). The offer shows
+    VW's ``max_variants`` most probable actions with its probabilities renormalised over them
+    (what is logged and learned from); the cost of an impression is minus the bundle revenue
+    bought through it in the session.
+    """
+
+    def __init__(self, prices: Any, *, seed: int = 0, max_variants: int = 8) -> None:
+        from vowpalwabbit import Workspace
+
+        super().__init__(prices, seed=seed, max_variants=max_variants)
+        self.vw = Workspace(f"--cb_explore_adf --epsilon 0.05 -q sa --quiet --random_seed {seed}")
+        self.shown: dict[str, tuple[list[str], list[float]]] = {}
+
+    def _examples(self, anchor: str, actions: list[Any]) -> list[str]:
+        lines = [f"shared |s a_{anchor}"]
+        for a in actions:
+            ev = self.counts.evidence(a.items)
+            price = sum(self.prices[i] for i in a.items)
+            partners = " ".join(f"p_{i}" for i in a.items[1:])
+            lines.append(f"|a {partners} d{a.discount_pct:g} n{len(a.items)} "
+                         f"sup:{math.log1p(ev.support):.4f} lift:{math.log1p(ev.lift):.4f} "
+                         f"price:{math.log1p(price):.4f}")
+        return lines
+
+    def offer_for(self, anchor: str, segment: str, now_ms: int) -> Any:
+        actions = self.candidates(anchor)
+        if not actions:
+            return None
+        examples = self._examples(anchor, actions)
+        pmf = self.vw.predict(examples)
+        top = sorted(range(len(actions)), key=lambda k: -pmf[k])[: self.max_variants]
+        probs = [max(pmf[k], 1e-6) for k in top]
+        total = sum(probs)
+        offer = make_offer(anchor, [actions[k] for k in top], probs, prices=self.prices,
+                           policy_version="vw", now_ms=now_ms,
+                           evidence=[self.counts.evidence(actions[k].items) for k in top])
+        if offer.offer_id not in self.shown:
+            if len(self.shown) > 50_000:
+                self.shown.clear()
+            self.shown[offer.offer_id] = ([examples[0]] + [examples[k + 1] for k in top],
+                                          [p / total for p in probs])
+        return offer
+
+    def learn(self, events: Any) -> None:
+        self.counts.learn(events)
+        impressions: dict[str, tuple[str, int]] = {}
+        revenue: dict[tuple[str, str], float] = {}
+        for e in events:
+            if isinstance(e, ClickEvent) and e.kind == "offer_impression" and e.offer_id:
+                impressions[e.session_id] = (e.offer_id, e.variant or 0)
+            elif isinstance(e, PurchaseEvent) and e.offer_id:
+                key = (e.session_id, e.offer_id)
+                revenue[key] = revenue.get(key, 0.0) + sum(
+                    line.quantity * line.unit_price for line in e.items)
+        for session, (offer_id, variant) in impressions.items():
+            if offer_id not in self.shown:
+                continue
+            examples, probs = self.shown[offer_id]
+            cost = -revenue.get((session, offer_id), 0.0)
+            labelled = list(examples)
+            labelled[variant + 1] = f"0:{cost}:{probs[variant]} {labelled[variant + 1]}"
+            self.vw.learn(labelled)
+
+
+def vw_factory(cat: Catalogue, seed: int) -> DecisionMaker:
+    return VowpalWabbitCB(cat.prices, seed=seed)
+
+
+def vw_available() -> bool:
+    try:
+        import vowpalwabbit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: name -> factory(catalogue, seed); None: unavailable here (listed, not run).
 METHODS: dict[str, Factory | None] = {
     "streamer": lambda cat, seed: EngineDecisions(Engine.in_memory()),
+    "streamer_learned": lambda cat, seed: LearnedDecisions(seed=seed),
     "greedy_lift": lambda cat, seed: GreedyLift(cat.prices, discount_pct=10.0),
     "random": lambda cat, seed: UniformRandom(cat.prices, seed=seed),
-    # Vowpal Wabbit --cb_explore_adf over the same candidates: an optional benchmark
-    # dependency. Its factory returns an object with offer_for(anchor, segment, now_ms) and
-    # learn(events); see streamer/simulation/loop.py for the contract and make_offer().
-    "vw": None,
+    "vw": vw_factory if vw_available() else None,
 }
 
 
@@ -107,7 +194,7 @@ def main() -> None:
                               "session_interval_ms": interval, "methods": {}}
     for name, factory in factories.items():
         if factory is None:
-            print(f"{name:18s} (not registered yet: add a factory to METHODS)")
+            print(f"{name:18s} (unavailable: pip install vowpalwabbit)")
             continue
         started = time.perf_counter()
         shop = SimulatedShop(catalogue, seed=args.seed)

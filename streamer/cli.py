@@ -136,6 +136,184 @@ def replay(
         raise typer.Exit(1)
 
 
+@app.command()
+def simulate(
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 60.0,
+    rate: Annotated[float | None, typer.Option(help="Simulated sessions per second.")] = None,
+    trainer: Annotated[bool, typer.Option(help="Also run the trainer.")] = True,
+) -> None:
+    """Closed-loop simulation through Kafka: embedded broker, worker, trainer and a simulated
+    storefront with a hidden ground truth; reward and regret against the oracle per version."""
+    from streamer.app.simulate import run_simulation
+
+    settings = Settings()
+    if rate is not None:
+        settings = settings.model_copy(
+            update={"demo": settings.demo.model_copy(update={"shoppers_per_s": rate})})
+    report = asyncio.run(run_simulation(settings, duration_s=duration, console=console,
+                                        with_trainer=trainer))
+    if len(report) == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def trainer() -> None:
+    """Run the trainer: consume feedback, fine-tune the torch policy (GPU if present, else
+    CPU with capped threads), publish promoted versions to policy-updates."""
+    from streamer.app.trainer import main as run_trainer
+
+    run_trainer(Settings())
+
+
+policy_app = typer.Typer(help="Policy versions on policy-updates: list them, roll back.",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """Versions published on policy-updates with their metadata; marks the live one."""
+    from rich.table import Table
+
+    from streamer.app.policy_updates import read_versions
+
+    versions = asyncio.run(read_versions(Settings()))
+    table = Table(title="policy versions (oldest first)")
+    for column in ("live", "version", "parent", "estimate [interval]", "live estimate",
+                   "train size", "device", "seconds"):
+        table.add_column(column)
+    for v in versions.versions():
+        m = v.metadata
+        interval = m.get("interval") or [None, None]
+        estimate = ("" if m.get("estimate") is None else
+                    f"{m['estimate']:.4g} [{_fmt(interval[0])}, {_fmt(interval[1])}]")
+        table.add_row("*" if v.live else "", v.version, str(m.get("parent") or ""), estimate,
+                      _fmt(m.get("live_estimate")), str(m.get("train_size", "")),
+                      str(m.get("device", "")), _fmt(m.get("seconds")))
+    console.print(table)
+    if versions.rejected:
+        console.print(f"{versions.rejected} record(s) refused (untrusted weights or rollbacks "
+                      "to unknown versions)")
+
+
+def _fmt(x: object) -> str:
+    return f"{x:.4g}" if isinstance(x, int | float) else ""
+
+
+@policy_app.command("rollback")
+def policy_rollback(
+    version: Annotated[str, typer.Argument(help="The version workers return to.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the record).")] = "",
+) -> None:
+    """Publish a rollback record: every worker makes VERSION live again."""
+    from streamer.app.policy_updates import publish_rollback
+
+    try:
+        asyncio.run(publish_rollback(Settings(), version, reason=reason))
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    console.print(f"rollback to {version} published")
+
+
+def _windows_table(windows: list[object], title: str) -> object:
+    """The newest window per (version, size) as a rich table."""
+    from rich.table import Table
+
+    from streamer.app.reward_board import RewardBoard
+    from streamer.app.reward_tracking import spec_label
+
+    board = RewardBoard(min_impressions=1, min_conversions=0)
+    board.add_all(windows)  # type: ignore[arg-type]
+    table = Table(title=title)
+    for name in ("version", "window", "ends (UTC)", "impressions", "clicks", "conversions",
+                 "revenue", "reward / impression", "95% interval"):
+        table.add_column(name, justify="left" if name in ("version", "window") else "right")
+    for size in board.sizes():
+        for version in board.versions():
+            w = board.latest(version, size)
+            if w is None:
+                continue
+            ends = datetime.fromtimestamp(w.window_end / 1000, UTC).strftime("%H:%M:%S")
+            table.add_row(version, spec_label(size), ends, f"{w.impressions:,}",
+                          f"{w.offer_clicks:,}", f"{w.conversions:,}", f"{w.revenue:,.2f}",
+                          f"{w.reward_rate:.4f}", f"[{w.ci95[0]:.4f}, {w.ci95[1]:.4f}]")
+    guard = board.guardrails()
+    table.caption = (f"SRM: {'ALARM' if guard.srm_alarm else 'ok'} · reward regression: "
+                     f"{'ALARM' if guard.regression_alarm else 'ok'} · {board.received} windows")
+    return table
+
+
+@app.command()
+def rewards(
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep reading and refresh the table live (Ctrl-C stops).")]
+    = False,
+    jsonl: Annotated[Path | None, typer.Option(
+        help="Also write every window read to this JSONL file.")] = None,
+) -> None:
+    """Show the newest reward windows per policy version from the rewards topic (latest
+    window per version and size, with 95% intervals and the guardrails)."""
+    import msgspec
+    from rich.live import Live
+
+    from streamer.app.reward_board import read_reward_windows
+
+    settings = Settings()
+    topic = settings.topics.rewards
+    seen: list[object] = []
+    out = jsonl.open("wb") if jsonl else None
+    try:
+        if not follow:
+            windows = asyncio.run(read_reward_windows(settings.kafka, topic, follow=False))
+            for w in windows:
+                if out:
+                    out.write(msgspec.json.encode(w) + b"\n")
+            console.print(_windows_table(list(windows), f"rewards ({topic})"))
+            return
+        with Live(_windows_table(seen, f"rewards ({topic}) — following"), console=console,
+                  auto_refresh=False) as live:
+
+            def on_batch(batch: list[object]) -> None:
+                seen.extend(batch)
+                for w in batch:
+                    if out:
+                        out.write(msgspec.json.encode(w) + b"\n")
+                        out.flush()
+                live.update(_windows_table(seen, f"rewards ({topic}) — following"),
+                            refresh=True)
+
+            asyncio.run(read_reward_windows(settings.kafka, topic, follow=True,
+                                            on_batch=on_batch))  # type: ignore[arg-type]
+    finally:
+        if out:
+            out.close()
+
+
+@app.command()
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")]
+    = Path("rewards-report.html"),
+    input: Annotated[Path | None, typer.Option(
+        "--input", "-i", help="RewardWindows as JSONL (default: read the rewards topic).",
+        exists=True, dir_okay=False)] = None,
+    title: Annotated[str, typer.Option(help="Report title.")] = "streamer rewards",
+) -> None:
+    """Write an HTML report with plots (reward per impression per policy version over time,
+    impressions, totals, guardrails) from the rewards topic or a JSONL of RewardWindows."""
+    from streamer.app.report import render_report
+    from streamer.app.reward_board import read_jsonl, read_reward_windows
+
+    if input is not None:
+        windows = read_jsonl(input.read_text().splitlines())
+    else:
+        settings = Settings()
+        windows = asyncio.run(read_reward_windows(settings.kafka, settings.topics.rewards,
+                                                  follow=False))
+    output.write_text(render_report(windows, title=title))
+    console.print(f"{len(windows)} windows -> {output}")
+
+
 def main() -> None:
     """Entry point of the ``streamer`` script."""
     try:

@@ -20,11 +20,27 @@ assigns values, never mutates one in place, so every change reaches the changelo
 ['tea', 'cup']
 >>> engine.handle_purchase(order(0, ["tea", "cup"]))   # a redelivered event changes nothing
 []
+
+The policy is swappable while running (:meth:`Engine.set_policy`: one reference assignment);
+offers built afterwards carry the new version. A learned ``TorchPolicy`` gets each decision's
+context (segment, event time, catalogue prices, the River conversion model) through a
+``DecisionFeaturizer``:
+
+>>> from streamer.online import FEATURE_NAMES
+>>> from streamer.policy import TorchPolicy
+>>> learned = TorchPolicy.initial(FEATURE_NAMES, discount_levels=(0.0, 10.0), seed=0)
+>>> engine.set_policy(learned) == "v0-greedy"       # returns the version it replaced
+True
+>>> offer = engine.handle_purchase(order(9, ["tea", "cup"]))[0]
+>>> offer.policy_version == learned.version, [v.discount_pct for v in offer.variants]
+(True, [0.0, 10.0])
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import dataclasses
+import math
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +50,15 @@ from streamer.copurchase import TOTAL_KEY, CoPurchaseStats
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.offers import OfferBuilder, offer_signature
-from streamer.policy import EpsilonGreedyPolicy, Policy
+from streamer.online import (
+    DISCOUNT_LEVELS,
+    PROPENSITY_FEATURE,
+    ConversionModel,
+    DecisionContext,
+    DecisionFeaturizer,
+    variant_features,
+)
+from streamer.policy import EpsilonGreedyPolicy, LoggedDecision, Policy
 
 
 class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
@@ -58,7 +82,7 @@ class EngineConfig:
     """Plain values the engine is built from (the app maps settings onto it)."""
 
     half_life_s: float = 30 * 24 * 3600.0
-    top_k: int = 50
+    top_k: int = 1024
     max_pairs: int = 3
     max_triples: int = 1
     min_support: float = 2.0
@@ -89,13 +113,29 @@ class EngineState:
 class Engine:
     """Learns from purchases and clicks; returns the offers to publish.
 
-    Not thread-safe: one engine per worker, called from its event loop only.
+    Not thread-safe: one engine per worker, called from its event loop only. The one
+    exception is :meth:`set_policy`, a single reference assignment that may come from any
+    thread or task: a decision uses the policy it read once at its start.
+
+    ``conversion`` is the River conversion model the learned policy reads as a feature (a
+    fresh one, answering its prior base rate, when not given); :meth:`learn_conversion` feeds it.
     """
 
-    def __init__(self, config: EngineConfig, state: EngineState, policy: Policy) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        state: EngineState,
+        policy: Policy,
+        *,
+        conversion: ConversionModel | None = None,
+    ) -> None:
         self.config = config
         self.state = state
-        self.policy = policy
+        self._policy = policy
+        self._fallback = self.v0_policy(config)
+        self.conversion = conversion if conversion is not None else ConversionModel()
+        #: Decisions the live policy could not make (non-finite scores) and v0 made instead.
+        self.policy_failures = 0
         self.stats = CoPurchaseStats(
             state.items, state.counts, half_life_s=config.half_life_s, top_k=config.top_k
         )
@@ -109,6 +149,30 @@ class Engine:
         """An engine on plain dicts with the v0 policy (replay, evaluation, tests)."""
         config = config or EngineConfig()
         return cls(config, EngineState.in_memory(), cls.v0_policy(config))
+
+    @property
+    def policy(self) -> Policy:
+        """The policy offers are built with now."""
+        return self._policy
+
+    def set_policy(self, policy: Policy) -> str:
+        """Hot-swap the policy atomically (one reference assignment); returns the version it
+        replaced. Nothing learned is lost: statistics, prices and dedup state are untouched,
+        and offers built from now on carry ``policy.version`` (an offer whose variants did not
+        change is still republished under the new version)."""
+        previous, self._policy = self._policy, policy
+        return previous.version
+
+    def learn_conversion(self, features: Mapping[str, float], converted: bool) -> None:
+        """Learn one closed impression (the shown variant's features, whether it converted)
+        into the conversion model the learned policy reads."""
+        self.conversion.learn_one(features, converted)
+
+    def featurizer(self, now_ms: int) -> DecisionFeaturizer:
+        """The features of each (candidate, discount) at ``now_ms``: the offers' segment, the
+        event time, catalogue prices and the conversion model (read lazily, per variant)."""
+        context = DecisionContext(self.config.segment, now_ms, self.state.catalog)
+        return DecisionFeaturizer(context, self.conversion)
 
     @staticmethod
     def v0_policy(config: EngineConfig) -> Policy:
@@ -184,14 +248,24 @@ class Engine:
         # so no offer goes out with a wrong bundle price.
         catalog = self.state.catalog
         candidates = [c for c in candidates if all(i in catalog for i in c.items)]
-        proposals = self.policy.propose(anchor, candidates)
+        policy = self._policy  # read once: a concurrent swap applies from the next decision
+        try:
+            proposals = policy.propose(anchor, candidates, featurizer=self.featurizer(now_ms))
+        except FloatingPointError:
+            # A version whose outputs are not finite must not stop offers: v0 decides, and
+            # the offer says so in its policy_version.
+            self.policy_failures += 1
+            policy = self._fallback
+            proposals = policy.propose(anchor, candidates)
         if not proposals:
             return None
         offer = self.builder.build(
             anchor,
-            proposals,
+            # On the wire a variant's score is its co-purchase score whatever the policy, so
+            # feedback decoding (logged_decision) can rebuild the features from the offer.
+            [dataclasses.replace(p, score=p.candidate.score) for p in proposals],
             prices=self.state.catalog,
-            policy_version=self.policy.version,
+            policy_version=policy.version,
             now_ms=now_ms,
         )
         if (
@@ -228,3 +302,137 @@ class Engine:
         """The offer last published for ``anchor``."""
         return self.state.offers.get(anchor)
 
+
+
+# -- the decision ledger, decoded for training ---------------------------------------------
+@dataclass(frozen=True, slots=True)
+class OfferedBundle:
+    """A bundle of a published offer, seen as the candidate it was built from (it fits the
+    policy's ``BundleCandidate`` and ``streamer.online``'s ``CandidateEvidence``)."""
+
+    items: tuple[str, ...]
+    support: float
+    confidence: float
+    lift: float
+    score: float
+
+
+def offer_prices(offer: BundleOffer, known: Mapping[str, float] | None = None) -> dict[str, float]:
+    """List prices of every item of ``offer``: ``known`` ones as given, the others from the
+    variants' bundle prices (``bundle_price / (1 - discount)`` is the bundle's list price; what
+    the known items do not explain is split evenly among the unknown ones).
+
+    >>> from streamer.events import Evidence, Variant
+    >>> ev = Evidence(support=1.0, confidence=0.5, lift=1.0)
+    >>> offer = BundleOffer(offer_id="o", ts=1_700_000_000_000, anchor_item_id="a",
+    ...     segment="all", policy_version="v", expires_at=1_700_000_001_000, variants=[
+    ...     Variant(items=["a", "b"], discount_pct=10.0, bundle_price=9.0, probability=1.0,
+    ...             score=0.5, evidence=ev)])
+    >>> offer_prices(offer, {"a": 6.0}), offer_prices(offer)
+    ({'a': 6.0, 'b': 4.0}, {'a': 5.0, 'b': 5.0})
+    """
+    prices = {i: float(p) for i, p in (known or {}).items() if i in _offer_items(offer)}
+    for v in offer.variants:
+        unknown = [i for i in v.items if i not in prices]
+        if not unknown or v.discount_pct >= 100:
+            continue
+        list_price = v.bundle_price / (1.0 - v.discount_pct / 100.0)
+        rest = max(0.0, list_price - sum(prices[i] for i in v.items if i in prices))
+        for i in unknown:
+            prices[i] = rest / len(unknown)
+    return prices
+
+
+def _offer_items(offer: BundleOffer) -> set[str]:
+    return {i for v in offer.variants for i in v.items}
+
+
+def logged_decision(
+    record: Mapping[str, Any],
+    offer: BundleOffer,
+    *,
+    prices: Mapping[str, float] | None = None,
+    conversion: ConversionModel | None = None,
+    discount_levels: tuple[float, ...] = DISCOUNT_LEVELS,
+) -> LoggedDecision:
+    """One ``feedback`` record (decoded JSON, ``ImpressionOutcome`` fields) and the offer it
+    was an impression of -> the trainer's :class:`~streamer.policy.LoggedDecision`. Pure given
+    ``conversion``'s state (it is read, not trained).
+
+    Read from the record: ``variant`` (index into ``offer.variants``), ``propensity``,
+    ``reward``, and optionally ``ts`` (event time; else the offer's) and ``segment``. When the
+    record carries the decision itself (``variant_features``, ``chosen`` and optionally
+    ``expected_rewards``), those are used as they are. Otherwise the decision is rebuilt: the
+    actions are the offer's distinct bundles (evidence and co-purchase score from their
+    variants) at every ``discount_levels`` (plus the shown discount if off the grid), in the
+    order ``TorchPolicy.decide`` uses; features as the engine computes them, with ``prices``
+    (the catalogue, else :func:`offer_prices`) and ``conversion``'s propensity, which also gives
+    the direct-method ``expected_rewards``. Raises ``ValueError`` for a record that does not
+    fit the offer.
+
+    >>> from streamer.events import Evidence, Variant
+    >>> ev = Evidence(support=3.0, confidence=0.5, lift=2.0)
+    >>> offer = BundleOffer(offer_id="o", ts=1_700_000_000_000, anchor_item_id="a",
+    ...     segment="all", policy_version="v", expires_at=1_700_000_001_000, variants=[
+    ...     Variant(items=["a", b], discount_pct=10.0, bundle_price=9.0, probability=0.5,
+    ...             score=0.5, evidence=ev) for b in ("b", "c")])
+    >>> d = logged_decision({"offer_id": "o", "variant": 1, "propensity": 0.5, "reward": 9.0},
+    ...                     offer, conversion=ConversionModel())
+    >>> len(d.variant_features), d.chosen, d.propensity, d.reward   # 2 bundles x 4 discounts
+    (8, 6, 0.5, 9.0)
+    >>> round(d.variant_features[d.chosen]["discount"], 2), round(d.expected_rewards[6], 3)
+    (0.1, 0.18)
+    """
+    try:
+        variant = int(record["variant"])
+        propensity = float(record["propensity"])
+        reward = float(record["reward"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"feedback record lacks variant/propensity/reward: {e}") from e
+    if record.get("offer_id", offer.offer_id) != offer.offer_id:
+        raise ValueError(f"record of offer {record.get('offer_id')!r} given {offer.offer_id!r}")
+    if not 0 <= variant < len(offer.variants):
+        raise ValueError(f"variant {variant} out of range for offer {offer.offer_id}")
+    if not (math.isfinite(reward) and 0.0 < propensity <= 1.0):
+        raise ValueError("reward must be finite and propensity in (0, 1]")
+    if "variant_features" in record and "chosen" in record:
+        rows = [{str(k): float(x) for k, x in r.items()} for r in record["variant_features"]]
+        dm = record.get("expected_rewards")
+        return LoggedDecision(
+            variant_features=rows,
+            chosen=int(record["chosen"]),
+            propensity=propensity,
+            reward=reward,
+            expected_rewards=None if dm is None else [float(x) for x in dm],
+        )
+    bundles: dict[tuple[str, ...], OfferedBundle] = {}
+    for v in offer.variants:
+        items = tuple(v.items)
+        if items not in bundles:
+            e = v.evidence
+            bundles[items] = OfferedBundle(items, e.support, e.confidence, e.lift, v.score)
+    shown = offer.variants[variant]
+    levels = list(discount_levels)
+    if shown.discount_pct not in levels:
+        levels.append(shown.discount_pct)
+    ordered = sorted(bundles.values(), key=lambda c: (-c.score, c.items))
+    actions = [(c, float(d)) for c in ordered for d in levels]
+    chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
+    ts = int(record.get("ts") or offer.ts)
+    segment = str(record.get("segment") or offer.segment)
+    context = DecisionContext(segment, ts, offer_prices(offer, prices))
+    rows = []
+    dm_rows: list[float] = []
+    for candidate, discount in actions:
+        features = variant_features(candidate, discount, context)
+        if conversion is not None:
+            features[PROPENSITY_FEATURE] = conversion.predict_one(features)
+            dm_rows.append(conversion.expected_reward(features))
+        rows.append(features)
+    return LoggedDecision(
+        variant_features=rows,
+        chosen=chosen,
+        propensity=propensity,
+        reward=reward,
+        expected_rewards=dm_rows if conversion is not None else None,
+    )

@@ -43,6 +43,163 @@ class Metrics:
             "streamer_tracked_items", "Items with co-purchase state on this worker.",
             registry=self.registry,
         )
+        self.consumer_lag = Gauge(
+            "streamer_consumer_lag",
+            "Messages behind the end of the log, summed over this worker's partitions.",
+            ["topic"],
+            registry=self.registry,
+        )
+        # -- rewards: attribution and the reward ledger --------------------------------------
+        self.attribution_events = Counter(
+            "streamer_attribution_events",
+            "Clicks and purchases seen by attribution, by what was done with them "
+            "(applied, late_applied, too_late, duplicate, ignored, invalid, overflow).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.late_events = Counter(
+            "streamer_late_events",
+            "Events behind the watermark: stage attribution (status late_applied: still "
+            "counted; too_late: reported, not applied) and stage ledger (outcome missed a "
+            "closed window).",
+            ["stage", "status"],
+            registry=self.registry,
+        )
+        self.feedback_records = Counter(
+            "streamer_feedback_records",
+            "Impressions joined with their outcome, published to the feedback topic.",
+            registry=self.registry,
+        )
+        self.unversioned_outcomes = Counter(
+            "streamer_unversioned_outcomes",
+            "Closed impressions whose offer was never found (no policy version to credit).",
+            registry=self.registry,
+        )
+        self.reward_impressions = Counter(
+            "streamer_reward_impressions",
+            "Offer impressions whose attribution window closed, per policy version.",
+            ["policy_version"],
+            registry=self.registry,
+        )
+        self.reward_offer_clicks = Counter(
+            "streamer_reward_offer_clicks",
+            "Closed impressions that were clicked, per policy version.",
+            ["policy_version"],
+            registry=self.registry,
+        )
+        self.reward_conversions = Counter(
+            "streamer_reward_conversions",
+            "Closed impressions with an attributed purchase, per policy version.",
+            ["policy_version"],
+            registry=self.registry,
+        )
+        self.reward_revenue = Counter(
+            "streamer_reward_revenue",
+            "Attributed bundle revenue of closed impressions, per policy version.",
+            ["policy_version"],
+            registry=self.registry,
+        )
+        self.reward_sum = Counter(
+            "streamer_reward_sum",
+            "Summed reward of closed impressions, per policy version (divide by impressions).",
+            ["policy_version"],
+            registry=self.registry,
+        )
+        self.reward_windows = Counter(
+            "streamer_reward_windows_published",
+            "Closed reward windows published to the rewards topic, per window spec.",
+            ["window"],
+            registry=self.registry,
+        )
+        self.reward_rate = Gauge(
+            "streamer_reward_per_impression",
+            "Reward per impression of the newest closed window, per version and window spec.",
+            ["policy_version", "window"],
+            registry=self.registry,
+        )
+        self.reward_rate_lower = Gauge(
+            "streamer_reward_per_impression_lower",
+            "Lower 95% bound of streamer_reward_per_impression.",
+            ["policy_version", "window"],
+            registry=self.registry,
+        )
+        self.reward_rate_upper = Gauge(
+            "streamer_reward_per_impression_upper",
+            "Upper 95% bound of streamer_reward_per_impression.",
+            ["policy_version", "window"],
+            registry=self.registry,
+        )
+        self.open_sessions = Gauge(
+            "streamer_attribution_open_sessions",
+            "Sessions with impressions or purchases still inside an attribution window.",
+            registry=self.registry,
+        )
+        self.open_windows = Gauge(
+            "streamer_reward_open_windows",
+            "Reward windows not yet closed on this worker.",
+            registry=self.registry,
+        )
+        self.offer_index_size = Gauge(
+            "streamer_offer_index_size",
+            "Offers held by the worker's offer index for attribution.",
+            registry=self.registry,
+        )
+        # -- guardrails ---------------------------------------------------------------------
+        self.srm_p_value = Gauge(
+            "streamer_guardrail_srm_p_value",
+            "p-value of the sample-ratio-mismatch test over the newest windows (1: no test).",
+            registry=self.registry,
+        )
+        self.guardrail_alarm = Gauge(
+            "streamer_guardrail_alarm",
+            "1 while a guardrail alarms (srm, reward_regression), else 0.",
+            ["guardrail"],
+            registry=self.registry,
+        )
+        self.guardrail_alarms = Counter(
+            "streamer_guardrail_alarms",
+            "Times a guardrail started alarming, per guardrail.",
+            ["guardrail"],
+            registry=self.registry,
+        )
+        # -- the trainer (a process of its own) increments these ------------------------------
+        self.trainer_promotions = Counter(
+            "streamer_trainer_promotions",
+            "Policy versions the trainer promoted (lower bound beat the live policy).",
+            registry=self.registry,
+        )
+        self.trainer_rejections = Counter(
+            "streamer_trainer_rejections",
+            "Candidate policy versions the trainer rejected, per reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        # -- policy versions a worker follows (policy-updates) ---------------------------------
+        self.policy_adoptions = Counter(
+            "streamer_policy_adoptions",
+            "Times this worker made a policy version live (promotion or rollback), per version.",
+            ["version"],
+            registry=self.registry,
+        )
+        self.policy_refused = Counter(
+            "streamer_policy_refused",
+            "policy-updates records refused (untrusted weights, rollback to an unknown version).",
+            registry=self.registry,
+        )
+        for guardrail in ("srm", "reward_regression"):
+            self.guardrail_alarm.labels(guardrail).set(0)
+        self.srm_p_value.set(1.0)
+
+    def exposed_names(self) -> set[str]:
+        """Every metric name as Prometheus exposes it (counters with ``_total``).
+
+        >>> {"streamer_events_consumed_total", "streamer_consumer_lag"} <= Metrics().exposed_names()
+        True
+        """
+        names: set[str] = set()
+        for metric in self.registry.collect():
+            names.add(f"{metric.name}_total" if metric.type == "counter" else metric.name)
+        return names
 
     def snapshot(self) -> dict[str, object]:
         """Current values as plain JSON-able data (for the stats page and the demo)."""

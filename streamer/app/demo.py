@@ -41,6 +41,7 @@ class DemoResult:
     offers_seen: int = 0
     malformed_sent: int = 0
     worker_ready_s: float = float("nan")
+    rewards: dict[str, Any] = field(default_factory=dict)
 
 
 class WorkerProcess:
@@ -112,6 +113,12 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
     counts.add_row("dead letters", f"{dead:,.0f}")
     counts.add_row("items tracked", f"{s.get('tracked_items', 0):,}")
     counts.add_row("offer impressions shown", f"{driver.impressions:,}")
+    rewards = Table(title="reward per impression by policy version", expand=False)
+    for name in ("version", "impressions", "conversions", "revenue", "overall",
+                 "newest 5s window"):
+        rewards.add_column(name, justify="left" if name == "version" else "right")
+    for row in reward_rows(result):
+        rewards.add_row(*row)
     offers = Table(title="current offers (newest)", expand=False)
     offers.add_column("anchor")
     offers.add_column("variants: items @ discount (probability)")
@@ -124,7 +131,28 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
             offers.add_row(offer.anchor_item_id, "\n".join(
                 f"{' + '.join(v.items)} @ {v.discount_pct:.0f}% ({v.probability:.2f})"
                 for v in offer.variants))
-    return Group(counts, offers)
+    return Group(counts, rewards, offers)
+
+
+def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
+    """Per policy version: closed impressions, conversions, revenue, reward per impression
+    overall (from the worker's counters) and in the newest closed window (the dashboard's)."""
+    s = result.worker_stats
+    impressions = _by_topic(s, "streamer_reward_impressions_total")
+    conversions = _by_topic(s, "streamer_reward_conversions_total")
+    revenue = _by_topic(s, "streamer_reward_revenue_total")
+    reward = _by_topic(s, "streamer_reward_sum_total")
+    newest = {series["policy_version"]: series["points"][-1]
+              for series in result.rewards.get("series", []) if series["points"]}
+    rows = []
+    for version in sorted(set(impressions) | set(newest)):
+        n = impressions.get(version, 0.0)
+        last = newest.get(version)
+        rows.append((version, f"{n:,.0f}", f"{conversions.get(version, 0):,.0f}",
+                     f"{revenue.get(version, 0):,.2f}",
+                     f"{reward.get(version, 0) / n:.3f}" if n else "—",
+                     f"{last['reward_rate']:.3f} ({last['impressions']})" if last else "—"))
+    return rows
 
 
 async def run_demo(settings: Settings, *, duration_s: float, console: Console,
@@ -142,6 +170,11 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             "STREAMER__WORKER__WEB_PORT": str(web_port),
             "STREAMER__WORKER__DATA_DIR": str(workdir / "data"),
             "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
+            # A one-minute demo cannot wait for 30-minute attribution windows: seconds here.
+            "STREAMER__REWARDS__ATTRIBUTION_WINDOW_S": "5",
+            "STREAMER__REWARDS__ALLOWED_LATENESS_S": "1",
+            "STREAMER__REWARDS__LEDGER_LATENESS_S": "1",
+            "STREAMER__REWARDS__WINDOWS": "5s,30s/5s",
         }
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
         settings = settings.model_copy(update={"kafka": kafka})
@@ -151,9 +184,10 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
         console.print(f"worker starting (pid {worker.proc.pid})")
         try:
             stats_url = f"http://127.0.0.1:{web_port}/stats/"
+            dashboard_url = f"http://127.0.0.1:{web_port}/dashboard/data.json"
             result.worker_ready_s = await wait_ready(worker, stats_url, timeout_s=60)
             console.print(f"worker ready in {result.worker_ready_s:.1f} s; dashboard "
-                          f"http://127.0.0.1:{web_port}/stats/")
+                          f"http://127.0.0.1:{web_port}/dashboard/")
             d, t = settings.demo, settings.topics
             shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
             driver = StorefrontDriver(kafka, shop, clicks_topic=t.clicks,
@@ -168,6 +202,9 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                         stats = await fetch_stats(session, stats_url)
                         if stats:
                             result.worker_stats = stats
+                        board = await fetch_stats(session, dashboard_url)
+                        if board:
+                            result.rewards = board
                         if live is not None:
                             live.update(render(result, driver, max(0.0, end - time.monotonic())),
                                         refresh=True)
@@ -203,5 +240,7 @@ def summary(result: DemoResult) -> str:
     lines.append(f"offers published: {s.get('streamer_offers_published_total', 0):,.0f}")
     lines.append(f"dead letters: {sum(_by_topic(s, 'streamer_dead_letters_total').values()):,.0f}")
     lines.append(f"offer impressions: {result.impressions:,}")
+    lines += [f"reward per impression of {row[0]}: {row[4]} over {row[1]} closed impressions"
+              for row in reward_rows(result)]
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
     return "\n".join(lines)

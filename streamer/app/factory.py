@@ -8,6 +8,7 @@ Topology::
     purchases ► purchases agent ─(fan out by item)─► <app>-item-baskets
                                  └─(invalid)─────────────────────► dead-letters
     <app>-item-baskets ► items agent (co-purchase state, dedup) ──► offers (keyed by anchor)
+    clicks, purchases ──► reward tracking (streamer.app.rewards_agents) ──► feedback, rewards
 
 The repartition on item puts each item's state on the worker that owns the item, so workers
 scale by partitions and a table key is only ever written from its own partition.
@@ -26,7 +27,10 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.kafka import faust_broker_urls, faust_credentials
+from streamer.app.policy_updates import install_policy_follower
+from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
 from streamer.app.tables import EncodedTable
 from streamer.copurchase import Decayed, ItemStats
 from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket
@@ -69,6 +73,7 @@ class StreamerApp:
     click_dedup: Deduplicator
     metrics: Metrics
     codec: EventCodec
+    rewards: RewardTracking
     ready: bool = False
 
 
@@ -111,7 +116,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
 
     def table(name: str, *, global_: bool = False, help: str) -> Any:
         factory = app.GlobalTable if global_ else app.Table
-        return factory(name, schema=table_schema, help=help)
+        # value_type=bytes too: faust picks the serializer used when *recovering* from the
+        # changelog from value_type, not from the schema (json otherwise: lists, not bytes).
+        return factory(name, schema=table_schema, key_type=str, value_type=bytes, help=help)
 
     items_t = table("items", help="Co-purchase state per anchor item.")
     offers_t = table("live-offers", help="Last offer published per anchor.")
@@ -135,7 +142,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         ttl_ms=int(w.dedup_ttl_s * 1000),
         capacity=w.dedup_capacity,
     )
-    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec)
+    rewards = install_reward_tracking(app, settings, metrics, table)
+    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards)
+    install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
     encode = msgspec.json.Encoder().encode
     basket_decoder = msgspec.json.Decoder(ItemBasket)
 
@@ -176,6 +185,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             if not click_dedup.first_time(click.event_id, ts_ms=click.ts,
                                           partition=message.partition):
                 dups.inc()
+            # Attribution has its own idempotence, kept with the state it guards.
+            await rewards.publish_outcomes(rewards.tracker.observe(
+                click, partition=message.partition, wall_ms=int(time.time() * 1000)))
 
     @app.agent(purchases_topic, name="purchases")
     async def purchases(stream: faust.StreamT[bytes]) -> None:
@@ -192,6 +204,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             # again harmlessly.
             for basket in Engine.fan_out(purchase):
                 await baskets_topic.send(key=basket.anchor, value=encode(basket))
+            await rewards.publish_outcomes(rewards.tracker.observe(
+                purchase, partition=event.message.partition, wall_ms=int(time.time() * 1000)))
 
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
@@ -213,12 +227,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # in-memory only and must be recreated from them.
         engine.dedup.rebuild()
         click_dedup.rebuild()
+        rewards.tracker.reset()
         sa.ready = True
 
     @app.page("/stats/")
     async def stats(web_: Any, request: Any) -> Any:
         snapshot = metrics.snapshot()
         snapshot["tracked_items"] = len(items_t)
+        snapshot["reward_open_sessions"], snapshot["reward_open_windows"] = (
+            rewards.tracker.open_state())
+        snapshot["offer_index_size"] = len(rewards.offers)
         snapshot["ready"] = sa.ready
         return web_.json(snapshot)
 
@@ -242,9 +260,24 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             "offer": msgspec.to_builtins(offer) if offer is not None else None,
         })
 
+    @app.page("/dashboard/")
+    async def dashboard(web_: Any, request: Any) -> Any:
+        return web_.html(DASHBOARD_HTML)
+
+    @app.page("/dashboard/data.json")
+    async def dashboard_json(web_: Any, request: Any) -> Any:
+        update_lag(app, metrics)
+        try:
+            data = dashboard_data(rewards.board, rewards.offers, metrics.snapshot(),
+                                  window=request.query.get("window"))
+        except ValueError as e:
+            return web_.json({"error": str(e)}, status=400)
+        return web_.json(data)
+
     @app.page("/metrics")
     async def prometheus(web_: Any, request: Any) -> Any:
         metrics.tracked_items.set(len(items_t))
+        update_lag(app, metrics)
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

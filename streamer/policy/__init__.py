@@ -18,6 +18,7 @@ from streamer.policy.checkpoint import (
 from streamer.policy.feedback import FeedbackBatch, FeedbackBuffer, LoggedDecision
 from streamer.policy.greedy import EpsilonGreedyPolicy
 from streamer.policy.ope import Estimate, doubly_robust, ips, snips
+from streamer.policy.registry import PolicyChange, PolicyVersions, VersionInfo, rollback_record
 from streamer.policy.torch_policy import Decision, PolicyShape, TorchPolicy
 from streamer.policy.training import (
     FineTuneConfig,
@@ -26,6 +27,7 @@ from streamer.policy.training import (
     PolicyTrainer,
     evaluate_policy,
     fine_tune,
+    gate_against_logged,
     select_device,
     should_promote,
 )
@@ -41,19 +43,24 @@ __all__ = [
     "FineTuneResult",
     "LoggedDecision",
     "Policy",
+    "PolicyChange",
     "PolicyEvaluation",
     "PolicyShape",
     "PolicyTrainer",
+    "PolicyVersions",
     "Proposal",
     "TorchPolicy",
     "UnsafeCheckpointError",
     "VariantFeaturizer",
+    "VersionInfo",
     "doubly_robust",
     "evaluate_policy",
     "fine_tune",
+    "gate_against_logged",
     "ips",
     "policy_from_bytes",
     "policy_to_bytes",
+    "rollback_record",
     "select_device",
     "should_promote",
     "snips",

@@ -23,6 +23,7 @@ must be finite.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -292,6 +293,31 @@ def fine_tune(
     )
 
 
+def gate_against_logged(
+    result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str
+) -> FineTuneResult:
+    """``result`` judged against the policy that logged ``batch`` instead of a torch policy:
+    for when the live policy is not a ``TorchPolicy`` (the v0 epsilon-greedy policy, whose
+    logs are on-policy). Its value on the same holdout ``fine_tune`` used is the mean logged
+    reward (IPS with the target's probabilities equal to the logged ones); the gate is then
+    applied as usual. ``live_evaluation`` holds that on-policy estimate under every name."""
+    _, holdout = batch.split(config.holdout_fraction)
+    logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
+                 confidence=config.confidence)
+    live_eval = PolicyEvaluation(
+        estimates={name: logged for name in result.candidate_evaluation.estimates},
+        outputs_finite=True,
+    )
+    promoted, reason = _verdict(result.candidate, result.candidate_evaluation, live_eval)
+    return dataclasses.replace(
+        result,
+        live_evaluation=live_eval,
+        live_version=live_version,
+        promoted=promoted,
+        reason=reason,
+    )
+
+
 def _verdict(
     candidate: TorchPolicy, candidate_eval: PolicyEvaluation, live_eval: PolicyEvaluation
 ) -> tuple[bool, str]:
@@ -444,13 +470,21 @@ class PolicyTrainer:
     def fine_tune(self, live: TorchPolicy, now_s: float) -> FineTuneResult:
         """Fine-tune ``live`` on the buffer now (blocks; see :func:`fine_tune`), reset the
         triggers, and record the outcome's metadata in :attr:`history`."""
+        records = self.buffer.total_added
         result = fine_tune(live, self.buffer.snapshot(), self.config)
+        self.record(result, now_s, records_at_start=records)
+        return result
+
+    def record(self, result: FineTuneResult, now_s: float, *, records_at_start: int) -> None:
+        """Reset the triggers and keep ``result``'s metadata in :attr:`history`: for callers
+        that run :func:`fine_tune` elsewhere (another thread) on a :meth:`FeedbackBuffer.snapshot`
+        taken when ``total_added`` was ``records_at_start``; records added meanwhile still
+        count as new."""
         self._clock.last_s = now_s
-        self._clock.records_at_last = self.buffer.total_added
+        self._clock.records_at_last = records_at_start
         self._clock.requested = None
         self._clock.history.append(result.metadata())
         del self._clock.history[: -self.max_history]
-        return result
 
     @property
     def history(self) -> list[dict[str, Any]]:

@@ -59,8 +59,9 @@ def parse_since(value: str | None) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
-def resume(events: Iterable[Event], *, skip: int = 0, since_ms: int | None = None
-           ) -> Iterator[Event]:
+def resume(
+    events: Iterable[Event], *, skip: int = 0, since_ms: int | None = None
+) -> Iterator[Event]:
     """Drop the first ``skip`` events, then every event older than ``since_ms``.
 
     >>> from types import SimpleNamespace as E

@@ -54,3 +54,48 @@ def test_worker_environment_builds_valid_settings(
 def test_dockerfile_installs_the_package() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install" in text and "streamer" in text
+
+
+def test_prometheus_scrapes_the_workers_metrics_port(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"prometheus", "grafana"} <= set(services)
+    mounted = " ".join(services["prometheus"]["volumes"])
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml" in mounted
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    worker_port = int(compose["services"]["worker"]["environment"]["STREAMER__WORKER__WEB_PORT"])
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["port"] == worker_port
+
+
+def test_grafana_is_provisioned_with_the_dashboard(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["grafana"]["volumes"]
+    for host_path in (v.split(":")[0] for v in volumes):
+        assert (ROOT / host_path).exists(), host_path
+    sources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert sources["datasources"][0]["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/streamer.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert any(v.endswith(":/var/lib/grafana/dashboards:ro") for v in volumes)
+
+
+def test_dashboard_queries_use_metrics_the_code_defines() -> None:
+    import json
+    import re
+
+    from streamer.observability import Metrics
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamer.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bstreamer_[a-z_]+", e)}
+    defined = Metrics().exposed_names()
+    assert used and used <= defined, used - defined
+    # The metrics are all on the dashboard.
+    for name in ("streamer_reward_per_impression", "streamer_consumer_lag",
+                 "streamer_dead_letters_total", "streamer_guardrail_alarm",
+                 "streamer_trainer_promotions_total", "streamer_trainer_rejections_total",
+                 "streamer_late_events_total", "streamer_reward_impressions_total"):
+        assert name in used, name

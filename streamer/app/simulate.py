@@ -1,0 +1,144 @@
+"""``streamer simulate``: the closed-loop simulator through Kafka.
+
+An embedded broker, a worker and the trainer, each a process of its own, and a simulated
+storefront whose ground truth streamer never sees: it reads offers only through
+:class:`~streamer.app.storefront.OfferCache` and reports views, impressions, clicks and
+purchases on the event topics. Every session is scored against the oracle; the report gives
+cumulative reward and regret per policy version (the version of the offer shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.demo import WorkerProcess, wait_ready
+from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.storefront import OfferCache
+from streamer.app.worker import ensure_topics
+from streamer.events import PurchaseEvent
+from streamer.settings import KafkaSettings, Settings
+from streamer.simulation import Catalogue, Oracle, SimulatedShop, SimulationReport
+
+
+class SimulatingStorefront:
+    """A :class:`SimulatedShop` on Kafka that scores every session against the oracle."""
+
+    def __init__(self, kafka: KafkaSettings, shop: SimulatedShop, *, clicks_topic: str,
+                 purchases_topic: str, offers_topic: str, sessions_per_s: float) -> None:
+        self.kafka = kafka
+        self.shop = shop
+        self.topics = (clicks_topic, purchases_topic, offers_topic)
+        self.sessions_per_s = sessions_per_s
+        self.oracle = Oracle(shop.catalogue)
+        self.report = SimulationReport(drift_at_ms=shop.catalogue.drift_at_ms)
+        self.sent = 0
+
+    async def run(self, duration_s: float) -> SimulationReport:
+        clicks, purchases, offers = self.topics
+        encode = msgspec.json.Encoder().encode
+        producer = AIOKafkaProducer(**aiokafka_kwargs(self.kafka), linger_ms=5)
+        await producer.start()
+        try:
+            async with OfferCache(self.kafka, topic=offers) as cache:
+                start, sessions = time.monotonic(), 0
+                while (elapsed := time.monotonic() - start) < duration_s:
+                    for _ in range(max(0, int(elapsed * self.sessions_per_s) - sessions)):
+                        sessions += 1
+                        now = int(time.time() * 1000)
+                        visit = self.shop.visit(
+                            now_ms=now, choose=lambda s, rng: cache.choose(s.anchor, rng))
+                        offer = visit.choice.offer if visit.choice else None
+                        best = self.oracle.best(visit.shopper.anchor, visit.shopper.segment,
+                                                now, offer)
+                        self.report.record(
+                            ts_ms=now, policy_version=offer.policy_version if offer else None,
+                            expected_reward=visit.expected_reward,
+                            oracle_reward=best.expected_reward, reward=visit.reward)
+                        for ev in visit.events:
+                            topic = purchases if isinstance(ev, PurchaseEvent) else clicks
+                            await producer.send(topic, encode(ev), key=ev.session_id.encode())
+                            self.sent += 1
+                    await asyncio.sleep(0.02)  # pacing the simulated traffic
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return self.report
+
+
+def report_table(report: SimulationReport) -> Table:
+    """Cumulative reward, regret and share of the oracle per policy version."""
+    table = Table(title="closed loop through Kafka: per policy version")
+    for column in ("policy version", "impressions", "reward", "regret", "share of oracle",
+                   "95% interval"):
+        table.add_column(column, justify="right")
+    total = report.share_of_oracle()
+    for version, v in report.by_version().items():
+        lo, hi = v.share.ci95
+        table.add_row(version, f"{v.impressions:,}", f"{v.expected_reward:,.1f}",
+                      f"{v.regret:,.1f}", f"{v.share.share:.1%}", f"[{lo:.1%}, {hi:.1%}]")
+    table.add_row("all", f"{len(report):,}", f"{report.cumulative_reward:,.1f}",
+                  f"{report.cumulative_regret:,.1f}", f"{total.share:.1%}",
+                  f"[{total.ci95[0]:.1%}, {total.ci95[1]:.1%}]")
+    return table
+
+
+async def run_simulation(settings: Settings, *, duration_s: float, console: Console,
+                         with_trainer: bool = True) -> SimulationReport:
+    """Start broker, worker (and trainer), run the simulated storefront, stop everything."""
+    workdir = Path(tempfile.mkdtemp(prefix="streamer-simulate-"))
+    with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
+        web_port = free_port()
+        env = {
+            **os.environ,
+            "STREAMER__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+            "STREAMER__WORKER__APP_ID": f"streamer-simulate-{os.getpid()}",
+            "STREAMER__WORKER__WEB_PORT": str(web_port),
+            "STREAMER__WORKER__DATA_DIR": str(workdir / "data"),
+        }
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
+        settings = settings.model_copy(update={"kafka": kafka})
+        await ensure_topics(settings)
+        console.print(f"broker on {broker.bootstrap}; logs in {workdir}")
+        worker = WorkerProcess(env, workdir / "worker.log")
+        trainer: subprocess.Popen[bytes] | None = None
+        try:
+            await wait_ready(worker, f"http://127.0.0.1:{web_port}/stats/", timeout_s=60)
+            if with_trainer:
+                with open(workdir / "trainer.log", "ab") as log:
+                    trainer = subprocess.Popen(
+                        [sys.executable, "-m", "streamer", "trainer"], env=env, stdout=log,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True)
+            d, t = settings.demo, settings.topics
+            shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
+            store = SimulatingStorefront(kafka, shop, clicks_topic=t.clicks,
+                                         purchases_topic=t.purchases, offers_topic=t.offers,
+                                         sessions_per_s=d.shoppers_per_s)
+            console.print(f"simulating {duration_s:.0f} s at {d.shoppers_per_s:g} sessions/s")
+            report = await store.run(duration_s)
+        finally:
+            if trainer is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(trainer.pid, signal.SIGTERM)
+                try:
+                    trainer.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(trainer.pid, signal.SIGKILL)
+                    trainer.wait(15)
+            worker.stop()
+    console.print(report_table(report))
+    return report

@@ -1,0 +1,341 @@
+"""``streamer trainer``: the process that fine-tunes the torch policy from ``feedback`` and
+publishes promoted versions to ``policy-updates``.
+
+Its own process, never a worker's event loop. Two parts:
+
+- :class:`FeedbackTrainer`, no Kafka: decodes feedback records against the offers they were
+  impressions of (:func:`streamer.engine.logged_decision`), feeds the River conversion model,
+  the drift monitor and :class:`~streamer.policy.PolicyTrainer`'s bounded buffer, and applies
+  the promotion gate (against the live torch version, or against the logged rewards while the
+  v0 policy is live).
+- :func:`run_trainer`: one aiokafka consumer without a group reading every partition of
+  ``offers`` (to index offers by id), ``purchases`` (list prices, as the engine's catalogue),
+  ``feedback`` and ``policy-updates`` (which version is live) from the beginning. A restarted
+  trainer rebuilds its buffer from what the topics retain instead of resuming from committed
+  offsets: the buffer is the state, and it is cheaper to re-read than to checkpoint.
+  Fine-tunes run in a worker thread (torch releases the GIL in its kernels) so consuming goes
+  on meanwhile; one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streamer.app.kafka import aiokafka_kwargs
+from streamer.engine import Engine, EngineConfig, logged_decision
+from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
+from streamer.observability import Metrics
+from streamer.online import FEATURE_NAMES, ConversionModel, DriftMonitor
+from streamer.policy import (
+    FeedbackBatch,
+    FineTuneConfig,
+    FineTuneResult,
+    PolicyTrainer,
+    PolicyVersions,
+    TorchPolicy,
+    UnsafeCheckpointError,
+    fine_tune,
+    gate_against_logged,
+)
+from streamer.settings import Settings, TrainerSettings
+
+log = logging.getLogger(__name__)
+
+#: Feedback records waiting for their offer, at most (the oldest are dropped beyond).
+MAX_PENDING = 10_000
+POLICY_KEY = b"policy"
+
+
+@dataclass(frozen=True, slots=True)
+class FineTuneJob:
+    """What a fine-tune runs on, taken on the consumer's thread (the buffer is not
+    thread-safe): a snapshot, the policy to start from and the version it is judged against."""
+
+    start: TorchPolicy
+    live_version: str
+    live_is_torch: bool
+    batch: FeedbackBatch
+    records_at_start: int
+    reason: str
+
+
+class FeedbackTrainer:
+    """The trainer's logic without Kafka. Not thread-safe: call it from one thread, except
+    :meth:`run` (pure, for an executor)."""
+
+    def __init__(self, config: TrainerSettings, *, base_version: str) -> None:
+        self.settings = config
+        self.fine_tune_config = FineTuneConfig(
+            objective=config.objective,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            holdout_fraction=config.holdout_fraction,
+            device=config.device,
+            max_threads=config.max_threads,
+            seed=config.seed,
+        )
+        self.trainer = PolicyTrainer(
+            FEATURE_NAMES,
+            capacity=config.buffer_records,
+            max_actions=config.max_actions,
+            every_records=config.every_records,
+            every_seconds=config.every_s,
+            min_records=config.min_records,
+            config=self.fine_tune_config,
+            start_s=time.monotonic(),
+        )
+        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed)
+        self.versions = PolicyVersions(base_version=base_version)
+        self.conversion = ConversionModel()
+        self.drift = DriftMonitor()
+        self.catalog: dict[str, float] = {}
+        self.offers: OrderedDict[str, BundleOffer] = OrderedDict()
+        self.pending: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
+        self.n_pending = 0
+        self.buffered = 0
+        self.invalid = 0
+
+    # -- inputs ---------------------------------------------------------------------------
+    def observe_offer(self, offer: BundleOffer) -> int:
+        """Index ``offer`` by id; returns how many waiting feedback records it let in."""
+        self.offers[offer.offer_id] = offer
+        while len(self.offers) > self.settings.offer_index_size:
+            self.offers.popitem(last=False)
+        waiting = self.pending.pop(offer.offer_id, [])
+        self.n_pending -= len(waiting)
+        return sum(self.observe_feedback(r) for r in waiting)
+
+    def observe_purchase(self, purchase: PurchaseEvent) -> None:
+        """List prices, as the engine's catalogue learns them (not from offer purchases)."""
+        if purchase.offer_id is None:
+            for line in purchase.items:
+                self.catalog[line.item_id] = line.unit_price
+
+    def observe_feedback(self, record: Mapping[str, Any]) -> bool:
+        """Buffer one feedback record; True when it was. A record whose offer is unknown
+        waits for it (bounded); a malformed one is counted and dropped."""
+        offer = self._offer_of(record)
+        if offer is None:
+            offer_id = str(record.get("offer_id", ""))
+            self.pending.setdefault(offer_id, []).append(record)
+            self.n_pending += 1
+            while self.n_pending > MAX_PENDING:
+                _, dropped = self.pending.popitem(last=False)
+                self.n_pending -= len(dropped)
+            return False
+        try:
+            decision = logged_decision(record, offer, prices=self.catalog,
+                                       conversion=self.conversion)
+            self.trainer.add(decision)
+        except ValueError as e:
+            self.invalid += 1
+            log.warning("feedback record of offer %s dropped: %s", offer.offer_id, e)
+            return False
+        # Learn after deciding: the record's features use the model as it was before it.
+        converted = bool(record.get("converted", decision.reward > 0))
+        self.conversion.learn_one(decision.variant_features[decision.chosen], converted)
+        version = str(record.get("policy_version") or offer.policy_version)
+        if self.drift.observe_reward(version, decision.reward):
+            self.trainer.request_fine_tune(f"reward drift under {version}")
+        self.buffered += 1
+        return True
+
+    def _offer_of(self, record: Mapping[str, Any]) -> BundleOffer | None:
+        embedded = record.get("offer")
+        if isinstance(embedded, Mapping):
+            try:
+                return EventCodec().decode_offer(json.dumps(embedded).encode())
+            except InvalidEvent:
+                return None
+        return self.offers.get(str(record.get("offer_id", "")))
+
+    def observe_policy_update(self, data: bytes) -> str | None:
+        """Follow ``policy-updates``; returns the live version after it, None if refused."""
+        try:
+            return self.versions.apply(data).version
+        except ValueError as e:
+            log.warning("policy update refused: %s", e)
+            return None
+
+    # -- fine-tunes -----------------------------------------------------------------------
+    def next_job(self, now_s: float) -> FineTuneJob | None:
+        """A fine-tune to run now, or None when none is due."""
+        reason = self.trainer.due(now_s)
+        if reason is None:
+            return None
+        live = self.versions.live_policy
+        return FineTuneJob(
+            start=live or self.initial,
+            live_version=self.versions.live_version,
+            live_is_torch=live is not None,
+            batch=self.trainer.buffer.snapshot(),
+            records_at_start=self.trainer.buffer.total_added,
+            reason=reason,
+        )
+
+    def run(self, job: FineTuneJob) -> FineTuneResult:
+        """Fine-tune and gate (blocks for seconds: call it in an executor). While v0 is live
+        the candidate is judged against the rewards v0 actually logged."""
+        result = fine_tune(job.start, job.batch, self.fine_tune_config)
+        if not job.live_is_torch:
+            result = gate_against_logged(result, job.batch, self.fine_tune_config,
+                                         live_version=job.live_version)
+        return result
+
+    def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> None:
+        """Reset the triggers and remember the outcome (call on the consumer's thread)."""
+        self.trainer.record(result, now_s, records_at_start=job.records_at_start)
+
+
+def rejection_label(result: FineTuneResult) -> str:
+    """A bounded label for the rejections counter."""
+    return "non_finite" if "non-finite" in result.reason else "gate"
+
+
+async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        found: set[int] = set()
+        for _ in range(50):
+            found = consumer.partitions_for_topic(topic) or set()
+            if found:
+                break
+            await consumer._client.force_metadata_update()  # a brand-new topic
+            await asyncio.sleep(0.1)  # waiting for metadata of a topic just created
+        if not found:
+            raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
+        partitions += [TopicPartition(topic, p) for p in sorted(found)]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning()
+
+
+async def run_trainer(
+    settings: Settings, *, stop: asyncio.Event | None = None, metrics: Metrics | None = None
+) -> FeedbackTrainer:
+    """Consume, fine-tune, publish until ``stop`` is set (or forever); returns the core."""
+    t = settings.topics
+    metrics = metrics or Metrics()
+    stop = stop or asyncio.Event()
+    base_version = Engine.v0_policy(EngineConfig()).version
+    core = FeedbackTrainer(settings.trainer, base_version=base_version)
+    codec = EventCodec(settings.kafka.max_message_bytes)
+    kw = aiokafka_kwargs(settings.kafka)
+    consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(**kw)
+    await consumer.start()
+    await producer.start()
+    # One thread: fine-tunes are CPU-bound for seconds and must not stall consuming.
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fine-tune")
+    loop = asyncio.get_running_loop()
+    job: FineTuneJob | None = None
+    running: asyncio.Future[FineTuneResult] | None = None
+    try:
+        await _assign_all(consumer, [t.policy_updates, t.offers, t.purchases, t.feedback])
+        log.info("trainer consuming %s, %s, %s, %s", t.feedback, t.offers, t.purchases,
+                 t.policy_updates)
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                for r in records:
+                    _dispatch(core, codec, tp.topic, r, settings, metrics)
+            if running is None:
+                job = core.next_job(time.monotonic())
+                if job is not None:
+                    log.info("fine-tune of %s on %d records (%s)", job.start.version,
+                             len(job.batch), job.reason)
+                    running = loop.run_in_executor(executor, core.run, job)
+            elif running.done():
+                assert job is not None
+                result = running.result()
+                running = None
+                core.finish(job, result, time.monotonic())
+                await _publish(core, producer, t.policy_updates, result, metrics)
+    finally:
+        if running is not None:
+            with contextlib.suppress(Exception):
+                await running
+        executor.shutdown(wait=True)
+        await consumer.stop()
+        await producer.stop()
+    return core
+
+
+def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
+              settings: Settings, metrics: Metrics) -> None:
+    t = settings.topics
+    value = bytes(record.value or b"")
+    try:
+        if topic == t.policy_updates:
+            core.observe_policy_update(value)
+        elif topic == t.offers:
+            core.observe_offer(codec.decode_offer(value))
+        elif topic == t.purchases:
+            core.observe_purchase(codec.decode_purchase(value))
+        elif topic == t.feedback:
+            if len(value) > settings.kafka.max_message_bytes:
+                raise InvalidEvent("too_large", f"{len(value)} bytes")
+            body = json.loads(value)
+            if not isinstance(body, dict):
+                raise InvalidEvent("schema", "a feedback record is a JSON object")
+            core.observe_feedback(body)
+        metrics.events_consumed.labels(topic).inc()
+    except (InvalidEvent, ValueError) as e:
+        core.invalid += 1
+        log.warning("skipped %s[%d]@%d: %s", topic, record.partition, record.offset, e)
+
+
+async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str,
+                   result: FineTuneResult, metrics: Metrics) -> None:
+    figures = json.dumps(result.metadata(), sort_keys=True)
+    if not result.promoted:
+        metrics.trainer_rejections.labels(rejection_label(result)).inc()
+        log.info("candidate %s rejected: %s", result.candidate.version, figures)
+        return
+    try:
+        data = result.checkpoint()
+    except UnsafeCheckpointError as e:  # the gate refuses these first; never publish one
+        metrics.trainer_rejections.labels("non_finite").inc()
+        log.warning("candidate %s not published: %s", result.candidate.version, e)
+        return
+    await producer.send_and_wait(topic, data, key=POLICY_KEY)
+    core.observe_policy_update(data)  # live for the next fine-tune, before reading it back
+    metrics.trainer_promotions.inc()
+    log.info("promoted %s: %s", result.candidate.version, figures)
+
+
+def main(settings: Settings) -> None:
+    """Block running the trainer until SIGINT/SIGTERM."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from streamer.app.worker import ensure_topics
+    from streamer.observability import configure_logging
+
+    configure_logging(settings.worker.log_level)
+    metrics = Metrics()
+    if settings.trainer.metrics_port:
+        start_http_server(settings.trainer.metrics_port, addr="127.0.0.1",
+                          registry=metrics.registry)
+
+    async def _main() -> None:
+        await ensure_topics(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_trainer(settings, stop=stop, metrics=metrics)
+
+    asyncio.run(_main())

@@ -1,0 +1,165 @@
+"""The versions on ``policy-updates`` and which one is live: what workers, the trainer and
+``streamer policy`` all derive from reading that topic in order.
+
+Two kinds of record, both keyed ``"policy"`` (one key, so one partition: their order is the
+order they were published in):
+
+- a **version**: safetensors bytes from :func:`~streamer.policy.checkpoint.policy_to_bytes`
+  (weights, shape and promotion metadata). It becomes live.
+- a **rollback**: JSON ``{"kind": "rollback", "version": V, ...}`` (:func:`rollback_record`).
+  The earlier version ``V`` becomes live again (``V`` may be the base policy's version, the
+  v0 policy every worker starts with). Told apart from a checkpoint by its first bytes: a
+  checkpoint starts with an 8-byte little-endian header length, which would have to exceed
+  2**40 to read as ``{"kind"``.
+
+Nothing is ever unpickled, and a record that cannot be trusted (non-finite weights, a
+tampered or malformed checkpoint, a rollback to a version never seen) changes nothing:
+:meth:`PolicyVersions.apply` raises and the live version stays.
+
+>>> from streamer.policy.torch_policy import TorchPolicy
+>>> versions = PolicyVersions(base_version="v0-greedy")
+>>> p = TorchPolicy.initial(("x",), seed=3)
+>>> change = versions.apply(policy_to_bytes(p, {"estimate": 1.5}))
+>>> change.kind, change.version == p.version, versions.live_version == p.version
+('version', True, True)
+>>> versions.apply(rollback_record("v0-greedy", reason="test")).policy is None  # base again
+True
+>>> [(v.version == p.version, v.live) for v in versions.versions()]
+[(False, True), (True, False)]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streamer.policy.checkpoint import UnsafeCheckpointError, policy_from_bytes, policy_to_bytes
+from streamer.policy.torch_policy import TorchPolicy
+
+_ROLLBACK_PREFIX = b'{"kind"'
+#: A rollback record is a few hundred bytes; anything much larger starting like one is not.
+_MAX_ROLLBACK_BYTES = 16 * 1024
+
+ChangeKind = Literal["version", "rollback"]
+
+__all__ = [
+    "PolicyChange",
+    "PolicyVersions",
+    "UnsafeCheckpointError",
+    "VersionInfo",
+    "policy_to_bytes",
+    "rollback_record",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """What one record did: ``version`` is live now; ``policy`` is its TorchPolicy (None for
+    the base policy, which each process builds itself); ``metadata`` as published."""
+
+    kind: ChangeKind
+    version: str
+    policy: TorchPolicy | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """A known version, its metadata, and whether it is the live one."""
+
+    version: str
+    metadata: dict[str, Any]
+    live: bool
+
+
+def rollback_record(version: str, *, reason: str = "", ts_ms: int | None = None) -> bytes:
+    """The bytes of a rollback to ``version`` (see the module doc).
+
+    >>> rollback_record("torch-abc", reason="bad week", ts_ms=1)
+    b'{"kind":"rollback","version":"torch-abc","reason":"bad week","ts":1}'
+    """
+    if not version or len(version) > 200:
+        raise ValueError("a rollback needs a version id of 1-200 characters")
+    ts = int(time.time() * 1000) if ts_ms is None else ts_ms
+    body = {"kind": "rollback", "version": version, "reason": reason[:1000], "ts": ts}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class PolicyVersions:
+    """Versions read from ``policy-updates`` (the newest ``max_versions`` kept, plus the
+    base), and the live one. Pure and not thread-safe: feed it records in topic order."""
+
+    def __init__(self, *, base_version: str, max_versions: int = 50) -> None:
+        if max_versions <= 0:
+            raise ValueError("max_versions must be positive")
+        self.base_version = base_version
+        self.max_versions = max_versions
+        self._known: OrderedDict[str, tuple[TorchPolicy, dict[str, Any]]] = OrderedDict()
+        self._live = base_version
+        self.rejected = 0
+
+    @property
+    def live_version(self) -> str:
+        return self._live
+
+    @property
+    def live_policy(self) -> TorchPolicy | None:
+        """The live TorchPolicy, or None while the base policy is live."""
+        entry = self._known.get(self._live)
+        return None if entry is None else entry[0]
+
+    def apply(self, data: bytes) -> PolicyChange:
+        """Apply one record; return what is live now. Raises :class:`UnsafeCheckpointError`
+        for an untrustworthy checkpoint and ``ValueError`` for a malformed rollback or one to
+        an unknown version; then nothing changes (``rejected`` counts them)."""
+        try:
+            change = self._apply(data)
+        except ValueError:  # UnsafeCheckpointError is a ValueError
+            self.rejected += 1
+            raise
+        self._live = change.version
+        return change
+
+    def _apply(self, data: bytes) -> PolicyChange:
+        if data.startswith(_ROLLBACK_PREFIX):
+            if len(data) > _MAX_ROLLBACK_BYTES:
+                raise ValueError("rollback record too large")
+            try:
+                body = json.loads(data)
+                target = str(body["version"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"malformed rollback record: {e}") from e
+            if body.get("kind") != "rollback":
+                raise ValueError(f"unknown record kind {body.get('kind')!r}")
+            if target == self.base_version:
+                return PolicyChange("rollback", target, None, body)
+            if target not in self._known:
+                raise ValueError(f"rollback to unknown version {target!r}")
+            policy, _ = self._known[target]
+            return PolicyChange("rollback", target, policy, body)
+        policy, meta = policy_from_bytes(data)
+        self._known.pop(policy.version, None)
+        self._known[policy.version] = (policy, meta)
+        while len(self._known) > self.max_versions:
+            oldest = next(iter(self._known))
+            if oldest == self._live:  # never forget the live one
+                self._known.move_to_end(oldest)
+                if len(self._known) <= 1:
+                    break
+                continue
+            del self._known[oldest]
+        return PolicyChange("version", policy.version, policy, meta)
+
+    def knows(self, version: str) -> bool:
+        """True for the base version and every version kept."""
+        return version == self.base_version or version in self._known
+
+    def versions(self) -> list[VersionInfo]:
+        """The base version, then the kept versions oldest first, each with ``live``."""
+        base = VersionInfo(self.base_version, {"kind": "base"}, self._live == self.base_version)
+        return [base] + [
+            VersionInfo(v, meta, v == self._live) for v, (_, meta) in self._known.items()
+        ]

@@ -1,0 +1,236 @@
+"""The learning loop without Kafka: hot swap, feedback decoding, the trainer's device and
+gate, refusing non-finite versions, rollbacks."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load, save
+
+from streamer.app.policy_updates import PolicyFollower
+from streamer.app.trainer import FeedbackTrainer
+from streamer.engine import Engine, EngineConfig, logged_decision
+from streamer.events import OrderLine, PurchaseEvent
+from streamer.observability import Metrics
+from streamer.online import FEATURE_NAMES
+from streamer.policy import (
+    PolicyVersions,
+    TorchPolicy,
+    UnsafeCheckpointError,
+    policy_to_bytes,
+    rollback_record,
+)
+from streamer.policy.checkpoint import _header_metadata
+from streamer.settings import Settings, TrainerSettings
+
+T0 = 1_700_000_000_000
+ITEMS = [f"i{k}" for k in range(30)]
+
+
+def orders(n: int, seed: int = 0) -> list[PurchaseEvent]:
+    rng = random.Random(seed)
+    return [
+        PurchaseEvent(event_id=f"e{k}", ts=T0 + 1000 * k, user_id="u", session_id=f"s{k}",
+                      order_id=f"o{k}",
+                      items=[OrderLine(item_id=i, quantity=1, unit_price=1.0 + ITEMS.index(i))
+                             for i in rng.sample(ITEMS, 3)])
+        for k in range(n)
+    ]
+
+
+def torch_policy(seed: int) -> TorchPolicy:
+    return TorchPolicy.initial(FEATURE_NAMES, seed=seed)
+
+
+CONFIG = EngineConfig(min_support=1.0, min_interval_ms=0)
+
+
+def test_hot_swap_under_load_loses_no_event() -> None:
+    events = orders(1500)
+    steady = Engine.in_memory(CONFIG)
+    for e in events:
+        steady.handle_purchase(e)
+    swapped = Engine.in_memory(CONFIG)
+    policies = [torch_policy(1), torch_policy(2), Engine.v0_policy(CONFIG)]
+    stop = threading.Event()
+
+    def swap_from_another_thread() -> None:
+        k = 0
+        while not stop.is_set():
+            swapped.set_policy(policies[k % 3])
+            k += 1
+
+    swapper = threading.Thread(target=swap_from_another_thread)
+    swapper.start()
+    published = []
+    try:
+        for e in events:
+            published += swapped.handle_purchase(e)
+    finally:
+        stop.set()
+        swapper.join()
+    # Every event learned exactly once, whatever the policy was at each moment.
+    assert dict(swapped.state.items) == dict(steady.state.items)
+    assert dict(swapped.state.counts) == dict(steady.state.counts)
+    assert dict(swapped.state.catalog) == dict(steady.state.catalog)
+    assert {o.policy_version for o in published} <= {p.version for p in policies}
+    # After a swap, the next offer carries the new version.
+    final = torch_policy(3)
+    swapped.set_policy(final)
+    more = [o for e in orders(20, seed=1) for o in swapped.handle_purchase(
+        PurchaseEvent(event_id=f"x{e.event_id}", ts=e.ts + 10**7, user_id="u",
+                      session_id=e.session_id, order_id=e.order_id, items=e.items))]
+    assert more and {o.policy_version for o in more} == {final.version}
+
+
+def test_logged_decision_rebuilds_the_features_the_engine_served() -> None:
+    policy = torch_policy(0)
+    decisions: list[Any] = []
+
+    class Recording:
+        version = policy.version
+
+        def propose(self, anchor: str, candidates: Any, featurizer: Any = None) -> Any:
+            decisions.append(policy.decide(anchor, candidates, featurizer))
+            return decisions[-1].proposals
+
+    engine = Engine.in_memory(CONFIG)
+    engine.set_policy(Recording())
+    offers = [o for e in orders(300) for o in engine.handle_purchase(e)]
+    offer = offers[-1]
+
+    def same(decision: Any) -> bool:
+        return [(list(p.candidate.items), p.discount_pct, p.probability)
+                for p in decision.proposals] == [
+            (v.items, v.discount_pct, v.probability) for v in offer.variants]
+
+    served = [d for d in decisions if same(d)][-1]
+    for k, shown in enumerate(offer.variants):
+        d = logged_decision({"offer_id": offer.offer_id, "variant": k,
+                             "propensity": shown.probability, "reward": 0.0, "ts": offer.ts},
+                            offer, prices=dict(engine.state.catalog),
+                            conversion=engine.conversion)
+        row = d.variant_features[d.chosen]
+        assert row == pytest.approx(dict(served.variant_features[served.shown[k]]))
+        assert d.propensity == shown.probability
+    with pytest.raises(ValueError):
+        logged_decision({"offer_id": offer.offer_id, "variant": 9, "propensity": 0.5,
+                         "reward": 1.0}, offer)
+
+
+def bandit_records(n: int, offer_id: str, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    p = np.array([0.05, 0.1, 0.4, 0.1])
+    out = []
+    for _ in range(n):
+        rows = [dict.fromkeys(FEATURE_NAMES, 0.0) for _ in range(4)]
+        for a, row in enumerate(rows):
+            row["confidence"], row["discount"] = float(a == 2), 0.05 * a
+        chosen = int(rng.integers(0, 4))
+        reward = 10.0 if rng.random() < p[chosen] else 0.0
+        out.append({"offer_id": offer_id, "variant": 0, "propensity": 0.25, "reward": reward,
+                    "variant_features": rows, "chosen": chosen,
+                    "expected_rewards": [float(x) for x in p * 10]})
+    return out
+
+
+def trainer_with_feedback(n: int = 600, **overrides: Any) -> FeedbackTrainer:
+    config = TrainerSettings(min_records=100, every_records=n, epochs=6, batch_size=64,
+                             learning_rate=0.02, device="auto", **overrides)
+    core = FeedbackTrainer(config, base_version="v0-greedy")
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    core.observe_offer(offer)
+    for record in bandit_records(n, offer.offer_id):
+        assert core.observe_feedback(record)
+    return core
+
+
+def test_trainer_picks_the_cpu_without_a_gpu_and_records_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    core = trainer_with_feedback(max_threads=1)
+    job = core.next_job(now_s=0.0)
+    assert job is not None and job.live_version == "v0-greedy" and not job.live_is_torch
+    result = core.run(job)
+    core.finish(job, result, now_s=1.0)
+    assert result.device == "cpu" and result.metadata()["device"] == "cpu"
+    assert torch.get_num_threads() == 1
+    assert result.promoted, result.reason  # beats what v0 logged
+    assert core.trainer.history[-1]["device"] == "cpu"
+    assert core.next_job(now_s=2.0) is None  # triggers reset
+
+
+def test_feedback_waits_for_its_offer() -> None:
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    record = {"offer_id": offer.offer_id, "variant": 0,
+              "propensity": offer.variants[0].probability, "reward": 3.0, "converted": True}
+    assert not core.observe_feedback(record) and core.n_pending == 1
+    assert core.observe_offer(offer) == 1 and len(core.trainer.buffer) == 1
+
+
+def nan_checkpoint(policy: TorchPolicy) -> bytes:
+    good = policy_to_bytes(policy)
+    tensors = load(good)
+    next(iter(tensors.values())).view(-1)[0] = float("nan")
+    return save(tensors, metadata=_header_metadata(good))
+
+
+def test_a_nan_candidate_is_never_published_nor_adopted() -> None:
+    bad = torch_policy(5)
+    with torch.no_grad():
+        next(bad.scorer.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(UnsafeCheckpointError):
+        policy_to_bytes(bad)  # the trainer cannot even serialise it
+    core = trainer_with_feedback()
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    result = core.run(type(job)(start=bad, live_version="v0-greedy", live_is_torch=False,
+                                batch=job.batch, records_at_start=job.records_at_start,
+                                reason="test"))
+    assert not result.promoted and "non-finite" in result.reason
+    # A worker refuses such a record even if one reached the topic.
+    engine = Engine.in_memory(CONFIG)
+    follower = PolicyFollower(Settings(), engine, Metrics())
+    assert follower.apply(nan_checkpoint(torch_policy(6))) is None
+    assert engine.policy.version == "v0-greedy"
+    assert follower.metrics.snapshot()["streamer_policy_refused_total"] == 1.0
+
+
+def test_rollback_returns_to_an_earlier_version_and_refuses_unknown_ones() -> None:
+    engine = Engine.in_memory(CONFIG)
+    follower = PolicyFollower(Settings(), engine, Metrics())
+    v1, v2 = torch_policy(1), torch_policy(2)
+    follower.apply(policy_to_bytes(v1, {"estimate": 1.0}))
+    follower.apply(policy_to_bytes(v2, {"estimate": 2.0}))
+    assert engine.policy.version == v2.version
+    change = follower.apply(rollback_record(v1.version))
+    assert change is not None and change.kind == "rollback"
+    assert engine.policy.version == v1.version
+    assert follower.apply(rollback_record("torch-000000000000")) is None
+    assert engine.policy.version == v1.version
+    follower.apply(rollback_record("v0-greedy"))
+    assert engine.policy.version == "v0-greedy"
+    assert [(v.version, v.live) for v in follower.versions.versions()] == [
+        ("v0-greedy", True), (v1.version, False), (v2.version, False)]
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    assert offer.policy_version == "v0-greedy"
+
+
+def test_versions_are_bounded_but_keep_the_live_one() -> None:
+    versions = PolicyVersions(base_version="v0", max_versions=2)
+    policies = [torch_policy(k) for k in range(4)]
+    versions.apply(policy_to_bytes(policies[0]))
+    versions.apply(rollback_record(policies[0].version))
+    for p in policies[1:]:
+        versions.apply(policy_to_bytes(p))
+    assert versions.live_version == policies[3].version
+    assert len(versions.versions()) == 3  # base + 2
