@@ -137,6 +137,41 @@ def replay(
 
 
 @app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
+    format: Annotated[str | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the hit-rate-over-time plot (PNG).")]
+    = None,
+    limit: Annotated[int | None, typer.Option(help="Read at most this many events.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the intervals.")]
+    = 1000,
+) -> None:
+    """Prequential evaluation in event-time order, no Kafka: for every order of two or more
+    items and every anchor in it, was the offer live just before the order bought with it?
+    streamer against popularity, co-count, lift, frozen-rules and random baselines."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from streamer.replay import detect_format
+    from streamer.replay.evaluate import run_evaluation
+    from streamer.replay.report import result_table
+
+    fmt = format or detect_format(path)
+    with Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
+        task = bar.add_task("evaluate", total=None)
+        result = run_evaluation(
+            path, fmt, json_path=json_path, plot_path=plot, limit=limit,  # type: ignore[arg-type]
+            bootstrap=bootstrap,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(result_table(result))
+    for label, target in (("results", json_path), ("plot", plot)):
+        if target is not None:
+            console.print(f"{label} written to {target}")
+
+
+@app.command()
 def simulate(
     duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 60.0,
     rate: Annotated[float | None, typer.Option(help="Simulated sessions per second.")] = None,

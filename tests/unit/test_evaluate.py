@@ -1,0 +1,232 @@
+"""Prequential evaluation: metrics on hand-computed orders, baselines, JSON shape, intervals,
+and an end-to-end run on the real bakery log."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from streamer.events import ClickEvent, OrderLine, PurchaseEvent
+from streamer.replay.baselines import (
+    CoCountBaseline,
+    CoLiftBaseline,
+    CoOccurrence,
+    FrozenRulesBaseline,
+    Offer,
+    Order,
+    PopularityBaseline,
+    RandomPartnerBaseline,
+)
+from streamer.replay.evaluate import (
+    METHOD_NAMES,
+    EvaluationResult,
+    evaluate,
+    run_evaluation,
+)
+from streamer.replay.report import result_table
+
+T0 = 1_700_000_000_000
+PRICES = {"a": 1.0, "b": 2.0, "c": 4.0}
+
+
+def purchase(n: int, items: list[str], *, event_id: str | None = None) -> PurchaseEvent:
+    return PurchaseEvent(
+        event_id=event_id or f"e{n}",
+        ts=T0 + n * 3_600_000,
+        user_id="u",
+        session_id=f"s{n}",
+        order_id=f"o{n}",
+        items=[OrderLine(item_id=i, quantity=1, unit_price=PRICES.get(i, 1.0)) for i in items],
+    )
+
+
+def order(n: int, items: list[str]) -> Order:
+    return Order(n, f"o{n}", T0 + n, tuple(items), {i: PRICES.get(i, 1.0) for i in items})
+
+
+# The hand-computed sequence. Co-counts before o1: ab=1; before o2: ab=2, ac=1, bc=1.
+#   o0 [a b]:   nobody knows anything yet -> 2 misses, no offers.
+#   o1 [a b c]: cooc_count offers a->b (hit, revenue 2), b->a (hit, 1), c: none.
+#   o2 [a c]:   a->b (miss; triple b+c: one partner bought), c->a (tie a/b: earlier a; hit, 1;
+#               triple a+b: one partner bought).
+HAND = [["a", "b"], ["a", "b", "c"], ["a", "c"]]
+
+
+@pytest.fixture(scope="module")
+def hand() -> EvaluationResult:
+    return evaluate([purchase(n, b) for n, b in enumerate(HAND)], dataset="hand", bootstrap=200)
+
+
+def test_cooc_count_metrics_match_the_hand_computation(hand: EvaluationResult) -> None:
+    assert (hand.orders, hand.anchors) == (3, 7)
+    pair, triple = hand.methods["cooc_count"].pair, hand.methods["cooc_count"].triple
+    assert pair.bundle_hit_rate == pytest.approx(3 / 7)
+    assert pair.pair_hit_rate == pytest.approx(3 / 7)  # one partner: bundle hit == pair hit
+    assert pair.coverage == pytest.approx(4 / 7)
+    assert pair.captured_revenue == pytest.approx(4.0)
+    assert pair.captured_revenue_per_anchor == pytest.approx(4.0 / 7)
+    assert triple.bundle_hit_rate == 0.0
+    assert triple.pair_hit_rate == pytest.approx(2 / 7)
+    assert triple.coverage == pytest.approx(2 / 7)
+    assert triple.captured_revenue == 0.0
+
+
+def test_popularity_metrics_match_the_hand_computation(hand: EvaluationResult) -> None:
+    # Before o1: a=1, b=1 orders -> a->b, b->a, c->a (+ triple a+b, all bought: revenue 3).
+    # Before o2: a=2, b=2, c=1   -> a->b (miss; triple b+c half), c->a (hit; triple a+b half).
+    pair, triple = hand.methods["popularity"].pair, hand.methods["popularity"].triple
+    assert pair.bundle_hit_rate == pytest.approx(4 / 7)
+    assert pair.coverage == pytest.approx(5 / 7)
+    assert pair.captured_revenue == pytest.approx(5.0)
+    assert triple.bundle_hit_rate == pytest.approx(1 / 7)
+    assert triple.pair_hit_rate == pytest.approx(3 / 7)
+    assert triple.coverage == pytest.approx(3 / 7)
+    assert triple.captured_revenue == pytest.approx(3.0)
+
+
+def test_the_first_order_of_a_pair_is_never_a_hit() -> None:
+    # Score before learn: nobody can predict a pair the first time it is bought; a repeated
+    # pair is a hit from its second order on. Were an order learned before being scored,
+    # every method would hit every anchor here.
+    result = evaluate(
+        [purchase(n, ["tea", "cup"]) for n in range(2)]
+        + [purchase(2 + n, [f"new{n}", f"other{n}"]) for n in range(4)],
+        dataset="first",
+        bootstrap=50,
+    )
+    assert result.anchors == 12
+    for name in ("streamer", "cooc_count", "random", "popularity"):
+        assert result.methods[name].pair.bundle_hit_rate == pytest.approx(2 / 12), name
+    assert result.methods["streamer"].pair.coverage == pytest.approx(2 / 12)
+    assert result.methods["cooc_lift"].pair.bundle_hit_rate == 0.0  # support 2 < 3
+
+
+def test_single_item_orders_are_learned_not_scored_and_duplicates_skipped() -> None:
+    click = ClickEvent(event_id="c1", ts=T0, user_id="u", session_id="s", item_id="a", kind="view")
+    events = [
+        click,
+        purchase(0, ["a"]),
+        purchase(1, ["b", "c"]),
+        purchase(1, ["b", "c"]),  # redelivered: same event id, skipped
+        purchase(2, ["b", "c"]),
+    ]
+    result = evaluate(events, dataset="dup", bootstrap=50)
+    assert (result.orders, result.anchors, result.learned_orders, result.events) == (2, 4, 3, 5)
+    assert result.methods["cooc_count"].pair.bundle_hit_rate == pytest.approx(2 / 4)
+
+
+def test_count_baselines_on_tiny_data() -> None:
+    counts = CoOccurrence()
+    by_count, by_lift = CoCountBaseline(counts), CoLiftBaseline(counts, min_support=2)
+    popularity = PopularityBaseline(counts)
+    baskets = [
+        ["a", "p"],
+        ["a", "p"],
+        ["a", "p"],
+        ["a", "r"],
+        ["a", "r"],
+        ["p", "x"],
+        ["p", "y"],
+        ["a", "z"],
+    ]
+    for n, b in enumerate(baskets):
+        by_count.learn(order(n, b))
+        by_lift.learn(order(n, b))  # the shared table counts each order once
+    assert counts.orders == len(baskets)
+    assert counts.pair_count("a", "p") == 3
+    assert by_count.offer("a", T0) == Offer(("p",), ("p", "r"))
+    # lift(a, r) = 2*8/(6*2) > lift(a, p) = 3*8/(6*5); z has one co-purchase < min_support.
+    assert by_lift.offer("a", T0) == Offer(("r",), ("r", "p"))
+    assert popularity.offer("a", T0) == Offer(("p",), ("p", "r"))
+    assert popularity.offer("p", T0) == Offer(("a",), ("a", "r"))
+    assert by_count.offers(["unknown", "x"], T0) == [Offer(None, None), Offer(("p",), None)]
+
+
+def test_random_baseline_is_seeded_and_only_offers_co_purchased_items() -> None:
+    baskets = [["a", "b", "c", "d"], ["e", "f"], ["a", "g"]]
+
+    def draws(seed: int) -> list[Offer]:
+        rnd = RandomPartnerBaseline(CoOccurrence(), seed=seed)
+        for n, b in enumerate(baskets):
+            rnd.learn(order(n, b))
+        return [rnd.offer("a", T0) for _ in range(30)]
+
+    first = draws(7)
+    assert first == draws(7)
+    partners = {p for offer in first for p in (*offer.pair, *offer.triple)}
+    assert partners == {"b", "c", "d", "g"}
+    assert all(offer.triple[0] != offer.triple[1] for offer in first)
+
+
+def test_frozen_rules_are_mined_once_on_the_training_slice() -> None:
+    frozen = FrozenRulesBaseline(train_orders=10, support_grid=(0.2,), confidence_grid=(0.1,))
+    training = [["a", "b", "c"]] * 6 + [["a", "c"]] * 4
+    for n, b in enumerate(training):
+        assert frozen.offer("a", T0) == Offer(None, None)  # nothing until the slice is mined
+        frozen.learn(order(n, b))
+    assert frozen.offer("a", T0) == Offer(("c",), ("b", "c"))
+    for n in range(50):  # frozen: later orders change nothing
+        frozen.learn(order(10 + n, ["a", "z"]))
+    assert frozen.offer("a", T0) == Offer(("c",), ("b", "c"))
+    assert frozen.offer("z", T0) == Offer(None, None)
+    described = frozen.describe()
+    assert described["min_support"] == 0.2 and described["min_confidence"] == 0.1
+    assert described["tuning"] and described["rules"] > 0
+
+
+def test_json_shape_and_intervals(hand: EvaluationResult) -> None:
+    doc = json.loads(hand.to_json())
+    assert doc["dataset"] == "hand" and doc["orders"] == 3
+    assert list(doc["methods"]) == list(METHOD_NAMES)
+    keys = {"bundle_hit_rate", "pair_hit_rate", "captured_revenue", "coverage"}
+    for method in doc["methods"].values():
+        for level in (method, method["triple"]):
+            assert keys <= set(level)
+            assert keys <= set(level["ci95"])
+            for key in keys:
+                lo, hi = level["ci95"][key]
+                assert lo <= level[key] + 1e-12 and level[key] <= hi + 1e-12, key
+        assert [m["month"] for m in method["monthly"]] == ["2023-11"]
+        assert "triple" in method["monthly"][0]
+    assert doc["methods"]["cooc_lift"]["params"]["min_support"] == 3
+    assert result_table(hand).row_count == len(METHOD_NAMES)
+
+
+def data_dir() -> Path:
+    default = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return Path(os.environ.get("STREAMER_DATA_DIR", default))
+
+
+def test_end_to_end_on_the_bakery_log(tmp_path: Path) -> None:
+    path = data_dir() / "bakery" / "BreadBasket_DMS.csv"
+    if not path.is_file():
+        pytest.fail(f"bakery log missing at {path}: set STREAMER_DATA_DIR to the shared data")
+    seen: list[tuple[int, int]] = []
+    result = run_evaluation(
+        path,
+        "bakery",
+        json_path=tmp_path / "eval.json",
+        plot_path=tmp_path / "eval.png",
+        progress=lambda done, total: seen.append((done, total)),
+        bootstrap=200,
+    )
+    # PROVENANCE.txt: 5,517 baskets with two or more items, 2016-10 .. 2017-04.
+    assert result.orders == 5_517
+    assert seen[-1][0] == seen[-1][1] == result.events
+    doc = json.loads((tmp_path / "eval.json").read_text())
+    assert len(doc["methods"]["streamer"]["monthly"]) == 7
+    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    streamer, rnd = result.methods["streamer"], result.methods["random"]
+    assert streamer.pair.bundle_hit_rate > rnd.pair.ci95["bundle_hit_rate"][1]
+    assert streamer.triple.pair_hit_rate > rnd.triple.ci95["pair_hit_rate"][1]
+    assert streamer.pair.coverage > 0.9
+    for method in result.methods.values():
+        for metrics in (method.pair, method.triple):
+            lo, hi = metrics.ci95["bundle_hit_rate"]
+            assert 0.0 <= lo <= metrics.bundle_hit_rate <= hi <= 1.0
+            assert metrics.bundle_hit_rate <= metrics.pair_hit_rate <= metrics.coverage
+    frozen = result.methods["frozen_rules"].params
+    assert 0 < frozen["min_support"] < 1 and frozen["rules"] > 0
