@@ -307,8 +307,8 @@ class Engine:
 # -- the decision ledger, decoded for training ---------------------------------------------
 @dataclass(frozen=True, slots=True)
 class OfferedBundle:
-    """A bundle of a published offer, seen as the candidate it was built from (it fits the
-    policy's ``BundleCandidate`` and ``streamer.online``'s ``CandidateEvidence``)."""
+    """A bundle of a published offer, seen as the candidate it was built from (it fits
+    :class:`streamer.events.candidates.BundleCandidate`)."""
 
     items: tuple[str, ...]
     support: float

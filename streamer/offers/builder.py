@@ -19,17 +19,7 @@ from typing import Protocol
 import msgspec
 
 from streamer.events import BundleOffer, Evidence, Variant
-
-
-class _Evidence(Protocol):
-    @property
-    def items(self) -> tuple[str, ...]: ...
-    @property
-    def support(self) -> float: ...
-    @property
-    def confidence(self) -> float: ...
-    @property
-    def lift(self) -> float: ...
+from streamer.events.candidates import BundleCandidate
 
 
 class VariantProposal(Protocol):
@@ -39,7 +29,7 @@ class VariantProposal(Protocol):
     """
 
     @property
-    def candidate(self) -> _Evidence: ...
+    def candidate(self) -> BundleCandidate: ...
     @property
     def discount_pct(self) -> float: ...
     @property

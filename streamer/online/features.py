@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from streamer.events.candidates import BundleCandidate
+
 RewardKind = Literal["revenue", "margin"]
 
 #: The discount levels (percent) a policy may attach to a candidate: the discount is part of
@@ -69,19 +71,6 @@ _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
 
 
-class CandidateEvidence(Protocol):
-    """What a feature needs of a candidate (``streamer.copurchase.Candidate`` fits)."""
-
-    @property
-    def items(self) -> tuple[str, ...]: ...
-    @property
-    def support(self) -> float: ...
-    @property
-    def confidence(self) -> float: ...
-    @property
-    def lift(self) -> float: ...
-    @property
-    def score(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +93,7 @@ def segment_bucket(segment: str) -> int:
 
 
 def variant_features(
-    candidate: CandidateEvidence,
+    candidate: BundleCandidate,
     discount_pct: float,
     context: DecisionContext,
     conversion_propensity: float = 0.0,
@@ -181,7 +170,7 @@ class DecisionFeaturizer:
         self.context = context
         self.model = model
 
-    def __call__(self, candidate: CandidateEvidence, discount_pct: float) -> dict[str, float]:
+    def __call__(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
         features = variant_features(candidate, discount_pct, self.context)
         if self.model is not None:
             features[PROPENSITY_FEATURE] = self.model.predict_one(features)

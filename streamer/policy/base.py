@@ -6,23 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-
-class BundleCandidate(Protocol):
-    """What a policy needs of a candidate bundle (``streamer.copurchase.Candidate`` fits).
-
-    A structural type, so policies do not depend on how candidates are mined.
-    """
-
-    @property
-    def items(self) -> tuple[str, ...]: ...
-    @property
-    def support(self) -> float: ...
-    @property
-    def confidence(self) -> float: ...
-    @property
-    def lift(self) -> float: ...
-    @property
-    def score(self) -> float: ...
+from streamer.events.candidates import BundleCandidate
 
 
 class VariantFeaturizer(Protocol):
