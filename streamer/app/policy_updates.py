@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.engine import Engine
 from streamer.observability import Metrics
-from streamer.policy import PolicyChange, PolicyVersions, select_device
 from streamer.settings import Settings
 
 if TYPE_CHECKING:
     from streamer.app.factory import StreamerApp
+    from streamer.policy import PolicyChange, PolicyVersions
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,21 @@ class PolicyFollower:
         self.engine = engine
         self.metrics = metrics
         self.base = Engine.v0_policy(engine.config)
-        self.versions = PolicyVersions(base_version=self.base.version)
+        self._versions: PolicyVersions | None = None
+
+    @property
+    def versions(self) -> PolicyVersions:
+        """The version registry; its first use imports torch (seconds), so a worker that never
+        sees a learned version starts and serves without it."""
+        if self._versions is None:
+            from streamer.policy import PolicyVersions, select_device
+
+            # Serving runs torch on the CPU with one thread: a decision is a few dozen rows,
+            # where a second OpenMP thread spin-waiting on a busy core made each forward pass
+            # ~100x slower.
+            select_device("cpu", max_threads=1)
+            self._versions = PolicyVersions(base_version=self.base.version)
+        return self._versions
 
     def apply(self, data: bytes) -> PolicyChange | None:
         """Adopt the version a record makes live (None, and nothing changes, when refused:
@@ -75,6 +89,9 @@ class PolicyFollower:
             await consumer.seek_to_beginning()
             while True:
                 batches = await consumer.getmany(timeout_ms=500)
+                if batches and self._versions is None:
+                    # Import torch off the event loop before the first record needs it.
+                    await asyncio.to_thread(lambda: self.versions)
                 for records in batches.values():
                     for record in records:
                         self.apply(bytes(record.value or b""))
@@ -85,9 +102,6 @@ class PolicyFollower:
 
 def install_policy_follower(sa: StreamerApp) -> PolicyFollower:
     """Start following ``policy-updates`` when the worker starts (a faust app task)."""
-    # Serving runs torch on the CPU with one thread: a decision is a few dozen rows, where a
-    # second OpenMP thread spin-waiting on a busy core made each forward pass ~100x slower.
-    select_device("cpu", max_threads=1)
     follower = PolicyFollower(sa.settings, sa.engine, sa.metrics)
 
     async def follow_policy_updates(*_: Any) -> None:
@@ -100,6 +114,8 @@ def install_policy_follower(sa: StreamerApp) -> PolicyFollower:
 async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> PolicyVersions:
     """Every record of ``policy-updates`` up to its current end, applied in order (what a
     worker starting now would adopt). Records it refuses are counted in ``rejected``."""
+    from streamer.policy import PolicyVersions
+
     topic = settings.topics.policy_updates
     versions = PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version)
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings.kafka), enable_auto_commit=False,

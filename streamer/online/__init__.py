@@ -4,18 +4,57 @@ Must not import torch or ``streamer.policy`` (an independent sibling): the featu
 ``dict[str, float]`` the policy packs into tensors itself (:mod:`~streamer.online.features`).
 """
 
-from streamer.online.drift import DriftAlarm, DriftMonitor
-from streamer.online.features import (
-    DISCOUNT_LEVELS,
-    FEATURE_NAMES,
-    PROPENSITY_FEATURE,
-    DecisionContext,
-    DecisionFeaturizer,
-    RewardKind,
-    variant_features,
-    variant_value,
-)
-from streamer.online.propensity import ConversionModel
+
+# Exports load lazily: the worker needs the features and the conversion model at start-up,
+# not river.drift (which imports river's datasets, seconds of start-up).
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamer.online.drift import (
+        DriftAlarm,
+        DriftMonitor,
+    )
+    from streamer.online.features import (
+        DISCOUNT_LEVELS,
+        FEATURE_NAMES,
+        PROPENSITY_FEATURE,
+        DecisionContext,
+        DecisionFeaturizer,
+        RewardKind,
+        variant_features,
+        variant_value,
+    )
+    from streamer.online.propensity import (
+        ConversionModel,
+    )
+
+# Public name -> defining module; imported on first use (PEP 562).
+_EXPORTS = {
+    "DriftAlarm": "streamer.online.drift",
+    "DriftMonitor": "streamer.online.drift",
+    "DISCOUNT_LEVELS": "streamer.online.features",
+    "FEATURE_NAMES": "streamer.online.features",
+    "PROPENSITY_FEATURE": "streamer.online.features",
+    "DecisionContext": "streamer.online.features",
+    "DecisionFeaturizer": "streamer.online.features",
+    "RewardKind": "streamer.online.features",
+    "variant_features": "streamer.online.features",
+    "variant_value": "streamer.online.features",
+    "ConversionModel": "streamer.online.propensity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 __all__ = [
     "DISCOUNT_LEVELS",

@@ -8,29 +8,109 @@ This is the only package that may import torch. A policy is anything with a ``ve
 :mod:`~streamer.policy.training`, serialisation in :mod:`~streamer.policy.checkpoint`.
 """
 
-from streamer.policy.base import BundleCandidate, Policy, Proposal, VariantFeaturizer
-from streamer.policy.checkpoint import (
-    UnsafeCheckpointError,
-    policy_from_bytes,
-    policy_to_bytes,
-    weights_are_finite,
-)
-from streamer.policy.feedback import FeedbackBatch, FeedbackBuffer, LoggedDecision
-from streamer.policy.greedy import EpsilonGreedyPolicy
-from streamer.policy.ope import Estimate, doubly_robust, ips, snips
-from streamer.policy.registry import PolicyChange, PolicyVersions, VersionInfo, rollback_record
-from streamer.policy.torch_policy import Decision, PolicyShape, TorchPolicy
-from streamer.policy.training import (
-    FineTuneConfig,
-    FineTuneResult,
-    PolicyEvaluation,
-    PolicyTrainer,
-    evaluate_policy,
-    fine_tune,
-    gate_against_logged,
-    select_device,
-    should_promote,
-)
+
+# Exports load lazily: a worker serving the v0 policy starts without importing torch
+# (seconds of start-up); torch loads when a learned version is first adopted.
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamer.policy.base import (
+        BundleCandidate,
+        Policy,
+        Proposal,
+        VariantFeaturizer,
+    )
+    from streamer.policy.checkpoint import (
+        UnsafeCheckpointError,
+        policy_from_bytes,
+        policy_to_bytes,
+        weights_are_finite,
+    )
+    from streamer.policy.feedback import (
+        FeedbackBatch,
+        FeedbackBuffer,
+        LoggedDecision,
+    )
+    from streamer.policy.greedy import (
+        EpsilonGreedyPolicy,
+    )
+    from streamer.policy.ope import (
+        Estimate,
+        doubly_robust,
+        ips,
+        snips,
+    )
+    from streamer.policy.registry import (
+        PolicyChange,
+        PolicyVersions,
+        VersionInfo,
+        rollback_record,
+    )
+    from streamer.policy.torch_policy import (
+        Decision,
+        PolicyShape,
+        TorchPolicy,
+    )
+    from streamer.policy.training import (
+        FineTuneConfig,
+        FineTuneResult,
+        PolicyEvaluation,
+        PolicyTrainer,
+        evaluate_policy,
+        fine_tune,
+        gate_against_logged,
+        select_device,
+        should_promote,
+    )
+
+# Public name -> defining module; imported on first use (PEP 562).
+_EXPORTS = {
+    "BundleCandidate": "streamer.policy.base",
+    "Policy": "streamer.policy.base",
+    "Proposal": "streamer.policy.base",
+    "VariantFeaturizer": "streamer.policy.base",
+    "UnsafeCheckpointError": "streamer.policy.checkpoint",
+    "policy_from_bytes": "streamer.policy.checkpoint",
+    "policy_to_bytes": "streamer.policy.checkpoint",
+    "weights_are_finite": "streamer.policy.checkpoint",
+    "FeedbackBatch": "streamer.policy.feedback",
+    "FeedbackBuffer": "streamer.policy.feedback",
+    "LoggedDecision": "streamer.policy.feedback",
+    "EpsilonGreedyPolicy": "streamer.policy.greedy",
+    "Estimate": "streamer.policy.ope",
+    "doubly_robust": "streamer.policy.ope",
+    "ips": "streamer.policy.ope",
+    "snips": "streamer.policy.ope",
+    "PolicyChange": "streamer.policy.registry",
+    "PolicyVersions": "streamer.policy.registry",
+    "VersionInfo": "streamer.policy.registry",
+    "rollback_record": "streamer.policy.registry",
+    "Decision": "streamer.policy.torch_policy",
+    "PolicyShape": "streamer.policy.torch_policy",
+    "TorchPolicy": "streamer.policy.torch_policy",
+    "FineTuneConfig": "streamer.policy.training",
+    "FineTuneResult": "streamer.policy.training",
+    "PolicyEvaluation": "streamer.policy.training",
+    "PolicyTrainer": "streamer.policy.training",
+    "evaluate_policy": "streamer.policy.training",
+    "fine_tune": "streamer.policy.training",
+    "gate_against_logged": "streamer.policy.training",
+    "select_device": "streamer.policy.training",
+    "should_promote": "streamer.policy.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 __all__ = [
     "BundleCandidate",
