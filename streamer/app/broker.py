@@ -103,15 +103,26 @@ class EmbeddedBroker:
             run_against(broker.bootstrap)     # "127.0.0.1:PORT"
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+                 advertised_port: int | None = None):
+        """``advertised_port``: the port the broker tells clients to connect to in its metadata
+        (default ``port``). Set it to put something in between, e.g. a TCP proxy on that port
+        (then start the proxy first: readiness is checked through the advertised address)."""
         self.host = host
         self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
+        """The listener's own address (clients are then sent to :attr:`advertised`)."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def advertised(self) -> str:
+        """The address the broker advertises in its metadata: what clients end up using."""
+        return f"{self.host}:{self.advertised_port}"
 
     @property
     def pid(self) -> int | None:
@@ -119,9 +130,11 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [broker_binary(), "broker", "--listener-url", url,
+             "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=log,
             stderr=log,
@@ -133,7 +146,7 @@ class EmbeddedBroker:
         try:
             # A thread of its own, so start() also works when called from a running event loop.
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                pool.submit(asyncio.run, wait_until_ready(self.bootstrap, timeout_s)).result()
+                pool.submit(asyncio.run, wait_until_ready(self.advertised, timeout_s)).result()
         except BaseException:
             self.stop()
             raise

@@ -31,9 +31,10 @@ from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.kafka import faust_broker_urls, faust_credentials
 from streamer.app.policy_updates import install_policy_follower
 from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
+from streamer.app.state_pages import install_state_pages
 from streamer.app.tables import EncodedTable
-from streamer.copurchase import Decayed, ItemStats
-from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket
+from streamer.copurchase import Decayed
+from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket, ItemRecord
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
@@ -120,20 +121,23 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # changelog from value_type, not from the schema (json otherwise: lists, not bytes).
         return factory(name, schema=table_schema, key_type=str, value_type=bytes, help=help)
 
-    items_t = table("items", help="Co-purchase state per anchor item.")
+    # An anchor's statistics and the ids of the events learned into them: one value, so one
+    # changelog message, so a crash recovers both or neither (engine.ItemRecord).
+    items_t = table("items", help="Co-purchase state and recent event ids per anchor item.")
     offers_t = table("live-offers", help="Last offer published per anchor.")
-    seen_t = table("seen-baskets", help="De-duplication of (event, anchor) pairs.")
     # Item popularity and prices are read for partners owned by other workers: global tables.
     counts_t = table("item-counts", global_=True, help="Decayed purchase counts per item.")
     catalog_t = table("catalog", global_=True, help="Last seen unit price per item.")
     seen_clicks_t = table("seen-clicks", help="De-duplication of click event ids.")
 
     state = EngineState(
-        items=EncodedTable(items_t, ItemStats),
+        items=EncodedTable(items_t, ItemRecord),
         counts=EncodedTable(counts_t, Decayed),
         catalog=EncodedTable(catalog_t, float),
         offers=EncodedTable(offers_t, BundleOffer),
-        seen=EncodedTable(seen_t, SeenId),
+        # The engine's own id memory serves in-process click handling only: baskets are
+        # de-duplicated in their item's record, clicks below by click_dedup.
+        seen={},
     )
     config = engine_config(settings)
     engine = Engine(config, state, Engine.v0_policy(config))
@@ -145,6 +149,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     rewards = install_reward_tracking(app, settings, metrics, table)
     sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards)
     install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
+    install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
     encode = msgspec.json.Encoder().encode
     basket_decoder = msgspec.json.Decoder(ItemBasket)
 
@@ -212,8 +217,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
         async for event in stream.events():
             basket = basket_decoder.decode(event.value)
-            if f"{basket.event_id}|{basket.anchor}" in engine.dedup.seen:
+            if engine.has_learned(basket):
                 dups.inc()
+                engine.learn_basket(basket)  # learns nothing; re-mirrors the item's count
                 continue
             offer = engine.learn_basket(basket, event.message.partition)
             if offer is None:
@@ -225,7 +231,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def rebuild_indexes(sender: Any, **kwargs: Any) -> None:
         # Tables were (re)covered from their changelogs: the dedup eviction indexes are
         # in-memory only and must be recreated from them.
-        engine.dedup.rebuild()
         click_dedup.rebuild()
         rewards.tracker.reset()
         sa.ready = True

@@ -21,7 +21,7 @@ deleted while an event of its own partition is handled. So eviction is per parti
 from __future__ import annotations
 
 import heapq
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 import msgspec
 
@@ -80,3 +80,35 @@ class Deduplicator:
         while heap and (heap[0][0] < older_than or len(heap) > self.capacity):
             _, event_id = heapq.heappop(heap)
             self.seen.pop(event_id, None)
+
+
+def remember(seen: Mapping[str, int], event_id: str, ts_ms: int, *, ttl_ms: int,
+             capacity: int) -> dict[str, int]:
+    """A new ``{event id: event time}``: ``seen`` plus ``event_id`` at ``ts_ms``, bounded.
+
+    For a memory of ids kept *inside* the value it guards (one write, one changelog message
+    for both; see ``streamer.engine.ItemRecord``). The earliest remembered ids go first: while
+    more than ``capacity`` are kept, or while the earliest is more than ``ttl_ms`` older than
+    ``ts_ms``. Ids remembered out of event-time order may outstay the TTL, never the capacity.
+    ``seen`` is not modified (it may be a decoded value shared with a cache).
+
+    >>> s = remember({}, "a", 0, ttl_ms=100, capacity=2)
+    >>> s = remember(s, "b", 10, ttl_ms=100, capacity=2)
+    >>> remember(s, "c", 20, ttl_ms=100, capacity=2)   # capacity: "a" goes
+    {'b': 10, 'c': 20}
+    >>> remember(s, "c", 105, ttl_ms=100, capacity=2)  # TTL: "a" (0 < 105 - 100) goes
+    {'b': 10, 'c': 105}
+    >>> s
+    {'a': 0, 'b': 10}
+    """
+    if ttl_ms <= 0 or capacity <= 0:
+        raise ValueError("ttl_ms and capacity must be positive")
+    kept = dict(seen)
+    kept[event_id] = ts_ms
+    horizon = ts_ms - ttl_ms
+    while len(kept) > 1:
+        first = next(iter(kept))
+        if len(kept) <= capacity and kept[first] >= horizon:
+            break
+        del kept[first]
+    return kept

@@ -1,0 +1,82 @@
+"""Debug pages that dump a worker's co-purchase state, for crash and outage tests.
+
+``GET /state/items/`` returns the ``items`` table entries of the partitions this worker owns
+*actively* (a faust worker also holds standby copies of other workers' partitions in the same
+table; those are left out, so the union over a group's workers is the group's state, each
+anchor once)::
+
+    {"worker": "...", "partitions": [0, 2], "orders": {...} | null,
+     "items": {anchor: [landmark_ms, count, partners, partner_offset, triples, ...]},
+     "recent_events": {anchor: n}, "digest": "sha256 of items+orders"}
+
+``orders`` is the decayed order total (``Decayed`` fields), present only on the worker that
+owns its partition; ``recent_events`` counts the event ids each record remembers. Values are
+the raw stored forward-decay values (landmark, forward count), not decayed to now, so two
+dumps compare exactly. ``?summary=1`` leaves out ``items``.
+
+The dump can be large (every anchor's partner table), so besides binding to localhost (the web
+server's default) the page refuses non-loopback peers outright.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiokafka.partitioner import DefaultPartitioner
+
+if TYPE_CHECKING:
+    from streamer.app.factory import StreamerApp
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:  # a unix socket path or an unparsable peer: not loopback
+        return False
+
+
+def install_state_pages(sa: StreamerApp) -> None:
+    """Add ``/state/items/`` to ``sa.app``. Reads tables only; never writes, never blocks."""
+    app, engine = sa.app, sa.engine
+    baskets = f"{sa.settings.worker.app_id}-item-baskets"
+    partitions = sa.settings.topics.partitions
+    # The partitioner the items agent's producer uses for baskets keyed by anchor: the key
+    # decides the partition, hence which worker owns the anchor's table entry.
+    partitioner = DefaultPartitioner()
+    all_partitions = list(range(partitions))
+    to_builtins = msgspec.to_builtins
+
+    def partition_of(key: str) -> int:
+        return int(partitioner(key.encode(), all_partitions, all_partitions))
+
+    @app.page("/state/items/")
+    async def state_items(web_: Any, request: Any) -> Any:
+        if not _is_loopback(request.remote):
+            return web_.json({"error": "state pages answer loopback peers only"}, status=403)
+        active = sorted(tp.partition for tp in app.assignor.assigned_actives()
+                        if tp.topic == baskets)
+        owned = set(active)
+        items: dict[str, Any] = {}
+        recent: dict[str, int] = {}
+        orders = None
+        for anchor, record in engine.state.items.items():
+            if partition_of(anchor) not in owned:
+                continue
+            recent[anchor] = len(record.seen)
+            if record.stats is not None:
+                items[anchor] = to_builtins(record.stats)
+            else:  # the order counter (TOTAL_KEY)
+                orders = to_builtins(record.count)
+        digest = hashlib.sha256(msgspec.json.encode({"items": items, "orders": orders},
+                                                    order="sorted")).hexdigest()
+        body: dict[str, Any] = {"worker": app.conf.id, "partitions": active, "orders": orders,
+                                "digest": digest, "anchors": len(items)}
+        if request.query.get("summary") != "1":
+            body["items"] = items
+            body["recent_events"] = recent
+        return web_.json(body)
