@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--triple-min-support", type=float, default=1.5)
     parser.add_argument("--triple-min-confidence", type=float, default=0.1)
     parser.add_argument("--triple-partners", type=int, default=4)
+    parser.add_argument("--triple-min-orders", type=float, default=0.0)
     parser.add_argument("--limit", type=int, default=0, help="only the first N orders")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
@@ -122,6 +123,7 @@ def main() -> None:
         triple_min_support=args.triple_min_support,
         triple_min_confidence=args.triple_min_confidence,
         triple_partners=args.triple_partners,
+        triple_min_orders=args.triple_min_orders,
     )
     elapsed = time.perf_counter() - t0
     s, c = result["streamer"], result["cooc_count"]

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from streamer.copurchase import CoPurchaseStats
+from streamer.engine import EngineConfig
 
 Orders = list[tuple[int, list[str]]]
 
@@ -56,9 +57,11 @@ def plain_dict_counting(orders: Orders) -> None:
                     row[b] = row.get(b, 0.0) + 1.0
 
 
-def streamer_stats(top_k: int) -> Callable[[Orders], None]:
+def streamer_stats(top_k: int, triple_min_orders: float = 0.0) -> Callable[[Orders], None]:
     def learn(orders: Orders) -> None:
-        stats = CoPurchaseStats({}, {}, half_life_s=7 * 86_400.0, top_k=top_k)
+        stats = CoPurchaseStats(
+            {}, {}, half_life_s=7 * 86_400.0, top_k=top_k, triple_min_orders=triple_min_orders
+        )
         for ts, items in orders:
             stats.learn_order(items, ts)
 
@@ -77,6 +80,12 @@ def main() -> None:
     parser.add_argument("--catalogue", type=int, default=20_000)
     parser.add_argument("--max-basket", type=int, default=40)
     parser.add_argument("--top-k", type=int, default=0, help="0: CoPurchaseStats' default")
+    parser.add_argument(
+        "--triple-min-orders",
+        type=float,
+        default=EngineConfig().triple_min_orders,
+        help="decayed orders an anchor needs before it learns triples (default: the engine's)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", default="", help="also write the figures to this path")
@@ -85,7 +94,7 @@ def main() -> None:
     orders = synthetic_orders(args.orders, args.catalogue, args.max_basket, args.seed)
     pairs = sum(len(items) * (len(items) - 1) for _, items in orders)
     top_k = args.top_k or CoPurchaseStats.DEFAULT_TOP_K
-    ours = streamer_stats(top_k)
+    ours = streamer_stats(top_k, args.triple_min_orders)
     plain_s: list[float] = []
     ours_s: list[float] = []
     ratios: list[float] = []
@@ -101,6 +110,7 @@ def main() -> None:
         "orders": len(orders),
         "ordered_pairs": pairs,
         "top_k": top_k,
+        "triple_min_orders": args.triple_min_orders,
         "plain_orders_per_s": len(orders) / statistics.median(plain_s),
         "plain_pairs_per_s": pairs / statistics.median(plain_s),
         "streamer_orders_per_s": len(orders) / statistics.median(ours_s),
@@ -108,7 +118,10 @@ def main() -> None:
         "ratio_median": statistics.median(ratios),
         "ratios": ratios,
     }
-    print(f"{len(orders)} orders, {pairs} ordered pairs, top_k={top_k}, {args.repeats} repeats")
+    print(
+        f"{len(orders)} orders, {pairs} ordered pairs, top_k={top_k}, "
+        f"triple_min_orders={args.triple_min_orders:g}, {args.repeats} repeats"
+    )
     print(f"{'learner':<24}{'orders/s':>12}{'pairs/s':>14}")
     print(
         f"{'plain dict counting':<24}{result['plain_orders_per_s']:>12,.0f}"

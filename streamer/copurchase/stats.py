@@ -24,10 +24,19 @@ error never inflates a rare pair either.
 
 Triples: for each anchor, a triple ``(a, b, c)`` is counted only when ``b`` and ``c`` are both
 among the anchor's *strong* partners in this order (co-count >= ``triple_min_support`` and
-confidence >= ``triple_min_confidence``, at most ``triple_partners`` of them), so an order costs
-at most ``C(triple_partners, 2)`` triple increments per anchor, kept in a second bounded
-table. A triple scores ``(support_abc + m * s_ab * s_ac) / (n_a + m)``: its own evidence,
-shrunk towards what its two pairs predict if b and c were independent given a.
+confidence >= ``triple_min_confidence``, at most ``triple_partners`` of them), and, when
+``triple_min_orders`` is set, only once the anchor has that many decayed orders (fewer triple
+updates, at a small cost in 3-item hit rate). An order costs at most ``C(triple_partners, 2)``
+triple increments per anchor, kept in a second bounded table. A triple scores
+``(support_abc + m * s_ab * s_ac) / (n_a + m)``: its own evidence, shrunk towards what its two
+pairs predict if b and c were independent given a. The best partners' pairs are candidates
+too, so an anchor without tracked triples (a young one) still gets its best two partners.
+
+Why the tracked count over ``n_a`` and not over the triple's exposure (tracking starts only once
+both pairs are strong, so the count undercounts): on UCI Online Retail, prequentially, scoring
+on exposure (alone, or with the untracked orders imputed at ``s_ab * s_ac``) offered worse
+triples than this score (3-item bundle hit 0.186 and 0.192 against 0.196); the undercount
+favours triples that have been strong longest, which proved the safer bet.
 
 >>> stats = CoPurchaseStats({}, {}, half_life_s=86_400.0)  # a half-life of one day
 >>> day = 86_400_000
@@ -133,6 +142,9 @@ class CoPurchaseStats:
         triple_partners: at most this many strong partners of an order form triples.
         triple_min_support: a partner is strong only with at least this decayed co-count.
         triple_min_confidence: ... and at least this share of the anchor's decayed orders.
+        triple_min_orders: an anchor learns triples only once it has this many decayed orders
+            (0: from its first order; before that, its 3-item candidates are its best partners
+            ranked by their pairs). A throughput knob: it skips most triple work.
         prior_strength: ``m``, the weight in orders of the base-rate prior in the score.
 
     Only assigns values (``m[k] = v``) and never modifies a value it has read, so a
@@ -158,6 +170,7 @@ class CoPurchaseStats:
         "_top_k",
         "_top_k_triples",
         "_tracked",
+        "_triple_gate",
         "_triple_min_confidence",
         "_triple_min_support",
         "_triple_partners",
@@ -176,6 +189,7 @@ class CoPurchaseStats:
         triple_partners: int = 4,
         triple_min_support: float = 1.5,
         triple_min_confidence: float = 0.1,
+        triple_min_orders: float = 0.0,
         prior_strength: float = 1.0,
     ) -> None:
         if not (half_life_s > 0 and math.isfinite(half_life_s)):
@@ -198,6 +212,7 @@ class CoPurchaseStats:
         self._triple_partners = triple_partners
         self._triple_min_support = triple_min_support
         self._triple_min_confidence = triple_min_confidence
+        self._triple_gate = triple_min_orders
         self._prior_strength = prior_strength
         self._capacity = top_k
         # Anchors in ``items``; counted once (len() of a persistent table may scan it) and then
@@ -277,18 +292,20 @@ class CoPurchaseStats:
             pairs.update(zip(partners, grown, strict=True))
             if len(pairs) > self._capacity:
                 pairs, pair_offset = purge(pairs, pair_offset, self._capacity)
-            if self._triple_partners >= 2 and len(partners) >= 2:
-                threshold = max(
-                    self._triple_min_support * unit, self._triple_min_confidence * count
-                )
+            if len(grown) >= 2 and self._triple_partners >= 2 and count >= self._triple_gate * unit:
+                # Strong partners of this order: a C-level filter, then a C-level sort of the
+                # few above the threshold when there are too many.
+                threshold = self._triple_min_support * unit
+                floor = self._triple_min_confidence * count
+                if floor > threshold:
+                    threshold = floor
                 strong = list(compress(partners, map(threshold.__le__, grown)))
                 if len(strong) >= 2:
                     if len(strong) > self._triple_partners:
-                        weighted = zip(grown, partners, strict=True)
-                        by_weight = sorted(
-                            compress(weighted, map(threshold.__le__, grown)), reverse=True
-                        )
-                        strong = list(map(_SECOND, by_weight[: self._triple_partners]))
+                        by_weight = zip(grown, partners, strict=True)
+                        weighted = compress(by_weight, map(threshold.__le__, grown))
+                        top = sorted(weighted, reverse=True)[: self._triple_partners]
+                        strong = list(map(_SECOND, top))
                     strong.sort()
                     keys = list(map(TRIPLE_SEPARATOR.join, combinations(strong, 2)))
                     triples = triples.copy()
@@ -420,9 +437,10 @@ class CoPurchaseStats:
         keys.update(combinations(best, 2))
         m = self._prior_strength
         denominator = n_anchor + m
+        triples = stats.triples
         scored: list[Candidate] = []
-        for b, c in keys:
-            support = stats.triples.get(b + TRIPLE_SEPARATOR + c, 0.0) * to_now
+        for b, c in sorted(keys):  # sets iterate in salted-hash order; ties must not
+            support = triples.get(b + TRIPLE_SEPARATOR + c, 0.0) * to_now
             _, base_b, score_b = pair_score[b]
             _, base_c, score_c = pair_score[c]
             confidence = min(support / n_anchor, 1.0)

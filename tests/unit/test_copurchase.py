@@ -318,3 +318,75 @@ def test_learn_anchor_touches_one_key_per_mapping() -> None:
     assert items.writes == ["a", "a"]
     assert counts.writes == ["a", "a"]
     assert not counts.handed_out  # learn_anchor never reads counts
+
+
+# -- triples ---------------------------------------------------------------------------------
+
+
+def test_untracked_best_partners_are_still_a_triple_candidate() -> None:
+    # A young anchor: b and c each bought with it once, never together, nothing tracked.
+    m = 1.0
+    stats = CoPurchaseStats({}, {}, half_life_s=1000 * 86_400.0, prior_strength=m)
+    stats.learn_order(["a", "b"], T0)
+    stats.learn_order(["a", "c"], T0 + 1)
+    got = by_items(stats.candidates("a", now_ms=T0 + 2, max_pairs=2, max_triples=1))
+    t = got[("a", "b", "c")]
+    p = got[("a", "b")].score * got[("a", "c")].score
+    assert t.support == 0.0
+    assert t.score == pytest.approx(m * p / (2.0 + m), rel=1e-6)
+
+
+def test_observed_triple_beats_an_unseen_one_with_equal_pairs() -> None:
+    stats = CoPurchaseStats({}, {}, half_life_s=1000 * 86_400.0, triple_min_support=0.5)
+    for i, order in enumerate(["abc", "ad", "ad", "ab", "ac"]):
+        stats.learn_order(list(order), T0 + i)
+    best = stats.candidates("a", now_ms=T0 + 9, max_pairs=0, max_triples=1)
+    assert [c.items for c in best] == [("a", "b", "c")]
+
+
+def test_engine_config_sets_triple_learning() -> None:
+    from streamer.engine import Engine, EngineConfig
+    from streamer.events import OrderLine, PurchaseEvent
+
+    def triple_support(config: EngineConfig) -> float:
+        engine = Engine.in_memory(config)
+        for n in range(3):
+            engine.handle_purchase(
+                PurchaseEvent(
+                    event_id=f"e{n}",
+                    ts=T0 + n,
+                    user_id="u",
+                    session_id="s",
+                    order_id=f"o{n}",
+                    items=[OrderLine(item_id=i, quantity=1, unit_price=1.0) for i in "abc"],
+                )
+            )
+        cands = engine.stats.candidates("a", now_ms=T0 + 3, max_pairs=0, max_triples=1)
+        return cands[0].support
+
+    from_first_order = EngineConfig(min_interval_ms=0, triple_min_orders=0)
+    assert triple_support(from_first_order) == pytest.approx(2.0)
+    old_enough_at_3 = EngineConfig(min_interval_ms=0, triple_min_orders=2.5)
+    assert triple_support(old_enough_at_3) == pytest.approx(1.0)
+    assert triple_support(EngineConfig(min_interval_ms=0, triple_partners=0)) == 0.0
+    assert triple_support(EngineConfig(min_interval_ms=0, triple_min_orders=5)) == 0.0
+
+
+def test_young_anchors_learn_no_triples() -> None:
+    items: dict[str, ItemStats] = {}
+    stats = CoPurchaseStats(items, {}, half_life_s=1000 * 86_400.0, triple_min_orders=2.5)
+    for i in range(4):
+        stats.learn_order(["a", "b", "c"], T0 + i)
+    key = "b" + TRIPLE_SEPARATOR + "c"
+    # Strong from the 2nd order, old enough from the 3rd: counted in orders 3 and 4.
+    assert items["a"].triples == {key: pytest.approx(2.0)}
+    t = stats.candidates("a", now_ms=T0 + 4, max_pairs=0, max_triples=1)[0]
+    assert t.items == ("a", "b", "c") and t.support == pytest.approx(2.0)
+
+
+def test_triple_ties_break_the_same_way_in_every_process() -> None:
+    # Four partners with identical evidence: the 3-item choice must not follow set order.
+    stats = CoPurchaseStats({}, {}, half_life_s=1000 * 86_400.0)
+    stats.learn_order(["a", "d", "c", "b", "e"], T0)
+    best = stats.candidates("a", now_ms=T0 + 1, max_pairs=0, max_triples=1)
+    assert [c.items for c in best] == [("a", "b", "c")]
