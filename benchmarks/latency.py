@@ -1,0 +1,203 @@
+"""Latency from a purchase's produce time to its revised offer's arrival on ``offers``.
+
+One command: embedded broker (127.0.0.1), one ``streamer worker`` subprocess on fresh topics,
+then for each rate in ``--rates`` a steady stream of purchases for ``--seconds`` (after
+``--warmup`` seconds at the same rate, not measured), produced on a fixed schedule (events due
+are sent every millisecond tick; a producer that falls behind is reported, not hidden).
+
+Matching: purchase *i* carries event time ``T0 + i`` ms (unique), and every offer the worker
+builds from an anchor's slice of that order carries ``ts = T0 + i``, so each offer read back
+maps to exactly one purchase. Latency = the offer's arrival at this process's consumer minus
+the moment the purchase was handed to the producer (same clock, same process). Offers are
+read for ``--drain`` seconds after the last purchase; purchases whose offers never arrive in
+that time are counted as ``missing`` (they are a backlog, not a low latency).
+
+Offers settings: ``min_interval_s=0`` and ``min_support=1`` (as in the integration tests) so
+that every purchase that changes an anchor's best candidates revises its offer; with the
+defaults (one offer per anchor per 5 s of event time) most purchases would produce none.
+
+    PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --seconds 10 --json lat.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import PARTITIONS, StreamerWorker
+
+T0 = 1_700_000_000_000
+
+
+def purchase(i: int, ts: int, rng: random.Random, ids: list[str], cum: list[float],
+             prices: dict[str, float]) -> tuple[bytes, bytes]:
+    size = min(8, 1 + int(rng.expovariate(1 / 1.6)))
+    items = list(dict.fromkeys(rng.choices(ids, cum_weights=cum, k=size)))
+    user = f"u{rng.randrange(50_000)}"
+    event = {"event_id": f"lat-{i}", "ts": ts, "user_id": user, "session_id": f"s{i}",
+             "order_id": f"o{i}", "items": [{"item_id": x, "quantity": 1,
+                                             "unit_price": prices[x]} for x in items]}
+    return user.encode(), json.dumps(event, separators=(",", ":")).encode()
+
+
+async def measure(bootstrap: str, settings: Any, rate: float, warmup_s: float, seconds: float,
+                  drain_s: float, first_index: int, consumed: Any) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    rng = random.Random(first_index)
+    catalogue = 2000
+    ids = [f"SKU{i:05d}" for i in range(catalogue)]
+    prices = {x: round(rng.uniform(1, 100), 2) for x in ids}
+    cum, acc = [], 0.0
+    for rank in range(catalogue):
+        acc += 1.0 / (rank + 1)
+        cum.append(acc)
+
+    t = settings.topics
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=5)
+    await consumer.start()
+    consumer.assign([TopicPartition(t.offers, p) for p in range(PARTITIONS)])
+    await consumer.seek_to_end()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+
+    sent_at: dict[int, float] = {}  # event index -> produce time (measured part only)
+    arrivals: list[tuple[int, float]] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        while not done.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    ts = json.loads(r.value)["ts"]
+                    arrivals.append((ts - T0, now))
+
+    reader = asyncio.create_task(read())
+    total = int(rate * (warmup_s + seconds))
+    warm = int(rate * warmup_s)
+    start = time.perf_counter()
+    i = 0
+    marks: list[tuple[float, float]] = []  # (time, purchases the worker consumed)
+    try:
+        while i < total:
+            if i >= warm and not marks:
+                marks.append((time.perf_counter(), await asyncio.to_thread(consumed)))
+            due = min(total, int((time.perf_counter() - start) * rate) + 1)
+            while i < due:
+                idx = first_index + i
+                key, value = purchase(idx, T0 + idx, rng, ids, cum, prices)
+                if i >= warm:
+                    sent_at[idx] = time.perf_counter()
+                await producer.send(t.purchases, value, key=key)
+                i += 1
+            await asyncio.sleep(0.001)  # the schedule's tick
+        produced_s = time.perf_counter() - start
+        marks.append((time.perf_counter(), await asyncio.to_thread(consumed)))
+        await producer.flush()
+        end = time.perf_counter() + drain_s
+        while time.perf_counter() < end:
+            await asyncio.sleep(0.1)  # reading offers that are still coming
+    finally:
+        done.set()
+        await reader
+        await producer.stop()
+        await consumer.stop()
+
+    latencies = [(now - sent_at[idx]) * 1000 for idx, now in arrivals if idx in sent_at]
+    answered = {idx for idx, _ in arrivals if idx in sent_at}
+    measured_end = max(sent_at.values()) if sent_at else start
+    achieved = len(sent_at) / (measured_end - min(sent_at.values())) if len(sent_at) > 1 else 0
+    out: dict[str, Any] = {
+        "rate_target": rate,
+        "rate_produced": total / produced_s,
+        "rate_produced_measured_part": achieved,
+        "purchases": len(sent_at),
+        "purchases_with_offer": len(answered),
+        "offers": len(latencies),
+        # purchases/s the worker got through while the measured part was produced
+        "rate_worker": (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
+        if len(marks) == 2 else None,
+    }
+    if latencies:
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        out |= {"p50_ms": statistics.median(latencies), "p90_ms": q[89], "p99_ms": q[98],
+                "max_ms": max(latencies)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rates", default="2000,10000")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--drain", type=float, default=10.0)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--worker-env", action="append", default=[], metavar="K=V")
+    args = p.parse_args()
+
+    from streamer.app.broker import EmbeddedBroker, free_port
+    from streamer.app.worker import ensure_topics
+    from streamer.settings import Settings
+
+    extra_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \
+            EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
+        workdir = Path(tmp)
+        for n, rate in enumerate(float(r) for r in args.rates.split(",")):
+            # A fresh worker and topics per rate: no backlog carries over between rates.
+            suffix = uuid.uuid4().hex[:8]
+            settings = Settings(
+                kafka={"bootstrap_servers": broker.bootstrap},
+                topics={name: f"{name}-{suffix}" for name in
+                        ("clicks", "purchases", "offers", "feedback", "rewards",
+                         "dead_letters")}
+                | {"policy_updates": f"policy-updates-{suffix}", "partitions": PARTITIONS},
+                worker={"app_id": f"bench-latency-{suffix}", "web_port": free_port(),
+                        "data_dir": str(workdir / f"data-{suffix}")},
+                offers={"min_interval_s": 0.0, "min_support": 1.0},
+            )
+            asyncio.run(ensure_topics(settings))
+            worker = StreamerWorker(settings, workdir, extra_env)
+            try:
+                deadline = time.monotonic() + 90
+                while not worker.stats().get("ready"):
+                    if time.monotonic() > deadline or not worker.child.alive():
+                        raise RuntimeError(f"worker not ready; see {worker.child.log}")
+                    time.sleep(0.2)  # waiting for the group to form
+                res = asyncio.run(measure(broker.bootstrap, settings, rate, args.warmup,
+                                          args.seconds, args.drain, n * 10_000_000,
+                                          worker.consumed))
+                res["worker_consumed"] = worker.consumed()
+            finally:
+                worker.child.stop()
+            results.append(res)
+            line = (f"{rate:>7,.0f}/s target, {res['rate_produced']:>7,.0f}/s produced: "
+                    f"worker consumed {res['rate_worker'] or 0:>7,.0f}/s: "
+                    f"{res['purchases_with_offer']}/{res['purchases']} purchases answered, "
+                    f"{res['offers']} offers")
+            if "p50_ms" in res:
+                line += (f"; p50 {res['p50_ms']:.1f} ms, p90 {res['p90_ms']:.1f} ms, "
+                         f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.0f} ms")
+            print(line, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,547 @@
+"""Throughput of streamer's worker against its ceilings and its peers, one broker, same events.
+
+One command starts the embedded broker (Tansu, 127.0.0.1), produces ``--events`` synthetic
+purchases once to a 4-partition topic, then measures, ``--repeats`` times each (interleaved, so
+load from other jobs spreads over all of them), the rate at which each consumer gets through
+the same events:
+
+- ``ceiling``: raw aiokafka consume (no decoding);
+- ``plain_loop``: an aiokafka loop decoding purchases (streamer's codec) and counting
+  co-purchases in plain dicts;
+- ``engine_loop``: an aiokafka loop running streamer's engine in process (fan-out, co-purchase
+  statistics, dedup, offers): streamer's own work without faust;
+- ``faust_noop``: a faust agent that does nothing per event (faust's floor);
+- ``naive_peer``: a faust agent with default settings decoding JSON and updating one Table
+  per event;
+- ``streamer``: ``streamer worker`` as a subprocess doing its full work (decode, dead-letter
+  check, reward attribution, fan-out on the item-baskets topic, co-purchase tables, offers).
+
+Rates are events/s from the first event consumed to the last one done (faust children time
+themselves in their agent; streamer's worker is polled on ``/stats/`` every 25 ms for its
+purchases counter, then on ``/metrics`` until its item-baskets lag is zero twice in a row, so
+its rate includes the downstream items agent). Start-up and group joins are not timed.
+Medians over repeats are printed with ratios; ``--json PATH`` writes them.
+
+    PYTHONPATH=. python benchmarks/throughput.py --events 10000 --repeats 3 --json tp.json
+
+``--workers 2`` also measures two streamer workers against one (events produced after the
+workers joined, for both), ``--only`` restricts the modes, and ``--worker-env K=V`` passes
+settings to the streamer worker (e.g. ``STREAMER__WORKER__LOG_LEVEL=warning``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+TS0 = 1_700_000_000_000
+MODES = ("ceiling", "plain_loop", "engine_loop", "faust_noop", "naive_peer", "streamer")
+RUN_TIMEOUT_S = 240.0
+
+
+# -- events --------------------------------------------------------------------------------
+def make_purchases(n: int, *, catalogue: int = 5000, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    """``n`` purchase events (key: user id): 1-8 distinct items (mean ~2.6) drawn ~ 1/rank
+    from ``catalogue`` items, 100 ms apart in event time, fixed prices per item."""
+    rng = random.Random(seed)
+    ids = [f"SKU{i:06d}" for i in range(catalogue)]
+    prices = {i: round(rng.uniform(1, 200), 2) for i in ids}
+    cum: list[float] = []
+    acc = 0.0
+    for rank in range(catalogue):
+        acc += 1.0 / (rank + 1)
+        cum.append(acc)
+    out = []
+    for k in range(n):
+        size = min(8, 1 + int(rng.expovariate(1 / 1.6)))
+        items = list(dict.fromkeys(rng.choices(ids, cum_weights=cum, k=size)))
+        user = f"u{rng.randrange(50_000)}"
+        event = {
+            "event_id": f"p{k}", "ts": TS0 + 100 * k, "user_id": user,
+            "session_id": f"s{k // 3}", "order_id": f"o{k}",
+            "items": [{"item_id": i, "quantity": 1 + rng.randrange(2), "unit_price": prices[i]}
+                      for i in items],
+        }
+        out.append((user.encode(), json.dumps(event, separators=(",", ":")).encode()))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
+    """Send all events and wait for every ack; returns events/s."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(topic, value, key=key) for key, value in events]
+        await asyncio.gather(*futures)
+        return len(events) / (time.perf_counter() - t0)
+    finally:
+        await producer.stop()
+
+
+# -- in-process consumers -------------------------------------------------------------------
+def plain_counting() -> Callable[[bytes], None]:
+    """streamer's codec, then undecayed item and pair counts in dicts (no bounds, no offers)."""
+    from streamer.events import EventCodec
+
+    decode = EventCodec().decode_purchase
+    counts: dict[str, float] = {}
+    pairs: dict[str, dict[str, float]] = {}
+
+    def work(value: bytes) -> None:
+        items = list(dict.fromkeys(line.item_id for line in decode(value).items))
+        for a in items:
+            counts[a] = counts.get(a, 0.0) + 1.0
+            row = pairs.setdefault(a, {})
+            for b in items:
+                if b != a:
+                    row[b] = row.get(b, 0.0) + 1.0
+
+    return work
+
+
+def engine_work() -> Callable[[bytes], None]:
+    """streamer's codec and engine with the worker's default configuration, its state in
+    dicts of encoded values as the worker's tables hold them (``EncodedTable``)."""
+    from streamer.app.factory import engine_config
+    from streamer.app.tables import EncodedTable
+    from streamer.copurchase import Decayed, ItemStats
+    from streamer.engine import Engine, EngineState
+    from streamer.events import BundleOffer, EventCodec
+    from streamer.events.dedup import SeenId
+    from streamer.settings import Settings
+
+    decode = EventCodec().decode_purchase
+    config = engine_config(Settings())
+    try:  # items hold ItemRecord (stats + the ids learned) where the engine has it
+        from streamer.engine import ItemRecord
+
+        items: Any = EncodedTable({}, ItemRecord)
+        seen: Any = {}
+    except ImportError:
+        items, seen = EncodedTable({}, ItemStats), EncodedTable({}, SeenId)
+    state = EngineState(items=items, counts=EncodedTable({}, Decayed),
+                        catalog=EncodedTable({}, float), offers=EncodedTable({}, BundleOffer),
+                        seen=seen)
+    engine = Engine(config, state, Engine.v0_policy(config))
+
+    def work(value: bytes) -> None:
+        engine.handle_purchase(decode(value))
+
+    return work
+
+
+async def consume_loop(bootstrap: str, topic: str, n: int,
+                       work: Callable[[bytes], None] | None) -> float:
+    """An aiokafka consumer over every partition from the start; events/s first to n-th."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20,
+                                fetch_max_bytes=16 << 20)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        await consumer.seek_to_beginning()
+        seen = 0
+        t0 = time.perf_counter()  # from the first fetch: one batch may hold every event
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while seen < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                if work is not None:
+                    for r in records:
+                        work(r.value)
+                seen += len(records)
+        if seen < n:
+            raise RuntimeError(f"consumed {seen} of {n} events before the deadline")
+        return n / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+# -- faust children (run by this same file) --------------------------------------------------
+def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: str) -> None:
+    """A faust worker whose one agent reads ``topic``; writes its rate to ``out`` at ``n``."""
+    import faust
+
+    app = faust.App(
+        f"bench-{mode}-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        datadir=tempfile.mkdtemp(prefix="bench-faust-"),
+        # Not performance settings: the changelog must match the source's 4 partitions, and
+        # Tansu needs short group timeouts to join quickly (startup is not timed).
+        topic_partitions=PARTITIONS,
+        broker_session_timeout=6.0,
+        broker_rebalance_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+    )
+    state = {"seen": 0, "t0": 0.0}
+
+    def count() -> None:
+        if not state["seen"]:
+            state["t0"] = time.perf_counter()
+        state["seen"] += 1
+        if state["seen"] == n:
+            eps = n / (time.perf_counter() - state["t0"])
+            Path(out).write_text(json.dumps({"eps": eps}))
+            os._exit(0)  # the measurement is written; nothing else to tear down
+
+    if mode == "faust_noop":
+        source = app.topic(topic, value_type=bytes, value_serializer="raw")
+
+        @app.agent(source)
+        async def noop(stream: Any) -> None:
+            async for _ in stream:
+                count()
+    else:  # naive_peer: defaults (json values), one Table write per event
+        source = app.topic(topic)
+        per_item = app.Table("item-purchases", default=int)
+
+        @app.agent(source)
+        async def naive(stream: Any) -> None:
+            async for order in stream:
+                per_item[order["items"][0]["item_id"]] += 1
+                count()
+
+    kwargs: dict[str, Any] = {"loglevel": "warning"}
+    if loop != "asyncio":
+        kwargs["loop"] = _new_loop(loop)
+    faust.Worker(app, **kwargs).execute_from_commandline()
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+class Child:
+    """A subprocess in its own process group, always stopped (group-wide) on exit."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.log = log
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever lingers in its group
+        self.proc.wait(10)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def run_faust_child(mode: str, bootstrap: str, topic: str, n: int, workdir: Path,
+                    loop: str) -> float:
+    out = workdir / f"{mode}-{uuid.uuid4().hex[:6]}.json"
+    child = Child([sys.executable, __file__, "--child", mode, "--bootstrap", bootstrap,
+                   "--topic", topic, "--events", str(n), "--child-out", str(out),
+                   "--loop", loop], child_env(), workdir / f"{mode}.log")
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not out.exists():
+            if not child.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{mode} child failed; see {child.log}")
+            time.sleep(0.05)  # waiting for the child's own measurement
+        time.sleep(0.05)  # let the write finish
+        return float(json.loads(out.read_text())["eps"])
+    finally:
+        child.stop()
+
+
+# -- streamer's worker -----------------------------------------------------------------------
+def worker_settings(bootstrap: str, purchases: str, workdir: Path) -> Any:
+    """Default settings but fresh topics (except the shared purchases) and a fresh group."""
+    from streamer.app.broker import free_port
+    from streamer.settings import Settings
+
+    suffix = uuid.uuid4().hex[:8]
+    topics = {name: f"{name}-{suffix}" for name in
+              ("clicks", "offers", "feedback", "rewards", "dead_letters")}
+    return Settings(
+        kafka={"bootstrap_servers": bootstrap},
+        topics=topics | {"purchases": purchases, "policy_updates": f"policy-updates-{suffix}",
+                         "partitions": PARTITIONS},
+        worker={"app_id": f"bench-streamer-{suffix}", "web_port": free_port(),
+                "data_dir": str(workdir / f"data-{suffix}")},
+    )
+
+
+def settings_env(settings: Any, extra: dict[str, str]) -> dict[str, str]:
+    env = child_env()
+    for section, values in settings.model_dump(mode="json").items():
+        for key, value in values.items():
+            if value is not None:
+                env[f"STREAMER__{section.upper()}__{key.upper()}"] = str(value)
+    env.update(extra)
+    return env
+
+
+def _get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bytes(r.read())
+    except OSError:
+        return b""
+
+
+class StreamerWorker:
+    def __init__(self, settings: Any, workdir: Path, extra_env: dict[str, str],
+                 web_port: int | None = None) -> None:
+        if web_port is not None:
+            settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+                update={"web_port": web_port})})
+        self.settings = settings
+        self.url = f"http://127.0.0.1:{settings.worker.web_port}"
+        self.child = Child([sys.executable, "-m", "streamer", "worker"],
+                           settings_env(settings, extra_env),
+                           workdir / f"worker-{settings.worker.app_id}.log")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the worker process has used so far."""
+        fields = Path(f"/proc/{self.child.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stats(self) -> dict[str, Any]:
+        raw = _get(f"{self.url}/stats/")
+        return json.loads(raw) if raw else {}
+
+    def consumed(self) -> float:
+        by_topic = self.stats().get("streamer_events_consumed_total", {})
+        return float(by_topic.get(self.settings.topics.purchases, 0.0))
+
+    def baskets_lag(self) -> float | None:
+        """Item-baskets lag summed over this worker's partitions (None: not known yet)."""
+        text = _get(f"{self.url}/metrics").decode()
+        name = re.escape(f"{self.settings.worker.app_id}-item-baskets")
+        m = re.search(r'streamer_consumer_lag\{topic="' + name + r'"\} (\S+)', text)
+        return float(m.group(1)) if m else None
+
+
+CPU_US: list[float] = []  # worker CPU per event of each streamer run (robust to other load)
+
+
+def wait_done(workers: list[StreamerWorker], n: int, t_limit: float) -> float:
+    """Poll until the workers consumed n purchases and drained item-baskets; events/s.
+    Appends the workers' CPU microseconds per event over the same span to ``CPU_US``."""
+    t0 = 0.0
+    cpu0 = 0.0
+    while True:
+        if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
+            raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
+        now = time.perf_counter()
+        consumed = sum(w.consumed() for w in workers)
+        if consumed and not t0:
+            t0 = now
+            cpu0 = sum(w.cpu_s() for w in workers)
+        if consumed >= n:
+            break
+        time.sleep(0.1)  # polling the worker's counter (each poll costs it ~ms of CPU)
+    while True:
+        if time.monotonic() > t_limit:
+            raise RuntimeError("item-baskets never drained")
+        now = time.perf_counter()
+        lags = [w.baskets_lag() for w in workers]
+        if all(lag == 0 for lag in lags):
+            time.sleep(0.1)  # a lag of 0 may be a stale high-water mark: confirm once
+            if all(w.baskets_lag() == 0 for w in workers):
+                CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / n)
+                return n / (now - t0)
+        else:
+            time.sleep(0.1)
+
+
+def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
+                 extra_env: dict[str, str], profile: Path | None = None) -> float:
+    from streamer.app.worker import ensure_topics
+
+    settings = worker_settings(bootstrap, topic, workdir)
+    asyncio.run(ensure_topics(settings))
+    worker = StreamerWorker(settings, workdir, extra_env)
+    spy = None
+    try:
+        if profile is not None:
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(profile),
+                 "-f", {".json": "speedscope", ".txt": "raw"}.get(profile.suffix, "flamegraph"),
+                 "-r", "200", "-p", str(worker.child.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S)
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(30)
+        worker.child.stop()
+
+
+def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
+               extra_env: dict[str, str]) -> float:
+    """``workers`` streamer workers in one group, joined before the events are produced."""
+    from streamer.app.broker import free_port
+    from streamer.app.worker import ensure_topics
+
+    topic = f"purchases-scale-{uuid.uuid4().hex[:8]}"
+    settings = worker_settings(bootstrap, topic, workdir)
+    asyncio.run(ensure_topics(settings))
+    procs = [StreamerWorker(settings, workdir, extra_env, web_port=free_port())
+             for _ in range(workers)]
+    try:
+        deadline = time.monotonic() + 90
+        while not all(w.stats().get("ready") for w in procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("workers not ready")
+            time.sleep(0.2)
+        time.sleep(8.0)  # let the group settle: the last join triggers one more rebalance
+        asyncio.run(produce(bootstrap, topic, make_purchases(n, seed=2)))
+        return wait_done(procs, n, time.monotonic() + RUN_TIMEOUT_S)
+    finally:
+        for w in procs:
+            w.child.stop()
+
+
+# -- driver -----------------------------------------------------------------------------------
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--only", default=",".join(MODES), help="comma-separated modes to run")
+    p.add_argument("--workers", type=int, default=1, help="also compare N streamer workers")
+    p.add_argument("--worker-env", action="append", default=[], metavar="K=V")
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="event loop of the faust children (noop and naive peer)")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="py-spy the first streamer run into this file "
+                        "(.svg, .json speedscope, .txt collapsed stacks)")
+    p.add_argument("--child", choices=("faust_noop", "naive_peer"), help=argparse.SUPPRESS)
+    p.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    p.add_argument("--topic", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out,
+                    args.loop)
+        return
+
+    from streamer.app.broker import EmbeddedBroker, create_topics
+
+    modes = [m for m in args.only.split(",") if m]
+    extra_env = dict(kv.split("=", 1) for kv in args.worker_env)
+    n = args.events
+    results: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, \
+            EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
+        workdir = Path(tmp)
+        topic = f"purchases-bench-{uuid.uuid4().hex[:8]}"
+        asyncio.run(create_topics(broker.bootstrap, [topic], partitions=PARTITIONS))
+        events = make_purchases(n)
+        produced = asyncio.run(produce(broker.bootstrap, topic, events))
+        sizes = [len(v) for _, v in events]
+        print(f"{n} purchases ({statistics.mean(sizes):.0f} B mean) produced at "
+              f"{produced:,.0f}/s to {topic} ({PARTITIONS} partitions) on {broker.bootstrap}")
+        for rep in range(args.repeats):
+            for mode in modes:
+                if mode == "ceiling":
+                    eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, None))
+                elif mode == "plain_loop":
+                    eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, plain_counting()))
+                elif mode == "engine_loop":
+                    eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, engine_work()))
+                elif mode in ("faust_noop", "naive_peer"):
+                    eps = run_faust_child(mode, broker.bootstrap, topic, n, workdir, args.loop)
+                else:
+                    profile = args.profile if rep == 0 else None
+                    eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile)
+                results[mode].append(eps)
+                cpu = f"  ({CPU_US[-1]:,.0f} us worker CPU/event)" if mode == "streamer" else ""
+                print(f"  repeat {rep + 1}: {mode:<12} {eps:>11,.0f} events/s{cpu}", flush=True)
+        scaled: dict[int, list[float]] = {}
+        if args.workers > 1:
+            for _ in range(args.repeats):
+                for w in (1, args.workers):
+                    eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
+                    scaled.setdefault(w, []).append(eps)
+                    print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s",
+                          flush=True)
+
+    med = {m: statistics.median(v) for m, v in results.items()}
+    print(f"\nmedians over {args.repeats} repeats, {n} events:")
+    for m, v in med.items():
+        runs = ", ".join(f"{x:,.0f}" for x in results[m])
+        print(f"  {m:<12} {v:>11,.0f} events/s   (runs: {runs})")
+    ratios: dict[str, float] = {}
+    if "streamer" in med:
+        for base in ("naive_peer", "faust_noop", "engine_loop", "plain_loop", "ceiling"):
+            if base in med:
+                ratios[f"streamer/{base}"] = med["streamer"] / med[base]
+    if "faust_noop" in med and "naive_peer" in med:
+        ratios["naive_peer/faust_noop"] = med["naive_peer"] / med["faust_noop"]
+    goals = {"streamer/naive_peer": 3.0, "streamer/faust_noop": 0.8}
+    for name, r in ratios.items():
+        goal = f"   (goal >= {goals[name]})" if name in goals else ""
+        print(f"  {name:<22} {r:6.2f}x{goal}")
+    out: dict[str, Any] = {"events": n}
+    for m in modes:
+        out[f"{m}_eps"] = med[m]
+    if scaled:
+        one, many = statistics.median(scaled[1]), statistics.median(scaled[args.workers])
+        print(f"  {args.workers} workers / 1 worker: {many / one:.2f}x   (goal >= 1.7)  "
+              f"[{many:,.0f} vs {one:,.0f} events/s]")
+        out[f"streamer_{args.workers}_workers_eps"] = many
+        out["streamer_1_worker_produced_live_eps"] = one
+    if "streamer" in med:
+        out["streamer_cpu_us_per_event"] = statistics.median(CPU_US[: len(results["streamer"])])
+        print(f"  streamer worker CPU: {out['streamer_cpu_us_per_event']:,.0f} us/event (median)")
+    out["runs"] = results
+    out["ratios"] = ratios
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
