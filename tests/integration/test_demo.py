@@ -50,6 +50,8 @@ def test_demo_publishes_offers_and_cleans_up() -> None:
     assert offers > 0
     assert sum(consumed) > 100
     assert dead == malformed  # every broken message the storefront sent was dead-lettered
+    # The worker shut down on SIGTERM by itself (a kill after the grace period exits -9).
+    assert "worker stopped (exit code 0)" in out, out[-3000:]
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 2, out  # broker and worker
     for pid in pids:
