@@ -116,7 +116,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         import cryptography  # noqa: F401
     except ImportError:
         if shutil.which("openssl") is None:
-            pytest.skip("neither the cryptography package nor the openssl CLI is available")
+            pytest.fail("the TLS tests need the openssl CLI (or the cryptography package)")
         return _make_pki_openssl(d)
     return _make_pki_cryptography(d)  # pragma: no cover
 
