@@ -46,6 +46,7 @@ from streamer.copurchase import TOTAL_KEY
 from streamer.engine import Engine
 from streamer.events import OrderLine, PurchaseEvent
 from streamer.settings import Settings
+from tests.conftest import wait_for
 
 BASKETS_SUFFIX = "-item-baskets"
 
@@ -192,7 +193,7 @@ class Worker:
         return get_json(f"{self.url}/state/items/")
 
     def wait_ready(self, timeout_s: float) -> None:
-        wait_until(lambda: not self.alive or self.stats().get("ready"), timeout_s,
+        wait_for(lambda: not self.alive or self.stats().get("ready"), timeout_s,
                    "the worker to be ready")
         if not self.alive:
             raise AssertionError(f"worker exited: {self.log_tail()}")
@@ -211,19 +212,6 @@ class Worker:
             return self.process.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
-
-
-def wait_until(condition: Callable[[], Any], timeout_s: float, what: str,
-               interval_s: float = 0.1) -> Any:
-    """Poll ``condition`` until truthy; AssertionError at the timeout."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval_s)  # polling a condition with a deadline
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
 
 
 # -- the broker's view ------------------------------------------------------------------------
@@ -296,7 +284,7 @@ def wait_settled(settings: Settings, workers: Sequence[Worker], timeout_s: float
         return not unsettled(settings)
 
     try:
-        wait_until(check, timeout_s, "committed offsets to reach the end offsets",
+        wait_for(check, timeout_s, "committed offsets to reach the end offsets",
                    interval_s=0.25)
     except AssertionError as e:
         raise AssertionError(f"{e}; behind: {unsettled(settings)}") from e
@@ -307,7 +295,7 @@ def group_state(workers: Sequence[Worker], partitions: int) -> CoPurchaseState:
     union: dict[str, Any] = {"orders": None, "items": {}}
     owned: list[int] = []
     for worker in workers:
-        dump = wait_until(worker.state, 10, f"{worker.url}/state/items/")
+        dump = wait_for(worker.state, 10, f"{worker.url}/state/items/")
         owned += dump["partitions"]
         union["items"].update(dump["items"])
         if dump["orders"] is not None:
@@ -353,7 +341,7 @@ def kill_when_consumed(victim: Worker, observers: Sequence[Worker], at: int,
         seen[0] = sum(w.consumed_purchases() for w in observers) - start
         return seen[0] >= at
 
-    wait_until(reached, timeout_s, f"{at} purchases consumed", interval_s=0.02)
+    wait_for(reached, timeout_s, f"{at} purchases consumed", interval_s=0.02)
     victim.kill()
     return int(seen[0])
 
@@ -411,7 +399,7 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
     try:
         a.wait_ready(timeout_s)
         b.wait_ready(timeout_s)
-        wait_until(split, timeout_s, "both workers to own partitions")
+        wait_for(split, timeout_s, "both workers to own partitions")
         for n, (victim, survivor) in enumerate([(b, a), (a, b)]):
             begin = time.monotonic()
             chunk = orders[n * orders_per:(n + 1) * orders_per]
@@ -432,7 +420,7 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
                 # B comes back: partitions move to it again (recovered from changelogs).
                 b = Worker(b.settings, workdir / "worker-b-2.log")
                 b.wait_ready(timeout_s)
-                wait_until(split, timeout_s, "both workers to own partitions")
+                wait_for(split, timeout_s, "both workers to own partitions")
                 wait_settled(settings, [a, b], timeout_s)
                 state = group_state([a, b], settings.topics.partitions)
                 back = compare(reference_state(settings, so_far), state)

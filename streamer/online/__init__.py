@@ -10,8 +10,9 @@ Must not import torch or ``streamer.policy`` (an independent sibling): the featu
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from streamer.lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:
     from streamer.online.drift import (
@@ -48,13 +49,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 __all__ = [
     "DISCOUNT_LEVELS",
