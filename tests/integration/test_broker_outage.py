@@ -21,6 +21,7 @@ import pytest
 from streamer.app.broker import EmbeddedBroker, free_port
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
+from tests.conftest import wait_for
 from tests.crash_harness import (
     BASKETS_SUFFIX,
     Worker,
@@ -30,7 +31,6 @@ from tests.crash_harness import (
     produce_orders,
     reference_state,
     wait_settled,
-    wait_until,
 )
 from tests.tcp_proxy import TcpProxy
 
@@ -75,7 +75,7 @@ def test_worker_rides_out_a_30s_broker_outage(tmp_path: Path) -> None:
             pid = worker.process.proc.pid
             produce_orders(settings, before)
             # Cut mid-replay: some of the first half consumed, not all of it.
-            wait_until(lambda: worker.consumed_purchases() >= len(before) // 4, 60,
+            wait_for(lambda: worker.consumed_purchases() >= len(before) // 4, 60,
                        "a quarter of the first half consumed", interval_s=0.02)
             proxy.cut()
             cut_at = time.monotonic()
@@ -96,7 +96,7 @@ def test_worker_rides_out_a_30s_broker_outage(tmp_path: Path) -> None:
 
             baskets = settings.worker.app_id + BASKETS_SUFFIX
             watched = (settings.topics.purchases, baskets)
-            wait_until(lambda: all(lag_by_topic(worker).get(t) == 0 for t in watched), 30,
+            wait_for(lambda: all(lag_by_topic(worker).get(t) == 0 for t in watched), 30,
                        "consumer lag back to zero")
             assert proxy.accepted > 1, "the worker never reconnected through the proxy"
             print(f"outage: consumed {consumed_at_cut:g}/{len(before)} of the first half "
