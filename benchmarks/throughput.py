@@ -258,13 +258,9 @@ class Child:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever lingers in its group
-        self.proc.wait(10)
+        from streamer.app.broker import stop_process_group
+
+        stop_process_group(self.proc, 10)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -29,6 +29,21 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:
+    """Stop a child started with ``start_new_session=True``: SIGTERM its process group, wait up
+    to ``timeout_s``, then SIGKILL the group, so nothing it spawned outlives it. Returns the
+    child's exit code (negative: the signal that ended it)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever lingers in its group
+    proc.wait(timeout_s)
+    return proc.returncode
+
+
 class BrokerStartError(RuntimeError):
     """The embedded broker did not start or did not answer in time."""
 
@@ -156,16 +171,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout_s)
+        if proc is not None:
+            stop_process_group(proc, timeout_s)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self._proc is None else self

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.broker import EmbeddedBroker, free_port, stop_process_group
 from streamer.app.storefront import StorefrontDriver
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
@@ -56,19 +55,8 @@ class WorkerProcess:
                 start_new_session=True,
             )
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # anything it left in its group
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        return stop_process_group(self.proc, timeout_s)
 
 
 async def fetch_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:

@@ -10,9 +10,7 @@ cumulative reward and regret per policy version (the version of the offer shown)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.broker import EmbeddedBroker, free_port, stop_process_group
 from streamer.app.demo import WorkerProcess, wait_ready
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.app.storefront import OfferCache
@@ -132,13 +130,7 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
             report = await store.run(duration_s)
         finally:
             if trainer is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(trainer.pid, signal.SIGTERM)
-                try:
-                    trainer.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(trainer.pid, signal.SIGKILL)
-                    trainer.wait(15)
+                stop_process_group(trainer)
             worker.stop()
     console.print(report_table(report))
     return report

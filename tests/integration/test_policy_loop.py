@@ -4,9 +4,6 @@ the worker adopts it (new offers carry it) -> a rollback returns the worker to t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +14,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from streamer.app.broker import stop_process_group
 from streamer.app.policy_updates import publish_rollback, read_versions
 from streamer.events import EventCodec, OrderLine, PurchaseEvent
 from streamer.online import FEATURE_NAMES
@@ -121,12 +119,6 @@ def test_feedback_to_promotion_to_adoption_to_rollback(
         assert newest_offer_versions(settings, after, 3) == {"v0-greedy"}
         assert asyncio.run(read_versions(settings)).live_version == "v0-greedy"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(trainer.pid, signal.SIGTERM)
-        try:
-            trainer.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(trainer.pid, signal.SIGKILL)
-            trainer.wait(15)
+        stop_process_group(trainer)
         log.close()
     assert trainer.returncode == 0, (tmp_path / "trainer.log").read_text()[-3000:]
