@@ -102,7 +102,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., R
         worker = RunningWorker(proc, s)
         wait_for(lambda: proc.proc.poll() is not None or worker.stats().get("ready"),
                  ready_timeout_s, "the worker to be ready")
-        assert proc.proc.poll() is None, (tmp_path / "worker-0.log").read_text()[-3000:]
+        assert proc.proc.poll() is None, proc.log_path.read_text()[-3000:]
         return worker
 
     yield start
