@@ -9,12 +9,21 @@ events give the same state either way.
 All state lives in mappings handed in (faust tables live, dicts otherwise); the engine only
 assigns values, never mutates one in place, so every change reaches the changelog.
 
-Exactly once on top of at-least-once: an anchor's statistics and the ids of the events already
-learned into them are one value (:class:`ItemRecord`), written with one assignment, so a faust
-table sends them in one changelog message and a worker killed at any moment recovers both or
-neither. Kept in two tables (two messages), a kill between the two writes recovered the ids
-without the counts they guard: the event, redelivered, was taken for a duplicate and lost
-(measured with ``tests/crash_harness.py``: ~0.1% of baskets lost after 4 kills of 6).
+Exactly once on top of at-least-once, in two steps, each next to the state it guards:
+
+- *By event id*, where a purchase arrives (:meth:`Engine.accept`): an id seen before at
+  another offset is a duplicate (the storefront sent it twice) and is dropped. The same message
+  delivered again (same partition and offset: a redelivery after a crash) is let through,
+  because what it changed may not have reached the changelogs.
+- *By source offset*, in each anchor's record (:class:`ItemRecord`): the anchor's statistics and
+  the highest offset of each purchases partition learned into them are one value, written with
+  one assignment, so a faust table sends them in one changelog message and a worker killed at
+  any moment recovers both or neither. A partition's purchases reach an anchor in offset order,
+  so a basket at or below the mark is one already learned. Kept in two tables (two messages),
+  a kill between the two writes recovered the memory without the counts it guards: the event,
+  redelivered, was taken for a duplicate and lost (measured with ``tests/crash_harness.py``).
+  The first design kept recent event ids in the record instead: exact too, but a hot item
+  rewrote its last 1,024 ids (tens of KB) to its changelog on every write.
 
 >>> engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
 >>> from streamer.events import OrderLine, PurchaseEvent
@@ -22,11 +31,17 @@ without the counts they guard: the event, redelivered, was taken for a duplicate
 ...     return PurchaseEvent(event_id=f"e{n}", ts=1_700_000_000_000 + n, user_id="u",
 ...         session_id=f"s{n}", order_id=f"o{n}",
 ...         items=[OrderLine(item_id=i, quantity=1, unit_price=2.0) for i in items])
->>> offers = [o for n in range(3) for o in engine.handle_purchase(order(n, ["tea", "cup"]))]
+>>> offers = [o for n in range(3)
+...           for o in engine.handle_purchase(order(n, ["tea", "cup"]), offset=n)]
 >>> engine.live_offer("tea").variants[0].items
 ['tea', 'cup']
->>> engine.handle_purchase(order(0, ["tea", "cup"]))   # a redelivered event changes nothing
+>>> engine.handle_purchase(order(0, ["tea", "cup"]), offset=7)  # sent twice: a duplicate
 []
+>>> engine.handle_purchase(order(2, ["tea", "cup"]), offset=2)  # redelivered: learnt already
+[]
+>>> round(engine.stats.candidates("tea", now_ms=1_700_000_000_002, max_pairs=1,
+...     max_triples=0, min_support=0.0)[0].support, 6)   # three orders, each counted once
+3.0
 
 The policy is swappable while running (:meth:`Engine.set_policy`: one reference assignment);
 offers built afterwards carry the new version. A learned ``TorchPolicy`` gets each decision's
@@ -55,7 +70,7 @@ import msgspec
 
 from streamer.copurchase import TOTAL_KEY, CoPurchaseStats, Decayed, ItemStats
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
-from streamer.events.dedup import Deduplicator, SeenId, remember
+from streamer.events.dedup import Deduplicator, SeenId
 from streamer.offers import OfferBuilder, offer_signature
 from streamer.online import (
     DISCOUNT_LEVELS,
@@ -82,25 +97,30 @@ class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
     price: float = -1.0  # the anchor's unit price; negative: not a list price, do not learn it
     weight: float = 1.0
     partner_prices: list[float] = []  # aligned with partners, same convention as ``price``
+    #: Where the purchase was read: its ``purchases`` partition and offset (-1: unknown, e.g. a
+    #: replay in process; then only the event-id check guards against counting it twice).
+    source: int = -1
+    offset: int = -1
 
 
 class ItemRecord(msgspec.Struct, array_like=True, frozen=True):
-    """The value of ``items[anchor]``: the anchor's statistics and the recent events learned
-    into them, in one value so one write (one changelog message) carries both.
+    """The value of ``items[anchor]``: the anchor's statistics and how far into each purchases
+    partition they have learned, in one value so one write (one changelog message) carries both.
 
     ``stats`` is None for the order counter (key :data:`~streamer.copurchase.TOTAL_KEY`).
     ``count`` is the anchor's decayed order count (the order total for the counter), which the
-    engine mirrors into ``counts`` for readers of any item. ``seen`` maps event id -> event
-    time (ms), bounded by :func:`streamer.events.dedup.remember`. Immutable, like its parts.
+    engine mirrors into ``counts`` for readers of any item. ``sources`` maps a purchases
+    partition to the highest offset learned from it (one entry per partition: bounded).
+    Immutable, like its parts.
 
-    >>> r = ItemRecord(None, Decayed(1.0, 5), {"e1": 5})
+    >>> r = ItemRecord(None, Decayed(1.0, 5), {0: 41, 3: 7})
     >>> msgspec.json.decode(msgspec.json.encode(r), type=ItemRecord) == r
     True
     """
 
     stats: ItemStats | None
     count: Decayed
-    seen: dict[str, int]
+    sources: dict[int, int] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,16 +146,13 @@ class EngineConfig:
     discount_pct: float = 10.0
     dedup_ttl_ms: int = 24 * 3_600_000
     dedup_capacity: int = 1_000_000
-    #: Event ids remembered per anchor (besides the TTL). It must cover what can be delivered
-    #: again: an anchor's baskets since the last offset commit (plus upstream duplicates).
-    dedup_per_item: int = 1024
 
 
 @dataclass(slots=True)
 class EngineState:
     """Every mapping the engine writes to, by role. ``items`` holds :class:`ItemRecord` values;
     ``counts`` mirrors each record's count (and holds nothing else); ``seen`` is the memory of
-    :meth:`Engine.accept` (clicks in process), not used for baskets."""
+    :meth:`Engine.accept` (event ids of purchases, and of clicks in process)."""
 
     items: MutableMapping[str, ItemRecord]
     counts: MutableMapping[str, Any]
@@ -240,8 +257,10 @@ class Engine:
 
     # -- the two steps both drivers share -------------------------------------------------
     @staticmethod
-    def fan_out(purchase: PurchaseEvent) -> list[ItemBasket]:
-        """Split an order into one message per distinct item, plus the order counter."""
+    def fan_out(purchase: PurchaseEvent, *, source: int = -1,
+                offset: int = -1) -> list[ItemBasket]:
+        """Split an order into one message per distinct item, plus the order counter;
+        ``source``/``offset`` say where the purchase was read (see :class:`ItemBasket`)."""
         # Prices paid through an offer are discounted: they do not update the catalogue.
         through_offer = purchase.offer_id is not None
         prices: dict[str, float] = {}
@@ -256,42 +275,68 @@ class Engine:
                 event_id=purchase.event_id,
                 price=p,
                 partner_prices=[prices[b] for b in items if b != a],
+                source=source,
+                offset=offset,
             )
             for a, p in prices.items()
         ]
         baskets.append(
-            ItemBasket(anchor=TOTAL_KEY, partners=[], ts=purchase.ts, event_id=purchase.event_id)
+            ItemBasket(anchor=TOTAL_KEY, partners=[], ts=purchase.ts, event_id=purchase.event_id,
+                       source=source, offset=offset)
         )
         return baskets
 
     def has_learned(self, basket: ItemBasket) -> bool:
-        """True when ``basket``'s event is already in its anchor's record (a duplicate)."""
-        record = self.state.items.get(basket.anchor)
-        return record is not None and basket.event_id in record.seen
+        """True when ``basket``'s purchase is already in its anchor's record (redelivered)."""
+        return _learned_already(self.state.items.get(basket.anchor), basket)
 
-    def learn_basket(self, basket: ItemBasket, partition: int = 0) -> BundleOffer | None:
-        """Learn one anchor's slice of an order once; return its revised offer if it should go
-        out. De-duplication is per (event, anchor), in the anchor's own record, so a purchase
-        redelivered upstream and fanned out again is not learned twice, and a crash cannot
-        separate the ids from the counts (see the module doc). ``partition`` is unused (the
-        record is written from its own key's partition); kept for callers.
+    def learn_baskets(self, baskets: list[ItemBasket]) -> tuple[list[BundleOffer], int]:
+        """Learn a batch of baskets (each anchor's slice of an order) once each, then revise
+        each anchor's offer once, at the event time of its last basket; returns the offers
+        that should go out and how many baskets were learned already (redelivered).
 
-        A duplicate changes nothing but re-mirrors the record's count into ``counts``: a kill
-        between the record's write and the mirror's loses the latter, and the event is then
-        delivered again (its offset was not committed), which repairs it.
+        A basket at or below its anchor's mark for its purchases partition was learned already
+        (the purchase was redelivered and fanned out again): the record and the mark are one
+        value, so a crash cannot separate them (see the module doc). Such a duplicate changes
+        nothing but re-mirrors the record's count into ``counts``: a kill between the record's
+        write and the mirror's loses the latter, and the event is then delivered again (its
+        offset was not committed), which repairs it.
         """
+        touched: dict[str, int] = {}
+        duplicates = 0
+        for basket in baskets:
+            if self._learn(basket):
+                if basket.anchor != TOTAL_KEY:
+                    touched[basket.anchor] = max(basket.ts, touched.get(basket.anchor, basket.ts))
+            else:
+                duplicates += 1
+        offers = []
+        for anchor, ts in touched.items():
+            offer = self.revise_offer(anchor, ts)
+            if offer is not None:
+                offers.append(offer)
+        return offers, duplicates
+
+    def learn_basket(self, basket: ItemBasket) -> BundleOffer | None:
+        """:meth:`learn_baskets` for one basket: its anchor's revised offer, if any."""
+        offers, _ = self.learn_baskets([basket])
+        return offers[0] if offers else None
+
+    def _learn(self, basket: ItemBasket) -> bool:
+        """Learn one basket into its anchor's record unless learned already (False then)."""
         anchor = basket.anchor
         items, counts = self.state.items, self.state.counts
         record = items.get(anchor)
-        if record is not None and basket.event_id in record.seen:
+        if _learned_already(record, basket):
+            assert record is not None
             if counts.get(anchor) != record.count:
                 counts[anchor] = record.count
-            return None
+            return False
         record = self._learned(record, basket)
-        items[anchor] = record  # the one write that makes the event count, its id included
+        items[anchor] = record  # the one write that makes the event count, its mark included
         counts[anchor] = record.count
         if anchor == TOTAL_KEY:
-            return None
+            return True
         catalog = self.state.catalog
         if basket.price >= 0 and catalog.get(basket.anchor) != basket.price:
             catalog[basket.anchor] = basket.price
@@ -301,7 +346,7 @@ class Engine:
         for partner, price in zip(basket.partners, basket.partner_prices, strict=False):
             if price >= 0 and partner not in catalog:
                 catalog[partner] = price
-        return self.revise_offer(basket.anchor, basket.ts)
+        return True
 
     def _learned(self, record: ItemRecord | None, basket: ItemBasket) -> ItemRecord:
         """``record`` with ``basket`` learned into it (a new value; ``record`` is untouched)."""
@@ -317,9 +362,10 @@ class Engine:
             self._learner.learn_order_total(basket.ts, basket.weight)
         else:
             self._learner.learn_anchor(anchor, basket.partners, basket.ts, basket.weight)
-        seen = remember(record.seen if record is not None else {}, basket.event_id, basket.ts,
-                        ttl_ms=self.config.dedup_ttl_ms, capacity=self.config.dedup_per_item)
-        return ItemRecord(items.get(anchor), counts[anchor], seen)
+        sources = record.sources if record is not None else {}
+        if basket.offset >= 0:
+            sources = {**sources, basket.source: basket.offset}
+        return ItemRecord(items.get(anchor), counts[anchor], sources)
 
     def revise_offer(self, anchor: str, now_ms: int) -> BundleOffer | None:
         """A new offer for ``anchor`` when its best candidates changed materially (or the live
@@ -327,6 +373,11 @@ class Engine:
         (event time); else None."""
         previous = self.state.offers.get(anchor)
         if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
+            return None
+        # A pair's co-count never exceeds its anchor's count: an anchor bought fewer than
+        # min_support times has no candidate, and most anchors of a large catalogue are such
+        # (the shortcut saves half the engine's time on the throughput benchmark's events).
+        if self.stats.item_count(anchor, now_ms) < self.config.min_support * (1.0 - 1e-9):
             return None
         candidates = self.stats.candidates(
             anchor,
@@ -372,17 +423,19 @@ class Engine:
         return offer
 
     # -- conveniences for in-process drivers ------------------------------------------------
-    def accept(self, event_id: str, ts_ms: int, partition: int = 0) -> bool:
-        """True the first time an event id is seen (within the de-duplication TTL)."""
-        return self.dedup.first_time(event_id, ts_ms=ts_ms, partition=partition)
+    def accept(self, event_id: str, ts_ms: int, partition: int = 0, offset: int = -1) -> bool:
+        """True the first time an event id is seen (within the de-duplication TTL), and again
+        when the message that was first seen with it is delivered again (same partition and
+        offset: see the module doc)."""
+        return self.dedup.first_time(event_id, ts_ms=ts_ms, partition=partition, offset=offset)
 
-    def handle_purchase(self, purchase: PurchaseEvent, partition: int = 0) -> list[BundleOffer]:
-        """Learn the whole order (once), return the offers to publish."""
-        offers = []
-        for basket in self.fan_out(purchase):
-            offer = self.learn_basket(basket, partition)
-            if offer is not None:
-                offers.append(offer)
+    def handle_purchase(self, purchase: PurchaseEvent, partition: int = 0,
+                        offset: int = -1) -> list[BundleOffer]:
+        """Learn the whole order (once), return the offers to publish. ``partition`` and
+        ``offset`` say where it was read (``offset`` -1: unknown, the event id alone decides)."""
+        if not self.accept(purchase.event_id, purchase.ts, partition, offset):
+            return []
+        offers, _ = self.learn_baskets(self.fan_out(purchase, source=partition, offset=offset))
         return offers
 
     def handle_click(self, click: ClickEvent, partition: int = 0) -> bool:
@@ -393,6 +446,11 @@ class Engine:
         """The offer last published for ``anchor``."""
         return self.state.offers.get(anchor)
 
+
+
+def _learned_already(record: ItemRecord | None, basket: ItemBasket) -> bool:
+    return (record is not None and basket.offset >= 0
+            and record.sources.get(basket.source, -1) >= basket.offset)
 
 
 class ItemStatsView(MutableMapping[str, ItemStats]):

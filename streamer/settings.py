@@ -82,6 +82,14 @@ class WorkerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the worker."
     )
+    batch_max: int = Field(
+        1000, ge=1, le=100_000,
+        description="Most events an agent takes at once (state is written once per batch).",
+    )
+    batch_linger_ms: float = Field(
+        5.0, gt=0, le=10_000,
+        description="Longest an event waits for its batch to fill: latency added when idle.",
+    )
 
 
 class CoPurchaseSettings(_Section):

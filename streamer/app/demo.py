@@ -205,8 +205,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                     stats = await fetch_stats(session, stats_url)
                     if stats:
                         result.worker_stats = stats
-                        consumed = sum(_by_topic(stats, "streamer_events_consumed_total").values())
-                        if consumed >= sent_total:
+                        by_topic = _by_topic(stats, "streamer_events_consumed_total")
+                        if by_topic.get(t.clicks, 0) + by_topic.get(t.purchases, 0) >= sent_total:
                             break
                     await asyncio.sleep(0.3)  # polling the worker's counters
             result.sent = dict(driver.sent)

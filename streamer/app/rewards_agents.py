@@ -35,7 +35,7 @@ from streamer.app.reward_tracking import (
     RewardTracker,
     Tick,
 )
-from streamer.app.tables import EncodedTable
+from streamer.app.tables import WriteBuffer
 from streamer.events import RewardWindow
 from streamer.events.dedup import SeenId
 from streamer.observability import Metrics
@@ -76,12 +76,13 @@ class RewardTracking:
 
 
 def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics,
-                            table: Callable[..., Any]) -> RewardTracking:
+                            table: Callable[..., Any], buffer: WriteBuffer) -> RewardTracking:
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
-    ``table(name, help=...)`` makes a bytes-valued faust Table (the factory's helper). The
-    clicks and purchases agents call ``tracking.tracker.observe`` and
-    ``tracking.publish_outcomes``; everything else runs here.
+    ``table(name, help=...)`` makes a bytes-valued faust Table (the factory's helper); the
+    tracker writes through ``buffer``, the worker's write-back, which every agent that
+    writes flushes before its events are acked. The clicks and purchases agents call
+    ``tracking.tracker.observe`` and ``tracking.publish_outcomes``; everything else runs here.
     """
     t, r, w = settings.topics, settings.rewards, settings.worker
     config = reward_config(settings)
@@ -97,12 +98,12 @@ def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics
     retention_ms = config.window_ms + config.allowed_lateness_ms
     offers = OfferIndex(retention_ms=retention_ms)
     tracker = RewardTracker(
-        EncodedTable(table("reward-sessions", help="Attribution state per session."),
+        buffer.table(table("reward-sessions", help="Attribution state per session."),
                      SessionState),
-        EncodedTable(table("reward-windows", help="Open reward windows."), WindowAggregate),
-        EncodedTable(table("reward-clocks", help="Event clocks of attribution and ledgers."),
+        buffer.table(table("reward-windows", help="Open reward windows."), WindowAggregate),
+        buffer.table(table("reward-clocks", help="Event clocks of attribution and ledgers."),
                      int),
-        EncodedTable(table("reward-seen-outcomes", help="De-duplication of outcomes."),
+        buffer.table(table("reward-seen-outcomes", help="De-duplication of outcomes."),
                      SeenId),
         offers=offers.get, config=config, metrics=metrics)
     board = RewardBoard.from_settings(r)
@@ -126,7 +127,9 @@ def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics
     async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             tick = _decode_tick(event.value)
+            buffer.partition = event.message.partition
             outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
+            await buffer.write()
             await publish_outcomes(outcomes)
             await publish_windows(windows)
 
@@ -134,8 +137,10 @@ def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             outcome = _decode_outcome(event.value)
+            buffer.partition = event.message.partition
             windows = tracker.record(outcome, partition=event.message.partition,
                                      wall_ms=int(time.time() * 1000))
+            await buffer.write()
             await publish_windows(windows)
 
     @app.timer(r.tick_interval_s)

@@ -7,12 +7,12 @@ anchor once)::
 
     {"worker": "...", "partitions": [0, 2], "orders": {...} | null,
      "items": {anchor: [landmark_ms, count, partners, partner_offset, triples, ...]},
-     "recent_events": {anchor: n}, "digest": "sha256 of items+orders"}
+     "sources": {anchor: {partition: offset}}, "digest": "sha256 of items+orders"}
 
 ``orders`` is the decayed order total (``Decayed`` fields), present only on the worker that
-owns its partition; ``recent_events`` counts the event ids each record remembers. Values are
-the raw stored forward-decay values (landmark, forward count), not decayed to now, so two
-dumps compare exactly. ``?summary=1`` leaves out ``items``.
+owns its partition; ``sources`` are each record's marks (the last purchases offset learned per
+partition). Values are the raw stored forward-decay values (landmark, forward count), not
+decayed to now, so two dumps compare exactly. ``?summary=1`` leaves out ``items``.
 
 The dump can be large (every anchor's partner table), so besides binding to localhost (the web
 server's default) the page refuses non-loopback peers outright.
@@ -25,7 +25,8 @@ import ipaddress
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiokafka.partitioner import DefaultPartitioner
+
+from streamer.app.kafka import key_partition
 
 if TYPE_CHECKING:
     from streamer.app.factory import StreamerApp
@@ -45,14 +46,7 @@ def install_state_pages(sa: StreamerApp) -> None:
     app, engine = sa.app, sa.engine
     baskets = f"{sa.settings.worker.app_id}-item-baskets"
     partitions = sa.settings.topics.partitions
-    # The partitioner the items agent's producer uses for baskets keyed by anchor: the key
-    # decides the partition, hence which worker owns the anchor's table entry.
-    partitioner = DefaultPartitioner()
-    all_partitions = list(range(partitions))
     to_builtins = msgspec.to_builtins
-
-    def partition_of(key: str) -> int:
-        return int(partitioner(key.encode(), all_partitions, all_partitions))
 
     @app.page("/state/items/")
     async def state_items(web_: Any, request: Any) -> Any:
@@ -62,12 +56,13 @@ def install_state_pages(sa: StreamerApp) -> None:
                         if tp.topic == baskets)
         owned = set(active)
         items: dict[str, Any] = {}
-        recent: dict[str, int] = {}
+        sources: dict[str, dict[int, int]] = {}
         orders = None
         for anchor, record in engine.state.items.items():
-            if partition_of(anchor) not in owned:
+            # The purchases agent sends an anchor's baskets to this partition (its key's).
+            if key_partition(anchor, partitions) not in owned:
                 continue
-            recent[anchor] = len(record.seen)
+            sources[anchor] = record.sources
             if record.stats is not None:
                 items[anchor] = to_builtins(record.stats)
             else:  # the order counter (TOTAL_KEY)
@@ -78,5 +73,5 @@ def install_state_pages(sa: StreamerApp) -> None:
                                 "digest": digest, "anchors": len(items)}
         if request.query.get("summary") != "1":
             body["items"] = items
-            body["recent_events"] = recent
+            body["sources"] = sources
         return web_.json(body)

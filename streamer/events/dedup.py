@@ -9,6 +9,12 @@ Each value records the partition the id was seen on, because a faust table write
 changelog entry to the partition of the event being processed: an id may only be written or
 deleted while an event of its own partition is handled. So eviction is per partition too.
 
+It also records the offset of the message, when known: the very message delivered again (a
+redelivery after a crash, before its offset was committed) is not a duplicate but a retry, and
+is let through, because what it changed downstream may be lost; downstream state then
+recognises it by its offset (see ``streamer.engine``). Only another message with the same id is
+a duplicate.
+
 >>> d = Deduplicator({}, ttl_ms=1000, capacity=2)
 >>> d.first_time("a", ts_ms=0, partition=0), d.first_time("a", ts_ms=5, partition=0)
 (True, False)
@@ -16,21 +22,29 @@ deleted while an event of its own partition is handled. So eviction is per parti
 (True, True)
 >>> sorted(d.seen)  # capacity 2: the oldest id was forgotten
 ['b', 'c']
+>>> d.first_time("d", ts_ms=30, partition=1, offset=8)
+True
+>>> d.first_time("d", ts_ms=30, partition=1, offset=8)  # the same message again: a retry
+True
+>>> d.first_time("d", ts_ms=30, partition=1, offset=9)  # another message, same id
+False
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 
 import msgspec
 
 
 class SeenId(msgspec.Struct, array_like=True, frozen=True):
-    """When (event time, ms) and on which partition an event id was first seen."""
+    """When (event time, ms), on which partition and at which offset (-1: unknown) an event
+    id was first seen."""
 
     ts: int
     partition: int
+    offset: int = -1
 
 
 class Deduplicator:
@@ -61,11 +75,14 @@ class Deduplicator:
         for heap in self._heaps.values():
             heapq.heapify(heap)
 
-    def first_time(self, event_id: str, *, ts_ms: int, partition: int = 0) -> bool:
-        """Record ``event_id``; True when it was not seen before (within the TTL)."""
-        if event_id in self.seen:
-            return False
-        self.seen[event_id] = SeenId(ts_ms, partition)
+    def first_time(self, event_id: str, *, ts_ms: int, partition: int = 0,
+                   offset: int = -1) -> bool:
+        """Record ``event_id``; True when it was not seen before (within the TTL), or was
+        first seen in this very message (``partition`` and ``offset`` >= 0: a redelivery)."""
+        seen = self.seen.get(event_id)
+        if seen is not None:
+            return offset >= 0 and seen.offset == offset and seen.partition == partition
+        self.seen[event_id] = SeenId(ts_ms, partition, offset)
         heap = self._heaps.setdefault(partition, [])
         heapq.heappush(heap, (ts_ms, event_id))
         wm = max(self._watermark.get(partition, ts_ms), ts_ms)
@@ -81,34 +98,3 @@ class Deduplicator:
             _, event_id = heapq.heappop(heap)
             self.seen.pop(event_id, None)
 
-
-def remember(seen: Mapping[str, int], event_id: str, ts_ms: int, *, ttl_ms: int,
-             capacity: int) -> dict[str, int]:
-    """A new ``{event id: event time}``: ``seen`` plus ``event_id`` at ``ts_ms``, bounded.
-
-    For a memory of ids kept *inside* the value it guards (one write, one changelog message
-    for both; see ``streamer.engine.ItemRecord``). The earliest remembered ids go first: while
-    more than ``capacity`` are kept, or while the earliest is more than ``ttl_ms`` older than
-    ``ts_ms``. Ids remembered out of event-time order may outstay the TTL, never the capacity.
-    ``seen`` is not modified (it may be a decoded value shared with a cache).
-
-    >>> s = remember({}, "a", 0, ttl_ms=100, capacity=2)
-    >>> s = remember(s, "b", 10, ttl_ms=100, capacity=2)
-    >>> remember(s, "c", 20, ttl_ms=100, capacity=2)   # capacity: "a" goes
-    {'b': 10, 'c': 20}
-    >>> remember(s, "c", 105, ttl_ms=100, capacity=2)  # TTL: "a" (0 < 105 - 100) goes
-    {'b': 10, 'c': 105}
-    >>> s
-    {'a': 0, 'b': 10}
-    """
-    if ttl_ms <= 0 or capacity <= 0:
-        raise ValueError("ttl_ms and capacity must be positive")
-    kept = dict(seen)
-    kept[event_id] = ts_ms
-    horizon = ts_ms - ttl_ms
-    while len(kept) > 1:
-        first = next(iter(kept))
-        if len(kept) <= capacity and kept[first] >= horizon:
-            break
-        del kept[first]
-    return kept

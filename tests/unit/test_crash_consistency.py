@@ -1,7 +1,9 @@
 """The engine's state survives a crash at *any* point of its changelog: recovered from any
-prefix of its table writes and sent every event again (at-least-once), it ends in the state of
-a run that never stopped. This is the mechanism behind ``ItemRecord``: the event ids and the
-counts they guard are one write, so no prefix holds one without the other.
+prefix of its table writes and sent every event again (at-least-once: the same messages, at
+the same offsets), it ends in the state of a run that never stopped. This is the mechanism
+behind ``ItemRecord``: the offsets learned and the counts they guard are one write, so no
+prefix holds one without the other; and the event-id memory lets the very message it saw
+through again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import pytest
 from streamer.copurchase import TOTAL_KEY
 from streamer.engine import Engine, EngineConfig, EngineState, ItemRecord
 from streamer.events import OrderLine, PurchaseEvent
-from streamer.events.dedup import remember
 
 T0 = 1_700_000_000_000
 Log = list[tuple[str, str, Any]]
@@ -80,46 +81,59 @@ def test_recovery_from_any_changelog_prefix_then_redelivery_matches_an_uninterru
     events = orders(24)
     log: Log = []
     uninterrupted = engine_on(log)
-    for e in events:
-        uninterrupted.handle_purchase(e)
+    for offset, e in enumerate(events):
+        uninterrupted.handle_purchase(e, offset=offset)
     expected = snapshot(uninterrupted)
     assert expected["items"][TOTAL_KEY].count.value > 0
     for cut in range(len(log) + 1):  # the worker dies after `cut` changelog messages
         recovered = engine_on([], log[:cut])
-        for e in events:  # nothing was committed: every event is delivered again
-            recovered.handle_purchase(e)
+        for offset, e in enumerate(events):  # nothing was committed: all delivered again
+            recovered.handle_purchase(e, offset=offset)
+        assert snapshot(recovered) == expected, f"crash after {cut} of {len(log)} writes"
+
+
+def test_a_duplicate_sent_after_a_crash_still_counts_once() -> None:
+    """The same event id at a later offset (the storefront sent it twice) is dropped whether
+    or not the first copy's effects survived the crash."""
+    events = orders(8)
+    log: Log = []
+    uninterrupted = engine_on(log)
+    for offset, e in enumerate(events):
+        uninterrupted.handle_purchase(e, offset=offset)
+    expected = snapshot(uninterrupted)
+    for cut in range(len(log) + 1):
+        recovered = engine_on([], log[:cut])
+        for offset, e in enumerate(events + events[:3]):  # redelivered, then 3 sent again
+            recovered.handle_purchase(e, offset=offset)
         assert snapshot(recovered) == expected, f"crash after {cut} of {len(log)} writes"
 
 
 def test_a_duplicate_repairs_a_lost_count_mirror() -> None:
     engine = engine_on([])
     (event,) = orders(1)
-    engine.handle_purchase(event)
+    engine.handle_purchase(event, offset=0)
     mirrored = engine.state.counts["tea"]
     del engine.state.counts["tea"]  # the record's write landed, the mirror's did not
-    assert engine.handle_purchase(event) == []
+    assert engine.handle_purchase(event, offset=0) == []  # redelivered
     assert engine.state.counts["tea"] == mirrored == engine.state.items["tea"].count
 
 
-def test_each_event_counts_once_per_anchor_and_ids_stay_bounded() -> None:
-    config = EngineConfig(min_support=1.0, min_interval_ms=0, dedup_per_item=4)
+def test_each_event_counts_once_per_anchor_and_the_marks_stay_bounded() -> None:
+    config = EngineConfig(min_support=1.0, min_interval_ms=0)
     engine = Engine(config, EngineState.in_memory(), Engine.v0_policy(config))
-    for e in orders(12) + orders(12)[-3:]:  # the last 3 again: within the per-item memory
-        engine.handle_purchase(e)
+    events = orders(12)
+    for n, e in enumerate(events):
+        engine.handle_purchase(e, partition=n % 3, offset=n)
+    for n, e in list(enumerate(events))[-3:]:  # the last 3 redelivered
+        assert engine.handle_purchase(e, partition=n % 3, offset=n) == []
     record: ItemRecord = engine.state.items["tea"]
     assert record.stats is not None and record.stats.landmark_ms == T0
-    assert len(record.seen) == 4
-    assert engine.has_learned(engine.fan_out(orders(12)[-1])[0])
+    # One mark per purchases partition, the last offset of each that had tea in it.
+    tea = [(n % 3, n) for n, e in enumerate(events) if any(i.item_id == "tea" for i in e.items)]
+    assert record.sources == {p: max(o for q, o in tea if q == p) for p, _ in tea}
+    assert engine.has_learned(engine.fan_out(events[-1], source=2, offset=11)[0])
+    assert not engine.has_learned(engine.fan_out(events[-1], source=2, offset=12)[0])
     # Counts are forward-decayed from the first event: compare at the landmark's scale.
     assert record.count.value == pytest.approx(
-        sum(2 ** ((e.ts - T0) / (config.half_life_s * 1000)) for e in orders(12)
+        sum(2 ** ((e.ts - T0) / (config.half_life_s * 1000)) for e in events
             if any(i.item_id == "tea" for i in e.items)), rel=1e-12)
-
-
-def test_remember_never_forgets_the_id_it_is_given() -> None:
-    seen: dict[str, int] = {}
-    for k in range(10):
-        seen = remember(seen, f"e{k}", 10 - k, ttl_ms=1, capacity=1)
-        assert seen == {f"e{k}": 10 - k}
-    with pytest.raises(ValueError):
-        remember({}, "e", 0, ttl_ms=0, capacity=1)

@@ -1,0 +1,115 @@
+"""The worker's table views: write-back buffering and its contract with at-least-once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import pytest
+
+from streamer.app.tables import WriteBuffer
+from streamer.events.dedup import SeenId
+
+
+class FakeFaustTable(MutableMapping[str, bytes]):
+    """What BufferedTable uses of a faust Table: a store (``data``) and ``send_changelog``,
+    which returns a future resolved when the broker has the message (here: by the test)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.changelog: list[tuple[int, str, bytes | None]] = []
+        self.futures: list[asyncio.Future[None]] = []
+
+    def send_changelog(self, partition: int, key: str, value: bytes | None,
+                       value_serializer: str | None = None) -> asyncio.Future[None]:
+        self.changelog.append((partition, key, value))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        raise AssertionError("BufferedTable must write through data + send_changelog")
+
+    def __delitem__(self, key: str) -> None:
+        raise AssertionError("BufferedTable must delete through data + send_changelog")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def test_a_hot_key_is_sent_once_per_flush_to_the_partition_it_was_written_for() -> None:
+    async def run() -> FakeFaustTable:
+        raw = FakeFaustTable()
+        buffer = WriteBuffer()
+        table = buffer.table(raw, float)
+        buffer.partition = 2
+        for n in range(100):
+            table["tea"] = float(n)
+        buffer.partition = 3
+        table["cup"] = 1.0
+        del table["cup"]
+        table["jam"] = 5.0
+        assert raw.changelog == [] and table["tea"] == 99.0 and "cup" not in table
+        assert sorted(table) == ["jam", "tea"] and len(table) == 2
+        writing = asyncio.ensure_future(buffer.write())
+        await asyncio.sleep(0)
+        # "cup", written and deleted before the flush, never reaches the changelog.
+        assert raw.changelog == [(2, "tea", b"99.0"), (3, "jam", b"5.0")]
+        assert raw.data == {"tea": b"99.0", "jam": b"5.0"}
+        assert not writing.done()  # waits until the broker has every message
+        for fut in raw.futures:
+            fut.set_result(None)
+        assert await writing == 2
+        return raw
+
+    asyncio.run(run())
+
+
+def test_write_waits_for_messages_another_agent_flushed() -> None:
+    """Agent B's write may have sent agent A's changes: A must still wait for them."""
+    async def run() -> None:
+        raw = FakeFaustTable()
+        buffer = WriteBuffer()
+        table = buffer.table(raw, SeenId)
+        table["e1"] = SeenId(1, 0, 7)  # agent A's change
+        b = asyncio.ensure_future(buffer.write())  # agent B flushes it
+        await asyncio.sleep(0)
+        a = asyncio.ensure_future(buffer.write())  # agent A: nothing left to flush
+        await asyncio.sleep(0)
+        assert not a.done() and not b.done()
+        raw.futures[0].set_result(None)
+        assert await b == 1 and await a == 0
+
+    asyncio.run(run())
+
+
+def test_a_failed_changelog_send_fails_the_write() -> None:
+    async def run() -> None:
+        raw = FakeFaustTable()
+        buffer = WriteBuffer()
+        buffer.table(raw, float)["tea"] = 1.0
+        writing = asyncio.ensure_future(buffer.write())
+        await asyncio.sleep(0)
+        raw.futures[0].set_exception(RuntimeError("broker gone"))
+        with pytest.raises(RuntimeError, match="broker gone"):
+            await writing
+
+    asyncio.run(run())
+
+
+def test_reads_after_a_flush_decode_nothing_again() -> None:
+    raw: dict[str, Any] = {}
+    buffer = WriteBuffer()
+    table = buffer.table(raw, SeenId)
+    value = SeenId(5, 1, 9)
+    table["e"] = value
+    buffer.flush()
+    assert raw["e"] == b"[5,1,9]"
+    assert table["e"] is value  # the cached value of those very bytes
