@@ -44,6 +44,10 @@ class KafkaSettings(_Section):
     )
     rebalance_timeout_s: float = Field(6.0, gt=0, description="Consumer group rebalance timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=10_000,
+        description="Longest the broker holds a fetch for data (faust's own: 1,500 ms).",
+    )
     max_message_bytes: int = Field(
         256 * 1024, gt=0, description="Messages larger than this are dead-lettered undecoded."
     )

@@ -110,6 +110,18 @@ class _Continuation(Coroutine[Any, Any, Any]):
         return cast(Generator[Any, None, Any], self)
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's consumer thread with the fetch wait it hard-codes (1,500 ms) replaceable."""
+
+    fetch_max_wait_ms: int | None = None
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if self.fetch_max_wait_ms is not None:
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when it starts
+        return consumer
+
+
 class FastConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer, delivering messages that do not block without tasks.
 
@@ -125,6 +137,16 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: Corrects the end offsets the broker reports (faust recovers tables up to them), e.g.
     #: :func:`streamer.app.kafka.fetched_end_offsets`; None trusts the broker.
     end_offsets_check: Callable[[dict[TP, int]], Awaitable[dict[TP, int]]] | None = None
+
+    #: The broker's longest wait before answering a fetch (None: faust's 1,500 ms). The
+    #: embedded broker answers a fetch on an empty partition only after this long even when
+    #: data arrives meanwhile, so each hop of a pipeline waits up to this long.
+    fetch_max_wait_ms: int | None = None
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        thread.fetch_max_wait_ms = self.fetch_max_wait_ms
+        return thread
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         """faust's end offsets, passed through :attr:`end_offsets_check` when set."""
@@ -272,7 +294,8 @@ def check_supported() -> None:
 
 
 def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
-        [dict[TP, int]], Awaitable[dict[TP, int]]] | None = None) -> None:
+        [dict[TP, int]], Awaitable[dict[TP, int]]] | None = None,
+        fetch_max_wait_ms: int | None = None) -> None:
     """Make ``app`` consume with :class:`FastConsumer`; call before the worker starts.
 
     Sets the consumer class on this app's transport only (other apps keep faust's). Idempotent.
@@ -292,8 +315,10 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         raise FastConsumerUnsupported("the app already created its consumer: install the fast "
                                       "consumer before the worker starts")
     consumer: type[FastConsumer] = FastConsumer
-    if end_offsets_check is not None:
+    if end_offsets_check is not None or fetch_max_wait_ms is not None:
         consumer = type("FastConsumer", (FastConsumer,),
-                        {"end_offsets_check": staticmethod(end_offsets_check)})
+                        {"end_offsets_check": staticmethod(end_offsets_check)
+                         if end_offsets_check is not None else None,
+                         "fetch_max_wait_ms": fetch_max_wait_ms})
     # An instance attribute (faust declares a ClassVar): this app's transport only.
     transport.Consumer = consumer  # type: ignore[misc]
