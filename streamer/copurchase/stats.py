@@ -35,8 +35,15 @@ too, so an anchor without tracked triples (a young one) still gets its best two 
 Why the tracked count over ``n_a`` and not over the triple's exposure (tracking starts only once
 both pairs are strong, so the count undercounts): on UCI Online Retail, prequentially, scoring
 on exposure (alone, or with the untracked orders imputed at ``s_ab * s_ac``) offered worse
-triples than this score (3-item bundle hit 0.186 and 0.192 against 0.196); the undercount
-favours triples that have been strong longest, which proved the safer bet.
+triples than this score (3-item bundle hit 0.186 and 0.192 against 0.196, with orders then cut
+to 200 items); the undercount favours triples that have been strong longest, the safer bet.
+
+Update cost (``benchmarks/copurchase_throughput.py``, about 0.35-0.4x plain dict pair counting
+on its synthetic orders): most of it is memory traffic on the anchor's large partner table (the
+copy an immutable value needs, and reading it cold) and the triple step. Tried and dropped, as
+no faster there: a small ``recent`` table folded into the large one now and then (the large one
+is still read for triples); that plus a stored strong-partner set, refreshed on each fold (slower:
+the refreshes cost more than the copies saved); a C-level purge (slower than the comprehension).
 
 >>> stats = CoPurchaseStats({}, {}, half_life_s=86_400.0)  # a half-life of one day
 >>> day = 86_400_000
@@ -58,7 +65,7 @@ import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from heapq import nlargest
-from itertools import combinations, compress, repeat
+from itertools import combinations, compress, islice, repeat
 from operator import add, itemgetter
 
 from msgspec import Struct
@@ -79,7 +86,7 @@ TOTAL_KEY = "\x00orders"
 #: Joins the two partners of a triple in :attr:`ItemStats.triples` (ASCII unit separator).
 TRIPLE_SEPARATOR = "\x1f"
 
-_BY_COUNT = _SECOND = itemgetter(1)
+_BY_COUNT = itemgetter(1)
 
 
 class ItemStats(Struct, frozen=True, array_like=True, gc=False):
@@ -302,10 +309,14 @@ class CoPurchaseStats:
                 strong = list(compress(partners, map(threshold.__le__, grown)))
                 if len(strong) >= 2:
                     if len(strong) > self._triple_partners:
-                        by_weight = zip(grown, partners, strict=True)
-                        weighted = compress(by_weight, map(threshold.__le__, grown))
-                        top = sorted(weighted, reverse=True)[: self._triple_partners]
-                        strong = list(map(_SECOND, top))
+                        # The heaviest few: a C-level sort of the co-counts alone finds the
+                        # cut-off; ties at it go to the partners listed first in the order.
+                        want = self._triple_partners
+                        weights = sorted(compress(grown, map(threshold.__le__, grown)))
+                        cut = weights[-want]
+                        strong = list(compress(partners, map(cut.__lt__, grown)))
+                        ties = compress(partners, map(cut.__eq__, grown))
+                        strong.extend(islice(ties, want - len(strong)))
                     strong.sort()
                     keys = list(map(TRIPLE_SEPARATOR.join, combinations(strong, 2)))
                     triples = triples.copy()

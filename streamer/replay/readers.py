@@ -53,7 +53,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Literal, TextIO, get_args
 from zoneinfo import ZoneInfo
@@ -173,14 +173,21 @@ def read_events(
     *,
     limit: int | None = None,
     stats: ReaderStats | None = None,
+    max_order_lines: int | None = MAX_ORDER_LINES,
 ) -> Iterator[Event]:
     """Yield the events of ``path`` read as ``fmt``, in event-time order (stable for ties).
 
-    ``limit`` keeps the first ``limit`` events in event-time order. ``stats``, if given, is
-    filled in as the file is read (row and skip counts once the first event is yielded, event
-    counts as events are yielded). The format and the file's existence are checked at once
-    (``ValueError``, ``FileNotFoundError``); the file is read on the first ``next()``, which may
-    raise :class:`InvalidRecord` (``jsonl``, or a CSV without the expected columns).
+    ``limit`` keeps the first ``limit`` events in event-time order. ``max_order_lines`` caps
+    the distinct items of one order (default: the schema's limit, so every event fits the
+    wire; rows of items beyond it are skipped as ``over_line_limit``). ``None`` keeps whole
+    orders: for in-process use only (``streamer evaluate``), since such a purchase would not
+    pass the wire codec; UCI Online Retail has 236 invoices of more than 200 items (up to
+    1,110), and cutting them drops 7% of its anchor occurrences from an evaluation.
+    ``stats``, if given, is filled in as the file is read (row and skip counts once the first
+    event is yielded, event counts as events are yielded). The format and the file's existence
+    are checked at once (``ValueError``, ``FileNotFoundError``); the file is read on the first
+    ``next()``, which may raise :class:`InvalidRecord` (``jsonl``, or a CSV without the
+    expected columns).
 
     Rules per format (every skipped row or dropped order is counted by reason in ``stats``):
 
@@ -196,9 +203,10 @@ def read_events(
     ``non_positive_price`` (stock adjustments, bad-debt ``A`` invoices, free samples),
     ``out_of_bounds`` (a line over the model's quantity or price limits), ``malformed``, and
     ``over_line_limit`` (rows of StockCodes beyond the 200th of an invoice: the first 200
-    distinct codes in file order are kept). Non-product codes (``POST``, ``M``, ``DOT``, ...)
-    are kept as items: they are in the data. Dropped invoices: ``cancellation``,
-    ``no_positive_quantity``, ``no_positive_price`` (it had units but none with a price).
+    distinct codes in file order are kept; see ``max_order_lines``). Non-product codes
+    (``POST``, ``M``, ``DOT``, ...) are kept as items: they are in the data. Dropped invoices:
+    ``cancellation``, ``no_positive_quantity``, ``no_positive_price`` (it had units but none
+    with a price).
 
     ``taobao``: ``pv`` -> ``view``, ``fav`` -> ``click``, ``cart`` -> ``add_to_cart`` (see
     :data:`TAOBAO_CLICK_KINDS`), with ``event_id`` ``tb-<user>-<item>-<behavior>-<unix_s>``
@@ -218,10 +226,13 @@ def read_events(
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    if max_order_lines is not None and max_order_lines < 1:
+        raise ValueError(f"max_order_lines must be >= 1, got {max_order_lines}")
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"no such file: {source}")
-    return _ordered(source, _READERS[fmt], limit, stats if stats is not None else ReaderStats())
+    reader: Reader = partial(_READERS[fmt], max_lines=max_order_lines)
+    return _ordered(source, reader, limit, stats if stats is not None else ReaderStats())
 
 
 def detect_format(path: PathLike) -> ReaderFormat:
@@ -246,6 +257,7 @@ def detect_format(path: PathLike) -> ReaderFormat:
 # --- plumbing ------------------------------------------------------------------------------
 
 Reader = Callable[[Path, ReaderStats], list[Event]]
+#: Every format's reader also takes ``max_lines`` (keyword): see ``read_events``.
 
 
 def _ordered(path: Path, reader: Reader, limit: int | None, stats: ReaderStats) -> Iterator[Event]:
@@ -338,11 +350,12 @@ class _Basket:
         line[2] += 1
         self.ts = max(self.ts, ts)
 
-    def order_lines(self, stats: ReaderStats) -> list[OrderLine]:
-        """The first 200 items' lines; rows of later items are counted as skipped."""
+    def order_lines(self, stats: ReaderStats, max_lines: int | None) -> list[OrderLine]:
+        """The first ``max_lines`` items' lines (all for None); rows of later items are
+        counted as skipped."""
         out: list[OrderLine] = []
         for item_id, (quantity, revenue, rows) in self.lines.items():
-            if len(out) == MAX_ORDER_LINES:
+            if len(out) == max_lines:
                 stats.skipped_rows["over_line_limit"] += int(rows)
                 continue
             if quantity > MAX_QUANTITY or revenue / quantity > MAX_PRICE:
@@ -359,7 +372,8 @@ class _Basket:
 _CODEC = EventCodec()
 
 
-def _read_jsonl(path: Path, stats: ReaderStats) -> list[Event]:
+def _read_jsonl(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
+    # Lines are schema events, already within the wire's limit: max_lines does not apply.
     events: list[Event] = []
     with _open_binary(path) as f:
         for number, raw in enumerate(f, start=1):
@@ -391,7 +405,7 @@ def _decode_line(path: Path, number: int, line: bytes) -> Event:
 # --- UCI Online Retail ---------------------------------------------------------------------
 
 
-def _read_online_retail(path: Path, stats: ReaderStats) -> list[Event]:
+def _read_online_retail(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
     invoices: dict[str, _Basket] = {}
     cancelled: set[str] = set()
     has_units: set[str] = set()  # invoices with a row of positive quantity
@@ -444,7 +458,7 @@ def _read_online_retail(path: Path, stats: ReaderStats) -> list[Event]:
     stats.orders_seen = len(invoices)
     events: list[Event] = []
     for invoice, basket in invoices.items():
-        lines = basket.order_lines(stats)
+        lines = basket.order_lines(stats, max_lines)
         if not lines:
             reason = (
                 "cancellation"
@@ -471,7 +485,7 @@ def _read_online_retail(path: Path, stats: ReaderStats) -> list[Event]:
 # --- Taobao UserBehavior -------------------------------------------------------------------
 
 
-def _read_taobao(path: Path, stats: ReaderStats) -> list[Event]:
+def _read_taobao(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
     events: list[Event] = []
     days: dict[tuple[str, str], _Basket] = {}
     with _open_text(path) as f:
@@ -508,7 +522,7 @@ def _read_taobao(path: Path, stats: ReaderStats) -> list[Event]:
             )
     stats.orders_seen = len(days)
     for (user, day), basket in days.items():
-        lines = basket.order_lines(stats)
+        lines = basket.order_lines(stats, max_lines)
         if not lines:
             stats.dropped_orders["no_valid_line"] += 1
             continue
@@ -528,7 +542,7 @@ def _read_taobao(path: Path, stats: ReaderStats) -> list[Event]:
 # --- bakery --------------------------------------------------------------------------------
 
 
-def _read_bakery(path: Path, stats: ReaderStats) -> list[Event]:
+def _read_bakery(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
     baskets: dict[str, _Basket] = {}
     with _open_text(path) as f:
         rows = csv.reader(f)
@@ -562,7 +576,7 @@ def _read_bakery(path: Path, stats: ReaderStats) -> list[Event]:
     stats.orders_seen = len(baskets)
     events: list[Event] = []
     for txn, basket in baskets.items():
-        lines = basket.order_lines(stats)
+        lines = basket.order_lines(stats, max_lines)
         if not lines:
             stats.dropped_orders["only_none_items" if not basket.lines else "no_valid_line"] += 1
             continue
@@ -579,7 +593,7 @@ def _read_bakery(path: Path, stats: ReaderStats) -> list[Event]:
     return events
 
 
-_READERS: dict[ReaderFormat, Reader] = {
+_READERS: dict[ReaderFormat, Callable[..., list[Event]]] = {
     "jsonl": _read_jsonl,
     "online-retail": _read_online_retail,
     "taobao": _read_taobao,

@@ -24,6 +24,7 @@ from streamer.replay.evaluate import (
     METHOD_NAMES,
     EvaluationResult,
     evaluate,
+    evaluate_file,
     run_evaluation,
 )
 from streamer.replay.report import result_table
@@ -230,3 +231,22 @@ def test_end_to_end_on_the_bakery_log(tmp_path: Path) -> None:
             assert metrics.bundle_hit_rate <= metrics.pair_hit_rate <= metrics.coverage
     frozen = result.methods["frozen_rules"].params
     assert 0 < frozen["min_support"] < 1 and frozen["rules"] > 0
+    assert doc["protocol"]["max_order_lines"] is None  # whole orders, not the wire's 200
+
+
+def test_evaluate_file_reads_whole_orders(tmp_path: Path) -> None:
+    # Orders past a line cap are read whole: every item is an anchor (the cap is the wire's).
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    rows = [
+        f"{invoice},{code},X,1,2010-12-0{day} 10:00:00,1.0,12345.0,UK\n"
+        for invoice, day in (("536001", 1), ("536002", 2), ("536003", 3))
+        for code in range(6)
+    ]
+    path = tmp_path / "retail.csv"
+    path.write_text(header + "".join(rows))
+    whole = evaluate_file(path, "online-retail", bootstrap=10)
+    assert (whole.orders, whole.anchors, whole.max_order_lines) == (3, 18, None)
+    cut = evaluate_file(path, "online-retail", bootstrap=10, max_order_lines=4)
+    assert (cut.orders, cut.anchors, cut.max_order_lines) == (3, 12, 4)
+    # The first order cannot hit; the next two do, for every anchor.
+    assert whole.methods["cooc_count"].pair.bundle_hit_rate == pytest.approx(2 / 3)

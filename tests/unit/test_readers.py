@@ -176,6 +176,22 @@ def test_online_retail_keeps_the_first_200_items_of_a_huge_invoice(tmp_path: Pat
     assert_schema_valid(events)
 
 
+def test_online_retail_keeps_whole_invoices_when_asked(tmp_path: Path) -> None:
+    # The in-process evaluation reads whole orders: no wire limit applies there.
+    rows = [f"536999,{code},X,1,2010-12-02 10:00:00,1.0,12345.0,UK\n" for code in range(205)]
+    path = write(tmp_path / "r.csv", RETAIL_HEADER + "".join(rows))
+    events, stats = read(path, "online-retail", max_order_lines=None)
+    (order,) = events
+    assert isinstance(order, PurchaseEvent)
+    assert [x.item_id for x in order.items] == [str(c) for c in range(205)]
+    assert stats.skipped_rows == Counter()
+    events, stats = read(path, "online-retail", max_order_lines=3)
+    assert [x.item_id for x in events[0].items] == ["0", "1", "2"]  # type: ignore[union-attr]
+    assert stats.skipped_rows == Counter(over_line_limit=202)
+    with pytest.raises(ValueError):
+        read_events(path, "online-retail", max_order_lines=0)
+
+
 def test_a_csv_without_the_expected_columns_names_the_problem(tmp_path: Path) -> None:
     path = write(tmp_path / "r.csv", "InvoiceNo,StockCode,Quantity\n1,2,3\n")
     with pytest.raises(InvalidRecord, match="InvoiceDate") as info:
