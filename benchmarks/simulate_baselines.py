@@ -10,13 +10,21 @@ changes at ``--drift-at`` of the run.
         --plot /tmp/sim.png
 
 Methods: ``streamer`` (the in-process Engine with its v0 epsilon-greedy policy, default
-EngineConfig), ``streamer_learned`` (the same engine serving the torch policy, with
-attribution, the trainer's buffer and a fine-tune every 5,000 closed impressions, promoted
-versions hot-swapped in: ``streamer.simulation.learned``), ``greedy_lift`` (highest-lift
-partner at a fixed 10 %), ``random`` (uniform over co-purchase candidates x 0/5/10/15 %), and
-``vw`` (Vowpal Wabbit ``--cb_explore_adf`` over the same candidates as ``random``: an optional
-benchmark dependency, ``pip install vowpalwabbit``; listed as unavailable without it). Neither
+EngineConfig), ``streamer_learned`` (the engine serving the torch policy, with attribution,
+the River conversion model, the trainer's buffer and a fine-tune every 5,000 closed
+impressions or on an ADWIN reward-drift alarm, promoted versions hot-swapped in; engine
+configuration and first policy as ``streamer.simulation.learned`` sets them),
+``greedy_lift`` (highest-lift partner at a fixed 10 %), ``random`` (uniform over
+co-purchase candidates x 0/5/10/15 %), and ``vw`` (Vowpal Wabbit ``--cb_explore_adf`` over
+the same candidates as ``random``: an optional benchmark dependency, ``pip install
+vowpalwabbit``; listed as unavailable without it). Neither
 VW nor streamer sees the shopper's segment (offers are per anchor).
+
+``--decompose`` splits each method's gap to the oracle into causes (coverage, candidate
+generation, segment blindness, selection, ranking, exploration; and the ceiling of any
+segment-blind policy): ``streamer.simulation.decompose``. The ``recovery`` column (and
+``recovery_impressions`` in the JSON) is the drift-recovery figure: impressions after the drift
+until a trailing window of ``--window`` impressions is within 5 % of the oracle.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from streamer.simulation import (
     plot_reports,
     run_closed_loop,
 )
+from streamer.simulation.decompose import LOSSES, OracleShareChain
 from streamer.simulation.learned import LearnedDecisions
 from streamer.simulation.loop import make_offer
 
@@ -140,6 +149,26 @@ METHODS: dict[str, Factory | None] = {
 }
 
 
+def candidate_source(decider: Any) -> Callable[[str, int], list[tuple[str, ...]]] | None:
+    """The decision-maker's candidate bundles at a time, for the decomposition (None: only
+    its live offer's bundles count as its candidates)."""
+    engine = getattr(decider, "engine", None)
+    if isinstance(engine, Engine):
+        config, catalog = engine.config, engine.state.catalog
+
+        def engine_candidates(anchor: str, now_ms: int) -> list[tuple[str, ...]]:
+            found = engine.stats.candidates(anchor, now_ms=now_ms, max_pairs=config.max_pairs,
+                                            max_triples=config.max_triples,
+                                            min_support=config.min_support)
+            return [c.items for c in found if all(i in catalog for i in c.items)]
+
+        return engine_candidates
+    if isinstance(decider, UniformRandom):
+        return lambda anchor, now_ms: list(dict.fromkeys(
+            a.items for a in decider.candidates(anchor)))
+    return None
+
+
 def fmt(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{100 * x:5.1f}%"
 
@@ -162,6 +191,9 @@ def main() -> None:
                         help="also run the oracle itself (a sanity check: share 1.0)")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also run streamer with offers that never lapse (streamer_refreshed)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="also split each method's gap to the oracle into causes "
+                        "(streamer.simulation.decompose; slower)")
     parser.add_argument("--json", default="", help="write the figures to this path")
     parser.add_argument("--plot", default="", help="write regret/share curves to this PNG")
     args = parser.parse_args()
@@ -198,8 +230,13 @@ def main() -> None:
             continue
         started = time.perf_counter()
         shop = SimulatedShop(catalogue, seed=args.seed)
-        report = run_closed_loop(factory(catalogue, args.seed), shop, impressions=n,
-                                 seed=args.seed, session_interval_ms=interval)
+        decider = factory(catalogue, args.seed)
+        chain = (OracleShareChain(catalogue, candidates=candidate_source(decider),
+                                  split_at=round(args.drift_at * n) if drift_at_ms else None)
+                 if args.decompose else None)
+        report = run_closed_loop(decider, shop, impressions=n, seed=args.seed,
+                                 session_interval_ms=interval,
+                                 on_visit=chain.on_visit if chain else None)
         seconds = time.perf_counter() - started
         reports[name] = report
         share = report.share_of_oracle()
@@ -218,6 +255,18 @@ def main() -> None:
             "post_drift_share": post.share,
             "seconds": seconds,
         }
+        if chain is not None:
+            result["methods"][name]["decomposition"] = chain.summary()
+            parts = [("all", None)] + ([("pre", 0), ("post", 1)] if drift_at_ms else [])
+            for label, part in parts:
+                shares, losses = chain.shares(part), chain.losses(part)
+                discount = shares["mode_discount"] - shares["mode"]
+                notes = {"ranking": f" (discount {fmt(discount).strip()})"}
+                lost = ", ".join(f"{k.replace('_', ' ')} {fmt(losses[k]).strip()}"
+                                 + notes.get(k, "") for k in LOSSES)
+                print(f"  {label:4s} served {fmt(shares['served'])}; lost to {lost}; "
+                      f"segment-blind ceiling {fmt(shares['oracle_blind']).strip()}",
+                      flush=True)
     print("recovery: impressions after the drift until a trailing window of "
           f"{args.window} is within 5% of the oracle ('rel.': of the method's own pre-drift share)")
     if args.json:

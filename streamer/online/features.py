@@ -12,12 +12,18 @@ trained on cannot drift apart silently.
 Every feature is already on a small scale (logs of prices and counts, fractions, cyclic time,
 one-hot segment buckets), so neither model needs fitted normalisation to start learning.
 
+Besides the numeric features, a dict carries the bundle's identity as one key,
+:func:`bundle_key` (value 1.0). It is not in :data:`FEATURE_NAMES`: the torch policy (and the
+trainer's buffer) pack only those, while the conversion model keeps per-bundle outcome
+statistics under it, so that what a *particular* bundle earned, not only what its co-purchase
+evidence suggests, reaches the policy through the propensity.
+
 >>> from types import SimpleNamespace as C
 >>> cand = C(items=("tea", "cup"), support=4.0, confidence=0.5, lift=2.0, score=0.4)
 >>> ctx = DecisionContext(segment="all", ts_ms=0, prices={"tea": 6.0, "cup": 4.0})
 >>> f = variant_features(cand, 10.0, ctx)
->>> list(f) == list(FEATURE_NAMES)
-True
+>>> [k for k in f if k in FEATURE_NAMES] == list(FEATURE_NAMES), bundle_key(cand.items) in f
+(True, True)
 >>> round(f["discount"], 2), round(variant_value(f), 6), round(f["weekday_sin"], 3)
 (0.1, 9.0, 0.434)
 >>> round(variant_value(f, reward="margin", cost_ratio=0.5), 6)   # 9 paid - 0.5 * 10 list
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -67,6 +73,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     PROPENSITY_FEATURE,
 )
 
+#: Prefix of the identity key of a variant's bundle (see :func:`bundle_key`).
+BUNDLE_KEY_PREFIX = "bundle:"
+
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
 
@@ -92,13 +101,34 @@ def segment_bucket(segment: str) -> int:
     return zlib.crc32(segment.encode()) % SEGMENT_BUCKETS
 
 
+def bundle_key(items: Sequence[str]) -> str:
+    """The identity key of a bundle: the anchor, then the partners in sorted order (the same
+    bundle gets the same key whatever order the candidates listed its partners in).
+
+    >>> bundle_key(("tea", "jam", "cup")) == bundle_key(("tea", "cup", "jam"))
+    True
+    >>> bundle_key(("tea", "cup"))
+    'bundle:tea+cup'
+    """
+    return BUNDLE_KEY_PREFIX + "+".join((items[0], *sorted(items[1:])))
+
+
+def bundle_of(features: Mapping[str, float]) -> str | None:
+    """The identity key in a feature dict (None if it has none)."""
+    for key in features:
+        if key.startswith(BUNDLE_KEY_PREFIX):
+            return key
+    return None
+
+
 def variant_features(
     candidate: BundleCandidate,
     discount_pct: float,
     context: DecisionContext,
     conversion_propensity: float = 0.0,
 ) -> dict[str, float]:
-    """The features of offering ``candidate`` at ``discount_pct`` in ``context``.
+    """The features of offering ``candidate`` at ``discount_pct`` in ``context`` (the
+:data:`FEATURE_NAMES`, in that order, then the bundle's :func:`bundle_key`).
 
     Raises ``ValueError`` when an item's price is unknown: the engine only offers bundles whose
     every price is known, and a silently wrong price would be a wrong feature and reward.
@@ -130,6 +160,7 @@ def variant_features(
     for b in range(SEGMENT_BUCKETS):
         features[f"segment_{b}"] = 1.0 if b == bucket else 0.0
     features[PROPENSITY_FEATURE] = conversion_propensity
+    features[bundle_key(candidate.items)] = 1.0
     return features
 
 

@@ -16,15 +16,35 @@ Model choice: River ``StandardScaler | LogisticRegression`` (SGD, log loss). Why
 
 Until ``warmup`` records are learned it answers the smoothed base rate instead of the
 untrained model's 0.5 (which would overstate every variant's value tenfold or more).
+
+**Per-bundle correction.** The regression sees a bundle only through generic evidence
+(support, confidence, lift, prices), and co-purchase evidence is a noisy, slow proxy for what a
+shown bundle converts at (after a season change, the old partners keep their counts for
+long). So the model also keeps, per bundle (the :func:`~streamer.online.features.bundle_key` in
+the features), decayed sums of observed conversions ``O`` and of the regression's predicted
+conversions ``E`` over that bundle's impressions, and answers ``p_regression x (O + m) / (E +
+m)``: an empirical-Bayes (Poisson-gamma) observed/expected ratio, shrunk to 1 by a prior
+worth ``m`` expected conversions. A bundle never shown keeps the regression's answer; one
+shown often converges to its own rate, whatever discount and context it was shown in (the
+regression carries those). The sums forget with a memory of ``bundle_memory`` of the
+bundle's impressions, so the ratio follows drift; the table holds at most ``max_bundles``
+bundles (least recently learned forgotten first).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from river import linear_model, optim, preprocessing
 
-from streamer.online.features import PROPENSITY_FEATURE, RewardKind, variant_value
+from streamer.online.features import (
+    BUNDLE_KEY_PREFIX,
+    PROPENSITY_FEATURE,
+    RewardKind,
+    bundle_of,
+    variant_value,
+)
 
 
 class ConversionModel:
@@ -39,6 +59,9 @@ class ConversionModel:
         reward: what :meth:`expected_reward` values a conversion at (``revenue`` or ``margin``;
             must match the reward the attribution logs).
         cost_ratio: cost as a share of list price, for ``margin``.
+        bundle_prior: ``m``, the prior's weight in expected conversions (module doc).
+        bundle_memory: impressions of a bundle after which its older ones weigh ``1/e``.
+        max_bundles: bundles whose outcome sums are kept.
 
     >>> import random
     >>> rng = random.Random(0)
@@ -48,6 +71,18 @@ class ConversionModel:
     ...     model.learn_one({"discount": x}, converted=x > 0)
     >>> model.predict_one({"discount": 0.8}) > 0.9 > 0.1 > model.predict_one({"discount": -0.8})
     True
+
+    Two bundles with equal features, one that converts and one that does not, are told apart
+    by their identity keys:
+
+    >>> model = ConversionModel(warmup=10)
+    >>> for k in range(2000):
+    ...     model.learn_one({"x": 1.0, "bundle:a+b": 1.0}, converted=k % 5 == 0)
+    ...     model.learn_one({"x": 1.0, "bundle:a+c": 1.0}, converted=False)
+    >>> good = model.predict_one({"x": 1.0, "bundle:a+b": 1.0})
+    >>> bad = model.predict_one({"x": 1.0, "bundle:a+c": 1.0})
+    >>> round(good, 1), bad < 0.01, round(model.predict_one({"x": 1.0}), 1)
+    (0.2, True, 0.1)
     """
 
     def __init__(
@@ -60,6 +95,9 @@ class ConversionModel:
         prior_weight: float = 50.0,
         reward: RewardKind = "revenue",
         cost_ratio: float = 0.0,
+        bundle_prior: float = 2.0,
+        bundle_memory: float = 500.0,
+        max_bundles: int = 200_000,
     ) -> None:
         if reward not in ("revenue", "margin"):
             raise ValueError(f"reward must be 'revenue' or 'margin', got {reward!r}")
@@ -67,7 +105,14 @@ class ConversionModel:
             raise ValueError(f"cost_ratio must be in [0, 1), got {cost_ratio}")
         if not 0.0 <= prior_rate <= 1.0 or prior_weight <= 0:
             raise ValueError("prior_rate must be in [0, 1] and prior_weight positive")
+        if not bundle_prior > 0 or not bundle_memory >= 1 or max_bundles < 0:
+            raise ValueError("bundle_prior positive, bundle_memory >= 1, max_bundles >= 0")
         self.warmup = warmup
+        self.bundle_prior = bundle_prior
+        self.bundle_decay = 1.0 - 1.0 / bundle_memory
+        self.max_bundles = max_bundles
+        # bundle key -> (decayed observed conversions, decayed predicted conversions)
+        self._bundles: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.prior_rate = prior_rate
         self.prior_weight = prior_weight
         self.reward: RewardKind = reward
@@ -80,12 +125,28 @@ class ConversionModel:
 
     @staticmethod
     def _inputs(features: Mapping[str, float]) -> dict[str, float]:
-        # Never learn from (or predict with) our own earlier output, logged as a feature.
-        return {k: float(v) for k, v in features.items() if k != PROPENSITY_FEATURE}
+        # Never learn from (or predict with) our own earlier output, logged as a feature; the
+        # bundle's identity is for the per-bundle sums, not a regression input.
+        return {
+            k: float(v)
+            for k, v in features.items()
+            if k != PROPENSITY_FEATURE and not k.startswith(BUNDLE_KEY_PREFIX)
+        }
 
     def learn_one(self, features: Mapping[str, float], converted: bool) -> None:
         """Learn one closed impression: the shown variant's features and whether it converted."""
-        self._model.learn_one(self._inputs(features), bool(converted))
+        inputs = self._inputs(features)
+        key = bundle_of(features)
+        if key is not None and self.max_bundles > 0:
+            # The ratio compares outcomes with what the regression expected *before* learning
+            # them, as predictions are made.
+            expected = self._regression(inputs)
+            observed, predicted = self._bundles.pop(key, (0.0, 0.0))
+            decay = self.bundle_decay
+            self._bundles[key] = (decay * observed + bool(converted), decay * predicted + expected)
+            while len(self._bundles) > self.max_bundles:
+                self._bundles.popitem(last=False)
+        self._model.learn_one(inputs, bool(converted))
         self.n_learned += 1
         self.n_converted += bool(converted)
 
@@ -96,12 +157,25 @@ class ConversionModel:
             self.n_learned + self.prior_weight
         )
 
-    def predict_one(self, features: Mapping[str, float]) -> float:
-        """P(convert) for a variant with these features, in [0, 1]."""
+    def _regression(self, inputs: dict[str, float]) -> float:
         if self.n_learned < self.warmup:
             return self.base_rate
-        proba = self._model.predict_proba_one(self._inputs(features))
-        return float(proba.get(True, 0.0))
+        return float(self._model.predict_proba_one(inputs).get(True, 0.0))
+
+    def bundle_ratio(self, features: Mapping[str, float]) -> float:
+        """The per-bundle correction ``(O + m) / (E + m)`` (1 for an unknown bundle)."""
+        key = bundle_of(features)
+        sums = self._bundles.get(key) if key is not None else None
+        if sums is None:
+            return 1.0
+        observed, predicted = sums
+        return (observed + self.bundle_prior) / (predicted + self.bundle_prior)
+
+    def predict_one(self, features: Mapping[str, float]) -> float:
+        """P(convert) for a variant with these features, in [0, 1]: the regression's answer
+        times its bundle's correction (module doc)."""
+        p = self._regression(self._inputs(features)) * self.bundle_ratio(features)
+        return min(1.0, max(0.0, p))
 
     def expected_reward(self, features: Mapping[str, float]) -> float:
         """The direct-method estimate of a variant's reward: P(convert) x its value."""

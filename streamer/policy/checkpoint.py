@@ -24,7 +24,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from streamer.policy.network import VariantScorer
 from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
 
 #: Far above a small scorer's size (tens of KB), far below what could exhaust memory.
@@ -78,11 +77,16 @@ def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
             temperature=float(raw_shape["temperature"]),
             floor=float(raw_shape["floor"]),
             max_variants=raw_shape["max_variants"],
+            # Absent from checkpoints written before the prior existed: a plain MLP.
+            value_prior=(None if raw_shape.get("value_prior") is None
+                         else (str(raw_shape["value_prior"][0]),
+                               str(raw_shape["value_prior"][1]))),
+            prior_scale=float(raw_shape.get("prior_scale", 1.0)),
         )
         meta = json.loads(header[_META_KEY], parse_constant=_refuse_constant)
-        scorer = VariantScorer(len(shape.feature_names), shape.hidden)
+        scorer = shape.scorer()
         scorer.load_state_dict(tensors, strict=True)
-    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (SafetensorError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
         raise UnsafeCheckpointError(f"malformed policy checkpoint: {e}") from e
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise UnsafeCheckpointError(f"policy {meta.get('version')} has non-finite weights")

@@ -33,16 +33,35 @@ DEFAULT_DISCOUNT_LEVELS: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0)
 class PolicyShape:
     """Everything besides weights that fixes a torch policy's behaviour (all plain values)."""
 
+    def scorer(self) -> VariantScorer:
+        """A fresh scorer of this shape (random hidden layers, zero last layer)."""
+        prior = None
+        if self.value_prior is not None:
+            prior = (
+                self.feature_names.index(self.value_prior[0]),
+                self.feature_names.index(self.value_prior[1]),
+            )
+        return VariantScorer(
+            len(self.feature_names), self.hidden, value_prior=prior, prior_scale=self.prior_scale
+        )
+
+
     feature_names: tuple[str, ...]
     hidden: int = 32
     discount_levels: tuple[float, ...] = DEFAULT_DISCOUNT_LEVELS
     temperature: float = 1.0
     floor: float = 0.02
     max_variants: int | None = 8
+    #: ``(probability feature, log1p price feature)``: the scorer's direct-method prior
+    #: (``VariantScorer``'s ``value_prior``); None: a plain MLP.
+    value_prior: tuple[str, str] | None = None
+    prior_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.feature_names:
             raise ValueError("a policy needs at least one feature")
+        if self.value_prior is not None and not set(self.value_prior) <= set(self.feature_names):
+            raise ValueError(f"value_prior {self.value_prior} names unknown features")
         if not self.discount_levels or any(not 0 <= d < 100 for d in self.discount_levels):
             raise ValueError("discount levels must be in [0, 100)")
         if not self.temperature > 0:
@@ -78,8 +97,12 @@ class TorchPolicy:
     def __init__(
         self, scorer: VariantScorer, shape: PolicyShape, *, version: str, parent: str | None
     ) -> None:
-        if scorer.n_features != len(shape.feature_names) or scorer.hidden != shape.hidden:
-            raise ValueError("scorer and shape disagree on features or hidden size")
+        if (
+            scorer.n_features != len(shape.feature_names)
+            or scorer.hidden != shape.hidden
+            or scorer.value_prior != shape.scorer().value_prior
+        ):
+            raise ValueError("scorer and shape disagree on features, hidden size or prior")
         self.scorer = copy.deepcopy(scorer).to("cpu").eval().requires_grad_(False)
         self.shape = shape
         self._version = version
@@ -95,9 +118,13 @@ class TorchPolicy:
         temperature: float = 1.0,
         floor: float = 0.02,
         max_variants: int | None = 8,
+        value_prior: tuple[str, str] | None = None,
+        prior_scale: float = 1.0,
         seed: int = 0,
     ) -> TorchPolicy:
-        """A fresh policy (uniform over its shown variants; see ``VariantScorer``)."""
+        """A fresh policy: uniform over its shown variants, or with ``value_prior`` the
+        softmax of ``prior_scale x log(direct-method value) / temperature`` (see
+        ``VariantScorer``)."""
         shape = PolicyShape(
             feature_names=tuple(feature_names),
             hidden=hidden,
@@ -105,10 +132,12 @@ class TorchPolicy:
             temperature=temperature,
             floor=floor,
             max_variants=max_variants,
+            value_prior=None if value_prior is None else (value_prior[0], value_prior[1]),
+            prior_scale=prior_scale,
         )
         with torch.random.fork_rng(devices=[]):  # seed locally, leave the global RNG alone
             torch.manual_seed(seed)
-            scorer = VariantScorer(len(shape.feature_names), shape.hidden)
+            scorer = shape.scorer()
         return cls(scorer, shape, version=version_of(scorer, "torch"), parent=None)
 
     @property

@@ -14,10 +14,15 @@ q(x, a_logged)))``, the doubly robust value with the direct-method model ``q``: 
 carries the signal for variants the logs rarely show, the weights correct its bias. Clipping
 at ``c`` bounds the variance a few tiny logging propensities would cause.
 
-Promotion (:func:`should_promote`): the candidate's lower confidence bound must beat the live
-policy's point estimate, both on the newest feedback neither was trained on (doubly robust when
-the records carry model predictions, SNIPS otherwise), and the candidate's weights and outputs
-must be finite.
+Promotion: the candidate's lower confidence bound must beat the live policy's point estimate,
+both on the newest feedback neither was trained on (doubly robust when the records carry model
+predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. The
+lower bound is the *paired* one: the live estimate plus the lower bound of the candidate-minus-
+live difference estimated impression by impression (:func:`~streamer.policy.ope.
+paired_difference`). Both policies are judged on the same rewards, so the difference's
+interval is several times narrower than either policy's own; comparing the two unpaired
+intervals (:func:`should_promote`, kept for callers holding two separate estimates) rejected
+a candidate truly 15 % better on a holdout of a few thousand records.
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ import torch
 from streamer.policy.checkpoint import policy_to_bytes, weights_are_finite
 from streamer.policy.feedback import FeedbackBatch, FeedbackBuffer, LoggedDecision
 from streamer.policy.network import VariantScorer, variant_probabilities
-from streamer.policy.ope import Estimate, doubly_robust, ips, snips
+from streamer.policy.ope import (
+    Estimate,
+    doubly_robust,
+    estimator_terms,
+    ips,
+    paired_difference,
+    snips,
+)
 from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
 
 ObjectiveName = Literal["ips", "dr"]
@@ -88,10 +100,12 @@ class FineTuneConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyEvaluation:
     """Off-policy estimates of one policy on one batch (``ips``, ``snips``, and ``dr`` when the
-    records carry model predictions); ``outputs_finite`` is False if any score was not."""
+    records carry model predictions); ``outputs_finite`` is False if any score was not.
+    ``terms`` holds each estimate's per-impression terms (for paired comparisons)."""
 
     estimates: dict[str, Estimate]
     outputs_finite: bool
+    terms: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def primary(self) -> Estimate:
@@ -153,10 +167,25 @@ def evaluate_scorer(
         "ips": ips(p0, r, p1, confidence=confidence),
         "snips": snips(p0, r, p1, confidence=confidence),
     }
+    terms = {name: estimator_terms(name, p0, r, p1) for name in ("ips", "snips")}
     if value is not None and batch.expected_reward is not None:
         q = np.take_along_axis(batch.expected_reward, batch.chosen[:, None], axis=1)[:, 0]
         estimates["dr"] = doubly_robust(p0, r, p1, q, value, confidence=confidence)
-    return PolicyEvaluation(estimates=estimates, outputs_finite=finite)
+        terms["dr"] = estimator_terms("dr", p0, r, p1, q, value)
+    return PolicyEvaluation(estimates=estimates, outputs_finite=finite, terms=terms)
+
+
+def compare(
+    candidate: PolicyEvaluation, live: PolicyEvaluation, *, confidence: float = 0.95
+) -> Estimate:
+    """Candidate minus live on the same impressions, by the candidate's primary estimator
+    (:func:`~streamer.policy.ope.paired_difference`); NaN when either lacks its terms."""
+    name = candidate.primary.estimator
+    a, b = candidate.terms.get(name), live.terms.get(name)
+    if a is None or b is None or a.shape != b.shape or a.size == 0:
+        nan = math.nan
+        return Estimate(name, nan, nan, nan, nan, confidence, 0, 0.0)
+    return paired_difference(name, a, b, confidence=confidence)
 
 
 def evaluate_policy(
@@ -200,6 +229,8 @@ class FineTuneResult:
     train_size: int
     holdout_size: int
     objective: ObjectiveName
+    #: Candidate minus live, paired on the holdout (what the gate decides on).
+    difference: Estimate | None = None
 
     def metadata(self) -> dict[str, Any]:
         """What goes with the weights on ``policy-updates`` (and into the rejection log):
@@ -216,6 +247,8 @@ class FineTuneResult:
                 "estimate": primary.value,
                 "interval": [primary.lower, primary.upper],
                 "live_estimate": self.live_evaluation.primary.value,
+                "difference": None if self.difference is None else self.difference.as_dict(),
+                "gate_lower_bound": self.gate_lower_bound,
                 "estimates": {
                     k: v.as_dict() for k, v in self.candidate_evaluation.estimates.items()
                 },
@@ -230,6 +263,14 @@ class FineTuneResult:
             }
         )
         return meta
+
+    @property
+    def gate_lower_bound(self) -> float:
+        """The candidate's lower bound as the gate sees it: the live estimate plus the lower
+        bound of the paired difference (NaN without one)."""
+        if self.difference is None:
+            return math.nan
+        return self.live_evaluation.primary.value + self.difference.lower
 
     def checkpoint(self) -> bytes:
         """The candidate's safetensors bytes with :meth:`metadata`. Raises
@@ -277,7 +318,8 @@ def fine_tune(
     live_eval = evaluate_scorer(
         live.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
     )
-    promoted, reason = _verdict(candidate, candidate_eval, live_eval)
+    difference = compare(candidate_eval, live_eval, confidence=config.confidence)
+    promoted, reason = _verdict(candidate, candidate_eval, live_eval, difference)
     return FineTuneResult(
         candidate=candidate,
         candidate_evaluation=candidate_eval,
@@ -290,6 +332,7 @@ def fine_tune(
         train_size=len(train),
         holdout_size=len(holdout),
         objective=config.objective,
+        difference=difference,
     )
 
 
@@ -304,35 +347,48 @@ def gate_against_logged(
     _, holdout = batch.split(config.holdout_fraction)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
+    names = result.candidate_evaluation.estimates
     live_eval = PolicyEvaluation(
-        estimates={name: logged for name in result.candidate_evaluation.estimates},
+        estimates={name: logged for name in names},
         outputs_finite=True,
+        terms={name: np.asarray(holdout.reward, dtype=np.float64) for name in names},
     )
-    promoted, reason = _verdict(result.candidate, result.candidate_evaluation, live_eval)
+    difference = compare(result.candidate_evaluation, live_eval, confidence=config.confidence)
+    promoted, reason = _verdict(result.candidate, result.candidate_evaluation, live_eval,
+                                difference)
     return dataclasses.replace(
         result,
         live_evaluation=live_eval,
         live_version=live_version,
         promoted=promoted,
         reason=reason,
+        difference=difference,
     )
 
 
 def _verdict(
-    candidate: TorchPolicy, candidate_eval: PolicyEvaluation, live_eval: PolicyEvaluation
+    candidate: TorchPolicy,
+    candidate_eval: PolicyEvaluation,
+    live_eval: PolicyEvaluation,
+    difference: Estimate,
 ) -> tuple[bool, str]:
     c, live = candidate_eval.primary, live_eval.primary
     if not weights_are_finite(candidate):
         return False, "rejected: non-finite weights"
     if not candidate_eval.outputs_finite or not c.is_finite:
         return False, "rejected: non-finite outputs or estimate"
-    if not should_promote(c, live):
+    if not (live.is_finite and difference.is_finite):
+        return False, "rejected: non-finite live estimate or difference"
+    # Paired lower bound (module doc): live estimate + lower bound of candidate - live.
+    lower = live.value + difference.lower
+    if not lower > live.value:
         return False, (
-            f"rejected: {c.estimator} lower bound {c.lower:.6g} "
+            f"rejected: {c.estimator} paired lower bound {lower:.6g} "
             f"does not beat live estimate {live.value:.6g}"
         )
     return True, (
-        f"promoted: {c.estimator} lower bound {c.lower:.6g} beats live estimate {live.value:.6g}"
+        f"promoted: {c.estimator} paired lower bound {lower:.6g} beats live estimate "
+        f"{live.value:.6g}"
     )
 
 

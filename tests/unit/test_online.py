@@ -33,8 +33,9 @@ def candidate(items: tuple[str, ...] = ("a", "b"), score: float = 0.3) -> Simple
 
 def test_features_are_flat_floats_in_the_declared_order() -> None:
     for discount in DISCOUNT_LEVELS:
-        f = variant_features(candidate(("a", "b", "c")), discount, CONTEXT)
-        assert tuple(f) == FEATURE_NAMES
+        f = variant_features(candidate(("a", "c", "b")), discount, CONTEXT)
+        # The declared features in order, then the bundle's identity (partners sorted).
+        assert tuple(f) == (*FEATURE_NAMES, "bundle:a+b+c")
         assert all(isinstance(v, float) and math.isfinite(v) for v in f.values())
         assert f["extra_items"] == 1.0
         assert f["discount"] == pytest.approx(discount / 100)
@@ -87,7 +88,19 @@ def test_conversion_model_starts_at_the_base_rate_and_ignores_its_own_output() -
     assert model.predict_one(f) == pytest.approx(0.02)
     for _ in range(50):
         model.learn_one(f, converted=True)
-    assert model.predict_one(f) == pytest.approx(51 / 100)
+    assert model.base_rate == pytest.approx(51 / 100)
+    # Without a bundle identity, the base rate itself; with it, times the bundle's ratio
+    # (its 50 conversions against 50 x the base rate then expected, shrunk by the prior).
+    anonymous = {k: v for k, v in f.items() if k in FEATURE_NAMES}
+    assert model.predict_one(anonymous) == pytest.approx(51 / 100)
+    # (O, E) decay by bundle_decay per impression; the k-th was expected at the base rate
+    # after k conversions: (k + 0.02 * 50) / (k + 50).
+    decay = model.bundle_decay
+    observed = sum(decay ** (49 - k) for k in range(50))
+    expected = sum(decay ** (49 - k) * (k + 1.0) / (k + 50) for k in range(50))
+    ratio = (observed + model.bundle_prior) / (expected + model.bundle_prior)
+    assert model.bundle_ratio(f) == pytest.approx(ratio)
+    assert model.predict_one(f) == pytest.approx(min(1.0, 51 / 100 * ratio))
     g = dict(f, **{PROPENSITY_FEATURE: 0.99})
     assert model.predict_one(g) == model.predict_one(f)
     assert model.expected_reward(f) == pytest.approx(model.predict_one(f) * 12.0)
@@ -145,3 +158,26 @@ def test_online_imports_neither_torch_nor_the_policy_package() -> None:
             )
             for name in names:
                 assert not name.startswith(("torch", "streamer.policy")), (path, name)
+
+
+def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_drift() -> None:
+    rng = random.Random(3)
+    model = ConversionModel(warmup=50, bundle_memory=300)
+    context = DecisionContext(segment="all", ts_ms=0, prices={"a": 8.0, "b": 4.0, "c": 4.0})
+    good = variant_features(candidate(("a", "b")), 5.0, context)
+    bad = variant_features(candidate(("a", "c")), 5.0, context)
+    # Equal evidence and prices: the regression alone cannot know which one sells.
+    for _ in range(3000):
+        model.learn_one(good, rng.random() < 0.20)
+        model.learn_one(bad, rng.random() < 0.02)
+    assert model.predict_one(good) == pytest.approx(0.20, abs=0.04)
+    assert model.predict_one(bad) == pytest.approx(0.02, abs=0.015)
+    assert model.bundle_ratio(good) > 1.0 > model.bundle_ratio(bad)
+    # The season changes: the bad bundle becomes the good one; the ratios follow.
+    for _ in range(1500):
+        model.learn_one(good, rng.random() < 0.02)
+        model.learn_one(bad, rng.random() < 0.20)
+    assert model.predict_one(bad) > 3 * model.predict_one(good)
+    # A bundle never shown keeps the regression's answer; the identity is not an input.
+    unseen = variant_features(candidate(("b", "c")), 5.0, context)
+    assert model.bundle_ratio(unseen) == 1.0

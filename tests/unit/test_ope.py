@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from streamer.policy.ope import doubly_robust, ips, snips
+from streamer.policy.ope import (
+    doubly_robust,
+    estimator_terms,
+    ips,
+    paired_difference,
+    snips,
+)
 
 # A two-armed bandit: the logging policy shows arm 0 with 0.8, arm 1 with 0.2; the target
 # shows them with 0.1 and 0.9. Arm 0 converts with 0.3 (reward 10), arm 1 with 0.6 (reward 5).
@@ -132,3 +138,40 @@ def test_effective_sample_size() -> None:
     est = ips([0.5] * 10, [1.0] * 10, [0.5] * 10)
     assert est.ess == pytest.approx(10.0)
     assert ips([0.5, 0.5], [1.0, 1.0], [1.0, 0.0]).ess == pytest.approx(1.0)
+
+
+def test_paired_difference_covers_the_true_gap_with_a_narrower_interval() -> None:
+    # Arm 1 now pays 10 (mean 6 against arm 0's 3): the target (0.1/0.9) is worth 5.7, the
+    # logging policy (0.8/0.2) 3.6; the true gap is 2.1.
+    value = np.array([10.0, 10.0])
+    true_gap = float(((TARGET - LOGGING) * P_CONVERT * value).sum())
+    covered, narrower = 0, 0
+    for seed in range(100):
+        rng = np.random.default_rng(1_000 + seed)
+        n = 2_000
+        arm = (rng.random(n) < LOGGING[1]).astype(int)
+        reward = np.where(rng.random(n) < P_CONVERT[arm], value[arm], 0.0)
+        p0 = LOGGING[arm]
+        target = estimator_terms("ips", p0, reward, TARGET[arm])
+        live = estimator_terms("ips", p0, reward, p0)
+        assert target.mean() == pytest.approx(ips(p0, reward, TARGET[arm]).value)
+        d = paired_difference("ips", target, live)
+        covered += d.lower <= true_gap <= d.upper
+        unpaired = ips(p0, reward, TARGET[arm]).stderr + ips(p0, reward, p0).stderr
+        narrower += d.stderr < unpaired
+    assert covered >= 88
+    assert narrower == 100
+
+
+def test_estimator_terms_average_to_each_estimate() -> None:
+    arm, p0, reward, p1 = logged(500, seed=11)
+    q = MEAN_REWARD[arm] * 0.9
+    v = np.full(500, float((TARGET * MEAN_REWARD).sum()))
+    assert estimator_terms("snips", p0, reward, p1).mean() == pytest.approx(
+        snips(p0, reward, p1).value)
+    assert estimator_terms("dr", p0, reward, p1, q, v).mean() == pytest.approx(
+        doubly_robust(p0, reward, p1, q, v).value)
+    with pytest.raises(ValueError):
+        estimator_terms("dr", p0, reward, p1)
+    with pytest.raises(ValueError):
+        paired_difference("ips", [1.0, 2.0], [1.0])

@@ -305,3 +305,31 @@ def test_uniform_random_offers_every_candidate_equally(catalogue: Catalogue) -> 
         shown.update(Action(tuple(v.items), v.discount_pct) for v in live.variants)
     assert set(shown) == set(candidates)
     assert max(shown.values()) < 1.3 * min(shown.values())
+
+
+def test_decomposition_chain_adds_up_and_matches_the_report(catalogue: Catalogue) -> None:
+    from streamer.simulation.decompose import LOSSES, OracleShareChain
+
+    decider = UniformRandom(catalogue.prices, seed=3)
+    chain = OracleShareChain(
+        catalogue,
+        candidates=lambda anchor, now: [a.items for a in decider.candidates(anchor)],
+        split_at=1_000,
+    )
+    report = run_closed_loop(decider, SimulatedShop(catalogue, seed=3), impressions=2_000,
+                             on_visit=chain.on_visit)
+    shares, losses = chain.shares(), chain.losses()
+    assert set(losses) == set(LOSSES)
+    assert sum(losses.values()) == pytest.approx(1.0 - shares["served"], abs=1e-12)
+    # The report's expected rewards are the served expectation sampled once per slot.
+    assert shares["served"] == pytest.approx(report.share_of_oracle().share, abs=0.03)
+    # Slots without an offer are exactly what coverage loses.
+    none = report.by_version().get(NO_OFFER)
+    lost = none.oracle_reward / report.cumulative_oracle if none else 0.0
+    assert losses["coverage"] == pytest.approx(lost, abs=1e-9)
+    # Each level bounds the next on average; segment blindness can only lose (the blind
+    # choice is one of the pool's), and no segment-blind policy reaches the oracle.
+    assert shares["oracle"] == 1.0 and 0.0 < shares["oracle_blind"] < 1.0
+    assert shares["pool"] >= shares["blind"] - 1e-9
+    pre, post = chain.shares(0), chain.shares(1)
+    assert math.isfinite(pre["served"]) and math.isfinite(post["served"])
