@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from typing import Any
 
 import faust
 
@@ -47,9 +49,40 @@ def run_worker(settings: Settings) -> None:
     # faust's terminal spinner sets the root logger to DEBUG at log level warning/error (~12%
     # throughput on paths that send), and quiet=True does not stop it: the spinner must go.
     worker.spinner = None
+
+    @sa.app.task
+    async def dump_tasks_on_sigusr2() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _log_task_stacks)
+
     worker.execute_from_commandline()
 
 
+def _log_task_stacks() -> None:
+    """``kill -USR2 <worker pid>``: log where every asyncio task of the worker waits, along its
+    await chain (a stuck agent shows as a task parked on the same line dump after dump)."""
+    for task in asyncio.all_tasks():
+        chain = []
+        awaited: Any = task.get_coro()
+        while awaited is not None and len(chain) < 24:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_name} "
+                             f"({frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno})")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        log.warning("task %s: %s", task.get_name(), " -> ".join(chain) or "(not a coroutine)")
+    # Agent bodies hide behind faust's wrappers: find suspended coroutines and async
+    # generators of streamer's own code and say where each waits.
+    import gc
+    import types
+
+    for obj in gc.get_objects():
+        if isinstance(obj, types.CoroutineType | types.AsyncGeneratorType):
+            frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None)
+            if frame is not None and ("/streams.py" in frame.f_code.co_filename
+                                      or "/streamer/" in frame.f_code.co_filename):
+                log.warning("suspended %s (%s:%d) awaiting %r", frame.f_code.co_name,
+                            frame.f_code.co_filename.rsplit("/", 2)[-1], frame.f_lineno,
+                            getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None))
 def _install_uvloop() -> None:
     """uvloop's event loop policy when installed: faust's per-message cost is mostly event-loop
     work; benchmarks/throughput.py measured a no-op faust agent at 18.0k vs 11.0k events/s and
