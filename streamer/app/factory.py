@@ -48,10 +48,18 @@ from streamer.app.rewards_agents import RewardTracking, install_reward_tracking,
 from streamer.app.state_pages import install_state_pages
 from streamer.app.tables import ChangelogSender, WriteBuffer
 from streamer.copurchase import Decayed
-from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket, ItemRecord
+from streamer.engine import (
+    Engine,
+    EngineConfig,
+    EngineState,
+    ItemBasket,
+    ItemRecord,
+    logged_decision,
+)
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
+from streamer.rewards import ImpressionOutcome
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -169,7 +177,26 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         ttl_ms=int(w.dedup_ttl_s * 1000),
         capacity=w.dedup_capacity,
     )
-    rewards = install_reward_tracking(app, settings, metrics, table, buffer)
+    def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None) -> None:
+        # The learned policy reads engine.conversion as a feature: it must learn from this
+        # worker's outcomes, as the trainer's model learns from all feedback (the same
+        # features: streamer.engine.logged_decision), or serving and training disagree.
+        if offer is None or not 0 <= outcome.variant < len(offer.variants):
+            return
+        catalog = engine.state.catalog
+        prices = {i: p for v in offer.variants for i in v.items
+                  if (p := catalog.get(i)) is not None}
+        try:
+            decision = logged_decision(
+                {"offer_id": outcome.offer_id, "variant": outcome.variant,
+                 "propensity": outcome.propensity, "reward": outcome.reward,
+                 "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices)
+        except ValueError:
+            return
+        engine.learn_conversion(decision.variant_features[decision.chosen], outcome.converted)
+
+    rewards = install_reward_tracking(app, settings, metrics, table, buffer,
+                                      on_outcome=learn_conversion)
     sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer)
     install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
     install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
@@ -298,6 +325,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         snapshot["reward_open_sessions"], snapshot["reward_open_windows"] = (
             rewards.tracker.open_state())
         snapshot["offer_index_size"] = len(rewards.offers)
+        snapshot["conversion_learned"] = engine.conversion.n_learned
         snapshot["ready"] = sa.ready
         return web_.json(snapshot)
 

@@ -36,7 +36,7 @@ from streamer.app.reward_tracking import (
     Tick,
 )
 from streamer.app.tables import WriteBuffer
-from streamer.events import RewardWindow
+from streamer.events import BundleOffer, RewardWindow
 from streamer.events.dedup import SeenId
 from streamer.observability import Metrics
 from streamer.rewards import ImpressionOutcome, SessionState, WindowAggregate, WindowSpec
@@ -75,13 +75,18 @@ class RewardTracking:
     publish_outcomes: Callable[[list[ImpressionOutcome]], Any]
 
 
-def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics,
-                            table: Callable[..., Any], buffer: WriteBuffer) -> RewardTracking:
+def install_reward_tracking(
+    app: faust.App, settings: Settings, metrics: Metrics, table: Callable[..., Any],
+    buffer: WriteBuffer,
+    on_outcome: Callable[[ImpressionOutcome, BundleOffer | None], None] | None = None,
+) -> RewardTracking:
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
     ``table(name, help=...)`` makes a bytes-valued faust Table (the factory's helper); the
     tracker writes through ``buffer``, the worker's write-back, which every agent that
-    writes flushes before its events are acked. The clicks and purchases agents call
+    writes flushes before its events are acked. ``on_outcome(outcome, offer)`` is called for
+    every closed impression (the worker's conversion model learns there). The clicks and
+    purchases agents call
     ``tracking.tracker.observe`` and ``tracking.publish_outcomes``; everything else runs here.
     """
     t, r, w = settings.topics, settings.rewards, settings.worker
@@ -110,7 +115,10 @@ def install_reward_tracking(app: faust.App, settings: Settings, metrics: Metrics
 
     async def publish_outcomes(outcomes: list[ImpressionOutcome]) -> None:
         for outcome in outcomes:
-            record = FeedbackRecord.build(outcome, offers.get(outcome.offer_id))
+            offer = offers.get(outcome.offer_id)
+            if on_outcome is not None:
+                on_outcome(outcome, offer)
+            record = FeedbackRecord.build(outcome, offer)
             await feedback_topic.send(key=outcome.offer_id, value=_encode(record))
             metrics.feedback_records.inc()
             # Unversioned outcomes (offer never found) have no ledger to go to: counted here.

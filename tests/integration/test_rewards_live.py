@@ -149,6 +149,10 @@ def test_impressions_and_purchases_in_feedback_and_rewards_out(
             assert metrics[(f"streamer_reward_{name}_total", label)] == pytest.approx(
                 figures[name]), name
     assert metrics[("streamer_feedback_records_total", ())] == 10
+    # The worker's conversion model (a feature of the learned policy) learned each closed
+    # impression whose offer it knew, as the trainer's does from the feedback topic.
+    known = sum(1 for rec in records if rec.candidates)
+    assert known > 0 and worker.stats()["conversion_learned"] == known
     # Every click was sent twice: 10 impressions and the offer click.
     assert metrics[("streamer_attribution_events_total", (("status", "duplicate"),))] == 11
     assert metrics[("streamer_late_events_total",
