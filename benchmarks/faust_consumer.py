@@ -55,6 +55,7 @@ from benchmarks.throughput import (
     PARTITIONS,
     RUN_TIMEOUT_S,
     Child,
+    bench_app,
     child_env,
     make_purchases,
     produce,
@@ -121,22 +122,9 @@ def faust_child(variant: str, bootstrap: str, topic: str, n: int, out: str) -> N
         import uvloop
 
         uvloop.install()  # as streamer's worker does (streamer.app.worker._install_uvloop)
-    app = faust.App(
-        f"bench-consumer-{variant}-{uuid.uuid4().hex[:8]}",
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=tempfile.mkdtemp(prefix="bench-faust-consumer-"),
-        topic_partitions=PARTITIONS,
-        # Not performance settings: Tansu needs short group timeouts to join quickly, and
-        # rejects the idempotent producer of exactly_once.
-        broker_session_timeout=6.0,
-        broker_rebalance_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        processing_guarantee="at_least_once",
-        consumer_auto_offset_reset="earliest",
-        web_enabled=False,
-        **overrides,
-    )
+    # at_least_once: Tansu rejects the idempotent producer of exactly_once.
+    app = bench_app(f"bench-consumer-{variant}", bootstrap,
+                    processing_guarantee="at_least_once", **overrides)
     if fast:
         from streamer.app.fast_consumer import install_fast_consumer
 

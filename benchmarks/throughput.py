@@ -182,24 +182,32 @@ async def consume_loop(bootstrap: str, topic: str, n: int,
 
 
 # -- faust children (run by this same file) --------------------------------------------------
-def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: str) -> None:
-    """A faust worker whose one agent reads ``topic``; writes its rate to ``out`` at ``n``."""
+def bench_app(name: str, bootstrap: str, **overrides: Any) -> Any:
+    """A faust app for the embedded broker with faust's defaults otherwise (``overrides``
+    added). Not performance settings: the changelog must match the source's 4 partitions,
+    and Tansu needs short group timeouts to join quickly (startup is not timed)."""
     import faust
 
-    app = faust.App(
-        f"bench-{mode}-{uuid.uuid4().hex[:8]}",
+    return faust.App(
+        f"{name}-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
-        datadir=tempfile.mkdtemp(prefix="bench-faust-"),
-        # Not performance settings: the changelog must match the source's 4 partitions, and
-        # Tansu needs short group timeouts to join quickly (startup is not timed).
+        datadir=tempfile.mkdtemp(prefix=f"{name}-"),
         topic_partitions=PARTITIONS,
         broker_session_timeout=6.0,
         broker_rebalance_timeout=6.0,
         broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        **overrides,
     )
+
+
+def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: str) -> None:
+    """A faust worker whose one agent reads ``topic``; writes its rate to ``out`` at ``n``."""
+    import faust
+
+    app = bench_app(f"bench-{mode}", bootstrap)
     state = {"seen": 0, "t0": 0.0}
 
     def count() -> None:

@@ -27,6 +27,7 @@ import base64
 import functools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,6 +228,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     message.offset, reason)
         await dead_letters_topic.send(key=key, value=encode(letter))
 
+    async def decoded(events: list[Any], decode: Any) -> AsyncIterator[tuple[Any, Any]]:
+        """``(message, decoded event)`` for each valid event; invalid ones dead-lettered."""
+        for event in events:
+            try:
+                value = decode(event.value)
+            except InvalidEvent as e:
+                await dead_letter(event.message, e)
+                continue
+            yield event.message, value
+
     @app.agent(clicks_topic, name="clicks")
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
@@ -235,13 +246,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             consumed.inc(len(events))
             outcomes = []
             wall_ms = int(time.time() * 1000)
-            for event in events:
-                message = event.message
-                try:
-                    click = codec.decode_click(event.value)
-                except InvalidEvent as e:
-                    await dead_letter(message, e)
-                    continue
+            async for message, click in decoded(events, codec.decode_click):
                 buffer.partition = message.partition
                 if not click_dedup.first_time(click.event_id, ts_ms=click.ts,
                                               partition=message.partition):
@@ -261,13 +266,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             outcomes = []
             wall_ms = int(time.time() * 1000)
             by_partition: dict[int, list[ItemBasket]] = {}
-            for event in events:
-                message = event.message
-                try:
-                    purchase = codec.decode_purchase(event.value)
-                except InvalidEvent as e:
-                    await dead_letter(message, e)
-                    continue
+            async for message, purchase in decoded(events, codec.decode_purchase):
                 buffer.partition = source = message.partition
                 # A duplicate id is dropped; this very message redelivered is fanned out
                 # again, and each anchor's record recognises its offset (engine module doc).
