@@ -85,10 +85,12 @@ def measure_memory(n: int, partners: int) -> dict[str, Any]:
 
 async def produce_baskets(bootstrap: str, topic: str, n: int, partners: int) -> float:
     """One ``ItemBasket`` per anchor with ``partners`` partners, to the items agent's own
-    source topic: the worker builds the state (and writes its changelogs) itself."""
+    source topic, as the purchases agent sends them (a list of baskets per message, on the
+    anchor's partition): the worker builds the state (and writes its changelogs) itself."""
     import msgspec
     from aiokafka import AIOKafkaProducer
 
+    from streamer.app.kafka import key_partition
     from streamer.engine import ItemBasket
 
     encode = msgspec.json.Encoder().encode
@@ -105,7 +107,8 @@ async def produce_baskets(bootstrap: str, topic: str, n: int, partners: int) -> 
                                      for _ in range(partners + 8)))
             basket = ItemBasket(anchor=anchor, partners=[p for p in ids if p != anchor][:partners],
                                 ts=TS0 + i, event_id=f"scale-{i}")
-            futures.append(await producer.send(topic, encode(basket), key=anchor.encode()))
+            futures.append(await producer.send(topic, encode([basket]),
+                                               partition=key_partition(anchor, PARTITIONS)))
         await asyncio.gather(*futures)
         return time.perf_counter() - t0
     finally:

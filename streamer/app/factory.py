@@ -203,6 +203,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
     encode = msgspec.json.Encoder().encode
     batch_decoder = msgspec.json.Decoder(list[ItemBasket])
+
+    def decode_baskets(value: bytes) -> list[ItemBasket]:
+        # Internal, written by the purchases agent; anything else (an old format, a stray
+        # producer) is dead-lettered rather than stopping the agent on it.
+        try:
+            return batch_decoder.decode(value)
+        except msgspec.DecodeError as e:
+            raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
     partitions = t.partitions
 
@@ -294,10 +302,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
             offers: list[BundleOffer] = []
-            for event in events:
+            async for message, baskets in decoded(events, decode_baskets):
                 # Every anchor of a message is owned by the message's partition.
-                buffer.partition = event.message.partition
-                baskets = batch_decoder.decode(event.value)
+                buffer.partition = message.partition
                 consumed.inc(len(baskets))
                 revised, redelivered = engine.learn_baskets(baskets)
                 offers += revised

@@ -77,6 +77,9 @@ def test_invalid_events_go_to_dead_letters_and_work_goes_on(
                            "session_id": "s", "item_id": "i", "kind": "teleport"}), "schema"),
         (t.purchases, encode({"event_id": "p", "items": []}), "schema"),
         (t.purchases, too_large, "too_large"),
+        # The internal repartition topic carries lists of baskets; anything else is refused.
+        (f"{settings.worker.app_id}-item-baskets", b"[not a batch", "schema"),
+        (f"{settings.worker.app_id}-item-baskets", encode(["tea", ["cup"], 1, "e"]), "schema"),
     ]
     good_before = purchase(1, ["tea", "cup"])
     good_after = purchase(2, ["tea", "cup"])
