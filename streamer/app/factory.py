@@ -13,12 +13,12 @@ Topology::
 The repartition on item puts each item's state on the worker that owns the item, so workers
 scale by partitions and a table key is only ever written from its own partition.
 
-Batches, because faust's cost is per message: the clicks and purchases agents take up to
-``worker.batch_max`` events at a time (waiting at most ``worker.batch_linger_ms``); the
-purchases agent sends the batch's baskets as one message per item-baskets partition (its
-anchors' partition, Kafka's default partitioner), and the items agent learns a whole message
-at once. Table writes wait in a :class:`~streamer.app.tables.WriteBuffer` and each agent
-flushes it before its events are acked, so a hot key costs one changelog message per batch.
+Batches, because faust's cost is per message: the clicks, purchases and items agents take up
+to ``worker.batch_max`` messages at a time (waiting at most ``worker.batch_linger_ms``); the
+purchases agent sends a batch's baskets as one message per item-baskets partition (its
+anchors' partition, Kafka's default partitioner). Table writes wait in a
+:class:`~streamer.app.tables.WriteBuffer`; each agent writes it, and waits until the broker
+has it, before its batch is acked, so a hot key costs one changelog record per batch.
 """
 
 from __future__ import annotations

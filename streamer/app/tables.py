@@ -184,14 +184,15 @@ class WriteBuffer:
         so far (and ``also``, e.g. the futures of the batch's other messages); returns how
         many keys this flush wrote."""
         n = self.flush()
-        if self._outbox:
-            # One sender at a time, in flush order: a key's newer value must land after its
-            # older one, whichever agent flushed which.
-            async with self._lock:
-                records, self._outbox = self._outbox, []
-                if records and self.sender is not None:
-                    self._inflight += await self.sender.send(records)
-        pending = self._inflight = [f for f in self._inflight if not f.done()]
+        # One sender at a time, in flush order: a key's newer value must land after its older
+        # one, whichever agent flushed which. Every writer passes the lock, even with nothing
+        # of its own left to send: its changes may be in records another writer is sending,
+        # whose futures are in _inflight only once that writer releases the lock.
+        async with self._lock:
+            records, self._outbox = self._outbox, []
+            if records and self.sender is not None:
+                self._inflight += await self.sender.send(records)
+            pending = self._inflight = [f for f in self._inflight if not f.done()]
         if pending or also:
             await asyncio.gather(*pending, *also)
         return n

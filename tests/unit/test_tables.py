@@ -113,3 +113,44 @@ def test_reads_after_a_flush_decode_nothing_again() -> None:
     buffer.flush()
     assert raw["e"] == b"[5,1,9]"
     assert table["e"] is value  # the cached value of those very bytes
+
+
+class SlowSender:
+    """A ChangelogSender stand-in: handing records over takes until ``handed`` is set, and
+    their delivery until the test resolves ``futures``."""
+
+    def __init__(self) -> None:
+        self.handed = asyncio.Event()
+        self.futures: list[asyncio.Future[None]] = []
+
+    async def send(self, records: list[Any]) -> list[asyncio.Future[None]]:
+        await self.handed.wait()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return [fut]
+
+
+def test_a_writer_waits_for_its_changes_while_another_writer_is_still_sending_them() -> None:
+    async def run() -> None:
+        sender = SlowSender()
+        buffer = WriteBuffer(sender)  # type: ignore[arg-type]
+        table = buffer.table(FakeFaustTable(), float)
+        raw = table._raw
+        raw.changelog_topic = type("T", (), {  # type: ignore[attr-defined]
+            "get_topic_name": lambda self: "items-changelog",
+            "prepare_key": lambda self, k, s: (k.encode(), None),
+            "prepare_value": lambda self, v, s: (v, None)})()
+        raw.key_serializer = raw.value_serializer = "raw"  # type: ignore[attr-defined]
+        table["tea"] = 1.0  # agent D's change
+        a = asyncio.ensure_future(buffer.write())  # agent A flushes and sends it (slowly)
+        await asyncio.sleep(0)
+        d = asyncio.ensure_future(buffer.write())  # agent D: nothing left to flush
+        await asyncio.sleep(0)
+        sender.handed.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not d.done(), "D must wait for the delivery of the records A is sending"
+        sender.futures[0].set_result(None)
+        assert await a == 1 and await d == 0
+
+    asyncio.run(run())
