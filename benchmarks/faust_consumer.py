@@ -59,6 +59,7 @@ from benchmarks.throughput import (
     child_env,
     make_purchases,
     produce,
+    write_result,
 )
 
 #: name -> (fast consumer?, event loop, faust settings on top of the worker's)
@@ -139,10 +140,9 @@ def faust_child(variant: str, bootstrap: str, topic: str, n: int, out: str) -> N
         if state["seen"] == n:
             wall = time.perf_counter() - state["t0"]
             cpu = time.process_time() - state["cpu0"]
-            Path(out).write_text(json.dumps({"eps": n / wall, "cpu_us": 1e6 * cpu / n,
-                                             "consumer": type(app.consumer).__name__,
-                                             "suspended": getattr(app.consumer,
-                                                                  "suspended_deliveries", 0)}))
+            write_result(out, {"eps": n / wall, "cpu_us": 1e6 * cpu / n,
+                               "consumer": type(app.consumer).__name__,
+                               "suspended": getattr(app.consumer, "suspended_deliveries", 0)})
             os._exit(0)  # the measurement is written; nothing else to tear down
 
     source = app.topic(topic, value_type=bytes, value_serializer="raw")
@@ -175,8 +175,6 @@ def run_child(variant: str, bootstrap: str, topic: str, n: int, workdir: Path,
             if not child.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"{variant} child failed; see {child.log}")
             time.sleep(0.05)  # waiting for the child's own measurement
-        while child.alive() and time.monotonic() < deadline:
-            time.sleep(0.02)  # the child exits right after writing: then the file is whole
         result: dict[str, Any] = json.loads(out.read_text())
         return result
     finally:

@@ -182,6 +182,14 @@ async def consume_loop(bootstrap: str, topic: str, n: int,
 
 
 # -- faust children (run by this same file) --------------------------------------------------
+def write_result(path: str | Path, result: dict[str, Any]) -> None:
+    """Write a child's result atomically (a rename): a reader that sees the file sees it
+    whole, with no wait for the write to finish."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+
+
 def bench_app(name: str, bootstrap: str, **overrides: Any) -> Any:
     """A faust app for the embedded broker with faust's defaults otherwise (``overrides``
     added). Not performance settings: the changelog must match the source's 4 partitions,
@@ -216,7 +224,7 @@ def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: s
         state["seen"] += 1
         if state["seen"] == n:
             eps = n / (time.perf_counter() - state["t0"])
-            Path(out).write_text(json.dumps({"eps": eps}))
+            write_result(out, {"eps": eps})
             os._exit(0)  # the measurement is written; nothing else to tear down
 
     if mode == "faust_noop":
@@ -290,7 +298,6 @@ def run_faust_child(mode: str, bootstrap: str, topic: str, n: int, workdir: Path
             if not child.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"{mode} child failed; see {child.log}")
             time.sleep(0.05)  # waiting for the child's own measurement
-        time.sleep(0.05)  # let the write finish
         return float(json.loads(out.read_text())["eps"])
     finally:
         child.stop()

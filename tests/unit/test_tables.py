@@ -44,6 +44,22 @@ class FakeFaustTable(MutableMapping[str, bytes]):
         return len(self.data)
 
 
+async def until(condition: Any, what: str, timeout_s: float = 5.0) -> None:
+    """Let the loop run until ``condition()`` holds (a bounded wait, not a fixed pause)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0)  # one loop turn for the tasks under test
+
+
+async def still_pending(task: asyncio.Future[Any], within_s: float = 0.05) -> bool:
+    """True when ``task`` does not finish within ``within_s`` (it waits on something)."""
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    return not done
+
+
 def test_a_hot_key_is_sent_once_per_flush_to_the_partition_it_was_written_for() -> None:
     async def run() -> FakeFaustTable:
         raw = FakeFaustTable()
@@ -59,11 +75,11 @@ def test_a_hot_key_is_sent_once_per_flush_to_the_partition_it_was_written_for() 
         assert raw.changelog == [] and table["tea"] == 99.0 and "cup" not in table
         assert sorted(table) == ["jam", "tea"] and len(table) == 2
         writing = asyncio.ensure_future(buffer.write())
-        await asyncio.sleep(0)
+        await until(lambda: raw.changelog, "the flush")
         # "cup", written and deleted before the flush, never reaches the changelog.
         assert raw.changelog == [(2, "tea", b"99.0"), (3, "jam", b"5.0")]
         assert raw.data == {"tea": b"99.0", "jam": b"5.0"}
-        assert not writing.done()  # waits until the broker has every message
+        assert await still_pending(writing)  # waits until the broker has every message
         for fut in raw.futures:
             fut.set_result(None)
         assert await writing == 2
@@ -80,10 +96,9 @@ def test_write_waits_for_messages_another_agent_flushed() -> None:
         table = buffer.table(raw, SeenId)
         table["e1"] = SeenId(1, 0, 7)  # agent A's change
         b = asyncio.ensure_future(buffer.write())  # agent B flushes it
-        await asyncio.sleep(0)
+        await until(lambda: raw.futures, "B's flush")
         a = asyncio.ensure_future(buffer.write())  # agent A: nothing left to flush
-        await asyncio.sleep(0)
-        assert not a.done() and not b.done()
+        assert await still_pending(a) and not b.done()
         raw.futures[0].set_result(None)
         assert await b == 1 and await a == 0
 
@@ -96,7 +111,7 @@ def test_a_failed_changelog_send_fails_the_write() -> None:
         buffer = WriteBuffer()
         buffer.table(raw, float)["tea"] = 1.0
         writing = asyncio.ensure_future(buffer.write())
-        await asyncio.sleep(0)
+        await until(lambda: raw.futures, "the flush")
         raw.futures[0].set_exception(RuntimeError("broker gone"))
         with pytest.raises(RuntimeError, match="broker gone"):
             await writing
@@ -143,13 +158,12 @@ def test_a_writer_waits_for_its_changes_while_another_writer_is_still_sending_th
         raw.key_serializer = raw.value_serializer = "raw"  # type: ignore[attr-defined]
         table["tea"] = 1.0  # agent D's change
         a = asyncio.ensure_future(buffer.write())  # agent A flushes and sends it (slowly)
-        await asyncio.sleep(0)
+        await until(lambda: not buffer.pending() and not buffer._outbox, "A taking the records")
         d = asyncio.ensure_future(buffer.write())  # agent D: nothing left to flush
-        await asyncio.sleep(0)
+        assert await still_pending(d)
         sender.handed.set()
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert not d.done(), "D must wait for the delivery of the records A is sending"
+        await until(lambda: sender.futures, "A handing the records over")
+        assert await still_pending(d), "D must wait for the delivery of the records A is sending"
         sender.futures[0].set_result(None)
         assert await a == 1 and await d == 0
 
