@@ -25,10 +25,40 @@ it runs in a task that races ``suspend_flow`` through the very same ``wait_first
 faust, so the blocking cases keep stock semantics. After an inline delivery the loop still
 yields to the event loop once, as the stock delivery does (see :meth:`FastConsumer._deliver`).
 
-The drain loop is faust's, copied verbatim except for that line (and two type annotations,
-``tests/unit/test_fast_consumer.py`` pins the difference); :func:`install_fast_consumer` refuses
-to install (:class:`FastConsumerUnsupported`) unless faust's loop is still byte for byte the one
-it was copied from. Upgrading faust therefore fails at start-up, not silently.
+**Seeks.** The copy also fixes a race of stock faust's loop that loses records or stalls a
+partition after recovery or a rebalance (issue 6: a worker SIGKILLed and restarted, or a group
+rebalancing, sometimes never committed a purchases partition again, once lost a purchase). The
+loop iterates over a batch ``getmany`` already fetched, delivering a record and then setting the
+partition's read offset to the record's offset. Meanwhile recovery seeks the partitions back to
+their committed offsets (``perform_seek``, which also sets each read offset to the committed
+one), or seeks changelogs (``seek_wait``). The loop knows nothing of it: it keeps delivering the
+rest of the batch it fetched before the seek (from aiokafka's consumer thread, which moved the
+position past it), and its ``set_read_offset`` overwrites the read offset the seek set. Once the
+fetcher reads again from the sought offset, every record below that stale read offset is
+"DROPPED" by the loop's ``offset >= r_offset`` test; the stale records it did deliver went into
+stream buffers that the rebalance clears. Those offsets are never acknowledged, so the
+partition's commit never passes them (a stall); and when the stale read offset lies more than
+one below the next record fetched, the loop's gap bookkeeping (``_add_gap``) counts the offsets
+between as done although nobody processed them (a lost record). A seek made while the consumer thread waits on a fetch has the same effect: the
+fetch returns records from the new position but the loop treats them like any other batch.
+
+So here a seek (:meth:`FastConsumer.perform_seek`, :meth:`~FastConsumer.seek`,
+:meth:`~FastConsumer.seek_wait`) *marks* the partitions it moves with the offset it moves them to
+(``seek``/``seek_wait`` before and again after moving them, ``perform_seek`` once the committed
+offsets are known, in one step with the read offsets). The loop neither delivers records of a
+marked partition nor sets its read offset; before its next fetch it seeks every marked partition
+again to the position the seek established (whatever a fetch in flight did to the position
+meanwhile) and clears the marks; a seek that arrives during that re-seek keeps its mark. Records skipped that way are fetched again from the
+sought position. :meth:`FastConsumer.perform_seek` also moves stream partitions that have no
+committed offset to their beginning when ``consumer_auto_offset_reset`` is ``earliest``: stock
+faust (aiokafka's ``seek_to_committed``) leaves such a partition wherever the fetcher got to, so
+records fetched but not processed before the seek were never read again.
+
+The drain loop is faust's, copied verbatim except for the delivery line, the seek marks (and two
+type annotations); ``tests/unit/test_fast_consumer.py`` pins the difference and shows stock
+faust's loop dropping records after a seek mid-batch. :func:`install_fast_consumer` refuses to
+install (:class:`FastConsumerUnsupported`) unless faust's loop is still byte for byte the one it
+was copied from. Upgrading faust therefore fails at start-up, not silently.
 
 Measured with ``PYTHONPATH=. python benchmarks/faust_consumer.py --events 20000 --repeats 5``
 (a no-op agent, uvloop, one embedded broker, same events, interleaved runs, medians): 55.7 us
@@ -42,8 +72,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import itertools
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from typing import Any, cast
 
 import faust
@@ -125,9 +164,11 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class FastConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer, delivering messages that do not block without tasks.
 
-    Only :meth:`_drain_messages` (faust's, one line changed) and :meth:`_deliver` (that line)
-    differ from :class:`faust.transport.drivers.aiokafka.Consumer`, plus :meth:`highwaters`
-    when an :attr:`end_offsets_check` is given (it is, against the embedded broker).
+    Differs from :class:`faust.transport.drivers.aiokafka.Consumer` in :meth:`_drain_messages`
+    (faust's, with the delivery line and the seek marks changed) and :meth:`_deliver` (that
+    line); in the seeks, which mark the partitions they move (:meth:`perform_seek`, :meth:`seek`,
+    :meth:`seek_wait`, see the module doc); and in :meth:`highwaters` when an
+    :attr:`end_offsets_check` is given (it is, against the embedded broker).
     """
 
     #: Deliveries whose callback suspended and so went the stock way (a task racing
@@ -143,6 +184,16 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: data arrives meanwhile, so each hop of a pipeline waits up to this long.
     fetch_max_wait_ms: int | None = None
 
+    #: Partitions a seek moved since the drain loop last fetched: the seek's id and the offset
+    #: it moved them to.
+    _seeking: dict[TP, tuple[int, int]]
+    _seek_ids: Iterator[int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._seeking = {}
+        self._seek_ids = itertools.count()
+        super().__init__(*args, **kwargs)
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         thread = _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
         thread.fetch_max_wait_ms = self.fetch_max_wait_ms
@@ -153,6 +204,87 @@ class FastConsumer(faust_aiokafka.Consumer):
         ends = await super().highwaters(*partitions)
         check = self.end_offsets_check
         return ends if check is None else await check(dict(ends))
+
+    # -- seeks ----------------------------------------------------------------------------------
+    def _mark_seeking(self, positions: Mapping[TP, int]) -> None:
+        """Mark ``positions``' partitions as moved by a seek (see the module doc)."""
+        seek_id = next(self._seek_ids)
+        for tp, position in positions.items():
+            self._seeking[faust_consumer.ensure_TP(tp)] = (seek_id, position)
+
+    async def perform_seek(self) -> None:
+        """Seek every assigned partition to its committed offset (faust's ``perform_seek``);
+        stream partitions without one go to their earliest offset when the app resets offsets
+        to ``earliest``. Marks the partitions for the drain loop. Raises what the consumer
+        thread raises (faust's recovery calls this under a timeout).
+
+        Marks only once the offsets are known, together with the read offsets: a partition
+        marked without a position to seek it back to would lose the records the loop skips.
+        Records the loop delivers while the seek is under way are delivered again from the
+        sought offset (state updates are idempotent), never dropped."""
+        committed = await self.seek_to_committed()
+        positions: dict[TP, int] = {
+            tp: offset for tp, offset in committed.items() if offset is not None and offset > 0}
+        if self.app.conf.consumer_auto_offset_reset == "earliest":
+            # aiokafka's seek_to_committed leaves a partition without a committed offset (None,
+            # or 0) where its fetcher got to. Changelogs are recovery's to seek.
+            unset = [tp for tp, offset in committed.items()
+                     if (offset is None or offset <= 0) and not self._is_changelog_tp(tp)]
+            if unset:
+                earliest = await self.earliest_offsets(*unset)
+                await self._seek_positions(earliest)
+                positions.update(earliest)
+        # The marks and faust's bookkeeping (as in stock perform_seek) in one step: no
+        # delivery of a stale record can come between them.
+        self._mark_seeking(positions)
+        self._read_offset.update({
+            tp: offset if offset is not None and offset >= 0 else None
+            for tp, offset in committed.items()})
+        self._committed_offset.update({
+            faust_consumer.ensure_TP(tp): offset if offset else None
+            for tp, offset in committed.items() if offset is not None})
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """faust's ``seek``, marking the partition for the drain loop (before the seek, so
+        that nothing fetched meanwhile is delivered, and again after it)."""
+        self._mark_seeking({partition: offset})
+        await super().seek(partition, offset)
+        self._mark_seeking({partition: offset})
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """faust's ``seek_wait`` (recovery seeks changelogs with it), marking the partitions
+        before the seek and again after it."""
+        positions = {tp: max(offset, 0) for tp, offset in partitions.items()}
+        self._mark_seeking(positions)
+        await super().seek_wait(partitions)
+        self._mark_seeking(positions)
+
+    async def _finish_seeks(self) -> None:
+        """Seek the marked partitions again to the offsets their seeks established (a fetch in
+        flight during a seek may have moved them on), then clear the marks, except those a new
+        seek replaced meanwhile. The drain loop calls this before it fetches."""
+        marks = dict(self._seeking)
+        assigned = self.assignment()
+        positions = {tp: offset for tp, (_, offset) in marks.items() if tp in assigned}
+        if positions:
+            await self._seek_positions(positions)
+        for tp, mark in marks.items():
+            if self._seeking.get(tp) == mark:
+                del self._seeking[tp]
+
+    async def _seek_positions(self, positions: Mapping[TP, int]) -> None:
+        """Move each partition's fetch position (in the consumer thread, as ``seek_wait``
+        does), skipping partitions no longer assigned. Sets no read offset."""
+        thread = cast(faust_aiokafka.AIOKafkaConsumerThread, self._thread)
+
+        async def seek_in_thread() -> None:
+            consumer = thread._ensure_consumer()
+            assigned = consumer.assignment()
+            for tp, offset in positions.items():
+                if tp in assigned:
+                    consumer.seek(tp, offset)
+
+        await thread.call_thread(seek_in_thread)
 
     async def _deliver(self, callback: ConsumerCallback, message: Message) -> None:
         """Deliver ``message`` through ``callback``; may block as stock faust's delivery does.
@@ -178,8 +310,10 @@ class FastConsumer(faust_aiokafka.Consumer):
         await self.wait_first(coro, self.suspend_flow.wait())
 
     # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._drain_messages;
-    # the only change is ``await deliver(callback, message)`` where faust has
-    # ``await self.wait_first(callback(message), self.suspend_flow.wait())``.
+    # the changes are ``await deliver(callback, message)`` where faust has
+    # ``await self.wait_first(callback(message), self.suspend_flow.wait())``, and the seek
+    # marks (``seeking``): re-seek and clear them before a fetch, skip records of marked
+    # partitions, never set the read offset of a marked partition (see the module doc).
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         # This is the background thread started by Fetcher, used to
         # constantly read messages using Consumer.getmany.
@@ -188,6 +322,7 @@ class FastConsumer(faust_aiokafka.Consumer):
         callback = self.callback
         getmany = self.getmany
         deliver = self._deliver
+        seeking = self._seeking
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
 
@@ -205,6 +340,8 @@ class FastConsumer(faust_aiokafka.Consumer):
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if seeking:
+                    await self._finish_seeks()
                 set_flag(flag_consumer_fetching)
                 ait = cast(AsyncIterator[tuple[TP, Message]], getmany(timeout=1.0))
 
@@ -217,6 +354,8 @@ class FastConsumer(faust_aiokafka.Consumer):
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                        if tp in seeking:  # fetched before a seek moved its partition
+                            continue
 
                         offset = message.offset
                         r_offset = get_read_offset(tp)
@@ -232,7 +371,8 @@ class FastConsumer(faust_aiokafka.Consumer):
                                     self._n_acked = 0
                                     await self.commit()
                             await deliver(callback, message)
-                            set_read_offset(tp, offset)
+                            if tp not in seeking:  # a seek during the delivery set it
+                                set_read_offset(tp, offset)
                         else:
                             self.log.dev(
                                 "DROPPED MESSAGE ROFF %r: k=%r v=%r",

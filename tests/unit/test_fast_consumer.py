@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import pytest
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode import Service
 
 from streamer.app import fast_consumer
@@ -83,20 +85,30 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
     diff = difflib.unified_diff(stock, ours, lineterm="", n=0)
     changed = [line[0] + line[1:].strip() for line in diff
                if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    # The delivery line (see _deliver), the seek marks (see the module doc: "Seeks"), two type
+    # annotations and a qualified import.
     assert changed == [
         "-async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover",
         "+async def _drain_messages(self, fetcher: ServiceT) -> None:",
         "+deliver = self._deliver",
+        "+seeking = self._seeking",
         "-flag_consumer_fetching = CONSUMER_FETCHING",
         "+flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING",
+        "+if seeking:",
+        "+await self._finish_seeks()",
         "-ait = cast(AsyncIterator, getmany(timeout=1.0))",
         "+ait = cast(AsyncIterator[tuple[TP, Message]], getmany(timeout=1.0))",
+        "+if tp in seeking:  # fetched before a seek moved its partition",
+        "+continue",
         "-if commit_every is not None:",
         "+if commit_every is not None:  # noqa: SIM102 (verbatim)",
         "-await self.wait_first(",
         "-callback(message), self.suspend_flow.wait()",
         "-)",
+        "-set_read_offset(tp, offset)",
         "+await deliver(callback, message)",
+        "+if tp not in seeking:  # a seek during the delivery set it",
+        "+set_read_offset(tp, offset)",
     ]
 
 
@@ -267,3 +279,236 @@ def test_a_continuation_cancelled_before_it_ran_cleans_up_its_coroutine() -> Non
         return blocker.cancelled(), log
 
     assert asyncio.run(main()) == (True, ["cleaned up"])
+
+
+# -- seeks: the drain loop against a fake fetcher ------------------------------------------------
+TP0 = TP("purchases", 0)
+
+
+class FakeFetcher:
+    """One partition of ``size`` records behind aiokafka's consumer, as the drain loop sees it:
+    a fetch hands out up to ``batch`` records from the position and moves the position past
+    them; a seek sets the position. Stops the drain loop (its ``fetcher``) once a fetch finds
+    nothing left."""
+
+    def __init__(self, size: int, batch: int) -> None:
+        self.size, self.batch = size, batch
+        self.position = 0
+        self.fetches = 0
+        self.before_fetch: Callable[[int], Awaitable[None]] | None = None
+        self._stopped = asyncio.Event()
+
+    async def getmany(self, timeout: float) -> Any:
+        self.fetches += 1
+        if self.before_fetch is not None:
+            await self.before_fetch(self.fetches)  # e.g. a seek while the fetch is under way
+        start = self.position
+        end = min(start + self.batch, self.size)
+        self.position = end
+        if start >= self.size:
+            self._stopped.set()
+            return
+        for offset in range(start, end):
+            yield TP0, SimpleNamespace(topic=TP0.topic, partition=TP0.partition, offset=offset,
+                                       key=None, value=offset)
+
+
+def seekable_consumer(fetcher: FakeFetcher, committed: int) -> FastConsumer:
+    """A FastConsumer (never started) whose fetches and seeks go to ``fetcher``; the
+    committed offset of the partition is ``committed``."""
+    app = new_app()
+    install_fast_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, FastConsumer)
+
+    async def move(partition: TP, offset: int) -> None:
+        fetcher.position = offset
+
+    async def seek_positions(positions: Mapping[TP, int]) -> None:
+        for tp, offset in positions.items():
+            await move(tp, offset)
+
+    async def seek_wait(partitions: Mapping[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            await move(tp, offset)
+            consumer._read_offset[tp] = offset  # what faust's thread does too
+
+    async def seek_to_committed() -> dict[TP, int]:
+        fetcher.position = committed
+        return {TP0: committed}
+
+    patches: dict[str, Any] = {
+        "getmany": fetcher.getmany, "assignment": lambda: {TP0}, "_seek": move,
+        "_seek_positions": seek_positions, "seek_to_committed": seek_to_committed,
+    }
+    for name, value in patches.items():
+        setattr(consumer, name, value)
+    consumer._thread.seek_wait = seek_wait  # type: ignore[method-assign]
+    return consumer
+
+
+#: The seeks recovery makes, ours (marking) and stock faust's, each back to offset 1.
+SEEKS: dict[str, Callable[[FastConsumer], Awaitable[None]]] = {
+    "seek": lambda c: c.seek(TP0, 1),
+    "seek_wait": lambda c: c.seek_wait({TP0: 1}),
+    "perform_seek": lambda c: c.perform_seek(),  # to the committed offset, 1
+}
+STOCK_SEEKS: dict[str, Callable[[FastConsumer], Awaitable[None]]] = {
+    "seek": lambda c: faust_aiokafka.Consumer.seek(c, TP0, 1),
+    "seek_wait": lambda c: faust_aiokafka.Consumer.seek_wait(c, {TP0: 1}),
+    "perform_seek": lambda c: faust_aiokafka.Consumer.perform_seek(c),
+}
+
+
+def drain_with_a_seek_mid_batch(loop: str, seek: str) -> tuple[list[int], int | None]:
+    """10 records fetched 5 at a time; while record 2 is delivered, recovery seeks the
+    partition back to its committed offset 1 (the rebalance clears the stream buffers holding
+    records 0..2). Runs faust's drain loop and seeks (``loop="stock"``) or ours (``"fast"``).
+    Returns the offsets delivered after the seek, and the read offset at the end."""
+    async def main() -> tuple[list[int], int | None]:
+        fetcher = FakeFetcher(size=10, batch=5)
+        consumer = seekable_consumer(fetcher, committed=1)
+        after_seek: list[int] = []
+        sought = False
+
+        async def on_message(message: Any) -> None:
+            nonlocal sought
+            if sought:
+                after_seek.append(message.offset)
+            elif message.offset == 2:
+                sought = True
+                await (STOCK_SEEKS if loop == "stock" else SEEKS)[seek](consumer)
+
+        consumer.callback = on_message
+        drain = (FastConsumer._drain_messages if loop == "fast"
+                 else faust_consumer.Consumer._drain_messages)
+        await asyncio.wait_for(drain(consumer, fetcher), timeout=10)  # type: ignore[arg-type]
+        return after_seek, consumer._read_offset[TP0]
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("seek", list(SEEKS))
+def test_stock_fausts_drain_loop_drops_records_after_a_seek_mid_batch(seek: str) -> None:
+    """The bug of issue 6, in stock faust: the rest of the batch fetched before the seek is
+    delivered, its read offset overwrites the seek's, and the records from the sought offset
+    up to it are then dropped (never processed, never acked: the commit stalls at 1)."""
+    after_seek, _ = drain_with_a_seek_mid_batch("stock", seek)
+    assert after_seek == [3, 4, 4, 5, 6, 7, 8, 9]
+    assert {1, 2} - set(after_seek)  # lost
+
+
+@pytest.mark.parametrize("seek", list(SEEKS))
+def test_after_a_seek_mid_batch_every_record_from_the_sought_offset_is_delivered(
+        seek: str) -> None:
+    after_seek, read_offset = drain_with_a_seek_mid_batch("fast", seek)
+    assert after_seek == list(range(1, 10))  # the stale 3, 4 skipped, then 1.. fetched again
+    assert read_offset == 9
+
+
+def test_records_fetched_while_a_seek_was_under_way_are_fetched_again() -> None:
+    """Recovery seeks while the consumer thread waits on a fetch: the fetch hands out records
+    from the sought offset and moves the position past them. The loop skips them (it cannot
+    tell them from stale ones) and so must seek back before its next fetch, or lose them."""
+    async def main() -> tuple[list[int], list[int]]:
+        fetcher = FakeFetcher(size=10, batch=5)
+        consumer = seekable_consumer(fetcher, committed=1)
+        delivered: list[int] = []
+
+        async def seek_during_fetch(fetch: int) -> None:
+            if fetch == 2:
+                delivered.append(-1)
+                await consumer.perform_seek()
+
+        async def on_message(message: Any) -> None:
+            delivered.append(message.offset)
+
+        fetcher.before_fetch = seek_during_fetch
+        consumer.callback = on_message
+        await asyncio.wait_for(FastConsumer._drain_messages(consumer, fetcher),  # type: ignore
+                               timeout=10)
+        seek = delivered.index(-1)
+        return delivered[:seek], delivered[seek + 1:]
+
+    before, after = asyncio.run(main())
+    assert before == [0, 1, 2, 3, 4]
+    assert after == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_perform_seek_moves_stream_partitions_without_a_commit_to_their_earliest_offset(
+        reset: str) -> None:
+    a, b, c, changelog = TP("p", 0), TP("p", 1), TP("p", 2), TP("app-table-changelog", 0)
+    app = faust.App("fast-consumer-unit", broker="kafka://127.0.0.1:9", store="memory://",
+                    consumer_auto_offset_reset=reset)
+    install_fast_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, FastConsumer)
+    moved: list[dict[TP, int]] = []
+
+    async def seek_to_committed() -> dict[TP, int | None]:
+        return {a: None, b: 0, c: 7, changelog: None}  # aiokafka moves c only
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return {tp: {a: 3, b: 0}[tp] for tp in tps}
+
+    async def seek_positions(positions: Mapping[TP, int]) -> None:
+        moved.append(dict(positions))
+
+    for name, value in {"seek_to_committed": seek_to_committed,
+                        "assignment": lambda: {a, b, c, changelog},
+                        "earliest_offsets": earliest_offsets, "_seek_positions": seek_positions,
+                        "_is_changelog_tp": lambda tp: tp == changelog}.items():
+        setattr(consumer, name, value)
+    asyncio.run(consumer.perform_seek())
+
+    earliest = {a: 3, b: 0} if reset == "earliest" else {}
+    assert moved == ([earliest] if earliest else [])
+    # Marked with the positions established (not those left where they are) ...
+    assert {tp: position for tp, (_, position) in consumer._seeking.items()} == {c: 7} | earliest
+    # ... and faust's bookkeeping as stock perform_seek does it.
+    assert dict(consumer._read_offset) == {a: None, b: 0, c: 7, changelog: None}
+    assert dict(consumer._committed_offset) == {b: None, c: 7}
+
+
+def test_marks_are_cleared_before_the_next_fetch_except_those_a_new_seek_replaced() -> None:
+    a, b, gone = TP("p", 0), TP("p", 1), TP("p", 2)
+    consumer = new_app_consumer()
+    reseeks: list[dict[TP, int]] = []
+
+    async def seek_positions(positions: Mapping[TP, int]) -> None:
+        reseeks.append(dict(positions))
+        if len(reseeks) == 1:
+            await consumer.seek(a, 8)  # a seek arrives during the re-seek
+
+    async def seek(partition: TP, offset: int) -> None:
+        pass
+
+    consumer._seek_positions = seek_positions  # type: ignore[method-assign]
+    consumer._seek = seek  # type: ignore[method-assign]
+    consumer.assignment = lambda: {a, b}  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await consumer.seek(a, 5)
+        await consumer.seek_wait({b: -1})  # recovery's "from the start"
+        consumer._mark_seeking({gone: 2})  # revoked since
+        await consumer._finish_seeks()
+        assert reseeks == [{a: 5, b: 0}]
+        assert [(tp, position) for tp, (_, position) in consumer._seeking.items()] == [(a, 8)]
+        await consumer._finish_seeks()
+        assert reseeks[1:] == [{a: 8}]
+        assert consumer._seeking == {}
+
+    async def thread_seek_wait(partitions: Mapping[TP, int]) -> None:
+        pass
+
+    consumer._thread.seek_wait = thread_seek_wait  # type: ignore[method-assign]
+    asyncio.run(main())
+
+
+def new_app_consumer() -> FastConsumer:
+    app = new_app()
+    install_fast_consumer(app)
+    consumer = app.consumer
+    assert isinstance(consumer, FastConsumer)
+    return consumer
