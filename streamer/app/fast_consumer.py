@@ -39,20 +39,21 @@ fetcher reads again from the sought offset, every record below that stale read o
 stream buffers that the rebalance clears. Those offsets are never acknowledged, so the
 partition's commit never passes them (a stall); and when the stale read offset lies more than
 one below the next record fetched, the loop's gap bookkeeping (``_add_gap``) counts the offsets
-between as done although nobody processed them (a lost record). A seek made while the consumer thread waits on a fetch has the same effect: the
-fetch returns records from the new position but the loop treats them like any other batch.
+between as done although nobody processed them (a lost record). A seek made while the consumer
+thread is fetching has the same effect when that fetch hands out records from before the seek.
 
 So here a seek (:meth:`FastConsumer.perform_seek`, :meth:`~FastConsumer.seek`,
-:meth:`~FastConsumer.seek_wait`) *marks* the partitions it moves with the offset it moves them to
-(``seek``/``seek_wait`` before and again after moving them, ``perform_seek`` once the committed
-offsets are known, in one step with the read offsets). The loop neither delivers records of a
-marked partition nor sets its read offset; before its next fetch it seeks every marked partition
-again to the position the seek established (whatever a fetch in flight did to the position
-meanwhile) and clears the marks; a seek that arrives during that re-seek keeps its mark. Records skipped that way are fetched again from the
-sought position. :meth:`FastConsumer.perform_seek` also moves stream partitions that have no
-committed offset to their beginning when ``consumer_auto_offset_reset`` is ``earliest``: stock
-faust (aiokafka's ``seek_to_committed``) leaves such a partition wherever the fetcher got to, so
-records fetched but not processed before the seek were never read again.
+:meth:`~FastConsumer.seek_wait`) *marks* the partitions it moves with the offset it moves them
+to (``seek``/``seek_wait`` before and again after moving them, ``perform_seek`` once the
+committed offsets are known, in one step with the read offsets). The loop neither delivers
+records of a marked partition nor sets its read offset; before its next fetch it seeks every
+marked partition again to the position the seek established (whatever a fetch in flight did to
+the position meanwhile) and clears the marks; a seek that arrives during that re-seek keeps its
+mark. Records skipped that way are fetched again from the sought position.
+:meth:`FastConsumer.perform_seek` also moves stream partitions that have no committed offset to
+their earliest offset when ``consumer_auto_offset_reset`` is ``earliest``: stock faust (aiokafka's
+``seek_to_committed``) leaves such a partition wherever the fetcher got to, so records fetched
+but not processed before the seek were never read again.
 
 The drain loop is faust's, copied verbatim except for the delivery line, the seek marks (and two
 type annotations); ``tests/unit/test_fast_consumer.py`` pins the difference and shows stock
@@ -204,6 +205,45 @@ class FastConsumer(faust_aiokafka.Consumer):
         ends = await super().highwaters(*partitions)
         check = self.end_offsets_check
         return ends if check is None else await check(dict(ends))
+
+    def partition_states(self) -> list[dict[str, Any]]:
+        """Per partition: what faust's consumer and aiokafka's fetcher think of it, for a
+        stall's diagnosis (``kill -USR2`` on a worker logs it). Reads another thread's state
+        without a lock: good enough for a dump, not for decisions. Never raises."""
+        fetcher_states: dict[TP, Any] = {}
+        try:
+            aio = getattr(self._thread, "_consumer", None)
+            subscription = aio._subscription.subscription if aio is not None else None
+            if subscription is not None and subscription.assignment is not None:
+                assignment = subscription.assignment
+                fetcher_states = {faust_consumer.ensure_TP(tp): assignment.state_value(tp)
+                                  for tp in assignment.tps}
+        except Exception:  # a diagnostic dump must not fail
+            fetcher_states = {}
+        active = self._active_partitions or set()
+        tps = set(fetcher_states) | set(self._read_offset) | set(self._committed_offset)
+        rows = []
+        for tp in sorted(tps):
+            state = fetcher_states.get(tp)
+            acked = self._acked.get(tp) or []
+            rows.append({
+                "tp": f"{tp.topic}[{tp.partition}]",
+                "assigned": state is not None,
+                "active": tp in active,
+                "paused": tp in self._paused_partitions,
+                "buffered": tp in self._buffered_partitions,
+                "read_offset": self._read_offset.get(tp),
+                "committed_offset": self._committed_offset.get(tp),
+                "acked_pending": len(acked),
+                "acked_min": min(acked) if acked else None,
+                "gaps": len(self._gap[tp]) if tp in self._gap else 0,
+                "seek_mark": self._seeking[tp][1] if tp in self._seeking else None,
+                "position": getattr(state, "_position", None),
+                "highwater": getattr(state, "highwater", None),
+                "fetch_paused": getattr(state, "paused", None),
+                "awaiting_reset": getattr(state, "awaiting_reset", None),
+            })
+        return rows
 
     # -- seeks ----------------------------------------------------------------------------------
     def _mark_seeking(self, positions: Mapping[TP, int]) -> None:

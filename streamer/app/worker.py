@@ -52,16 +52,42 @@ def run_worker(settings: Settings) -> None:
 
     @sa.app.task
     async def dump_tasks_on_sigusr2() -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _log_task_stacks)
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR2, _log_worker_state, sa.app)
 
     worker.execute_from_commandline()
+
+
+def _log_worker_state(app: faust.App) -> None:
+    """``kill -USR2 <worker pid>``: log the consumer's partitions, then the task stacks."""
+    _log_partition_states(app)
+    _log_task_stacks()
+
+
+def _log_partition_states(app: faust.App) -> None:
+    """Log, per partition, faust's read and committed offsets, whether it is active or paused,
+    the acks waiting to be committed and aiokafka's fetch position and high watermark: a
+    partition whose commit stopped advancing shows where (committed < read offset: acks
+    missing; position short of the highwater while active: fetching stopped)."""
+    consumer = app._consumer
+    if consumer is None:
+        log.warning("consumer: not created yet")
+        return
+    states = getattr(consumer, "partition_states", None)
+    if states is None:
+        log.warning("consumer %r: no partition_states()", type(consumer).__name__)
+        return
+    log.warning("consumer: flow_active=%s generation=%s in_recovery=%s",
+                getattr(consumer, "flow_active", None), app.consumer_generation_id, app.in_recovery)
+    for row in states():
+        log.warning("partition %s", " ".join(f"{k}={v}" for k, v in row.items()))
 
 
 def _log_task_stacks() -> None:
     """``kill -USR2 <worker pid>``: log where every asyncio task of the worker waits, along its
     await chain (a stuck agent shows as a task parked on the same line dump after dump)."""
     for task in asyncio.all_tasks():
-        chain = []
+        chain: list[str] = []
         awaited: Any = task.get_coro()
         while awaited is not None and len(chain) < 24:
             frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)

@@ -512,3 +512,18 @@ def new_app_consumer() -> FastConsumer:
     consumer = app.consumer
     assert isinstance(consumer, FastConsumer)
     return consumer
+
+
+def test_partition_states_report_fausts_offsets_and_the_seek_marks() -> None:
+    consumer = new_app_consumer()  # never started: no fetcher state to report
+    consumer._read_offset[TP0] = 41
+    consumer._committed_offset[TP0] = 30
+    consumer._acked[TP0].extend([33, 34])
+    consumer._paused_partitions.add(TP0)
+    consumer._mark_seeking({TP0: 30})
+    (row,) = consumer.partition_states()
+    assert row == {"tp": "purchases[0]", "assigned": False, "active": False, "paused": True,
+                   "buffered": False, "read_offset": 41, "committed_offset": 30,
+                   "acked_pending": 2, "acked_min": 33, "gaps": 0, "seek_mark": 30,
+                   "position": None, "highwater": None, "fetch_paused": None,
+                   "awaiting_reset": None}
