@@ -17,7 +17,23 @@ the end offsets of ``purchases`` and of the item-baskets repartition topic. faus
 producer (baskets, changelogs) before it commits, so a committed purchase's baskets are on the
 broker, and a committed basket's table writes are in the worker's memory.
 
-Run more trials than the test does with ``python -m tests.crash_harness --trials 20``.
+The reward ledger is compared too. Besides the purchases, the events are offer impressions
+and offer clicks (topic ``clicks``) of synthetic offers the harness publishes first (two policy
+versions), in the purchases' sessions; some purchases name the offer, some buy its bundle. All
+happen at the same event time, so no impression closes while the trials run (the attribution
+window is 30 min of event time); once they are done, one ``view`` per clicks partition, a
+window later, closes every impression. The closed impressions go to ``feedback`` and, through
+the ``reward-outcomes`` topic, to the reward ledger. Compared with the in-process reference
+(:class:`~streamer.app.reward_tracking.RewardTracker` over dicts, the same events): every
+impression's outcome on ``feedback`` (records deduplicated by impression id: the topic is
+at-least-once, a duplicate must be identical), and the ledger's totals per policy version
+(impressions, offer clicks, conversions, revenue) summed over its open windows
+(``/state/rewards/``; the one window, 1 h, stays open) and any window published to ``rewards``.
+
+Run more trials than the test does with ``python -m tests.crash_harness --trials 20``;
+``--rebalance --rebalance-runs 5`` adds five 2-worker runs, ``--no-single`` skips the
+single-worker trials. A run whose group does not settle in time sends ``SIGUSR2`` to its live
+workers first (they log their partitions' consumer state and their tasks' stacks).
 """
 
 from __future__ import annotations
@@ -42,13 +58,19 @@ import msgspec
 from streamer.app.broker import EmbeddedBroker, free_port
 from streamer.app.demo import WorkerProcess
 from streamer.app.factory import engine_config
+from streamer.app.kafka import key_partition
+from streamer.app.reward_tracking import FeedbackRecord, RewardTracker
+from streamer.app.rewards_agents import reward_config
 from streamer.copurchase import TOTAL_KEY
 from streamer.engine import Engine
-from streamer.events import OrderLine, PurchaseEvent
+from streamer.events import BundleOffer, ClickEvent, OrderLine, PurchaseEvent
+from streamer.events.models import Evidence, Variant
+from streamer.rewards import ImpressionOutcome, WindowAggregate
 from streamer.settings import Settings
 from tests.conftest import wait_for
 
 BASKETS_SUFFIX = "-item-baskets"
+OUTCOMES_SUFFIX = "-reward-outcomes"
 
 
 # -- events and the reference state ---------------------------------------------------------
@@ -142,6 +164,173 @@ def compare(expected: CoPurchaseState, actual: CoPurchaseState) -> StateDiff:
     return diff
 
 
+# -- offers, impressions and the reward ledger ----------------------------------------------
+def event_time(now_ms: int | None = None) -> int:
+    """The one event time of a run: just after the start of the current hour, so the ledger's
+    one window (1 h, see :func:`fresh_settings`) holds every impression."""
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    return now - now % 3_600_000 + 1_000
+
+
+def make_offers(ts: int, n: int = 6) -> list[BundleOffer]:
+    """``n`` offers on the best sellers, alternating between two policy versions."""
+    ev = Evidence(support=5.0, confidence=0.5, lift=2.0)
+    offers = []
+    for j in range(n):
+        anchor = f"i{j:03d}"
+        variants = [
+            Variant(items=[anchor, f"i{j + 1:03d}"], discount_pct=10.0, bundle_price=5.0,
+                    probability=0.6, score=1.0, evidence=ev),
+            Variant(items=[anchor, f"i{j + 2:03d}", f"i{j + 3:03d}"], discount_pct=15.0,
+                    bundle_price=8.0, probability=0.4, score=0.5, evidence=ev)]
+        offers.append(BundleOffer(offer_id=f"crash-offer-{j}", ts=ts, anchor_item_id=anchor,
+                                  segment="all", policy_version=f"crash-v{j % 2}",
+                                  variants=variants, expires_at=ts + 86_400_000))
+    return offers
+
+
+def with_offer_activity(orders: Sequence[PurchaseEvent], offers: Sequence[BundleOffer], *,
+                        seed: int) -> tuple[list[PurchaseEvent], list[list[ClickEvent]]]:
+    """The orders (some now naming an offer they went through) and, per order, the clicks of
+    its session: an offer impression in about half of them, sometimes an offer click."""
+    rng = random.Random(seed)
+    out, clicks = [], []
+    for order in orders:
+        session: list[ClickEvent] = []
+        if rng.random() < 0.5:
+            offer = rng.choice(offers)
+            variant = rng.randrange(len(offer.variants))
+            common = {"ts": order.ts, "user_id": order.user_id, "session_id": order.session_id,
+                      "item_id": offer.anchor_item_id, "offer_id": offer.offer_id}
+            session.append(ClickEvent(event_id=f"{order.event_id}-imp", kind="offer_impression",
+                                      variant=variant,
+                                      propensity=offer.variants[variant].probability, **common))
+            if rng.random() < 0.4:
+                session.append(ClickEvent(event_id=f"{order.event_id}-click", kind="offer_click",
+                                          **common))
+            if rng.random() < 0.3:
+                order = msgspec.structs.replace(order, offer_id=offer.offer_id)
+        out.append(order)
+        clicks.append(session)
+    return out, clicks
+
+
+def closing_events(settings: Settings, ts: int, tag: str) -> list[ClickEvent]:
+    """One ``view`` per clicks partition, late enough in event time to close every impression
+    at ``ts`` (watermark = newest event - allowed lateness >= ts + attribution window)."""
+    config = reward_config(settings)
+    close_ts = ts + config.window_ms + config.allowed_lateness_ms + 1_000
+    partitions = settings.topics.partitions
+    events: dict[int, ClickEvent] = {}
+    k = 0
+    while len(events) < partitions:
+        session = f"close-{tag}-{k}"
+        events.setdefault(key_partition(session, partitions), ClickEvent(
+            event_id=session, ts=close_ts, user_id="closer", session_id=session,
+            item_id="i000", kind="view"))
+        k += 1
+    return list(events.values())
+
+
+def outcome_key(o: ImpressionOutcome) -> tuple[Any, ...]:
+    """What must be equal between runs (not ``attributed_at``, a clock reading)."""
+    return (o.policy_version, o.offer_id, o.variant, o.clicked, o.converted,
+            round(o.revenue, 6), round(o.reward, 6), tuple(sorted(o.purchase_ids)), o.late)
+
+
+#: Ledger totals of one policy version: impressions, offer clicks, conversions, revenue.
+Totals = tuple[int, int, int, float]
+
+
+@dataclass
+class LedgerState:
+    """Outcomes on ``feedback`` by impression id, and the ledger's totals per version."""
+
+    outcomes: dict[str, tuple[Any, ...]]
+    totals: dict[str, Totals]
+    duplicates: int = 0  # feedback records repeating an impression (at-least-once)
+    conflicting: list[str] = field(default_factory=list)  # repeated with another outcome
+
+
+def ledger_totals(open_windows: Sequence[WindowAggregate],
+                  published: Sequence[dict[str, Any]]) -> dict[str, Totals]:
+    """Per version, over the open windows and the published ones (deduplicated by window; an
+    open window wins over a publication of the same window, a later publication over an
+    earlier one). Version-level windows only."""
+    windows: dict[tuple[Any, ...], Totals] = {}
+    for w in published:
+        if w.get("anchor_item_id") is None and w.get("segment") is None:
+            windows[(w["policy_version"], w["window_start"], w["window_end"])] = (
+                w["impressions"], w["offer_clicks"], w["conversions"], w["revenue"])
+    for a in open_windows:
+        if a.anchor_item_id is None and a.segment is None:
+            windows[(a.policy_version, a.start, a.start + a.size_ms)] = (
+                a.impressions, a.offer_clicks, a.conversions, a.revenue)
+    totals: dict[str, list[float]] = {}
+    for (version, _, _), values in windows.items():
+        acc = totals.setdefault(version, [0, 0, 0, 0.0])
+        for i, v in enumerate(values):
+            acc[i] += v
+    return {v: (int(t[0]), int(t[1]), int(t[2]), round(t[3], 6)) for v, t in totals.items()}
+
+
+def reference_ledger(settings: Settings, offers: Sequence[BundleOffer],
+                     orders: Sequence[PurchaseEvent], clicks: Sequence[ClickEvent],
+                     closing: Sequence[ClickEvent]) -> LedgerState:
+    """The ledger an uninterrupted run ends in: the worker's tracker over dicts."""
+    by_id = {o.offer_id: o for o in offers}
+    tracker = RewardTracker({}, {}, {}, {}, offers=by_id.get, config=reward_config(settings))
+    n = settings.topics.partitions
+    outcomes: list[ImpressionOutcome] = []
+    events: list[ClickEvent | PurchaseEvent] = [*clicks, *orders, *closing]
+    for event in events:
+        outcomes += tracker.observe(event, partition=key_partition(event.session_id, n),
+                                    wall_ms=0)
+    for o in outcomes:
+        assert o.policy_version is not None
+        tracker.record(o, partition=key_partition(o.policy_version, n), wall_ms=0)
+    return LedgerState({o.impression_id: outcome_key(o) for o in outcomes},
+                       ledger_totals([w for _, w in tracker.open_windows()], []))
+
+
+@dataclass
+class LedgerDiff:
+    """How the reward ledger of a run differs from the reference."""
+
+    lost: list[str] = field(default_factory=list)  # impressions missing from feedback
+    extra: list[str] = field(default_factory=list)  # feedback for impressions never made
+    changed: list[str] = field(default_factory=list)  # another outcome than the reference's
+    conflicting: list[str] = field(default_factory=list)  # published twice, differently
+    duplicates: int = 0  # identical repeats on feedback (allowed: at-least-once topic)
+    totals_off: dict[str, tuple[Totals | None, Totals | None]] = field(default_factory=dict)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.lost or self.extra or self.changed or self.conflicting
+                    or self.totals_off)
+
+    def line(self) -> str:
+        off = ", ".join(f"{v}: want {w} got {g}" for v, (w, g) in sorted(self.totals_off.items()))
+        return (f"ledger equal={self.equal} lost={len(self.lost)} extra={len(self.extra)} "
+                f"changed={len(self.changed)} conflicting={len(self.conflicting)} "
+                f"duplicate records={self.duplicates}" + (f"; totals off: {off}" if off else "")
+                + (f"; e.g. lost {self.lost[:3]}" if self.lost else "")
+                + (f"; e.g. changed {self.changed[:3]}" if self.changed else ""))
+
+
+def compare_ledger(expected: LedgerState, actual: LedgerState) -> LedgerDiff:
+    want, got = expected.outcomes, actual.outcomes
+    diff = LedgerDiff(
+        lost=sorted(want.keys() - got.keys()), extra=sorted(got.keys() - want.keys()),
+        changed=sorted(i for i in want.keys() & got.keys() if want[i] != got[i]),
+        conflicting=actual.conflicting, duplicates=actual.duplicates)
+    for version in expected.totals.keys() | actual.totals.keys():
+        w, g = expected.totals.get(version), actual.totals.get(version)
+        if w != g:
+            diff.totals_off[version] = (w, g)
+    return diff
+
+
 # -- workers ----------------------------------------------------------------------------------
 def worker_settings(base: Settings, index: int, data_root: Path) -> Settings:
     """``base`` for the ``index``-th worker of a group: own web port and data dir."""
@@ -192,6 +381,21 @@ class Worker:
     def state(self) -> dict[str, Any]:
         return get_json(f"{self.url}/state/items/")
 
+    def ledger(self) -> dict[str, Any]:
+        return get_json(f"{self.url}/state/rewards/")
+
+    def feedback_records(self) -> float:
+        return float(self.stats().get("streamer_feedback_records_total", 0.0))
+
+    def offers_indexed(self) -> int:
+        return int(self.stats().get("offer_index_size", 0))
+
+    def dump_state(self) -> None:
+        """``SIGUSR2``: the worker logs its partitions' consumer state and its task stacks."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.proc.pid, signal.SIGUSR2)
+
     def wait_ready(self, timeout_s: float) -> None:
         wait_for(lambda: not self.alive or self.stats().get("ready"), timeout_s,
                    "the worker to be ready")
@@ -215,23 +419,66 @@ class Worker:
 
 
 # -- the broker's view ------------------------------------------------------------------------
-async def _produce(bootstrap: str, topic: str, orders: Sequence[PurchaseEvent]) -> None:
+async def _produce(bootstrap: str, batches: Sequence[tuple[str, Sequence[Any]]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
         encode = msgspec.json.encode
-        for order in orders:
-            await producer.send(topic, encode(order), key=order.session_id.encode())
+        for topic, events in batches:
+            for event in events:
+                key = event.anchor_item_id if isinstance(event, BundleOffer) else event.session_id
+                await producer.send(topic, encode(event), key=key.encode())
         await producer.flush()
     finally:
         await producer.stop()
 
 
-def produce_orders(settings: Settings, orders: Sequence[PurchaseEvent]) -> None:
-    """Send ``orders`` to the purchases topic; returns once the broker has them all."""
-    asyncio.run(_produce(settings.kafka.bootstrap_servers, settings.topics.purchases, orders))
+def produce_orders(settings: Settings, orders: Sequence[PurchaseEvent],
+                   clicks: Sequence[ClickEvent] = ()) -> None:
+    """Send ``clicks`` and ``orders`` to their topics (keyed by session); returns once the
+    broker has them all."""
+    t = settings.topics
+    asyncio.run(_produce(settings.kafka.bootstrap_servers,
+                         [(t.clicks, clicks), (t.purchases, orders)]))
+
+
+def produce_offers(settings: Settings, offers: Sequence[BundleOffer]) -> None:
+    """Publish ``offers`` as if the worker had (keyed by anchor)."""
+    asyncio.run(_produce(settings.kafka.bootstrap_servers, [(settings.topics.offers, offers)]))
+
+
+async def _read_topic(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while True:
+            batch = await consumer.getmany(timeout_ms=200)
+            values += [r.value for records in batch.values() for r in records]
+            ends = {tp: consumer.highwater(tp) for tp in tps}
+            if all(end is not None for end in ends.values()):
+                positions = {tp: await consumer.position(tp) for tp in tps}
+                if all(positions[tp] >= (ends[tp] or 0) for tp in tps):
+                    return values
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end")
+    finally:
+        await consumer.stop()
+
+
+def read_topic(settings: Settings, topic: str) -> list[bytes]:
+    """Every value on ``topic`` now (its partitions read to their high watermarks)."""
+    return asyncio.run(_read_topic(settings.kafka.bootstrap_servers, topic,
+                                   settings.topics.partitions))
 
 
 async def _unsettled(settings: Settings) -> dict[str, tuple[int, int]]:
@@ -239,7 +486,8 @@ async def _unsettled(settings: Settings) -> dict[str, tuple[int, int]]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     bootstrap = settings.kafka.bootstrap_servers
-    topics = [settings.topics.purchases, settings.worker.app_id + BASKETS_SUFFIX]
+    topics = [settings.topics.purchases, settings.worker.app_id + BASKETS_SUFFIX,
+              settings.topics.clicks, settings.worker.app_id + OUTCOMES_SUFFIX]
     tps = [TopicPartition(t, p) for t in topics for p in range(settings.topics.partitions)]
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -270,7 +518,8 @@ async def _unsettled(settings: Settings) -> dict[str, tuple[int, int]]:
 
 
 def unsettled(settings: Settings) -> dict[str, tuple[int, int]]:
-    """Partitions of purchases / item-baskets whose committed offset is short of the end:
+    """Partitions of purchases / item-baskets / clicks / reward-outcomes whose committed
+    offset is short of the end:
     ``{"topic[p]": (committed, end)}``; empty when everything produced has been processed."""
     return asyncio.run(_unsettled(settings))
 
@@ -287,7 +536,10 @@ def wait_settled(settings: Settings, workers: Sequence[Worker], timeout_s: float
         wait_for(check, timeout_s, "committed offsets to reach the end offsets",
                    interval_s=0.25)
     except AssertionError as e:
-        raise AssertionError(f"{e}; behind: {unsettled(settings)}") from e
+        for worker in workers:  # their logs say why (fast_consumer.partition_states)
+            worker.dump_state()
+        raise AssertionError(f"{e}; behind: {unsettled(settings)}; live workers were sent "
+                             f"SIGUSR2: see {[str(w.process.log_path) for w in workers]}") from e
 
 
 def group_state(workers: Sequence[Worker], partitions: int) -> CoPurchaseState:
@@ -304,6 +556,30 @@ def group_state(workers: Sequence[Worker], partitions: int) -> CoPurchaseState:
     return state_from_dump(union)
 
 
+def group_ledger(settings: Settings, workers: Sequence[Worker]) -> LedgerState:
+    """The ledger as the broker and the live workers hold it (see the module doc)."""
+    outcomes: dict[str, tuple[Any, ...]] = {}
+    state = LedgerState(outcomes, {})
+    for value in read_topic(settings, settings.topics.feedback):
+        outcome = msgspec.json.decode(value, type=FeedbackRecord).outcome
+        key = outcome_key(outcome)
+        seen = outcomes.setdefault(outcome.impression_id, key)
+        if seen is not key:
+            state.duplicates += 1
+            if seen != key:
+                state.conflicting.append(outcome.impression_id)
+    owned: list[int] = []
+    windows: list[WindowAggregate] = []
+    for worker in workers:
+        dump = wait_for(worker.ledger, 10, f"{worker.url}/state/rewards/")
+        owned += dump["partitions"]
+        windows += [msgspec.convert(w, WindowAggregate) for _, w in dump["windows"]]
+    assert sorted(owned) == list(range(settings.topics.partitions)), f"owned: {sorted(owned)}"
+    published = [msgspec.json.decode(v) for v in read_topic(settings, settings.topics.rewards)]
+    state.totals = ledger_totals(windows, published)
+    return state
+
+
 # -- trials ---------------------------------------------------------------------------------
 @dataclass
 class Trial:
@@ -316,60 +592,131 @@ class Trial:
     chunk: int
     diff: StateDiff
     seconds: float
+    ledger: LedgerDiff | None = None  # compared once the impressions are closed
+
+    @property
+    def equal(self) -> bool:
+        return self.diff.equal and (self.ledger is None or self.ledger.equal)
 
     def line(self) -> str:
         d = self.diff
-        return (f"{self.name}: events={self.events} baskets={self.baskets} "
-                f"killed after ~{self.kill_at}/{self.chunk} of the chunk; "
+        when = (f"~{self.kill_at}/{self.chunk} of the chunk" if self.chunk
+                else f"~{self.kill_at} outcomes published")
+        line = (f"{self.name}: events={self.events} baskets={self.baskets} "
+                f"killed after {when}; "
                 f"equal={d.equal} lost={d.lost:g} doubled={d.doubled:g} "
                 f"({100 * d.doubled / self.baskets:.2f}% / {100 * d.lost / self.baskets:.2f}%) "
                 f"anchors off={len(d.anchors_off)} [{self.seconds:.1f} s]")
+        return line if self.ledger is None else f"{line}; {self.ledger.line()}"
 
 
 def baskets_of(orders: Sequence[PurchaseEvent]) -> int:
     return sum(len({line.item_id for line in o.items}) + 1 for o in orders)
 
 
+def kill_when(victim: Worker, progress: Callable[[], float], at: float,
+              timeout_s: float, what: str) -> int:
+    """SIGKILL ``victim`` once ``progress()`` grew by ``at``; returns the growth seen at the
+    last poll before the kill."""
+    start = progress()
+    seen = [0.0]
+
+    def reached() -> bool:
+        seen[0] = progress() - start
+        return seen[0] >= at
+
+    wait_for(reached, timeout_s, f"{at:g} {what}", interval_s=0.02)
+    victim.kill()
+    return int(seen[0])
+
+
 def kill_when_consumed(victim: Worker, observers: Sequence[Worker], at: int,
                        timeout_s: float) -> int:
     """SIGKILL ``victim`` once ``observers`` together consumed ``at`` more purchases than
     now; returns how many they had consumed at the last poll before the kill."""
-    start = sum(w.consumed_purchases() for w in observers)
-    seen = [0.0]
+    return kill_when(victim, lambda: sum(w.consumed_purchases() for w in observers), at,
+                     timeout_s, "purchases consumed")
 
-    def reached() -> bool:
-        seen[0] = sum(w.consumed_purchases() for w in observers) - start
-        return seen[0] >= at
 
-    wait_for(reached, timeout_s, f"{at} purchases consumed", interval_s=0.02)
-    victim.kill()
-    return int(seen[0])
+@dataclass
+class RunEvents:
+    """A run's events: offers first, then chunks of orders with their sessions' clicks."""
+
+    ts: int
+    offers: list[BundleOffer]
+    orders: list[PurchaseEvent]
+    clicks: list[list[ClickEvent]]  # per order
+
+    @classmethod
+    def make(cls, n: int, *, seed: int) -> RunEvents:
+        ts = event_time()
+        offers = make_offers(ts)
+        orders, clicks = with_offer_activity(make_orders(n, seed=seed, ts_ms=ts), offers,
+                                             seed=seed)
+        return cls(ts, offers, orders, clicks)
+
+    def chunk(self, n: int, size: int) -> tuple[list[PurchaseEvent], list[ClickEvent]]:
+        lo, hi = n * size, (n + 1) * size
+        return self.orders[lo:hi], [c for session in self.clicks[lo:hi] for c in session]
+
+    def all_clicks(self) -> list[ClickEvent]:
+        return [c for session in self.clicks for c in session]
+
+
+def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: RunEvents,
+                             workdir: Path, *, victim_index: int | None, seed: int,
+                             timeout_s: float) -> tuple[list[Worker], LedgerDiff, int]:
+    """Close every impression (:func:`closing_events`); with ``victim_index``, SIGKILL that
+    worker once the group published a seeded number of outcomes and restart it. Waits until
+    the group settled, then compares the ledger; returns the workers now live."""
+    rng = random.Random(seed)
+    for worker in workers:  # a worker closing impressions of unknown offers has no versions
+        wait_for(lambda w=worker: w.offers_indexed() >= len(run.offers), timeout_s,
+                 f"{worker.url} to index the offers")
+    closing = closing_events(settings, run.ts, tag=str(seed))
+    impressions = sum(1 for c in run.all_clicks() if c.kind == "offer_impression")
+    produce_orders(settings, [], closing)
+    killed_at = 0
+    if victim_index is not None:
+        victim = workers[victim_index]
+        killed_at = kill_when(victim, lambda: sum(w.feedback_records() for w in workers),
+                              rng.randint(1, max(1, impressions // 2)), timeout_s,
+                              "outcomes published")
+        log_path = victim.process.log_path
+        workers[victim_index] = Worker(victim.settings,
+                                       log_path.with_name(f"{log_path.stem}-closed.log"))
+        workers[victim_index].wait_ready(timeout_s)
+    wait_settled(settings, workers, timeout_s)
+    expected = reference_ledger(settings, run.offers, run.orders, run.all_clicks(), closing)
+    return workers, compare_ledger(expected, group_ledger(settings, workers)), killed_at
 
 
 def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, orders_per: int,
                              seed: int, on_trial: Callable[[Trial], None] | None = None,
                              timeout_s: float = 60.0) -> list[Trial]:
-    """One worker, ``trials`` chunks of ``orders_per`` purchases; during each chunk the worker
-    is killed at a seeded random point and restarted (same app id: tables recover from their
-    changelogs), then the state is compared with the reference for every chunk so far."""
+    """One worker, ``trials`` chunks of ``orders_per`` purchases (and their sessions' clicks);
+    during each chunk the worker is killed at a seeded random point and restarted (same app
+    id: tables recover from their changelogs), then the co-purchase state is compared with the
+    reference for every chunk so far. Last, every impression is closed, the worker killed
+    once more while it publishes the outcomes, and the reward ledger compared."""
     rng = random.Random(seed)
-    orders = make_orders(trials * orders_per, seed=seed)
+    run = RunEvents.make(trials * orders_per, seed=seed)
+    produce_offers(settings, run.offers)
     worker = Worker(worker_settings(settings, 0, workdir), workdir / "worker-0.log")
     results: list[Trial] = []
     try:
         worker.wait_ready(timeout_s)
         for n in range(trials):
             begin = time.monotonic()
-            chunk = orders[n * orders_per:(n + 1) * orders_per]
             # In the first half of the chunk: the consumed counter also counts redeliveries
             # (after the rebalance that follows a restart), so a later point may never come.
             at = rng.randint(1, orders_per // 2)
-            produce_orders(settings, chunk)
+            produce_orders(settings, *run.chunk(n, orders_per))
             killed_at = kill_when_consumed(worker, [worker], at, timeout_s)
             worker = Worker(worker.settings, workdir / f"worker-0-{n + 1}.log")
             worker.wait_ready(timeout_s)
             wait_settled(settings, [worker], timeout_s)
-            so_far = orders[:(n + 1) * orders_per]
+            so_far = run.orders[:(n + 1) * orders_per]
             diff = compare(reference_state(settings, so_far),
                            group_state([worker], settings.topics.partitions))
             trial = Trial(f"single #{n + 1}", len(so_far), baskets_of(so_far), killed_at,
@@ -377,6 +724,18 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
             results.append(trial)
             if on_trial:
                 on_trial(trial)
+        begin = time.monotonic()
+        live, ledger, killed_at = close_and_compare_ledger(
+            settings, [worker], run, workdir, victim_index=0, seed=seed, timeout_s=timeout_s)
+        worker = live[0]
+        diff = compare(reference_state(settings, run.orders),
+                       group_state([worker], settings.topics.partitions))
+        trial = Trial("single, closing the impressions", len(run.orders),
+                      baskets_of(run.orders), killed_at, 0, diff, time.monotonic() - begin,
+                      ledger)
+        results.append(trial)
+        if on_trial:
+            on_trial(trial)
     finally:
         worker.stop()
     return results
@@ -387,11 +746,14 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
                          timeout_s: float = 90.0) -> list[Trial]:
     """Two workers on ``settings.topics.partitions`` partitions. Chunk 1: B is killed mid-run
     and A takes its partitions over (rebalance after B's session times out). Then B is
-    restarted (rebalance back) and, during chunk 2, A is killed and B takes over."""
+    restarted (rebalance back) and, during chunk 2, A is killed and B takes over; A comes
+    back. Last, every impression is closed, B killed while the outcomes are published, and
+    the reward ledger compared."""
     rng = random.Random(seed)
-    orders = make_orders(2 * orders_per, seed=seed)
-    a = Worker(worker_settings(settings, 0, workdir), workdir / "worker-a.log")
-    b = Worker(worker_settings(settings, 1, workdir), workdir / "worker-b.log")
+    run = RunEvents.make(2 * orders_per, seed=seed)
+    produce_offers(settings, run.offers)
+    a = Worker(worker_settings(settings, 0, workdir), workdir / f"worker-a-{seed}.log")
+    b = Worker(worker_settings(settings, 1, workdir), workdir / f"worker-b-{seed}.log")
     results: list[Trial] = []
 
     def split() -> bool:
@@ -402,14 +764,16 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
         a.wait_ready(timeout_s)
         b.wait_ready(timeout_s)
         wait_for(split, timeout_s, "both workers to own partitions")
-        for n, (victim, survivor) in enumerate([(b, a), (a, b)]):
+        for n in range(2):
+            # Chosen now, not up front: the worker killed in chunk 1 is restarted as a new
+            # Worker, and that one survives chunk 2.
+            victim, survivor = (b, a) if n == 0 else (a, b)
             begin = time.monotonic()
-            chunk = orders[n * orders_per:(n + 1) * orders_per]
-            produce_orders(settings, chunk)
+            produce_orders(settings, *run.chunk(n, orders_per))
             killed_at = kill_when_consumed(victim, [a, b], rng.randint(1, orders_per // 2),
                                            timeout_s)
             wait_settled(settings, [survivor], timeout_s)
-            so_far = orders[:(n + 1) * orders_per]
+            so_far = run.orders[:(n + 1) * orders_per]
             diff = compare(reference_state(settings, so_far),
                            group_state([survivor], settings.topics.partitions))
             trial = Trial(f"rebalance #{n + 1} (killed {'B' if victim is b else 'A'})",
@@ -418,15 +782,31 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
             results.append(trial)
             if on_trial:
                 on_trial(trial)
-            if n == 0:
-                # B comes back: partitions move to it again (recovered from changelogs).
-                b = Worker(b.settings, workdir / "worker-b-2.log")
-                b.wait_ready(timeout_s)
-                wait_for(split, timeout_s, "both workers to own partitions")
-                wait_settled(settings, [a, b], timeout_s)
-                state = group_state([a, b], settings.topics.partitions)
-                back = compare(reference_state(settings, so_far), state)
-                assert back.equal, f"after B rejoined: {back}"
+            # The victim comes back: partitions move to it again (recovered from changelogs).
+            back_log = workdir / f"worker-{'b' if victim is b else 'a'}-{seed}-{n + 2}.log"
+            restarted = Worker(victim.settings, back_log)
+            if victim is b:
+                b = restarted
+            else:
+                a = restarted
+            restarted.wait_ready(timeout_s)
+            wait_for(split, timeout_s, "both workers to own partitions")
+            wait_settled(settings, [a, b], timeout_s)
+            back = compare(reference_state(settings, so_far),
+                           group_state([a, b], settings.topics.partitions))
+            assert back.equal, f"after {'B' if victim is b else 'A'} rejoined: {back}"
+        begin = time.monotonic()
+        live, ledger, killed_at = close_and_compare_ledger(
+            settings, [a, b], run, workdir, victim_index=1, seed=seed, timeout_s=timeout_s)
+        a, b = live
+        diff = compare(reference_state(settings, run.orders),
+                       group_state([a, b], settings.topics.partitions))
+        trial = Trial("rebalance, closing the impressions (killed B)", len(run.orders),
+                      baskets_of(run.orders), killed_at, 0, diff, time.monotonic() - begin,
+                      ledger)
+        results.append(trial)
+        if on_trial:
+            on_trial(trial)
     finally:
         a.stop()
         b.stop()
@@ -435,7 +815,8 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
 
 # -- command line: more trials than the test runs -------------------------------------------
 def fresh_settings(bootstrap: str, workdir: Path, partitions: int = 4) -> Settings:
-    """Settings with fresh topics and app id, like the tests' ``settings`` fixture."""
+    """Settings with fresh topics and app id, like the tests' ``settings`` fixture; one reward
+    window of 1 h (it stays open for the whole run: see :func:`event_time`)."""
     import uuid
 
     suffix = uuid.uuid4().hex[:8]
@@ -447,6 +828,7 @@ def fresh_settings(bootstrap: str, workdir: Path, partitions: int = 4) -> Settin
         worker={"app_id": f"streamer-crash-{suffix}", "web_port": free_port(),
                 "data_dir": str(workdir / "data")},
         offers={"min_interval_s": 0.0, "min_support": 1.0},
+        rewards={"windows": "1h"},
     )
 
 
@@ -464,23 +846,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--orders", type=int, default=500, help="purchases per trial")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--rebalance", action="store_true", help="also the 2-worker trials")
+    parser.add_argument("--rebalance-runs", type=int, default=1,
+                        help="2-worker runs (fresh topics and group each, seeds seed, seed+1..)")
+    parser.add_argument("--no-single", action="store_true", help="skip the 1-worker trials")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="crash-"))
     trials: list[Trial] = []
+    failed: list[str] = []
+
+    def show(trial: Trial) -> None:
+        print(trial.line(), flush=True)
+
     with _broker(workdir) as broker:
-        s = fresh_settings(broker.bootstrap, workdir)
-        asyncio.run(ensure_topics(s))
-        trials += run_single_worker_trials(s, workdir, trials=args.trials,
-                                           orders_per=args.orders, seed=args.seed,
-                                           on_trial=lambda t: print(t.line(), flush=True))
+        runs: list[tuple[str, Callable[[Settings, Path], list[Trial]]]] = []
+        if not args.no_single:
+            runs.append(("single", lambda s, d: run_single_worker_trials(
+                s, d, trials=args.trials, orders_per=args.orders, seed=args.seed,
+                on_trial=show)))
         if args.rebalance:
+            for r in range(args.rebalance_runs):
+                runs.append((f"rebalance run {r + 1}", lambda s, d, r=r: run_rebalance_trials(
+                    s, d, orders_per=args.orders, seed=args.seed + r, on_trial=show)))
+        for name, run in runs:
             s = fresh_settings(broker.bootstrap, workdir)
             asyncio.run(ensure_topics(s))
-            trials += run_rebalance_trials(s, workdir, orders_per=args.orders, seed=args.seed,
-                                           on_trial=lambda t: print(t.line(), flush=True))
-    bad = [t for t in trials if not t.diff.equal]
-    print(f"{len(trials)} trials, {len(bad)} with a state different from the uninterrupted run;"
-          f" logs in {workdir}")
+            print(f"-- {name} (app {s.worker.app_id})", flush=True)
+            try:
+                trials += run(s, workdir)
+            except AssertionError as e:  # a run that did not settle: report, go on
+                failed.append(f"{name}: {e}")
+                print(f"{name} FAILED: {e}", flush=True)
+    bad = [t for t in trials if not t.equal]
+    print(f"{len(trials)} trials, {len(bad)} with a state or ledger different from the "
+          f"uninterrupted run, {len(failed)} runs failed; logs in {workdir}")
+    for f in failed:
+        print(f"failed: {f[:2000]}")
 
 
 if __name__ == "__main__":

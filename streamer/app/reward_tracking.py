@@ -370,6 +370,15 @@ class RewardTracker:
             self.metrics.reward_windows.labels(spec_label(w.window_end - w.window_start)).inc()
         return windows
 
+    def open_windows(self) -> Iterator[tuple[int, WindowAggregate]]:
+        """``(partition, window)`` for every open reward window (in the tables, not only the
+        partitions touched since :meth:`reset`)."""
+        for key in list(self._windows):
+            prefix, _, _ = key.partition("|")
+            window = self._windows.get(key)
+            if window is not None and prefix.isdigit():
+                yield int(prefix), window
+
     def open_state(self) -> tuple[int, int]:
         """``(open sessions, open windows)`` on this worker: the state that must stay bounded."""
         return len(self._sessions), len(self._windows)

@@ -14,6 +14,11 @@ owns its partition; ``sources`` are each record's marks (the last purchases offs
 partition). Values are the raw stored forward-decay values (landmark, forward count), not
 decayed to now, so two dumps compare exactly. ``?summary=1`` leaves out ``items``.
 
+``GET /state/rewards/`` returns the open reward windows of the ``reward-outcomes`` partitions
+this worker owns actively (the reward ledger's state)::
+
+    {"worker": "...", "partitions": [1], "windows": [[partition, WindowAggregate fields], ...]}
+
 The dump can be large (every anchor's partner table), so besides binding to localhost (the web
 server's default) the page refuses non-loopback peers outright.
 """
@@ -42,9 +47,11 @@ def _is_loopback(remote: str | None) -> bool:
 
 
 def install_state_pages(sa: StreamerApp) -> None:
-    """Add ``/state/items/`` to ``sa.app``. Reads tables only; never writes, never blocks."""
+    """Add ``/state/items/`` and ``/state/rewards/`` to ``sa.app``. Reads tables only; never
+    writes, never blocks."""
     app, engine = sa.app, sa.engine
     baskets = f"{sa.settings.worker.app_id}-item-baskets"
+    outcomes = f"{sa.settings.worker.app_id}-reward-outcomes"
     partitions = sa.settings.topics.partitions
     to_builtins = msgspec.to_builtins
 
@@ -75,3 +82,14 @@ def install_state_pages(sa: StreamerApp) -> None:
             body["items"] = items
             body["sources"] = sources
         return web_.json(body)
+
+    @app.page("/state/rewards/")
+    async def state_rewards(web_: Any, request: Any) -> Any:
+        if not _is_loopback(request.remote):
+            return web_.json({"error": "state pages answer loopback peers only"}, status=403)
+        active = sorted(tp.partition for tp in app.assignor.assigned_actives()
+                        if tp.topic == outcomes)
+        owned = set(active)
+        windows = [[p, to_builtins(w)] for p, w in sa.rewards.tracker.open_windows()
+                   if p in owned]
+        return web_.json({"worker": app.conf.id, "partitions": active, "windows": windows})
