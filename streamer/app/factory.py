@@ -254,16 +254,20 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             consumed.inc(len(events))
             outcomes = []
             wall_ms = int(time.time() * 1000)
-            async for message, click in decoded(events, codec.decode_click):
-                buffer.partition = message.partition
-                if not click_dedup.first_time(click.event_id, ts_ms=click.ts,
-                                              partition=message.partition):
-                    dups.inc()
-                # Attribution has its own idempotence, kept with the state it guards.
-                outcomes += rewards.tracker.observe(click, partition=message.partition,
-                                                    wall_ms=wall_ms)
+            with buffer.holding() as hold:
+                async for message, click in decoded(events, codec.decode_click):
+                    buffer.partition = message.partition
+                    if not click_dedup.first_time(click.event_id, ts_ms=click.ts,
+                                                  partition=message.partition):
+                        dups.inc()
+                    # Attribution has its own idempotence, kept with the state it guards.
+                    closed = rewards.tracker.observe(click, partition=message.partition,
+                                                     wall_ms=wall_ms)
+                    if closed:  # their state waits for them (WriteBuffer.holding)
+                        hold.hold()
+                        outcomes += closed
+                await rewards.publish_outcomes(outcomes)
             await buffer.write()  # durable before take_events acks the batch
-            await rewards.publish_outcomes(outcomes)
 
     @app.agent(purchases_topic, name="purchases")
     async def purchases(stream: faust.StreamT[bytes]) -> None:
@@ -274,24 +278,28 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             outcomes = []
             wall_ms = int(time.time() * 1000)
             by_partition: dict[int, list[ItemBasket]] = {}
-            async for message, purchase in decoded(events, codec.decode_purchase):
-                buffer.partition = source = message.partition
-                # A duplicate id is dropped; this very message redelivered is fanned out
-                # again, and each anchor's record recognises its offset (engine module doc).
-                if engine.accept(purchase.event_id, purchase.ts, source, message.offset):
-                    for basket in Engine.fan_out(purchase, source=source,
-                                                 offset=message.offset):
-                        by_partition.setdefault(key_partition(basket.anchor, partitions),
-                                                []).append(basket)
-                else:
-                    dups.inc()
-                outcomes += rewards.tracker.observe(purchase, partition=message.partition,
-                                                    wall_ms=wall_ms)
-            # One message per partition, in event order: faust's cost is per message.
-            sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
-                    for partition, baskets in by_partition.items()]
+            with buffer.holding() as hold:
+                async for message, purchase in decoded(events, codec.decode_purchase):
+                    buffer.partition = source = message.partition
+                    # A duplicate id is dropped; this very message redelivered is fanned out
+                    # again, and each anchor's record recognises its offset (engine module doc).
+                    if engine.accept(purchase.event_id, purchase.ts, source, message.offset):
+                        for basket in Engine.fan_out(purchase, source=source,
+                                                     offset=message.offset):
+                            by_partition.setdefault(key_partition(basket.anchor, partitions),
+                                                    []).append(basket)
+                    else:
+                        dups.inc()
+                    closed = rewards.tracker.observe(purchase, partition=message.partition,
+                                                     wall_ms=wall_ms)
+                    if closed:  # their state waits for them (WriteBuffer.holding)
+                        hold.hold()
+                        outcomes += closed
+                # One message per partition, in event order: faust's cost is per message.
+                sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
+                        for partition, baskets in by_partition.items()]
+                await rewards.publish_outcomes(outcomes)
             await buffer.write(*sent)  # durable before take_events acks the batch
-            await rewards.publish_outcomes(outcomes)
 
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:

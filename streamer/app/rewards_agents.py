@@ -86,8 +86,9 @@ def install_reward_tracking(
     tracker writes through ``buffer``, the worker's write-back, which every agent that
     writes flushes before its events are acked. ``on_outcome(outcome, offer)`` is called for
     every closed impression (the worker's conversion model learns there). The clicks and
-    purchases agents call
-    ``tracking.tracker.observe`` and ``tracking.publish_outcomes``; everything else runs here.
+    purchases agents call ``tracking.tracker.observe`` and ``tracking.publish_outcomes`` (which
+    returns once the broker has the outcomes), holding ``buffer`` from the observation that
+    closed impressions until then (:meth:`WriteBuffer.holding`); everything else runs here.
     """
     t, r, w = settings.topics, settings.rewards, settings.worker
     config = reward_config(settings)
@@ -113,43 +114,58 @@ def install_reward_tracking(
         offers=offers.get, config=config, metrics=metrics)
     board = RewardBoard.from_settings(r)
 
+    # Both publish functions return once the broker has every message: the state change that
+    # produced them (a closed impression, a closed window) is held back until then
+    # (WriteBuffer.holding), so a crash can repeat a message, never lose one.
     async def publish_outcomes(outcomes: list[ImpressionOutcome]) -> None:
+        sent = []
         for outcome in outcomes:
             offer = offers.get(outcome.offer_id)
             if on_outcome is not None:
                 on_outcome(outcome, offer)
             record = FeedbackRecord.build(outcome, offer)
-            await feedback_topic.send(key=outcome.offer_id, value=_encode(record))
+            sent.append(await feedback_topic.send(key=outcome.offer_id, value=_encode(record)))
             metrics.feedback_records.inc()
             # Unversioned outcomes (offer never found) have no ledger to go to: counted here.
             if outcome.policy_version is None:
                 metrics.unversioned_outcomes.inc()
                 continue
-            await outcomes_topic.send(key=outcome.policy_version, value=_encode(outcome))
+            sent.append(await outcomes_topic.send(key=outcome.policy_version,
+                                                  value=_encode(outcome)))
+        if sent:
+            await asyncio.gather(*sent)
 
     async def publish_windows(windows: list[RewardWindow]) -> None:
-        for window in windows:
-            await rewards_topic.send(key=window.policy_version, value=_encode(window))
+        sent = [await rewards_topic.send(key=window.policy_version, value=_encode(window))
+                for window in windows]
+        if sent:
+            await asyncio.gather(*sent)
 
     @app.agent(ticks_topic, name="reward-ticks")
     async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             tick = _decode_tick(event.value)
-            buffer.partition = event.message.partition
-            outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
+            with buffer.holding() as hold:
+                buffer.partition = event.message.partition
+                outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
+                if outcomes or windows:
+                    hold.hold()
+                await publish_outcomes(outcomes)
+                await publish_windows(windows)
             await buffer.write()
-            await publish_outcomes(outcomes)
-            await publish_windows(windows)
 
     @app.agent(outcomes_topic, name="reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             outcome = _decode_outcome(event.value)
-            buffer.partition = event.message.partition
-            windows = tracker.record(outcome, partition=event.message.partition,
-                                     wall_ms=int(time.time() * 1000))
+            with buffer.holding() as hold:
+                buffer.partition = event.message.partition
+                windows = tracker.record(outcome, partition=event.message.partition,
+                                         wall_ms=int(time.time() * 1000))
+                if windows:
+                    hold.hold()
+                await publish_windows(windows)
             await buffer.write()
-            await publish_windows(windows)
 
     @app.timer(r.tick_interval_s)
     async def send_ticks() -> None:

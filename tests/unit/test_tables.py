@@ -168,3 +168,68 @@ def test_a_writer_waits_for_its_changes_while_another_writer_is_still_sending_th
         assert await a == 1 and await d == 0
 
     asyncio.run(run())
+
+
+class FakeSender:
+    """What WriteBuffer uses of a ChangelogSender: records sent, futures of their delivery."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def send(self, records: list[Any]) -> list[asyncio.Future[None]]:
+        self.sent += records
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return [fut]
+
+
+class ChangelogTable(FakeFaustTable):
+    """A FakeFaustTable with the changelog topic attributes the sender path serializes with."""
+
+    key_serializer = value_serializer = "raw"
+
+    class changelog_topic:  # the faust attribute's name
+        @staticmethod
+        def get_topic_name() -> str:
+            return "sessions-changelog"
+
+        @staticmethod
+        def prepare_key(key: str, serializer: Any) -> tuple[bytes, Any]:
+            return key.encode(), None
+
+        @staticmethod
+        def prepare_value(value: bytes, serializer: Any) -> tuple[bytes, Any]:
+            return value, None
+
+
+def test_no_changelog_record_is_sent_while_an_agent_holds_the_buffer() -> None:
+    """An outcome must reach the broker before the state that closed its impression: while
+    the closing agent holds, another agent's write flushes the change but sends nothing; a
+    hold taken while that write waits holds it too; the hold ends with the block, even when
+    the block raises."""
+    async def run() -> None:
+        sender = FakeSender()
+        buffer = WriteBuffer(sender)  # type: ignore[arg-type]
+        sessions = buffer.table(ChangelogTable(), float)
+        with buffer.holding() as hold:
+            sessions["s1"] = 1.0  # closes an impression ...
+            hold.hold()  # ... in the same step
+            other = asyncio.ensure_future(buffer.write())  # another agent's write
+            assert await still_pending(other)
+            assert sender.sent == []  # flushed, not sent
+            with pytest.raises(ValueError), buffer.holding() as second:
+                sessions["s2"] = 2.0
+                second.hold()
+                raise ValueError("publishing failed")
+            assert not second.held
+            with buffer.holding() as third:
+                third.hold()
+                hold.release()  # the first agent's outcomes are on the broker
+                assert await still_pending(other)  # the third still holds
+            # (the agent writes here, after its block)
+        assert await other == 1
+        assert [key for _, _, key, _ in sender.sent] == [b"s1"]
+        assert await buffer.write() == 1  # s2, written after the other write flushed
+        assert [key for _, _, key, _ in sender.sent] == [b"s1", b"s2"]
+
+    asyncio.run(run())
