@@ -253,6 +253,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         async for events in stream.take_events(batch_max, within=linger_s):
             consumed.inc(len(events))
             outcomes = []
+            await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
             with buffer.holding() as hold:
                 async for message, click in decoded(events, codec.decode_click):
@@ -276,6 +277,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         async for events in stream.take_events(batch_max, within=linger_s):
             consumed.inc(len(events))
             outcomes = []
+            await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
             by_partition: dict[int, list[ItemBasket]] = {}
             with buffer.holding() as hold:

@@ -65,6 +65,12 @@ def reward_config(settings: Settings) -> RewardConfig:
     )
 
 
+#: How long attribution waits at start for the offer index to catch up with the offers topic
+#: before it goes on without (a warning): a broker that cannot serve ``offers`` must not stop
+#: the worker for good.
+OFFERS_READY_TIMEOUT_S = 30.0
+
+
 @dataclass
 class RewardTracking:
     """What the clicks and purchases agents, pages and the demo need from reward tracking."""
@@ -73,6 +79,16 @@ class RewardTracking:
     offers: OfferIndex
     board: RewardBoard
     publish_outcomes: Callable[[list[ImpressionOutcome]], Any]
+    #: Set once the offer index holds the offers published before this worker started
+    #: (:attr:`streamer.app.offer_index.OfferIndexFeed.caught_up`), or the wait timed out.
+    offers_ready: asyncio.Event
+
+    async def wait_offers(self) -> None:
+        """Return once :attr:`offers_ready`: the agents call it before they attribute, so a
+        restarted worker does not close impressions of offers it has not read yet (see
+        :mod:`streamer.app.offer_index`). Immediate after the first time."""
+        if not self.offers_ready.is_set():
+            await self.offers_ready.wait()
 
 
 def install_reward_tracking(
@@ -145,6 +161,8 @@ def install_reward_tracking(
     async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             tick = _decode_tick(event.value)
+            if not offers_ready.is_set():  # a tick may close impressions (see wait_offers)
+                await offers_ready.wait()
             with buffer.holding() as hold:
                 buffer.partition = event.message.partition
                 outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
@@ -179,12 +197,27 @@ def install_reward_tracking(
         metrics.open_sessions.set(sessions)
         metrics.open_windows.set(windows)
 
+    offers_ready = asyncio.Event()
+
     @app.task
     async def index_offers() -> None:
         feed = OfferIndexFeed(settings.kafka, t.offers, offers,
                               lookback_ms=int(settings.offers.ttl_s * 1000) + retention_ms,
                               on_change=lambda: metrics.offer_index_size.set(len(offers)))
-        await feed.run()
+
+        async def signal_ready() -> None:
+            try:
+                await asyncio.wait_for(feed.caught_up.wait(), OFFERS_READY_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("offer index not caught up with %s after %.0f s: attributing "
+                            "without it", t.offers, OFFERS_READY_TIMEOUT_S)
+            offers_ready.set()
+
+        ready = asyncio.ensure_future(signal_ready())
+        try:
+            await feed.run()
+        finally:
+            ready.cancel()
 
     alarming = {"srm": False, "reward_regression": False}
 
@@ -222,7 +255,7 @@ def install_reward_tracking(
                 log.exception("reading %s failed; retrying", t.rewards)
                 await asyncio.sleep(2.0)  # back-off before reconnecting
 
-    return RewardTracking(tracker, offers, board, publish_outcomes)
+    return RewardTracking(tracker, offers, board, publish_outcomes, offers_ready)
 
 
 def update_lag(app: faust.App, metrics: Metrics) -> None:

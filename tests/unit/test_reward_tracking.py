@@ -3,6 +3,7 @@ partitions, outcomes count once, the board's guardrails, the dashboard data and 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from streamer.app.dashboard import dashboard_data
@@ -94,3 +95,29 @@ def test_dashboard_data_and_report_show_the_windows() -> None:
     assert data["offers"][0]["offer_id"] == "o1" and data["lag"] == {"clicks": 3.0}
     page = render_report(ws)
     assert page.count("data:image/png;base64,") == 1 and "<td>v1</td><td>3</td>" in page
+
+
+def test_the_offer_feed_is_caught_up_once_every_partition_reached_its_high_watermark() -> None:
+    from aiokafka import TopicPartition
+
+    from streamer.app.offer_index import _read_to_highwaters
+
+    class Consumer:
+        def __init__(self, highwaters: dict[int, int | None], positions: dict[int, int]) -> None:
+            self.highwaters, self.positions = highwaters, positions
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return self.highwaters[tp.partition]
+
+        async def position(self, tp: TopicPartition) -> int:
+            return self.positions[tp.partition]
+
+    tps = [TopicPartition("offers", p) for p in range(2)]
+
+    def caught_up(highwaters: dict[int, int | None], positions: dict[int, int]) -> bool:
+        consumer: Any = Consumer(highwaters, positions)
+        return asyncio.run(_read_to_highwaters(consumer, tps))
+
+    assert caught_up({0: 5, 1: 0}, {0: 5, 1: 0})
+    assert not caught_up({0: 5, 1: 3}, {0: 5, 1: 2})  # partition 1 still behind
+    assert not caught_up({0: 5, 1: None}, {0: 5, 1: 0})  # partition 1 never fetched yet
