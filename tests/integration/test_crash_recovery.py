@@ -5,14 +5,15 @@ Runs the crash harness (``tests/crash_harness.py``, which ``python -m tests.cras
 runs at larger scale) on the session broker, with fresh topics and group per test:
 
 - one worker, 150 orders (with their sessions' offer impressions and clicks) per trial, killed
-  once per trial for five trials, the co-purchase state compared after each; then every
-  impression is closed, the worker killed again while it publishes the outcomes, and the
-  outcomes on ``feedback`` and the ledger's totals per policy version compared;
+  once per trial for four trials, the co-purchase state compared after each; then every
+  impression is closed, the worker killed a fifth time while it publishes the outcomes, and
+  the outcomes on ``feedback`` and the ledger's totals per policy version compared;
 - two workers on four partitions: B killed mid-chunk (A takes its partitions over), B back,
   A killed mid-chunk, A back; then the impressions closed with B killed while publishing.
 
 Every wait is for a condition with a deadline (committed offsets at the end offsets, a worker
-ready, a number of events consumed); nothing sleeps to synchronise. About 100 s together.
+ready, a number of events consumed); nothing sleeps to synchronise. About 130 s together
+(60 + 70 on two cores): each kill costs a restart and a rejoin of the group.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def assert_all_equal(trials: list[Trial], expected: int) -> None:
 def test_a_worker_killed_five_times_ends_as_if_it_never_stopped(
         broker: EmbeddedBroker, tmp_path: Path) -> None:
     settings = crash_settings(broker, tmp_path)
-    trials = run_single_worker_trials(settings, tmp_path, trials=5, orders_per=ORDERS, seed=11,
+    trials = run_single_worker_trials(settings, tmp_path, trials=4, orders_per=ORDERS, seed=11,
                                       timeout_s=60)
-    assert_all_equal(trials, expected=6)  # five kills in chunks, one while closing
+    assert_all_equal(trials, expected=5)  # four kills in chunks, one while closing
 
 
 def test_two_workers_killed_in_turn_end_as_if_they_never_stopped(
