@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
+from streamer.events.dedup import Deduplicator
 from streamer.observability import Metrics
 from streamer.online import FEATURE_NAMES, ConversionModel, DriftMonitor
 from streamer.policy import (
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 #: Feedback records waiting for their offer, at most (the oldest are dropped beyond).
 MAX_PENDING = 10_000
+#: How long (event time) the trainer remembers an impression id it has buffered; a worker
+#: republishes an outcome within seconds of its restart, so a day is ample.
+FEEDBACK_DEDUP_TTL_MS = 24 * 3_600_000
 POLICY_KEY = b"policy"
 
 
@@ -106,6 +110,12 @@ class FeedbackTrainer:
         self.n_pending = 0
         self.buffered = 0
         self.invalid = 0
+        # A worker that crashes while it publishes outcomes publishes them again after its
+        # restart (outcomes reach the broker before the state that closed them, so a crash
+        # repeats an outcome rather than losing it): count each impression once.
+        self.seen = Deduplicator({}, ttl_ms=FEEDBACK_DEDUP_TTL_MS,
+                                 capacity=max(config.buffer_records, MAX_PENDING))
+        self.duplicates = 0
 
     # -- inputs ---------------------------------------------------------------------------
     def observe_offer(self, offer: BundleOffer) -> int:
@@ -125,7 +135,9 @@ class FeedbackTrainer:
 
     def observe_feedback(self, record: Mapping[str, Any]) -> bool:
         """Buffer one feedback record; True when it was. A record whose offer is unknown
-        waits for it (bounded); a malformed one is counted and dropped."""
+        waits for it (bounded); a malformed one is counted and dropped; a record of an
+        impression already buffered (a worker's republication after a crash) is counted in
+        :attr:`duplicates` and dropped."""
         offer = self._offer_of(record)
         if offer is None:
             offer_id = str(record.get("offer_id", ""))
@@ -134,6 +146,12 @@ class FeedbackTrainer:
             while self.n_pending > MAX_PENDING:
                 _, dropped = self.pending.popitem(last=False)
                 self.n_pending -= len(dropped)
+            return False
+        impression = record.get("impression_id")
+        if isinstance(impression, str) and not self.seen.first_time(
+            impression, ts_ms=_int_or_zero(record.get("ts"))
+        ):
+            self.duplicates += 1
             return False
         try:
             decision = logged_decision(record, offer, prices=self.catalog,
@@ -197,6 +215,10 @@ class FeedbackTrainer:
     def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> None:
         """Reset the triggers and remember the outcome (call on the consumer's thread)."""
         self.trainer.record(result, now_s, records_at_start=job.records_at_start)
+
+
+def _int_or_zero(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def rejection_label(result: FineTuneResult) -> str:

@@ -177,6 +177,33 @@ def test_feedback_waits_for_its_offer() -> None:
     assert core.observe_offer(offer) == 1 and len(core.trainer.buffer) == 1
 
 
+def test_an_impression_republished_after_a_crash_is_trained_on_once() -> None:
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    core.observe_offer(offer)
+
+    def record(impression: str) -> dict[str, Any]:
+        return {"impression_id": impression, "ts": 1_700_000_000_000,
+                "offer_id": offer.offer_id, "variant": 0,
+                "propensity": offer.variants[0].probability, "reward": 3.0, "converted": True}
+
+    assert core.observe_feedback(record("i1"))
+    assert not core.observe_feedback(record("i1"))  # the worker published it again
+    assert core.observe_feedback(record("i2"))
+    assert len(core.trainer.buffer) == 2 and core.duplicates == 1
+
+
+def test_a_waiting_record_is_not_taken_for_its_own_duplicate() -> None:
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    rec = {"impression_id": "i1", "ts": 1_700_000_000_000, "offer_id": offer.offer_id,
+           "variant": 0, "propensity": offer.variants[0].probability, "reward": 0.0}
+    assert not core.observe_feedback(rec)  # waits for its offer
+    assert core.observe_offer(offer) == 1 and core.duplicates == 0
+
+
 def nan_checkpoint(policy: TorchPolicy) -> bytes:
     good = policy_to_bytes(policy)
     tensors = load(good)
