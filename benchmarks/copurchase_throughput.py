@@ -4,6 +4,9 @@ Synthetic orders: basket sizes 2..``--max-basket`` (skewed towards small), items
 Zipf-like catalogue with a seeded generator, so every run sees the same orders. Each repeat
 times both learners from empty state on the same orders (alternating which goes first); the
 ratio reported is the median over repeats of (streamer orders/s) / (plain orders/s).
+streamer's statistics are configured as the engine configures them (``EngineConfig``'s
+defaults: half-life, partner and triple tables); ``--top-k``, ``--top-k-triples``,
+``--triple-partners`` and ``--triple-min-orders`` override them.
 
     python benchmarks/copurchase_throughput.py --orders 50000 --repeats 5 --json out.json
 
@@ -22,6 +25,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from streamer.copurchase import CoPurchaseStats
 from streamer.engine import EngineConfig
@@ -77,10 +81,18 @@ def plain_dict_counting(orders: Orders) -> None:
                     row[b] = row.get(b, 0.0) + 1.0
 
 
-def streamer_stats(top_k: int, triple_min_orders: float = 0.0) -> Callable[[Orders], None]:
+def streamer_stats(config: EngineConfig) -> Callable[[Orders], None]:
+    """The statistics as the engine builds them from ``config``."""
+
     def learn(orders: Orders) -> None:
         stats = CoPurchaseStats(
-            {}, {}, half_life_s=7 * 86_400.0, top_k=top_k, triple_min_orders=triple_min_orders
+            {},
+            {},
+            half_life_s=config.half_life_s,
+            top_k=config.top_k,
+            top_k_triples=config.top_k_triples,
+            triple_partners=config.triple_partners,
+            triple_min_orders=config.triple_min_orders,
         )
         for ts, items in orders:
             stats.learn_order(items, ts)
@@ -99,12 +111,20 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=50_000)
     parser.add_argument("--catalogue", type=int, default=20_000)
     parser.add_argument("--max-basket", type=int, default=40)
-    parser.add_argument("--top-k", type=int, default=0, help="0: CoPurchaseStats' default")
+    engine = EngineConfig()
+    parser.add_argument("--top-k", type=int, default=engine.top_k)
+    parser.add_argument("--top-k-triples", type=int, default=engine.top_k_triples)
+    parser.add_argument(
+        "--triple-partners",
+        type=int,
+        default=engine.triple_partners,
+        help="strong partners of an order that form triples (0: no triples)",
+    )
     parser.add_argument(
         "--triple-min-orders",
         type=float,
-        default=EngineConfig().triple_min_orders,
-        help="decayed orders an anchor needs before it learns triples (default: the engine's)",
+        default=engine.triple_min_orders,
+        help="decayed orders an anchor needs before it learns triples",
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=7)
@@ -118,8 +138,14 @@ def main() -> None:
     else:
         orders = synthetic_orders(args.orders, args.catalogue, args.max_basket, args.seed)
     pairs = sum(len(items) * (len(items) - 1) for _, items in orders)
-    top_k = args.top_k or CoPurchaseStats.DEFAULT_TOP_K
-    ours = streamer_stats(top_k, args.triple_min_orders)
+    config = replace(
+        engine,
+        top_k=args.top_k,
+        top_k_triples=args.top_k_triples,
+        triple_partners=args.triple_partners,
+        triple_min_orders=args.triple_min_orders,
+    )
+    ours = streamer_stats(config)
     plain_s: list[float] = []
     ours_s: list[float] = []
     ratios: list[float] = []
@@ -135,8 +161,11 @@ def main() -> None:
         "source": args.real or "synthetic",
         "orders": len(orders),
         "ordered_pairs": pairs,
-        "top_k": top_k,
-        "triple_min_orders": args.triple_min_orders,
+        "half_life_days": config.half_life_s / 86_400.0,
+        "top_k": config.top_k,
+        "top_k_triples": config.top_k_triples,
+        "triple_partners": config.triple_partners,
+        "triple_min_orders": config.triple_min_orders,
         "plain_orders_per_s": len(orders) / statistics.median(plain_s),
         "plain_pairs_per_s": pairs / statistics.median(plain_s),
         "streamer_orders_per_s": len(orders) / statistics.median(ours_s),
@@ -145,8 +174,9 @@ def main() -> None:
         "ratios": ratios,
     }
     print(
-        f"{len(orders)} orders, {pairs} ordered pairs, top_k={top_k}, "
-        f"triple_min_orders={args.triple_min_orders:g}, {args.repeats} repeats"
+        f"{len(orders)} orders, {pairs} ordered pairs, top_k={config.top_k}, "
+        f"top_k_triples={config.top_k_triples}, triple_partners={config.triple_partners}, "
+        f"triple_min_orders={config.triple_min_orders:g}, {args.repeats} repeats"
     )
     print(f"{'learner':<24}{'orders/s':>12}{'pairs/s':>14}")
     print(

@@ -127,7 +127,7 @@ class ItemRecord(msgspec.Struct, array_like=True, frozen=True):
 class EngineConfig:
     """Plain values the engine is built from (the app maps settings onto it)."""
 
-    half_life_s: float = 30 * 24 * 3600.0
+    half_life_s: float = 45 * 24 * 3600.0
     top_k: int = 1024
     max_pairs: int = 3
     max_triples: int = 1
@@ -135,8 +135,8 @@ class EngineConfig:
     #: triples, and the decayed orders an anchor needs before it learns triples at all
     #: (``CoPurchaseStats``' ``top_k_triples`` / ``triple_partners`` /
     #: ``triple_min_orders``; a minimum speeds learning up at some cost in 3-item hit rate).
-    top_k_triples: int = 64
-    triple_partners: int = 4
+    top_k_triples: int = 256
+    triple_partners: int = 8
     triple_min_orders: float = 0.0
     min_support: float = 2.0
     min_interval_ms: int = 5_000

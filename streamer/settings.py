@@ -100,7 +100,7 @@ class CoPurchaseSettings(_Section):
     """The co-purchase statistics behind candidate bundles."""
 
     half_life_days: float = Field(
-        30.0, gt=0, description="Event-time half-life of co-purchase counts, in days."
+        45.0, gt=0, description="Event-time half-life of co-purchase counts, in days."
     )
     top_k: int = Field(
         1024,
@@ -109,6 +109,16 @@ class CoPurchaseSettings(_Section):
         description="Partners tracked per item (heavy hitters); big baskets need hundreds.",
     )
     max_triples: int = Field(1, ge=0, le=4, description="3-item variants per offer.")
+    triple_partners: int = Field(
+        8,
+        ge=0,
+        le=16,
+        description="An order's strongest partners of an item that form its triples "
+        "(C(n, 2) triple updates per item and order; 0: no triples).",
+    )
+    top_k_triples: int = Field(
+        256, ge=2, le=4096, description="Triples tracked per item (heavy hitters)."
+    )
 
 
 class OfferSettings(_Section):

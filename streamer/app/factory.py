@@ -76,6 +76,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         top_k=c.top_k,
         max_pairs=max(1, o.max_variants - c.max_triples),
         max_triples=c.max_triples,
+        top_k_triples=c.top_k_triples,
+        triple_partners=c.triple_partners,
         min_support=o.min_support,
         min_interval_ms=int(o.min_interval_s * 1000),
         offer_ttl_ms=int(o.ttl_s * 1000),
