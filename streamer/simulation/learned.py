@@ -17,6 +17,7 @@ feedback latency here is the attribution window, not the fine-tune's seconds).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -68,7 +69,9 @@ class LearnedDecisions:
     each promoted version. ``fine_tunes`` keeps every result's metadata.
 
     The default engine configuration (:data:`SIMULATION_ENGINE`) is chosen for the
-    simulator's traffic, not from its truth: see there.
+    simulator's traffic, not from its truth: see there. ``segments`` (the shop's segment
+    names, which its storefront knows) replaces the configuration's: offers per (anchor,
+    segment), each shopper shown their segment's (``Engine.live_offer``).
     """
 
     def __init__(
@@ -82,11 +85,15 @@ class LearnedDecisions:
         window_ms: int = 10_000,
         policy: TorchPolicy | None = None,
         seed: int = 0,
+        segments: Sequence[str] | None = None,
     ) -> None:
         # One torch thread: a decision is a few dozen rows, where a second OpenMP thread
         # spin-waiting on a busy core made each forward pass ~100x slower here (6 ms vs 50 us).
         select_device("cpu", max_threads=1)
-        self.engine = Engine.in_memory(config or SIMULATION_ENGINE)
+        config = config or SIMULATION_ENGINE
+        if segments is not None:
+            config = dataclasses.replace(config, segments=tuple(segments))
+        self.engine = Engine.in_memory(config)
         self.live = policy or initial_policy(seed)
         self.engine.set_policy(self.live)
         self.trainer = PolicyTrainer(
@@ -106,7 +113,7 @@ class LearnedDecisions:
         self.drift = DriftMonitor()
 
     def offer_for(self, anchor: str, segment: str, now_ms: int) -> BundleOffer | None:
-        offer = self.engine.live_offer(anchor)
+        offer = self.engine.live_offer(anchor, segment, now_ms=now_ms)
         if offer is not None and offer.offer_id not in self.offers:
             self.offers[offer.offer_id] = offer
             while len(self.offers) > 100_000:
@@ -128,7 +135,8 @@ class LearnedDecisions:
                 continue
             record = msgspec.to_builtins(outcome)
             decision = logged_decision(record, offer, prices=self.engine.state.catalog,
-                                       conversion=self.engine.conversion)
+                                       conversion=self.engine.conversion,
+                                       segments=self.engine.config.segments)
             self.trainer.add(decision)
             if self.drift.observe_reward(offer.policy_version, outcome.reward):
                 self.trainer.request_fine_tune(f"reward drift under {offer.policy_version}")
