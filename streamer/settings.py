@@ -295,6 +295,9 @@ class TrainerSettings(_Section):
         1_000, ge=2, description="No fine-tune before the buffer holds this many records."
     )
     epochs: int = Field(2, ge=1, description="Passes over the buffer per fine-tune.")
+    min_steps: int = Field(
+        200, ge=0, description="At least this many gradient steps per fine-tune (small buffers)."
+    )
     batch_size: int = Field(4096, ge=1, description="Records per gradient step.")
     learning_rate: float = Field(3e-3, gt=0, description="Adam step size.")
     objective: Literal["dr", "ips"] = Field(

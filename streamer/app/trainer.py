@@ -82,6 +82,7 @@ class FeedbackTrainer:
         self.fine_tune_config = FineTuneConfig(
             objective=config.objective,
             epochs=config.epochs,
+            min_steps=config.min_steps,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             holdout_fraction=config.holdout_fraction,
