@@ -13,12 +13,14 @@ Methods: ``streamer`` (the in-process Engine with its v0 epsilon-greedy policy, 
 EngineConfig), ``streamer_learned`` (the engine serving the torch policy, with attribution,
 the River conversion model, the trainer's buffer and a fine-tune every 5,000 closed
 impressions or on an ADWIN reward-drift alarm, promoted versions hot-swapped in; engine
-configuration and first policy as ``streamer.simulation.learned`` sets them),
+configuration and first policy as ``streamer.simulation.learned`` sets them, and one offer
+per (anchor, segment): the storefront knows its shopper's segment),
 ``greedy_lift`` (highest-lift partner at a fixed 10 %), ``random`` (uniform over
 co-purchase candidates x 0/5/10/15 %), and ``vw`` (Vowpal Wabbit ``--cb_explore_adf`` over
 the same candidates as ``random``: an optional benchmark dependency, ``pip install
-vowpalwabbit``; listed as unavailable without it). Neither
-VW nor streamer sees the shopper's segment (offers are per anchor).
+vowpalwabbit``; listed as unavailable without it). Neither VW nor the v0 ``streamer`` sees
+the shopper's segment (offers per anchor); ``--diagnostics`` adds ``streamer_learned_blind``,
+the learned loop with offers per anchor only, for comparison.
 
 ``--decompose`` splits each method's gap to the oracle into causes (coverage, candidate
 generation, segment blindness, selection, ranking, exploration; and the ceiling of any
@@ -142,7 +144,8 @@ def vw_available() -> bool:
 #: name -> factory(catalogue, seed); None: unavailable here (listed, not run).
 METHODS: dict[str, Factory | None] = {
     "streamer": lambda cat, seed: EngineDecisions(Engine.in_memory()),
-    "streamer_learned": lambda cat, seed: LearnedDecisions(seed=seed),
+    "streamer_learned": lambda cat, seed: LearnedDecisions(
+        seed=seed, segments=[s.name for s in cat.segments]),
     "greedy_lift": lambda cat, seed: GreedyLift(cat.prices, discount_pct=10.0),
     "random": lambda cat, seed: UniformRandom(cat.prices, seed=seed),
     "vw": vw_factory if vw_available() else None,
@@ -190,7 +193,8 @@ def main() -> None:
     parser.add_argument("--with-oracle", action="store_true",
                         help="also run the oracle itself (a sanity check: share 1.0)")
     parser.add_argument("--diagnostics", action="store_true",
-                        help="also run streamer with offers that never lapse (streamer_refreshed)")
+                        help="also run streamer with offers that never lapse (streamer_refreshed) "
+                        "and the learned loop without segments (streamer_learned_blind)")
     parser.add_argument("--decompose", action="store_true",
                         help="also split each method's gap to the oracle into causes "
                         "(streamer.simulation.decompose; slower)")
@@ -212,6 +216,8 @@ def main() -> None:
         # storefront (see EngineDecisions.assume_refreshed).
         factories["streamer_refreshed"] = lambda cat, seed: EngineDecisions(
             Engine.in_memory(), assume_refreshed=True)
+        # The learned loop with one offer per anchor for every segment (as before segments).
+        factories["streamer_learned_blind"] = lambda cat, seed: LearnedDecisions(seed=seed)
     if args.with_oracle:
         factories["oracle"] = lambda cat, seed: OracleDecisions(cat)
 

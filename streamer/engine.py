@@ -70,6 +70,7 @@ import msgspec
 
 from streamer.copurchase import TOTAL_KEY, CoPurchaseStats, Decayed, ItemStats
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
+from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.offers import OfferBuilder, offer_signature
 from streamer.online import (
@@ -78,6 +79,7 @@ from streamer.online import (
     ConversionModel,
     DecisionContext,
     DecisionFeaturizer,
+    check_segments,
     variant_features,
 )
 from streamer.policy import EpsilonGreedyPolicy, LoggedDecision, Policy
@@ -141,11 +143,25 @@ class EngineConfig:
     min_support: float = 2.0
     min_interval_ms: int = 5_000
     offer_ttl_ms: int = 24 * 3_600_000
+    #: The default segment: its offer is the one every shopper can be shown (unknown segment,
+    #: or no offer of the shopper's own yet).
     segment: str = "all"
+    #: Customer segments that get offers of their own, one per (anchor, segment), besides the
+    #: default segment's (at most ``streamer.online.SEGMENT_SLOTS``; each gets an exact
+    #: one-hot slot in the features). Empty: one offer per anchor, for ``segment``.
+    segments: tuple[str, ...] = ()
     epsilon: float = 0.1
     discount_pct: float = 10.0
     dedup_ttl_ms: int = 24 * 3_600_000
     dedup_capacity: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", check_segments(self.segments))
+
+    @property
+    def offer_segments(self) -> tuple[str, ...]:
+        """The segments an anchor gets offers for: the default one first, then the others."""
+        return (self.segment, *(s for s in self.segments if s != self.segment))
 
 
 @dataclass(slots=True)
@@ -157,6 +173,8 @@ class EngineState:
     items: MutableMapping[str, ItemRecord]
     counts: MutableMapping[str, Any]
     catalog: MutableMapping[str, float]
+    #: The last offer published per anchor (key :func:`offer_key`: the anchor itself for the
+    #: default segment, anchor and segment for the others).
     offers: MutableMapping[str, BundleOffer]
     seen: MutableMapping[str, SeenId]
 
@@ -240,10 +258,12 @@ class Engine:
         into the conversion model the learned policy reads."""
         self.conversion.learn_one(features, converted)
 
-    def featurizer(self, now_ms: int) -> DecisionFeaturizer:
-        """The features of each (candidate, discount) at ``now_ms``: the offers' segment, the
-        event time, catalogue prices and the conversion model (read lazily, per variant)."""
-        context = DecisionContext(self.config.segment, now_ms, self.state.catalog)
+    def featurizer(self, now_ms: int, segment: str | None = None) -> DecisionFeaturizer:
+        """The features of each (candidate, discount) at ``now_ms`` for ``segment`` (default:
+        the default segment): the segment, the event time, catalogue prices and the conversion
+        model (read lazily, per variant)."""
+        context = DecisionContext(segment or self.config.segment, now_ms, self.state.catalog,
+                                  self.config.segments)
         return DecisionFeaturizer(context, self.conversion)
 
     @staticmethod
@@ -312,9 +332,7 @@ class Engine:
                 duplicates += 1
         offers = []
         for anchor, ts in touched.items():
-            offer = self.revise_offer(anchor, ts)
-            if offer is not None:
-                offers.append(offer)
+            offers += self.revise_offers(anchor, ts)
         return offers, duplicates
 
     def learn_basket(self, basket: ItemBasket) -> BundleOffer | None:
@@ -367,13 +385,44 @@ class Engine:
             sources = {**sources, basket.source: basket.offset}
         return ItemRecord(items.get(anchor), counts[anchor], sources)
 
-    def revise_offer(self, anchor: str, now_ms: int) -> BundleOffer | None:
-        """A new offer for ``anchor`` when its best candidates changed materially (or the live
-        one is past half its life) and the last offer is at least ``min_interval_ms`` old
-        (event time); else None."""
-        previous = self.state.offers.get(anchor)
+    def revise_offers(self, anchor: str, now_ms: int) -> list[BundleOffer]:
+        """:meth:`revise_offer` for each of the anchor's segments (``offer_segments``, the
+        default one first), on one set of candidates; the offers that should go out."""
+        segments = self.config.offer_segments
+        keys = [offer_key(anchor, s, self.config.segment) for s in segments]
+        if all(
+            (held := self.state.offers.get(k)) is not None
+            and now_ms - held.ts < self.config.min_interval_ms
+            for k in keys
+        ):
+            return []
+        candidates = self._candidates(anchor, now_ms)
+        if candidates is None:
+            return []
+        offers = []
+        for segment in segments:
+            offer = self._revise(anchor, segment, candidates, now_ms)
+            if offer is not None:
+                offers.append(offer)
+        return offers
+
+    def revise_offer(
+        self, anchor: str, now_ms: int, segment: str | None = None
+    ) -> BundleOffer | None:
+        """A new offer for ``anchor`` and ``segment`` (default: the default segment) when its
+        best candidates changed materially (or the live one is past half its life) and the
+        last offer is at least ``min_interval_ms`` old (event time); else None."""
+        segment = segment or self.config.segment
+        previous = self.state.offers.get(offer_key(anchor, segment, self.config.segment))
         if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
             return None
+        candidates = self._candidates(anchor, now_ms)
+        if candidates is None:
+            return None
+        return self._revise(anchor, segment, candidates, now_ms)
+
+    def _candidates(self, anchor: str, now_ms: int) -> list[BundleCandidate] | None:
+        """The anchor's offerable candidates now (None: the anchor sells too little)."""
         # A pair's co-count never exceeds its anchor's count: an anchor bought fewer than
         # min_support times has no candidate, and most anchors of a large catalogue are such
         # (the shortcut saves half the engine's time on the throughput benchmark's events).
@@ -389,10 +438,20 @@ class Engine:
         # A bundle is offerable once every item's price is known (learned from its own orders),
         # so no offer goes out with a wrong bundle price.
         catalog = self.state.catalog
-        candidates = [c for c in candidates if all(i in catalog for i in c.items)]
+        return [c for c in candidates if all(i in catalog for i in c.items)]
+
+    def _revise(
+        self, anchor: str, segment: str, candidates: list[BundleCandidate], now_ms: int
+    ) -> BundleOffer | None:
+        key = offer_key(anchor, segment, self.config.segment)
+        previous = self.state.offers.get(key)
+        if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
+            return None
         policy = self._policy  # read once: a concurrent swap applies from the next decision
         try:
-            proposals = policy.propose(anchor, candidates, featurizer=self.featurizer(now_ms))
+            proposals = policy.propose(
+                anchor, candidates, featurizer=self.featurizer(now_ms, segment)
+            )
         except FloatingPointError:
             # A version whose outputs are not finite must not stop offers: v0 decides, and
             # the offer says so in its policy_version.
@@ -409,6 +468,7 @@ class Engine:
             prices=self.state.catalog,
             policy_version=policy.version,
             now_ms=now_ms,
+            segment=segment,
         )
         if (
             previous is not None
@@ -419,7 +479,7 @@ class Engine:
             and now_ms - previous.ts < self.config.offer_ttl_ms // 2
         ):
             return None
-        self.state.offers[anchor] = offer
+        self.state.offers[key] = offer
         return offer
 
     # -- conveniences for in-process drivers ------------------------------------------------
@@ -442,9 +502,29 @@ class Engine:
         """De-duplicate a click; v0 learns nothing from clicks yet (True if it was new)."""
         return self.accept(click.event_id, click.ts, partition)
 
-    def live_offer(self, anchor: str) -> BundleOffer | None:
-        """The offer last published for ``anchor``."""
+    def live_offer(
+        self, anchor: str, segment: str | None = None, *, now_ms: int | None = None
+    ) -> BundleOffer | None:
+        """The offer last published for ``anchor`` and ``segment``, falling back to the
+        default segment's when the segment has none (or, given ``now_ms``, when its offer has
+        expired by then). ``segment`` None: the default segment's."""
+        default = self.config.segment
+        if segment is not None and segment != default:
+            offer = self.state.offers.get(offer_key(anchor, segment, default))
+            if offer is not None and (now_ms is None or offer.expires_at > now_ms):
+                return offer
         return self.state.offers.get(anchor)
+
+
+def offer_key(anchor: str, segment: str, default_segment: str) -> str:
+    """The key of an (anchor, segment)'s offer in ``EngineState.offers``: the anchor for the
+    default segment (as before segments existed), else anchor and segment joined by a unit
+    separator (a character no item id or segment name is expected to contain).
+
+    >>> offer_key("tea", "all", "all"), offer_key("tea", "loyal", "all")
+    ('tea', 'tea\\x1floyal')
+    """
+    return anchor if segment == default_segment else f"{anchor}\x1f{segment}"
 
 
 
@@ -539,6 +619,7 @@ def logged_decision(
     prices: Mapping[str, float] | None = None,
     conversion: ConversionModel | None = None,
     discount_levels: tuple[float, ...] = DISCOUNT_LEVELS,
+    segments: tuple[str, ...] = (),
 ) -> LoggedDecision:
     """One ``feedback`` record (decoded JSON, ``ImpressionOutcome`` fields) and the offer it
     was an impression of -> the trainer's :class:`~streamer.policy.LoggedDecision`. Pure given
@@ -552,8 +633,9 @@ def logged_decision(
     variants) at every ``discount_levels`` (plus the shown discount if off the grid), in the
     order ``TorchPolicy.decide`` uses; features as the engine computes them, with ``prices``
     (the catalogue, else :func:`offer_prices`) and ``conversion``'s propensity, which also gives
-    the direct-method ``expected_rewards``. Raises ``ValueError`` for a record that does not
-    fit the offer.
+    the direct-method ``expected_rewards``; ``segments``: the engine's configured segments
+    (``EngineConfig.segments``, for the segment slots). Raises ``ValueError`` for a record that
+    does not fit the offer.
 
     >>> from streamer.events import Evidence, Variant
     >>> ev = Evidence(support=3.0, confidence=0.5, lift=2.0)
@@ -605,7 +687,7 @@ def logged_decision(
     chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
     ts = int(record.get("ts") or offer.ts)
     segment = str(record.get("segment") or offer.segment)
-    context = DecisionContext(segment, ts, offer_prices(offer, prices))
+    context = DecisionContext(segment, ts, offer_prices(offer, prices), segments)
     rows = []
     dm_rows: list[float] = []
     for candidate, discount in actions:

@@ -138,7 +138,41 @@ class OfferSettings(_Section):
         description="Offers expire this long after publication; republished at half-life.",
     )
     min_support: float = Field(2.0, ge=0, description="Pairs seen fewer times are not offered.")
-    segment: str = Field("all", description="Segment name of published offers.")
+    segment: str = Field(
+        "all",
+        min_length=1,
+        max_length=32,
+        description="Default segment: its offers are shown to shoppers without one of their own.",
+    )
+    segments: str = Field(
+        "",
+        description="Segments with offers of their own, comma-separated (at most 4); "
+        "empty: one offer per anchor.",
+    )
+
+    @field_validator("segments")
+    @classmethod
+    def _check_segments(cls, value: str) -> str:
+        names = segment_names(value)
+        if len(names) > 4 or len(set(names)) != len(names):
+            raise ValueError(f"at most 4 distinct segments, got {value!r}")
+        if any(len(n) > 32 for n in names):
+            raise ValueError(f"segment names are at most 32 characters, got {value!r}")
+        return ",".join(names)
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        """:attr:`segments` as a tuple of names."""
+        return segment_names(self.segments)
+
+
+def segment_names(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated segment list (blanks dropped).
+
+    >>> segment_names(" loyal, bargain ,,"), segment_names("")
+    (('loyal', 'bargain'), ())
+    """
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
@@ -271,6 +305,9 @@ class TrainerSettings(_Section):
         1_000, ge=2, description="No fine-tune before the buffer holds this many records."
     )
     epochs: int = Field(2, ge=1, description="Passes over the buffer per fine-tune.")
+    min_steps: int = Field(
+        200, ge=0, description="At least this many gradient steps per fine-tune (small buffers)."
+    )
     batch_size: int = Field(4096, ge=1, description="Records per gradient step.")
     learning_rate: float = Field(3e-3, gt=0, description="Adam step size.")
     objective: Literal["dr", "ips"] = Field(

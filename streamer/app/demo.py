@@ -158,6 +158,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             "STREAMER__WORKER__WEB_PORT": str(web_port),
             "STREAMER__WORKER__DATA_DIR": str(workdir / "data"),
             "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
+            "STREAMER__OFFERS__SEGMENT": settings.offers.segment,
+            "STREAMER__OFFERS__SEGMENTS": settings.offers.segments,
             # A one-minute demo cannot wait for 30-minute attribution windows: seconds here.
             "STREAMER__REWARDS__ATTRIBUTION_WINDOW_S": "5",
             "STREAMER__REWARDS__ALLOWED_LATENESS_S": "1",
@@ -180,7 +182,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
             driver = StorefrontDriver(kafka, shop, clicks_topic=t.clicks,
                                       purchases_topic=t.purchases, offers_topic=t.offers,
-                                      sessions_per_s=d.shoppers_per_s)
+                                      sessions_per_s=d.shoppers_per_s,
+                                      default_segment=settings.offers.segment)
             task = asyncio.create_task(driver.run(duration_s))
             end = time.monotonic() + duration_s
             async with aiohttp.ClientSession() as session:

@@ -82,6 +82,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         min_interval_ms=int(o.min_interval_s * 1000),
         offer_ttl_ms=int(o.ttl_s * 1000),
         segment=o.segment,
+        segments=o.segment_names,
         epsilon=o.epsilon,
         discount_pct=o.discount_pct,
         dedup_ttl_ms=int(w.dedup_ttl_s * 1000),
@@ -193,7 +194,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             decision = logged_decision(
                 {"offer_id": outcome.offer_id, "variant": outcome.variant,
                  "propensity": outcome.propensity, "reward": outcome.reward,
-                 "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices)
+                 "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
+                segments=engine.config.segments)
         except ValueError:
             return
         engine.learn_conversion(decision.variant_features[decision.chosen], outcome.converted)

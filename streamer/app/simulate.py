@@ -36,8 +36,10 @@ class SimulatingStorefront:
     """A :class:`SimulatedShop` on Kafka that scores every session against the oracle."""
 
     def __init__(self, kafka: KafkaSettings, shop: SimulatedShop, *, clicks_topic: str,
-                 purchases_topic: str, offers_topic: str, sessions_per_s: float) -> None:
+                 purchases_topic: str, offers_topic: str, sessions_per_s: float,
+                 default_segment: str = "all") -> None:
         self.kafka = kafka
+        self.default_segment = default_segment
         self.shop = shop
         self.topics = (clicks_topic, purchases_topic, offers_topic)
         self.sessions_per_s = sessions_per_s
@@ -51,14 +53,16 @@ class SimulatingStorefront:
         producer = AIOKafkaProducer(**aiokafka_kwargs(self.kafka), linger_ms=5)
         await producer.start()
         try:
-            async with OfferCache(self.kafka, topic=offers) as cache:
+            async with OfferCache(self.kafka, topic=offers,
+                                  default_segment=self.default_segment) as cache:
                 start, sessions = time.monotonic(), 0
                 while (elapsed := time.monotonic() - start) < duration_s:
                     for _ in range(max(0, int(elapsed * self.sessions_per_s) - sessions)):
                         sessions += 1
                         now = int(time.time() * 1000)
                         visit = self.shop.visit(
-                            now_ms=now, choose=lambda s, rng: cache.choose(s.anchor, rng))
+                            now_ms=now, choose=lambda s, rng: cache.choose(
+                                s.anchor, rng, segment=s.segment.name))
                         offer = visit.choice.offer if visit.choice else None
                         best = self.oracle.best(visit.shopper.anchor, visit.shopper.segment,
                                                 now, offer)
@@ -125,7 +129,8 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
             shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
             store = SimulatingStorefront(kafka, shop, clicks_topic=t.clicks,
                                          purchases_topic=t.purchases, offers_topic=t.offers,
-                                         sessions_per_s=d.shoppers_per_s)
+                                         sessions_per_s=d.shoppers_per_s,
+                                         default_segment=settings.offers.segment)
             console.print(f"simulating {duration_s:.0f} s at {d.shoppers_per_s:g} sessions/s")
             report = await store.run(duration_s)
         finally:

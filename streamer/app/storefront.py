@@ -34,16 +34,17 @@ log = logging.getLogger(__name__)
 
 class OfferCache:
     """Consumes every partition of the offers topic (no consumer group: each storefront
-    instance keeps the whole book) and keeps the newest offer per anchor.
+    instance keeps the whole book) and keeps the newest offer per anchor and segment.
 
-    Runs a background task while entered; :meth:`choose` never blocks.
+    Runs a background task while entered; :meth:`choose` never blocks. ``default_segment`` is
+    the workers' ``offers.segment``: its offers are shown to shoppers whose segment has none.
     """
 
     def __init__(self, kafka: KafkaSettings, *, topic: str = "offers",
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, default_segment: str = "all") -> None:
         self._kafka = kafka
         self.topic = topic
-        self.book = OfferBook()
+        self.book = OfferBook(default_segment=default_segment)
         self.rng = rng or random.Random()
         self.invalid = 0
         self._codec = EventCodec(kafka.max_message_bytes)
@@ -109,13 +110,18 @@ class OfferCache:
 
         await asyncio.wait_for(_wait(), timeout_s)
 
-    def choose(self, anchor: str, rng: random.Random | None = None) -> Choice | None:
-        """Sample a variant of the live offer for ``anchor`` (None when there is none)."""
-        return self.book.choose(anchor, rng or self.rng, now_ms=int(time.time() * 1000))
+    def choose(self, anchor: str, rng: random.Random | None = None, *,
+               segment: str | None = None) -> Choice | None:
+        """Sample a variant of the live offer for ``anchor`` and the shopper's ``segment``
+        (falling back to the default segment's offer; None when there is none)."""
+        return self.book.choose(anchor, rng or self.rng, now_ms=int(time.time() * 1000),
+                                segment=segment)
 
-    def impression(self, anchor: str, *, user_id: str, session_id: str) -> ClickEvent | None:
-        """Sample a variant and return the impression event to report (or None)."""
-        choice = self.choose(anchor)
+    def impression(self, anchor: str, *, user_id: str, session_id: str,
+                   segment: str | None = None) -> ClickEvent | None:
+        """Sample a variant for a shopper of ``segment`` and return the impression event to
+        report (or None)."""
+        choice = self.choose(anchor, segment=segment)
         if choice is None:
             return None
         return ClickEvent(
@@ -130,7 +136,7 @@ class StorefrontDriver:
 
     def __init__(self, kafka: KafkaSettings, shop: SimulatedShop, *, clicks_topic: str,
                  purchases_topic: str, offers_topic: str, sessions_per_s: float,
-                 malformed_share: float = 0.005) -> None:
+                 malformed_share: float = 0.005, default_segment: str = "all") -> None:
         self.kafka = kafka
         self.shop = shop
         self.clicks_topic = clicks_topic
@@ -138,6 +144,7 @@ class StorefrontDriver:
         self.offers_topic = offers_topic
         self.sessions_per_s = sessions_per_s
         self.malformed_share = malformed_share
+        self.default_segment = default_segment
         self.sent: dict[str, int] = {clicks_topic: 0, purchases_topic: 0}
         self.malformed_sent = 0
         self.impressions = 0
@@ -148,7 +155,8 @@ class StorefrontDriver:
         producer = AIOKafkaProducer(**aiokafka_kwargs(self.kafka), linger_ms=5)
         await producer.start()
         try:
-            async with OfferCache(self.kafka, topic=self.offers_topic) as cache:
+            async with OfferCache(self.kafka, topic=self.offers_topic,
+                                  default_segment=self.default_segment) as cache:
                 self.cache = cache
                 await self._loop(producer, cache, duration_s)
         finally:
@@ -164,7 +172,9 @@ class StorefrontDriver:
             for _ in range(max(0, due)):
                 sessions += 1
                 now = int(time.time() * 1000)
-                for ev in self.shop.session(now_ms=now, offer_for=lambda a, r: cache.choose(a, r)):
+                visit = self.shop.visit(now_ms=now, choose=lambda s, r: cache.choose(
+                    s.anchor, r, segment=s.segment.name))
+                for ev in visit.events:
                     topic = self.purchases_topic if isinstance(ev, PurchaseEvent) else \
                         self.clicks_topic
                     if isinstance(ev, ClickEvent) and ev.kind == "offer_impression":

@@ -78,11 +78,15 @@ class FeedbackTrainer:
     """The trainer's logic without Kafka. Not thread-safe: call it from one thread, except
     :meth:`run` (pure, for an executor)."""
 
-    def __init__(self, config: TrainerSettings, *, base_version: str) -> None:
+    def __init__(self, config: TrainerSettings, *, base_version: str,
+                 segments: tuple[str, ...] = ()) -> None:
         self.settings = config
+        #: The workers' configured segments (``offers.segments``): their feature slots.
+        self.segments = segments
         self.fine_tune_config = FineTuneConfig(
             objective=config.objective,
             epochs=config.epochs,
+            min_steps=config.min_steps,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             holdout_fraction=config.holdout_fraction,
@@ -155,7 +159,7 @@ class FeedbackTrainer:
             return False
         try:
             decision = logged_decision(record, offer, prices=self.catalog,
-                                       conversion=self.conversion)
+                                       conversion=self.conversion, segments=self.segments)
             self.trainer.add(decision)
         except ValueError as e:
             self.invalid += 1
@@ -251,7 +255,8 @@ async def run_trainer(
     metrics = metrics or Metrics()
     stop = stop or asyncio.Event()
     base_version = Engine.v0_policy(EngineConfig()).version
-    core = FeedbackTrainer(settings.trainer, base_version=base_version)
+    core = FeedbackTrainer(settings.trainer, base_version=base_version,
+                           segments=settings.offers.segment_names)
     codec = EventCodec(settings.kafka.max_message_bytes)
     kw = aiokafka_kwargs(settings.kafka)
     consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")

@@ -71,7 +71,10 @@ class OfferBuilder:
         prices: Mapping[str, float],
         policy_version: str,
         now_ms: int,
+        segment: str | None = None,
     ) -> BundleOffer:
+        """The offer of ``proposals`` for ``anchor`` and ``segment`` (default: the builder's).
+        Raises ``ValueError`` without proposals."""
         if not proposals:
             raise ValueError("an offer needs at least one proposal")
         total = sum(p.probability for p in proposals)
@@ -98,7 +101,7 @@ class OfferBuilder:
             offer_id="draft",
             ts=now_ms,
             anchor_item_id=anchor,
-            segment=self.segment,
+            segment=segment or self.segment,
             policy_version=policy_version,
             variants=variants,
             expires_at=now_ms + self.ttl_ms,

@@ -10,7 +10,14 @@ may import torch. River consumes dicts natively; the policy receives the same di
 trained on cannot drift apart silently.
 
 Every feature is already on a small scale (logs of prices and counts, fractions, cyclic time,
-one-hot segment buckets), so neither model needs fitted normalisation to start learning.
+one-hot segment slots), so neither model needs fitted normalisation to start learning.
+
+**Segments.** With the engine's segments configured (at most :data:`SEGMENT_SLOTS`), each
+configured segment has a slot of its own (``segment_0`` for the first, and so on) and any other
+segment (the default one, whose offer is the fallback) has none: all slots 0. Without configured
+segments a segment name is hashed (crc32) into the slots, as before segments existed; hashing is
+not exact (``loyal`` and ``bargain`` share a bucket), which is why configured segments get
+exact slots.
 
 Besides the numeric features, a dict carries the bundle's identity as one key,
 :func:`bundle_key` (value 1.0). It is not in :data:`FEATURE_NAMES`: the torch policy (and the
@@ -46,9 +53,13 @@ RewardKind = Literal["revenue", "margin"]
 #: the action, so one candidate yields one variant per level.
 DISCOUNT_LEVELS: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0)
 
-#: Segments are hashed (crc32, stable across processes, unlike ``hash``) into this many
-#: one-hot buckets: a fixed width the torch network can rely on whatever segments appear.
-SEGMENT_BUCKETS = 4
+#: One-hot segment slots: a fixed width the torch network can rely on whatever segments
+#: appear. Configured segments get one exact slot each (so at most this many can be
+#: configured); without configuration, names are hashed (crc32, stable across processes,
+#: unlike ``hash``) into the slots.
+SEGMENT_SLOTS = 4
+#: The former name of :data:`SEGMENT_SLOTS`.
+SEGMENT_BUCKETS = SEGMENT_SLOTS
 
 #: The key of the River conversion propensity inside a feature dict. The propensity model
 #: itself never reads it (it would be learning from its own output).
@@ -69,7 +80,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "hour_cos",
     "weekday_sin",
     "weekday_cos",
-    *(f"segment_{b}" for b in range(SEGMENT_BUCKETS)),
+    *(f"segment_{b}" for b in range(SEGMENT_SLOTS)),
     PROPENSITY_FEATURE,
 )
 
@@ -85,20 +96,55 @@ _DAY_MS = 24 * _HOUR_MS
 @dataclass(frozen=True, slots=True)
 class DecisionContext:
     """What is known when an offer is revised: the segment it is for, the event time (epoch
-    ms, UTC) and the catalogue's list prices (item id -> unit price)."""
+    ms, UTC), the catalogue's list prices (item id -> unit price) and the configured segments
+    (their order fixes their one-hot slots; empty: names are hashed, see the module doc)."""
 
     segment: str
     ts_ms: int
     prices: Mapping[str, float]
+    segments: tuple[str, ...] = ()
 
 
 def segment_bucket(segment: str) -> int:
-    """The one-hot bucket of ``segment`` (stable across processes and runs).
+    """The hashed one-hot bucket of ``segment`` (stable across processes and runs), used
+    when no segments are configured.
 
     >>> segment_bucket("all") == segment_bucket("all")
     True
+    >>> segment_bucket("loyal") == segment_bucket("bargain")   # why configured ones get slots
+    True
     """
-    return zlib.crc32(segment.encode()) % SEGMENT_BUCKETS
+    return zlib.crc32(segment.encode()) % SEGMENT_SLOTS
+
+
+def check_segments(segments: Sequence[str]) -> tuple[str, ...]:
+    """``segments`` as a tuple, or ``ValueError`` when there are more than
+    :data:`SEGMENT_SLOTS`, duplicates or empty names."""
+    names = tuple(segments)
+    if len(names) > SEGMENT_SLOTS:
+        raise ValueError(f"at most {SEGMENT_SLOTS} segments can be configured, got {names}")
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"segments must be distinct, non-empty names, got {names}")
+    return names
+
+
+def segment_slot(segment: str, segments: Sequence[str] = ()) -> int | None:
+    """The one-hot slot of ``segment``: its position among the configured ``segments`` (None
+    when it is not one of them: no slot is set), or its hashed bucket when none are
+    configured.
+
+    >>> configured = ("loyal", "regular", "bargain")
+    >>> [segment_slot(s, configured) for s in ("loyal", "bargain", "all")]
+    [0, 2, None]
+    >>> segment_slot("all") == segment_bucket("all")
+    True
+    """
+    if not segments:
+        return segment_bucket(segment)
+    try:
+        return list(segments).index(segment)
+    except ValueError:
+        return None
 
 
 def bundle_key(items: Sequence[str]) -> str:
@@ -141,7 +187,7 @@ def variant_features(
     discount = discount_pct / 100.0
     hour = (context.ts_ms % _DAY_MS) / _HOUR_MS
     weekday = ((context.ts_ms // _DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    bucket = segment_bucket(context.segment)
+    slot = segment_slot(context.segment, context.segments)
     features = {
         "log_support": math.log1p(max(0.0, candidate.support)),
         "confidence": min(1.0, max(0.0, candidate.confidence)),
@@ -157,8 +203,8 @@ def variant_features(
         "weekday_sin": math.sin(2 * math.pi * weekday / 7),
         "weekday_cos": math.cos(2 * math.pi * weekday / 7),
     }
-    for b in range(SEGMENT_BUCKETS):
-        features[f"segment_{b}"] = 1.0 if b == bucket else 0.0
+    for b in range(SEGMENT_SLOTS):
+        features[f"segment_{b}"] = 1.0 if b == slot else 0.0
     features[PROPENSITY_FEATURE] = conversion_propensity
     features[bundle_key(candidate.items)] = 1.0
     return features

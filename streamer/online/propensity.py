@@ -17,6 +17,12 @@ Model choice: River ``StandardScaler | LogisticRegression`` (SGD, log loss). Why
 Until ``warmup`` records are learned it answers the smoothed base rate instead of the
 untrained model's 0.5 (which would overstate every variant's value tenfold or more).
 
+**Discount x segment.** Segments differ in how much a discount moves them (a bargain hunter
+more than a loyal customer), which a linear model over the discount and the one-hot segment
+slots cannot express: it gets one discount slope for everyone. So the regression also reads
+``discount x segment_b`` for each slot ``b`` (:func:`discount_segment_interactions`), one
+slope per segment.
+
 **Per-bundle correction.** The regression sees a bundle only through generic evidence
 (support, confidence, lift, prices), and co-purchase evidence is a noisy, slow proxy for what a
 shown bundle converts at (after a season change, the old partners keep their counts for
@@ -41,10 +47,28 @@ from river import linear_model, optim, preprocessing
 from streamer.online.features import (
     BUNDLE_KEY_PREFIX,
     PROPENSITY_FEATURE,
+    SEGMENT_SLOTS,
     RewardKind,
     bundle_of,
     variant_value,
 )
+
+
+def discount_segment_interactions(features: Mapping[str, float]) -> dict[str, float]:
+    """``discount_x_segment_b = discount x segment_b`` for each segment slot ``b`` present in
+    ``features`` (none without a ``discount``): the regression's per-segment discount slopes.
+
+    >>> discount_segment_interactions({"discount": 0.1, "segment_0": 0.0, "segment_2": 1.0})
+    {'discount_x_segment_0': 0.0, 'discount_x_segment_2': 0.1}
+    """
+    discount = features.get("discount")
+    if discount is None:
+        return {}
+    return {
+        f"discount_x_segment_{b}": float(discount) * float(features[f"segment_{b}"])
+        for b in range(SEGMENT_SLOTS)
+        if f"segment_{b}" in features
+    }
 
 
 class ConversionModel:
@@ -127,11 +151,13 @@ class ConversionModel:
     def _inputs(features: Mapping[str, float]) -> dict[str, float]:
         # Never learn from (or predict with) our own earlier output, logged as a feature; the
         # bundle's identity is for the per-bundle sums, not a regression input.
-        return {
+        inputs = {
             k: float(v)
             for k, v in features.items()
             if k != PROPENSITY_FEATURE and not k.startswith(BUNDLE_KEY_PREFIX)
         }
+        inputs.update(discount_segment_interactions(inputs))
+        return inputs
 
     def learn_one(self, features: Mapping[str, float], converted: bool) -> None:
         """Learn one closed impression: the shown variant's features and whether it converted."""

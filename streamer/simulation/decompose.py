@@ -18,7 +18,9 @@ expected rewards under the truth, each level an upper bound of the next on avera
 ``blind``
     the best variant of the same pool for a policy that cannot tell segments apart: the
     variant of highest reward averaged over the segments' shares, evaluated for the shopper's
-    segment (``pool - blind``: **segment blindness**);
+    segment (``pool - blind``: **segment blindness**); an offer made for the shopper's own
+    segment (its ``segment`` is theirs) is not blind: this level and the next two then rank
+    variants by that segment's rewards alone;
 ``shown``
     the best of the offer's shown variants for a segment-blind policy, evaluated for the
     shopper's segment (``blind - shown``: **selection**, the offer left the best one out);
@@ -139,8 +141,12 @@ class OracleShareChain:
         pool += offer_actions(offer)
         table = {a: self._rewards(a, now) for a in dict.fromkeys(pool)}
 
+        # An offer for the shopper's own segment is judged by that segment's rewards alone.
+        weights = ([1.0 if k == seg else 0.0 for k in range(len(shares))]
+                   if offer.segment == shopper.segment.name else shares)
+
         def blended(a: Action) -> float:
-            return math.fsum(w * r for w, r in zip(shares, table[a], strict=True))
+            return math.fsum(w * r for w, r in zip(weights, table[a], strict=True))
 
         sums["pool"] += max(r[seg] for r in table.values())
         blind = max(table, key=lambda a: (blended(a), -a.discount_pct))

@@ -9,7 +9,7 @@ feedback latency here is the attribution window, not the fine-tune's seconds).
 >>> from streamer.simulation.shop import Catalogue, SimulatedShop
 >>> from streamer.simulation.loop import run_closed_loop
 >>> cat = Catalogue.generate(30, seed=1)
->>> learned = LearnedDecisions(min_records=200, every_records=200)
+>>> learned = LearnedDecisions(min_records=500, every_records=1000)
 >>> report = run_closed_loop(learned, SimulatedShop(cat, seed=1), impressions=3000)
 >>> len(learned.fine_tunes) > 0, 0.0 < report.share_of_oracle().share <= 1.0
 (True, True)
@@ -17,6 +17,7 @@ feedback latency here is the attribution window, not the fine-tune's seconds).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -25,8 +26,18 @@ import msgspec
 
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import BundleOffer, PurchaseEvent
-from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE, DriftMonitor
-from streamer.policy import FineTuneConfig, PolicyTrainer, TorchPolicy, select_device
+from streamer.events.candidates import BundleCandidate
+from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE, DriftMonitor, variant_value
+from streamer.policy import (
+    FineTuneConfig,
+    LoggedDecision,
+    PolicyTrainer,
+    Proposal,
+    TorchPolicy,
+    VariantFeaturizer,
+    select_device,
+)
+from streamer.policy.torch_policy import Decision
 from streamer.rewards import Attributor
 from streamer.simulation.shop import Event
 
@@ -59,6 +70,69 @@ def initial_policy(seed: int = 0) -> TorchPolicy:
     )
 
 
+#: (anchor, segment, decision time): what identifies an offer's decision before the offer exists.
+DecisionKey = tuple[str, str, int]
+
+
+class RecordingPolicy:
+    """A :class:`TorchPolicy` that keeps each decision it makes (every scored variant's
+    features, as served), so feedback can be trained and evaluated on the decision that was
+    made rather than one rebuilt from the offer when the impression closes.
+
+    Why: rebuilt at close, the features carry the conversion model's *later* propensities and
+    only the offer's bundles; the live policy, re-run on them, gave the variant it had shown a
+    median 40 % of the probability it was shown with (10 % of records under 1.4 %), so the
+    paired OPE of candidate against live compared two policies neither of which was served,
+    with importance weights far off 1 (measured in the simulator: ``benchmarks`` notes).
+    """
+
+    def __init__(self, policy: TorchPolicy, *, capacity: int = 100_000) -> None:
+        self.inner = policy
+        self.capacity = capacity
+        self.decisions: OrderedDict[DecisionKey, Decision] = OrderedDict()
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    def propose(
+        self,
+        anchor: str,
+        candidates: Sequence[BundleCandidate],
+        featurizer: VariantFeaturizer | None = None,
+    ) -> list[Proposal]:
+        decision = self.inner.decide(anchor, candidates, featurizer)
+        context = getattr(featurizer, "context", None)
+        if context is not None and decision.proposals:
+            self.decisions[(anchor, context.segment, context.ts_ms)] = decision
+            while len(self.decisions) > self.capacity:
+                self.decisions.popitem(last=False)
+        return decision.proposals
+
+    def take(self, offer: BundleOffer) -> Decision | None:
+        """The decision ``offer`` was built from (None: not made by this policy, or evicted)."""
+        decision = self.decisions.pop((offer.anchor_item_id, offer.segment, offer.ts), None)
+        if decision is None or len(decision.shown) != len(offer.variants):
+            return None
+        return decision
+
+
+def served_decision(
+    decision: Decision, variant: int, propensity: float, reward: float
+) -> LoggedDecision:
+    """The training record of an impression of ``decision``'s offer variant ``variant``: all
+    its scored variants' features as served, and their direct-method values at the time
+    (the served conversion propensity x the variant's revenue)."""
+    rows = decision.variant_features
+    return LoggedDecision(
+        variant_features=rows,
+        chosen=decision.shown[variant],
+        propensity=propensity,
+        reward=reward,
+        expected_rewards=[r[PROPENSITY_FEATURE] * variant_value(r) for r in rows],
+    )
+
+
 class LearnedDecisions:
     """A decision-maker (``offer_for``/``learn``) running the whole learning loop in process.
 
@@ -68,7 +142,9 @@ class LearnedDecisions:
     each promoted version. ``fine_tunes`` keeps every result's metadata.
 
     The default engine configuration (:data:`SIMULATION_ENGINE`) is chosen for the
-    simulator's traffic, not from its truth: see there.
+    simulator's traffic, not from its truth: see there. ``segments`` (the shop's segment
+    names, which its storefront knows) replaces the configuration's: offers per (anchor,
+    segment), each shopper shown their segment's (``Engine.live_offer``).
     """
 
     def __init__(
@@ -82,13 +158,20 @@ class LearnedDecisions:
         window_ms: int = 10_000,
         policy: TorchPolicy | None = None,
         seed: int = 0,
+        segments: Sequence[str] | None = None,
     ) -> None:
         # One torch thread: a decision is a few dozen rows, where a second OpenMP thread
         # spin-waiting on a busy core made each forward pass ~100x slower here (6 ms vs 50 us).
         select_device("cpu", max_threads=1)
-        self.engine = Engine.in_memory(config or SIMULATION_ENGINE)
+        config = config or SIMULATION_ENGINE
+        if segments is not None:
+            config = dataclasses.replace(config, segments=tuple(segments))
+        self.engine = Engine.in_memory(config)
         self.live = policy or initial_policy(seed)
-        self.engine.set_policy(self.live)
+        self.recorder = RecordingPolicy(self.live)
+        self.engine.set_policy(self.recorder)
+        #: offer id -> the decision it was built from (offers seen by the storefront).
+        self.decisions: OrderedDict[str, Decision] = OrderedDict()
         self.trainer = PolicyTrainer(
             FEATURE_NAMES,
             capacity=capacity,
@@ -106,11 +189,15 @@ class LearnedDecisions:
         self.drift = DriftMonitor()
 
     def offer_for(self, anchor: str, segment: str, now_ms: int) -> BundleOffer | None:
-        offer = self.engine.live_offer(anchor)
+        offer = self.engine.live_offer(anchor, segment, now_ms=now_ms)
         if offer is not None and offer.offer_id not in self.offers:
             self.offers[offer.offer_id] = offer
+            decision = self.recorder.take(offer)
+            if decision is not None:
+                self.decisions[offer.offer_id] = decision
             while len(self.offers) > 100_000:
-                self.offers.popitem(last=False)
+                gone, _ = self.offers.popitem(last=False)
+                self.decisions.pop(gone, None)
         return offer
 
     def learn(self, events: Sequence[Event]) -> None:
@@ -126,9 +213,15 @@ class LearnedDecisions:
             offer = self.offers.get(outcome.offer_id)
             if offer is None:
                 continue
-            record = msgspec.to_builtins(outcome)
-            decision = logged_decision(record, offer, prices=self.engine.state.catalog,
-                                       conversion=self.engine.conversion)
+            served = self.decisions.get(outcome.offer_id)
+            if served is not None and 0 <= outcome.variant < len(served.shown):
+                decision = served_decision(served, outcome.variant, outcome.propensity,
+                                           outcome.reward)
+            else:  # not decided by the torch policy (v0 fallback): rebuilt from the offer
+                record = msgspec.to_builtins(outcome)
+                decision = logged_decision(record, offer, prices=self.engine.state.catalog,
+                                           conversion=self.engine.conversion,
+                                           segments=self.engine.config.segments)
             self.trainer.add(decision)
             if self.drift.observe_reward(offer.policy_version, outcome.reward):
                 self.trainer.request_fine_tune(f"reward drift under {offer.policy_version}")
@@ -139,4 +232,5 @@ class LearnedDecisions:
             self.fine_tunes.append(result.metadata())
             if result.promoted:
                 self.live = result.candidate
-                self.engine.set_policy(self.live)
+                self.recorder = RecordingPolicy(self.live)
+                self.engine.set_policy(self.recorder)

@@ -76,8 +76,9 @@ class Decisions:
 
 class EngineDecisions:
     """streamer's in-process :class:`~streamer.engine.Engine` as a decision-maker: the offer
-    it last published for the anchor (one offer for all segments), learning every purchase
-    and click exactly as a worker would (``handle_purchase``, ``handle_click``).
+    it last published for the anchor and the shopper's segment (the default segment's when
+    the engine has no segments configured, or none live for that segment), learning every
+    purchase and click exactly as a worker would (``handle_purchase``, ``handle_click``).
 
     ``assume_refreshed`` is a diagnostic: it treats the engine's last offer as never expiring,
     i.e. what a storefront would see if unchanged offers were republished before their
@@ -90,7 +91,10 @@ class EngineDecisions:
         self.assume_refreshed = assume_refreshed
 
     def offer_for(self, anchor: str, segment: str, now_ms: int) -> BundleOffer | None:
-        offer = self.engine.live_offer(anchor)
+        if self.assume_refreshed:
+            offer = self.engine.live_offer(anchor, segment)
+        else:
+            offer = self.engine.live_offer(anchor, segment, now_ms=now_ms)
         if offer is not None and self.assume_refreshed and offer.expires_at <= now_ms:
             return msgspec.structs.replace(offer, expires_at=now_ms + 1)
         return offer
@@ -369,7 +373,7 @@ def sample_variant(
     probability as the propensity (None for no offer, an expired one, or another anchor's)."""
     if offer is None or offer.anchor_item_id != anchor:
         return None
-    book = OfferBook()
+    book = OfferBook(default_segment=offer.segment)  # the offer the decider chose is the one
     book.update(offer)
     return book.choose(anchor, rng, now_ms=now_ms)
 

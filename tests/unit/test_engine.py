@@ -138,3 +138,71 @@ def test_an_unchanged_offer_is_refreshed_after_half_its_life() -> None:
                  if o.anchor_item_id == "tea"]
     assert len(refreshed) == 1 and refreshed[0].expires_at == T0 + 16_000
     assert [v.items for v in refreshed[0].variants] == [v.items for v in first.variants]
+
+
+SEGMENTS = ("loyal", "bargain")
+
+
+def segmented_engine(**config: Any) -> Engine:
+    from streamer.online import FEATURE_NAMES
+    from streamer.policy import TorchPolicy
+
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0,
+                                           segments=SEGMENTS, **config))
+    engine.set_policy(TorchPolicy.initial(FEATURE_NAMES, seed=0))
+    return engine
+
+
+def test_one_offer_per_anchor_and_segment_with_the_segments_features() -> None:
+    engine = segmented_engine()
+    published = engine.handle_purchase(order(0, ["tea", "cup"]))
+    tea = {o.segment: o for o in published if o.anchor_item_id == "tea"}
+    assert list(tea) == ["all", "loyal", "bargain"]  # the default segment's first
+    for segment, offer in tea.items():
+        check_offer(offer)
+        assert engine.live_offer("tea", segment) is offer
+    assert engine.live_offer("tea") is tea["all"]
+    # Each decided with its segment's slot (the default segment has none).
+    slots = {s: [engine.featurizer(T0, s)(c, 0.0)[f"segment_{b}"] for b in range(4)]
+             for s in tea
+             for c in engine.stats.candidates("tea", now_ms=T0, max_pairs=1, max_triples=0,
+                                              min_support=0.0)}
+    assert slots == {"all": [0.0] * 4, "loyal": [1.0, 0, 0, 0], "bargain": [0, 1.0, 0, 0]}
+
+
+def test_live_offer_falls_back_to_the_default_segment() -> None:
+    engine = segmented_engine(offer_ttl_ms=10_000)
+    engine.handle_purchase(order(0, ["tea", "cup"]))
+    engine.handle_purchase(order(1, ["tea", "cup"]))  # support stays above 1 as it decays
+    default, loyal = engine.live_offer("tea"), engine.live_offer("tea", "loyal")
+    assert default is not None and loyal is not None and loyal is not default
+    assert engine.live_offer("tea", "students") is default  # not a configured segment
+    # Expired by now_ms: the default segment's (here a newer, still live one) instead.
+    del engine.state.offers["tea"]
+    engine.revise_offer("tea", T0 + 9_000)
+    newer = engine.live_offer("tea")
+    assert newer is not None and newer.ts == T0 + 9_000 and newer.segment == "all"
+    assert engine.live_offer("tea", "loyal", now_ms=T0 + 5_000) is loyal
+    assert engine.live_offer("tea", "loyal", now_ms=T0 + 10_000) is newer
+    assert engine.live_offer("tea", "loyal") is loyal  # without a time: the last published
+
+
+def test_without_segments_there_is_one_offer_per_anchor() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    published = engine.handle_purchase(order(0, ["tea", "cup"]))
+    assert sorted(o.anchor_item_id for o in published) == ["cup", "tea"]
+    assert engine.live_offer("tea", "loyal") is engine.live_offer("tea")
+    assert set(engine.state.offers) == {"tea", "cup"}
+
+
+def test_settings_map_segments_onto_the_engine() -> None:
+    from pydantic import ValidationError
+
+    from streamer.app.factory import engine_config
+    from streamer.settings import OfferSettings, Settings
+
+    settings = Settings(offers=OfferSettings(segments=" loyal, bargain"))
+    assert engine_config(settings).segments == ("loyal", "bargain")
+    assert engine_config(Settings()).segments == ()
+    with pytest.raises(ValidationError):
+        OfferSettings(segments="a,b,c,d,e")

@@ -63,3 +63,65 @@ def test_book_keeps_newest_and_samples_by_probability() -> None:
     assert picks[0] / 4000 == pytest.approx(0.7, abs=0.03)
     assert book.choose("a", rng, now_ms=1_700_000_002_000) is None  # expired
     assert book.choose("nope", rng, now_ms=0) is None
+
+
+def for_segment(offer: BundleOffer, segment: str, **changes: int) -> BundleOffer:
+    import msgspec
+
+    return msgspec.structs.replace(offer, segment=segment, offer_id=f"{offer.offer_id}-{segment}",
+                                   **changes)
+
+
+def test_book_keeps_one_offer_per_anchor_and_segment_and_falls_back_to_the_default() -> None:
+    book = OfferBook()
+    default, loyal = build([1.0]), for_segment(build([0.5, 0.5]), "loyal")
+    assert book.update(default) and book.update(loyal)
+    assert len(book) == 2 and book.anchors() == ["a"]
+    now = default.ts + 10
+    rng = random.Random(0)
+    assert book.choose("a", rng, now_ms=now, segment="loyal").offer is loyal
+    assert book.get("a", "loyal") is loyal
+    for segment in (None, "all", "bargain"):  # no offer of its own: the default segment's
+        assert book.choose("a", rng, now_ms=now, segment=segment).offer is default
+        assert book.get("a", segment) is default
+    # A newer default offer does not replace the loyal one, and vice versa.
+    newer = build([1.0], ts=default.ts + 5, discount=5.0)
+    assert book.update(newer)
+    assert book.get("a", "loyal") is loyal and book.get("a") is newer
+
+
+def test_book_falls_back_to_the_default_segment_when_the_segments_offer_expired() -> None:
+    book = OfferBook()
+    default = build([1.0])  # expires at ts + 1000
+    loyal = for_segment(build([1.0], discount=0.0), "loyal", expires_at=default.ts + 100)
+    book.update(default)
+    book.update(loyal)
+    rng = random.Random(0)
+    assert book.choose("a", rng, now_ms=default.ts + 50, segment="loyal").offer is loyal
+    assert book.choose("a", rng, now_ms=default.ts + 500, segment="loyal").offer is default
+    assert book.choose("a", rng, now_ms=default.ts + 5000, segment="loyal") is None
+
+
+def test_a_book_with_another_default_segment_falls_back_to_that_one() -> None:
+    book = OfferBook(default_segment="web")
+    web = for_segment(build([1.0]), "web")
+    book.update(build([1.0]))  # an "all" offer: just another segment to this book
+    book.update(web)
+    assert book.choose("a", random.Random(0), now_ms=web.ts + 1, segment="app").offer is web
+
+
+def test_offer_cache_chooses_by_segment() -> None:
+    from streamer.app.storefront import OfferCache
+    from streamer.settings import KafkaSettings
+
+    cache = OfferCache(KafkaSettings(), rng=random.Random(0))  # not entered: no Kafka needed
+    now = 1_900_000_000_000  # the cache samples at wall-clock time: far-future offers
+    default = build([1.0], ts=now)
+    bargain = for_segment(build([1.0], ts=now, discount=15.0), "bargain")
+    cache.book.update(default)
+    cache.book.update(bargain)
+    assert cache.choose("a", segment="bargain").offer is bargain
+    assert cache.choose("a", segment="loyal").offer is default
+    assert cache.choose("a").offer is default
+    shown = cache.impression("a", user_id="u", session_id="s", segment="bargain")
+    assert shown is not None and shown.offer_id == bargain.offer_id

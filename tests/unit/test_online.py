@@ -181,3 +181,72 @@ def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_dri
     # A bundle never shown keeps the regression's answer; the identity is not an input.
     unseen = variant_features(candidate(("b", "c")), 5.0, context)
     assert model.bundle_ratio(unseen) == 1.0
+
+
+SEGMENTS = ("loyal", "regular", "bargain")
+
+
+def segment_slots(segment: str, segments: tuple[str, ...] = SEGMENTS) -> list[float]:
+    context = DecisionContext(segment, CONTEXT.ts_ms, CONTEXT.prices, segments)
+    f = variant_features(candidate(), 10.0, context)
+    return [f[f"segment_{b}"] for b in range(4)]
+
+
+@pytest.mark.parametrize(("segment", "slots"), [
+    ("loyal", [1.0, 0.0, 0.0, 0.0]),
+    ("regular", [0.0, 1.0, 0.0, 0.0]),
+    ("bargain", [0.0, 0.0, 1.0, 0.0]),
+    ("all", [0.0, 0.0, 0.0, 0.0]),  # the default segment (or any unconfigured one): no slot
+])
+def test_configured_segments_get_exact_one_hot_slots(segment: str, slots: list[float]) -> None:
+    assert segment_slots(segment) == slots
+
+
+def test_unconfigured_segments_are_hashed_and_collide() -> None:
+    # Why configured segments get exact slots: hashed, loyal and bargain are one bucket.
+    assert segment_slots("loyal", ()) == segment_slots("bargain", ())
+    assert sum(segment_slots("all", ())) == 1.0
+
+
+def test_at_most_four_distinct_segments() -> None:
+    from streamer.engine import EngineConfig
+    from streamer.online import SEGMENT_SLOTS, check_segments
+
+    assert check_segments(SEGMENTS) == SEGMENTS
+    for bad in (("a", "b", "c", "d", "e")[: SEGMENT_SLOTS + 1], ("a", "a"), ("a", "")):
+        with pytest.raises(ValueError):
+            check_segments(bad)
+        with pytest.raises(ValueError):
+            EngineConfig(segments=bad)
+
+
+def test_conversion_model_learns_a_discount_slope_per_segment() -> None:
+    # Truth: a 15 % discount doubles a bargain hunter's conversion and leaves a loyal
+    # customer's unchanged. One shared slope cannot fit both; the interaction term can.
+    from streamer.online.propensity import discount_segment_interactions
+
+    rng = random.Random(3)
+    model = ConversionModel(warmup=10, learning_rate=0.005)
+    base = {"loyal": 0.1, "bargain": 0.1}
+    for _ in range(40_000):
+        segment = rng.choice(("loyal", "bargain"))
+        discount = rng.choice(DISCOUNT_LEVELS)
+        context = DecisionContext(segment, CONTEXT.ts_ms, CONTEXT.prices, SEGMENTS)
+        features = variant_features(candidate(), discount, context)
+        del features[next(k for k in features if k.startswith("bundle:"))]
+        lift = 2.0 ** (discount / 15.0) if segment == "bargain" else 1.0
+        model.learn_one(features, rng.random() < base[segment] * lift)
+
+    def p(segment: str, discount: float) -> float:
+        context = DecisionContext(segment, CONTEXT.ts_ms, CONTEXT.prices, SEGMENTS)
+        features = variant_features(candidate(), discount, context)
+        del features[next(k for k in features if k.startswith("bundle:"))]
+        return model.predict_one(features)
+
+    assert p("bargain", 15.0) / p("bargain", 0.0) == pytest.approx(2.0, rel=0.25)
+    assert p("loyal", 15.0) / p("loyal", 0.0) == pytest.approx(1.0, abs=0.2)
+    features = variant_features(candidate(), 10.0, DecisionContext(
+        "bargain", CONTEXT.ts_ms, CONTEXT.prices, SEGMENTS))
+    assert discount_segment_interactions(features) == {
+        "discount_x_segment_0": 0.0, "discount_x_segment_1": 0.0,
+        "discount_x_segment_2": pytest.approx(0.1), "discount_x_segment_3": 0.0}

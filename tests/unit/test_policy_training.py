@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -280,7 +281,8 @@ def test_the_paired_gate_promotes_a_real_improvement_the_unpaired_comparison_mis
     batch = FeedbackBatch(b.features, b.valid, b.chosen, b.propensity, b.reward * scale,
                           (b.expected_reward * scale[:, None]).astype(np.float32))
     live = fresh_policy()
-    result = fine_tune(live, batch, FineTuneConfig(**{**_fields(CONFIG), "epochs": 1}))
+    result = fine_tune(live, batch, FineTuneConfig(**{**_fields(CONFIG), "epochs": 1,
+                                                      "min_steps": 0}))
     assert best_probability(result.candidate) > best_probability(live)
     cand, base = result.candidate_evaluation.primary, result.live_evaluation.primary
     assert cand.estimator == "dr" and result.holdout_size == 100
@@ -305,3 +307,15 @@ def test_a_value_prior_policy_round_trips_and_starts_from_the_prior() -> None:
     assert loaded.shape == policy.shape and loaded.version == policy.version
     with pytest.raises(ValueError, match="unknown features"):
         TorchPolicy.initial(names, value_prior=("p", "nope"))
+
+
+def test_a_small_buffer_still_gets_min_steps_of_training() -> None:
+    # Two passes over a few thousand records at a large batch are a handful of steps: the
+    # candidate stays its parent. min_steps makes a small buffer take more passes.
+    batch = bandit(400, seed=3)
+    config = FineTuneConfig(epochs=1, batch_size=1024, learning_rate=0.02, device="cpu")
+    few = fine_tune(fresh_policy(), batch, dataclasses.replace(config, min_steps=0))
+    enough = fine_tune(fresh_policy(), batch, dataclasses.replace(config, min_steps=200))
+    assert best_probability(few.candidate) < 0.3 < 0.6 < best_probability(enough.candidate)
+    with pytest.raises(ValueError):
+        FineTuneConfig(min_steps=-1)

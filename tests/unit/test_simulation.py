@@ -333,3 +333,30 @@ def test_decomposition_chain_adds_up_and_matches_the_report(catalogue: Catalogue
     assert shares["pool"] >= shares["blind"] - 1e-9
     pre, post = chain.shares(0), chain.shares(1)
     assert math.isfinite(pre["served"]) and math.isfinite(post["served"])
+
+
+def test_the_learned_loop_logs_decisions_as_served(catalogue: Catalogue) -> None:
+    # Re-run on the buffered records, the live policy gives each shown variant exactly the
+    # probability the storefront logged: the records are the decisions that were made.
+    import numpy as np
+    import torch
+
+    from streamer.policy.network import variant_probabilities
+    from streamer.simulation.learned import LearnedDecisions
+
+    learned = LearnedDecisions(min_records=10**6, every_records=10**6,
+                               segments=[s.name for s in catalogue.segments])
+    run_closed_loop(learned, SimulatedShop(catalogue, seed=5), impressions=1500)
+    batch = learned.trainer.buffer.snapshot()
+    assert len(batch) > 100 and batch.expected_reward is not None
+    shape = learned.live.shape
+    with torch.inference_mode():
+        scores = learned.live.scorer(torch.from_numpy(batch.features)).double()
+        probs = variant_probabilities(scores, torch.from_numpy(batch.valid),
+                                      temperature=shape.temperature, floor=shape.floor,
+                                      max_shown=shape.max_variants).numpy()
+    p_chosen = probs[np.arange(len(batch)), batch.chosen]
+    np.testing.assert_allclose(p_chosen, batch.propensity, rtol=1e-4)
+    # Offers for every segment were shown, each with its own slot set.
+    segments = batch.features[np.arange(len(batch)), batch.chosen][:, -5:-1]
+    assert set(map(tuple, segments.tolist())) >= {(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0)}
