@@ -109,8 +109,8 @@ ChangelogRecord = tuple[str, int, bytes, bytes | None]
 
 
 class ChangelogSender:
-    """Sends changelog records through the app's aiokafka producer, one record batch per
-    partition per call, instead of one faust ``send_soon`` per record.
+    """Sends changelog records (and the worker's offers) through the app's aiokafka producer,
+    one record batch per partition per call, instead of one faust ``send_soon`` per record.
 
     faust's path costs ~60-80 us of CPU per changelog message (a FutureMessage, its buffer
     queue, a publish task, aiokafka's per-message append); a batch appended here costs a few
