@@ -314,7 +314,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         of the key over the topic's partitions), so a storefront sees each anchor in order."""
         if not offers:
             return []
-        producer = app.producer._ensure_producer()  # faust's started AIOKafkaProducer
+        producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]
         parts = producer.client.cluster.partitions_for_topic(offers_name)
         if not parts:
             parts = await producer.partitions_for(offers_name)  # waits for metadata
