@@ -47,7 +47,7 @@ from streamer.app.kafka import (
 from streamer.app.policy_updates import install_policy_follower
 from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
 from streamer.app.state_pages import install_state_pages
-from streamer.app.tables import ChangelogSender, DeferredAcks, WriteBuffer
+from streamer.app.tables import ChangelogSender, WriteBuffer
 from streamer.copurchase import Decayed
 from streamer.engine import (
     Engine,
@@ -275,7 +275,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
-        purchase_acks = DeferredAcks(buffer)
         async for events in stream.take_events(batch_max, within=linger_s):
             consumed.inc(len(events))
             outcomes = []
@@ -303,18 +302,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
                         for partition, baskets in by_partition.items()]
                 await rewards.publish_outcomes(outcomes)
-            # Acked once durable, while the next batch is processed (DeferredAcks).
-            await purchase_acks.defer(events, *sent)
+            await buffer.write(*sent)  # durable before take_events acks the batch
 
     offers_name = offers_topic.get_topic_name()
 
     async def publish_offers(offers: list[BundleOffer]) -> list[Any]:
         """Send ``offers`` keyed by anchor, one producer batch per partition; returns the
         futures of their delivery. Why not ``offers_topic.send`` per offer: faust's send path
-        costs ~60-80 us of CPU per message, and with ``min_interval_s=0`` (as the latency
-        benchmark runs) the items agent publishes about one offer per purchase. Partitions are
-        the ones faust's send gives (the default partitioner: murmur2 of the key over the
-        topic's partitions), so a storefront sees each anchor in order."""
+        costs ~60-80 us of CPU per message and the items agent publishes about one offer per
+        purchase. Partitions are the ones faust's send gives (the default partitioner: murmur2
+        of the key over the topic's partitions), so a storefront sees each anchor in order."""
         if not offers:
             return []
         producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -333,7 +330,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
         consumed = metrics.events_consumed.labels(baskets_topic.get_topic_name())
         published = metrics.offers_published
-        item_acks = DeferredAcks(buffer)
         async for events in stream.take_events(batch_max, within=linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
@@ -346,8 +342,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 offers += revised
                 dups.inc(redelivered)
             published.inc(len(offers))
-            # Offers leave first (latency); acked once all of it is durable (DeferredAcks).
-            await item_acks.defer(events, *await publish_offers(offers))
+            # Offers leave first (latency), then all of it is durable before the acks.
+            await buffer.write(*await publish_offers(offers))
 
     @app.on_rebalance_complete.connect
     async def rebuild_indexes(sender: Any, **kwargs: Any) -> None:

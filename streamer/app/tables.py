@@ -253,64 +253,6 @@ class WriteBuffer:
         return sum(len(t._dirty) for t in self.tables)
 
 
-class DeferredAcks:
-    """Acks a batch's events once its state is durable, while the agent goes on with the next
-    batch: the broker's round trip for one batch overlaps the work of the next.
-
-    Why: waiting in the agent body for :meth:`WriteBuffer.write` held each agent for the whole
-    round trip (~30 ms a batch on the throughput benchmark, 3.1 s of its 4.8 s), and faust's
-    ``take_events`` takes no event while the body runs, so batches stayed small too.
-
-    How, without giving up "a committed offset never runs ahead of its state": faust commits a
-    message's offset once its reference count drops to zero. :meth:`defer` takes one more
-    reference on each event's message, so ``take_events``' own ack after the body does not
-    release it; the reference is dropped (the final ack) only when the batch's write has
-    returned, i.e. when the broker has every changelog record and message it waited for.
-    Writes stay in flush order: a batch's write starts once the previous one has returned
-    (at most one in flight per agent), and its changes are flushed in the body, synchronously.
-    A failed write is raised in the agent at its next batch (and its events are never acked,
-    so they are delivered again).
-
-    Usage in an agent body, after its last change to the tables::
-
-        acks.defer(events, buffer.write(*sent))
-        ...
-        await acks.settled()  # when the agent must see its writes done (e.g. on stop)
-    """
-
-    __slots__ = ("_buffer", "_pending")
-
-    def __init__(self, buffer: WriteBuffer) -> None:
-        self._buffer = buffer
-        self._pending: asyncio.Future[None] | None = None
-
-    async def settled(self) -> None:
-        """Wait for the write in flight, if any; raises what it raised."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
-
-    async def defer(self, events: list[Any], *also: Awaitable[Any]) -> None:
-        """Flush the buffer now, wait for the previous batch's write, then write in the
-        background (with ``also``, e.g. the futures of the batch's messages) and ack
-        ``events`` when that returns."""
-        self._buffer.flush()  # this batch's changes, before any other task runs
-        for event in events:
-            event.message.incref()
-        try:
-            await self.settled()
-        except BaseException:
-            for event in events:  # not acked: the previous batch failed before them
-                event.message.decref()
-            raise
-        self._pending = asyncio.ensure_future(self._write_then_ack(events, also))
-
-    async def _write_then_ack(self, events: list[Any], also: tuple[Awaitable[Any], ...]) -> None:
-        await self._buffer.write(*also)
-        for event in events:
-            event.ack()
-
-
 class Hold:
     """Keeps a :class:`WriteBuffer`'s writers from sending changelog records until released
     (see :meth:`WriteBuffer.holding`). Taking it twice holds once."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamer.app.tables import DeferredAcks, WriteBuffer
+from streamer.app.tables import WriteBuffer
 from streamer.events.dedup import SeenId
 
 
@@ -231,90 +231,5 @@ def test_no_changelog_record_is_sent_while_an_agent_holds_the_buffer() -> None:
         assert [key for _, _, key, _ in sender.sent] == [b"s1"]
         assert await buffer.write() == 1  # s2, written after the other write flushed
         assert [key for _, _, key, _ in sender.sent] == [b"s1", b"s2"]
-
-    asyncio.run(run())
-
-
-async def loop_turns(n: int) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-class FakeMessage:
-    """faust's Message as an agent's event holds it: acked (its offset committable) when its
-    reference count drops to zero; the stream took one reference on delivery."""
-
-    def __init__(self) -> None:
-        self.refcount = 1
-        self.committable = False
-
-    def incref(self) -> None:
-        self.refcount += 1
-
-    def decref(self) -> int:
-        self.refcount -= 1
-        return self.refcount
-
-    def ack(self) -> None:
-        if not self.decref():
-            self.committable = True
-
-
-class FakeEvent:
-    def __init__(self) -> None:
-        self.message = FakeMessage()
-
-    def ack(self) -> None:
-        self.message.ack()
-
-
-def test_deferred_acks_commit_a_batch_only_once_its_write_returned() -> None:
-    """The agent goes on (take_events acks its reference) while the batch's changelog records
-    are in flight; the offsets become committable only when the broker has them, and the next
-    batch's write starts only after the previous one returned."""
-    async def run() -> None:
-        raw = FakeFaustTable()
-        buffer = WriteBuffer()
-        acks = DeferredAcks(buffer)
-        table = buffer.table(raw, float)
-        first = [FakeEvent(), FakeEvent()]
-        table["tea"] = 1.0
-        await acks.defer(first)
-        assert raw.changelog == [(0, "tea", b"1.0")]  # flushed in the body, synchronously
-        for e in first:
-            e.ack()  # what take_events does after the body
-        await loop_turns(3)  # the write in the background waits for the broker
-        assert not any(e.message.committable for e in first)
-        second = [FakeEvent()]
-        table["tea"] = 2.0
-        deferring = asyncio.ensure_future(acks.defer(second))
-        assert await still_pending(deferring)  # waits for the first write to return
-        raw.futures[0].set_result(None)
-        await deferring
-        assert all(e.message.committable for e in first)
-        assert not second[0].message.committable
-        second[0].ack()
-        raw.futures[1].set_result(None)
-        await acks.settled()
-        assert second[0].message.committable
-
-    asyncio.run(run())
-
-
-def test_a_failed_deferred_write_is_raised_at_the_next_batch_and_acks_nothing() -> None:
-    async def run() -> None:
-        raw = FakeFaustTable()
-        buffer = WriteBuffer()
-        acks = DeferredAcks(buffer)
-        buffer.table(raw, float)["tea"] = 1.0
-        first, second = [FakeEvent()], [FakeEvent()]
-        await acks.defer(first)
-        first[0].ack()
-        await loop_turns(3)
-        raw.futures[0].set_exception(RuntimeError("broker gone"))
-        with pytest.raises(RuntimeError, match="broker gone"):
-            await acks.defer(second)
-        assert not first[0].message.committable
-        assert second[0].message.refcount == 1  # only the stream's own reference is left
 
     asyncio.run(run())
