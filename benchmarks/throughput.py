@@ -24,7 +24,9 @@ Medians over repeats are printed with ratios; ``--json PATH`` writes them.
 
     PYTHONPATH=. python benchmarks/throughput.py --events 10000 --repeats 3 --json tp.json
 
-``--workers 2`` also measures two streamer workers against one (events produced after the
+``--ref DIR`` also runs the worker of another checkout (mode ``streamer_ref``, e.g. a ``git
+archive`` of the commit before a change), interleaved with ``streamer``: a before/after in one
+run. ``--workers 2`` also measures two streamer workers against one (events produced after the
 workers joined, for both), ``--only`` restricts the modes, and ``--worker-env K=V`` passes
 settings to the streamer worker (e.g. ``STREAMER__WORKER__LOG_LEVEL=warning``).
 """
@@ -38,6 +40,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -264,9 +267,11 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
 class Child:
     """A subprocess in its own process group, always stopped (group-wide) on exit."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path,
+                 cwd: Path | None = None) -> None:
         with open(log, "ab") as f:
-            self.proc = subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=f,
+                                         stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         self.log = log
 
@@ -341,15 +346,17 @@ def _get(url: str) -> bytes:
 
 class StreamerWorker:
     def __init__(self, settings: Any, workdir: Path, extra_env: dict[str, str],
-                 web_port: int | None = None) -> None:
+                 web_port: int | None = None, code: Path | None = None) -> None:
         if web_port is not None:
             settings = settings.model_copy(update={"worker": settings.worker.model_copy(
                 update={"web_port": web_port})})
         self.settings = settings
         self.url = f"http://127.0.0.1:{settings.worker.web_port}"
-        self.child = Child([sys.executable, "-m", "streamer", "worker"],
-                           settings_env(settings, extra_env),
-                           workdir / f"worker-{settings.worker.app_id}.log")
+        env = settings_env(settings, extra_env)
+        if code is not None:  # another checkout's streamer (``-m`` puts the cwd first too)
+            env["PYTHONPATH"] = str(code)
+        self.child = Child([sys.executable, "-m", "streamer", "worker"], env,
+                           workdir / f"worker-{settings.worker.app_id}.log", cwd=code)
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the worker process has used so far."""
@@ -373,6 +380,7 @@ class StreamerWorker:
 
 
 CPU_US: list[float] = []  # worker CPU per event of each streamer run (robust to other load)
+CPU_BY_MODE: dict[str, list[float]] = {}  # the same, by mode (streamer, streamer_ref)
 
 
 def wait_done(workers: list[StreamerWorker], n: int, t_limit: float) -> float:
@@ -405,18 +413,25 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float) -> float:
             time.sleep(0.1)
 
 
+def _py_spy() -> str:
+    """py-spy beside the interpreter, else the one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+
+
 def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
-                 extra_env: dict[str, str], profile: Path | None = None) -> float:
+                 extra_env: dict[str, str], profile: Path | None = None,
+                 code: Path | None = None) -> float:
     from streamer.app.worker import ensure_topics
 
     settings = worker_settings(bootstrap, topic, workdir)
     asyncio.run(ensure_topics(settings))
-    worker = StreamerWorker(settings, workdir, extra_env)
+    worker = StreamerWorker(settings, workdir, extra_env, code=code)
     spy = None
     try:
         if profile is not None:
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(profile),
+                [_py_spy(), "record", "-o", str(profile),
                  "-f", {".json": "speedscope", ".txt": "raw"}.get(profile.suffix, "flamegraph"),
                  "-r", "200", "-p", str(worker.child.proc.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -463,6 +478,9 @@ def main() -> None:
     p.add_argument("--only", default=",".join(MODES), help="comma-separated modes to run")
     p.add_argument("--workers", type=int, default=1, help="also compare N streamer workers")
     p.add_argument("--worker-env", action="append", default=[], metavar="K=V")
+    p.add_argument("--ref", type=Path, default=None, metavar="DIR",
+                   help="also run the worker of another checkout (e.g. `git archive` of the "
+                        "commit before a change) as mode streamer_ref, interleaved")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="event loop of the faust children (noop and naive peer)")
     p.add_argument("--profile", type=Path, default=None,
@@ -481,6 +499,9 @@ def main() -> None:
     from streamer.app.broker import EmbeddedBroker, create_topics
 
     modes = [m for m in args.only.split(",") if m]
+    if args.ref is not None:
+        modes.insert(modes.index("streamer") if "streamer" in modes else len(modes),
+                     "streamer_ref")
     extra_env = dict(kv.split("=", 1) for kv in args.worker_env)
     n = args.events
     results: dict[str, list[float]] = {m: [] for m in modes}
@@ -505,10 +526,14 @@ def main() -> None:
                 elif mode in ("faust_noop", "naive_peer"):
                     eps = run_faust_child(mode, broker.bootstrap, topic, n, workdir, args.loop)
                 else:
-                    profile = args.profile if rep == 0 else None
-                    eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile)
+                    profile = args.profile if rep == 0 and mode == "streamer" else None
+                    code = args.ref.resolve() if mode == "streamer_ref" else None
+                    eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
+                                       code)
+                    CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
                 results[mode].append(eps)
-                cpu = f"  ({CPU_US[-1]:,.0f} us worker CPU/event)" if mode == "streamer" else ""
+                cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
+                       if mode.startswith("streamer") else "")
                 print(f"  repeat {rep + 1}: {mode:<12} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
         if args.workers > 1:
@@ -526,7 +551,8 @@ def main() -> None:
         print(f"  {m:<12} {v:>11,.0f} events/s   (runs: {runs})")
     ratios: dict[str, float] = {}
     if "streamer" in med:
-        for base in ("naive_peer", "faust_noop", "engine_loop", "plain_loop", "ceiling"):
+        for base in ("streamer_ref", "naive_peer", "faust_noop", "engine_loop", "plain_loop",
+                     "ceiling"):
             if base in med:
                 ratios[f"streamer/{base}"] = med["streamer"] / med[base]
     if "faust_noop" in med and "naive_peer" in med:
@@ -545,8 +571,12 @@ def main() -> None:
         out[f"streamer_{args.workers}_workers_eps"] = many
         out["streamer_1_worker_produced_live_eps"] = one
     if "streamer" in med:
-        out["streamer_cpu_us_per_event"] = statistics.median(CPU_US[: len(results["streamer"])])
+        out["streamer_cpu_us_per_event"] = statistics.median(CPU_BY_MODE["streamer"])
         print(f"  streamer worker CPU: {out['streamer_cpu_us_per_event']:,.0f} us/event (median)")
+    if "streamer_ref" in CPU_BY_MODE:
+        out["streamer_ref_cpu_us_per_event"] = statistics.median(CPU_BY_MODE["streamer_ref"])
+        print(f"  streamer_ref worker CPU: {out['streamer_ref_cpu_us_per_event']:,.0f} us/event "
+              f"(median; {args.ref})")
     out["runs"] = results
     out["ratios"] = ratios
     if args.json:

@@ -165,7 +165,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     seen_clicks_t = table("seen-clicks", help="De-duplication of click event ids.")
     seen_purchases_t = table("seen-purchases", help="De-duplication of purchase event ids.")
 
-    buffer = WriteBuffer(ChangelogSender(app))
+    sender = ChangelogSender(app)  # changelog records and offers, in batches
+    buffer = WriteBuffer(sender)
     state = EngineState(
         items=buffer.table(items_t, ItemRecord),
         counts=buffer.table(counts_t, Decayed),
@@ -307,6 +308,27 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 await rewards.publish_outcomes(outcomes)
             await buffer.write(*sent)  # durable before take_events acks the batch
 
+    offers_name = offers_topic.get_topic_name()
+
+    async def publish_offers(offers: list[BundleOffer]) -> list[Any]:
+        """Send ``offers`` keyed by anchor, one producer batch per partition; returns the
+        futures of their delivery. Why not ``offers_topic.send`` per offer: faust's send path
+        costs ~60-80 us of CPU per message and the items agent publishes about one offer per
+        purchase. Partitions are the ones faust's send gives (the default partitioner: murmur2
+        of the key over the topic's partitions), so a storefront sees each anchor in order."""
+        if not offers:
+            return []
+        producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        parts = producer.client.cluster.partitions_for_topic(offers_name)
+        if not parts:
+            parts = await producer.partitions_for(offers_name)  # waits for metadata
+        n = len(parts)
+        return await sender.send([
+            (offers_name, key_partition(o.anchor_item_id, n), o.anchor_item_id.encode(),
+             encode(o))
+            for o in offers
+        ])
+
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
         dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
@@ -325,9 +347,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 dups.inc(redelivered)
             published.inc(len(offers))
             # Offers leave first (latency), then all of it is durable before the acks.
-            sent = [await offers_topic.send(key=offer.anchor_item_id, value=encode(offer))
-                    for offer in offers]
-            await buffer.write(*sent)
+            await buffer.write(*await publish_offers(offers))
 
     @app.on_rebalance_complete.connect
     async def rebuild_indexes(sender: Any, **kwargs: Any) -> None:

@@ -109,8 +109,8 @@ ChangelogRecord = tuple[str, int, bytes, bytes | None]
 
 
 class ChangelogSender:
-    """Sends changelog records through the app's aiokafka producer, one record batch per
-    partition per call, instead of one faust ``send_soon`` per record.
+    """Sends changelog records (and the worker's offers) through the app's aiokafka producer,
+    one record batch per partition per call, instead of one faust ``send_soon`` per record.
 
     faust's path costs ~60-80 us of CPU per changelog message (a FutureMessage, its buffer
     queue, a publish task, aiokafka's per-message append); a batch appended here costs a few
@@ -297,13 +297,19 @@ class BufferedTable(EncodedTable[V]):
     (1, {'tea': b'2.5'})
     """
 
-    __slots__ = ("_buffer", "_dirty")
+    __slots__ = ("_buffer", "_dirty", "_key_bytes")
+
+    #: Serialized changelog keys kept for reuse (cleared when full).
+    KEY_CACHE_SIZE = 1 << 16
 
     def __init__(self, raw: MutableMapping[Any, Any], value_type: type[V], *,
                  buffer: WriteBuffer, cache_size: int = 1024) -> None:
         super().__init__(raw, value_type, cache_size=cache_size)
         self._buffer = buffer
         self._dirty: dict[Any, tuple[int, Any]] = {}
+        # Changelog key bytes by key: faust's serialization (a JSON string through its codec
+        # registry for str keys) cost more than encoding the values, and hot keys recur.
+        self._key_bytes: dict[Any, bytes] = {}
 
     def __getitem__(self, key: str) -> V:
         pending = self._dirty.get(key)
@@ -369,9 +375,13 @@ class BufferedTable(EncodedTable[V]):
             # Serialized exactly as faust's send_changelog would (its recovery decodes them).
             changelog = raw.changelog_topic  # type: ignore[attr-defined]
             topic = changelog.get_topic_name()
-            key_bytes, value_bytes = changelog.prepare_key, changelog.prepare_value
+            prepare_key, prepare_value = changelog.prepare_key, changelog.prepare_value
             key_serializer = raw.key_serializer  # type: ignore[attr-defined]
             value_serializer = raw.value_serializer  # type: ignore[attr-defined]
+            raw_values = value_serializer == "raw"  # bytes go out as they are
+            keys = self._key_bytes
+            if len(keys) > self.KEY_CACHE_SIZE:
+                keys.clear()
             outbox = buffer._outbox
         encode, cache, sent = self._encoder.encode, self._cache, buffer._inflight
         for key, (partition, value) in dirty.items():
@@ -383,8 +393,12 @@ class BufferedTable(EncodedTable[V]):
                 store[key] = data
                 self._remember(key, data, value)
             if outbox is not None:
-                outbox.append((topic, partition, key_bytes(key, key_serializer)[0],
-                               None if data is None else value_bytes(data, value_serializer)[0]))
+                key_data = keys.get(key)
+                if key_data is None:
+                    key_data = keys[key] = prepare_key(key, key_serializer)[0]
+                if data is not None and not raw_values:
+                    data = prepare_value(data, value_serializer)[0]
+                outbox.append((topic, partition, key_data, data))
             elif send is not None:
                 sent.append(send(partition, key, data, value_serializer="raw") if data is None
                             else send(partition, key, data))

@@ -74,6 +74,7 @@ from heapq import nlargest
 from itertools import combinations, compress, islice, repeat
 from operator import add, itemgetter
 
+import numpy as np
 from msgspec import Struct
 
 from streamer.copurchase.decay import RENORMALISE_HALF_LIVES, Decayed, add_weight, value_at
@@ -93,6 +94,9 @@ TOTAL_KEY = "\x00orders"
 TRIPLE_SEPARATOR = "\x1f"
 
 _BY_COUNT = itemgetter(1)
+#: From this many partners on, :func:`_heaviest` sorts in numpy (at 1,024 partners about 1.6x
+#: faster than ``heapq.nlargest``, a Python loop over every entry; at 64 already faster).
+_NUMPY_FROM = 64
 
 
 class ItemStats(Struct, frozen=True, array_like=True, gc=False):
@@ -402,7 +406,7 @@ class CoPurchaseStats:
         m = self._prior_strength
         denominator = n_anchor + m
         pool_size = max(4 * max_pairs, 3 + max_triples, 8)
-        pool = nlargest(pool_size, stats.partners.items(), key=_BY_COUNT)
+        pool = _heaviest(stats.partners, pool_size)
         pair_score: dict[str, tuple[float, float, float]] = {}
         counts = self._counts
         half_life_ms = self._half_life_ms
@@ -475,6 +479,24 @@ class CoPurchaseStats:
 
     def _to_now(self, stats: ItemStats, now_ms: int) -> float:
         return math.exp((stats.landmark_ms - now_ms) * self._ln2_per_ms)
+
+
+def _heaviest(table: dict[str, float], k: int) -> list[tuple[str, float]]:
+    """The ``k`` heaviest entries of ``table``, heaviest first, ties in the table's order:
+    exactly ``heapq.nlargest(k, table.items(), key=count)`` (which is ``sorted(..., reverse=True)
+    [:k]``, a stable sort), faster on large tables.
+
+    >>> t = {"a": 1.0, "b": 3.0, "c": 1.0, "d": 2.0} | {f"x{i}": 0.5 for i in range(80)}
+    >>> _heaviest(t, 3), _heaviest(t, 5)[3:] == [("c", 1.0), ("x0", 0.5)]
+    ([('b', 3.0), ('d', 2.0), ('a', 1.0)], True)
+    """
+    n = len(table)
+    if n < _NUMPY_FROM:
+        return nlargest(k, table.items(), key=_BY_COUNT)
+    values = np.fromiter(table.values(), dtype=np.float64, count=n)
+    order = np.argsort(-values, kind="stable")[:k].tolist()
+    keys = list(table)
+    return [(keys[i], table[keys[i]]) for i in order]
 
 
 def _by_score(candidate: Candidate) -> float:

@@ -2,6 +2,13 @@
 lives in ``streamer.app.storefront`` (it needs Kafka)."""
 
 from streamer.offers.book import Choice, OfferBook
-from streamer.offers.builder import OfferBuilder, OfferSink, offer_signature
+from streamer.offers.builder import OfferBuilder, OfferSink, offer_signature, variants_signature
 
-__all__ = ["Choice", "OfferBook", "OfferBuilder", "OfferSink", "offer_signature"]
+__all__ = [
+    "Choice",
+    "OfferBook",
+    "OfferBuilder",
+    "OfferSink",
+    "offer_signature",
+    "variants_signature",
+]

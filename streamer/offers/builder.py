@@ -44,14 +44,20 @@ class OfferSink(Protocol):
     def publish(self, offer: BundleOffer) -> None: ...
 
 
-def offer_signature(
-    offer: BundleOffer,
-) -> tuple[tuple[tuple[str, ...], float, float, float], ...]:
+Signature = tuple[tuple[tuple[str, ...], float, float, float], ...]
+
+
+def offer_signature(offer: BundleOffer) -> Signature:
     """What makes two offers materially different: their bundles, discounts, prices, and
     probabilities rounded to 0.05 (smaller moves are noise and not worth a republication)."""
+    return variants_signature(offer.variants)
+
+
+def variants_signature(variants: Sequence[Variant]) -> Signature:
+    """:func:`offer_signature` of an offer with these variants (known before it is built)."""
     return tuple(
         (tuple(v.items), v.discount_pct, v.bundle_price, round(v.probability * 20) / 20)
-        for v in offer.variants
+        for v in variants
     )
 
 
@@ -73,30 +79,53 @@ class OfferBuilder:
         now_ms: int,
         segment: str | None = None,
     ) -> BundleOffer:
-        """The offer of ``proposals`` for ``anchor`` and ``segment`` (default: the builder's).
-        Raises ``ValueError`` without proposals."""
+        """The offer of ``proposals`` for ``anchor`` and ``segment`` (default: the builder's):
+        :meth:`variants`, then :meth:`offer`. Raises ``ValueError`` without proposals."""
+        return self.offer(anchor, self.variants(proposals, prices=prices),
+                          policy_version=policy_version, now_ms=now_ms, segment=segment)
+
+    @staticmethod
+    def variants(
+        proposals: Sequence[VariantProposal],
+        *,
+        prices: Mapping[str, float],
+        candidate_scores: bool = False,
+    ) -> list[Variant]:
+        """The variants of ``proposals`` (probabilities normalised, bundle prices from
+        ``prices``); each scored with its proposal's score, or its candidate's when
+        ``candidate_scores``. Raises ``ValueError`` without proposals."""
         if not proposals:
             raise ValueError("an offer needs at least one proposal")
         total = sum(p.probability for p in proposals)
-        variants = [
-            Variant(
-                items=list(p.candidate.items),
+        get = prices.get
+        variants = []
+        for p in proposals:
+            c = p.candidate
+            variants.append(Variant(
+                items=list(c.items),
                 discount_pct=p.discount_pct,
                 bundle_price=round(
-                    sum(prices.get(i, 0.0) for i in p.candidate.items)
-                    * (1.0 - p.discount_pct / 100.0),
-                    2,
+                    sum([get(i, 0.0) for i in c.items]) * (1.0 - p.discount_pct / 100.0), 2
                 ),
                 probability=p.probability / total,
-                score=p.score,
+                score=c.score if candidate_scores else p.score,
                 evidence=Evidence(
-                    support=p.candidate.support,
-                    confidence=min(1.0, p.candidate.confidence),
-                    lift=p.candidate.lift,
+                    support=c.support, confidence=min(1.0, c.confidence), lift=c.lift
                 ),
-            )
-            for p in proposals
-        ]
+            ))
+        return variants
+
+    def offer(
+        self,
+        anchor: str,
+        variants: list[Variant],
+        *,
+        policy_version: str,
+        now_ms: int,
+        segment: str | None = None,
+    ) -> BundleOffer:
+        """An offer of ``variants`` for ``segment`` (default: the builder's) made at ``now_ms``,
+        with its content-hash id."""
         draft = BundleOffer(
             offer_id="draft",
             ts=now_ms,
