@@ -45,6 +45,16 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
 
 
+async def until(condition: Callable[[], Any], what: str, timeout_s: float = 5.0) -> None:
+    """Let the loop run until ``condition()`` holds (a bounded wait, not a fixed pause)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0)  # one loop turn for the tasks under test
+
+
 @pytest.fixture
 def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings with fresh topic names and a fresh app id (consumer group) for this test."""

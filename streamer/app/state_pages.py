@@ -55,12 +55,14 @@ def install_state_pages(sa: StreamerApp) -> None:
     partitions = sa.settings.topics.partitions
     to_builtins = msgspec.to_builtins
 
+    def active_partitions(topic: str) -> list[int]:
+        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
     @app.page("/state/items/")
     async def state_items(web_: Any, request: Any) -> Any:
         if not _is_loopback(request.remote):
             return web_.json({"error": "state pages answer loopback peers only"}, status=403)
-        active = sorted(tp.partition for tp in app.assignor.assigned_actives()
-                        if tp.topic == baskets)
+        active = active_partitions(baskets)
         owned = set(active)
         items: dict[str, Any] = {}
         sources: dict[str, dict[int, int]] = {}
@@ -87,8 +89,7 @@ def install_state_pages(sa: StreamerApp) -> None:
     async def state_rewards(web_: Any, request: Any) -> Any:
         if not _is_loopback(request.remote):
             return web_.json({"error": "state pages answer loopback peers only"}, status=403)
-        active = sorted(tp.partition for tp in app.assignor.assigned_actives()
-                        if tp.topic == outcomes)
+        active = active_partitions(outcomes)
         owned = set(active)
         windows = [[p, to_builtins(w)] for p, w in sa.rewards.tracker.open_windows()
                    if p in owned]

@@ -26,6 +26,7 @@ from streamer.app.fast_consumer import (
     check_supported,
     install_fast_consumer,
 )
+from tests.conftest import until
 
 
 def new_app() -> faust.App:
@@ -249,7 +250,7 @@ def test_a_callback_that_blocks_is_counted_and_continued_in_one_task() -> None:
         queue.put_nowait("earlier")
         callback = Callback(queue)
         delivery = asyncio.ensure_future(consumer.deliver_fast(callback, "m"))
-        await asyncio.sleep(0)
+        await until(lambda: consumer.suspended_deliveries, "the delivery to block")
         assert queue.get_nowait() == "earlier"
         await delivery
         assert queue.get_nowait() == "m"

@@ -10,6 +10,7 @@ import pytest
 
 from streamer.app.tables import WriteBuffer
 from streamer.events.dedup import SeenId
+from tests.conftest import until
 
 
 class FakeFaustTable(MutableMapping[str, bytes]):
@@ -42,16 +43,6 @@ class FakeFaustTable(MutableMapping[str, bytes]):
 
     def __len__(self) -> int:
         return len(self.data)
-
-
-async def until(condition: Any, what: str, timeout_s: float = 5.0) -> None:
-    """Let the loop run until ``condition()`` holds (a bounded wait, not a fixed pause)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0)  # one loop turn for the tasks under test
 
 
 async def still_pending(task: asyncio.Future[Any], within_s: float = 0.05) -> bool:
