@@ -71,8 +71,8 @@ import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from heapq import nlargest
-from itertools import combinations, compress, islice, repeat
-from operator import add, itemgetter
+from itertools import combinations
+from operator import itemgetter
 
 import numpy as np
 from msgspec import Struct
@@ -246,8 +246,14 @@ class CoPurchaseStats:
         distinct = list(dict.fromkeys(items))
         self.learn_order_total(ts_ms, weight)  # checks the weight for the whole order
         learn = self._learn
+        # One partner list for every anchor, changed by one slot between anchors (every item
+        # but anchor i, in order: the previous anchor takes slot i - 1), not a new list per
+        # anchor: O(n) per order instead of O(n^2). ``_learn`` never keeps or changes it.
+        partners = distinct[1:]
         for i, anchor in enumerate(distinct):
-            learn(anchor, distinct[:i] + distinct[i + 1 :], ts_ms, weight)
+            if i:
+                partners[i - 1] = distinct[i - 1]
+            learn(anchor, partners, ts_ms, weight)
 
     def learn_order_total(self, ts_ms: int, weight: float = 1.0) -> None:
         """Count one order (of ``weight``) at ``ts_ms`` in ``counts[TOTAL_KEY]``."""
@@ -301,37 +307,28 @@ class CoPurchaseStats:
         step = weight * unit
         count += step
         if partners:
-            # Copy, then update in C (map/zip) rather than a Python loop per partner: the copy
-            # keeps the stored value untouched, and the update costs about as much as the
-            # plain-dict idiom it replaces.
+            # Copy (the stored value stays untouched), then update. Comprehensions, not
+            # map(operator, ...) pipelines: in CPython 3.11 their specialised float and dict
+            # bytecodes run faster than map over C functions, and much faster than over bound
+            # methods such as ``threshold.__le__`` (method-wrappers).
             pairs = pairs.copy()
-            grown = list(map(add, map(pairs.get, partners, repeat(0.0)), repeat(step)))
+            get = pairs.get
+            grown = [get(p, 0.0) + step for p in partners]
             pairs.update(zip(partners, grown, strict=True))
             if len(pairs) > self._capacity:
                 pairs, pair_offset = purge(pairs, pair_offset, self._capacity)
             if len(grown) >= 2 and self._triple_partners >= 2 and count >= self._triple_gate * unit:
-                # Strong partners of this order: a C-level filter, then a C-level sort of the
-                # few above the threshold when there are too many.
                 threshold = self._triple_min_support * unit
                 floor = self._triple_min_confidence * count
                 if floor > threshold:
                     threshold = floor
-                strong = list(compress(partners, map(threshold.__le__, grown)))
+                strong = _strongest(partners, grown, threshold, self._triple_partners)
                 if len(strong) >= 2:
-                    if len(strong) > self._triple_partners:
-                        # The heaviest few: a C-level sort of the co-counts alone finds the
-                        # cut-off; ties at it go to the partners listed first in the order.
-                        want = self._triple_partners
-                        weights = sorted(compress(grown, map(threshold.__le__, grown)))
-                        cut = weights[-want]
-                        strong = list(compress(partners, map(cut.__lt__, grown)))
-                        ties = compress(partners, map(cut.__eq__, grown))
-                        strong.extend(islice(ties, want - len(strong)))
                     strong.sort()
                     keys = list(map(TRIPLE_SEPARATOR.join, combinations(strong, 2)))
                     triples = triples.copy()
-                    bumped = map(add, map(triples.get, keys, repeat(0.0)), repeat(step))
-                    triples.update(zip(keys, bumped, strict=True))
+                    tget = triples.get
+                    triples.update(zip(keys, [tget(k, 0.0) + step for k in keys], strict=True))
                     if len(triples) > self._top_k_triples:
                         triples, triple_offset = purge(triples, triple_offset, self._top_k_triples)
         items[anchor] = ItemStats(landmark, count, pairs, pair_offset, triples, triple_offset)
@@ -497,6 +494,41 @@ def _heaviest(table: dict[str, float], k: int) -> list[tuple[str, float]]:
     order = np.argsort(-values, kind="stable")[:k].tolist()
     keys = list(table)
     return [(keys[i], table[keys[i]]) for i in order]
+
+
+def _strongest(
+    partners: list[str], weights: list[float], threshold: float, most: int
+) -> list[str]:
+    """The partners whose weight reaches ``threshold``; when more than ``most`` do, the
+    ``most`` heaviest of them, ties going to the partners listed first (any order out).
+
+    >>> _strongest(["a", "b", "c", "d"], [3.0, 1.0, 2.0, 2.0], 1.5, 2)
+    ['a', 'c']
+    >>> big = [f"p{i}" for i in range(100)]
+    >>> _strongest(big, [1.0] * 50 + [2.0] * 50, 1.5, 3), len(_strongest(big, [1.0] * 100, 1, 8))
+    (['p50', 'p51', 'p52'], 8)
+    """
+    n = len(weights)
+    if n < _NUMPY_FROM:
+        strong = [p for p, w in zip(partners, weights, strict=True) if w >= threshold]
+        if len(strong) > most:
+            # Python's sort is stable, also in reverse: equal weights keep the order's order.
+            heaviest = sorted(range(n), key=weights.__getitem__, reverse=True)[:most]
+            strong = [partners[i] for i in heaviest]
+        return strong
+    # A big order (an anchor in it may have hundreds of partners over the threshold): count
+    # and select in numpy, O(n), rather than several passes and a sort in Python.
+    values = np.fromiter(weights, np.float64, n)
+    reach = values >= threshold
+    if np.count_nonzero(reach) <= most:
+        chosen = np.flatnonzero(reach).tolist()
+    else:
+        # The most-th largest weight reaches the threshold (more than ``most`` do): take all
+        # above it, then the first ties at it.
+        cut = np.partition(values, n - most)[n - most]
+        chosen = np.flatnonzero(values > cut).tolist()
+        chosen += np.flatnonzero(values == cut)[: most - len(chosen)].tolist()
+    return [partners[i] for i in chosen]
 
 
 def _by_score(candidate: Candidate) -> float:

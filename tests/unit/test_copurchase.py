@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, MutableMapping
 from typing import Generic, TypeVar
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hyp_st
 
 from streamer.copurchase import (
     TOTAL_KEY,
@@ -390,3 +393,38 @@ def test_triple_ties_break_the_same_way_in_every_process() -> None:
     stats.learn_order(["a", "d", "c", "b", "e"], T0)
     best = stats.candidates("a", now_ms=T0 + 1, max_pairs=0, max_triples=1)
     assert [c.items for c in best] == [("a", "b", "c")]
+
+
+@given(
+    orders=hyp_st.lists(
+        hyp_st.lists(hyp_st.integers(0, 119), min_size=1, max_size=110, unique=True),
+        min_size=1,
+        max_size=12,
+    ),
+)
+@settings(max_examples=40, deadline=None)
+def test_strong_partners_of_an_order_are_its_heaviest_few(orders: list[list[int]]) -> None:
+    # The definition: an order's strong partners are those whose co-count (this order
+    # included) reaches the threshold; when more than ``triple_partners`` do, the heaviest,
+    # ties going to the partners listed first. Orders of up to 110 partners take both ways of
+    # finding the cut-off (a sort for few partners, a selection for many).
+    items: dict[str, ItemStats] = {}
+    stats = CoPurchaseStats(items, {}, top_k_triples=100_000, triple_partners=8)
+    co: dict[str, float] = {}
+    n = 0.0
+    for order in orders:
+        partners = [f"p{i:03d}" for i in order]
+        n += 1.0
+        for p in partners:
+            co[p] = co.get(p, 0.0) + 1.0
+        threshold = max(1.5, 0.1 * n)
+        strong = [p for p in partners if co[p] >= threshold]
+        if len(strong) > 8:
+            position = {p: i for i, p in enumerate(partners)}
+            strong = sorted(strong, key=lambda p: (-co[p], position[p]))[:8]
+        expected = {TRIPLE_SEPARATOR.join(bc) for bc in itertools.combinations(sorted(strong), 2)}
+        before = dict(items["a"].triples) if "a" in items else {}
+        stats.learn_anchor("a", partners, T0)  # one timestamp: decayed counts are plain counts
+        after = items["a"].triples
+        assert {k for k, v in after.items() if v != before.get(k, 0.0)} == expected
+        assert all(after[k] == before.get(k, 0.0) + 1.0 for k in expected)

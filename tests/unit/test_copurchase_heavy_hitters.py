@@ -66,3 +66,34 @@ def test_stats_pair_counts_within_bound(baskets: list[list[str]], top_k: int) ->
                 est = stats.pair_count(a, b, T0)
                 assert est <= c + 1e-9
                 assert c - est <= error + 1e-9
+
+
+def reference_purge(
+    table: dict[str, float], offset: float, capacity: int
+) -> tuple[dict[str, float], float]:
+    """The purge by its definition: a full sort finds the cut-off."""
+    if len(table) <= capacity:
+        return table, offset
+    delta = sorted(table.values(), reverse=True)[max(capacity // 2, 1)]
+    return {k: v - delta for k, v in table.items() if v > delta}, offset + delta
+
+
+@given(
+    weights=st.lists(
+        st.one_of(st.sampled_from([0.5, 1.0, 2.0]), st.floats(0.01, 100.0)),
+        min_size=1,
+        max_size=1500,
+    ),
+    capacity=st.integers(2, 1200),
+)
+@settings(max_examples=150, deadline=None)
+def test_purge_equals_its_definition_on_small_and_large_tables(
+    weights: list[float], capacity: int
+) -> None:
+    # Large tables find the cut-off by selection, small ones by sorting: the same table, in the
+    # same key order, either way (ties included: a few repeated weights).
+    table = {f"k{i}": w for i, w in enumerate(weights)}
+    got, offset = purge(table, 0.25, capacity)
+    want, want_offset = reference_purge(table, 0.25, capacity)
+    assert list(got.items()) == list(want.items())
+    assert offset == want_offset
