@@ -15,6 +15,10 @@ whole, in event-time order, as ``streamer evaluate`` reads them; ``--orders`` th
 e.g. UCI Online Retail, whose baskets are larger (25 distinct items on average) than the
 synthetic ones (about 8), which favours streamer (its cost per order grows with the items, plain
 counting's with the pairs).
+
+``--ref DIR`` also times the ``CoPurchaseStats`` of another checkout (e.g. a ``git worktree`` of
+the commit before a change), loaded beside this one, on the same orders with the same settings,
+in the same rotation: a before/after in one run, so machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from streamer.copurchase import CoPurchaseStats
 from streamer.engine import EngineConfig
@@ -81,11 +87,35 @@ def plain_dict_counting(orders: Orders) -> None:
                     row[b] = row.get(b, 0.0) + 1.0
 
 
-def streamer_stats(config: EngineConfig) -> Callable[[Orders], None]:
+def load_stats_class(root: str) -> Any:
+    """``CoPurchaseStats`` of the checkout at ``root``, imported beside this one's: the
+    ``streamer`` modules are swapped out of ``sys.modules`` while it loads, then put back (the
+    loaded class keeps its own module globals)."""
+    import importlib
+
+    def ours() -> dict[str, Any]:
+        return {n: m for n, m in sys.modules.items() if n.split(".")[0] == "streamer"}
+
+    saved = ours()
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module("streamer.copurchase").CoPurchaseStats
+    finally:
+        sys.path.remove(root)
+        for name in ours():
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def streamer_stats(
+    config: EngineConfig, stats_class: Any = CoPurchaseStats
+) -> Callable[[Orders], None]:
     """The statistics as the engine builds them from ``config``."""
 
     def learn(orders: Orders) -> None:
-        stats = CoPurchaseStats(
+        stats = stats_class(
             {},
             {},
             half_life_s=config.half_life_s,
@@ -100,10 +130,12 @@ def streamer_stats(config: EngineConfig) -> Callable[[Orders], None]:
     return learn
 
 
-def timed(learn: Callable[[Orders], None], orders: Orders) -> float:
-    t0 = time.perf_counter()
+def timed(learn: Callable[[Orders], None], orders: Orders) -> tuple[float, float]:
+    """Wall and CPU seconds of one run (CPU time leaves out waits for a core another process
+    holds, so it is the steadier of the two on a shared machine)."""
+    w0, c0 = time.perf_counter(), time.process_time()
     learn(orders)
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def main() -> None:
@@ -131,6 +163,9 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the figures to this path")
     parser.add_argument("--real", default="", help="time a data file's orders instead")
     parser.add_argument("--format", default="online-retail", help="the --real file's format")
+    parser.add_argument(
+        "--ref", default="", metavar="DIR", help="also time the statistics of this checkout"
+    )
     args = parser.parse_args()
 
     if args.real:
@@ -145,19 +180,25 @@ def main() -> None:
         triple_partners=args.triple_partners,
         triple_min_orders=args.triple_min_orders,
     )
-    ours = streamer_stats(config)
-    plain_s: list[float] = []
-    ours_s: list[float] = []
-    ratios: list[float] = []
+    learners: dict[str, Callable[[Orders], None]] = {
+        "plain": plain_dict_counting,
+        "streamer": streamer_stats(config),
+    }
+    if args.ref:
+        learners["ref"] = streamer_stats(config, load_stats_class(args.ref))
+    names = list(learners)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(args.repeats):
-        if r % 2:
-            o, p = timed(ours, orders), timed(plain_dict_counting, orders)
-        else:
-            p, o = timed(plain_dict_counting, orders), timed(ours, orders)
-        plain_s.append(p)
-        ours_s.append(o)
-        ratios.append(p / o)
-    result = {
+        # Rotate which learner goes first, so none always runs on a cold or a warm machine.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            wall_s, cpu_s = timed(learners[name], orders)
+            seconds[name].append(wall_s)
+            cpu[name].append(cpu_s)
+    plain_s, ours_s = seconds["plain"], seconds["streamer"]
+    ratios = [p / o for p, o in zip(plain_s, ours_s, strict=True)]
+    cpu_ratios = [p / o for p, o in zip(cpu["plain"], cpu["streamer"], strict=True)]
+    result: dict[str, Any] = {
         "source": args.real or "synthetic",
         "orders": len(orders),
         "ordered_pairs": pairs,
@@ -172,7 +213,27 @@ def main() -> None:
         "streamer_pairs_per_s": pairs / statistics.median(ours_s),
         "ratio_median": statistics.median(ratios),
         "ratios": ratios,
+        "cpu_ratio_median": statistics.median(cpu_ratios),
+        "cpu_ratios": cpu_ratios,
     }
+    if args.ref:
+        ref_s = seconds["ref"]
+        ref_ratios = [p / o for p, o in zip(plain_s, ref_s, strict=True)]
+        result |= {
+            "ref": args.ref,
+            "ref_orders_per_s": len(orders) / statistics.median(ref_s),
+            "ref_ratio_median": statistics.median(ref_ratios),
+            "ref_ratios": ref_ratios,
+            "speedup_over_ref_median": statistics.median(
+                [r / o for r, o in zip(ref_s, ours_s, strict=True)]
+            ),
+            "ref_cpu_ratio_median": statistics.median(
+                [p / o for p, o in zip(cpu["plain"], cpu["ref"], strict=True)]
+            ),
+            "cpu_speedup_over_ref_median": statistics.median(
+                [r / o for r, o in zip(cpu["ref"], cpu["streamer"], strict=True)]
+            ),
+        }
     print(
         f"{len(orders)} orders, {pairs} ordered pairs, top_k={config.top_k}, "
         f"top_k_triples={config.top_k_triples}, triple_partners={config.triple_partners}, "
@@ -187,7 +248,23 @@ def main() -> None:
         f"{'CoPurchaseStats':<24}{result['streamer_orders_per_s']:>12,.0f}"
         f"{result['streamer_pairs_per_s']:>14,.0f}"
     )
-    print(f"ratio (median of repeats): {result['ratio_median']:.2f}x")
+    if args.ref:
+        print(f"{'ref CoPurchaseStats':<24}{result['ref_orders_per_s']:>12,.0f}")
+    print(
+        f"ratio (median of repeats): {result['ratio_median']:.2f}x  "
+        f"(repeats: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
+    print(
+        f"ratio in CPU time (median of repeats): {result['cpu_ratio_median']:.2f}x  "
+        f"(repeats: {', '.join(f'{r:.2f}' for r in cpu_ratios)})"
+    )
+    if args.ref:
+        print(
+            f"ref ratio (median of repeats): {result['ref_ratio_median']:.2f}x wall, "
+            f"{result['ref_cpu_ratio_median']:.2f}x CPU; this checkout "
+            f"{result['speedup_over_ref_median']:.2f}x as fast as the ref in wall time, "
+            f"{result['cpu_speedup_over_ref_median']:.2f}x in CPU time (medians of repeats)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
