@@ -509,26 +509,24 @@ def _strongest(
     (['p50', 'p51', 'p52'], 8)
     """
     n = len(weights)
+    if n <= most:
+        return [p for p, w in zip(partners, weights, strict=True) if w >= threshold]
+    # cut: the most-th largest weight. When it reaches the threshold, the answer is the `most`
+    # heaviest (all at or above the cut, unless ties at it overflow); else fewer than `most`
+    # reach the threshold, and the answer is all of them. A big order (an anchor in it may
+    # have hundreds of partners over the threshold) finds the cut with numpy's O(n) selection.
     if n < _NUMPY_FROM:
-        strong = [p for p, w in zip(partners, weights, strict=True) if w >= threshold]
-        if len(strong) > most:
-            # Python's sort is stable, also in reverse: equal weights keep the order's order.
-            heaviest = sorted(range(n), key=weights.__getitem__, reverse=True)[:most]
-            strong = [partners[i] for i in heaviest]
-        return strong
-    # A big order (an anchor in it may have hundreds of partners over the threshold): count
-    # and select in numpy, O(n), rather than several passes and a sort in Python.
-    values = np.fromiter(weights, np.float64, n)
-    reach = values >= threshold
-    if np.count_nonzero(reach) <= most:
-        chosen = np.flatnonzero(reach).tolist()
+        cut = sorted(weights)[n - most]
     else:
-        # The most-th largest weight reaches the threshold (more than ``most`` do): take all
-        # above it, then the first ties at it.
-        cut = np.partition(values, n - most)[n - most]
-        chosen = np.flatnonzero(values > cut).tolist()
-        chosen += np.flatnonzero(values == cut)[: most - len(chosen)].tolist()
-    return [partners[i] for i in chosen]
+        cut = float(np.partition(np.fromiter(weights, np.float64, n), n - most)[n - most])
+    if cut < threshold:
+        return [p for p, w in zip(partners, weights, strict=True) if w >= threshold]
+    strong = [p for p, w in zip(partners, weights, strict=True) if w >= cut]
+    if len(strong) > most:
+        strong = [p for p, w in zip(partners, weights, strict=True) if w > cut]
+        ties = [p for p, w in zip(partners, weights, strict=True) if w == cut]
+        strong += ties[: most - len(strong)]
+    return strong
 
 
 def _by_score(candidate: Candidate) -> float:
