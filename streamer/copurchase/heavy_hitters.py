@@ -5,8 +5,10 @@ not in the table start them at zero plus the increment. When the table grows pas
 ``capacity``, :func:`purge` keeps the ``capacity // 2`` heaviest keys: it subtracts the weight
 ``delta`` of the heaviest key that does not fit from every count, drops keys left at zero or
 below, and adds ``delta`` to the table's *offset*. This is Misra-Gries with a batched
-decrement, as in Apache DataSketches' frequent-items sketch; a purge costs one sort of the
-table, so its cost per increment is amortised to O(log capacity) C-level work.
+decrement, as in Apache DataSketches' frequent-items sketch. A purge finds ``delta`` by a sort
+(small tables) or numpy's O(n) selection (large ones) and rebuilds the table once; it frees
+at least half the capacity, so its cost per increment is amortised to O(1) plus O(log
+capacity) for the sort.
 
 Guarantee (for any stream of positive weights with total ``N``, and ``k = capacity // 2``):
 
