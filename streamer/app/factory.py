@@ -37,6 +37,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamer.app.batching import take_batches
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import install_fast_consumer
 from streamer.app.kafka import (
@@ -257,7 +258,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
         dups = metrics.duplicates.labels(t.clicks)
-        async for events in stream.take_events(batch_max, within=linger_s):
+        async for events in take_batches(stream, batch_max, linger_s):
             consumed.inc(len(events))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
@@ -281,7 +282,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
-        async for events in stream.take_events(batch_max, within=linger_s):
+        async for events in take_batches(stream, batch_max, linger_s):
             consumed.inc(len(events))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
@@ -336,7 +337,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
         consumed = metrics.events_consumed.labels(baskets_topic.get_topic_name())
         published = metrics.offers_published
-        async for events in stream.take_events(batch_max, within=linger_s):
+        async for events in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
             offers: list[BundleOffer] = []

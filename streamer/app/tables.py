@@ -159,8 +159,8 @@ class WriteBuffer:
     events, as before, records were most of what the worker sent and 16% of its CPU.
 
     The contract with at-least-once: an agent hands its batch's changes over with
-    :meth:`defer` before the batch's events are acked (faust's ``take_events`` acks after the
-    loop body), and every offset commit awaits :meth:`write` between choosing the offsets and
+    :meth:`defer` before the batch's events are acked (``take_batches`` acks after the loop
+    body), and every offset commit awaits :meth:`write` between choosing the offsets and
     committing them (:attr:`streamer.app.fast_consumer.FastConsumer.before_commit`), which
     returns once the broker has every changelog message and every message handed to
     :meth:`defer`: so a committed offset never runs ahead of the state it produced. A crash
