@@ -8,11 +8,7 @@ each wait is a ``wait_first``: four tasks and an ``asyncio.wait``. An agent with
 (the clicks agent while only purchases flow) woke 200 times a second, and a busy one paid the
 tasks per batch: ``take_events`` was 11% of the worker's CPU on the throughput benchmark.
 :func:`take_batches` sleeps on a bare future until an event arrives (an idle agent costs
-nothing), and yields at most ``max_``. It lingers for more events (one timer) until
-``within`` after the agent became ready for a batch, as ``take_events``' timer does, so under
-load batches are as large as they were; but an event that arrives after the agent has been
-idle that long goes at once (``take_events`` held it until its next tick: up to ``within``
-of latency per agent on the way from a purchase to its offer).
+nothing), then lingers up to ``within`` for more (one timer), and yields at most ``max_``.
 
 Everything else is ``take_events``' own: the same processor fills the buffer as the stream is
 drained in the background; events are acked once the agent body is done with the batch
@@ -38,9 +34,8 @@ _IDLE_CHECK_S = 1.0
 
 
 def take_batches(stream: StreamT[Any], max_: int, within: float) -> AsyncIterator[list[EventT]]:
-    """Batches of up to ``max_`` events of ``stream``: more are waited for until ``within``
-    seconds after the agent was last ready for a batch (none once it has been idle longer).
-    Events of a batch are acked when the loop body
+    """Batches of up to ``max_`` events of ``stream``: from the first event on, at most
+    ``within`` seconds are waited for more. Events of a batch are acked when the loop body
     that got the batch is done (the next iteration starts or the loop ends). Use as
     ``async for events in take_batches(stream, 1000, 0.005)``, like ``take_events``."""
     if max_ < 1 or not within > 0:
@@ -92,7 +87,6 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
             await stream.crash(exc)
         return value
 
-    ready_at = loop.time()  # when the agent last became ready for a batch
     stream.enable_acks = False  # acked here, once the body is done with them
     stream.add_processor(add_to_buffer)
     stream._enable_passive(channel_it)
@@ -110,14 +104,10 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
                     timer.cancel()
                 if not events:
                     continue
-            # Linger for more until ``within`` after the previous batch was done, as
-            # take_events' timer runs (so batches under load are as large as they were);
-            # an event that finds the agent idle for longer goes at once.
-            remaining = ready_at + within - loop.time()
-            if len(events) < max_ and remaining > 0:
+            if len(events) < max_:  # linger for more, up to within
                 wake_on_first = False
                 waiter = loop.create_future()
-                timer = loop.call_later(remaining, wake)
+                timer = loop.call_later(within, wake)
                 try:
                     await waiter
                 finally:
@@ -134,7 +124,6 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
                 if not consuming.done():
                     consuming.set_result(None)
                 taken.set()
-                ready_at = loop.time()
     finally:
         stream.enable_acks = enable_acks
         stream._processors.remove(add_to_buffer)

@@ -38,14 +38,13 @@ def run_agent(max_: int, within: float, scenario: Any) -> list[list[int]]:
 def test_events_that_come_together_form_one_batch_of_at_most_max() -> None:
     async def scenario(wrapper: Any, batches: list[list[int]], gate: asyncio.Event) -> None:
         gate.set()
-        for i in range(6):
+        for i in range(7):
             await wrapper.put(i, wait=False)
-        await until(lambda: sum(map(len, batches)) == 6, "all six events taken")
+        await until(lambda: sum(map(len, batches)) == 7, "all seven events taken")
 
-    # Lingering up to a minute: only a full buffer ends a batch here.
-    batches = run_agent(3, 60.0, scenario)
-    assert [len(b) for b in batches] == [3, 3]
-    assert [v for b in batches for v in b] == list(range(6))
+    batches = run_agent(3, 0.05, scenario)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert [v for b in batches for v in b] == list(range(7))
 
 
 def test_events_wait_while_the_body_has_a_batch_and_are_acked_after_it() -> None:
