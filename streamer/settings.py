@@ -95,8 +95,8 @@ class WorkerSettings(_Section):
     )
     batch_linger_ms: float = Field(
         5.0, gt=0, le=10_000,
-        description="Longest a batch waits to fill, from when its agent became ready for it "
-        "(an event that finds the agent idle longer goes at once).",
+        description="Longest a batch waits to fill, from its first event (latency added "
+        "per agent).",
     )
 
 
