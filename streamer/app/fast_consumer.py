@@ -175,8 +175,10 @@ class FastConsumer(faust_aiokafka.Consumer):
     Differs from :class:`faust.transport.drivers.aiokafka.Consumer` in :meth:`_drain_messages`
     (faust's, with the delivery line and the seek marks changed) and :meth:`_deliver` (that
     line); in the seeks, which mark the partitions they move (:meth:`perform_seek`, :meth:`seek`,
-    :meth:`seek_wait`, see the module doc); and in :meth:`highwaters` when an
-    :attr:`end_offsets_check` is given (it is, against the embedded broker).
+    :meth:`seek_wait`, see the module doc); in :meth:`highwaters` when an
+    :attr:`end_offsets_check` is given (it is, against the embedded broker); and in
+    :meth:`_commit_tps`, which awaits :attr:`before_commit` before it commits (the worker's
+    table writes become durable there).
     """
 
     #: Deliveries whose callback suspended and so went the stock way (a task racing
