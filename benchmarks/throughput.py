@@ -430,10 +430,15 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
     spy = None
     try:
         if profile is not None:
+            # From the moment the web server answers: start-up imports are not profiled.
+            deadline = time.monotonic() + 60
+            while not worker.stats() and worker.child.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
             spy = subprocess.Popen(
                 [_py_spy(), "record", "-o", str(profile),
                  "-f", {".json": "speedscope", ".txt": "raw"}.get(profile.suffix, "flamegraph"),
-                 "-r", "200", "-p", str(worker.child.proc.pid)],
+                 "-r", "200", "-p", str(worker.child.proc.pid),
+                 *os.environ.get("PY_SPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S)
     finally:

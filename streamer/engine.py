@@ -71,7 +71,7 @@ from streamer.copurchase import TOTAL_KEY, CoPurchaseStats, Decayed, ItemStats
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
-from streamer.offers import OfferBuilder, offer_signature, variants_signature
+from streamer.offers import OfferBuilder, offer_signature, proposals_signature
 from streamer.online import (
     DISCOUNT_LEVELS,
     PROPENSITY_FEATURE,
@@ -459,20 +459,21 @@ class Engine:
             proposals = policy.propose(anchor, candidates)
         if not proposals:
             return None
+        if (
+            previous is not None
+            and previous.policy_version == policy.version
+            # An unchanged offer is still republished once half its life is gone, so a
+            # storefront never drops a good offer at expiry while its anchor still sells.
+            and now_ms - previous.ts < self.config.offer_ttl_ms // 2
+            and offer_signature(previous)
+            == proposals_signature(proposals, prices=self.state.catalog)
+        ):
+            return None  # decided before the variants are built and the offer id hashed
         # On the wire a variant's score is its co-purchase score whatever the policy, so
         # feedback decoding (logged_decision) can rebuild the features from the offer.
         variants = self.builder.variants(
             proposals, prices=self.state.catalog, candidate_scores=True
         )
-        if (
-            previous is not None
-            and previous.policy_version == policy.version
-            and offer_signature(previous) == variants_signature(variants)
-            # An unchanged offer is still republished once half its life is gone, so a
-            # storefront never drops a good offer at expiry while its anchor still sells.
-            and now_ms - previous.ts < self.config.offer_ttl_ms // 2
-        ):
-            return None  # decided before the offer's id (a hash of it) is computed
         offer = self.builder.offer(anchor, variants, policy_version=policy.version,
                                    now_ms=now_ms, segment=segment)
         self.state.offers[key] = offer

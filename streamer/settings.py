@@ -76,7 +76,10 @@ class WorkerSettings(_Section):
     )
     web_host: str = Field("127.0.0.1", description="Web server bind address (localhost only).")
     web_port: int = Field(6066, ge=0, le=65535, description="Web server port (0: any free).")
-    commit_interval_s: float = Field(1.0, gt=0, description="Offset commit interval.")
+    commit_interval_s: float = Field(
+        1.0, gt=0,
+        description="Offset commit interval; table changes reach their changelogs at each commit.",
+    )
     dedup_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="How long an event_id is remembered for de-duplication."
     )
@@ -88,11 +91,12 @@ class WorkerSettings(_Section):
     )
     batch_max: int = Field(
         1000, ge=1, le=100_000,
-        description="Most events an agent takes at once (state is written once per batch).",
+        description="Most events an agent takes at once.",
     )
     batch_linger_ms: float = Field(
         5.0, gt=0, le=10_000,
-        description="Longest an event waits for its batch to fill: latency added when idle.",
+        description="Longest a batch waits to fill, from its first event (latency added "
+        "per agent).",
     )
 
 

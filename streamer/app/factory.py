@@ -17,8 +17,9 @@ Batches, because faust's cost is per message: the clicks, purchases and items ag
 to ``worker.batch_max`` messages at a time (waiting at most ``worker.batch_linger_ms``); the
 purchases agent sends a batch's baskets as one message per item-baskets partition (its
 anchors' partition, Kafka's default partitioner). Table writes wait in a
-:class:`~streamer.app.tables.WriteBuffer`; each agent writes it, and waits until the broker
-has it, before its batch is acked, so a hot key costs one changelog record per batch.
+:class:`~streamer.app.tables.WriteBuffer` until the next offset commit, which writes them and
+waits until the broker has them and every message the agents sent before it commits, so a
+hot key costs one changelog record per commit interval.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from streamer.app.batching import take_batches
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import install_fast_consumer
 from streamer.app.kafka import (
@@ -134,8 +136,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     # under-reports them): streamer.app.fast_consumer, streamer.app.kafka.
     # faust fixes the broker's fetch wait at 1.5 s; the embedded broker then holds every fetch
     # of an idle partition that long, data or not: each hop added up to 1.5 s of latency.
+    # Every offset commit first makes the agents' table writes (and messages) durable.
+    sender = ChangelogSender(app)  # changelog records and offers, in batches
+    buffer = WriteBuffer(sender)
     install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
-                          fetch_max_wait_ms=k.fetch_max_wait_ms)
+                          fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write)
     metrics = metrics or Metrics()
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
     raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str, "key_serializer": "raw"}
@@ -165,8 +170,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     seen_clicks_t = table("seen-clicks", help="De-duplication of click event ids.")
     seen_purchases_t = table("seen-purchases", help="De-duplication of purchase event ids.")
 
-    sender = ChangelogSender(app)  # changelog records and offers, in batches
-    buffer = WriteBuffer(sender)
     state = EngineState(
         items=buffer.table(items_t, ItemRecord),
         counts=buffer.table(counts_t, Decayed),
@@ -255,7 +258,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
         dups = metrics.duplicates.labels(t.clicks)
-        async for events in stream.take_events(batch_max, within=linger_s):
+        async for events in take_batches(stream, batch_max, linger_s):
             consumed.inc(len(events))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
@@ -273,13 +276,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                         hold.hold()
                         outcomes += closed
                 await rewards.publish_outcomes(outcomes)
-            await buffer.write()  # durable before take_events acks the batch
+            buffer.defer()  # durable before the next offset commit (WriteBuffer)
 
     @app.agent(purchases_topic, name="purchases")
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
-        async for events in stream.take_events(batch_max, within=linger_s):
+        async for events in take_batches(stream, batch_max, linger_s):
             consumed.inc(len(events))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
@@ -306,7 +309,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
                         for partition, baskets in by_partition.items()]
                 await rewards.publish_outcomes(outcomes)
-            await buffer.write(*sent)  # durable before take_events acks the batch
+            buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
     offers_name = offers_topic.get_topic_name()
 
@@ -334,7 +337,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
         consumed = metrics.events_consumed.labels(baskets_topic.get_topic_name())
         published = metrics.offers_published
-        async for events in stream.take_events(batch_max, within=linger_s):
+        async for events in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
             offers: list[BundleOffer] = []
@@ -346,8 +349,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 offers += revised
                 dups.inc(redelivered)
             published.inc(len(offers))
-            # Offers leave first (latency), then all of it is durable before the acks.
-            await buffer.write(*await publish_offers(offers))
+            # Offers leave now (latency); they and the state are durable before the next
+            # offset commit (WriteBuffer).
+            buffer.defer(*await publish_offers(offers))
+
+    @app.on_partitions_revoked.connect
+    async def write_before_revoke(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # Changes waiting in the buffer for partitions this worker gives up must reach their
+        # changelogs before the next owner reads them, never after: write them now (faust
+        # has waited for the agents' batches; a commit racing this one may have skipped it).
+        await buffer.write()
 
     @app.on_rebalance_complete.connect
     async def rebuild_indexes(sender: Any, **kwargs: Any) -> None:

@@ -81,12 +81,14 @@ from collections.abc import (
     Callable,
     Coroutine,
     Generator,
+    Iterable,
     Iterator,
     Mapping,
 )
 from typing import Any, cast
 
 import faust
+from faust.exceptions import ProducerSendError
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
@@ -101,6 +103,11 @@ FAUST_VERSION = "0.15.3"
 #: sha256 of ``inspect.getsource(faust.transport.consumer.Consumer._drain_messages)`` in
 #: faust-streaming 0.15.3: install refuses any other loop.
 DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+#: sha256 of ``inspect.getsource(faust.transport.consumer.Consumer._commit_tps)`` in
+#: faust-streaming 0.15.3 (:meth:`FastConsumer._commit_tps` copies it).
+COMMIT_TPS_SHA256 = "a20e230b05ae8b151ac9f78fa77a102003a948c66c24c9d3588e39cb12859b7e"
 
 
 class FastConsumerUnsupported(RuntimeError):
@@ -168,8 +175,10 @@ class FastConsumer(faust_aiokafka.Consumer):
     Differs from :class:`faust.transport.drivers.aiokafka.Consumer` in :meth:`_drain_messages`
     (faust's, with the delivery line and the seek marks changed) and :meth:`_deliver` (that
     line); in the seeks, which mark the partitions they move (:meth:`perform_seek`, :meth:`seek`,
-    :meth:`seek_wait`, see the module doc); and in :meth:`highwaters` when an
-    :attr:`end_offsets_check` is given (it is, against the embedded broker).
+    :meth:`seek_wait`, see the module doc); in :meth:`highwaters` when an
+    :attr:`end_offsets_check` is given (it is, against the embedded broker); and in
+    :meth:`_commit_tps`, which awaits :attr:`before_commit` before it commits (the worker's
+    table writes become durable there).
     """
 
     #: Deliveries whose callback suspended and so went the stock way (a task racing
@@ -184,6 +193,11 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: embedded broker answers a fetch on an empty partition only after this long even when
     #: data arrives meanwhile, so each hop of a pipeline waits up to this long.
     fetch_max_wait_ms: int | None = None
+
+    #: Awaited by every commit after the offsets to commit are chosen and before they are
+    #: (see :meth:`_commit_tps`): the worker's table writes become durable there
+    #: (:meth:`streamer.app.tables.WriteBuffer.write`). None: nothing to wait for.
+    before_commit: Callable[[], Awaitable[Any]] | None = None
 
     #: Partitions a seek moved since the drain loop last fetched: the seek's id and the offset
     #: it moved them to.
@@ -244,6 +258,33 @@ class FastConsumer(faust_aiokafka.Consumer):
                 "awaiting_reset": getattr(state, "awaiting_reset", None),
             })
         return rows
+
+    # -- commits --------------------------------------------------------------------------------
+    # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._commit_tps; the
+    # change is the ``before_commit`` call, on every commit, even one with nothing to commit.
+    async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
+        """faust's ``_commit_tps``, awaiting :attr:`before_commit` between choosing the offsets
+        and committing them. Why then: an offset is committable once its event is acked, and
+        an agent acks an event once its state changes are in the worker's write buffer, not
+        yet on the broker; what ``before_commit`` makes durable includes every change of every
+        event acked before the offsets were chosen, so no committed offset runs ahead of its
+        state. Changes of events acked meanwhile go out too (durable early: harmless, state
+        updates are idempotent). A ``before_commit`` that raises fails the commit: nothing is
+        committed, the events are delivered again."""
+        commit_offsets = self._filter_committable_offsets(tps)
+        if self.before_commit is not None:
+            await self.before_commit()
+        if commit_offsets:
+            try:
+                # send all messages attached to the new offset
+                await self._handle_attached(commit_offsets)
+            except ProducerSendError as exc:
+                await self.crash(exc)
+            else:
+                return await self._commit_offsets(
+                    commit_offsets, start_new_transaction=start_new_transaction
+                )
+        return False
 
     # -- seeks ----------------------------------------------------------------------------------
     def _mark_seeking(self, positions: Mapping[TP, int]) -> None:
@@ -442,8 +483,11 @@ class FastConsumer(faust_aiokafka.Consumer):
 
 
 def _drain_messages_sha256() -> str:
-    source = inspect.getsource(faust_consumer.Consumer._drain_messages)
-    return hashlib.sha256(source.encode()).hexdigest()
+    return _source_sha256(faust_consumer.Consumer._drain_messages)
+
+
+def _source_sha256(function: Any) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
 
 
 def check_supported() -> None:
@@ -461,6 +505,16 @@ def check_supported() -> None:
                             f"(sha256 {digest[:12]}..., expected {DRAIN_MESSAGES_SHA256[:12]}...)")
     if faust_aiokafka.Consumer._drain_messages is not faust_consumer.Consumer._drain_messages:
         problems.append("faust's aiokafka Consumer overrides _drain_messages")
+    try:
+        commit_digest = _source_sha256(faust_consumer.Consumer._commit_tps)
+    except (OSError, TypeError, AttributeError) as e:
+        problems.append(f"cannot read faust's _commit_tps source ({e})")
+    else:
+        if commit_digest != COMMIT_TPS_SHA256:
+            problems.append("faust.transport.consumer.Consumer._commit_tps changed "
+                            f"(sha256 {commit_digest[:12]}...)")
+    if faust_aiokafka.Consumer._commit_tps is not faust_consumer.Consumer._commit_tps:
+        problems.append("faust's aiokafka Consumer overrides _commit_tps")
     for name in ("wait_first", "getmany", "_add_gap", "commit", "sleep"):
         if not callable(getattr(faust_aiokafka.Consumer, name, None)):
             problems.append(f"faust's aiokafka Consumer has no {name}()")
@@ -475,8 +529,11 @@ def check_supported() -> None:
 
 def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         [dict[TP, int]], Awaitable[dict[TP, int]]] | None = None,
-        fetch_max_wait_ms: int | None = None) -> None:
+        fetch_max_wait_ms: int | None = None,
+        before_commit: Callable[[], Awaitable[Any]] | None = None) -> None:
     """Make ``app`` consume with :class:`FastConsumer`; call before the worker starts.
+    ``before_commit`` is awaited by every commit before it commits
+    (:meth:`FastConsumer._commit_tps`).
 
     Sets the consumer class on this app's transport only (other apps keep faust's). Idempotent.
     Raises :class:`FastConsumerUnsupported` when faust's internals differ from the release the
@@ -495,10 +552,13 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         raise FastConsumerUnsupported("the app already created its consumer: install the fast "
                                       "consumer before the worker starts")
     consumer: type[FastConsumer] = FastConsumer
-    if end_offsets_check is not None or fetch_max_wait_ms is not None:
+    if (end_offsets_check is not None or fetch_max_wait_ms is not None
+            or before_commit is not None):
         consumer = type("FastConsumer", (FastConsumer,),
                         {"end_offsets_check": staticmethod(end_offsets_check)
                          if end_offsets_check is not None else None,
-                         "fetch_max_wait_ms": fetch_max_wait_ms})
+                         "fetch_max_wait_ms": fetch_max_wait_ms,
+                         "before_commit": staticmethod(before_commit)
+                         if before_commit is not None else None})
     # An instance attribute (faust declares a ClassVar): this app's transport only.
     transport.Consumer = consumer  # type: ignore[misc]

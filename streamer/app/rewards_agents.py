@@ -99,8 +99,8 @@ def install_reward_tracking(
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
     ``table(name, help=...)`` makes a bytes-valued faust Table (the factory's helper); the
-    tracker writes through ``buffer``, the worker's write-back, which every agent that
-    writes flushes before its events are acked. ``on_outcome(outcome, offer)`` is called for
+    tracker writes through ``buffer``, the worker's write-back, which every offset commit
+    writes before it commits. ``on_outcome(outcome, offer)`` is called for
     every closed impression (the worker's conversion model learns there). The clicks and
     purchases agents call ``tracking.tracker.observe`` and ``tracking.publish_outcomes`` (which
     returns once the broker has the outcomes), holding ``buffer`` from the observation that
@@ -170,7 +170,7 @@ def install_reward_tracking(
                     hold.hold()
                 await publish_outcomes(outcomes)
                 await publish_windows(windows)
-            await buffer.write()
+            buffer.defer()  # durable before the next offset commit
 
     @app.agent(outcomes_topic, name="reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
@@ -183,7 +183,7 @@ def install_reward_tracking(
                 if windows:
                     hold.hold()
                 await publish_windows(windows)
-            await buffer.write()
+            buffer.defer()  # durable before the next offset commit
 
     @app.timer(r.tick_interval_s)
     async def send_ticks() -> None:

@@ -2,7 +2,13 @@
 lives in ``streamer.app.storefront`` (it needs Kafka)."""
 
 from streamer.offers.book import Choice, OfferBook
-from streamer.offers.builder import OfferBuilder, OfferSink, offer_signature, variants_signature
+from streamer.offers.builder import (
+    OfferBuilder,
+    OfferSink,
+    offer_signature,
+    proposals_signature,
+    variants_signature,
+)
 
 __all__ = [
     "Choice",
@@ -10,5 +16,6 @@ __all__ = [
     "OfferBuilder",
     "OfferSink",
     "offer_signature",
+    "proposals_signature",
     "variants_signature",
 ]

@@ -113,6 +113,78 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
     ]
 
 
+def test_the_copied_commit_differs_from_fausts_only_by_before_commit() -> None:
+    stock = inspect.getsource(faust_consumer.Consumer._commit_tps).splitlines()
+    ours = inspect.getsource(FastConsumer._commit_tps).splitlines()
+    diff = difflib.unified_diff(stock, ours, lineterm="", n=0)
+    changed = [line[0] + line[1:].strip() for line in diff
+               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    docstring = inspect.getdoc(FastConsumer._commit_tps) or ""
+    code = [line for line in changed if line[1:].strip('"') not in docstring]
+    assert code == ["+if self.before_commit is not None:", "+await self.before_commit()"]
+
+
+def test_install_fails_loudly_when_fausts_commit_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def _commit_tps(self: Any, tps: Any, start_new_transaction: bool) -> bool:
+        """A faust release whose commit differs."""
+        return False
+
+    monkeypatch.setattr(faust_consumer.Consumer, "_commit_tps", _commit_tps)
+    with pytest.raises(FastConsumerUnsupported, match=r"_commit_tps changed"):
+        install_fast_consumer(new_app())
+
+
+def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_committing(
+) -> None:
+    """The state of every event acked before the offsets were chosen is made durable by
+    ``before_commit``; an event acked while it runs is not committed by this commit."""
+    tp = TP("purchases", 0)
+    log: list[Any] = []
+    acked = {tp: 10}
+
+    async def before_commit() -> None:
+        log.append(("before_commit", dict(acked)))
+        acked[tp] = 11  # an agent acks another event meanwhile
+
+    consumer = SimpleNamespace(
+        before_commit=before_commit,
+        _filter_committable_offsets=lambda tps: {t: acked[t] for t in tps},
+        _handle_attached=lambda offsets: asyncio.sleep(0),
+        crash=None,
+    )
+
+    async def commit_offsets(offsets: Mapping[TP, int], start_new_transaction: bool) -> bool:
+        log.append(("commit", dict(offsets)))
+        return True
+
+    consumer._commit_offsets = commit_offsets
+    assert asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))  # type: ignore[arg-type]
+    assert log == [("before_commit", {tp: 10}), ("commit", {tp: 10})]
+
+    async def failing() -> None:
+        raise ConnectionError("broker gone")
+
+    log.clear()
+    consumer.before_commit = failing
+    with pytest.raises(ConnectionError):  # nothing committed: the events come again
+        asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))  # type: ignore[arg-type]
+    assert log == []
+    consumer.before_commit = before_commit  # also with nothing to commit (state goes out)
+    assert not asyncio.run(FastConsumer._commit_tps(consumer, [], True))  # type: ignore[arg-type]
+    assert [entry[0] for entry in log] == ["before_commit"]
+
+
+def test_install_passes_before_commit_to_this_apps_consumer_class() -> None:
+    async def before_commit() -> None:
+        pass
+
+    app = new_app()
+    install_fast_consumer(app, before_commit=before_commit)
+    assert issubclass(app.transport.Consumer, FastConsumer)
+    assert app.transport.Consumer.before_commit is before_commit
+    assert FastConsumer.before_commit is None
+
+
 # -- delivery semantics ------------------------------------------------------------------------
 class FakeConsumer(Service):
     """What ``_deliver`` uses of a consumer: mode's ``wait_first`` and ``suspend_flow``."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+import faust
 import pytest
 
-from streamer.app.tables import WriteBuffer
+from streamer.app.tables import WriteBuffer, encode_key
 from streamer.events.dedup import SeenId
 from tests.conftest import until
 
@@ -222,5 +224,48 @@ def test_no_changelog_record_is_sent_while_an_agent_holds_the_buffer() -> None:
         assert [key for _, _, key, _ in sender.sent] == [b"s1"]
         assert await buffer.write() == 1  # s2, written after the other write flushed
         assert [key for _, _, key, _ in sender.sent] == [b"s1", b"s2"]
+
+    asyncio.run(run())
+
+
+def test_str_keys_are_serialized_as_fausts_json_key_serializer_does() -> None:
+    """Changelog keys written by BufferedTable.flush are the bytes faust's own send_changelog
+    would write (faust recovers the table from them, and compaction matches keys by bytes)."""
+    app = faust.App("tables-unit", broker="kafka://127.0.0.1:9", store="memory://")
+    schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw")
+    table = app.Table("keys", schema=schema, key_type=str, value_type=bytes)
+    assert table.key_serializer == "json"
+    prepare_key = table.changelog_topic.prepare_key
+    rng = random.Random(6)
+    keys = ["p123", "SKU000001\x1floyal", "\x00orders", 'a"b\\c', "é", "🛒", ""]
+    keys += ["".join(chr(rng.choice([rng.randrange(0, 128), rng.randrange(128, 0xD7FF),
+                                     rng.randrange(0x10000, 0x10FFFF)]))
+                     for _ in range(rng.randrange(12))) for _ in range(2000)]
+    for key in keys:
+        assert encode_key(key) == prepare_key(key, "json")[0], key
+
+
+def test_deferred_messages_are_waited_for_by_the_next_write_and_a_failed_one_fails_it() -> None:
+    async def run() -> None:
+        buffer = WriteBuffer(FakeSender())  # type: ignore[arg-type]
+        table = buffer.table(ChangelogTable(), float)
+        loop = asyncio.get_running_loop()
+        offer, basket = loop.create_future(), loop.create_future()
+        table["tea"] = 1.0
+        buffer.defer(offer, basket)  # returns at once; nothing sent yet
+        assert buffer.pending() == 1
+        write = asyncio.ensure_future(buffer.write())  # an offset commit
+        await until(lambda: not buffer.pending(), "the commit flushing the change")
+        offer.set_result(None)
+        assert await still_pending(write), "a commit waits for every deferred message"
+        basket.set_result(None)
+        assert await write == 1
+        lost = loop.create_future()
+        lost.set_exception(ConnectionError("never delivered"))
+        buffer.defer(lost)
+        for _ in range(2):  # no later commit may pass it either
+            with pytest.raises(ConnectionError):
+                await buffer.write()
 
     asyncio.run(run())
