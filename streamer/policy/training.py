@@ -92,13 +92,6 @@ class FineTuneConfig:
     max_threads: int = 1
     seed: int = 0
     eval_chunk: int = 65_536
-    #: Early stopping (0: off): the newest ``validation_fraction`` of the *training* part is
-    #: set aside, the candidate's estimate on it is taken after every pass, and the weights of
-    #: the best pass (the parent's included) are kept. Why: ``min_steps`` on a small buffer is
-    #: tens of passes over it, which fitted the noise of sparse rewards (in the simulator the
-    #: candidates' DR lower bound fell well below their parent's). The gate's holdout stays
-    #: untouched by this choice.
-    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.objective not in ("ips", "dr"):
@@ -109,8 +102,6 @@ class FineTuneConfig:
             raise ValueError("min_steps must be >= 0")
         if not self.learning_rate > 0 or not self.weight_clip > 0:
             raise ValueError("learning_rate and weight_clip must be positive")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError("validation_fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,10 +316,7 @@ def fine_tune(
     train, holdout = batch.split(config.holdout_fraction)
     shape = live.shape
     scorer = copy.deepcopy(live.scorer).to(device).train().requires_grad_(True)
-    validation = None
-    if config.validation_fraction > 0.0 and len(train) >= 2:
-        train, validation = train.split(config.validation_fraction)
-    _train(scorer, shape, train, config, device, validation=validation)
+    _train(scorer, shape, train, config, device)
     scorer = scorer.to("cpu").eval()
     candidate = TorchPolicy(scorer, shape, version=version_of(scorer, "torch"), parent=live.version)
     candidate_eval = evaluate_scorer(
@@ -417,20 +405,10 @@ def _train(
     train: FeedbackBatch,
     config: FineTuneConfig,
     device: torch.device,
-    *,
-    validation: FeedbackBatch | None = None,
 ) -> None:
     n = len(train)
     if n == 0 or config.epochs == 0:
         return
-
-    def validated() -> float:
-        return evaluate_scorer(scorer, shape, validation, confidence=config.confidence,
-                               device=device, chunk=config.eval_chunk).primary.value
-
-    best_value, best_state = -math.inf, None
-    if validation is not None:
-        best_value, best_state = validated(), copy.deepcopy(scorer.state_dict())
     use_amp = device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -475,12 +453,6 @@ def _train(
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.step(optimizer)
             scaler.update()
-        if validation is not None:
-            value_now = validated()
-            if value_now > best_value:
-                best_value, best_state = value_now, copy.deepcopy(scorer.state_dict())
-    if best_state is not None:
-        scorer.load_state_dict(best_state)
 
 
 @dataclass(slots=True)

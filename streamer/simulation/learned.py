@@ -190,8 +190,7 @@ class LearnedDecisions:
             every_seconds=1e12,
             min_records=min_records,
             config=fine_tune or FineTuneConfig(device="cpu", epochs=2, batch_size=1024,
-                                               learning_rate=1e-2, seed=seed,
-                                               validation_fraction=0.2),
+                                               learning_rate=1e-2, seed=seed),
         )
         self.offers: OrderedDict[str, BundleOffer] = OrderedDict()
         self.attributor = Attributor({}, self.offers.get, window_ms=window_ms,

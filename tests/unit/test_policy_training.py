@@ -319,23 +319,3 @@ def test_a_small_buffer_still_gets_min_steps_of_training() -> None:
     assert best_probability(few.candidate) < 0.3 < 0.6 < best_probability(enough.candidate)
     with pytest.raises(ValueError):
         FineTuneConfig(min_steps=-1)
-
-
-def test_early_stopping_keeps_the_best_pass_on_its_validation_slice() -> None:
-    # Rewards that are pure noise: whatever the passes learn is overfitting, and the kept
-    # weights must score at least as well as the parent on the validation slice (they may
-    # be the parent's). A real signal is still learned with early stopping on.
-    noise = bandit(1500, seed=4)
-    noise = dataclasses.replace(noise, reward=np.where(
-        np.random.default_rng(5).random(len(noise)) < 0.15, VALUE, 0.0))
-    config = dataclasses.replace(CONFIG, validation_fraction=0.25, min_steps=100)
-    live = fresh_policy()
-    result = fine_tune(live, noise, config)
-    train, _ = noise.split(config.holdout_fraction)
-    _, validation = train.split(config.validation_fraction)
-    kept = evaluate_policy(result.candidate, validation).primary.value
-    assert kept >= evaluate_policy(live, validation).primary.value
-    learned = fine_tune(fresh_policy(), bandit(3000, seed=1), config)
-    assert best_probability(learned.candidate) > 0.6 and learned.promoted
-    with pytest.raises(ValueError):
-        FineTuneConfig(validation_fraction=1.0)
