@@ -198,6 +198,10 @@ def main() -> None:
     parser.add_argument("--decompose", action="store_true",
                         help="also split each method's gap to the oracle into causes "
                         "(streamer.simulation.decompose; slower)")
+    parser.add_argument("--reward-attribution", choices=("offer", "any"), default="offer",
+                        help="what streamer_learned learns from (policy.reward_attribution): "
+                        "purchases through the offer only, or organic baskets holding the "
+                        "bundle too")
     parser.add_argument("--json", default="", help="write the figures to this path")
     parser.add_argument("--plot", default="", help="write regret/share curves to this PNG")
     args = parser.parse_args()
@@ -211,13 +215,18 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown methods: {sorted(unknown)}")
     factories: dict[str, Factory | None] = {k: METHODS[k] for k in names}
+    if "streamer_learned" in factories:
+        factories["streamer_learned"] = lambda cat, seed: LearnedDecisions(
+            seed=seed, segments=[s.name for s in cat.segments],
+            reward_attribution=args.reward_attribution)
     if args.diagnostics:
         # Not a method: streamer as it would do if stable offers did not lapse at the
         # storefront (see EngineDecisions.assume_refreshed).
         factories["streamer_refreshed"] = lambda cat, seed: EngineDecisions(
             Engine.in_memory(), assume_refreshed=True)
         # The learned loop with one offer per anchor for every segment (as before segments).
-        factories["streamer_learned_blind"] = lambda cat, seed: LearnedDecisions(seed=seed)
+        factories["streamer_learned_blind"] = lambda cat, seed: LearnedDecisions(
+            seed=seed, reward_attribution=args.reward_attribution)
     if args.with_oracle:
         factories["oracle"] = lambda cat, seed: OracleDecisions(cat)
 
@@ -229,6 +238,7 @@ def main() -> None:
     reports: dict[str, SimulationReport] = {}
     result: dict[str, Any] = {"impressions": n, "catalogue_size": args.catalogue_size,
                               "seed": args.seed, "drift_at_ms": drift_at_ms,
+                              "reward_attribution": args.reward_attribution,
                               "session_interval_ms": interval, "methods": {}}
     for name, factory in factories.items():
         if factory is None:

@@ -293,6 +293,16 @@ def _parse_split(text: str) -> dict[str, float]:
     return split
 
 
+class PolicySettings(_Section):
+    """What the learned policy learns from and is evaluated on (workers and trainer alike)."""
+
+    reward_attribution: Literal["offer", "any"] = Field(
+        "offer",
+        description="Reward the policy trains, is gated and its conversion model labelled on: "
+        "purchases through the offer (offer) or also baskets holding the bundle (any).",
+    )
+
+
 class TrainerSettings(_Section):
     """The trainer process (``streamer trainer``): feedback buffer, fine-tunes, promotion."""
 
@@ -361,6 +371,7 @@ class Settings(BaseSettings):
     copurchase: CoPurchaseSettings = CoPurchaseSettings()
     offers: OfferSettings = OfferSettings()
     rewards: RewardSettings = RewardSettings()
+    policy: PolicySettings = PolicySettings()
     trainer: TrainerSettings = TrainerSettings()
     demo: DemoSettings = DemoSettings()
 

@@ -38,7 +38,8 @@ def dashboard_data(board: RewardBoard, offers: OfferIndex, stats: dict[str, Any]
                 {"start": w.window_start, "end": w.window_end, "reward_rate": w.reward_rate,
                  "lo": w.ci95[0], "hi": w.ci95[1], "impressions": w.impressions,
                  "offer_clicks": w.offer_clicks, "conversions": w.conversions,
-                 "revenue": w.revenue}
+                 "revenue": w.revenue, "direct_conversions": w.direct_conversions,
+                 "direct_revenue": w.direct_revenue}
                 for w in windows]}
             for version, windows in series.items()
         ],
@@ -157,7 +158,9 @@ function drawChart(data) {
         "data-impressions": p.impressions, "data-conversions": p.conversions,
         "data-revenue": p.revenue});
       c.appendChild(el("title", {}, s.policy_version + ": " + fmt(p.reward_rate) +
-        " per impression (" + p.impressions + " impressions, " + p.conversions + " conversions)"));
+        " per impression (" + p.impressions + " impressions, " + p.conversions + " conversions" +
+        (p.direct_conversions == null ? "" : ", " + p.direct_conversions +
+         " through the offer, revenue " + fmt(p.direct_revenue)) + ")"));
       g.appendChild(c);
     }
     svg.appendChild(g);

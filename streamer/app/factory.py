@@ -62,7 +62,7 @@ from streamer.engine import (
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
-from streamer.rewards import ImpressionOutcome
+from streamer.rewards import ImpressionOutcome, learning_reward
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -194,15 +194,18 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         catalog = engine.state.catalog
         prices = {i: p for v in offer.variants for i in v.items
                   if (p := catalog.get(i)) is not None}
+        # Labelled as the trainer labels it (policy.reward_attribution): by default a basket
+        # that merely held the bundle is not a conversion of the offer.
+        reward, converted = learning_reward(outcome, settings.policy.reward_attribution)
         try:
             decision = logged_decision(
                 {"offer_id": outcome.offer_id, "variant": outcome.variant,
-                 "propensity": outcome.propensity, "reward": outcome.reward,
+                 "propensity": outcome.propensity, "reward": reward,
                  "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
                 segments=engine.config.segments)
         except ValueError:
             return
-        engine.learn_conversion(decision.variant_features[decision.chosen], outcome.converted)
+        engine.learn_conversion(decision.variant_features[decision.chosen], converted)
 
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion)

@@ -3,7 +3,8 @@ publishes promoted versions to ``policy-updates``.
 
 Its own process, never a worker's event loop. Two parts:
 
-- :class:`FeedbackTrainer`, no Kafka: decodes feedback records against the offers they were
+- :class:`FeedbackTrainer`, no Kafka: decodes feedback records (the workers' nested
+  ``FeedbackRecord`` or a flat one: :func:`feedback_fields`) against the offers they were
   impressions of (:func:`streamer.engine.logged_decision`), feeds the River conversion model,
   the drift monitor and :class:`~streamer.policy.PolicyTrainer`'s bounded buffer, and applies
   the promotion gate (against the live torch version, or against the logged rewards while the
@@ -49,6 +50,7 @@ from streamer.policy import (
     fine_tune,
     gate_against_logged,
 )
+from streamer.rewards import REWARD_ATTRIBUTIONS, RewardAttribution
 from streamer.settings import Settings, TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,39 @@ MAX_PENDING = 10_000
 #: republishes an outcome within seconds of its restart, so a day is ample.
 FEEDBACK_DEDUP_TTL_MS = 24 * 3_600_000
 POLICY_KEY = b"policy"
+
+
+def feedback_fields(body: Mapping[str, Any], mode: RewardAttribution) -> dict[str, Any]:
+    """One feedback record as :func:`streamer.engine.logged_decision` reads it: flat, with
+    ``reward`` and ``converted`` the ones the policy learns under ``mode``.
+
+    A worker's record (``FeedbackRecord``) nests the impression's outcome under ``outcome``;
+    its fields are lifted to the top (a flat record, as tests and replays write, is taken as
+    it is). With ``mode="offer"`` the reward is ``direct_reward`` (purchases through the offer)
+    and ``converted`` means ``attribution == "offer"``; a record without ``attribution`` (written
+    before the field existed) keeps its ``reward``, since it cannot tell how it was earned.
+
+    >>> nested = {"schema_version": 1, "candidates": [], "outcome": {"offer_id": "o",
+    ...     "variant": 0, "propensity": 0.5, "reward": 30.0, "converted": True,
+    ...     "attribution": "basket", "direct_reward": 0.0}}
+    >>> f = feedback_fields(nested, "offer")
+    >>> f["offer_id"], f["reward"], f["converted"], f["logged_reward"]
+    ('o', 0.0, False, 30.0)
+    >>> feedback_fields(nested, "any")["reward"]
+    30.0
+    """
+    if mode not in REWARD_ATTRIBUTIONS:
+        raise ValueError(f"reward attribution must be one of {REWARD_ATTRIBUTIONS}, got {mode!r}")
+    outcome = body.get("outcome")
+    flat = dict(body)
+    if isinstance(outcome, Mapping):
+        del flat["outcome"]
+        flat.update(outcome)
+    flat["logged_reward"] = flat.get("reward")
+    if mode == "offer" and "attribution" in flat:
+        flat["reward"] = flat.get("direct_reward", 0.0)
+        flat["converted"] = flat["attribution"] == "offer"
+    return flat
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +114,11 @@ class FeedbackTrainer:
     :meth:`run` (pure, for an executor)."""
 
     def __init__(self, config: TrainerSettings, *, base_version: str,
-                 segments: tuple[str, ...] = ()) -> None:
+                 segments: tuple[str, ...] = (),
+                 reward_attribution: RewardAttribution = "offer") -> None:
         self.settings = config
+        #: What the policy learns from (``policy.reward_attribution``): see feedback_fields.
+        self.reward_attribution = reward_attribution
         #: The workers' configured segments (``offers.segments``): their feature slots.
         self.segments = segments
         self.fine_tune_config = FineTuneConfig(
@@ -137,15 +175,17 @@ class FeedbackTrainer:
             for line in purchase.items:
                 self.catalog[line.item_id] = line.unit_price
 
-    def observe_feedback(self, record: Mapping[str, Any]) -> bool:
-        """Buffer one feedback record; True when it was. A record whose offer is unknown
+    def observe_feedback(self, body: Mapping[str, Any]) -> bool:
+        """Buffer one feedback record (nested or flat: :func:`feedback_fields`, which also
+        picks the reward learned from); True when it was. A record whose offer is unknown
         waits for it (bounded); a malformed one is counted and dropped; a record of an
         impression already buffered (a worker's republication after a crash) is counted in
         :attr:`duplicates` and dropped."""
+        record = feedback_fields(body, self.reward_attribution)
         offer = self._offer_of(record)
         if offer is None:
             offer_id = str(record.get("offer_id", ""))
-            self.pending.setdefault(offer_id, []).append(record)
+            self.pending.setdefault(offer_id, []).append(body)
             self.n_pending += 1
             while self.n_pending > MAX_PENDING:
                 _, dropped = self.pending.popitem(last=False)
@@ -256,7 +296,8 @@ async def run_trainer(
     stop = stop or asyncio.Event()
     base_version = Engine.v0_policy(EngineConfig()).version
     core = FeedbackTrainer(settings.trainer, base_version=base_version,
-                           segments=settings.offers.segment_names)
+                           segments=settings.offers.segment_names,
+                           reward_attribution=settings.policy.reward_attribution)
     codec = EventCodec(settings.kafka.max_message_bytes)
     kw = aiokafka_kwargs(settings.kafka)
     consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")

@@ -125,6 +125,8 @@ class RewardWindow(
     ]
     anchor_item_id: Id | None = None
     segment: Annotated[str, Meta(min_length=1, max_length=32)] | None = None
+    direct_conversions: Count | None = None
+    direct_revenue: Annotated[float, Meta(ge=0.0, le=1e15)] | None = None
 
 
 DeadLetterKind = Literal["too_large", "not_json", "schema", "semantic"]

@@ -14,6 +14,13 @@ Contract
 
   A purchase is attributed at most once, to one impression; an impression may collect several
   purchases. Ties in timestamp go to the larger ``event_id`` so the result is deterministic.
+- **How it was attributed.** Every outcome says so in ``attribution``: ``"offer"`` when at
+  least one of its purchases carries the impression's ``offer_id`` (bought *through* the
+  offer), ``"basket"`` when it converted only by containing the bundle's items (an organic
+  basket: the offer may not have caused it), ``"none"`` when nothing was bought.
+  ``direct_revenue`` and ``direct_reward`` count only the ``offer_id``-carrying purchases;
+  ``revenue`` and ``reward`` count both kinds (the contract above, what the ledger reports).
+  What a policy learns from is chosen with :data:`RewardAttribution` (:func:`learning_reward`).
 - **Reward.** ``revenue`` is the money actually paid for the bundle's items: for every order
   line whose item is in the shown bundle, ``quantity x unit_price`` (order prices are what the
   customer paid, so the bundle discount is already in them). Extra units of a bundle item count
@@ -66,8 +73,9 @@ Contract
 'applied'
 >>> att.advance(t + 30_000)
 []
->>> [(r.impression_id, r.converted, r.reward, r.purchase_ids) for r in att.advance(t + 61_000)]
-[('i1', True, 27.0, ('p1',))]
+>>> [(r.impression_id, r.converted, r.reward, r.purchase_ids, r.attribution, r.direct_reward)
+...  for r in att.advance(t + 61_000)]
+[('i1', True, 27.0, ('p1',), 'basket', 0.0)]
 >>> len(sessions)  # the purchase is remembered until no window can reach it
 1
 >>> att.advance(t + 70_000), sessions
@@ -87,6 +95,13 @@ from streamer.events.models import BundleOffer, ClickEvent, OrderLine, PurchaseE
 
 OfferLookup: TypeAlias = Mapping[str, BundleOffer] | Callable[[str], BundleOffer | None]
 RewardKind = Literal["revenue", "margin"]
+#: How an outcome's purchases were linked to its impression (module docstring).
+Attribution = Literal["offer", "basket", "none"]
+#: Which reward a policy learns from and is evaluated on: ``"offer"`` the direct reward of
+#: purchases that went through the offer (``direct_reward``), ``"any"`` the contract's reward
+#: (``reward``: basket matches too).
+RewardAttribution = Literal["offer", "any"]
+REWARD_ATTRIBUTIONS: tuple[RewardAttribution, ...] = ("offer", "any")
 #: What :meth:`Attributor.observe` did with an event.
 Observation = Literal[
     "applied",  # on time (possibly out of order within the allowed lateness)
@@ -191,7 +206,10 @@ class ImpressionOutcome(Struct, frozen=True, kw_only=True):
     decided (the first attributed purchase, else the window's end). ``policy_version``,
     ``anchor_item_id``, ``segment``, ``items`` and ``discount_pct`` describe the shown variant
     and are empty when the offer was never found. ``late`` is set when the impression or a
-    click or purchase credited to it arrived behind the watermark.
+    click or purchase credited to it arrived behind the watermark. ``attribution``,
+    ``direct_revenue`` and ``direct_reward``: how the purchases were linked, and what the
+    ``offer_id``-carrying ones alone earned (module docstring; the defaults are what a record
+    written before these fields existed decodes to).
     """
 
     impression_id: str
@@ -213,6 +231,29 @@ class ImpressionOutcome(Struct, frozen=True, kw_only=True):
     purchase_ids: tuple[str, ...]
     attributed_at: int
     late: bool
+    attribution: Attribution = "none"
+    direct_revenue: float = 0.0
+    direct_reward: float = 0.0
+
+
+def learning_reward(outcome: ImpressionOutcome, mode: RewardAttribution) -> tuple[float, bool]:
+    """``(reward, converted)`` of ``outcome`` as a policy learns it under ``mode``: with
+    ``"offer"`` only what was bought through the offer (a basket that merely contained the
+    bundle is a conversion the offer may not have caused), with ``"any"`` the contract's.
+
+    >>> o = ImpressionOutcome(impression_id="i", ts=0, session_id="s", user_id="u",
+    ...     offer_id="o", variant=0, propensity=1.0, policy_version="v", anchor_item_id="a",
+    ...     segment="all", items=("a", "b"), discount_pct=0.0, clicked=False, converted=True,
+    ...     revenue=30.0, reward=30.0, purchase_ids=("p",), attributed_at=0, late=False,
+    ...     attribution="basket")
+    >>> learning_reward(o, "offer"), learning_reward(o, "any")
+    ((0.0, False), (30.0, True))
+    """
+    if mode == "offer":
+        return outcome.direct_reward, outcome.attribution == "offer"
+    if mode == "any":
+        return outcome.reward, outcome.converted
+    raise ValueError(f"reward attribution must be one of {REWARD_ATTRIBUTIONS}, got {mode!r}")
 
 
 def _lookup_function(offers: OfferLookup) -> Callable[[str], BundleOffer | None]:
@@ -524,11 +565,19 @@ class Attributor:
                 continue
             bought = sorted(purchases_of.get(imp.event_id, []), key=lambda p: (p.ts, p.event_id))
             clicks = clicks_of.get(imp.event_id, [])
-            revenue = reward = 0.0
+            revenue = reward = direct_revenue = direct_reward = 0.0
+            through_offer = False
             for p in bought:
                 rev, rew = bundle_revenue(imp, p, reward=self.reward, cost_ratio=self.cost_ratio)
                 revenue += rev
                 reward += rew
+                if p.offer_id is not None and p.offer_id == imp.offer_id:
+                    through_offer = True
+                    direct_revenue += rev
+                    direct_reward += rew
+            attribution: Attribution = (
+                "offer" if through_offer else "basket" if bought else "none"
+            )
             b = imp.bundle
             records.append(
                 ImpressionOutcome(
@@ -551,6 +600,9 @@ class Attributor:
                     purchase_ids=tuple(p.event_id for p in bought),
                     attributed_at=bought[0].ts if bought else imp.ts + window,
                     late=imp.late or any(p.late for p in bought) or any(c.late for c in clicks),
+                    attribution=attribution,
+                    direct_revenue=direct_revenue,
+                    direct_reward=direct_reward,
                 )
             )
         remaining = SessionState(

@@ -20,7 +20,9 @@ Contract
   already closed is not added there; it is counted as ``"late"`` (and ``add`` returns False).
 - ``reward_rate`` is the mean reward per impression, ``ci95`` its interval from
   :meth:`~streamer.rewards.reward_stats.RewardMoments.interval` (log-scale delta method,
-  see that module for why), ``revenue`` the summed bundle revenue. With margin rewards
+  see that module for why), ``revenue`` the summed bundle revenue; ``direct_conversions`` and
+  ``direct_revenue`` count only what was bought through the offer (outcomes whose
+  ``attribution`` is ``"offer"``, and their ``direct_revenue``). With margin rewards
   ``reward_rate`` may be negative, which the ``rewards`` schema does not allow yet.
 - State: ``windows`` maps a key to a :class:`WindowAggregate` (a faust Table live, a dict in
   tests); values are only ever assigned or deleted. At most
@@ -105,6 +107,8 @@ class WindowAggregate(Struct, frozen=True, kw_only=True):
     conversions: int = 0
     revenue: float = 0.0
     rewards: RewardMoments = RewardMoments()
+    direct_conversions: int = 0
+    direct_revenue: float = 0.0
 
     @property
     def end(self) -> int:
@@ -120,6 +124,8 @@ class WindowAggregate(Struct, frozen=True, kw_only=True):
             conversions=self.conversions + outcome.converted,
             revenue=self.revenue + outcome.revenue,
             rewards=self.rewards.add(outcome.reward),
+            direct_conversions=self.direct_conversions + (outcome.attribution == "offer"),
+            direct_revenue=self.direct_revenue + outcome.direct_revenue,
         )
 
     def to_reward_window(self, confidence: float = 0.95) -> RewardWindow:
@@ -137,6 +143,8 @@ class WindowAggregate(Struct, frozen=True, kw_only=True):
             ci95=[lo, hi],
             anchor_item_id=self.anchor_item_id,
             segment=self.segment,
+            direct_conversions=self.direct_conversions,
+            direct_revenue=self.direct_revenue,
         )
 
 

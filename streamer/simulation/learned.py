@@ -38,7 +38,7 @@ from streamer.policy import (
     select_device,
 )
 from streamer.policy.torch_policy import Decision
-from streamer.rewards import Attributor
+from streamer.rewards import REWARD_ATTRIBUTIONS, Attributor, RewardAttribution, learning_reward
 from streamer.simulation.shop import Event
 
 #: The engine's configuration in the simulator. A wider candidate pool than the engine's
@@ -145,6 +145,12 @@ class LearnedDecisions:
     simulator's traffic, not from its truth: see there. ``segments`` (the shop's segment
     names, which its storefront knows) replaces the configuration's: offers per (anchor,
     segment), each shopper shown their segment's (``Engine.live_offer``).
+
+    ``reward_attribution`` (the ``policy.reward_attribution`` setting): what the policy learns
+    from and is gated on, and what the conversion model is labelled with:
+    ``"offer"`` (default) only purchases made through the offer; ``"any"`` also organic
+    baskets that contained the bundle, which the simulated shop makes often and which the
+    offer did not cause (:func:`streamer.rewards.learning_reward`).
     """
 
     def __init__(
@@ -159,7 +165,11 @@ class LearnedDecisions:
         policy: TorchPolicy | None = None,
         seed: int = 0,
         segments: Sequence[str] | None = None,
+        reward_attribution: RewardAttribution = "offer",
     ) -> None:
+        if reward_attribution not in REWARD_ATTRIBUTIONS:
+            raise ValueError(f"reward_attribution must be one of {REWARD_ATTRIBUTIONS}")
+        self.reward_attribution = reward_attribution
         # One torch thread: a decision is a few dozen rows, where a second OpenMP thread
         # spin-waiting on a busy core made each forward pass ~100x slower here (6 ms vs 50 us).
         select_device("cpu", max_threads=1)
@@ -213,20 +223,19 @@ class LearnedDecisions:
             offer = self.offers.get(outcome.offer_id)
             if offer is None:
                 continue
+            reward, converted = learning_reward(outcome, self.reward_attribution)
             served = self.decisions.get(outcome.offer_id)
             if served is not None and 0 <= outcome.variant < len(served.shown):
-                decision = served_decision(served, outcome.variant, outcome.propensity,
-                                           outcome.reward)
+                decision = served_decision(served, outcome.variant, outcome.propensity, reward)
             else:  # not decided by the torch policy (v0 fallback): rebuilt from the offer
-                record = msgspec.to_builtins(outcome)
+                record = {**msgspec.to_builtins(outcome), "reward": reward}
                 decision = logged_decision(record, offer, prices=self.engine.state.catalog,
                                            conversion=self.engine.conversion,
                                            segments=self.engine.config.segments)
             self.trainer.add(decision)
-            if self.drift.observe_reward(offer.policy_version, outcome.reward):
+            if self.drift.observe_reward(offer.policy_version, reward):
                 self.trainer.request_fine_tune(f"reward drift under {offer.policy_version}")
-            self.engine.learn_conversion(decision.variant_features[decision.chosen],
-                                         outcome.converted)
+            self.engine.learn_conversion(decision.variant_features[decision.chosen], converted)
         if self.trainer.due(latest / 1000):
             result = self.trainer.fine_tune(self.live, latest / 1000)
             self.fine_tunes.append(result.metadata())

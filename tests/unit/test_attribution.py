@@ -18,7 +18,7 @@ from streamer.events.models import (
     PurchaseEvent,
     Variant,
 )
-from streamer.rewards import Attributor, ImpressionOutcome, SessionState
+from streamer.rewards import Attributor, ImpressionOutcome, SessionState, learning_reward
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -322,6 +322,60 @@ def test_attribution_table(case: Case, store: str) -> None:
     for status in set(statuses):
         assert att.counts[status] == statuses.count(status)
     assert len(sessions) == 0, "state must be empty once every window has passed"
+
+
+#: (steps, [(impression_id, attribution, reward, direct_reward, converted under "offer")]).
+ATTRIBUTION_CASES: dict[str, tuple[list[Any], list[tuple[str, str, float, float, bool]]]] = {
+    "nothing_bought": ([imp("i1", 0)], [("i1", "none", 0.0, 0.0, False)]),
+    "through_the_offer": (
+        [imp("i1", 0), buy("p1", 1, "ab", offer_id="o1")],
+        [("i1", "offer", 30.0, 30.0, True)],
+    ),
+    "organic_basket_holding_the_bundle": (
+        [imp("i1", 0), buy("p1", 1, "abz")],
+        [("i1", "basket", 30.0, 0.0, False)],
+    ),
+    "offer_and_basket_purchases_both_credited_direct_only_counts_the_offers": (
+        [imp("i1", 0), buy("p1", 1, "ab", offer_id="o1"), buy("p2", 5, "ab")],
+        [("i1", "offer", 60.0, 30.0, True)],
+    ),
+    "another_offers_purchase_is_neither": (
+        [imp("i1", 0), buy("p1", 1, "ab", offer_id="o3")],
+        [("i1", "none", 0.0, 0.0, False)],
+    ),
+    "unknown_offer_only_offer_id_purchases_match": (
+        [imp("i1", 0, "o9"), buy("p1", 1, "az", offer_id="o9")],
+        [("i1", "offer", 120.0, 120.0, True)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ATTRIBUTION_CASES)
+def test_outcome_says_how_its_reward_was_attributed(name: str) -> None:
+    steps, expected = ATTRIBUTION_CASES[name]
+    _, records, _ = run(steps, {})
+    got = [(r.impression_id, r.attribution, r.reward, r.direct_reward,
+            learning_reward(r, "offer")[1]) for r in records]
+    assert got == expected
+    for r in records:  # "any" is the contract's reward, what the ledger reports
+        assert learning_reward(r, "any") == (r.reward, r.converted)
+        assert learning_reward(r, "offer") == (r.direct_reward, r.attribution == "offer")
+        assert r.direct_revenue <= r.revenue
+
+
+def test_learning_reward_refuses_an_unknown_mode() -> None:
+    _, (r,), _ = run([imp("i1", 0)], {})
+    with pytest.raises(ValueError, match="reward attribution"):
+        learning_reward(r, "basket")  # type: ignore[arg-type]
+
+
+def test_outcome_written_before_the_attribution_fields_decodes_with_defaults() -> None:
+    _, (r,), _ = run([imp("i1", 0), buy("p1", 1, "ab", offer_id="o1")], {})
+    old = msgspec.to_builtins(r)
+    for key in ("attribution", "direct_revenue", "direct_reward"):
+        del old[key]
+    decoded = msgspec.convert(old, type=ImpressionOutcome)
+    assert (decoded.attribution, decoded.direct_reward) == ("none", 0.0)
 
 
 def test_record_carries_the_decision_context_and_round_trips() -> None:

@@ -3,17 +3,21 @@ gate, refusing non-finite versions, rollbacks."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load, save
 
 from streamer.app.policy_updates import PolicyFollower
-from streamer.app.trainer import FeedbackTrainer
+from streamer.app.reward_tracking import FeedbackRecord
+from streamer.app.trainer import FeedbackTrainer, feedback_fields
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import OrderLine, PurchaseEvent
 from streamer.observability import Metrics
@@ -26,6 +30,7 @@ from streamer.policy import (
     rollback_record,
 )
 from streamer.policy.checkpoint import _header_metadata
+from streamer.rewards import ImpressionOutcome
 from streamer.settings import Settings, TrainerSettings
 
 T0 = 1_700_000_000_000
@@ -202,6 +207,55 @@ def test_a_waiting_record_is_not_taken_for_its_own_duplicate() -> None:
            "variant": 0, "propensity": offer.variants[0].probability, "reward": 0.0}
     assert not core.observe_feedback(rec)  # waits for its offer
     assert core.observe_offer(offer) == 1 and core.duplicates == 0
+
+
+def worker_record(offer: Any, impression: str, attribution: str, reward: float,
+                  direct: float) -> dict[str, Any]:
+    """A feedback record as a worker publishes it (nested FeedbackRecord), as JSON decodes it."""
+    outcome = ImpressionOutcome(
+        impression_id=impression, ts=offer.ts, session_id="s", user_id="u",
+        offer_id=offer.offer_id, variant=0, propensity=offer.variants[0].probability,
+        policy_version=offer.policy_version, anchor_item_id=offer.anchor_item_id,
+        segment=offer.segment, items=tuple(offer.variants[0].items),
+        discount_pct=offer.variants[0].discount_pct, clicked=False, converted=reward > 0,
+        revenue=reward, reward=reward, purchase_ids=("p",) if reward > 0 else (),
+        attributed_at=offer.ts, late=False, attribution=attribution,  # type: ignore[arg-type]
+        direct_revenue=direct, direct_reward=direct)
+    body: dict[str, Any] = json.loads(msgspec.json.encode(FeedbackRecord.build(outcome, offer)))
+    return body
+
+
+@pytest.mark.parametrize(("mode", "rewards", "conversions"), [
+    ("offer", [0.0, 12.0, 0.0], 1),  # the basket-only conversion earns nothing
+    ("any", [30.0, 20.0, 0.0], 2),
+])
+def test_trainer_learns_the_configured_reward_from_workers_records(
+    mode: str, rewards: list[float], conversions: int
+) -> None:
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy",
+                           reward_attribution=mode)  # type: ignore[arg-type]
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    core.observe_offer(offer)
+    records = [worker_record(offer, "i1", "basket", 30.0, 0.0),
+               worker_record(offer, "i2", "offer", 20.0, 12.0),  # plus a basket: 8.0
+               worker_record(offer, "i3", "none", 0.0, 0.0)]
+    assert all(core.observe_feedback(r) for r in records)  # nested records are read
+    assert core.trainer.buffer.snapshot().reward.tolist() == rewards
+    assert core.conversion.n_converted == conversions
+
+
+def test_reward_attribution_setting_defaults_to_the_offer_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().policy.reward_attribution == "offer"
+    monkeypatch.setenv("STREAMER__POLICY__REWARD_ATTRIBUTION", "any")
+    assert Settings().policy.reward_attribution == "any"
+    monkeypatch.setenv("STREAMER__POLICY__REWARD_ATTRIBUTION", "basket")
+    with pytest.raises(ValidationError):
+        Settings()
+    with pytest.raises(ValueError, match="reward attribution"):
+        feedback_fields({"reward": 1.0}, "basket")  # type: ignore[arg-type]
 
 
 def nan_checkpoint(policy: TorchPolicy) -> bytes:

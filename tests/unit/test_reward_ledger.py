@@ -58,6 +58,19 @@ def outcome(
     )
 
 
+def test_window_counts_purchases_through_the_offer_apart() -> None:
+    windows: dict[str, WindowAggregate] = {}
+    ledger = RewardLedger(windows, specs=(TUMBLING_1_MIN,), allowed_lateness_ms=0)
+    through = msgspec.structs.replace(outcome(T0, 20.0, n=1), attribution="offer",
+                                      direct_revenue=20.0, direct_reward=20.0)
+    basket = msgspec.structs.replace(outcome(T0, 30.0, n=2), attribution="basket")
+    for o in (through, basket, outcome(T0, 0.0, n=3)):
+        assert ledger.add(o)
+    (w,) = ledger.advance(T0 + MIN)
+    assert (w.conversions, w.revenue) == (2, 50.0)  # the contract's figures
+    assert (w.direct_conversions, w.direct_revenue) == (1, 20.0)  # through the offer only
+
+
 def test_tumbling_window_closes_at_watermark_and_expires() -> None:
     windows: dict[str, WindowAggregate] = {}
     ledger = RewardLedger(windows, specs=(TUMBLING_1_MIN,), allowed_lateness_ms=10_000)

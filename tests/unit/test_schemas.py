@@ -128,6 +128,8 @@ EXAMPLES: dict[str, Json] = {
         "ci95": [0.1, 1.6],
         "anchor_item_id": "i1",
         "segment": "all",
+        "direct_conversions": 2,
+        "direct_revenue": 60.0,
     },
     "dead_letter": {
         "ts": 1_700_000_000_000,

@@ -360,3 +360,32 @@ def test_the_learned_loop_logs_decisions_as_served(catalogue: Catalogue) -> None
     # Offers for every segment were shown, each with its own slot set.
     segments = batch.features[np.arange(len(batch)), batch.chosen][:, -5:-1]
     assert set(map(tuple, segments.tolist())) >= {(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0)}
+
+
+@pytest.mark.parametrize("mode", ["offer", "any"])
+def test_the_learned_loop_learns_the_configured_reward(catalogue: Catalogue, mode: str) -> None:
+    from streamer.rewards import ImpressionOutcome, learning_reward
+    from streamer.simulation.learned import LearnedDecisions
+
+    learned = LearnedDecisions(min_records=10**6, every_records=10**6,
+                               reward_attribution=mode,  # type: ignore[arg-type]
+                               segments=[s.name for s in catalogue.segments])
+    closed: list[ImpressionOutcome] = []
+    advance = learned.attributor.advance
+
+    def recording_advance(now_ms: int | None = None) -> list[ImpressionOutcome]:
+        out = advance(now_ms)
+        closed.extend(out)
+        return out
+
+    learned.attributor.advance = recording_advance  # type: ignore[method-assign]
+    run_closed_loop(learned, SimulatedShop(catalogue, seed=5), impressions=1500)
+    batch = learned.trainer.buffer.snapshot()
+    kept = [o for o in closed if o.offer_id in learned.offers]
+    assert len(batch) == len(kept) > 100
+    # The shop's organic baskets hold shown bundles: basket-only conversions happen, and only
+    # "any" pays them.
+    assert any(o.attribution == "basket" for o in kept)
+    assert batch.reward.tolist() == [learning_reward(o, mode)[0] for o in kept]
+    assert learned.engine.conversion.n_converted == sum(learning_reward(o, mode)[1]
+                                                       for o in kept)
