@@ -482,10 +482,6 @@ class FastConsumer(faust_aiokafka.Consumer):
             unset_flag(flag_consumer_fetching)
 
 
-def _drain_messages_sha256() -> str:
-    return _source_sha256(faust_consumer.Consumer._drain_messages)
-
-
 def _source_sha256(function: Any) -> str:
     return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()
 
@@ -495,26 +491,18 @@ def check_supported() -> None:
     :class:`FastConsumer` copies: same drain loop source, not overridden on the way down to
     the aiokafka consumer, and the hooks it calls still there."""
     problems = []
-    try:
-        digest = _drain_messages_sha256()
-    except (OSError, TypeError) as e:  # no source shipped: cannot compare, so refuse
-        problems.append(f"cannot read faust's drain loop source ({e})")
-    else:
-        if digest != DRAIN_MESSAGES_SHA256:
-            problems.append("faust.transport.consumer.Consumer._drain_messages changed "
-                            f"(sha256 {digest[:12]}..., expected {DRAIN_MESSAGES_SHA256[:12]}...)")
-    if faust_aiokafka.Consumer._drain_messages is not faust_consumer.Consumer._drain_messages:
-        problems.append("faust's aiokafka Consumer overrides _drain_messages")
-    try:
-        commit_digest = _source_sha256(faust_consumer.Consumer._commit_tps)
-    except (OSError, TypeError, AttributeError) as e:
-        problems.append(f"cannot read faust's _commit_tps source ({e})")
-    else:
-        if commit_digest != COMMIT_TPS_SHA256:
-            problems.append("faust.transport.consumer.Consumer._commit_tps changed "
-                            f"(sha256 {commit_digest[:12]}...)")
-    if faust_aiokafka.Consumer._commit_tps is not faust_consumer.Consumer._commit_tps:
-        problems.append("faust's aiokafka Consumer overrides _commit_tps")
+    for name, expected in (("_drain_messages", DRAIN_MESSAGES_SHA256),
+                           ("_commit_tps", COMMIT_TPS_SHA256)):
+        try:
+            digest = _source_sha256(getattr(faust_consumer.Consumer, name))
+        except (OSError, TypeError, AttributeError) as e:  # no source: cannot compare, refuse
+            problems.append(f"cannot read faust's {name} source ({e})")
+        else:
+            if digest != expected:
+                problems.append(f"faust.transport.consumer.Consumer.{name} changed "
+                                f"(sha256 {digest[:12]}..., expected {expected[:12]}...)")
+        if getattr(faust_aiokafka.Consumer, name) is not getattr(faust_consumer.Consumer, name):
+            problems.append(f"faust's aiokafka Consumer overrides {name}")
     for name in ("wait_first", "getmany", "_add_gap", "commit", "sleep"):
         if not callable(getattr(faust_aiokafka.Consumer, name, None)):
             problems.append(f"faust's aiokafka Consumer has no {name}()")

@@ -63,14 +63,15 @@ def test_installed_faust_is_the_one_the_loop_was_copied_from() -> None:
     assert faust.__version__ == fast_consumer.FAUST_VERSION
 
 
-def test_install_fails_loudly_when_fausts_drain_loop_changed(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    async def _drain_messages(self: Any, fetcher: Any) -> None:
-        """A faust release whose loop differs."""
+@pytest.mark.parametrize("name", ["_drain_messages", "_commit_tps"])
+def test_install_fails_loudly_when_a_copied_faust_method_changed(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    async def changed(self: Any, *args: Any) -> None:
+        """A faust release whose method differs."""
 
-    monkeypatch.setattr(faust_consumer.Consumer, "_drain_messages", _drain_messages)
+    monkeypatch.setattr(faust_consumer.Consumer, name, changed)
     with pytest.raises(FastConsumerUnsupported,
-                       match=r"written against faust-streaming 0\.15\.3.*_drain_messages changed"):
+                       match=rf"written against faust-streaming 0\.15\.3.*{name} changed"):
         install_fast_consumer(new_app())
 
 
