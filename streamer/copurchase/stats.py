@@ -45,8 +45,9 @@ per anchor and 4 / 6 / 8 / 12 strong partners per order: 0.2398 / 0.2428 / 0.243
 0.2398 / 0.2432 / 0.2436. The 2-item hit rate does not depend on them.
 
 Update cost (``benchmarks/copurchase_throughput.py``, plain nested-dict pair counting = 1x): on
-the first 8,000 UCI Online Retail orders about 0.43x (0.34x before the comprehensions and
-selections below, same run), on its synthetic orders about 0.2x. The pair update itself costs
+the first 8,000 UCI Online Retail orders about 0.6x on an idle machine and 0.43x while other
+jobs shared its cores (before the comprehensions and selections below: 0.53x and 0.34x in the
+same runs); on its synthetic orders (about 8 items each) about 0.3x. The pair update itself costs
 about what plain counting does per pair; the rest is the copy an immutable value needs (a table
 of up to ``top_k`` partners per anchor and order: most of the cost on small orders), the
 purges, and the triple step (strong partners, 28 keys, a copy of the triple table). So the
