@@ -147,6 +147,10 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Read at most this many events.")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the intervals.")]
     = 1000,
+    co_view_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of a session's co-viewed items as a pseudo-order (0: off).")] = 0.0,
+    co_cart_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of a session's co-carted items as a pseudo-order (0: off).")] = 0.0,
 ) -> None:
     """Prequential evaluation in event-time order, no Kafka: for every order of two or more
     items and every anchor in it, was the offer live just before the order bought with it?
@@ -154,7 +158,7 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from streamer.replay import detect_format
-    from streamer.replay.evaluate import run_evaluation
+    from streamer.replay.evaluate import run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
     fmt = format or detect_format(path)
@@ -164,6 +168,8 @@ def evaluate(
         result = run_evaluation(
             path, fmt, json_path=json_path, plot_path=plot, limit=limit,  # type: ignore[arg-type]
             bootstrap=bootstrap,
+            config=with_engine_config(co_view_weight=co_view_weight,
+                                      co_cart_weight=co_cart_weight),
             progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(result_table(result))
     for label, target in (("results", json_path), ("plot", plot)):

@@ -60,6 +60,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -67,7 +68,14 @@ from typing import Any
 
 import msgspec
 
-from streamer.copurchase import TOTAL_KEY, CoPurchaseStats, Decayed, ItemStats
+from streamer.copurchase import (
+    TOTAL_KEY,
+    CoPurchaseStats,
+    Decayed,
+    ItemStats,
+    SessionItems,
+    SessionItemsTracker,
+)
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
@@ -99,9 +107,22 @@ class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
     weight: float = 1.0
     partner_prices: list[float] = []  # aligned with partners, same convention as ``price``
     #: Where the purchase was read: its ``purchases`` partition and offset (-1: unknown, e.g. a
-    #: replay in process; then only the event-id check guards against counting it twice).
+    #: replay in process; then only the event-id check guards against counting it twice). For
+    #: a session's co-view or co-cart (:meth:`Engine.session_baskets`), ``clicks`` partition
+    #: ``p`` is source :data:`CLICKS_SOURCE` + ``p``.
     source: int = -1
     offset: int = -1
+    #: False: the anchor was counted in this (pseudo-)order already; only its new partners
+    #: are learned (a session's items join its pseudo-order one click at a time).
+    count_anchor: bool = True
+
+
+#: ``ItemBasket.source`` of ``clicks`` partition 0; purchases partitions are sources 0, 1, ...
+CLICKS_SOURCE = 1 << 20
+
+#: Which click kinds feed which session signal (``EngineConfig.co_view_weight`` /
+#: ``co_cart_weight``).
+SESSION_SIGNALS = {"view": "view", "click": "view", "add_to_cart": "cart"}
 
 
 class ItemRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -153,6 +174,17 @@ class EngineConfig:
     discount_pct: float = 10.0
     dedup_ttl_ms: int = 24 * 3_600_000
     dedup_capacity: int = 1_000_000
+    #: Weight of a session's co-viewed (``view``, ``click``) and co-carted (``add_to_cart``)
+    #: items as a pseudo-order, against 1.0 for a purchase; 0.0 leaves the signal out
+    #: (:mod:`streamer.copurchase.sessions`).
+    co_view_weight: float = 0.0
+    co_cart_weight: float = 0.0
+    #: A session's pseudo-order ends after this long without a click of its signal; at most
+    #: ``session_max_items`` items join one; at most ``session_capacity`` sessions are kept
+    #: per ``clicks`` partition.
+    session_gap_ms: int = 30 * 60_000
+    session_max_items: int = 50
+    session_capacity: int = 200_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", check_segments(self.segments))
@@ -176,10 +208,13 @@ class EngineState:
     #: default segment, anchor and segment for the others).
     offers: MutableMapping[str, BundleOffer]
     seen: MutableMapping[str, SeenId]
+    #: Items each session viewed or carted (:mod:`streamer.copurchase.sessions`); only used
+    #: when a session signal has a weight.
+    sessions: MutableMapping[str, SessionItems] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def in_memory(cls) -> EngineState:
-        return cls(items={}, counts={}, catalog={}, offers={}, seen={})
+        return cls(items={}, counts={}, catalog={}, offers={}, seen={}, sessions={})
 
 
 class Engine:
@@ -231,6 +266,11 @@ class Engine:
         self.builder = OfferBuilder(segment=config.segment, ttl_ms=config.offer_ttl_ms)
         self.dedup = Deduplicator(
             state.seen, ttl_ms=config.dedup_ttl_ms, capacity=config.dedup_capacity
+        )
+        self._session_weights = {"view": config.co_view_weight, "cart": config.co_cart_weight}
+        self.sessions = SessionItemsTracker(
+            state.sessions, gap_ms=config.session_gap_ms,
+            max_items=config.session_max_items, capacity=config.session_capacity,
         )
 
     @classmethod
@@ -303,6 +343,37 @@ class Engine:
             ItemBasket(anchor=TOTAL_KEY, partners=[], ts=purchase.ts, event_id=purchase.event_id,
                        source=source, offset=offset)
         )
+        return baskets
+
+    def session_baskets(self, click: ClickEvent, *, partition: int = 0,
+                        offset: int = -1) -> list[ItemBasket]:
+        """What ``click`` (read from ``clicks`` ``partition`` at ``offset``) adds to its
+        session's co-view or co-cart pseudo-order, as item baskets of the signal's weight: the
+        clicked item bought with the session's earlier items, each earlier item with the
+        clicked one (not counted again), and the order total when the session starts (see
+        :mod:`streamer.copurchase.sessions`). Empty when the click's signal has no weight, or
+        adds nothing. Learned like :meth:`fan_out`'s baskets, through :meth:`learn_baskets`.
+        """
+        signal = SESSION_SIGNALS.get(click.kind)
+        if signal is None:
+            return []
+        weight = self._session_weights[signal]
+        if weight <= 0.0:
+            return []
+        joined = self.sessions.observe(click.session_id, signal, click.item_id, ts_ms=click.ts,
+                                       partition=partition, offset=offset)
+        if joined is None:
+            return []
+        source = CLICKS_SOURCE + partition
+        item, ts, event_id = joined.item, click.ts, click.event_id
+        baskets = [ItemBasket(anchor=item, partners=joined.earlier, ts=ts, event_id=event_id,
+                              weight=weight, source=source, offset=offset)]
+        baskets += [ItemBasket(anchor=e, partners=[item], ts=ts, event_id=event_id,
+                               weight=weight, source=source, offset=offset,
+                               count_anchor=False) for e in joined.earlier]
+        if joined.first:
+            baskets.append(ItemBasket(anchor=TOTAL_KEY, partners=[], ts=ts, event_id=event_id,
+                                      weight=weight, source=source, offset=offset))
         return baskets
 
     def has_learned(self, basket: ItemBasket) -> bool:
@@ -378,7 +449,8 @@ class Engine:
         if anchor == TOTAL_KEY:
             self._learner.learn_order_total(basket.ts, basket.weight)
         else:
-            self._learner.learn_anchor(anchor, basket.partners, basket.ts, basket.weight)
+            self._learner.learn_anchor(anchor, basket.partners, basket.ts, basket.weight,
+                                       count_anchor=basket.count_anchor)
         sources = record.sources if record is not None else {}
         if basket.offset >= 0:
             sources = {**sources, basket.source: basket.offset}
@@ -495,9 +567,17 @@ class Engine:
         offers, _ = self.learn_baskets(self.fan_out(purchase, source=partition, offset=offset))
         return offers
 
-    def handle_click(self, click: ClickEvent, partition: int = 0) -> bool:
-        """De-duplicate a click; v0 learns nothing from clicks yet (True if it was new)."""
-        return self.accept(click.event_id, click.ts, partition)
+    def handle_click(self, click: ClickEvent, partition: int = 0,
+                     offset: int = -1) -> list[BundleOffer]:
+        """Learn a click (once): its session's co-view or co-cart, when that signal has a
+        weight (:meth:`session_baskets`); return the offers to publish."""
+        if not self.accept(click.event_id, click.ts, partition, offset):
+            return []
+        baskets = self.session_baskets(click, partition=partition, offset=offset)
+        if not baskets:
+            return []
+        offers, _ = self.learn_baskets(baskets)
+        return offers
 
     def live_offer(
         self, anchor: str, segment: str | None = None, *, now_ms: int | None = None

@@ -123,6 +123,31 @@ class CoPurchaseSettings(_Section):
     top_k_triples: int = Field(
         256, ge=2, le=4096, description="Triples tracked per item (heavy hitters)."
     )
+    co_view_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of the items one session viewed (view, click) as a pseudo-order, "
+        "against 1 for a purchase; 0 leaves co-views out.",
+    )
+    co_cart_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of the items one session carted (add_to_cart) as a pseudo-order, "
+        "against 1 for a purchase; 0 leaves co-carts out.",
+    )
+    session_gap_s: float = Field(
+        1800.0, gt=0, description="A session's co-view/co-cart pseudo-order ends after this "
+        "long without a click of its kind (event time)."
+    )
+    session_max_items: int = Field(
+        50, ge=2, le=1000, description="Items that may join one session's pseudo-order."
+    )
+    session_capacity: int = Field(
+        200_000, ge=1, description="Sessions tracked per clicks partition (least recently "
+        "active forgotten first)."
+    )
 
 
 class OfferSettings(_Section):

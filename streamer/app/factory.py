@@ -4,7 +4,8 @@ Agents decode, call the engine, send. Everything they call is plain Python teste
 
 Topology::
 
-    clicks ──► clicks agent ──(invalid)──────────────────────────► dead-letters
+    clicks ──► clicks agent ──(co-view/co-cart, when weighted)─► <app>-item-baskets
+                            └─(invalid)──────────────────────────► dead-letters
     purchases ► purchases agent ─(fan out by item)─► <app>-item-baskets
                                  └─(invalid)─────────────────────► dead-letters
     <app>-item-baskets ► items agent (co-purchase state, dedup) ──► offers (keyed by anchor)
@@ -50,7 +51,7 @@ from streamer.app.policy_updates import install_policy_follower
 from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
 from streamer.app.state_pages import install_state_pages
 from streamer.app.tables import ChangelogSender, WriteBuffer
-from streamer.copurchase import Decayed
+from streamer.copurchase import Decayed, SessionItems
 from streamer.engine import (
     Engine,
     EngineConfig,
@@ -89,6 +90,11 @@ def engine_config(settings: Settings) -> EngineConfig:
         discount_pct=o.discount_pct,
         dedup_ttl_ms=int(w.dedup_ttl_s * 1000),
         dedup_capacity=w.dedup_capacity,
+        co_view_weight=c.co_view_weight,
+        co_cart_weight=c.co_cart_weight,
+        session_gap_ms=int(c.session_gap_s * 1000),
+        session_max_items=c.session_max_items,
+        session_capacity=c.session_capacity,
     )
 
 
@@ -169,6 +175,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     catalog_t = table("catalog", global_=True, help="Last seen unit price per item.")
     seen_clicks_t = table("seen-clicks", help="De-duplication of click event ids.")
     seen_purchases_t = table("seen-purchases", help="De-duplication of purchase event ids.")
+    sessions_t = table("sessions", help="Items each session viewed or carted (co-view/co-cart).")
 
     state = EngineState(
         items=buffer.table(items_t, ItemRecord),
@@ -177,6 +184,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         offers=buffer.table(offers_t, BundleOffer),
         # Purchases by event id (Engine.accept, in the purchases agent); clicks by click_dedup.
         seen=buffer.table(seen_purchases_t, SeenId),
+        sessions=buffer.table(sessions_t, SessionItems),
     )
     config = engine_config(settings)
     engine = Engine(config, state, Engine.v0_policy(config))
@@ -266,11 +274,19 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
+            by_partition: dict[int, list[ItemBasket]] = {}
             with buffer.holding() as hold:
                 async for message, click in decoded(events, codec.decode_click):
-                    buffer.partition = message.partition
-                    if not click_dedup.first_time(click.event_id, ts_ms=click.ts,
-                                                  partition=message.partition):
+                    buffer.partition = source = message.partition
+                    # As for purchases: this very message redelivered is let through, and
+                    # what it adds to its session is recognised downstream by its offset.
+                    if click_dedup.first_time(click.event_id, ts_ms=click.ts,
+                                              partition=source, offset=message.offset):
+                        for basket in engine.session_baskets(click, partition=source,
+                                                             offset=message.offset):
+                            by_partition.setdefault(key_partition(basket.anchor, partitions),
+                                                    []).append(basket)
+                    else:
                         dups.inc()
                     # Attribution has its own idempotence, kept with the state it guards.
                     closed = rewards.tracker.observe(click, partition=message.partition,
@@ -278,8 +294,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     if closed:  # their state waits for them (WriteBuffer.holding)
                         hold.hold()
                         outcomes += closed
+                sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
+                        for partition, baskets in by_partition.items()]
                 await rewards.publish_outcomes(outcomes)
-            buffer.defer()  # durable before the next offset commit (WriteBuffer)
+            buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
     @app.agent(purchases_topic, name="purchases")
     async def purchases(stream: faust.StreamT[bytes]) -> None:
@@ -369,6 +387,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # in-memory only and must be recreated from them.
         click_dedup.rebuild()
         engine.dedup.rebuild()
+        engine.sessions.rebuild()
         rewards.tracker.reset()
         sa.ready = True
 

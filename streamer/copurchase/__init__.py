@@ -15,7 +15,8 @@ Contract (the engine and the evaluation depend on exactly this):
   and writes ``counts[anchor]``, nothing else. ``learn_order_total(ts_ms, weight=1.0)``: count
   one order (writes ``counts[TOTAL_KEY]``); ``learn_order(items, ts_ms, weight=1.0)``: both,
   for a whole order (replay, evaluation). ``weight`` < 1 feeds a secondary signal (co-view,
-  co-cart). Timestamps are event time in epoch ms, in any order.
+  co-cart: :mod:`streamer.copurchase.sessions` turns a session's clicks into such pseudo-orders).
+  Timestamps are event time in epoch ms, in any order.
 - ``candidates(anchor, *, now_ms, max_pairs, max_triples, min_support)`` returns
   :class:`Candidate` bundles (anchor first, 2 or 3 items), best score first; pure.
 - Memory: per anchor at most ``top_k`` partners and ``top_k_triples`` triples (heavy-hitter
@@ -39,6 +40,7 @@ True
 
 from streamer.copurchase.decay import Decayed
 from streamer.copurchase.heavy_hitters import purge
+from streamer.copurchase.sessions import Joined, SessionItems, SessionItemsTracker, session_key
 from streamer.copurchase.stats import (
     TOTAL_KEY,
     TRIPLE_SEPARATOR,
@@ -54,5 +56,9 @@ __all__ = [
     "CoPurchaseStats",
     "Decayed",
     "ItemStats",
+    "Joined",
+    "SessionItems",
+    "SessionItemsTracker",
     "purge",
+    "session_key",
 ]

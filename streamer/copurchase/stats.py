@@ -272,20 +272,31 @@ class CoPurchaseStats:
         counts[TOTAL_KEY] = add_weight(counts.get(TOTAL_KEY), weight, ts_ms, self._half_life_ms)
 
     def learn_anchor(
-        self, anchor: str, partners: Iterable[str], ts_ms: int, weight: float = 1.0
+        self,
+        anchor: str,
+        partners: Iterable[str],
+        ts_ms: int,
+        weight: float = 1.0,
+        *,
+        count_anchor: bool = True,
     ) -> None:
         """Learn one anchor's view of an order: the anchor, bought with ``partners`` at ``ts_ms``.
 
         ``weight`` scales the event (1.0 for a purchase; less for a secondary signal such as a
         co-cart in one session). It applies to the anchor's own count too, so confidences stay
         ratios of like quantities. The anchor itself and duplicates in ``partners`` are ignored.
+        ``count_anchor=False`` adds the partners to an order the anchor was counted in already
+        (a session's pseudo-order that grows click by click: :mod:`.sessions`).
         """
         _check_weight(weight)
         distinct = dict.fromkeys(partners)
         distinct.pop(anchor, None)
-        self._learn(anchor, list(distinct), ts_ms, weight)
+        self._learn(anchor, list(distinct), ts_ms, weight, count_anchor)
 
-    def _learn(self, anchor: str, partners: list[str], ts_ms: int, weight: float) -> None:
+    def _learn(
+        self, anchor: str, partners: list[str], ts_ms: int, weight: float,
+        count_anchor: bool = True,
+    ) -> None:
         items = self._items
         old = items.get(anchor)
         if old is None:
@@ -315,7 +326,8 @@ class CoPurchaseStats:
                 landmark = ts_ms
         unit = math.exp((ts_ms - landmark) * self._ln2_per_ms)
         step = weight * unit
-        count += step
+        if count_anchor:
+            count += step
         if partners:
             # Copy (the stored value stays untouched), then update. Comprehensions, not
             # map(operator, ...) pipelines: in CPython 3.11 their specialised float and dict

@@ -311,7 +311,8 @@ def evaluate(
         bootstrap: bootstrap replicates for the intervals.
         progress: called with (events done, events total) now and then.
 
-    Clicks go to :meth:`Engine.handle_click` (the worker's path; v0 learns nothing from them).
+    Clicks go to :meth:`Engine.handle_click` (the worker's path: they feed the co-view and
+    co-cart signals when ``config`` gives them a weight; by default they teach nothing).
     Pure computation, CPU-bound; owns nothing after it returns.
     """
     started = time.perf_counter()

@@ -131,6 +131,36 @@ def test_the_same_events_twice_count_once(settings: Settings, start_worker: Any)
     assert view["count"] == pytest.approx(3.0, rel=1e-4)
 
 
+def test_co_carts_in_a_session_are_learned_once_at_their_weight(
+    settings: Settings, start_worker: Any
+) -> None:
+    settings = settings.model_copy(update={"copurchase": settings.copurchase.model_copy(
+        update={"co_cart_weight": 0.5})})
+    worker = start_worker(settings)
+    now = int(time.time() * 1000)
+    # Prices come from purchases: tea and cup bought alone, so they never pair there.
+    produce(settings, settings.topics.purchases,
+            as_messages([purchase(1, ["tea"], ts=now), purchase(2, ["cup"], ts=now)]))
+    clicks = [ClickEvent(event_id=f"c-{s}-{i}", ts=now, user_id="u", session_id=f"s{s}",
+                         item_id=i, kind=k)
+              for s in range(2) for i, k in (("tea", "add_to_cart"), ("cup", "add_to_cart"),
+                                             ("cup", "add_to_cart"), ("scone", "view"))]
+    produce(settings, settings.topics.clicks, as_messages(clicks + clicks[:3]))  # some twice
+
+    offers = consume(settings, settings.topics.offers,
+                     lambda rs: any(r.key == b"tea" for r in rs), timeout_s=30)
+    tea = [o for o in decode_offers(offers) if o.anchor_item_id == "tea"]
+    assert [v.items for v in tea[-1].variants] == [["tea", "cup"]]
+    wait_for(lambda: worker.consumed(settings.topics.clicks) == len(clicks) + 3, 30,
+             "all clicks consumed")
+    # Two sessions at 0.5 each, whatever was delivered twice; views have no weight here.
+    view = item_view(worker, "tea")
+    assert view["candidates"][0]["items"] == ["tea", "cup"]
+    assert view["candidates"][0]["support"] == pytest.approx(1.0, rel=1e-4)
+    assert view["count"] == pytest.approx(2.0, rel=1e-4)  # one purchase + 2 x 0.5
+    assert item_view(worker, "scone")["count"] == 0.0
+
+
 def test_offer_cache_sees_revisions(settings: Settings, start_worker: Any) -> None:
     start_worker()
 
