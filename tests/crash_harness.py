@@ -7,6 +7,11 @@ the same event time, so every forward-decay value is an exact integer count (the
 that time, every increment is exactly 1.0) and the comparison is exact: a basket learned twice
 shows as +1, a lost one as -1, whatever the order the workers saw the events in.
 
+Some sessions also cart items (``add_to_cart``), and the co-cart signal is on at the weight
+of a purchase (:func:`fresh_settings`), so the baskets the clicks agent derives from sessions
+(``Engine.session_baskets``) must be learned exactly once too; the reference gets the same
+clicks through :meth:`Engine.handle_click`.
+
 Compared per anchor: its order count and its partner co-counts, and the order total. Triples
 are left out on purpose: whether an order bumps a triple depends on which partners were
 already strong at that moment, so it depends on arrival order, which differs between any two
@@ -105,9 +110,13 @@ class CoPurchaseState:
     partners: dict[str, dict[str, float]]
 
 
-def reference_state(settings: Settings, orders: Sequence[PurchaseEvent]) -> CoPurchaseState:
-    """The state an uninterrupted run ends in: the engine driven in process."""
+def reference_state(settings: Settings, orders: Sequence[PurchaseEvent],
+                    clicks: Sequence[ClickEvent] = ()) -> CoPurchaseState:
+    """The state an uninterrupted run ends in: the engine driven in process (the clicks feed
+    the co-cart signal, which :func:`fresh_settings` turns on)."""
     engine = Engine.in_memory(engine_config(settings))
+    for click in clicks:
+        engine.handle_click(click)
     for order in orders:
         engine.handle_purchase(order)
     return state_from_dump({"orders": msgspec.to_builtins(engine.state.counts.get(TOTAL_KEY)),
@@ -197,6 +206,13 @@ def with_offer_activity(orders: Sequence[PurchaseEvent], offers: Sequence[Bundle
     out, clicks = [], []
     for order in orders:
         session: list[ClickEvent] = []
+        if rng.random() < 0.4:  # carts: co-cart baskets (some bought, some not)
+            for j, item in enumerate(dict.fromkeys(
+                    rng.choice([*(line.item_id for line in order.items), "i000", "i001"])
+                    for _ in range(rng.randint(1, 4)))):
+                session.append(ClickEvent(event_id=f"{order.event_id}-cart-{j}", ts=order.ts,
+                                          user_id=order.user_id, session_id=order.session_id,
+                                          item_id=item, kind="add_to_cart"))
         if rng.random() < 0.5:
             offer = rng.choice(offers)
             variant = rng.randrange(len(offer.variants))
@@ -659,8 +675,9 @@ class RunEvents:
         lo, hi = n * size, (n + 1) * size
         return self.orders[lo:hi], [c for session in self.clicks[lo:hi] for c in session]
 
-    def all_clicks(self) -> list[ClickEvent]:
-        return [c for session in self.clicks for c in session]
+    def all_clicks(self, orders: int | None = None) -> list[ClickEvent]:
+        """The clicks of the first ``orders`` orders' sessions (all: None)."""
+        return [c for session in self.clicks[:orders] for c in session]
 
 
 def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: RunEvents,
@@ -717,7 +734,7 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
             worker.wait_ready(timeout_s)
             wait_settled(settings, [worker], timeout_s)
             so_far = run.orders[:(n + 1) * orders_per]
-            diff = compare(reference_state(settings, so_far),
+            diff = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
                            group_state([worker], settings.topics.partitions))
             trial = Trial(f"single #{n + 1}", len(so_far), baskets_of(so_far), killed_at,
                           orders_per, diff, time.monotonic() - begin)
@@ -728,7 +745,7 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
         live, ledger, killed_at = close_and_compare_ledger(
             settings, [worker], run, workdir, victim_index=0, seed=seed, timeout_s=timeout_s)
         worker = live[0]
-        diff = compare(reference_state(settings, run.orders),
+        diff = compare(reference_state(settings, run.orders, run.all_clicks()),
                        group_state([worker], settings.topics.partitions))
         trial = Trial("single, closing the impressions", len(run.orders),
                       baskets_of(run.orders), killed_at, 0, diff, time.monotonic() - begin,
@@ -774,7 +791,7 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
                                            timeout_s)
             wait_settled(settings, [survivor], timeout_s)
             so_far = run.orders[:(n + 1) * orders_per]
-            diff = compare(reference_state(settings, so_far),
+            diff = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
                            group_state([survivor], settings.topics.partitions))
             trial = Trial(f"rebalance #{n + 1} (killed {'B' if victim is b else 'A'})",
                           len(so_far), baskets_of(so_far), killed_at, orders_per, diff,
@@ -792,14 +809,14 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
             restarted.wait_ready(timeout_s)
             wait_for(split, timeout_s, "both workers to own partitions")
             wait_settled(settings, [a, b], timeout_s)
-            back = compare(reference_state(settings, so_far),
+            back = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
                            group_state([a, b], settings.topics.partitions))
             assert back.equal, f"after {'B' if victim is b else 'A'} rejoined: {back}"
         begin = time.monotonic()
         live, ledger, killed_at = close_and_compare_ledger(
             settings, [a, b], run, workdir, victim_index=1, seed=seed, timeout_s=timeout_s)
         a, b = live
-        diff = compare(reference_state(settings, run.orders),
+        diff = compare(reference_state(settings, run.orders, run.all_clicks()),
                        group_state([a, b], settings.topics.partitions))
         trial = Trial("rebalance, closing the impressions (killed B)", len(run.orders),
                       baskets_of(run.orders), killed_at, 0, diff, time.monotonic() - begin,
@@ -829,6 +846,9 @@ def fresh_settings(bootstrap: str, workdir: Path, partitions: int = 4) -> Settin
                 "data_dir": str(workdir / "data")},
         offers={"min_interval_s": 0.0, "min_support": 1.0},
         rewards={"windows": "1h"},
+        # Co-carts at the weight of a purchase: their baskets are learned exactly once too,
+        # and every count stays an exact integer.
+        copurchase={"co_cart_weight": 1.0},
     )
 
 
