@@ -366,8 +366,10 @@ class Engine:
             return []
         source = CLICKS_SOURCE + partition
         item, ts, event_id = joined.item, click.ts, click.event_id
+        # A view's or cart's price is the item's list price as the storefront showed it.
+        price = click.price if click.price is not None else -1.0
         baskets = [ItemBasket(anchor=item, partners=joined.earlier, ts=ts, event_id=event_id,
-                              weight=weight, source=source, offset=offset)]
+                              price=price, weight=weight, source=source, offset=offset)]
         baskets += [ItemBasket(anchor=e, partners=[item], ts=ts, event_id=event_id,
                                weight=weight, source=source, offset=offset,
                                count_anchor=False) for e in joined.earlier]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -149,6 +150,17 @@ def test_co_carts_make_offers_and_views_weigh_separately() -> None:
     assert e.stats.pair_count("tea", "milk", T0) == pytest.approx(0.1)
     assert e.stats.item_count("tea", T0) == pytest.approx(1.6)
     assert e.stats.order_total(T0) == pytest.approx(2.6)
+
+
+def test_a_clicked_price_makes_an_item_offerable() -> None:
+    e = engine(co_cart_weight=1.0)
+    e.handle_click(msgspec.structs.replace(click(1, "tea"), price=3.0))
+    e.handle_click(click(2, "cup"))  # no price shown: cup cannot be offered yet
+    assert e.live_offer("tea") is None and e.state.catalog == {"tea": 3.0}
+    e.handle_click(msgspec.structs.replace(click(3, "cup", session="t"), price=2.0))
+    e.handle_click(click(4, "tea", session="t"))
+    assert e.live_offer("tea").variants[0].items == ["tea", "cup"]
+    assert e.state.catalog == {"tea": 3.0, "cup": 2.0}
 
 
 def test_without_a_weight_clicks_teach_nothing() -> None:
