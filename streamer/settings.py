@@ -98,6 +98,11 @@ class WorkerSettings(_Section):
         description="Longest a batch waits to fill, from its first event (latency added "
         "per agent).",
     )
+    standby_replicas: int = Field(
+        1, ge=0, le=8,
+        description="Standby copies of each table partition kept warm on other workers "
+        "(faster failover; each costs every worker the replay of others' changelogs).",
+    )
 
 
 class CoPurchaseSettings(_Section):

@@ -128,6 +128,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         broker_rebalance_timeout=k.rebalance_timeout_s,
         broker_heartbeat_interval=k.heartbeat_interval_s,
         broker_commit_interval=w.commit_interval_s,
+        table_standby_replicas=w.standby_replicas,
         consumer_auto_offset_reset="earliest",
         # The embedded broker rejects InitProducerId; at-least-once + idempotent state instead.
         processing_guarantee="at_least_once",

@@ -269,3 +269,13 @@ def test_deferred_messages_are_waited_for_by_the_next_write_and_a_failed_one_fai
                 await buffer.write()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("replicas", [0, 2])
+def test_standby_replicas_reach_faust(replicas: int) -> None:
+    from streamer.app.factory import create_app
+    from streamer.settings import Settings
+
+    settings = Settings(worker={"app_id": f"standby-{replicas}", "standby_replicas": replicas})
+    assert create_app(settings).app.conf.table_standby_replicas == replicas
+    assert Settings().worker.standby_replicas == 1  # faust's own default
