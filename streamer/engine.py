@@ -72,6 +72,7 @@ from streamer.copurchase import (
     TOTAL_KEY,
     CoPurchaseStats,
     Decayed,
+    HeaviestCache,
     ItemStats,
     SessionItems,
     SessionItemsTracker,
@@ -243,13 +244,17 @@ class Engine:
         self.conversion = conversion if conversion is not None else ConversionModel()
         #: Decisions the live policy could not make (non-finite scores) and v0 made instead.
         self.policy_failures = 0
+        # Anchors' heaviest partners and triples, kept up to date by the learner and read by
+        # the queries, so an offer revision need not rank a whole partner table (in memory
+        # only: a cold or stale entry costs one full ranking, the results are the same).
+        ranks = (HeaviestCache(), HeaviestCache())
         #: Queries (candidates, counts) over the records' statistics; learning goes through
         #: :meth:`learn_basket` only.
         self.stats = CoPurchaseStats(
             ItemStatsView(state.items), state.counts, half_life_s=config.half_life_s,
             top_k=config.top_k, top_k_triples=config.top_k_triples,
             triple_partners=config.triple_partners,
-            triple_min_orders=config.triple_min_orders,
+            triple_min_orders=config.triple_min_orders, ranks=ranks,
         )
         # Learning runs on a scratch copy of the one anchor being learned (``learn_anchor``
         # reads and writes one key of items and one of counts); the engine then writes the
@@ -261,7 +266,7 @@ class Engine:
             self._scratch_items, self._scratch_counts, half_life_s=config.half_life_s,
             top_k=config.top_k, top_k_triples=config.top_k_triples,
             triple_partners=config.triple_partners,
-            triple_min_orders=config.triple_min_orders,
+            triple_min_orders=config.triple_min_orders, ranks=ranks,
         )
         self.builder = OfferBuilder(segment=config.segment, ttl_ms=config.offer_ttl_ms)
         self.dedup = Deduplicator(

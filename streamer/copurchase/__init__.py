@@ -40,6 +40,7 @@ True
 
 from streamer.copurchase.decay import Decayed
 from streamer.copurchase.heavy_hitters import purge
+from streamer.copurchase.ranking import HeaviestCache
 from streamer.copurchase.sessions import Joined, SessionItems, SessionItemsTracker, session_key
 from streamer.copurchase.stats import (
     TOTAL_KEY,
@@ -55,6 +56,7 @@ __all__ = [
     "Candidate",
     "CoPurchaseStats",
     "Decayed",
+    "HeaviestCache",
     "ItemStats",
     "Joined",
     "SessionItems",

@@ -82,13 +82,13 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from heapq import nlargest
 from itertools import combinations
-from operator import itemgetter
 
 import numpy as np
 from msgspec import Struct
 
 from streamer.copurchase.decay import RENORMALISE_HALF_LIVES, Decayed, add_weight, value_at
 from streamer.copurchase.heavy_hitters import purge
+from streamer.copurchase.ranking import HeaviestCache
 
 __all__ = [
     "TOTAL_KEY",
@@ -103,9 +103,7 @@ TOTAL_KEY = "\x00orders"
 #: Joins the two partners of a triple in :attr:`ItemStats.triples` (ASCII unit separator).
 TRIPLE_SEPARATOR = "\x1f"
 
-_BY_COUNT = itemgetter(1)
-#: From this many partners on, :func:`_heaviest` sorts in numpy (at 1,024 partners about 1.6x
-#: faster than ``heapq.nlargest``, a Python loop over every entry; at 64 already faster).
+#: From this many weights on, :func:`_strongest` finds its cut with numpy's O(n) selection.
 _NUMPY_FROM = 64
 
 
@@ -173,6 +171,12 @@ class CoPurchaseStats:
             (0: from its first order; before that, its 3-item candidates are its best partners
             ranked by their pairs). A throughput knob: it skips most triple work.
         prior_strength: ``m``, the weight in orders of the base-rate prior in the score.
+        ranks: caches of anchors' heaviest partners and triples
+            (:class:`~streamer.copurchase.ranking.HeaviestCache`, partners first), so that
+            :meth:`candidates` ranks an anchor's tables in O(depth) rather than O(``top_k``)
+            after learning grew them. Pass the same pair to the instance that learns anchors
+            and the one that queries them (the engine keeps two); None: an instance of its
+            own. In-memory only; the results are the same with or without.
 
     Only assigns values (``m[k] = v``) and never modifies a value it has read, so a
     changelog-backed table sees every change. ``learn_anchor`` reads and writes one key of
@@ -192,6 +196,7 @@ class CoPurchaseStats:
         "_ln2_per_ms",
         "_max_partner_entries",
         "_min_k",
+        "_partner_ranks",
         "_prior_strength",
         "_renormalise_ms",
         "_top_k",
@@ -201,6 +206,7 @@ class CoPurchaseStats:
         "_triple_min_confidence",
         "_triple_min_support",
         "_triple_partners",
+        "_triple_ranks",
     )
 
     def __init__(
@@ -218,6 +224,7 @@ class CoPurchaseStats:
         triple_min_confidence: float = 0.1,
         triple_min_orders: float = 0.0,
         prior_strength: float = 1.0,
+        ranks: tuple[HeaviestCache, HeaviestCache] | None = None,
     ) -> None:
         if not (half_life_s > 0 and math.isfinite(half_life_s)):
             raise ValueError(f"half_life_s must be positive and finite, got {half_life_s}")
@@ -245,6 +252,8 @@ class CoPurchaseStats:
         # Anchors in ``items``; counted once (len() of a persistent table may scan it) and then
         # kept up to date by this instance. Only used by the global budget.
         self._tracked = -1
+        self._partner_ranks, self._triple_ranks = (
+            ranks if ranks is not None else (HeaviestCache(), HeaviestCache()))
 
     # -- learning ---------------------------------------------------------------------------
 
@@ -299,6 +308,9 @@ class CoPurchaseStats:
     ) -> None:
         items = self._items
         old = items.get(anchor)
+        # The tables this update starts from, as stored: the rank caches follow an update
+        # only from them (not after a rescale or a purge, see streamer.copurchase.ranking).
+        base_pairs = base_triples = None
         if old is None:
             landmark = ts_ms
             count = 0.0
@@ -314,6 +326,7 @@ class CoPurchaseStats:
             pair_offset = old.partner_offset
             triples = old.triples
             triple_offset = old.triple_offset
+            base_pairs, base_triples = pairs, triples
             if ts_ms - landmark > self._renormalise_ms:
                 # Move the landmark forward so forward factors stay small; rescales this one
                 # anchor's tables, at most once per RENORMALISE_HALF_LIVES half-lives.
@@ -324,6 +337,7 @@ class CoPurchaseStats:
                 pairs = {k: v * scale for k, v in pairs.items()}
                 triples = {k: v * scale for k, v in triples.items()}
                 landmark = ts_ms
+                base_pairs = base_triples = None
         unit = math.exp((ts_ms - landmark) * self._ln2_per_ms)
         step = weight * unit
         if count_anchor:
@@ -339,6 +353,9 @@ class CoPurchaseStats:
             pairs.update(zip(partners, grown, strict=True))
             if len(pairs) > self._capacity:
                 pairs, pair_offset = purge(pairs, pair_offset, self._capacity)
+                self._partner_ranks.forget(anchor)
+            elif base_pairs is not None:
+                self._partner_ranks.grown(anchor, base_pairs, pairs, partners)
             if len(grown) >= 2 and self._triple_partners >= 2 and count >= self._triple_gate * unit:
                 threshold = self._triple_min_support * unit
                 floor = self._triple_min_confidence * count
@@ -353,6 +370,9 @@ class CoPurchaseStats:
                     triples.update(zip(keys, [tget(k, 0.0) + step for k in keys], strict=True))
                     if len(triples) > self._top_k_triples:
                         triples, triple_offset = purge(triples, triple_offset, self._top_k_triples)
+                        self._triple_ranks.forget(anchor)
+                    elif base_triples is not None:
+                        self._triple_ranks.grown(anchor, base_triples, triples, keys)
         items[anchor] = ItemStats(landmark, count, pairs, pair_offset, triples, triple_offset)
         # The anchor's popularity, readable by other anchors for lift: the same value, no read.
         self._counts[anchor] = Decayed(count, landmark)
@@ -421,11 +441,22 @@ class CoPurchaseStats:
         n_anchor = stats.count * to_now
         if n_anchor <= 0.0:
             return []
+        if min_support > 0.0:
+            # A pair needs min_support, a triple two such pairs: when the heaviest partner
+            # falls short, there is nothing to rank (the same empty answer, without ranking a
+            # table; most anchors of a large catalogue are such). max() over the floats runs
+            # in C; the rank cache has it at hand when warm.
+            partners = stats.partners
+            heaviest = self._partner_ranks.heaviest_weight(anchor, partners)
+            if heaviest is None:
+                heaviest = max(partners.values())
+            if heaviest * to_now < min_support:
+                return []
         total = max(self.order_total(now_ms), n_anchor)
         m = self._prior_strength
         denominator = n_anchor + m
         pool_size = max(4 * max_pairs, 3 + max_triples, 8)
-        pool = _heaviest(stats.partners, pool_size)
+        pool = self._partner_ranks.heaviest(anchor, stats.partners, pool_size)
         pair_score: dict[str, tuple[float, float, float]] = {}
         counts = self._counts
         half_life_ms = self._half_life_ms
@@ -469,7 +500,8 @@ class CoPurchaseStats:
         # Tracked triples, plus pairs of the best partners (whose only evidence may be their
         # pairs, e.g. for a young anchor), all scored the same way.
         keys: set[tuple[str, str]] = set()
-        for key in nlargest(4 * max_triples, stats.triples, key=stats.triples.__getitem__):
+        tops = self._triple_ranks.heaviest(anchor, stats.triples, 4 * max_triples)
+        for key, _ in tops:
             b, _, c = key.partition(TRIPLE_SEPARATOR)
             if b in pair_score and c in pair_score:
                 keys.add((b, c))
@@ -498,24 +530,6 @@ class CoPurchaseStats:
 
     def _to_now(self, stats: ItemStats, now_ms: int) -> float:
         return math.exp((stats.landmark_ms - now_ms) * self._ln2_per_ms)
-
-
-def _heaviest(table: dict[str, float], k: int) -> list[tuple[str, float]]:
-    """The ``k`` heaviest entries of ``table``, heaviest first, ties in the table's order:
-    exactly ``heapq.nlargest(k, table.items(), key=count)`` (which is ``sorted(..., reverse=True)
-    [:k]``, a stable sort), faster on large tables.
-
-    >>> t = {"a": 1.0, "b": 3.0, "c": 1.0, "d": 2.0} | {f"x{i}": 0.5 for i in range(80)}
-    >>> _heaviest(t, 3), _heaviest(t, 5)[3:] == [("c", 1.0), ("x0", 0.5)]
-    ([('b', 3.0), ('d', 2.0), ('a', 1.0)], True)
-    """
-    n = len(table)
-    if n < _NUMPY_FROM:
-        return nlargest(k, table.items(), key=_BY_COUNT)
-    values = np.fromiter(table.values(), dtype=np.float64, count=n)
-    order = np.argsort(-values, kind="stable")[:k].tolist()
-    keys = list(table)
-    return [(keys[i], table[keys[i]]) for i in order]
 
 
 def _strongest(
