@@ -371,6 +371,12 @@ class StreamerWorker:
         by_topic = self.stats().get("streamer_events_consumed_total", {})
         return float(by_topic.get(self.settings.topics.purchases, 0.0))
 
+    def baskets_consumed(self) -> float:
+        """Item baskets the items agent has taken (each purchase fans out to one per item,
+        plus one for the order counter)."""
+        by_topic = self.stats().get("streamer_events_consumed_total", {})
+        return float(by_topic.get(f"{self.settings.worker.app_id}-item-baskets", 0.0))
+
     def baskets_lag(self) -> float | None:
         """Item-baskets lag summed over this worker's partitions (None: not known yet)."""
         text = _get(f"{self.url}/metrics").decode()
@@ -383,9 +389,20 @@ CPU_US: list[float] = []  # worker CPU per event of each streamer run (robust to
 CPU_BY_MODE: dict[str, list[float]] = {}  # the same, by mode (streamer, streamer_ref)
 
 
-def wait_done(workers: list[StreamerWorker], n: int, t_limit: float) -> float:
+def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
+    """How many item baskets the purchases fan out to: one per distinct item, one per order."""
+    return sum(len({line["item_id"] for line in json.loads(v)["items"]}) + 1 for _, v in events)
+
+
+def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
+              baskets: int | None = None) -> float:
     """Poll until the workers consumed n purchases and drained item-baskets; events/s.
-    Appends the workers' CPU microseconds per event over the same span to ``CPU_US``."""
+    Appends the workers' CPU microseconds per event over the same span to ``CPU_US``.
+
+    Drained: the items agents took ``baskets`` item baskets when that is given. Else their
+    item-baskets lag read zero twice; a stale high-water mark (the items consumer has not
+    fetched since the purchases agent sent) reads zero too early, so that ended some runs
+    before the items agent had done its work (a profile without it, ~95 us/event)."""
     t0 = 0.0
     cpu0 = 0.0
     while True:
@@ -399,6 +416,14 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float) -> float:
         if consumed >= n:
             break
         time.sleep(0.1)  # polling the worker's counter (each poll costs it ~ms of CPU)
+    while baskets is not None:
+        if time.monotonic() > t_limit:
+            raise RuntimeError("item-baskets never drained")
+        now = time.perf_counter()
+        if sum(w.baskets_consumed() for w in workers) >= baskets:
+            CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / n)
+            return n / (now - t0)
+        time.sleep(0.05)
     while True:
         if time.monotonic() > t_limit:
             raise RuntimeError("item-baskets never drained")
@@ -421,7 +446,7 @@ def _py_spy() -> str:
 
 def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  extra_env: dict[str, str], profile: Path | None = None,
-                 code: Path | None = None) -> float:
+                 code: Path | None = None, baskets: int | None = None) -> float:
     from streamer.app.worker import ensure_topics
 
     settings = worker_settings(bootstrap, topic, workdir)
@@ -440,7 +465,7 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  "-r", "200", "-p", str(worker.child.proc.pid),
                  *os.environ.get("PY_SPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S)
+        return wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S, baskets)
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -467,8 +492,9 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
                 raise RuntimeError("workers not ready")
             time.sleep(0.2)
         time.sleep(8.0)  # let the group settle: the last join triggers one more rebalance
-        asyncio.run(produce(bootstrap, topic, make_purchases(n, seed=2)))
-        return wait_done(procs, n, time.monotonic() + RUN_TIMEOUT_S)
+        events = make_purchases(n, seed=2)
+        asyncio.run(produce(bootstrap, topic, events))
+        return wait_done(procs, n, time.monotonic() + RUN_TIMEOUT_S, item_baskets(events))
     finally:
         for w in procs:
             w.child.stop()
@@ -516,6 +542,7 @@ def main() -> None:
         topic = f"purchases-bench-{uuid.uuid4().hex[:8]}"
         asyncio.run(create_topics(broker.bootstrap, [topic], partitions=PARTITIONS))
         events = make_purchases(n)
+        baskets = item_baskets(events)
         produced = asyncio.run(produce(broker.bootstrap, topic, events))
         sizes = [len(v) for _, v in events]
         print(f"{n} purchases ({statistics.mean(sizes):.0f} B mean) produced at "
@@ -534,7 +561,7 @@ def main() -> None:
                     profile = args.profile if rep == 0 and mode == "streamer" else None
                     code = args.ref.resolve() if mode == "streamer_ref" else None
                     eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
-                                       code)
+                                       code, baskets)
                     CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
                 results[mode].append(eps)
                 cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
