@@ -82,6 +82,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from heapq import nlargest
 from itertools import combinations
+from operator import itemgetter
 
 import numpy as np
 from msgspec import Struct
@@ -103,6 +104,7 @@ TOTAL_KEY = "\x00orders"
 #: Joins the two partners of a triple in :attr:`ItemStats.triples` (ASCII unit separator).
 TRIPLE_SEPARATOR = "\x1f"
 
+_FIRST = itemgetter(0)
 #: From this many weights on, :func:`_strongest` finds its cut with numpy's O(n) selection.
 _NUMPY_FROM = 64
 
@@ -510,23 +512,29 @@ class CoPurchaseStats:
         m = self._prior_strength
         denominator = n_anchor + m
         triples = stats.triples
-        scored: list[Candidate] = []
+        # Scored first, Candidates built for the winners only (a frozen dataclass costs
+        # more to build than its score to compute). Ties as before: nlargest is stable.
+        scored: list[tuple[float, str, str, float, float, float]] = []
         for b, c in sorted(keys):  # sets iterate in salted-hash order; ties must not
             support = triples.get(b + TRIPLE_SEPARATOR + c, 0.0) * to_now
             _, base_b, score_b = pair_score[b]
             _, base_c, score_c = pair_score[c]
             confidence = min(support / n_anchor, 1.0)
-            independent = base_b * base_c
-            scored.append(
-                Candidate(
-                    (anchor, b, c),
-                    support,
-                    confidence,
-                    confidence / independent if independent > 0.0 else 0.0,
-                    (support + m * score_b * score_c) / denominator,
-                )
+            scored.append((
+                (support + m * score_b * score_c) / denominator, b, c, support, confidence,
+                base_b * base_c,
+            ))
+        return [
+            Candidate(
+                (anchor, b, c),
+                support,
+                confidence,
+                confidence / independent if independent > 0.0 else 0.0,
+                score,
             )
-        return nlargest(max_triples, scored, key=_by_score)
+            for score, b, c, support, confidence, independent in nlargest(
+                max_triples, scored, key=_FIRST)
+        ]
 
     def _to_now(self, stats: ItemStats, now_ms: int) -> float:
         return math.exp((stats.landmark_ms - now_ms) * self._ln2_per_ms)
