@@ -17,9 +17,10 @@ the same events:
   check, reward attribution, fan-out on the item-baskets topic, co-purchase tables, offers).
 
 Rates are events/s from the first event consumed to the last one done (faust children time
-themselves in their agent; streamer's worker is polled on ``/stats/`` every 25 ms for its
-purchases counter, then on ``/metrics`` until its item-baskets lag is zero twice in a row, so
-its rate includes the downstream items agent). Start-up and group joins are not timed.
+themselves in their agent; streamer's worker is polled on ``/stats/`` every 100 ms for its
+purchases counter, then every 50 ms until its items agent has taken every item basket the
+purchases fan out to, so its rate includes the downstream items agent). Start-up and group
+joins are not timed.
 Medians over repeats are printed with ratios; ``--json PATH`` writes them.
 
     PYTHONPATH=. python benchmarks/throughput.py --events 10000 --repeats 3 --json tp.json
