@@ -65,9 +65,10 @@ Query cost: :meth:`CoPurchaseStats.candidates` needs an anchor's dozen heaviest 
 few heaviest triples, on every offer revision. Ranking a whole partner table (up to ``top_k``)
 each time was the largest cost of a revision; a :class:`~streamer.copurchase.ranking.
 HeaviestCache`, kept up to date by the learn step, answers from the anchor's cached top
-instead (same entries, ties included). On the throughput benchmark's events, replayed through
-the engine in process, that and building only the winning triples' Candidates took about 12%
-off the engine's CPU per purchase (median of 5 interleaved runs, same final state).
+instead (same entries, ties included). On the throughput benchmark's events replayed through
+the engine in process, the cache alone took 8% (every purchase revising, as in
+``benchmarks/latency.py``) to 15% (default settings) off the engine's CPU per purchase: two
+engines in one process, cache on and off, fed the same chunks alternately; same final state.
 
 >>> stats = CoPurchaseStats({}, {}, half_life_s=86_400.0)  # a half-life of one day
 >>> day = 86_400_000
