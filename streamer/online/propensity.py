@@ -30,20 +30,26 @@ long). So the model also keeps, per bundle (the :func:`~streamer.online.features
 the features), decayed sums of observed conversions ``O`` and of the regression's predicted
 conversions ``E`` over that bundle's impressions, and answers ``p_regression x (O + m) / (E +
 m)``: an empirical-Bayes (Poisson-gamma) observed/expected ratio, shrunk to 1 by a prior
-worth ``m`` expected conversions. A bundle never shown keeps the regression's answer; one
-shown often converges to its own rate, whatever discount and context it was shown in (the
-regression carries those). The sums forget with a memory of ``bundle_memory`` of the
-bundle's impressions, so the ratio follows drift; the table holds at most ``max_bundles``
-bundles (least recently learned forgotten first).
+worth ``m`` expected conversions. A bundle never shown keeps the regression's answer (unless
+its items were shown on another page: see pooling below); one shown often converges to its
+own rate, whatever discount and context it was shown in (the regression carries those). The
+sums forget with a memory of ``bundle_memory`` of the bundle's impressions, so the ratio
+follows drift; the table holds at most ``max_bundles`` keys (least recently learned
+forgotten first).
 
-**Pooling item sets** (``pool_item_sets``). The same items are a bundle of each of their
-anchors (``tea+cup`` on the tea's page, ``cup+tea`` on the cup's), which the identity keys
-keep apart. With pooling the model also keeps the sums per item set, whichever anchor showed
-it, and shrinks a bundle's ratio towards its item set's ratio ``r0 = (O_set + m) / (E_set +
-m)`` instead of towards 1: ``(O + m r0) / (E + m)``. A bundle an anchor has rarely shown then
-starts from what the same items earned on their other pages, and its own outcomes take over
-as they come. (The set's sums include the bundle's own, so those count a little twice: at
-most ``m`` expected conversions' worth.)
+**Pooling item sets** (``pool_item_sets``, on by default). The same items are a bundle of
+each of their anchors (``tea+cup`` on the tea's page, ``cup+tea`` on the cup's), which the
+identity keys keep apart. With pooling the model also keeps the sums per item set, whichever
+anchor showed it, and shrinks a bundle's ratio towards its item set's ratio ``r0 = (O_set +
+m) / (E_set + m)`` instead of towards 1: ``(O + m r0) / (E + m)``. A bundle an anchor has
+rarely shown then starts from what the same items earned on their other pages, and its own
+outcomes take over as they come. (The set's sums include the bundle's own, so those count a
+little twice: at most ``m`` expected conversions' worth.) Why: an anchor shows its favourite
+most of the time, so its other bundles have few impressions of their own, and the regression
+cannot tell them apart (the policy lost most to showing the wrong bundle); pooling roughly
+doubles the data behind a pair. Measured in the closed-loop simulator
+(``benchmarks/simulate_baselines.py --impressions 20000 --methods streamer_learned``), share
+of the oracle: seed 7 68.1 % without, 68.8 % with; seed 8 62.0 % and 64.0 %.
 """
 
 from __future__ import annotations
@@ -146,7 +152,7 @@ class ConversionModel:
         bundle_prior: float = 2.0,
         bundle_memory: float = 500.0,
         max_bundles: int = 200_000,
-        pool_item_sets: bool = False,
+        pool_item_sets: bool = True,
     ) -> None:
         if reward not in ("revenue", "margin"):
             raise ValueError(f"reward must be 'revenue' or 'margin', got {reward!r}")
