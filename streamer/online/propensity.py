@@ -30,11 +30,26 @@ long). So the model also keeps, per bundle (the :func:`~streamer.online.features
 the features), decayed sums of observed conversions ``O`` and of the regression's predicted
 conversions ``E`` over that bundle's impressions, and answers ``p_regression x (O + m) / (E +
 m)``: an empirical-Bayes (Poisson-gamma) observed/expected ratio, shrunk to 1 by a prior
-worth ``m`` expected conversions. A bundle never shown keeps the regression's answer; one
-shown often converges to its own rate, whatever discount and context it was shown in (the
-regression carries those). The sums forget with a memory of ``bundle_memory`` of the
-bundle's impressions, so the ratio follows drift; the table holds at most ``max_bundles``
-bundles (least recently learned forgotten first).
+worth ``m`` expected conversions. A bundle never shown keeps the regression's answer (unless
+its items were shown on another page: see pooling below); one shown often converges to its
+own rate, whatever discount and context it was shown in (the regression carries those). The
+sums forget with a memory of ``bundle_memory`` of the bundle's impressions, so the ratio
+follows drift; the table holds at most ``max_bundles`` keys (least recently learned
+forgotten first).
+
+**Pooling item sets** (``pool_item_sets``, on by default). The same items are a bundle of
+each of their anchors (``tea+cup`` on the tea's page, ``cup+tea`` on the cup's), which the
+identity keys keep apart. With pooling the model also keeps the sums per item set, whichever
+anchor showed it, and shrinks a bundle's ratio towards its item set's ratio ``r0 = (O_set +
+m) / (E_set + m)`` instead of towards 1: ``(O + m r0) / (E + m)``. A bundle an anchor has
+rarely shown then starts from what the same items earned on their other pages, and its own
+outcomes take over as they come. (The set's sums include the bundle's own, so those count a
+little twice: at most ``m`` expected conversions' worth.) Why: an anchor shows its favourite
+most of the time, so its other bundles have few impressions of their own, and the regression
+cannot tell them apart (the policy lost most to showing the wrong bundle); pooling roughly
+doubles the data behind a pair. Measured in the closed-loop simulator
+(``benchmarks/simulate_baselines.py --impressions 20000 --methods streamer_learned``), share
+of the oracle: seed 7 68.1 % without, 68.8 % with; seed 8 62.0 % and 64.0 %.
 """
 
 from __future__ import annotations
@@ -71,6 +86,19 @@ def discount_segment_interactions(features: Mapping[str, float]) -> dict[str, fl
     }
 
 
+#: Prefix of an item set's key in the per-bundle table (``pool_item_sets``).
+ITEM_SET_PREFIX = "items:"
+
+
+def item_set_key(bundle: str) -> str:
+    """The key of a bundle's item set, whichever item anchors it.
+
+    >>> item_set_key("bundle:tea+cup") == item_set_key("bundle:cup+tea")
+    True
+    """
+    return ITEM_SET_PREFIX + "+".join(sorted(bundle[len(BUNDLE_KEY_PREFIX):].split("+")))
+
+
 class ConversionModel:
     """Online P(convert | variant features); owns its River pipeline. Not thread-safe.
 
@@ -86,6 +114,8 @@ class ConversionModel:
         bundle_prior: ``m``, the prior's weight in expected conversions (module doc).
         bundle_memory: impressions of a bundle after which its older ones weigh ``1/e``.
         max_bundles: bundles whose outcome sums are kept.
+        pool_item_sets: shrink a bundle's ratio towards its item set's (module doc) instead
+            of towards 1.
 
     >>> import random
     >>> rng = random.Random(0)
@@ -122,6 +152,7 @@ class ConversionModel:
         bundle_prior: float = 2.0,
         bundle_memory: float = 500.0,
         max_bundles: int = 200_000,
+        pool_item_sets: bool = True,
     ) -> None:
         if reward not in ("revenue", "margin"):
             raise ValueError(f"reward must be 'revenue' or 'margin', got {reward!r}")
@@ -131,11 +162,13 @@ class ConversionModel:
             raise ValueError("prior_rate must be in [0, 1] and prior_weight positive")
         if not bundle_prior > 0 or not bundle_memory >= 1 or max_bundles < 0:
             raise ValueError("bundle_prior positive, bundle_memory >= 1, max_bundles >= 0")
+        self.pool_item_sets = pool_item_sets
         self.warmup = warmup
         self.bundle_prior = bundle_prior
         self.bundle_decay = 1.0 - 1.0 / bundle_memory
         self.max_bundles = max_bundles
-        # bundle key -> (decayed observed conversions, decayed predicted conversions)
+        # bundle (or item set) key -> (decayed observed conversions, decayed predicted
+        # conversions)
         self._bundles: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.prior_rate = prior_rate
         self.prior_weight = prior_weight
@@ -167,9 +200,11 @@ class ConversionModel:
             # The ratio compares outcomes with what the regression expected *before* learning
             # them, as predictions are made.
             expected = self._regression(inputs)
-            observed, predicted = self._bundles.pop(key, (0.0, 0.0))
             decay = self.bundle_decay
-            self._bundles[key] = (decay * observed + bool(converted), decay * predicted + expected)
+            for k in (key, item_set_key(key)) if self.pool_item_sets else (key,):
+                observed, predicted = self._bundles.pop(k, (0.0, 0.0))
+                self._bundles[k] = (decay * observed + bool(converted),
+                                    decay * predicted + expected)
             while len(self._bundles) > self.max_bundles:
                 self._bundles.popitem(last=False)
         self._model.learn_one(inputs, bool(converted))
@@ -189,13 +224,26 @@ class ConversionModel:
         return float(self._model.predict_proba_one(inputs).get(True, 0.0))
 
     def bundle_ratio(self, features: Mapping[str, float]) -> float:
-        """The per-bundle correction ``(O + m) / (E + m)`` (1 for an unknown bundle)."""
+        """The per-bundle correction ``(O + m r0) / (E + m)``: 1 for an unknown bundle
+        without pooling (``r0`` is 1, or the item set's ratio: module doc)."""
+        shape, rate = self.bundle_posterior(features)
+        return shape / rate
+
+    def bundle_posterior(self, features: Mapping[str, float]) -> tuple[float, float]:
+        """The Gamma posterior ``(shape, rate) = (O + m r0, E + m)`` of the bundle's ratio:
+        the prior ``(m r0, m)`` has mean ``r0``, 1 (or with ``pool_item_sets`` the item set's
+        ratio ``(O_set + m) / (E_set + m)``) for an unknown bundle or a dict without a bundle
+        key."""
         key = bundle_of(features)
-        sums = self._bundles.get(key) if key is not None else None
-        if sums is None:
-            return 1.0
-        observed, predicted = sums
-        return (observed + self.bundle_prior) / (predicted + self.bundle_prior)
+        if key is None:
+            return self.bundle_prior, self.bundle_prior
+        m = self.bundle_prior
+        prior_mean = 1.0
+        if self.pool_item_sets:
+            set_observed, set_predicted = self._bundles.get(item_set_key(key), (0.0, 0.0))
+            prior_mean = (set_observed + m) / (set_predicted + m)
+        observed, predicted = self._bundles.get(key, (0.0, 0.0))
+        return observed + m * prior_mean, predicted + m
 
     def predict_one(self, features: Mapping[str, float]) -> float:
         """P(convert) for a variant with these features, in [0, 1]: the regression's answer

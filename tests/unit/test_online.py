@@ -83,11 +83,13 @@ def test_conversion_model_learns_a_separable_stream() -> None:
 
 
 def test_conversion_model_starts_at_the_base_rate_and_ignores_its_own_output() -> None:
-    model = ConversionModel(warmup=100, prior_rate=0.02, prior_weight=50)
+    model = ConversionModel(warmup=100, prior_rate=0.02, prior_weight=50, pool_item_sets=False)
+    pooled = ConversionModel(warmup=100, prior_rate=0.02, prior_weight=50)
     f = variant_features(candidate(), 0.0, CONTEXT)
     assert model.predict_one(f) == pytest.approx(0.02)
     for _ in range(50):
         model.learn_one(f, converted=True)
+        pooled.learn_one(f, converted=True)
     assert model.base_rate == pytest.approx(51 / 100)
     # Without a bundle identity, the base rate itself; with it, times the bundle's ratio
     # (its 50 conversions against 50 x the base rate then expected, shrunk by the prior).
@@ -101,6 +103,9 @@ def test_conversion_model_starts_at_the_base_rate_and_ignores_its_own_output() -
     ratio = (observed + model.bundle_prior) / (expected + model.bundle_prior)
     assert model.bundle_ratio(f) == pytest.approx(ratio)
     assert model.predict_one(f) == pytest.approx(min(1.0, 51 / 100 * ratio))
+    # Pooled, the prior's mean is the item set's ratio: the same sums here (one anchor).
+    m = pooled.bundle_prior
+    assert pooled.bundle_ratio(f) == pytest.approx((observed + m * ratio) / (expected + m))
     g = dict(f, **{PROPENSITY_FEATURE: 0.99})
     assert model.predict_one(g) == model.predict_one(f)
     assert model.expected_reward(f) == pytest.approx(model.predict_one(f) * 12.0)
@@ -250,3 +255,26 @@ def test_conversion_model_learns_a_discount_slope_per_segment() -> None:
     assert discount_segment_interactions(features) == {
         "discount_x_segment_0": 0.0, "discount_x_segment_1": 0.0,
         "discount_x_segment_2": pytest.approx(0.1), "discount_x_segment_3": 0.0}
+
+
+def test_pooled_item_sets_carry_a_bundles_outcomes_to_its_other_anchors() -> None:
+    rng = random.Random(2)
+    # Equal prices: the three items' bundles look alike to the regression.
+    prices = {"a": 4.0, "b": 4.0, "c": 4.0}
+    context = DecisionContext(segment="all", ts_ms=0, prices=prices)
+    pooled = ConversionModel(warmup=50)   # pooling is the default
+    plain = ConversionModel(warmup=50, pool_item_sets=False)
+    a_b = variant_features(candidate(("a", "b")), 5.0, context)
+    a_c = variant_features(candidate(("a", "c")), 5.0, context)
+    for model in (pooled, plain):
+        for _ in range(2000):
+            model.learn_one(a_b, rng.random() < 0.20)
+            model.learn_one(a_c, rng.random() < 0.02)
+    b_a = variant_features(candidate(("b", "a")), 5.0, context)   # the same items, b's page
+    c_a = variant_features(candidate(("c", "a")), 5.0, context)
+    assert plain.bundle_ratio(b_a) == plain.bundle_ratio(c_a) == 1.0
+    assert pooled.bundle_ratio(b_a) > 1.0 > pooled.bundle_ratio(c_a)
+    # The bundle's own outcomes still dominate once it has some: b's page never sells a+b.
+    for _ in range(300):
+        pooled.learn_one(b_a, False)
+    assert pooled.bundle_ratio(b_a) < 0.5 * pooled.bundle_ratio(a_b)
