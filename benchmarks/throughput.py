@@ -396,16 +396,19 @@ def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
 
 
 def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
-              baskets: int | None = None) -> float:
+              baskets: int | None = None, started: tuple[float, float] | None = None) -> float:
     """Poll until the workers consumed n purchases and drained item-baskets; events/s.
     Appends the workers' CPU microseconds per event over the same span to ``CPU_US``.
+
+    The span starts at the first purchase consumed, or at ``started`` (``perf_counter`` and
+    the workers' CPU seconds then) when the events are produced while the workers run: they
+    consume during the production, before this function first polls.
 
     Drained: the items agents took ``baskets`` item baskets when that is given. Else their
     item-baskets lag read zero twice; a stale high-water mark (the items consumer has not
     fetched since the purchases agent sent) reads zero too early, so that ended some runs
     before the items agent had done its work (a profile without it, ~95 us/event)."""
-    t0 = 0.0
-    cpu0 = 0.0
+    t0, cpu0 = started if started is not None else (0.0, 0.0)
     while True:
         if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
             raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
@@ -494,8 +497,10 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
             time.sleep(0.2)
         time.sleep(8.0)  # let the group settle: the last join triggers one more rebalance
         events = make_purchases(n, seed=2)
+        started = (time.perf_counter(), sum(w.cpu_s() for w in procs))
         asyncio.run(produce(bootstrap, topic, events))
-        return wait_done(procs, n, time.monotonic() + RUN_TIMEOUT_S, item_baskets(events))
+        return wait_done(procs, n, time.monotonic() + RUN_TIMEOUT_S, item_baskets(events),
+                         started)
     finally:
         for w in procs:
             w.child.stop()
@@ -574,8 +579,8 @@ def main() -> None:
                 for w in (1, args.workers):
                     eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
                     scaled.setdefault(w, []).append(eps)
-                    print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s",
-                          flush=True)
+                    print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
+                          f"  ({CPU_US.pop():,.0f} us CPU/event, all workers)", flush=True)
 
     med = {m: statistics.median(v) for m, v in results.items()}
     print(f"\nmedians over {args.repeats} repeats, {n} events:")

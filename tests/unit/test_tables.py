@@ -278,4 +278,4 @@ def test_standby_replicas_reach_faust(replicas: int) -> None:
 
     settings = Settings(worker={"app_id": f"standby-{replicas}", "standby_replicas": replicas})
     assert create_app(settings).app.conf.table_standby_replicas == replicas
-    assert Settings().worker.standby_replicas == 1  # faust's own default
+    assert Settings().worker.standby_replicas == 0
