@@ -328,8 +328,10 @@ def worker_settings(bootstrap: str, purchases: str, workdir: Path) -> Any:
 
 
 def settings_env(settings: Any, extra: dict[str, str]) -> dict[str, str]:
+    """The child's environment: the settings that differ from their defaults (so that a
+    ``--ref`` checkout that lacks a newer setting still starts, with its own defaults)."""
     env = child_env()
-    for section, values in settings.model_dump(mode="json").items():
+    for section, values in settings.model_dump(mode="json", exclude_defaults=True).items():
         for key, value in values.items():
             if value is not None:
                 env[f"STREAMER__{section.upper()}__{key.upper()}"] = str(value)
