@@ -152,6 +152,10 @@ class EngineConfig:
 
     half_life_s: float = 45 * 24 * 3600.0
     top_k: int = 1024
+    #: Budget of partner entries over all the anchors one engine holds (a worker: its
+    #: partitions); an anchor's table then holds at most ``budget // anchors`` (at least
+    #: ``min_k``, at most ``top_k``). None: ``top_k`` each.
+    max_partner_entries: int | None = None
     max_pairs: int = 3
     max_triples: int = 1
     #: Capacity of an anchor's triple table, how many of an order's strongest partners form
@@ -250,16 +254,17 @@ class Engine:
         ranks = (HeaviestCache(), HeaviestCache())
         #: Queries (candidates, counts) over the records' statistics; learning goes through
         #: :meth:`learn_basket` only.
+        anchors = ItemStatsView(state.items)
         self.stats = CoPurchaseStats(
-            ItemStatsView(state.items), state.counts, half_life_s=config.half_life_s,
+            anchors, state.counts, half_life_s=config.half_life_s,
             top_k=config.top_k, top_k_triples=config.top_k_triples,
             triple_partners=config.triple_partners,
             triple_min_orders=config.triple_min_orders, ranks=ranks,
         )
         # Learning runs on a scratch copy of the one anchor being learned (``learn_anchor``
         # reads and writes one key of items and one of counts); the engine then writes the
-        # result and the event's id back as one record. No partner budget here: the scratch
-        # mapping's size is not the number of anchors.
+        # result and the event's id back as one record. The partner budget counts the anchors
+        # in the records (the scratch mapping holds one).
         self._scratch_items: dict[str, ItemStats] = {}
         self._scratch_counts: dict[str, Decayed] = {}
         self._learner = CoPurchaseStats(
@@ -267,6 +272,7 @@ class Engine:
             top_k=config.top_k, top_k_triples=config.top_k_triples,
             triple_partners=config.triple_partners,
             triple_min_orders=config.triple_min_orders, ranks=ranks,
+            max_partner_entries=config.max_partner_entries, anchors=anchors,
         )
         self.builder = OfferBuilder(segment=config.segment, ttl_ms=config.offer_ttl_ms)
         self.dedup = Deduplicator(
@@ -382,6 +388,14 @@ class Engine:
             baskets.append(ItemBasket(anchor=TOTAL_KEY, partners=[], ts=ts, event_id=event_id,
                                       weight=weight, source=source, offset=offset))
         return baskets
+
+    def rebuild_indexes(self) -> None:
+        """Recreate what the engine keeps in memory beside its mappings (the de-duplication
+        and session eviction indexes, the count of anchors behind the partner budget) after
+        the mappings changed under it: recovery, or partitions moved between workers."""
+        self.dedup.rebuild()
+        self.sessions.rebuild()
+        self._learner.recount()
 
     def has_learned(self, basket: ItemBasket) -> bool:
         """True when ``basket``'s purchase is already in its anchor's record (redelivered)."""

@@ -119,6 +119,13 @@ class CoPurchaseSettings(_Section):
         le=8192,
         description="Partners tracked per item (heavy hitters); big baskets need hundreds.",
     )
+    max_partner_entries: int | None = Field(
+        None,
+        ge=1,
+        description="Budget of partner entries over all the items a worker holds: each "
+        "item's table then holds at most budget // items (at least 8, at most top_k). "
+        "Unset: top_k each.",
+    )
     max_triples: int = Field(1, ge=0, le=4, description="3-item variants per offer.")
     triple_partners: int = Field(
         8,

@@ -77,6 +77,7 @@ def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(
         half_life_s=c.half_life_days * 86_400.0,
         top_k=c.top_k,
+        max_partner_entries=c.max_partner_entries,
         max_pairs=max(1, o.max_variants - c.max_triples),
         max_triples=c.max_triples,
         top_k_triples=c.top_k_triples,
@@ -387,8 +388,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # Tables were (re)covered from their changelogs: the dedup eviction indexes are
         # in-memory only and must be recreated from them.
         click_dedup.rebuild()
-        engine.dedup.rebuild()
-        engine.sessions.rebuild()
+        engine.rebuild_indexes()
         rewards.tracker.reset()
         sa.ready = True
 

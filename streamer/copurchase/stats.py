@@ -87,7 +87,7 @@ engines in one process, cache on and off, fed the same chunks alternately; same 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sized
 from dataclasses import dataclass
 from heapq import nlargest
 from itertools import combinations
@@ -173,6 +173,8 @@ class CoPurchaseStats:
         max_partner_entries: optional global budget of partner entries over ``items``; when
             set, an anchor's capacity is ``budget // tracked anchors`` (clamped to
             ``[min_k, top_k]``), applied on its next update.
+        anchors: what to count the tracked anchors in, when not ``items`` (the engine learns
+            on a scratch mapping of one anchor: it passes its table of records).
         min_k: smallest capacity the budget may impose.
         top_k_triples: capacity of an anchor's triple table.
         triple_partners: at most this many strong partners of an order form triples.
@@ -200,6 +202,7 @@ class CoPurchaseStats:
     DEFAULT_TOP_K = 1024
 
     __slots__ = (
+        "_anchors",
         "_capacity",
         "_counts",
         "_half_life_ms",
@@ -236,6 +239,7 @@ class CoPurchaseStats:
         triple_min_orders: float = 0.0,
         prior_strength: float = 1.0,
         ranks: tuple[HeaviestCache, HeaviestCache] | None = None,
+        anchors: Sized | None = None,
     ) -> None:
         if not (half_life_s > 0 and math.isfinite(half_life_s)):
             raise ValueError(f"half_life_s must be positive and finite, got {half_life_s}")
@@ -263,6 +267,7 @@ class CoPurchaseStats:
         # Anchors in ``items``; counted once (len() of a persistent table may scan it) and then
         # kept up to date by this instance. Only used by the global budget.
         self._tracked = -1
+        self._anchors: Sized = items if anchors is None else anchors
         self._partner_ranks, self._triple_ranks = (
             ranks if ranks is not None else (HeaviestCache(), HeaviestCache()))
 
@@ -388,11 +393,16 @@ class CoPurchaseStats:
         # The anchor's popularity, readable by other anchors for lift: the same value, no read.
         self._counts[anchor] = Decayed(count, landmark)
 
+    def recount(self) -> None:
+        """Count the tracked anchors again on the next new one (after the mapping changed
+        under this instance, e.g. partitions moved between workers)."""
+        self._tracked = -1
+
     def _track_new_anchor(self) -> None:
         if self._max_partner_entries is None:
             return
         if self._tracked < 0:
-            self._tracked = len(self._items)
+            self._tracked = len(self._anchors)
         self._tracked += 1
         self._capacity = max(
             self._min_k, min(self._top_k, self._max_partner_entries // self._tracked)

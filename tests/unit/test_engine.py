@@ -206,3 +206,36 @@ def test_settings_map_segments_onto_the_engine() -> None:
     assert engine_config(Settings()).segments == ()
     with pytest.raises(ValidationError):
         OfferSettings(segments="a,b,c,d,e")
+
+
+def test_the_partner_budget_bounds_the_engine_s_tables() -> None:
+    # 60 anchors; i00 and i01 are always bought together, with 8 others at random.
+    catalogue = [f"i{k:02d}" for k in range(60)]
+    rng = random.Random(3)
+    orders = [order(n, ["i00", "i01", *rng.sample(catalogue[2:], 8)]) for n in range(200)]
+
+    def largest(engine: Engine) -> int:
+        return max(len(r.stats.partners) for r in engine.state.items.values() if r.stats)
+
+    free = Engine.in_memory(EngineConfig(top_k=64))
+    budget = Engine.in_memory(EngineConfig(top_k=64, max_partner_entries=60 * 32))
+    for o in orders:
+        free.handle_purchase(o)
+        budget.handle_purchase(o)
+    assert largest(free) == 59
+    # 1,920 entries over 60 anchors: 32 each (a purge keeps 16).
+    assert largest(budget) <= 32
+    assert sum(len(r.stats.partners) for r in budget.state.items.values() if r.stats) <= 1920
+    # A heavy hitter survives: i01 is in every one of i00's 200 orders, far above the bound
+    # (N / 17, N = 1,800 partner increments), and still i00's offer.
+    assert budget.live_offer("i00").variants[0].items == ["i00", "i01"]
+    assert budget.stats.pair_count("i00", "i01", T0) >= 200 - budget.stats.pair_error("i00", T0)
+
+
+def test_the_partner_budget_is_a_setting() -> None:
+    from streamer.app.factory import engine_config
+    from streamer.settings import Settings
+
+    assert engine_config(Settings()).max_partner_entries is None
+    settings = Settings(copurchase={"max_partner_entries": 50_000_000})
+    assert engine_config(settings).max_partner_entries == 50_000_000
