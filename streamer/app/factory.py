@@ -267,6 +267,15 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 continue
             yield event.message, value
 
+    async def send_baskets(baskets: list[ItemBasket]) -> list[Any]:
+        """Send ``baskets`` to the anchors' item-baskets partitions, one message per partition
+        in event order (faust's cost is per message); returns the futures of their delivery."""
+        by_partition: dict[int, list[ItemBasket]] = {}
+        for basket in baskets:
+            by_partition.setdefault(key_partition(basket.anchor, partitions), []).append(basket)
+        return [await baskets_topic.send(value=encode(part), partition=partition)
+                for partition, part in by_partition.items()]
+
     @app.agent(clicks_topic, name="clicks")
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
@@ -276,7 +285,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
-            by_partition: dict[int, list[ItemBasket]] = {}
+            baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
                 async for message, click in decoded(events, codec.decode_click):
                     buffer.partition = source = message.partition
@@ -284,10 +293,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     # what it adds to its session is recognised downstream by its offset.
                     if click_dedup.first_time(click.event_id, ts_ms=click.ts,
                                               partition=source, offset=message.offset):
-                        for basket in engine.session_baskets(click, partition=source,
-                                                             offset=message.offset):
-                            by_partition.setdefault(key_partition(basket.anchor, partitions),
-                                                    []).append(basket)
+                        baskets += engine.session_baskets(click, partition=source,
+                                                          offset=message.offset)
                     else:
                         dups.inc()
                     # Attribution has its own idempotence, kept with the state it guards.
@@ -296,8 +303,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     if closed:  # their state waits for them (WriteBuffer.holding)
                         hold.hold()
                         outcomes += closed
-                sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
-                        for partition, baskets in by_partition.items()]
+                sent = await send_baskets(baskets)
                 await rewards.publish_outcomes(outcomes)
             buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
@@ -310,17 +316,15 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
-            by_partition: dict[int, list[ItemBasket]] = {}
+            baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
                 async for message, purchase in decoded(events, codec.decode_purchase):
                     buffer.partition = source = message.partition
                     # A duplicate id is dropped; this very message redelivered is fanned out
                     # again, and each anchor's record recognises its offset (engine module doc).
                     if engine.accept(purchase.event_id, purchase.ts, source, message.offset):
-                        for basket in Engine.fan_out(purchase, source=source,
-                                                     offset=message.offset):
-                            by_partition.setdefault(key_partition(basket.anchor, partitions),
-                                                    []).append(basket)
+                        baskets += Engine.fan_out(purchase, source=source,
+                                                  offset=message.offset)
                     else:
                         dups.inc()
                     closed = rewards.tracker.observe(purchase, partition=message.partition,
@@ -328,9 +332,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     if closed:  # their state waits for them (WriteBuffer.holding)
                         hold.hold()
                         outcomes += closed
-                # One message per partition, in event order: faust's cost is per message.
-                sent = [await baskets_topic.send(value=encode(baskets), partition=partition)
-                        for partition, baskets in by_partition.items()]
+                sent = await send_baskets(baskets)
                 await rewards.publish_outcomes(outcomes)
             buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
