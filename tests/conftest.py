@@ -55,6 +55,14 @@ async def until(condition: Callable[[], Any], what: str, timeout_s: float = 5.0)
         await asyncio.sleep(0)  # one loop turn for the tasks under test
 
 
+async def quiescent(timeout_s: float = 5.0) -> None:
+    """Let the loop run until nothing but the caller is ready to run: the tasks under test
+    have done all they can without outside input (they wait on something, or are done).
+    Timers not yet due do not count."""
+    loop: Any = asyncio.get_running_loop()
+    await until(lambda: not loop._ready, "the tasks under test to block or finish", timeout_s)
+
+
 @pytest.fixture
 def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings with fresh topic names and a fresh app id (consumer group) for this test."""

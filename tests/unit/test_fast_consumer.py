@@ -26,7 +26,7 @@ from streamer.app.fast_consumer import (
     check_supported,
     install_fast_consumer,
 )
-from tests.conftest import until
+from tests.conftest import quiescent, until
 
 
 def new_app() -> faust.App:
@@ -143,6 +143,9 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
     log: list[Any] = []
     acked = {tp: 10}
 
+    async def handle_attached(offsets: Mapping[TP, int]) -> None:
+        return None
+
     async def before_commit() -> None:
         log.append(("before_commit", dict(acked)))
         acked[tp] = 11  # an agent acks another event meanwhile
@@ -150,7 +153,7 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
     consumer = SimpleNamespace(
         before_commit=before_commit,
         _filter_committable_offsets=lambda tps: {t: acked[t] for t in tps},
-        _handle_attached=lambda offsets: asyncio.sleep(0),
+        _handle_attached=handle_attached,
         crash=None,
     )
 
@@ -246,8 +249,7 @@ async def scenario(name: str, path: str) -> Outcome:
         queue.get_nowait()
     deliver = consumer.deliver_fast if path == "fast" else consumer.deliver_stock
     task = asyncio.ensure_future(deliver(callback, "m"))
-    for _ in range(5):
-        await asyncio.sleep(0)  # let the delivery run as far as it can
+    await quiescent()  # the delivery has run as far as it can
     if name in ("unblocked", "raises_after_wait"):
         assert queue.get_nowait() == "earlier"
     elif name == "rebalance":
@@ -262,7 +264,7 @@ async def scenario(name: str, path: str) -> Outcome:
         raised = "CancelledError" if task.cancelled() else type(task.exception()).__name__
     else:
         task.cancel()
-    await asyncio.sleep(0)  # cancellations of the leftover tasks land
+    await quiescent()  # cancellations of the leftover tasks have landed
     queued = [queue.get_nowait() for _ in range(queue.qsize())]
     return Outcome(task in done and raised is None, raised, callback.log, queued)
 
