@@ -33,8 +33,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
-             interval_s: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test at the timeout."""
+             interval_s: float = 0.1, explain: Callable[[], Any] | None = None) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test at the timeout,
+    with ``explain()`` (what the state was) in the message when given."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -42,7 +43,9 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str,
         if last:
             return last
         time.sleep(interval_s)  # polling a condition with a deadline
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
+    state = f"; state: {explain()!r}" if explain is not None else ""
+    raise AssertionError(
+        f"timed out after {timeout_s} s waiting for {what}; last: {last!r}{state}")
 
 
 async def until(condition: Callable[[], Any], what: str, timeout_s: float = 5.0) -> None:
@@ -182,3 +185,27 @@ def item_view(worker: RunningWorker, item: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{worker.url}/items/{item}/", timeout=5) as r:
         data: dict[str, Any] = json.load(r)
         return data
+
+
+async def _lag(settings: Settings, topic: str) -> dict[int, tuple[int | None, int]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streamer.app.kafka import fetched_end_offsets
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                group_id=settings.worker.app_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
+        # Tansu's ListOffsets(latest) falls short; a fetch sees the true end.
+        ends = await fetched_end_offsets(settings.kafka, await consumer.end_offsets(tps))
+        return {tp.partition: (await consumer.committed(tp), ends[tp]) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+def uncommitted(settings: Settings, topic: str) -> dict[int, tuple[int | None, int]]:
+    """The worker group's partitions of ``topic`` whose committed offset is behind the end:
+    ``{partition: (committed, end)}`` (empty: the group has committed everything)."""
+    lag = asyncio.run(_lag(settings, topic))
+    return {p: (c, end) for p, (c, end) in lag.items() if end and c != end}

@@ -29,7 +29,7 @@ from streamer.events import (
     Variant,
 )
 from streamer.settings import RewardSettings, Settings
-from tests.conftest import consume, produce, wait_for
+from tests.conftest import consume, produce, uncommitted, wait_for
 
 pytestmark = pytest.mark.integration
 encode = msgspec.json.encode
@@ -224,16 +224,28 @@ def test_clocks_survive_a_restart_and_the_cli_reads_the_rewards(
     consume(settings, t.rewards, lambda rs: {r.key for r in rs} >= {b"v1", b"v2"},
             timeout_s=30)
     wait_for(lambda: first.stats().get("reward_open_sessions") == 0, 20, "sessions to close")
-    first.process.stop()
+    # Stopped, not killed: the restart below is a clean one.
+    assert first.process.stop() == 0, first.process.log_path.read_text()[-3000:]
+    # Events the first worker took but had not committed are delivered again (at least once;
+    # its state has them already): they are judged like the impression below.
+    redelivered = {t.clicks: uncommitted(settings, t.clicks),
+                   t.purchases: uncommitted(settings, t.purchases)}
 
     # The restarted worker recovers the event clock with the sessions: a redelivered
     # impression of a window that already closed is too late, not a second record.
     second = start_worker(settings)
     produce(settings, t.clicks, [(b"s3", encode(impression("i1-3", "s3", "o1", ts)))])
-    wait_for(lambda: second.stats().get("streamer_attribution_events_total", {}).get(
-        "too_late") == 1, 20, "the redelivered impression to be judged")
-    assert "applied" not in second.stats().get("streamer_attribution_events_total", {})
 
+    def judged() -> dict[str, float]:
+        found: dict[str, float] = second.stats().get("streamer_attribution_events_total", {})
+        return found
+
+    # Judged: its offset is committed (after its judgement).
+    wait_for(lambda: not uncommitted(settings, t.clicks) and judged(), 20,
+             "the redelivered impression to be judged",
+             explain=lambda: (judged(), redelivered, second.process.log_path.read_text()[-3000:]))
+    statuses = judged()
+    assert set(statuses) == {"too_late"}, (statuses, redelivered)
     env = settings_env(settings)
     shown = subprocess.run([sys.executable, "-m", "streamer", "rewards", "--jsonl",
                             str(tmp_path / "w.jsonl")], env=env | {"COLUMNS": "200"},
