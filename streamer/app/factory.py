@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streamer.app.batching import take_batches
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import install_fast_consumer
+from streamer.app.fast_recovery import install_fast_recovery
 from streamer.app.kafka import (
     faust_broker_urls,
     faust_credentials,
@@ -149,6 +150,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     buffer = WriteBuffer(sender)
     install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
                           fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write)
+    install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     metrics = metrics or Metrics()
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
     raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str, "key_serializer": "raw"}
