@@ -86,6 +86,11 @@ class WorkerSettings(_Section):
     dedup_capacity: int = Field(
         1_000_000, gt=0, description="At most this many event ids remembered per partition."
     )
+    decision_log_capacity: int = Field(
+        100_000, gt=0, description="At most this many logged offer decisions kept in memory "
+        "(every worker keeps every partition's; soonest to expire dropped first, their "
+        "feedback then rebuilt). Each takes a few KB.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the worker."
     )
