@@ -225,28 +225,24 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # serving and training disagree.
         if offer is None or not 0 <= outcome.variant < len(offer.variants):
             return
-        reward, converted = learning_reward(outcome, settings.policy.reward_attribution)
-        if decision is not None:
-            try:
-                logged = decision.logged(outcome.variant, outcome.propensity, reward)
-            except ValueError:
-                return
-            engine.learn_conversion(logged.variant_features[logged.chosen], converted)
-            return
-        catalog = engine.state.catalog
-        prices = {i: p for v in offer.variants for i in v.items
-                  if (p := catalog.get(i)) is not None}
         # Labelled as the trainer labels it (policy.reward_attribution): by default a basket
         # that merely held the bundle is not a conversion of the offer.
+        reward, converted = learning_reward(outcome, settings.policy.reward_attribution)
         try:
-            decision = logged_decision(
-                {"offer_id": outcome.offer_id, "variant": outcome.variant,
-                 "propensity": outcome.propensity, "reward": reward,
-                 "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
-                segments=engine.config.segments)
+            if decision is not None:  # the features the policy scored when it made the offer
+                logged = decision.logged(outcome.variant, outcome.propensity, reward)
+            else:  # rebuilt from the offer with today's prices (counted by publish_outcomes)
+                catalog = engine.state.catalog
+                prices = {i: p for v in offer.variants for i in v.items
+                          if (p := catalog.get(i)) is not None}
+                logged = logged_decision(
+                    {"offer_id": outcome.offer_id, "variant": outcome.variant,
+                     "propensity": outcome.propensity, "reward": reward,
+                     "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
+                    segments=engine.config.segments)
         except ValueError:
             return
-        engine.learn_conversion(decision.variant_features[decision.chosen], converted)
+        engine.learn_conversion(logged.variant_features[logged.chosen], converted)
 
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion)
