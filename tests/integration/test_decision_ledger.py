@@ -1,6 +1,7 @@
 """The decision ledger on the real broker: an offer goes out, an impression of it closes, and
 the ``feedback`` record carries the decision the worker's engine scored when it made the offer
-(not one rebuilt when the impression closed); the trainer buffers it as it is."""
+(not one rebuilt when the impression closed); the trainer buffers it as it is. A record of an
+offer the worker did not decide has none, and both processes count its rebuild."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from streamer.app.factory import engine_config
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import FeedbackTrainer, feedback_fields, run_trainer
 from streamer.engine import DecisionLog, Engine, EngineState, OfferDecision, logged_decision
-from streamer.events import BundleOffer, ClickEvent, EventCodec, OrderLine, PurchaseEvent
+from streamer.events import (
+    BundleOffer,
+    ClickEvent,
+    EventCodec,
+    Evidence,
+    OrderLine,
+    PurchaseEvent,
+    Variant,
+)
 from streamer.observability import Metrics
 from streamer.online import FEATURE_NAMES
 from streamer.settings import RewardSettings, Settings, TrainerSettings
@@ -52,6 +61,10 @@ def counted(metrics: Metrics, process: str, source: str) -> float:
     value = metrics.registry.get_sample_value(
         "streamer_feedback_decisions_total", {"process": process, "source": source})
     return value or 0.0
+
+
+def core_buffered(metrics: Metrics) -> float:
+    return counted(metrics, "trainer", "logged") + counted(metrics, "trainer", "rebuilt")
 
 
 def test_feedback_carries_the_decision_the_engine_scored(
@@ -93,6 +106,29 @@ def test_feedback_carries_the_decision_the_engine_scored(
     sources = worker.stats().get("streamer_feedback_decisions_total", {})
     assert sources == {"worker,logged": 1.0}
 
+    # An offer this worker never decided (an older worker's): its record has no decision,
+    # and the worker counts it as one the trainer must rebuild.
+    old = BundleOffer(offer_id="old-1", ts=now, anchor_item_id="mug", segment="all",
+                      policy_version="v0-greedy", expires_at=now + 3_600_000,
+                      variants=[Variant(items=["mug", "tea"], discount_pct=10.0,
+                                        bundle_price=9.0, probability=1.0, score=1.0,
+                                        evidence=Evidence(support=2.0, confidence=0.5,
+                                                          lift=1.5))])
+    produce(settings, t.offers, [(b"mug", encode(old))])
+    wait_for(lambda: worker.stats().get("offer_index_size", 0) >= 4, 30,
+             "the worker to index the old offer")
+    later = int(time.time() * 1000)  # event time goes on: an old ts would be too late
+    produce(settings, t.clicks, [(b"other", encode(ClickEvent(
+        event_id="i2", ts=later, user_id="w", session_id="other", item_id="mug",
+        kind="offer_impression", offer_id="old-1", variant=0, propensity=1.0)))])
+    feedback = consume(settings, t.feedback, lambda rs: len(rs) >= 2, timeout_s=30)
+    records = [msgspec.json.decode(r.value, type=FeedbackRecord) for r in feedback]
+    assert len(records) == 2, [(r.outcome.impression_id, r.outcome.offer_id) for r in records]
+    assert {r.outcome.offer_id: r.decision is None for r in records} == {
+        offer.offer_id: False, "old-1": True}
+    wait_for(lambda: worker.stats().get("streamer_feedback_decisions_total") == {
+        "worker,logged": 1.0, "worker,rebuilt": 1.0}, 10, "the worker to count the rebuild")
+
     # The trainer buffers it as it is: nothing rebuilt.
     metrics = Metrics()
     stop = asyncio.Event()
@@ -106,17 +142,18 @@ def test_feedback_carries_the_decision_the_engine_scored(
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: counted(metrics, "trainer", "logged") >= 1 or not thread.is_alive(),
-                 60, "the trainer to buffer the record")
+        wait_for(lambda: core_buffered(metrics) >= 2 or not thread.is_alive(),
+                 60, "the trainer to buffer both records")
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(30)
     core = done["core"]
-    assert core.decision_sources == {"logged": 1, "rebuilt": 0}
-    assert counted(metrics, "trainer", "rebuilt") == 0
+    assert core.decision_sources == {"logged": 1, "rebuilt": 1}
+    assert counted(metrics, "trainer", "logged") == counted(metrics, "trainer", "rebuilt") == 1
     batch = core.trainer.buffer.snapshot()
     rows = decision.variant_features()
+    [i] = [i for i in range(len(batch)) if batch.valid[i].sum() == len(rows)]
     np.testing.assert_array_equal(
-        batch.features[0, :len(rows)],
+        batch.features[i, :len(rows)],
         np.array([[r[f] for f in FEATURE_NAMES] for r in rows], dtype=np.float32))
-    assert batch.chosen[0] == decision.shown[shown]
+    assert batch.chosen[i] == decision.shown[shown]
