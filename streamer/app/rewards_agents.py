@@ -27,8 +27,9 @@ retention is time, ``offers.ttl_s`` plus twice the attribution window and latene
 restarted worker reads back every decision an open impression can still need, and nothing
 older. In memory each worker keeps the ``DecisionLog`` bound: a decision until its offer
 expired or was replaced, plus twice (attribution window + lateness), at most
-``worker.decision_log_capacity`` (~11 KB each decoded, ~4 KB as JSON on the topic, for the
-default 16 rows: measured on ``benchmarks/throughput.py``'s purchases).
+``worker.decision_log_capacity``, held msgpack-encoded (~3 KB each, ~4 KB as JSON on the
+topic, ~11 KB if held decoded; for the default 16 rows, measured on
+``benchmarks/throughput.py``'s purchases) and decoded (~9 us) when an impression closes.
 
 The timer sends a tick to each ticks partition this worker owns (tables may only be written
 while an event of the key's partition is processed, so the timer cannot close windows itself).
