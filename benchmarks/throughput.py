@@ -127,7 +127,8 @@ def plain_counting() -> Callable[[bytes], None]:
 
 def engine_work() -> Callable[[bytes], None]:
     """streamer's codec and engine with the worker's default configuration, its state in
-    dicts of encoded values as the worker's tables hold them (``EncodedTable``)."""
+    dicts of encoded values as the worker's tables hold them (``EncodedTable``), logging
+    each offer's decision and encoding it as the worker does to publish it."""
     from streamer.app.factory import engine_config
     from streamer.app.tables import EncodedTable
     from streamer.copurchase import Decayed, ItemStats
@@ -148,7 +149,20 @@ def engine_work() -> Callable[[bytes], None]:
     state = EngineState(items=items, counts=EncodedTable({}, Decayed),
                         catalog=EncodedTable({}, float), offers=EncodedTable({}, BundleOffer),
                         seen=seen)
-    engine = Engine(config, state, Engine.v0_policy(config))
+    try:  # the worker logs every offer's decision and encodes it to publish it
+        import msgspec
+
+        from streamer.engine import OfferDecision
+
+        encode = msgspec.json.Encoder().encode
+
+        class EncodingSink:
+            def add(self, decision: OfferDecision) -> None:
+                encode(decision)
+
+        engine = Engine(config, state, Engine.v0_policy(config), decisions=EncodingSink())
+    except ImportError:  # a checkout before the decision ledger
+        engine = Engine(config, state, Engine.v0_policy(config))
 
     def work(value: bytes) -> None:
         engine.handle_purchase(decode(value))

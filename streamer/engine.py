@@ -61,10 +61,11 @@ True
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -89,8 +90,10 @@ from streamer.online import (
     DecisionFeaturizer,
     check_segments,
     variant_features,
+    variant_value,
 )
-from streamer.policy import EpsilonGreedyPolicy, LoggedDecision, Policy
+from streamer.online.features import BUNDLE_KEY_PREFIX, bundle_of
+from streamer.policy import EpsilonGreedyPolicy, LoggedDecision, Policy, Proposal
 
 
 class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
@@ -231,6 +234,8 @@ class Engine:
 
     ``conversion`` is the River conversion model the learned policy reads as a feature (a
     fresh one, answering its prior base rate, when not given); :meth:`learn_conversion` feeds it.
+    ``decisions``: where the decision of every offer made is logged (:class:`OfferDecision`),
+    so feedback carries what the policy scored, not a rebuild at closing time.
     """
 
     def __init__(
@@ -240,14 +245,20 @@ class Engine:
         policy: Policy,
         *,
         conversion: ConversionModel | None = None,
+        decisions: DecisionSink | None = None,
     ) -> None:
         self.config = config
+        #: Where each offer's decision is logged when the offer is made (None: not logged;
+        #: replay and evaluation need no ledger). See :meth:`_log_decision`.
+        self.decisions = decisions
         self.state = state
         self._policy = policy
         self._fallback = self.v0_policy(config)
         self.conversion = conversion if conversion is not None else ConversionModel()
         #: Decisions the live policy could not make (non-finite scores) and v0 made instead.
         self.policy_failures = 0
+        #: Offers whose decision could not be logged (see :meth:`_log_decision`).
+        self.decisions_unlogged = 0
         # Anchors' heaviest partners and triples, kept up to date by the learner and read by
         # the queries, so an offer revision need not rank a whole partner table (in memory
         # only: a cold or stale entry costs one full ranking, the results are the same).
@@ -285,10 +296,11 @@ class Engine:
         )
 
     @classmethod
-    def in_memory(cls, config: EngineConfig | None = None) -> Engine:
+    def in_memory(cls, config: EngineConfig | None = None, *,
+                  decisions: DecisionSink | None = None) -> Engine:
         """An engine on plain dicts with the v0 policy (replay, evaluation, tests)."""
         config = config or EngineConfig()
-        return cls(config, EngineState.in_memory(), cls.v0_policy(config))
+        return cls(config, EngineState.in_memory(), cls.v0_policy(config), decisions=decisions)
 
     @property
     def policy(self) -> Policy:
@@ -540,15 +552,21 @@ class Engine:
         if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
             return None
         policy = self._policy  # read once: a concurrent swap applies from the next decision
+        featurizer = self.featurizer(now_ms, segment)
+        scored: Any = None  # the policy's own Decision, when it has one (TorchPolicy.decide)
         try:
-            proposals = policy.propose(
-                anchor, candidates, featurizer=self.featurizer(now_ms, segment)
-            )
+            decide = getattr(policy, "decide", None) if self.decisions is not None else None
+            if decide is not None:
+                scored = decide(anchor, candidates, featurizer)
+                proposals = scored.proposals
+            else:
+                proposals = policy.propose(anchor, candidates, featurizer=featurizer)
         except FloatingPointError:
             # A version whose outputs are not finite must not stop offers: v0 decides, and
             # the offer says so in its policy_version.
             self.policy_failures += 1
             policy = self._fallback
+            scored = None
             proposals = policy.propose(anchor, candidates)
         if not proposals:
             return None
@@ -570,7 +588,42 @@ class Engine:
         offer = self.builder.offer(anchor, variants, policy_version=policy.version,
                                    now_ms=now_ms, segment=segment)
         self.state.offers[key] = offer
+        if self.decisions is not None:
+            self._log_decision(offer, proposals, scored, candidates, featurizer)
         return offer
+
+    def _log_decision(self, offer: BundleOffer, proposals: list[Proposal], scored: Any,
+                      candidates: list[BundleCandidate],
+                      featurizer: DecisionFeaturizer) -> None:
+        """Log ``offer``'s decision to :attr:`decisions`: a policy that scores features
+        (``decide``: ``TorchPolicy``) logs the rows it scored as they are; one that does not
+        (v0) logs what the learned policy would have scored in its place, featurized now: every
+        candidate at every discount level (the shown discounts added when off the grid), in
+        ``TorchPolicy.decide``'s order, so the trainer learns from this moment's prices and
+        conversion propensities, not those of the moment the impression closes."""
+        if scored is not None:
+            rows: Sequence[Mapping[str, float]] = scored.variant_features
+            shown: Sequence[int] = scored.shown
+        else:
+            levels = list(DISCOUNT_LEVELS)
+            levels += sorted({p.discount_pct for p in proposals} - set(levels))
+            ordered = sorted(candidates, key=lambda c: (-c.score, c.items))
+            index = {(tuple(c.items), d): i
+                     for i, (c, d) in enumerate((c, d) for c in ordered for d in levels)}
+            rows = [featurizer(c, d) for c in ordered for d in levels]
+            shown = [index[(tuple(p.candidate.items), p.discount_pct)] for p in proposals]
+        model = self.conversion
+        try:
+            dm = [r[PROPENSITY_FEATURE] * variant_value(r, reward=model.reward,
+                                                        cost_ratio=model.cost_ratio)
+                  for r in rows]
+            decision = OfferDecision.of(offer, rows, shown=shown, expected_rewards=dm)
+        except (KeyError, ValueError):
+            # Rows without the engine's features (a policy of another featurizer): its
+            # feedback falls back to the rebuild (counted there).
+            self.decisions_unlogged += 1
+            return
+        self.decisions.add(decision)  # type: ignore[union-attr]
 
     # -- conveniences for in-process drivers ------------------------------------------------
     def accept(self, event_id: str, ts_ms: int, partition: int = 0, offset: int = -1) -> bool:
@@ -667,6 +720,214 @@ class ItemStatsView(MutableMapping[str, ItemStats]):
         raise TypeError("items are learned through Engine.learn_basket")
 
 
+# -- the decision ledger, logged when an offer is made --------------------------------------
+class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The decision an offer was built from, logged when :meth:`Engine._revise` made it: the
+    features of every action (bundle x discount) the policy scored, exactly as it scored them
+    (the context, catalogue prices and conversion propensity of that moment), which row each
+    offer variant is (``shown[i]``: the row of ``offer.variants[i]``), and the direct-method
+    expected reward of every row (the conversion propensity of the row times its value, what
+    ``ConversionModel.expected_reward`` gave at that moment), for doubly robust estimates.
+
+    Rows are stored as columns ``names`` and float rows (a feature dict repeats every name per
+    row; this form is about half the bytes) plus each row's bundle identity key
+    (:func:`streamer.online.bundle_key`, empty when a row has none), from which
+    :meth:`variant_features` rebuilds the dicts exactly. Immutable: a table value and a
+    message.
+
+    >>> from types import SimpleNamespace as C
+    >>> offer = C(offer_id="o", ts=5, expires_at=9, policy_version="v", anchor_item_id="a",
+    ...           segment="all")
+    >>> rows = [{"x": 0.5, "bundle:a+b": 1.0}, {"x": 1.5, "bundle:a+c": 1.0}]
+    >>> d = OfferDecision.of(offer, rows, shown=(1,), expected_rewards=(0.0, 2.0))
+    >>> d.variant_features() == rows, d.bundles
+    (True, ('bundle:a+b', 'bundle:a+c'))
+    >>> d.logged(variant=0, propensity=1.0, reward=3.0).chosen
+    1
+    >>> msgspec.json.decode(msgspec.json.encode(d), type=OfferDecision) == d
+    True
+    """
+
+    offer_id: str
+    anchor: str
+    segment: str
+    ts: int
+    expires_at: int
+    policy_version: str
+    names: tuple[str, ...]
+    rows: tuple[tuple[float, ...], ...]
+    bundles: tuple[str, ...]
+    shown: tuple[int, ...]
+    expected_rewards: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, offer: Any, rows: Sequence[Mapping[str, float]], *, shown: Sequence[int],
+           expected_rewards: Sequence[float] | None = None) -> OfferDecision:
+        """``offer``'s decision from feature dicts sharing one set of names (besides their
+        bundle key). Raises ``ValueError`` when they do not, or ``shown`` is out of range."""
+        if not rows:
+            raise ValueError("a decision needs at least one row")
+        first = rows[0]
+        names = tuple(k for k in first if not k.startswith(BUNDLE_KEY_PREFIX))
+        bundles = []
+        values = []
+        for row in rows:
+            bundle = bundle_of(row) or ""
+            if len(row) != len(names) + (1 if bundle else 0):
+                raise ValueError("decision rows must have the same features")
+            try:
+                values.append(tuple([float(row[n]) for n in names]))
+            except KeyError as e:
+                raise ValueError(f"a decision row lacks feature {e.args[0]!r}") from e
+            bundles.append(bundle)
+        if not all(0 <= i < len(rows) for i in shown):
+            raise ValueError("shown rows out of range")
+        if expected_rewards is not None and len(expected_rewards) != len(rows):
+            raise ValueError("expected_rewards must have one value per row")
+        return cls(
+            offer_id=offer.offer_id, anchor=offer.anchor_item_id, segment=offer.segment,
+            ts=offer.ts, expires_at=offer.expires_at,
+            policy_version=offer.policy_version, names=names, rows=tuple(values),
+            bundles=tuple(bundles), shown=tuple(shown),
+            expected_rewards=None if expected_rewards is None else tuple(expected_rewards),
+        )
+
+    def variant_features(self) -> list[dict[str, float]]:
+        """The rows as the feature dicts the policy scored."""
+        names, out = self.names, []
+        for values, bundle in zip(self.rows, self.bundles, strict=True):
+            row = dict(zip(names, values, strict=True))
+            if bundle:
+                row[bundle] = 1.0
+            out.append(row)
+        return out
+
+    def logged(self, variant: int, propensity: float, reward: float) -> LoggedDecision:
+        """The training record of an impression of offer variant ``variant``. Raises
+        ``ValueError`` when the offer has no such variant."""
+        if not 0 <= variant < len(self.shown):
+            raise ValueError(f"variant {variant} out of range for offer {self.offer_id}")
+        return LoggedDecision(
+            variant_features=self.variant_features(),
+            chosen=self.shown[variant],
+            propensity=propensity,
+            reward=reward,
+            expected_rewards=self.expected_rewards,
+        )
+
+    def record_fields(self, variant: int) -> dict[str, Any]:
+        """The fields :func:`logged_decision` takes as they are (``variant_features``,
+        ``chosen``, ``expected_rewards``) for an impression of offer variant ``variant``."""
+        if not 0 <= variant < len(self.shown):
+            raise ValueError(f"variant {variant} out of range for offer {self.offer_id}")
+        return {"variant_features": self.variant_features(), "chosen": self.shown[variant],
+                "expected_rewards": self.expected_rewards}
+
+
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_msgpack_decode_decision = msgspec.msgpack.Decoder(OfferDecision).decode
+
+
+class DecisionSink(Protocol):
+    """Where :class:`Engine` logs the decision of each offer it makes."""
+
+    def add(self, decision: OfferDecision) -> None: ...
+
+
+class DecisionLog:
+    """Logged decisions by offer_id, bounded. A decision is needed while an impression of its
+    offer can still close: its offer may be shown until it expires or a newer offer for the
+    same anchor and segment replaces it, and an impression closes up to the attribution window
+    plus allowed lateness after it was shown. Set ``retention_ms`` to that plus a margin for
+    the clock below running ahead of the attribution's (a partition lagging others, events
+    learned before the impressions they close: twice the window is ample). So each decision
+    is kept until ``min(expires_at, ts of its successor) + retention_ms`` on the decisions'
+    clock (the newest ``ts`` added: event time, like ``OfferIndex``), and at most ``capacity``
+    (soonest end first). What stays is the live offers' decisions plus those of the last
+    ``retention_ms`` of revisions: with hot anchors revised every few seconds and offers
+    living a day, the successor rule keeps ~35 minutes of revisions instead of a day's. A
+    :class:`DecisionSink`. Not thread-safe.
+
+    >>> from types import SimpleNamespace as C
+    >>> def decision(oid, ts, anchor="a"):
+    ...     offer = C(offer_id=oid, ts=ts, expires_at=ts + 1_000, policy_version="v",
+    ...               anchor_item_id=anchor, segment="all")
+    ...     return OfferDecision.of(offer, [{"x": 1.0}], shown=(0,))
+    >>> log = DecisionLog(retention_ms=500, capacity=3)
+    >>> log.add(decision("o1", 0)); log.add(decision("o2", 100, "b"))
+    >>> log.get("o1").offer_id, len(log)
+    ('o1', 2)
+    >>> log.add(decision("o3", 1_550, "c"))  # o1 expired at 1000, kept until 1500
+    >>> log.get("o1") is None, log.ids()
+    (True, ['o2', 'o3'])
+    >>> log.add(decision("o4", 1_560, "c"))  # replaces o3: kept until 1560 + 500
+    >>> log.add(decision("o5", 2_061, "d")); log.ids()
+    ['o4', 'o5']
+    >>> log.add(decision("o6", 2_062, "e")); log.add(decision("o7", 2_063, "f")); log.ids()
+    ['o5', 'o6', 'o7']
+    """
+
+    def __init__(self, *, retention_ms: int, capacity: int = 1_000_000) -> None:
+        if retention_ms < 0 or capacity <= 0:
+            raise ValueError("need retention_ms >= 0 and capacity > 0")
+        self.retention_ms = retention_ms
+        self.capacity = capacity
+        # Held encoded (msgpack: ~3 KB for a typical 16-row decision, against ~11 KB as
+        # decoded tuples of Python floats) and decoded by get(), once per closing impression.
+        self._decisions: dict[str, tuple[str, str, bytes]] = {}  # id -> (anchor, segment, msg)
+        self._ends: dict[str, int] = {}  # offer_id -> when its decision may go
+        self._heap: list[tuple[int, str]] = []  # (end, offer_id); stale entries skipped
+        self._newest: dict[tuple[str, str], tuple[int, str]] = {}  # (anchor, segment) -> (ts, id)
+        self.clock_ms: int | None = None
+        self.evicted = 0
+
+    def add(self, decision: OfferDecision) -> None:
+        """Keep ``decision`` (idempotent by offer_id) and drop what is no longer needed."""
+        oid = decision.offer_id
+        if oid not in self._decisions:
+            self._set_end(oid, decision.expires_at + self.retention_ms)
+        key = (decision.anchor, decision.segment)
+        self._decisions[oid] = (*key, _msgpack_encode(decision))
+        previous = self._newest.get(key)
+        if previous is None or previous <= (decision.ts, oid):
+            self._newest[key] = (decision.ts, oid)
+            if previous is not None and previous[1] != oid:
+                self._set_end(previous[1], decision.ts + self.retention_ms)
+        elif previous[1] != oid:  # an older revision, arrived late: already replaced
+            self._set_end(oid, previous[0] + self.retention_ms)
+        if self.clock_ms is None or decision.ts > self.clock_ms:
+            self.clock_ms = decision.ts
+        heap, ends = self._heap, self._ends
+        while heap and (len(self._decisions) > self.capacity or heap[0][0] <= self.clock_ms):
+            end, gone = heapq.heappop(heap)
+            if ends.get(gone) != end:
+                continue  # superseded by an earlier end
+            del ends[gone]
+            anchor, segment, _ = self._decisions.pop(gone)
+            self.evicted += 1
+            newest = self._newest.get((anchor, segment))
+            if newest is not None and newest[1] == gone:
+                del self._newest[(anchor, segment)]
+
+    def _set_end(self, offer_id: str, end: int) -> None:
+        current = self._ends.get(offer_id)
+        if current is None or end < current:
+            self._ends[offer_id] = end
+            heapq.heappush(self._heap, (end, offer_id))
+
+    def get(self, offer_id: str) -> OfferDecision | None:
+        """The decision of offer ``offer_id`` (None: never logged, or evicted)."""
+        held = self._decisions.get(offer_id)
+        return None if held is None else _msgpack_decode_decision(held[2])
+
+    def ids(self) -> list[str]:
+        """The offer ids held, oldest first."""
+        return list(self._decisions)
+
+    def __len__(self) -> int:
+        return len(self._decisions)
+
+
 # -- the decision ledger, decoded for training ---------------------------------------------
 @dataclass(frozen=True, slots=True)
 class OfferedBundle:
@@ -710,6 +971,13 @@ def _offer_items(offer: BundleOffer) -> set[str]:
     return {i for v in offer.variants for i in v.items}
 
 
+def carries_decision(record: Mapping[str, Any]) -> bool:
+    """Whether :func:`logged_decision` takes ``record``'s decision as it is (else: rebuilt from
+    the offer at the time it is called, what operators count as ``rebuilt``)."""
+    return record.get("decision") is not None or (
+        "variant_features" in record and "chosen" in record)
+
+
 def logged_decision(
     record: Mapping[str, Any],
     offer: BundleOffer,
@@ -725,8 +993,10 @@ def logged_decision(
 
     Read from the record: ``variant`` (index into ``offer.variants``), ``propensity``,
     ``reward``, and optionally ``ts`` (event time; else the offer's) and ``segment``. When the
-    record carries the decision itself (``variant_features``, ``chosen`` and optionally
-    ``expected_rewards``), those are used as they are. Otherwise the decision is rebuilt: the
+    record carries the decision logged when the offer was made (``decision``: an
+    :class:`OfferDecision` or its decoded JSON, as a worker's ``FeedbackRecord`` does), or the
+    decision itself (``variant_features``, ``chosen`` and optionally ``expected_rewards``),
+    those are used as they are (:func:`carries_decision`). Otherwise the decision is rebuilt: the
     actions are the offer's distinct bundles (evidence and co-purchase score from their
     variants) at every ``discount_levels`` (plus the shown discount if off the grid), in the
     order ``TorchPolicy.decide`` uses; features as the engine computes them, with ``prices``
@@ -760,6 +1030,16 @@ def logged_decision(
         raise ValueError(f"variant {variant} out of range for offer {offer.offer_id}")
     if not (math.isfinite(reward) and 0.0 < propensity <= 1.0):
         raise ValueError("reward must be finite and propensity in (0, 1]")
+    logged = record.get("decision")
+    if logged is not None:
+        try:
+            decision = (logged if isinstance(logged, OfferDecision)
+                        else msgspec.convert(logged, OfferDecision))
+        except msgspec.ValidationError as e:
+            raise ValueError(f"malformed logged decision: {e}") from e
+        if decision.offer_id != offer.offer_id or len(decision.shown) != len(offer.variants):
+            raise ValueError(f"logged decision does not fit offer {offer.offer_id}")
+        return decision.logged(variant, propensity, reward)
     if "variant_features" in record and "chosen" in record:
         rows = [{str(k): float(x) for k, x in r.items()} for r in record["variant_features"]]
         dm = record.get("expected_rewards")

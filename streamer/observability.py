@@ -70,6 +70,16 @@ class Metrics:
             "Impressions joined with their outcome, published to the feedback topic.",
             registry=self.registry,
         )
+        self.feedback_decisions = Counter(
+            "streamer_feedback_decisions",
+            "Feedback records by where their decision came from: logged (what the policy "
+            "scored when the offer was made, carried by the record) or rebuilt (from the offer "
+            "with the prices and conversion model of the moment it was read: older workers' "
+            "records, decisions evicted or not yet indexed). Counted by the worker when it "
+            "publishes (process worker) and by the trainer when it buffers (process trainer).",
+            ["process", "source"],
+            registry=self.registry,
+        )
         self.unversioned_outcomes = Counter(
             "streamer_unversioned_outcomes",
             "Closed impressions whose offer was never found (no policy version to credit).",

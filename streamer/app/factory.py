@@ -51,7 +51,7 @@ from streamer.app.kafka import (
 from streamer.app.policy_updates import install_policy_follower
 from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
 from streamer.app.state_pages import install_state_pages
-from streamer.app.tables import ChangelogSender, WriteBuffer
+from streamer.app.tables import ChangelogRecord, ChangelogSender, WriteBuffer
 from streamer.copurchase import Decayed, SessionItems
 from streamer.engine import (
     Engine,
@@ -59,6 +59,7 @@ from streamer.engine import (
     EngineState,
     ItemBasket,
     ItemRecord,
+    OfferDecision,
     logged_decision,
 )
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
@@ -98,6 +99,24 @@ def engine_config(settings: Settings) -> EngineConfig:
         session_max_items=c.session_max_items,
         session_capacity=c.session_capacity,
     )
+
+
+class DecisionOutbox:
+    """The engine's logged decisions waiting for the items agent to publish them with their
+    offers (a ``streamer.engine.DecisionSink``). Owned by the worker's event loop."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[OfferDecision] = []
+
+    def add(self, decision: OfferDecision) -> None:
+        self._pending.append(decision)
+
+    def take(self) -> list[OfferDecision]:
+        """Every decision added since the last call, oldest first."""
+        taken, self._pending = self._pending, []
+        return taken
 
 
 @dataclass
@@ -191,33 +210,41 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         sessions=buffer.table(sessions_t, SessionItems),
     )
     config = engine_config(settings)
-    engine = Engine(config, state, Engine.v0_policy(config))
+    # Every offer's decision, logged when it is made; the items agent publishes them with the
+    # offers to <app>-decisions, which every worker reads (streamer.app.rewards_agents).
+    decision_outbox = DecisionOutbox()
+    engine = Engine(config, state, Engine.v0_policy(config), decisions=decision_outbox)
     click_dedup = Deduplicator(
         buffer.table(seen_clicks_t, SeenId),
         ttl_ms=int(w.dedup_ttl_s * 1000),
         capacity=w.dedup_capacity,
     )
-    def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None) -> None:
+    def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
+                         decision: OfferDecision | None) -> None:
         # The learned policy reads engine.conversion as a feature: it must learn from this
         # worker's outcomes, as the trainer's model learns from all feedback (the same
-        # features: streamer.engine.logged_decision), or serving and training disagree.
+        # features: the logged decision's, else streamer.engine.logged_decision's rebuild), or
+        # serving and training disagree.
         if offer is None or not 0 <= outcome.variant < len(offer.variants):
             return
-        catalog = engine.state.catalog
-        prices = {i: p for v in offer.variants for i in v.items
-                  if (p := catalog.get(i)) is not None}
         # Labelled as the trainer labels it (policy.reward_attribution): by default a basket
         # that merely held the bundle is not a conversion of the offer.
         reward, converted = learning_reward(outcome, settings.policy.reward_attribution)
         try:
-            decision = logged_decision(
-                {"offer_id": outcome.offer_id, "variant": outcome.variant,
-                 "propensity": outcome.propensity, "reward": reward,
-                 "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
-                segments=engine.config.segments)
+            if decision is not None:  # the features the policy scored when it made the offer
+                logged = decision.logged(outcome.variant, outcome.propensity, reward)
+            else:  # rebuilt from the offer with today's prices (counted by publish_outcomes)
+                catalog = engine.state.catalog
+                prices = {i: p for v in offer.variants for i in v.items
+                          if (p := catalog.get(i)) is not None}
+                logged = logged_decision(
+                    {"offer_id": outcome.offer_id, "variant": outcome.variant,
+                     "propensity": outcome.propensity, "reward": reward,
+                     "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
+                    segments=engine.config.segments)
         except ValueError:
             return
-        engine.learn_conversion(decision.variant_features[decision.chosen], converted)
+        engine.learn_conversion(logged.variant_features[logged.chosen], converted)
 
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion)
@@ -339,6 +366,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
     offers_name = offers_topic.get_topic_name()
+    decisions_name = rewards.decisions_topic.get_topic_name()
 
     async def publish_offers(offers: list[BundleOffer]) -> list[Any]:
         """Send ``offers`` keyed by anchor, one producer batch per partition; returns the
@@ -346,18 +374,27 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         costs ~60-80 us of CPU per message and the items agent publishes about one offer per
         purchase. Partitions are the ones faust's send gives (the default partitioner: murmur2
         of the key over the topic's partitions), so a storefront sees each anchor in order."""
-        if not offers:
+        decisions = decision_outbox.take()
+        if not offers and not decisions:
             return []
         producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]
         parts = producer.client.cluster.partitions_for_topic(offers_name)
         if not parts:
             parts = await producer.partitions_for(offers_name)  # waits for metadata
         n = len(parts)
-        return await sender.send([
+        records: list[ChangelogRecord] = [
             (offers_name, key_partition(o.anchor_item_id, n), o.anchor_item_id.encode(),
              encode(o))
             for o in offers
-        ])
+        ]
+        if decisions:
+            await rewards.decisions_topic.maybe_declare()  # once: cached afterwards
+            records += [
+                (decisions_name, key_partition(d.anchor, partitions), d.offer_id.encode(),
+                 encode(d))
+                for d in decisions
+            ]
+        return await sender.send(records)
 
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
@@ -376,8 +413,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 offers += revised
                 dups.inc(redelivered)
             published.inc(len(offers))
-            # Offers leave now (latency); they and the state are durable before the next
-            # offset commit (WriteBuffer).
+            # Offers (and their logged decisions) leave now (latency); they and the state are
+            # durable before the next offset commit (WriteBuffer).
             buffer.defer(*await publish_offers(offers))
 
     @app.on_partitions_revoked.connect

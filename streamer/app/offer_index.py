@@ -32,6 +32,7 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -119,23 +120,34 @@ class OfferIndex:
         return len(self._offers)
 
 
+class Index(Protocol):
+    """What a feed fills: anything that adds decoded messages (:class:`OfferIndex`, the
+    worker's ``streamer.engine.DecisionLog``)."""
+
+    def add(self, value: Any, /) -> None: ...
+
+
 class OfferIndexFeed:
-    """Keeps an :class:`OfferIndex` fed from every partition of the offers topic.
+    """Keeps an :class:`OfferIndex` fed from every partition of the offers topic (or, given
+    ``decode``, any index from any topic read the same way: the worker's logged decisions).
 
     :meth:`run` blocks until cancelled; it retries the Kafka connection on failure (a worker
     must not die because this reader did). ``on_change`` is called after each batch.
     :attr:`caught_up` is set (and stays set) once every partition was read up to its high
-    watermark: the offers published before the worker started are in the index.
+    watermark: the offers published before the worker started are in the index. ``decode``
+    turns a message's bytes into what ``index.add`` takes, raising ``InvalidEvent`` (default:
+    an offer, validated by the codec).
     """
 
-    def __init__(self, kafka: KafkaSettings, topic: str, index: OfferIndex, *,
-                 lookback_ms: int, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, index: Index, *,
+                 lookback_ms: int, on_change: Callable[[], None] | None = None,
+                 decode: Callable[[bytes], Any] | None = None) -> None:
         self._kafka = kafka
         self.topic = topic
         self.index = index
         self.lookback_ms = lookback_ms
         self.invalid = 0
-        self._codec = EventCodec(kafka.max_message_bytes)
+        self._decode = decode or EventCodec(kafka.max_message_bytes).decode_offer
         self._on_change = on_change
         self.caught_up = asyncio.Event()
 
@@ -168,10 +180,10 @@ class OfferIndexFeed:
                 for records in batch.values():
                     for record in records:
                         try:
-                            self.index.add(self._codec.decode_offer(record.value or b""))
+                            self.index.add(self._decode(record.value or b""))
                         except InvalidEvent as e:
                             self.invalid += 1
-                            log.warning("invalid offer at %s[%d]@%d: %s", record.topic,
+                            log.warning("invalid message at %s[%d]@%d: %s", record.topic,
                                         record.partition, record.offset, e)
                 if batch and self._on_change is not None:
                     self._on_change()

@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 
 from msgspec import Struct
 
+from streamer.engine import OfferDecision
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent, RewardWindow
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
@@ -151,25 +152,43 @@ FEEDBACK_SCHEMA_VERSION = 1
 class FeedbackRecord(Struct, frozen=True, kw_only=True):
     """The decision ledger's record (topic ``feedback``, key offer_id): one impression, the
     variants it was chosen from (``candidates``; ``outcome.variant`` indexes them; empty when
-    the offer was never found), and its outcome.
+    the offer was never found), its outcome, and ``decision``: the decision logged when the
+    offer was made (:class:`streamer.engine.OfferDecision`: every action the policy scored,
+    with the features it scored, ``shown[outcome.variant]`` the impressed one's row, and the
+    direct-method expected rewards), so training and evaluation read what the policy saw.
+    ``decision`` is null when the worker did not have it (an offer of an older
+    worker, a decision evicted or not read yet): the trainer then rebuilds the features from
+    the offer, and both sides count it (``streamer_feedback_decisions{source="rebuilt"}``).
 
     Extensible: ``context`` carries extra named features (segment features, model scores) a
-    policy adds later; ``schema_version`` changes only when a field changes meaning. Readers
-    should ignore fields they do not know.
+    policy adds later; ``schema_version`` changes only when a field changes meaning (an
+    optional field added, like ``decision``, keeps it). Readers should ignore fields they do
+    not know.
     """
 
     schema_version: int
     outcome: ImpressionOutcome
     candidates: tuple[VariantFeatures, ...]
     context: dict[str, float] = {}
+    decision: OfferDecision | None = None
 
     @classmethod
-    def build(cls, outcome: ImpressionOutcome, offer: BundleOffer | None) -> FeedbackRecord:
-        """The record of ``outcome``, with ``offer``'s variants as candidates.
+    def build(cls, outcome: ImpressionOutcome, offer: BundleOffer | None,
+              decision: OfferDecision | None = None) -> FeedbackRecord:
+        """The record of ``outcome``, with ``offer``'s variants as candidates and the logged
+        ``decision`` of the offer.
 
         An offer whose id matches but whose variant count does not (it cannot be the shown
-        one) contributes no candidates.
+        one) contributes no candidates; a decision that is not the offer's (another id, or
+        another variant count) is left out.
         """
+        if decision is not None and (
+            decision.offer_id != outcome.offer_id
+            or offer is None
+            or len(decision.shown) != len(offer.variants)
+            or not 0 <= outcome.variant < len(decision.shown)
+        ):
+            decision = None
         candidates: tuple[VariantFeatures, ...] = ()
         if offer is not None and outcome.variant < len(offer.variants):
             candidates = tuple(
@@ -180,7 +199,7 @@ class FeedbackRecord(Struct, frozen=True, kw_only=True):
                     lift=v.evidence.lift)
                 for v in offer.variants)
         return cls(schema_version=FEEDBACK_SCHEMA_VERSION, outcome=outcome,
-                   candidates=candidates)
+                   candidates=candidates, decision=decision)
 
 
 class Tick(Struct, frozen=True, kw_only=True):

@@ -10,6 +10,26 @@ of every topic to one worker)::
     <app>-reward-outcomes ─(reward-ledger agent: RewardTracker.record)─► rewards (key version)
     offers ─(OfferIndexFeed, no group)─► OfferIndex        rewards ─(reader)─► RewardBoard
                                                           ─► dashboard, gauges, guardrails
+    <app>-decisions ─(OfferIndexFeed, no group)─► DecisionLog ─► feedback records' decision
+
+The decision ledger. The items agent (factory) logs the decision of every offer it publishes
+(``streamer.engine.OfferDecision``: the rows the policy scored, as it scored them) to the
+internal topic ``<app>-decisions`` (key offer_id), sent with the offer and, like it, durable
+before the offsets that produced it are committed. Whoever closes an impression of the offer
+puts its decision into the feedback record. Why a topic read by every worker, not a table:
+the decision is made on the worker owning the *anchor's* partition, the impression closes on
+the one owning the *session's*, usually another (the offers' own reason for
+:mod:`streamer.app.offer_index`); a partitioned table is local to its owner, and a global
+table would be a second copy of this log, written from one agent, deleted from none. Why not
+in the offer: the ``offers`` contract is the storefront's and the rows are ~5x its size. Not
+compacted: every key (offer_id) is written once, so compaction frees nothing; the topic's
+retention is time, ``offers.ttl_s`` plus twice the attribution window and lateness, so a
+restarted worker reads back every decision an open impression can still need, and nothing
+older. In memory each worker keeps the ``DecisionLog`` bound: a decision until its offer
+expired or was replaced, plus twice (attribution window + lateness), at most
+``worker.decision_log_capacity``, held msgpack-encoded (~3 KB each, ~4 KB as JSON on the
+topic, ~11 KB if held decoded; for the default 16 rows, measured on
+``benchmarks/throughput.py``'s purchases) and decoded (~9 us) when an impression closes.
 
 The timer sends a tick to each ticks partition this worker owns (tables may only be written
 while an event of the key's partition is processed, so the timer cannot close windows itself).
@@ -36,7 +56,8 @@ from streamer.app.reward_tracking import (
     Tick,
 )
 from streamer.app.tables import WriteBuffer
-from streamer.events import BundleOffer, RewardWindow
+from streamer.engine import DecisionLog, OfferDecision
+from streamer.events import BundleOffer, InvalidEvent, RewardWindow
 from streamer.events.dedup import SeenId
 from streamer.observability import Metrics
 from streamer.rewards import ImpressionOutcome, SessionState, WindowAggregate, WindowSpec
@@ -47,6 +68,15 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode_outcome = msgspec.json.Decoder(ImpressionOutcome).decode
 _decode_tick = msgspec.json.Decoder(Tick).decode
+_decision_decoder = msgspec.json.Decoder(OfferDecision)
+
+
+def decode_decision(value: bytes) -> OfferDecision:
+    """A message of ``<app>-decisions``; ``InvalidEvent`` when it is not one."""
+    try:
+        return _decision_decoder.decode(value)
+    except msgspec.DecodeError as e:  # ValidationError included
+        raise InvalidEvent("schema", f"not a logged decision: {e}") from e
 
 
 def reward_config(settings: Settings) -> RewardConfig:
@@ -80,8 +110,13 @@ class RewardTracking:
     board: RewardBoard
     publish_outcomes: Callable[[list[ImpressionOutcome]], Any]
     #: Set once the offer index holds the offers published before this worker started
-    #: (:attr:`streamer.app.offer_index.OfferIndexFeed.caught_up`), or the wait timed out.
+    #: (:attr:`streamer.app.offer_index.OfferIndexFeed.caught_up`), and the decision log their
+    #: decisions, or the wait timed out.
     offers_ready: asyncio.Event
+    #: Logged decisions of offers by offer_id, read from ``decisions_topic`` (module doc).
+    decisions: DecisionLog
+    #: The internal topic the items agent logs its offers' decisions to.
+    decisions_topic: Any
 
     async def wait_offers(self) -> None:
         """Return once :attr:`offers_ready`: the agents call it before they attribute, so a
@@ -94,14 +129,16 @@ class RewardTracking:
 def install_reward_tracking(
     app: faust.App, settings: Settings, metrics: Metrics, table: Callable[..., Any],
     buffer: WriteBuffer,
-    on_outcome: Callable[[ImpressionOutcome, BundleOffer | None], None] | None = None,
+    on_outcome: Callable[[ImpressionOutcome, BundleOffer | None, OfferDecision | None],
+                         None] | None = None,
 ) -> RewardTracking:
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
     ``table(name, help=...)`` makes a bytes-valued faust Table (the factory's helper); the
     tracker writes through ``buffer``, the worker's write-back, which every offset commit
-    writes before it commits. ``on_outcome(outcome, offer)`` is called for
-    every closed impression (the worker's conversion model learns there). The clicks and
+    writes before it commits. ``on_outcome(outcome, offer, decision)`` is called for
+    every closed impression, with the offer's logged decision when known (the worker's
+    conversion model learns there). The clicks and
     purchases agents call ``tracking.tracker.observe`` and ``tracking.publish_outcomes`` (which
     returns once the broker has the outcomes), holding ``buffer`` from the observation that
     closed impressions until then (:meth:`WriteBuffer.holding`); everything else runs here.
@@ -119,6 +156,13 @@ def install_reward_tracking(
 
     retention_ms = config.window_ms + config.allowed_lateness_ms
     offers = OfferIndex(retention_ms=retention_ms)
+    # Twice the window: the log's clock is the newest decision of any partition, and one
+    # partition's attribution may lag the others (DecisionLog).
+    decisions = DecisionLog(retention_ms=2 * retention_ms, capacity=w.decision_log_capacity)
+    decisions_lookback_ms = int(settings.offers.ttl_s * 1000) + 2 * retention_ms
+    decisions_topic = app.topic(f"{w.app_id}-decisions", internal=True,
+                                partitions=t.partitions, deleting=True,
+                                retention=decisions_lookback_ms / 1000.0, **raw)
     tracker = RewardTracker(
         buffer.table(table("reward-sessions", help="Attribution state per session."),
                      SessionState),
@@ -137,11 +181,14 @@ def install_reward_tracking(
         sent = []
         for outcome in outcomes:
             offer = offers.get(outcome.offer_id)
+            record = FeedbackRecord.build(outcome, offer, decisions.get(outcome.offer_id))
             if on_outcome is not None:
-                on_outcome(outcome, offer)
-            record = FeedbackRecord.build(outcome, offer)
+                on_outcome(outcome, offer, record.decision)
             sent.append(await feedback_topic.send(key=outcome.offer_id, value=_encode(record)))
             metrics.feedback_records.inc()
+            if offer is not None:  # without its offer, neither is possible
+                source = "rebuilt" if record.decision is None else "logged"
+                metrics.feedback_decisions.labels("worker", source).inc()
             # Unversioned outcomes (offer never found) have no ledger to go to: counted here.
             if outcome.policy_version is None:
                 metrics.unversioned_outcomes.inc()
@@ -205,17 +252,24 @@ def install_reward_tracking(
                               lookback_ms=int(settings.offers.ttl_s * 1000) + retention_ms,
                               on_change=lambda: metrics.offer_index_size.set(len(offers)))
 
+        await decisions_topic.maybe_declare()
+        decision_feed = OfferIndexFeed(settings.kafka, decisions_topic.get_topic_name(),
+                                       decisions, lookback_ms=decisions_lookback_ms,
+                                       decode=decode_decision)
+
         async def signal_ready() -> None:
             try:
-                await asyncio.wait_for(feed.caught_up.wait(), OFFERS_READY_TIMEOUT_S)
+                await asyncio.wait_for(
+                    asyncio.gather(feed.caught_up.wait(), decision_feed.caught_up.wait()),
+                    OFFERS_READY_TIMEOUT_S)
             except TimeoutError:
-                log.warning("offer index not caught up with %s after %.0f s: attributing "
-                            "without it", t.offers, OFFERS_READY_TIMEOUT_S)
+                log.warning("offer index or decision log not caught up with %s after %.0f s: "
+                            "attributing without it", t.offers, OFFERS_READY_TIMEOUT_S)
             offers_ready.set()
 
         ready = asyncio.ensure_future(signal_ready())
         try:
-            await feed.run()
+            await asyncio.gather(feed.run(), decision_feed.run())
         finally:
             ready.cancel()
 
@@ -255,7 +309,8 @@ def install_reward_tracking(
                 log.exception("reading %s failed; retrying", t.rewards)
                 await asyncio.sleep(2.0)  # back-off before reconnecting
 
-    return RewardTracking(tracker, offers, board, publish_outcomes, offers_ready)
+    return RewardTracking(tracker, offers, board, publish_outcomes, offers_ready, decisions,
+                          decisions_topic)
 
 
 def update_lag(app: faust.App, metrics: Metrics) -> None:

@@ -5,7 +5,9 @@ Its own process, never a worker's event loop. Two parts:
 
 - :class:`FeedbackTrainer`, no Kafka: decodes feedback records (the workers' nested
   ``FeedbackRecord`` or a flat one: :func:`feedback_fields`) against the offers they were
-  impressions of (:func:`streamer.engine.logged_decision`), feeds the River conversion model,
+  impressions of (:func:`streamer.engine.logged_decision`: the decision a record carries, as
+  the worker's policy scored it when it made the offer; rebuilt from the offer, and counted,
+  only for records without one), feeds the River conversion model,
   the drift monitor and :class:`~streamer.policy.PolicyTrainer`'s bounded buffer, and applies
   the promotion gate (against the live torch version, or against the logged rewards while the
   v0 policy is live).
@@ -34,7 +36,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamer.app.kafka import aiokafka_kwargs
-from streamer.engine import Engine, EngineConfig, logged_decision
+from streamer.engine import Engine, EngineConfig, carries_decision, logged_decision
 from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.events.dedup import Deduplicator
 from streamer.observability import Metrics
@@ -115,8 +117,15 @@ class FeedbackTrainer:
 
     def __init__(self, config: TrainerSettings, *, base_version: str,
                  segments: tuple[str, ...] = (),
-                 reward_attribution: RewardAttribution = "offer") -> None:
+                 reward_attribution: RewardAttribution = "offer",
+                 metrics: Metrics | None = None) -> None:
         self.settings = config
+        self.metrics = metrics or Metrics()
+        #: Records buffered by where their decision came from: ``logged`` (carried by the
+        #: record, as the policy scored it) or ``rebuilt`` (from the offer, with this
+        #: trainer's prices and conversion model: records of older workers, or whose decision
+        #: the worker no longer had).
+        self.decision_sources = {"logged": 0, "rebuilt": 0}
         #: What the policy learns from (``policy.reward_attribution``): see feedback_fields.
         self.reward_attribution = reward_attribution
         #: The workers' configured segments (``offers.segments``): their feature slots.
@@ -177,7 +186,9 @@ class FeedbackTrainer:
 
     def observe_feedback(self, body: Mapping[str, Any]) -> bool:
         """Buffer one feedback record (nested or flat: :func:`feedback_fields`, which also
-        picks the reward learned from); True when it was. A record whose offer is unknown
+        picks the reward learned from); True when it was. The record's logged decision is
+        taken as it is; one without (older workers, evicted decisions) is rebuilt from the
+        offer and counted (:attr:`decision_sources`). A record whose offer is unknown
         waits for it (bounded); a malformed one is counted and dropped; a record of an
         impression already buffered (a worker's republication after a crash) is counted in
         :attr:`duplicates` and dropped."""
@@ -197,6 +208,7 @@ class FeedbackTrainer:
         ):
             self.duplicates += 1
             return False
+        source = "logged" if carries_decision(record) else "rebuilt"
         try:
             decision = logged_decision(record, offer, prices=self.catalog,
                                        conversion=self.conversion, segments=self.segments)
@@ -205,6 +217,8 @@ class FeedbackTrainer:
             self.invalid += 1
             log.warning("feedback record of offer %s dropped: %s", offer.offer_id, e)
             return False
+        self.decision_sources[source] += 1
+        self.metrics.feedback_decisions.labels("trainer", source).inc()
         # Learn after deciding: the record's features use the model as it was before it.
         converted = bool(record.get("converted", decision.reward > 0))
         self.conversion.learn_one(decision.variant_features[decision.chosen], converted)
@@ -297,7 +311,8 @@ async def run_trainer(
     base_version = Engine.v0_policy(EngineConfig()).version
     core = FeedbackTrainer(settings.trainer, base_version=base_version,
                            segments=settings.offers.segment_names,
-                           reward_attribution=settings.policy.reward_attribution)
+                           reward_attribution=settings.policy.reward_attribution,
+                           metrics=metrics)
     codec = EventCodec(settings.kafka.max_message_bytes)
     kw = aiokafka_kwargs(settings.kafka)
     consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")

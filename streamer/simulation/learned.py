@@ -24,20 +24,15 @@ from typing import Any
 
 import msgspec
 
-from streamer.engine import Engine, EngineConfig, logged_decision
+from streamer.engine import DecisionLog, Engine, EngineConfig, logged_decision
 from streamer.events import BundleOffer, PurchaseEvent
-from streamer.events.candidates import BundleCandidate
-from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE, DriftMonitor, variant_value
+from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE, DriftMonitor
 from streamer.policy import (
     FineTuneConfig,
-    LoggedDecision,
     PolicyTrainer,
-    Proposal,
     TorchPolicy,
-    VariantFeaturizer,
     select_device,
 )
-from streamer.policy.torch_policy import Decision
 from streamer.rewards import REWARD_ATTRIBUTIONS, Attributor, RewardAttribution, learning_reward
 from streamer.simulation.shop import Event
 
@@ -48,6 +43,9 @@ from streamer.simulation.shop import Event
 #: run of 100,000 sessions at one per second spans 28 hours and each anchor sees a few hundred
 #: orders at most, so with 30 days nothing is ever forgotten and a season change is followed
 #: only as new counts outgrow the old (a deployment sets the half-life to its own traffic).
+#: Offers (and their logged decisions) the loop remembers by id, at most.
+MAX_OFFERS = 100_000
+
 SIMULATION_ENGINE = EngineConfig(min_support=2.0, max_pairs=4, max_triples=3,
                                  half_life_s=6 * 3600.0)
 
@@ -67,69 +65,6 @@ def initial_policy(seed: int = 0) -> TorchPolicy:
         max_variants=16,
         floor=0.01,
         seed=seed,
-    )
-
-
-#: (anchor, segment, decision time): what identifies an offer's decision before the offer exists.
-DecisionKey = tuple[str, str, int]
-
-
-class RecordingPolicy:
-    """A :class:`TorchPolicy` that keeps each decision it makes (every scored variant's
-    features, as served), so feedback can be trained and evaluated on the decision that was
-    made rather than one rebuilt from the offer when the impression closes.
-
-    Why: rebuilt at close, the features carry the conversion model's *later* propensities and
-    only the offer's bundles; the live policy, re-run on them, gave the variant it had shown a
-    median 40 % of the probability it was shown with (10 % of records under 1.4 %), so the
-    paired OPE of candidate against live compared two policies neither of which was served,
-    with importance weights far off 1 (measured in the simulator: ``benchmarks`` notes).
-    """
-
-    def __init__(self, policy: TorchPolicy, *, capacity: int = 100_000) -> None:
-        self.inner = policy
-        self.capacity = capacity
-        self.decisions: OrderedDict[DecisionKey, Decision] = OrderedDict()
-
-    @property
-    def version(self) -> str:
-        return self.inner.version
-
-    def propose(
-        self,
-        anchor: str,
-        candidates: Sequence[BundleCandidate],
-        featurizer: VariantFeaturizer | None = None,
-    ) -> list[Proposal]:
-        decision = self.inner.decide(anchor, candidates, featurizer)
-        context = getattr(featurizer, "context", None)
-        if context is not None and decision.proposals:
-            self.decisions[(anchor, context.segment, context.ts_ms)] = decision
-            while len(self.decisions) > self.capacity:
-                self.decisions.popitem(last=False)
-        return decision.proposals
-
-    def take(self, offer: BundleOffer) -> Decision | None:
-        """The decision ``offer`` was built from (None: not made by this policy, or evicted)."""
-        decision = self.decisions.pop((offer.anchor_item_id, offer.segment, offer.ts), None)
-        if decision is None or len(decision.shown) != len(offer.variants):
-            return None
-        return decision
-
-
-def served_decision(
-    decision: Decision, variant: int, propensity: float, reward: float
-) -> LoggedDecision:
-    """The training record of an impression of ``decision``'s offer variant ``variant``: all
-    its scored variants' features as served, and their direct-method values at the time
-    (the served conversion propensity x the variant's revenue)."""
-    rows = decision.variant_features
-    return LoggedDecision(
-        variant_features=rows,
-        chosen=decision.shown[variant],
-        propensity=propensity,
-        reward=reward,
-        expected_rewards=[r[PROPENSITY_FEATURE] * variant_value(r) for r in rows],
     )
 
 
@@ -176,12 +111,19 @@ class LearnedDecisions:
         config = config or SIMULATION_ENGINE
         if segments is not None:
             config = dataclasses.replace(config, segments=tuple(segments))
-        self.engine = Engine.in_memory(config)
+        # The engine logs each offer's decision as the policy scored it (the worker's ledger,
+        # in process). Why not rebuild it from the offer when the impression closes: the
+        # features would carry the conversion model's *later* propensities and only the
+        # offer's bundles; the live policy, re-run on them, gave the variant it had shown a
+        # median 40 % of the probability it was shown with (10 % of records under 1.4 %), so
+        # the paired OPE of candidate against live compared two policies neither of which was
+        # served (measured in the simulator: ``benchmarks`` notes).
+        # Twice the window: learn() revises offers (moving the log's clock) before it closes
+        # the impressions of the same events.
+        self.decisions = DecisionLog(retention_ms=2 * window_ms, capacity=MAX_OFFERS)
+        self.engine = Engine.in_memory(config, decisions=self.decisions)
         self.live = policy or initial_policy(seed)
-        self.recorder = RecordingPolicy(self.live)
-        self.engine.set_policy(self.recorder)
-        #: offer id -> the decision it was built from (offers seen by the storefront).
-        self.decisions: OrderedDict[str, Decision] = OrderedDict()
+        self.engine.set_policy(self.live)
         self.trainer = PolicyTrainer(
             FEATURE_NAMES,
             capacity=capacity,
@@ -196,18 +138,16 @@ class LearnedDecisions:
         self.attributor = Attributor({}, self.offers.get, window_ms=window_ms,
                                      allowed_lateness_ms=0)
         self.fine_tunes: list[dict[str, Any]] = []
+        #: Feedback whose logged decision was gone, rebuilt from the offer instead.
+        self.rebuilt = 0
         self.drift = DriftMonitor()
 
     def offer_for(self, anchor: str, segment: str, now_ms: int) -> BundleOffer | None:
         offer = self.engine.live_offer(anchor, segment, now_ms=now_ms)
         if offer is not None and offer.offer_id not in self.offers:
             self.offers[offer.offer_id] = offer
-            decision = self.recorder.take(offer)
-            if decision is not None:
-                self.decisions[offer.offer_id] = decision
-            while len(self.offers) > 100_000:
-                gone, _ = self.offers.popitem(last=False)
-                self.decisions.pop(gone, None)
+            while len(self.offers) > MAX_OFFERS:
+                self.offers.popitem(last=False)
         return offer
 
     def learn(self, events: Sequence[Event]) -> None:
@@ -224,14 +164,13 @@ class LearnedDecisions:
             if offer is None:
                 continue
             reward, converted = learning_reward(outcome, self.reward_attribution)
-            served = self.decisions.get(outcome.offer_id)
-            if served is not None and 0 <= outcome.variant < len(served.shown):
-                decision = served_decision(served, outcome.variant, outcome.propensity, reward)
-            else:  # not decided by the torch policy (v0 fallback): rebuilt from the offer
-                record = {**msgspec.to_builtins(outcome), "reward": reward}
-                decision = logged_decision(record, offer, prices=self.engine.state.catalog,
-                                           conversion=self.engine.conversion,
-                                           segments=self.engine.config.segments)
+            record = {**msgspec.to_builtins(outcome), "reward": reward,
+                      "decision": self.decisions.get(outcome.offer_id)}
+            if record["decision"] is None:
+                self.rebuilt += 1  # evicted (or never logged): rebuilt from the offer
+            decision = logged_decision(record, offer, prices=self.engine.state.catalog,
+                                       conversion=self.engine.conversion,
+                                       segments=self.engine.config.segments)
             self.trainer.add(decision)
             if self.drift.observe_reward(offer.policy_version, reward):
                 self.trainer.request_fine_tune(f"reward drift under {offer.policy_version}")
@@ -241,5 +180,4 @@ class LearnedDecisions:
             self.fine_tunes.append(result.metadata())
             if result.promoted:
                 self.live = result.candidate
-                self.recorder = RecordingPolicy(self.live)
-                self.engine.set_policy(self.recorder)
+                self.engine.set_policy(self.live)

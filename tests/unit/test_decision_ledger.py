@@ -1,0 +1,228 @@
+"""The decision ledger: each offer's decision is logged when the offer is made, and the feedback
+record of an impression carries it, so training and evaluation read what the policy scored,
+not a rebuild with the prices and conversion model of the moment the impression closed."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+
+from streamer.app.reward_tracking import FeedbackRecord
+from streamer.app.trainer import FeedbackTrainer
+from streamer.engine import (
+    DecisionLog,
+    Engine,
+    EngineConfig,
+    OfferDecision,
+    logged_decision,
+)
+from streamer.events import BundleOffer, OrderLine, PurchaseEvent
+from streamer.observability import Metrics
+from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE
+from streamer.policy import TorchPolicy
+from streamer.policy.torch_policy import Decision
+from streamer.rewards import ImpressionOutcome
+from streamer.settings import TrainerSettings
+
+T0 = 1_700_000_000_000
+ITEMS = [f"i{k}" for k in range(12)]
+CONFIG = EngineConfig(min_support=1.0, min_interval_ms=0)
+
+
+def orders(n: int, seed: int = 0, *, start: int = 0) -> list[PurchaseEvent]:
+    rng = random.Random(seed)
+    return [
+        PurchaseEvent(event_id=f"e{k}", ts=T0 + 1000 * k, user_id="u", session_id=f"s{k}",
+                      order_id=f"o{k}",
+                      items=[OrderLine(item_id=i, quantity=1, unit_price=1.0 + ITEMS.index(i))
+                             for i in rng.sample(ITEMS, 3)])
+        for k in range(start, start + n)
+    ]
+
+
+class SpyPolicy(TorchPolicy):
+    """A TorchPolicy that remembers the decisions it made (what it really scored)."""
+
+    scored: list[Decision]
+
+    def decide(self, anchor: str, candidates: Sequence[Any],
+               featurizer: Any = None) -> Decision:
+        decision = super().decide(anchor, candidates, featurizer)
+        self.scored.append(decision)
+        return decision
+
+
+def spy_policy() -> SpyPolicy:
+    base = TorchPolicy.initial(FEATURE_NAMES, seed=3)
+    spy = SpyPolicy(base.scorer, base.shape, version=base.version, parent=None)
+    spy.scored = []
+    return spy
+
+
+def outcome_of(offer: BundleOffer, variant: int, reward: float,
+               ts: int | None = None) -> ImpressionOutcome:
+    shown = offer.variants[variant]
+    return ImpressionOutcome(
+        impression_id=f"imp-{offer.offer_id}-{variant}", ts=ts or offer.ts, session_id="s",
+        user_id="u", offer_id=offer.offer_id, variant=variant, propensity=shown.probability,
+        policy_version=offer.policy_version, anchor_item_id=offer.anchor_item_id,
+        segment=offer.segment, items=tuple(shown.items), discount_pct=shown.discount_pct,
+        clicked=reward > 0, converted=reward > 0, revenue=reward, reward=reward,
+        purchase_ids=("p",) if reward > 0 else (), attributed_at=ts or offer.ts, late=False,
+        attribution="offer" if reward > 0 else "none", direct_revenue=reward,
+        direct_reward=reward)
+
+
+def as_published(record: FeedbackRecord) -> dict[str, Any]:
+    """The record as the trainer reads it from the feedback topic."""
+    body: dict[str, Any] = json.loads(msgspec.json.encode(record))
+    return body
+
+
+def change_the_world(engine: Engine, offer: BundleOffer) -> None:
+    """What happens between an offer and the close of its impression: the catalogue's prices
+    move and the conversion model learns."""
+    for item in {i for v in offer.variants for i in v.items}:
+        engine.state.catalog[item] = engine.state.catalog[item] * 3.0 + 1.0
+    rows = logged_decision({"variant": 0, "propensity": 1.0, "reward": 1.0}, offer,
+                           prices=engine.state.catalog, conversion=engine.conversion)
+    for _ in range(300):
+        engine.learn_conversion(rows.variant_features[rows.chosen], True)
+
+
+@pytest.mark.parametrize("learned", [True, False], ids=["torch", "v0"])
+def test_feedback_carries_the_decision_logged_when_the_offer_was_made(learned: bool) -> None:
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    spy = spy_policy()
+    if learned:
+        engine.set_policy(spy)
+    offers = [o for e in orders(40) for o in engine.handle_purchase(e)]
+    offer = max(offers, key=lambda o: (len(o.variants), o.ts))
+    assert len(offer.variants) >= 2
+    logged = log.get(offer.offer_id)
+    assert logged is not None and len(logged.shown) == len(offer.variants)
+    rows = logged.variant_features()
+    if learned:  # exactly the rows the policy scored, and which of them the offer shows
+        def shows(d: Decision) -> list[tuple[Any, ...]]:
+            return [(tuple(p.candidate.items), p.discount_pct, round(p.probability, 9))
+                    for p in d.proposals]
+
+        assert offer.anchor_item_id and spy.scored
+        shown = [(tuple(v.items), v.discount_pct, round(v.probability, 9))
+                 for v in offer.variants]
+        scored = [d for d in spy.scored if shows(d) == shown][-1]
+        assert rows == [dict(r) for r in scored.variant_features]
+        assert logged.shown == scored.shown
+    for i, variant in enumerate(offer.variants):
+        row = rows[logged.shown[i]]
+        assert row["discount"] == pytest.approx(variant.discount_pct / 100)
+        assert f"bundle:{variant.items[0]}+{'+'.join(sorted(variant.items[1:]))}" in row
+    before = [dict(r) for r in rows]
+
+    change_the_world(engine, offer)
+
+    variant = len(offer.variants) - 1
+    record = FeedbackRecord.build(outcome_of(offer, variant, 9.0), offer, logged)
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    core.observe_offer(offer)
+    assert core.observe_feedback(as_published(record))
+    assert core.decision_sources == {"logged": 1, "rebuilt": 0}
+    batch = core.trainer.buffer.snapshot()
+    n = len(before)
+    expected = np.array([[r[f] for f in FEATURE_NAMES] for r in before], dtype=np.float32)
+    np.testing.assert_array_equal(batch.features[0, :n], expected)
+    assert batch.chosen[0] == logged.shown[variant]
+    assert batch.expected_reward is not None
+    np.testing.assert_allclose(batch.expected_reward[0, :n], logged.expected_rewards or [],
+                               rtol=1e-6)
+    # A rebuild now would have read other prices and another conversion propensity.
+    rebuilt = logged_decision(
+        {"offer_id": offer.offer_id, "variant": variant, "propensity": 1.0, "reward": 9.0},
+        offer, prices=engine.state.catalog, conversion=engine.conversion)
+    shown_now = rebuilt.variant_features[rebuilt.chosen]
+    shown_then = before[logged.shown[variant]]
+    assert shown_now["log_bundle_price"] != pytest.approx(shown_then["log_bundle_price"])
+    assert shown_now[PROPENSITY_FEATURE] != pytest.approx(shown_then[PROPENSITY_FEATURE])
+
+
+def test_a_record_without_its_decision_is_rebuilt_and_counted() -> None:
+    engine = Engine.in_memory(CONFIG)  # an older worker: no decision logged
+    offer = next(o for e in orders(30) for o in engine.handle_purchase(e))
+    metrics = Metrics()
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy",
+                           metrics=metrics)
+    core.observe_offer(offer)
+    body = as_published(FeedbackRecord.build(outcome_of(offer, 0, 0.0), offer))
+    assert body["decision"] is None
+    assert core.observe_feedback(body)
+    assert core.decision_sources == {"logged": 0, "rebuilt": 1}
+    counted = metrics.registry.get_sample_value(
+        "streamer_feedback_decisions_total", {"process": "trainer", "source": "rebuilt"})
+    assert counted == 1.0
+
+
+def test_a_decision_that_is_not_the_offers_is_left_out_of_the_record() -> None:
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    offers = [o for e in orders(30) for o in engine.handle_purchase(e)]
+    first, other = offers[-1], next(o for o in offers if o.offer_id != offers[-1].offer_id)
+    wrong = log.get(other.offer_id)
+    assert wrong is not None
+    assert FeedbackRecord.build(outcome_of(first, 0, 0.0), first, wrong).decision is None
+    assert FeedbackRecord.build(outcome_of(first, 0, 0.0), None,
+                                log.get(first.offer_id)).decision is None
+    assert FeedbackRecord.build(outcome_of(first, 0, 0.0), first,
+                                log.get(first.offer_id)).decision is not None
+
+
+def test_the_decision_log_keeps_what_an_open_impression_can_need_and_no_more() -> None:
+    window = 10_000  # attribution window + lateness
+    log = DecisionLog(retention_ms=2 * window, capacity=1_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    made: list[BundleOffer] = []
+    for event in orders(2_000):  # an order a second on 12 items: offers revised every second
+        made += engine.handle_purchase(event)
+        # The live offers' decisions plus the revisions of the last 2 windows, never more.
+        assert len(log) <= len(engine.state.offers) + 3 * 2 * window // 1000
+    assert len(made) > 1_000 and log.evicted > 800
+    # Held: exactly the decisions of the live offers (an impression of one may still be open)
+    # and of the offers replaced less than 2 windows ago (one shown just before may be).
+    now = max(o.ts for o in made)
+    replaced_at: dict[str, int] = {}
+    newest: dict[tuple[str, str], BundleOffer] = {}
+    for offer in made:
+        key = (offer.anchor_item_id, offer.segment)
+        if key in newest:
+            replaced_at[newest[key].offer_id] = offer.ts
+        newest[key] = offer
+    live = {o.offer_id for o in newest.values()}
+    assert live == {o.offer_id for o in engine.state.offers.values()}
+    needed = live | {oid for oid, ts in replaced_at.items() if ts + 2 * window > now}
+    assert set(log.ids()) == needed
+
+
+def test_the_decision_log_capacity_is_a_hard_bound() -> None:
+    log = DecisionLog(retention_ms=10**9, capacity=50)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    for event in orders(500):
+        engine.handle_purchase(event)
+        assert len(log) <= 50
+    assert log.evicted > 0
+
+
+def test_a_logged_decision_survives_its_encoding() -> None:
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    offer = [o for e in orders(30) for o in engine.handle_purchase(e)][-1]
+    decision = log.get(offer.offer_id)
+    assert decision is not None
+    data = msgspec.json.encode(decision)
+    again = msgspec.json.decode(data, type=OfferDecision)
+    assert again == decision and again.variant_features() == decision.variant_features()
