@@ -209,3 +209,21 @@ def uncommitted(settings: Settings, topic: str) -> dict[int, tuple[int | None, i
     ``{partition: (committed, end)}`` (empty: the group has committed everything)."""
     lag = asyncio.run(_lag(settings, topic))
     return {p: (c, end) for p, (c, end) in lag.items() if end and c != end}
+
+
+def random_orders(n: int, items: list[str], *, seed: int = 0, start: int = 0,
+                  ts0: int = 1_700_000_000_000) -> list[Any]:
+    """``n`` purchases of 3 distinct ``items`` each (seeded), a second apart in event time,
+    numbered from ``start``; an item's price is 1 + its index in ``items``."""
+    import random
+
+    from streamer.events import OrderLine, PurchaseEvent
+
+    rng = random.Random(seed)
+    return [
+        PurchaseEvent(event_id=f"e{k}", ts=ts0 + 1000 * k, user_id="u", session_id=f"s{k}",
+                      order_id=f"o{k}",
+                      items=[OrderLine(item_id=i, quantity=1, unit_price=1.0 + items.index(i))
+                             for i in rng.sample(items, 3)])
+        for k in range(start, start + n)
+    ]

@@ -5,7 +5,6 @@ not a rebuild with the prices and conversion model of the moment the impression 
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,13 +21,14 @@ from streamer.engine import (
     OfferDecision,
     logged_decision,
 )
-from streamer.events import BundleOffer, OrderLine, PurchaseEvent
+from streamer.events import BundleOffer, PurchaseEvent
 from streamer.observability import Metrics
 from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE
 from streamer.policy import TorchPolicy
 from streamer.policy.torch_policy import Decision
 from streamer.rewards import ImpressionOutcome
 from streamer.settings import TrainerSettings
+from tests.conftest import random_orders
 
 T0 = 1_700_000_000_000
 ITEMS = [f"i{k}" for k in range(12)]
@@ -36,14 +36,7 @@ CONFIG = EngineConfig(min_support=1.0, min_interval_ms=0)
 
 
 def orders(n: int, seed: int = 0, *, start: int = 0) -> list[PurchaseEvent]:
-    rng = random.Random(seed)
-    return [
-        PurchaseEvent(event_id=f"e{k}", ts=T0 + 1000 * k, user_id="u", session_id=f"s{k}",
-                      order_id=f"o{k}",
-                      items=[OrderLine(item_id=i, quantity=1, unit_price=1.0 + ITEMS.index(i))
-                             for i in rng.sample(ITEMS, 3)])
-        for k in range(start, start + n)
-    ]
+    return random_orders(n, ITEMS, seed=seed, start=start)
 
 
 class SpyPolicy(TorchPolicy):

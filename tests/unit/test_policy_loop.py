@@ -4,7 +4,6 @@ gate, refusing non-finite versions, rollbacks."""
 from __future__ import annotations
 
 import json
-import random
 import threading
 from typing import Any
 
@@ -19,7 +18,7 @@ from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import FeedbackTrainer, feedback_fields
 from streamer.engine import Engine, EngineConfig, logged_decision
-from streamer.events import OrderLine, PurchaseEvent
+from streamer.events import PurchaseEvent
 from streamer.observability import Metrics
 from streamer.online import FEATURE_NAMES
 from streamer.policy import (
@@ -32,20 +31,14 @@ from streamer.policy import (
 from streamer.policy.checkpoint import _header_metadata
 from streamer.rewards import ImpressionOutcome
 from streamer.settings import Settings, TrainerSettings
+from tests.conftest import random_orders
 
 T0 = 1_700_000_000_000
 ITEMS = [f"i{k}" for k in range(30)]
 
 
 def orders(n: int, seed: int = 0) -> list[PurchaseEvent]:
-    rng = random.Random(seed)
-    return [
-        PurchaseEvent(event_id=f"e{k}", ts=T0 + 1000 * k, user_id="u", session_id=f"s{k}",
-                      order_id=f"o{k}",
-                      items=[OrderLine(item_id=i, quantity=1, unit_price=1.0 + ITEMS.index(i))
-                             for i in rng.sample(ITEMS, 3)])
-        for k in range(n)
-    ]
+    return random_orders(n, ITEMS, seed=seed)
 
 
 def torch_policy(seed: int) -> TorchPolicy:
