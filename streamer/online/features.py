@@ -160,8 +160,9 @@ def bundle_key(items: Sequence[str]) -> str:
 
 
 def bundle_of(features: Mapping[str, float]) -> str | None:
-    """The identity key in a feature dict (None if it has none)."""
-    for key in features:
+    """The identity key in a feature dict (None if it has none). A dict has one at most, and
+    :func:`variant_features` puts it last: looked for from the end."""
+    for key in reversed(features) if isinstance(features, dict) else features:
         if key.startswith(BUNDLE_KEY_PREFIX):
             return key
     return None

@@ -248,7 +248,10 @@ class ConversionModel:
     def predict_one(self, features: Mapping[str, float]) -> float:
         """P(convert) for a variant with these features, in [0, 1]: the regression's answer
         times its bundle's correction (module doc)."""
-        p = self._regression(self._inputs(features)) * self.bundle_ratio(features)
+        if self.n_learned < self.warmup:  # _regression's answer, without building its inputs
+            p = self.base_rate * self.bundle_ratio(features)
+        else:
+            p = self._regression(self._inputs(features)) * self.bundle_ratio(features)
         return min(1.0, max(0.0, p))
 
     def expected_reward(self, features: Mapping[str, float]) -> float:
