@@ -180,12 +180,19 @@ def variant_features(
     Raises ``ValueError`` when an item's price is unknown: the engine only offers bundles whose
     every price is known, and a silently wrong price would be a wrong feature and reward.
     """
+    base, list_price = _candidate_features(candidate, context)
+    return _at_discount(base, list_price, discount_pct, conversion_propensity)
+
+
+def _candidate_features(candidate: BundleCandidate,
+                        context: DecisionContext) -> tuple[dict[str, float], float]:
+    """:func:`variant_features` but for the discount (placeholders) and the bundle's list
+    price: what every discount level of one candidate shares."""
     try:
         prices = [float(context.prices[i]) for i in candidate.items]
     except KeyError as e:
         raise ValueError(f"no list price for item {e.args[0]!r}") from e
     list_price = sum(prices)
-    discount = discount_pct / 100.0
     hour = (context.ts_ms % _DAY_MS) / _HOUR_MS
     weekday = ((context.ts_ms // _DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
     slot = segment_slot(context.segment, context.segments)
@@ -197,8 +204,8 @@ def variant_features(
         "extra_items": float(len(candidate.items) - 2),
         "log_anchor_price": math.log1p(max(0.0, prices[0])),
         "log_bundle_price": math.log1p(max(0.0, list_price)),
-        "discount": discount,
-        "log_offer_price": math.log1p(max(0.0, list_price * (1.0 - discount))),
+        "discount": 0.0,  # set by _at_discount
+        "log_offer_price": 0.0,  # set by _at_discount
         "hour_sin": math.sin(2 * math.pi * hour / 24),
         "hour_cos": math.cos(2 * math.pi * hour / 24),
         "weekday_sin": math.sin(2 * math.pi * weekday / 7),
@@ -206,8 +213,18 @@ def variant_features(
     }
     for b in range(SEGMENT_SLOTS):
         features[f"segment_{b}"] = 1.0 if b == slot else 0.0
-    features[PROPENSITY_FEATURE] = conversion_propensity
+    features[PROPENSITY_FEATURE] = 0.0
     features[bundle_key(candidate.items)] = 1.0
+    return features, list_price
+
+
+def _at_discount(base: dict[str, float], list_price: float, discount_pct: float,
+                 conversion_propensity: float) -> dict[str, float]:
+    features = base.copy()  # keys keep their order
+    discount = discount_pct / 100.0
+    features["discount"] = discount
+    features["log_offer_price"] = math.log1p(max(0.0, list_price * (1.0 - discount)))
+    features[PROPENSITY_FEATURE] = conversion_propensity
     return features
 
 
@@ -247,9 +264,19 @@ class DecisionFeaturizer:
     def __init__(self, context: DecisionContext, model: PropensityScorer | None = None) -> None:
         self.context = context
         self.model = model
+        # A decision featurizes each candidate at every discount level: the features the
+        # levels share are computed once per candidate (by identity; the candidate is kept,
+        # so its id is not reused while this featurizer lives).
+        self._bases: dict[int, tuple[BundleCandidate, dict[str, float], float]] = {}
 
     def __call__(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
-        features = variant_features(candidate, discount_pct, self.context)
+        known = self._bases.get(id(candidate))
+        if known is None:
+            base, list_price = _candidate_features(candidate, self.context)
+            self._bases[id(candidate)] = (candidate, base, list_price)
+        else:
+            _, base, list_price = known
+        features = _at_discount(base, list_price, discount_pct, 0.0)
         if self.model is not None:
             features[PROPENSITY_FEATURE] = self.model.predict_one(features)
         return features

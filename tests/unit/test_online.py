@@ -65,6 +65,23 @@ def test_featurizer_fills_in_the_models_propensity() -> None:
     assert DecisionFeaturizer(CONTEXT)(candidate(), 5.0)[PROPENSITY_FEATURE] == 0.0
 
 
+def test_featurizer_gives_variant_features_for_every_discount_of_every_candidate() -> None:
+    # It computes what a candidate's discount levels share once: the rows must still be
+    # exactly variant_features' (values, key order), whatever order they are asked in, and
+    # no row may share a dict with another.
+    model = ConversionModel(warmup=0)
+    model.learn_one(variant_features(candidate(), 10.0, CONTEXT), True)
+    cands = [candidate(), candidate(("a", "c"), 0.2), candidate(("b", "a", "c"), 0.1)]
+    featurizer = DecisionFeaturizer(CONTEXT, model)
+    asks = [(c, d) for d in (*DISCOUNT_LEVELS, 7.5) for c in cands] + [(cands[0], 0.0)]
+    rows = [featurizer(c, d) for c, d in asks]
+    for (c, d), row in zip(asks, rows, strict=True):
+        expected = variant_features(c, d, CONTEXT)
+        expected[PROPENSITY_FEATURE] = model.predict_one(expected)
+        assert list(row.items()) == list(expected.items())
+    assert len({id(r) for r in rows}) == len(rows)
+
+
 def test_conversion_model_learns_a_separable_stream() -> None:
     # Converts exactly when the discount is high and the bundle is cheap: linearly separable.
     rng = random.Random(7)
