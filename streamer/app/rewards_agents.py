@@ -27,9 +27,10 @@ retention is time, ``offers.ttl_s`` plus twice the attribution window and latene
 restarted worker reads back every decision an open impression can still need, and nothing
 older. In memory each worker keeps the ``DecisionLog`` bound: a decision until its offer
 expired or was replaced, plus twice (attribution window + lateness), at most
-``worker.decision_log_capacity``, held msgpack-encoded (~3 KB each, ~4 KB as JSON on the
-topic, ~11 KB if held decoded; for the default 16 rows, measured on
-``benchmarks/throughput.py``'s purchases) and decoded (~9 us) when an impression closes.
+``worker.decision_log_capacity``, held as the JSON read from the topic (~4 KB each, ~11 KB
+if held decoded; for the default 16 rows, measured on ``benchmarks/throughput.py``'s
+purchases): the feed decodes only each message's header, and a decision is decoded (~8 us)
+when an impression of its offer closes.
 
 The timer sends a tick to each ticks partition this worker owns (tables may only be written
 while an event of the key's partition is processed, so the timer cannot close windows itself).
@@ -68,15 +69,22 @@ log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
 _decode_outcome = msgspec.json.Decoder(ImpressionOutcome).decode
 _decode_tick = msgspec.json.Decoder(Tick).decode
-_decision_decoder = msgspec.json.Decoder(OfferDecision)
 
 
-def decode_decision(value: bytes) -> OfferDecision:
-    """A message of ``<app>-decisions``; ``InvalidEvent`` when it is not one."""
-    try:
-        return _decision_decoder.decode(value)
-    except msgspec.DecodeError as e:  # ValidationError included
-        raise InvalidEvent("schema", f"not a logged decision: {e}") from e
+class EncodedDecisions:
+    """The feed's view of a :class:`DecisionLog`: it adds each message as it came (JSON),
+    decoding only its header (``InvalidEvent`` when it is not a logged decision)."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, log: DecisionLog) -> None:
+        self.log = log
+
+    def add(self, value: bytes, /) -> None:
+        try:
+            self.log.add_encoded(value)
+        except msgspec.DecodeError as e:  # ValidationError included
+            raise InvalidEvent("schema", f"not a logged decision: {e}") from e
 
 
 def reward_config(settings: Settings) -> RewardConfig:
@@ -254,8 +262,8 @@ def install_reward_tracking(
 
         await decisions_topic.maybe_declare()
         decision_feed = OfferIndexFeed(settings.kafka, decisions_topic.get_topic_name(),
-                                       decisions, lookback_ms=decisions_lookback_ms,
-                                       decode=decode_decision)
+                                       EncodedDecisions(decisions),
+                                       lookback_ms=decisions_lookback_ms, decode=bytes)
 
         async def signal_ready() -> None:
             try:

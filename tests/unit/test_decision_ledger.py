@@ -219,3 +219,25 @@ def test_a_logged_decision_survives_its_encoding() -> None:
     data = msgspec.json.encode(decision)
     again = msgspec.json.decode(data, type=OfferDecision)
     assert again == decision and again.variant_features() == decision.variant_features()
+
+
+def test_a_worker_keeps_the_decisions_it_reads_as_they_came() -> None:
+    # The decisions feed hands the log each message's JSON; the log decodes only the header
+    # and gives back the very decision the engine logged, evicting as for decoded ones.
+    from streamer.app.rewards_agents import EncodedDecisions
+    from streamer.events import InvalidEvent
+
+    made = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=made)
+    for e in orders(60):
+        engine.handle_purchase(e)
+    read = DecisionLog(retention_ms=3_600_000)
+    feed = EncodedDecisions(read)
+    for oid in made.ids():
+        decision = made.get(oid)
+        assert decision is not None
+        feed.add(msgspec.json.encode(decision))
+    assert read.ids() == made.ids() and read.clock_ms == made.clock_ms
+    assert all(read.get(oid) == made.get(oid) for oid in made.ids())
+    with pytest.raises(InvalidEvent):
+        feed.add(b'{"offer_id": "o", "anchor": 3}')
