@@ -937,9 +937,15 @@ class DecisionLog:
             heapq.heappush(self._heap, (end, offer_id))
 
     def get(self, offer_id: str) -> OfferDecision | None:
-        """The decision of offer ``offer_id`` (None: never logged, or evicted)."""
+        """The decision of offer ``offer_id`` (None: never logged, evicted, or a message
+        whose header was a decision's but whose rows are not: its feedback is rebuilt)."""
         held = self._decisions.get(offer_id)
-        return None if held is None else _decode_decision(held[2])
+        if held is None:
+            return None
+        try:
+            return _decode_decision(held[2])
+        except msgspec.DecodeError:  # ValidationError included
+            return None
 
     def ids(self) -> list[str]:
         """The offer ids held, oldest first."""

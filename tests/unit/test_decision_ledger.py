@@ -241,3 +241,8 @@ def test_a_worker_keeps_the_decisions_it_reads_as_they_came() -> None:
     assert all(read.get(oid) == made.get(oid) for oid in made.ids())
     with pytest.raises(InvalidEvent):
         feed.add(b'{"offer_id": "o", "anchor": 3}')
+    # A header that decodes over rows that do not: kept by its header, never given back.
+    now = read.clock_ms
+    feed.add(b'{"offer_id": "bad", "anchor": "a", "segment": "all", "ts": %d, '
+             b'"expires_at": %d, "rows": "not rows"}' % (now, now + 10**9))
+    assert "bad" in read.ids() and read.get("bad") is None
