@@ -93,7 +93,13 @@ from streamer.online import (
     variant_value,
 )
 from streamer.online.features import BUNDLE_KEY_PREFIX, bundle_of
-from streamer.policy import EpsilonGreedyPolicy, LoggedDecision, Policy, Proposal
+from streamer.policy import (
+    EpsilonGreedyPolicy,
+    LoggedDecision,
+    Policy,
+    Proposal,
+    decision_actions,
+)
 
 
 class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
@@ -607,10 +613,9 @@ class Engine:
         else:
             levels = list(DISCOUNT_LEVELS)
             levels += sorted({p.discount_pct for p in proposals} - set(levels))
-            ordered = sorted(candidates, key=lambda c: (-c.score, c.items))
-            index = {(tuple(c.items), d): i
-                     for i, (c, d) in enumerate((c, d) for c in ordered for d in levels)}
-            rows = [featurizer(c, d) for c in ordered for d in levels]
+            actions = decision_actions(candidates, levels)
+            index = {(tuple(c.items), d): i for i, (c, d) in enumerate(actions)}
+            rows = [featurizer(c, d) for c, d in actions]
             shown = [index[(tuple(p.candidate.items), p.discount_pct)] for p in proposals]
         model = self.conversion
         try:
@@ -1087,8 +1092,7 @@ def logged_decision(
     levels = list(discount_levels)
     if shown.discount_pct not in levels:
         levels.append(shown.discount_pct)
-    ordered = sorted(bundles.values(), key=lambda c: (-c.score, c.items))
-    actions = [(c, float(d)) for c in ordered for d in levels]
+    actions = decision_actions(bundles.values(), [float(d) for d in levels])
     chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
     ts = int(record.get("ts") or offer.ts)
     segment = str(record.get("segment") or offer.segment)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         Policy,
         Proposal,
         VariantFeaturizer,
+        decision_actions,
     )
     from streamer.policy.checkpoint import (
         UnsafeCheckpointError,
@@ -74,6 +75,7 @@ _EXPORTS = {
     "Policy": "streamer.policy.base",
     "Proposal": "streamer.policy.base",
     "VariantFeaturizer": "streamer.policy.base",
+    "decision_actions": "streamer.policy.base",
     "UnsafeCheckpointError": "streamer.policy.checkpoint",
     "policy_from_bytes": "streamer.policy.checkpoint",
     "policy_to_bytes": "streamer.policy.checkpoint",
@@ -128,6 +130,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "VariantFeaturizer",
     "VersionInfo",
+    "decision_actions",
     "doubly_robust",
     "evaluate_policy",
     "fine_tune",

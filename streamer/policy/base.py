@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from streamer.events.candidates import BundleCandidate
 
@@ -17,6 +17,35 @@ class VariantFeaturizer(Protocol):
     """
 
     def __call__(self, candidate: BundleCandidate, discount_pct: float) -> Mapping[str, float]: ...
+
+
+class Ranked(Protocol):
+    """What orders a decision's actions: a candidate's score and items."""
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def items(self) -> Sequence[str]: ...
+
+
+R = TypeVar("R", bound=Ranked)
+
+
+def decision_actions(candidates: Iterable[R], levels: Iterable[float]) -> list[tuple[R, float]]:
+    """The actions of one decision in the order it scores them: every candidate, by
+    descending score (ties by items: the order does not depend on the caller's), at every
+    discount level of ``levels``, in that order. ``TorchPolicy.decide`` scores these; the
+    decision ledger logs and rebuilds them the same way, so a row index means one action.
+
+    >>> from types import SimpleNamespace as C
+    >>> a, b = C(score=0.2, items=("x", "a")), C(score=0.5, items=("x", "b"))
+    >>> [(c.items[1], d) for c, d in decision_actions([a, b], (0.0, 10.0))]
+    [('b', 0.0), ('b', 10.0), ('a', 0.0), ('a', 10.0)]
+    """
+    levels = tuple(levels)
+    ordered = sorted(candidates, key=lambda c: (-c.score, tuple(c.items)))
+    return [(c, d) for c in ordered for d in levels]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from streamer.policy.base import BundleCandidate, Proposal, VariantFeaturizer
+from streamer.policy.base import BundleCandidate, Proposal, VariantFeaturizer, decision_actions
 from streamer.policy.network import VariantScorer, variant_probabilities
 
 #: The default discount levels (percent); the same values as ``streamer.online``'s.
@@ -159,9 +159,7 @@ class TorchPolicy:
         """The full decision behind :meth:`propose` (what the decision ledger records)."""
         if featurizer is None:
             raise ValueError("TorchPolicy needs a featurizer (streamer.online.DecisionFeaturizer)")
-        # A canonical candidate order makes the decision independent of the caller's order.
-        ordered = sorted(candidates, key=lambda c: (-c.score, c.items))
-        variants = [(c, d) for c in ordered for d in self.shape.discount_levels]
+        variants = decision_actions(candidates, self.shape.discount_levels)
         if not variants:
             return Decision(proposals=[], variant_features=(), probabilities=(), shown=())
         rows = tuple(featurizer(c, d) for c, d in variants)
