@@ -89,8 +89,9 @@ class WorkerSettings(_Section):
     decision_log_capacity: int = Field(
         100_000, gt=0, description="At most this many logged offer decisions kept in memory "
         "(every worker keeps every partition's; soonest to expire dropped first, their "
-        "feedback then rebuilt). About 4 KB each in memory (held as JSON; 16 rows: the "
-        "default 4 candidates x 4 discounts), so 100,000 is ~400 MB at most.",
+        "feedback then rebuilt). About 3 KB each in memory (held as read from the topic, "
+        "MessagePack; ~12 rows: up to 4 candidates x 4 discounts), so 100,000 is ~300 MB "
+        "at most.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the worker."

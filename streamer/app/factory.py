@@ -60,6 +60,7 @@ from streamer.engine import (
     ItemBasket,
     ItemRecord,
     OfferDecision,
+    encode_decision,
     logged_decision,
 )
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
@@ -391,7 +392,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             await rewards.decisions_topic.maybe_declare()  # once: cached afterwards
             records += [
                 (decisions_name, key_partition(d.anchor, partitions), d.offer_id.encode(),
-                 encode(d))
+                 encode_decision(d))
                 for d in decisions
             ]
         return await sender.send(records)

@@ -27,10 +27,10 @@ retention is time, ``offers.ttl_s`` plus twice the attribution window and latene
 restarted worker reads back every decision an open impression can still need, and nothing
 older. In memory each worker keeps the ``DecisionLog`` bound: a decision until its offer
 expired or was replaced, plus twice (attribution window + lateness), at most
-``worker.decision_log_capacity``, held as the JSON read from the topic (~4 KB each, ~11 KB
-if held decoded; for the default 16 rows, measured on ``benchmarks/throughput.py``'s
-purchases): the feed decodes only each message's header, and a decision is decoded (~8 us)
-when an impression of its offer closes.
+``worker.decision_log_capacity``, held as read from the topic (MessagePack, ~2.8 KB each
+against ~3.8 KB as JSON and ~9 KB held decoded; ~12 rows, measured on
+``benchmarks/throughput.py``'s purchases): the feed decodes only each message's header, and a
+decision is decoded (~5 us) when an impression of its offer closes.
 
 The timer sends a tick to each ticks partition this worker owns (tables may only be written
 while an event of the key's partition is processed, so the timer cannot close windows itself).

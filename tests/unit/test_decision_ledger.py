@@ -19,6 +19,7 @@ from streamer.engine import (
     Engine,
     EngineConfig,
     OfferDecision,
+    encode_decision,
     logged_decision,
 )
 from streamer.events import BundleOffer, PurchaseEvent
@@ -221,12 +222,15 @@ def test_a_logged_decision_survives_its_encoding() -> None:
     assert again == decision and again.variant_features() == decision.variant_features()
 
 
-def test_a_worker_keeps_the_decisions_it_reads_as_they_came() -> None:
-    # The decisions feed hands the log each message's JSON; the log decodes only the header
-    # and gives back the very decision the engine logged, evicting as for decoded ones.
+@pytest.mark.parametrize("wire", ["msgpack", "json"])
+def test_a_worker_keeps_the_decisions_it_reads_as_they_came(wire: str) -> None:
+    # The decisions feed hands the log each message as it came (MessagePack; JSON from a
+    # worker of an earlier version); the log decodes only the header and gives back the very
+    # decision the engine logged, evicting as for decoded ones.
     from streamer.app.rewards_agents import EncodedDecisions
     from streamer.events import InvalidEvent
 
+    encode = encode_decision if wire == "msgpack" else msgspec.json.encode
     made = DecisionLog(retention_ms=3_600_000)
     engine = Engine.in_memory(CONFIG, decisions=made)
     for e in orders(60):
@@ -236,13 +240,27 @@ def test_a_worker_keeps_the_decisions_it_reads_as_they_came() -> None:
     for oid in made.ids():
         decision = made.get(oid)
         assert decision is not None
-        feed.add(msgspec.json.encode(decision))
+        feed.add(encode(decision))
     assert read.ids() == made.ids() and read.clock_ms == made.clock_ms
     assert all(read.get(oid) == made.get(oid) for oid in made.ids())
     with pytest.raises(InvalidEvent):
-        feed.add(b'{"offer_id": "o", "anchor": 3}')
+        feed.add(encode({"offer_id": "o", "anchor": 3}))
+    with pytest.raises(InvalidEvent):
+        feed.add(b"\x07")  # a lone MessagePack integer
     # A header that decodes over rows that do not: kept by its header, never given back.
     now = read.clock_ms
-    feed.add(b'{"offer_id": "bad", "anchor": "a", "segment": "all", "ts": %d, '
-             b'"expires_at": %d, "rows": "not rows"}' % (now, now + 10**9))
+    feed.add(encode({"offer_id": "bad", "anchor": "a", "segment": "all", "ts": now,
+                     "expires_at": now + 10**9, "rows": "not rows"}))
     assert "bad" in read.ids() and read.get("bad") is None
+
+
+def test_a_decision_on_the_topic_is_smaller_than_its_json() -> None:
+    # Mostly floats: MessagePack copies each as 9 bytes; JSON writes up to ~20 characters
+    # (0.6931471805599453), though only 3 for 0.0 or 1.0. Measured here: 0.72x.
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    for e in orders(60):
+        engine.handle_purchase(e)
+    decisions = [log.get(oid) for oid in log.ids()]
+    packed = sum(len(encode_decision(d)) for d in decisions)
+    assert packed < 0.8 * sum(len(msgspec.json.encode(d)) for d in decisions)
