@@ -180,7 +180,9 @@ class OfferSettings(_Section):
         0.1, ge=0, le=1, description="Exploration mass spread uniformly over the variants."
     )
     min_interval_s: float = Field(
-        5.0, ge=0, description="At most one offer per anchor per this many seconds."
+        5.0, ge=0, description="At most one offer per anchor per this many seconds (event "
+        "time); an offer reconsidered and left unchanged is not reconsidered for as long, so "
+        "a change waits at most this long."
     )
     ttl_s: float = Field(
         86_400.0,

@@ -68,6 +68,46 @@ def test_rate_limit_in_event_time() -> None:
     assert [o.anchor_item_id for o in later if o.anchor_item_id == "tea"] == ["tea"]
 
 
+def test_an_offer_left_unchanged_is_reconsidered_once_per_interval() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000))
+    evaluated: list[tuple[str, int]] = []
+    candidates = engine._candidates  # ranks an anchor's candidates: what an evaluation costs
+
+    def spy(anchor: str, now_ms: int) -> Any:
+        evaluated.append((anchor, now_ms))
+        return candidates(anchor, now_ms)
+
+    engine._candidates = spy  # type: ignore[method-assign]
+    first = engine.handle_purchase(order(0, ["tea", "cup"], ts=T0))
+    assert {o.anchor_item_id for o in first} == {"tea", "cup"}
+    # Past the interval the offer is reconsidered, and found unchanged...
+    assert engine.handle_purchase(order(1, ["tea", "cup"], ts=T0 + 1000)) == []
+    assert ("tea", T0 + 1000) in evaluated
+    # ...so within the interval after that evaluation, tea is not reconsidered, although the
+    # scone orders would change its offer (before, each of these baskets was evaluated).
+    evaluated.clear()
+    for n in range(2, 8):
+        out = engine.handle_purchase(order(n, ["tea", "scone"], ts=T0 + 1000 + n * 100))
+        assert all(o.anchor_item_id != "tea" for o in out)
+    assert not [t for a, t in evaluated if a == "tea"]
+    # An anchor without an offer (scone) is considered on every basket: first offers wait
+    # for nothing.
+    assert engine.live_offer("scone") is not None
+    # The interval over, the change goes out on the next basket.
+    later = engine.handle_purchase(order(9, ["tea", "scone"], ts=T0 + 2000))
+    tea = [o for o in later if o.anchor_item_id == "tea"]
+    assert len(tea) == 1 and tea[0].variants[0].items == ["tea", "scone"]
+
+
+def test_a_new_policy_reconsiders_unchanged_offers_at_once() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000))
+    engine.handle_purchase(order(0, ["tea", "cup"], ts=T0))
+    assert engine.handle_purchase(order(1, ["tea", "cup"], ts=T0 + 1000)) == []  # unchanged
+    engine.set_policy(Engine.v0_policy(EngineConfig(min_support=1.0, discount_pct=15.0)))
+    swapped = engine.handle_purchase(order(2, ["tea", "cup"], ts=T0 + 1001))
+    assert {o.anchor_item_id for o in swapped} == {"tea", "cup"}
+
+
 def test_unchanged_offers_are_not_republished() -> None:
     engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
     engine.handle_purchase(order(0, ["tea", "cup"]))
@@ -239,3 +279,13 @@ def test_the_partner_budget_is_a_setting() -> None:
     assert engine_config(Settings()).max_partner_entries is None
     settings = Settings(copurchase={"max_partner_entries": 50_000_000})
     assert engine_config(settings).max_partner_entries == 50_000_000
+
+
+def test_marks_of_unchanged_offers_stay_bounded() -> None:
+    # One mark per anchor reconsidered: those older than the interval skip nothing and are
+    # dropped, so a large catalogue does not grow the engine's memory without bound.
+    engine = Engine.in_memory(EngineConfig(min_interval_ms=1000))
+    for n in range(20_000):
+        engine._note_unchanged(f"i{n}", T0 + n * 10)
+    assert len(engine._unchanged_at) < 4_096 + 100
+    assert all(at > T0 + 19_999 * 10 - 1000 - 4_096 * 10 for at in engine._unchanged_at.values())
