@@ -1065,7 +1065,7 @@ def carries_decision(record: Mapping[str, Any]) -> bool:
 
 def logged_decision(
     record: Mapping[str, Any],
-    offer: BundleOffer,
+    offer: BundleOffer | None,
     *,
     prices: Mapping[str, float] | None = None,
     conversion: ConversionModel | None = None,
@@ -1088,7 +1088,8 @@ def logged_decision(
     (the catalogue, else :func:`offer_prices`) and ``conversion``'s propensity, which also gives
     the direct-method ``expected_rewards``; ``segments``: the engine's configured segments
     (``EngineConfig.segments``, for the segment slots). Raises ``ValueError`` for a record that
-    does not fit the offer.
+    does not fit the offer. ``offer`` may be None for a record that carries its decision
+    (checked against the decision then); rebuilding one that does not needs it.
 
     >>> from streamer.events import Evidence, Variant
     >>> ev = Evidence(support=3.0, confidence=0.5, lift=2.0)
@@ -1109,10 +1110,12 @@ def logged_decision(
         reward = float(record["reward"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"feedback record lacks variant/propensity/reward: {e}") from e
-    if record.get("offer_id", offer.offer_id) != offer.offer_id:
-        raise ValueError(f"record of offer {record.get('offer_id')!r} given {offer.offer_id!r}")
-    if not 0 <= variant < len(offer.variants):
-        raise ValueError(f"variant {variant} out of range for offer {offer.offer_id}")
+    if offer is not None:
+        if record.get("offer_id", offer.offer_id) != offer.offer_id:
+            raise ValueError(
+                f"record of offer {record.get('offer_id')!r} given {offer.offer_id!r}")
+        if not 0 <= variant < len(offer.variants):
+            raise ValueError(f"variant {variant} out of range for offer {offer.offer_id}")
     if not (math.isfinite(reward) and 0.0 < propensity <= 1.0):
         raise ValueError("reward must be finite and propensity in (0, 1]")
     logged = record.get("decision")
@@ -1122,19 +1125,28 @@ def logged_decision(
                         else msgspec.convert(logged, OfferDecision))
         except msgspec.ValidationError as e:
             raise ValueError(f"malformed logged decision: {e}") from e
-        if decision.offer_id != offer.offer_id or len(decision.shown) != len(offer.variants):
+        if offer is not None and (decision.offer_id != offer.offer_id
+                                  or len(decision.shown) != len(offer.variants)):
             raise ValueError(f"logged decision does not fit offer {offer.offer_id}")
-        return decision.logged(variant, propensity, reward)
+        if record.get("offer_id", decision.offer_id) != decision.offer_id:
+            raise ValueError(f"record of offer {record.get('offer_id')!r} carries the "
+                             f"decision of {decision.offer_id!r}")
+        return decision.logged(variant, propensity, reward)  # checks the variant
     if "variant_features" in record and "chosen" in record:
         rows = [{str(k): float(x) for k, x in r.items()} for r in record["variant_features"]]
+        chosen = int(record["chosen"])
+        if not 0 <= chosen < len(rows):
+            raise ValueError(f"chosen row {chosen} out of range")
         dm = record.get("expected_rewards")
         return LoggedDecision(
             variant_features=rows,
-            chosen=int(record["chosen"]),
+            chosen=chosen,
             propensity=propensity,
             reward=reward,
             expected_rewards=None if dm is None else [float(x) for x in dm],
         )
+    if offer is None:
+        raise ValueError("a record without its decision is rebuilt from its offer: none given")
     bundles: dict[tuple[str, ...], OfferedBundle] = {}
     for v in offer.variants:
         items = tuple(v.items)

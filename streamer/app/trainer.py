@@ -188,13 +188,15 @@ class FeedbackTrainer:
         """Buffer one feedback record (nested or flat: :func:`feedback_fields`, which also
         picks the reward learned from); True when it was. The record's logged decision is
         taken as it is; one without (older workers, evicted decisions) is rebuilt from the
-        offer and counted (:attr:`decision_sources`). A record whose offer is unknown
-        waits for it (bounded); a malformed one is counted and dropped; a record of an
+        offer and counted (:attr:`decision_sources`). A record that needs its offer (to be
+        rebuilt) and whose offer is unknown waits for it (bounded); one that carries its
+        decision needs no offer; a malformed one is counted and dropped; a record of an
         impression already buffered (a worker's republication after a crash) is counted in
         :attr:`duplicates` and dropped."""
         record = feedback_fields(body, self.reward_attribution)
         offer = self._offer_of(record)
-        if offer is None:
+        logged = carries_decision(record)
+        if offer is None and not logged:
             offer_id = str(record.get("offer_id", ""))
             self.pending.setdefault(offer_id, []).append(body)
             self.n_pending += 1
@@ -208,27 +210,30 @@ class FeedbackTrainer:
         ):
             self.duplicates += 1
             return False
-        source = "logged" if carries_decision(record) else "rebuilt"
+        source = "logged" if logged else "rebuilt"
         try:
             decision = logged_decision(record, offer, prices=self.catalog,
                                        conversion=self.conversion, segments=self.segments)
             self.trainer.add(decision)
         except ValueError as e:
             self.invalid += 1
-            log.warning("feedback record of offer %s dropped: %s", offer.offer_id, e)
+            log.warning("feedback record of offer %s dropped: %s", record.get("offer_id"), e)
             return False
         self.decision_sources[source] += 1
         self.metrics.feedback_decisions.labels("trainer", source).inc()
         # Learn after deciding: the record's features use the model as it was before it.
         converted = bool(record.get("converted", decision.reward > 0))
         self.conversion.learn_one(decision.variant_features[decision.chosen], converted)
-        version = str(record.get("policy_version") or offer.policy_version)
+        version = str(record.get("policy_version")
+                      or (offer.policy_version if offer is not None
+                          else _decision_field(record, "policy_version")))
         if self.drift.observe_reward(version, decision.reward):
             self.trainer.request_fine_tune(f"reward drift under {version}")
         self.buffered += 1
         return True
 
     def _offer_of(self, record: Mapping[str, Any]) -> BundleOffer | None:
+        """The record's offer: embedded, else indexed from ``offers`` (None: not seen)."""
         embedded = record.get("offer")
         if isinstance(embedded, Mapping):
             try:
@@ -422,3 +427,11 @@ def main(settings: Settings) -> None:
         await run_trainer(settings, stop=stop, metrics=metrics)
 
     asyncio.run(_main())
+
+
+def _decision_field(record: Mapping[str, Any], name: str) -> Any:
+    """A field of the decision ``record`` carries (an ``OfferDecision`` or its JSON)."""
+    decision = record.get("decision")
+    if isinstance(decision, Mapping):
+        return decision.get(name)
+    return getattr(decision, name, None)

@@ -175,6 +175,32 @@ def test_feedback_waits_for_its_offer() -> None:
     assert core.observe_offer(offer) == 1 and len(core.trainer.buffer) == 1
 
 
+def test_feedback_carrying_its_decision_needs_no_offer() -> None:
+    # The worker's records carry the decision logged when the offer was made: the trainer
+    # takes it as it is, whether or not it has read the offer yet.
+    from streamer.engine import DecisionLog
+
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    decision = log.get(offer.offer_id)
+    assert decision is not None
+    record = {"offer_id": offer.offer_id, "variant": 0, "policy_version": "v0-greedy",
+              "propensity": offer.variants[0].probability, "reward": 3.0, "converted": True,
+              "decision": msgspec.to_builtins(decision)}
+    assert core.observe_feedback(record) and core.n_pending == 0
+    assert core.decision_sources["logged"] == 1
+    assert len(core.trainer.buffer) == 1
+    # Without the offer, a decision of another offer, or a variant it did not show, is refused.
+    for bad in ({"offer_id": "of-other"}, {"variant": len(decision.shown)}):
+        with pytest.raises(ValueError):
+            logged_decision(record | bad, None)
+    # A record without its decision still needs its offer to be rebuilt.
+    with pytest.raises(ValueError):
+        logged_decision({k: v for k, v in record.items() if k != "decision"}, None)
+
+
 def test_an_impression_republished_after_a_crash_is_trained_on_once() -> None:
     core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
     engine = Engine.in_memory(CONFIG)
