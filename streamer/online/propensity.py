@@ -27,9 +27,9 @@ features over another's reorders them. Following change quickly is the per-bundl
 job (their memory is a bundle's own impressions); the regression only needs to follow what
 generalises across bundles, which moves slowly. (The intercept keeps River's own step, 0.01.)
 Measured in the closed-loop simulator, 20k impressions, ``streamer_learned`` share of the
-oracle at 0.05 and 0.01: seed 7 68.8 % and 70.5 % (71.2 % at 0.003), seed 11 68.3 % and
-70.6 %; the loss to ranking (the favourite variant not the best shown) 15.0 -> 13.2 and 16.1 ->
-12.9 points.
+oracle at 0.05 and 0.01: seed 7 68.8 % and 70.5 %, seed 11 68.3 % and 70.6 %; the loss to
+ranking (the favourite variant not the best shown) 15.0 -> 13.2 and 16.1 -> 12.9 points. A
+still smaller step is no surer gain: 0.003 gave 71.2 % on seed 7 but 67.6 % on seed 11.
 
 **Discount x segment.** Segments differ in how much a discount moves them (a bargain hunter
 more than a loyal customer), which a linear model over the discount and the one-hot segment
