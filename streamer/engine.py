@@ -134,6 +134,9 @@ CLICKS_SOURCE = 1 << 20
 #: ``co_cart_weight``).
 SESSION_SIGNALS = {"view": "view", "click": "view", "add_to_cart": "cart"}
 
+#: Marks of unchanged offers kept before the first purge of stale ones (Engine.revise_offers).
+_UNCHANGED_PURGE_MIN = 4096
+
 
 class ItemRecord(msgspec.Struct, array_like=True, frozen=True):
     """The value of ``items[anchor]``: the anchor's statistics and how far into each purchases
@@ -419,6 +422,7 @@ class Engine:
         self.dedup.rebuild()
         self.sessions.rebuild()
         self._learner.recount()
+        self._unchanged_at.clear()  # marks of evaluations of what may be another state
 
     def has_learned(self, basket: ItemBasket) -> bool:
         """True when ``basket``'s purchase is already in its anchor's record (redelivered)."""
@@ -759,10 +763,6 @@ class ItemStatsView(MutableMapping[str, ItemStats]):
 
 
 # -- the decision ledger, logged when an offer is made --------------------------------------
-#: Marks of unchanged offers kept before the first purge of stale ones (Engine.revise_offers).
-_UNCHANGED_PURGE_MIN = 4096
-
-
 class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
     """The decision an offer was built from, logged when :meth:`Engine._revise` made it: the
     features of every action (bundle x discount) the policy scored, exactly as it scored them
