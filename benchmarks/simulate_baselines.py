@@ -17,8 +17,8 @@ configuration and first policy as ``streamer.simulation.learned`` sets them, and
 per (anchor, segment): the storefront knows its shopper's segment),
 ``greedy_lift`` (highest-lift partner at a fixed 10 %), ``random`` (uniform over
 co-purchase candidates x 0/5/10/15 %), and ``vw`` (Vowpal Wabbit ``--cb_explore_adf`` over
-the same candidates as ``random``: an optional benchmark dependency, ``pip install
-vowpalwabbit``; listed as unavailable without it). Neither VW nor the v0 ``streamer`` sees
+the same candidates as ``random``: an optional benchmark dependency, ``pip install -e
+'.[bench]'``; listed as unavailable without it). Neither VW nor the v0 ``streamer`` sees
 the shopper's segment (offers per anchor); ``--diagnostics`` adds ``streamer_learned_blind``,
 the learned loop with offers per anchor only, for comparison.
 
@@ -242,7 +242,7 @@ def main() -> None:
                               "session_interval_ms": interval, "methods": {}}
     for name, factory in factories.items():
         if factory is None:
-            print(f"{name:18s} (unavailable: pip install vowpalwabbit)")
+            print(f"{name:18s} (unavailable: pip install -e '.[bench]')")
             continue
         started = time.perf_counter()
         shop = SimulatedShop(catalogue, seed=args.seed)
