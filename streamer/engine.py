@@ -887,11 +887,15 @@ class DecisionHeader(msgspec.Struct, frozen=True, kw_only=True):
 encode_decision = msgspec.msgpack.Encoder().encode
 _decode_header = msgspec.msgpack.Decoder(DecisionHeader).decode
 _decode_decision = msgspec.msgpack.Decoder(OfferDecision).decode
-# A decision a worker of an earlier version wrote to the topic as JSON: a JSON object starts
-# with "{", which as MessagePack is a lone integer (never a decision, a map), so the first byte
-# tells the formats apart.
 _decode_header_json = msgspec.json.Decoder(DecisionHeader).decode
 _decode_decision_json = msgspec.json.Decoder(OfferDecision).decode
+
+
+def _is_json(data: bytes) -> bool:
+    """Whether an encoded decision is JSON, as a worker of an earlier version wrote it to the
+    topic: a JSON object starts with "{", which as MessagePack is a lone integer (never a
+    decision, a map), so the first byte tells the formats apart."""
+    return data[:1] == b"{"
 
 
 class DecisionSink(Protocol):
@@ -957,7 +961,7 @@ class DecisionLog:
         """:meth:`add` for an encoded decision (a message of the decisions topic:
         :data:`encode_decision`'s, or JSON from a worker of an earlier version), decoding only
         its header. Raises ``msgspec.DecodeError`` when it is not one."""
-        decode = _decode_header_json if value[:1] == b"{" else _decode_header
+        decode = _decode_header_json if _is_json(value) else _decode_header
         self._keep(decode(value), value)
 
     def _keep(self, decision: OfferDecision | DecisionHeader, encoded: bytes) -> None:
@@ -1001,7 +1005,7 @@ class DecisionLog:
             return None
         try:
             data = held[2]
-            return (_decode_decision_json if data[:1] == b"{" else _decode_decision)(data)
+            return (_decode_decision_json if _is_json(data) else _decode_decision)(data)
         except msgspec.DecodeError:  # ValidationError included
             return None
 

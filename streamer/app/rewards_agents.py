@@ -72,7 +72,8 @@ _decode_tick = msgspec.json.Decoder(Tick).decode
 
 
 class EncodedDecisions:
-    """The feed's view of a :class:`DecisionLog`: it adds each message as it came (JSON),
+    """The feed's view of a :class:`DecisionLog`: it adds each message as it came
+    (:data:`streamer.engine.encode_decision`'s MessagePack, or an earlier worker's JSON),
     decoding only its header (``InvalidEvent`` when it is not a logged decision)."""
 
     __slots__ = ("log",)

@@ -213,7 +213,7 @@ class ConversionModel:
         if key is not None and self.max_bundles > 0:
             # The ratio compares outcomes with what the regression expected *before* learning
             # them, as predictions are made.
-            expected = self._regression(inputs)
+            expected = self._regression(features, inputs)
             decay = self.bundle_decay
             for k in (key, item_set_key(key)) if self.pool_item_sets else (key,):
                 observed, predicted = self._bundles.pop(k, (0.0, 0.0))
@@ -232,9 +232,14 @@ class ConversionModel:
             self.n_learned + self.prior_weight
         )
 
-    def _regression(self, inputs: dict[str, float]) -> float:
+    def _regression(self, features: Mapping[str, float],
+                    inputs: dict[str, float] | None = None) -> float:
+        """The regression's P(convert) for ``features`` (``inputs``: their regression inputs,
+        when already built); the base rate during warm-up, without building any inputs."""
         if self.n_learned < self.warmup:
             return self.base_rate
+        if inputs is None:
+            inputs = self._inputs(features)
         return float(self._model.predict_proba_one(inputs).get(True, 0.0))
 
     def bundle_ratio(self, features: Mapping[str, float]) -> float:
@@ -262,10 +267,7 @@ class ConversionModel:
     def predict_one(self, features: Mapping[str, float]) -> float:
         """P(convert) for a variant with these features, in [0, 1]: the regression's answer
         times its bundle's correction (module doc)."""
-        if self.n_learned < self.warmup:  # _regression's answer, without building its inputs
-            p = self.base_rate * self.bundle_ratio(features)
-        else:
-            p = self._regression(self._inputs(features)) * self.bundle_ratio(features)
+        p = self._regression(features) * self.bundle_ratio(features)
         return min(1.0, max(0.0, p))
 
     def expected_reward(self, features: Mapping[str, float]) -> float:
