@@ -23,8 +23,17 @@ Offers settings (``--offers``):
   to the purchases of its event time (ms) holding its anchor; when several do, the earliest
   produced is taken (the larger latency).
 
+``--pipeline relay`` measures the floor instead of the worker: a plain aiokafka process (no
+faust, no state, no decisions) with the worker's two hops: it reads purchases, sends each
+batch's items as one message per partition of an intermediate topic (as the purchases agent
+fans baskets out), reads those back and sends one offer-shaped record per item to ``offers``.
+Same broker, same fetch wait (``kafka.fetch_max_wait_ms``), same producer linger (0), same
+matching (``every-purchase``): what the produce -> broker -> fetch path costs on this machine
+before any of the worker's own work.
+
     PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --seconds 10 --json lat.json
     PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --offers defaults
+    PYTHONPATH=. python benchmarks/latency.py --rates 2000 --pipeline relay
 """
 
 from __future__ import annotations
@@ -38,12 +47,13 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import PARTITIONS, StreamerWorker
+from throughput import PARTITIONS, Child, StreamerWorker, child_env
 
 T0 = 1_700_000_000_000
 
@@ -163,7 +173,64 @@ async def measure(bootstrap: str, settings: Any, rate: float, warmup_s: float, s
     return out
 
 
+async def relay(bootstrap: str, purchases: str, mid: str, offers: str, fetch_max_wait_ms: int,
+                ready: Path) -> None:
+    """The ``--pipeline relay`` child (module doc): runs until killed."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=fetch_max_wait_ms)
+    await consumer.start()
+    consumer.assign([TopicPartition(t, p) for t in (purchases, mid) for p in range(PARTITIONS)])
+    await consumer.seek_to_end()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    ready.write_text("ready")
+    while True:
+        batch = await consumer.getmany(timeout_ms=1000)
+        by_partition: dict[int, list[tuple[str, int]]] = {}
+        for tp, records in batch.items():
+            for r in records:
+                if tp.topic == purchases:
+                    event = json.loads(r.value)
+                    for line in event["items"]:
+                        item = line["item_id"]
+                        by_partition.setdefault(zlib.crc32(item.encode()) % PARTITIONS,
+                                                []).append((item, event["ts"]))
+                else:
+                    for item, ts in json.loads(r.value):
+                        await producer.send(offers, json.dumps(
+                            {"anchor_item_id": item, "ts": ts}).encode(), key=item.encode())
+        for partition, baskets in by_partition.items():
+            await producer.send(mid, json.dumps(baskets).encode(), partition=partition)
+
+
+class RelayChild:
+    """The relay as a subprocess (its own process and CPU, as the worker has)."""
+
+    def __init__(self, bootstrap: str, settings: Any, workdir: Path) -> None:
+        from streamer.app.broker import create_topics
+
+        t = settings.topics
+        self.mid = f"relay-mid-{uuid.uuid4().hex[:8]}"
+        asyncio.run(create_topics(bootstrap, [self.mid], partitions=PARTITIONS))
+        self.ready = workdir / f"{self.mid}.ready"
+        self.child = Child([sys.executable, __file__, "--relay-child", bootstrap, t.purchases,
+                            self.mid, t.offers, str(settings.kafka.fetch_max_wait_ms),
+                            str(self.ready)], child_env(), workdir / f"{self.mid}.log")
+
+    def stats(self) -> dict[str, Any]:
+        return {"ready": self.ready.exists()}
+
+    def consumed(self) -> float:
+        return 0.0  # not counted: the relay does no work worth a rate
+
+
 def main() -> None:
+    if len(sys.argv) == 8 and sys.argv[1] == "--relay-child":
+        boot, purchases, mid, offers, wait_ms, ready = sys.argv[2:]
+        asyncio.run(relay(boot, purchases, mid, offers, int(wait_ms), Path(ready)))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", default="2000,10000")
     p.add_argument("--seconds", type=float, default=10.0)
@@ -173,8 +240,12 @@ def main() -> None:
     p.add_argument("--worker-env", action="append", default=[], metavar="K=V")
     p.add_argument("--offers", choices=("every-purchase", "defaults"), default="every-purchase",
                    help="offer settings (see the module doc)")
+    p.add_argument("--pipeline", choices=("worker", "relay"), default="worker",
+                   help="measure streamer's worker, or the broker path's floor (module doc)")
     args = p.parse_args()
     defaults = args.offers == "defaults"
+    if args.pipeline == "relay" and defaults:
+        p.error("--pipeline relay answers every purchase: use --offers every-purchase")
 
     from streamer.app.broker import EmbeddedBroker, free_port
     from streamer.app.worker import ensure_topics
@@ -199,7 +270,11 @@ def main() -> None:
                 offers={} if defaults else {"min_interval_s": 0.0, "min_support": 1.0},
             )
             asyncio.run(ensure_topics(settings))
-            worker = StreamerWorker(settings, workdir, extra_env)
+            worker: StreamerWorker | RelayChild
+            if args.pipeline == "relay":
+                worker = RelayChild(broker.bootstrap, settings, workdir)
+            else:
+                worker = StreamerWorker(settings, workdir, extra_env)
             try:
                 deadline = time.monotonic() + 90
                 while not worker.stats().get("ready"):
@@ -211,6 +286,7 @@ def main() -> None:
                                           worker.consumed, wall_event_time=defaults))
                 res["worker_consumed"] = worker.consumed()
                 res["offers_settings"] = args.offers
+                res["pipeline"] = args.pipeline
             finally:
                 worker.child.stop()
             results.append(res)
