@@ -223,7 +223,7 @@ class RelayChild:
         return {"ready": self.ready.exists()}
 
     def consumed(self) -> float:
-        return 0.0  # not counted: the relay does no work worth a rate
+        return 0.0  # not counted (the printed line says "relay" instead of a rate)
 
 
 def main() -> None:
@@ -290,8 +290,10 @@ def main() -> None:
             finally:
                 worker.child.stop()
             results.append(res)
+            consumed = ("relay" if args.pipeline == "relay"
+                        else f"worker consumed {res['rate_worker'] or 0:>7,.0f}/s")
             line = (f"{rate:>7,.0f}/s target, {res['rate_produced']:>7,.0f}/s produced: "
-                    f"worker consumed {res['rate_worker'] or 0:>7,.0f}/s: "
+                    f"{consumed}: "
                     f"{res['purchases_with_offer']}/{res['purchases']} purchases answered, "
                     f"{res['offers']} offers")
             if "p50_ms" in res:
