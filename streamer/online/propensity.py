@@ -2,8 +2,8 @@
 
 Model choice: River ``StandardScaler | LogisticRegression`` (SGD, log loss). Why:
 
-- Speed. It is queried for every candidate variant of every offer revision (up to 16 per
-  revision) and learns from every feedback record; logistic regression learns and predicts at
+- Speed. It is queried for every candidate variant of every offer revision (16 per revision
+  at the worker's defaults, 4 candidates x 4 discounts; 28 in the simulator) and learns from every feedback record; logistic regression learns and predicts at
   ~145k events/s here, a factorisation machine (``FMClassifier``) at ~1.6k/s, which a busy
   worker could not afford.
 - What an FM adds is pairwise interactions of sparse, high-cardinality ids (user x item). The
