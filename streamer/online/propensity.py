@@ -3,9 +3,9 @@
 Model choice: River ``StandardScaler | LogisticRegression`` (SGD, log loss). Why:
 
 - Speed. It is queried for every candidate variant of every offer revision (16 per revision
-  at the worker's defaults, 4 candidates x 4 discounts; 28 in the simulator) and learns from every feedback record; logistic regression learns and predicts at
-  ~145k events/s here, a factorisation machine (``FMClassifier``) at ~1.6k/s, which a busy
-  worker could not afford.
+  at the worker's defaults, 4 candidates x 4 discounts; 28 in the simulator) and learns from
+  every feedback record; logistic regression learns and predicts at ~145k events/s here, a
+  factorisation machine (``FMClassifier``) at ~1.6k/s, which a busy worker could not afford.
 - What an FM adds is pairwise interactions of sparse, high-cardinality ids (user x item). The
   features here are a few dense, already-scaled numbers (:mod:`~streamer.online.features`), and
   their non-linear interactions are the torch policy's job; this model is its calibrated,
