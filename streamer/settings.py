@@ -158,6 +158,14 @@ class CoPurchaseSettings(_Section):
         description="Weight of the items one session carted (add_to_cart) as a pseudo-order, "
         "against 1 for a purchase; 0 leaves co-carts out.",
     )
+    offer_purchase_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of an order bought through an offer (it carries the offer_id), "
+        "against 1 for any other order; 0 leaves them out, so the offers' own sales do not "
+        "count as evidence for the bundles already offered.",
+    )
     session_gap_s: float = Field(
         1800.0, gt=0, description="A session's co-view/co-cart pseudo-order ends after this "
         "long without a click of its kind (event time)."

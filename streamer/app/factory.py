@@ -96,6 +96,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         dedup_capacity=w.dedup_capacity,
         co_view_weight=c.co_view_weight,
         co_cart_weight=c.co_cart_weight,
+        offer_purchase_weight=c.offer_purchase_weight,
         session_gap_ms=int(c.session_gap_s * 1000),
         session_max_items=c.session_max_items,
         session_capacity=c.session_capacity,
@@ -263,6 +264,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         except msgspec.DecodeError as e:
             raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
+    offer_weight = config.offer_purchase_weight
     partitions = t.partitions
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
@@ -354,7 +356,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     # again, and each anchor's record recognises its offset (engine module doc).
                     if engine.accept(purchase.event_id, purchase.ts, source, message.offset):
                         baskets += Engine.fan_out(purchase, source=source,
-                                                  offset=message.offset)
+                                                  offset=message.offset,
+                                                  offer_weight=offer_weight)
                     else:
                         dups.inc()
                     closed = rewards.tracker.observe(purchase, partition=message.partition,

@@ -37,6 +37,25 @@ def test_prices_paid_through_an_offer_are_not_list_prices() -> None:
     assert {b.price for b in baskets if b.anchor != TOTAL_KEY} == {-1.0}
 
 
+def test_orders_through_an_offer_weigh_offer_weight() -> None:
+    through = order(1, ["a", "b"], offer_id="of-1")
+    assert Engine.fan_out(through, offer_weight=0.0) == []
+    assert {b.weight for b in Engine.fan_out(through, offer_weight=0.25)} == {0.25}
+    # Any other order weighs 1 whatever the offers' weight.
+    assert {b.weight for b in Engine.fan_out(order(2, ["a", "b"]), offer_weight=0.0)} == {1.0}
+
+
+def test_the_engine_leaves_orders_through_an_offer_out_by_default() -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    engine.handle_purchase(order(1, ["tea", "cup"], offer_id="of-1"))
+    assert engine.stats.item_count("tea", T0) == 0.0
+    engine.handle_purchase(order(2, ["tea", "cup"]))
+    assert engine.stats.item_count("tea", T0) == pytest.approx(1.0)
+    counted = Engine.in_memory(EngineConfig(min_support=1.0, offer_purchase_weight=0.5))
+    counted.handle_purchase(order(1, ["tea", "cup"], offer_id="of-1"))
+    assert counted.stats.item_count("tea", T0) == pytest.approx(0.5)
+
+
 def test_basket_round_trips_through_the_wire() -> None:
     b = Engine.fan_out(order(1, ["a", "b"]))[0]
     assert msgspec.json.decode(msgspec.json.encode(b), type=ItemBasket) == b
