@@ -308,3 +308,12 @@ def test_marks_of_unchanged_offers_stay_bounded() -> None:
         engine._note_unchanged(f"i{n}", T0 + n * 10)
     assert len(engine._unchanged_at) < 4_096 + 100
     assert all(at > T0 + 19_999 * 10 - 1000 - 4_096 * 10 for at in engine._unchanged_at.values())
+
+
+def test_the_offer_purchase_weight_is_a_setting() -> None:
+    from streamer.app.factory import engine_config
+    from streamer.settings import Settings
+
+    assert engine_config(Settings()).offer_purchase_weight == 0.0
+    settings = Settings(copurchase={"offer_purchase_weight": 0.5})
+    assert engine_config(settings).offer_purchase_weight == 0.5
