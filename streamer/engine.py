@@ -356,14 +356,13 @@ class Engine:
         )
 
     # -- the two steps both drivers share -------------------------------------------------
-    @staticmethod
-    def fan_out(purchase: PurchaseEvent, *, source: int = -1, offset: int = -1,
-                offer_weight: float = 1.0) -> list[ItemBasket]:
+    def fan_out(self, purchase: PurchaseEvent, *, source: int = -1,
+                offset: int = -1) -> list[ItemBasket]:
         """Split an order into one message per distinct item, plus the order counter;
         ``source``/``offset`` say where the purchase was read (see :class:`ItemBasket`).
 
-        An order bought through an offer (it carries an ``offer_id``) weighs ``offer_weight``
-        (``EngineConfig.offer_purchase_weight``; 0: no baskets at all). Why not 1 like any
+        An order bought through an offer (it carries an ``offer_id``) weighs
+        ``EngineConfig.offer_purchase_weight`` (0: no baskets at all). Why not 1 like any
         other order: the offer caused it, so counting it is evidence the policy made for
         itself. The bundle shown most sells most through its offer, its co-purchase
         confidence rises, and the conversion model, which reads that confidence, then rates
@@ -379,7 +378,7 @@ class Engine:
         evidence). Over 20k impressions the difference is within the noise (-0.9 to +2.8
         points on the same seeds)."""
         through_offer = purchase.offer_id is not None
-        weight = offer_weight if through_offer else 1.0
+        weight = self.config.offer_purchase_weight if through_offer else 1.0
         if weight <= 0.0:
             return []
         # Prices paid through an offer are discounted: they do not update the catalogue.
@@ -705,9 +704,7 @@ class Engine:
         ``offset`` say where it was read (``offset`` -1: unknown, the event id alone decides)."""
         if not self.accept(purchase.event_id, purchase.ts, partition, offset):
             return []
-        baskets = self.fan_out(purchase, source=partition, offset=offset,
-                               offer_weight=self.config.offer_purchase_weight)
-        offers, _ = self.learn_baskets(baskets)
+        offers, _ = self.learn_baskets(self.fan_out(purchase, source=partition, offset=offset))
         return offers
 
     def handle_click(self, click: ClickEvent, partition: int = 0,

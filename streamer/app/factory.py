@@ -264,7 +264,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         except msgspec.DecodeError as e:
             raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
-    offer_weight = config.offer_purchase_weight
     partitions = t.partitions
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
@@ -355,9 +354,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     # A duplicate id is dropped; this very message redelivered is fanned out
                     # again, and each anchor's record recognises its offset (engine module doc).
                     if engine.accept(purchase.event_id, purchase.ts, source, message.offset):
-                        baskets += Engine.fan_out(purchase, source=source,
-                                                  offset=message.offset,
-                                                  offer_weight=offer_weight)
+                        baskets += engine.fan_out(purchase, source=source,
+                                                  offset=message.offset)
                     else:
                         dups.inc()
                     closed = rewards.tracker.observe(purchase, partition=message.partition,

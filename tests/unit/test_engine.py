@@ -25,7 +25,7 @@ def order(n: int, items: list[str], *, ts: int = T0, offer_id: str | None = None
 
 def test_fan_out_one_basket_per_distinct_item_plus_the_order_counter() -> None:
     p = order(1, ["a", "b", "a", "c"])
-    baskets = Engine.fan_out(p)
+    baskets = Engine.in_memory().fan_out(p)
     assert [(b.anchor, b.partners) for b in baskets] == [
         ("a", ["b", "c"]), ("b", ["a", "c"]), ("c", ["a", "b"]), (TOTAL_KEY, [])]
     assert all(b.event_id == "e1" and b.ts == T0 for b in baskets)
@@ -33,16 +33,18 @@ def test_fan_out_one_basket_per_distinct_item_plus_the_order_counter() -> None:
 
 
 def test_prices_paid_through_an_offer_are_not_list_prices() -> None:
-    baskets = Engine.fan_out(order(1, ["a", "b"], offer_id="of-1", price=1.0))
+    weighted = Engine.in_memory(EngineConfig(offer_purchase_weight=1.0))  # counted in full
+    baskets = weighted.fan_out(order(1, ["a", "b"], offer_id="of-1", price=1.0))
     assert {b.price for b in baskets if b.anchor != TOTAL_KEY} == {-1.0}
 
 
-def test_orders_through_an_offer_weigh_offer_weight() -> None:
+def test_orders_through_an_offer_weigh_offer_purchase_weight() -> None:
     through = order(1, ["a", "b"], offer_id="of-1")
-    assert Engine.fan_out(through, offer_weight=0.0) == []
-    assert {b.weight for b in Engine.fan_out(through, offer_weight=0.25)} == {0.25}
+    assert Engine.in_memory().fan_out(through) == []  # left out by default
+    weighted = Engine.in_memory(EngineConfig(offer_purchase_weight=0.25))
+    assert {b.weight for b in weighted.fan_out(through)} == {0.25}
     # Any other order weighs 1 whatever the offers' weight.
-    assert {b.weight for b in Engine.fan_out(order(2, ["a", "b"]), offer_weight=0.0)} == {1.0}
+    assert {b.weight for b in Engine.in_memory().fan_out(order(2, ["a", "b"]))} == {1.0}
 
 
 def test_the_engine_leaves_orders_through_an_offer_out_by_default() -> None:
@@ -57,7 +59,7 @@ def test_the_engine_leaves_orders_through_an_offer_out_by_default() -> None:
 
 
 def test_basket_round_trips_through_the_wire() -> None:
-    b = Engine.fan_out(order(1, ["a", "b"]))[0]
+    b = Engine.in_memory().fan_out(order(1, ["a", "b"]))[0]
     assert msgspec.json.decode(msgspec.json.encode(b), type=ItemBasket) == b
 
 
@@ -170,7 +172,7 @@ def test_live_and_replay_paths_agree() -> None:
     for o in orders:
         replay.handle_purchase(o)
     live = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
-    baskets = [b for o in orders for b in Engine.fan_out(o)]
+    baskets = [b for o in orders for b in Engine.in_memory().fan_out(o)]
     by_anchor: dict[str, list[ItemBasket]] = {}
     for b in baskets:
         by_anchor.setdefault(b.anchor, []).append(b)
