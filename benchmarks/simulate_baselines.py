@@ -22,6 +22,9 @@ the same candidates as ``random``: an optional benchmark dependency, ``pip insta
 the shopper's segment (offers per anchor); ``--diagnostics`` adds ``streamer_learned_blind``,
 the learned loop with offers per anchor only, for comparison.
 
+For ``streamer_learned`` it also prints (and writes as ``fine_tunes`` / ``promoted``) how many
+fine-tunes ran and how many of their candidates passed the promotion gate.
+
 ``--decompose`` splits each method's gap to the oracle into causes (coverage, candidate
 generation, segment blindness, selection, ranking, exploration; and the ceiling of any
 segment-blind policy): ``streamer.simulation.decompose``. The ``recovery`` column (and
@@ -271,6 +274,12 @@ def main() -> None:
             "post_drift_share": post.share,
             "seconds": seconds,
         }
+        fine_tunes = getattr(decider, "fine_tunes", None)
+        if fine_tunes is not None:  # the learned loop: how often a fine-tune passed the gate
+            promoted = sum(bool(ft.get("promoted")) for ft in fine_tunes)
+            result["methods"][name]["fine_tunes"] = len(fine_tunes)
+            result["methods"][name]["promoted"] = promoted
+            print(f"  fine-tunes {len(fine_tunes)}, promoted {promoted}", flush=True)
         if chain is not None:
             result["methods"][name]["decomposition"] = chain.summary()
             parts = [("all", None)] + ([("pre", 0), ("post", 1)] if drift_at_ms else [])
