@@ -22,6 +22,10 @@ the same candidates as ``random``: an optional benchmark dependency, ``pip insta
 the shopper's segment (offers per anchor); ``--diagnostics`` adds ``streamer_learned_blind``,
 the learned loop with offers per anchor only, for comparison.
 
+The ``late`` column (``late_season_share`` in the JSON) is the share over the second half of
+each season: what a method earns once it has learned, apart from its warm-up and its recovery
+from the season change, both of which the cumulative share includes.
+
 For ``streamer_learned`` it also prints (and writes as ``fine_tunes`` / ``promoted``) how many
 fine-tunes ran and how many of their candidates passed the promotion gate.
 
@@ -175,6 +179,17 @@ def candidate_source(decider: Any) -> Callable[[str, int], list[tuple[str, ...]]
     return None
 
 
+def late_share(report: SimulationReport, n: int) -> float:
+    """The share of the oracle over the second half of each season (of the whole run without
+    a drift): what a method earns once it has learned, apart from its warm-up and its recovery
+    from the season change, which the cumulative share includes."""
+    d = report.drift_index if report.drift_index is not None else n
+    a = report.arrays()
+    late = [slice(d // 2, d)] + ([slice(d + (n - d) // 2, n)] if d < n else [])
+    oracle = sum(float(a["oracle"][s].sum()) for s in late)
+    return sum(float(a["expected"][s].sum()) for s in late) / oracle if oracle > 0 else math.nan
+
+
 def fmt(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{100 * x:5.1f}%"
 
@@ -237,7 +252,8 @@ def main() -> None:
           f"drift at impression {round(args.drift_at * n) if drift_at_ms else '-'}, "
           f"one session per {interval} ms")
     print(f"{'method':18s} {'share of oracle':>16s} {'95% interval':>17s} {'coverage':>9s} "
-          f"{'pre-drift':>9s} {'post-drift':>10s} {'recovery':>9s} {'rel.':>7s} {'secs':>6s}")
+          f"{'pre-drift':>9s} {'post-drift':>10s} {'late':>6s} {'recovery':>9s} {'rel.':>7s} "
+          f"{'secs':>6s}")
     reports: dict[str, SimulationReport] = {}
     result: dict[str, Any] = {"impressions": n, "catalogue_size": args.catalogue_size,
                               "seed": args.seed, "drift_at_ms": drift_at_ms,
@@ -261,17 +277,20 @@ def main() -> None:
         share = report.share_of_oracle()
         d = report.drift_index if report.drift_index is not None else n
         pre, post = report.share_of_oracle(stop=d), report.share_of_oracle(start=d)
+        late = late_share(report, n)
         rec = report.recovery_after_drift(window=args.window)
         rel = report.recovery_after_drift(window=args.window, relative_to_pre_drift=True)
         print(f"{name:18s} {fmt(share.share):>16s} "
               f"{'[' + fmt(share.ci95[0]) + ', ' + fmt(share.ci95[1]) + ']':>17s} "
               f"{fmt(report.coverage):>9s} {fmt(pre.share):>9s} {fmt(post.share):>10s} "
+              f"{fmt(late):>6s} "
               f"{rec if rec is not None else 'never':>9} {rel if rel is not None else 'never':>7} "
               f"{seconds:6.1f}", flush=True)
         result["methods"][name] = {
             **report.summary(window=args.window),
             "pre_drift_share": pre.share,
             "post_drift_share": post.share,
+            "late_season_share": late,
             "seconds": seconds,
         }
         fine_tunes = getattr(decider, "fine_tunes", None)
@@ -292,6 +311,8 @@ def main() -> None:
                 print(f"  {label:4s} served {fmt(shares['served'])}; lost to {lost}; "
                       f"segment-blind ceiling {fmt(shares['oracle_blind']).strip()}",
                       flush=True)
+    print("late: the share over the second half of each season (after the warm-up and the "
+          "recovery from the season change)")
     print("recovery: impressions after the drift until a trailing window of "
           f"{args.window} is within 5% of the oracle ('rel.': of the method's own pre-drift share)")
     if args.json:
