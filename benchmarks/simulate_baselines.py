@@ -179,11 +179,10 @@ def candidate_source(decider: Any) -> Callable[[str, int], list[tuple[str, ...]]
     return None
 
 
-def late_share(report: SimulationReport, n: int) -> float:
-    """The share of the oracle over the second half of each season (of the whole run without
-    a drift): what a method earns once it has learned, apart from its warm-up and its recovery
-    from the season change, which the cumulative share includes."""
-    d = report.drift_index if report.drift_index is not None else n
+def late_share(report: SimulationReport, d: int, n: int) -> float:
+    """The share of the oracle over the second half of each season (``d``: the drift's index,
+    ``n`` without one): what a method earns once it has learned, apart from its warm-up and
+    its recovery from the season change, which the cumulative share includes."""
     a = report.arrays()
     late = [slice(d // 2, d)] + ([slice(d + (n - d) // 2, n)] if d < n else [])
     oracle = sum(float(a["oracle"][s].sum()) for s in late)
@@ -277,7 +276,7 @@ def main() -> None:
         share = report.share_of_oracle()
         d = report.drift_index if report.drift_index is not None else n
         pre, post = report.share_of_oracle(stop=d), report.share_of_oracle(start=d)
-        late = late_share(report, n)
+        late = late_share(report, d, n)
         rec = report.recovery_after_drift(window=args.window)
         rel = report.recovery_after_drift(window=args.window, relative_to_pre_drift=True)
         print(f"{name:18s} {fmt(share.share):>16s} "

@@ -172,7 +172,8 @@ def test_live_and_replay_paths_agree() -> None:
     for o in orders:
         replay.handle_purchase(o)
     live = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
-    baskets = [b for o in orders for b in Engine.in_memory().fan_out(o)]
+    fan_out = Engine.in_memory().fan_out
+    baskets = [b for o in orders for b in fan_out(o)]
     by_anchor: dict[str, list[ItemBasket]] = {}
     for b in baskets:
         by_anchor.setdefault(b.anchor, []).append(b)
