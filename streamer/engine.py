@@ -333,10 +333,12 @@ class Engine:
         self._unchanged_at.clear()  # the new version reconsiders every offer at once
         return previous.version
 
-    def learn_conversion(self, features: Mapping[str, float], converted: bool) -> None:
-        """Learn one closed impression (the shown variant's features, whether it converted)
-        into the conversion model the learned policy reads."""
-        self.conversion.learn_one(features, converted)
+    def learn_conversion(self, features: Mapping[str, float], converted: bool,
+                         clicked: bool | None = None) -> None:
+        """Learn one closed impression (the shown variant's features, whether it converted,
+        whether the offer was clicked when known) into the conversion model the learned
+        policy reads."""
+        self.conversion.learn_one(features, converted, clicked)
 
     def featurizer(self, now_ms: int, segment: str | None = None) -> DecisionFeaturizer:
         """The features of each (candidate, discount) at ``now_ms`` for ``segment`` (default:

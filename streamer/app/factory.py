@@ -246,7 +246,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     segments=engine.config.segments)
         except ValueError:
             return
-        engine.learn_conversion(logged.variant_features[logged.chosen], converted)
+        engine.learn_conversion(logged.variant_features[logged.chosen], converted,
+                                outcome.clicked)
 
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion)

@@ -223,7 +223,9 @@ class FeedbackTrainer:
         self.metrics.feedback_decisions.labels("trainer", source).inc()
         # Learn after deciding: the record's features use the model as it was before it.
         converted = bool(record.get("converted", decision.reward > 0))
-        self.conversion.learn_one(decision.variant_features[decision.chosen], converted)
+        clicked = record.get("clicked")
+        self.conversion.learn_one(decision.variant_features[decision.chosen], converted,
+                                  None if clicked is None else bool(clicked))
         version = str(record.get("policy_version")
                       or (offer.policy_version if offer is not None
                           else _decision_field(record, "policy_version")))

@@ -197,7 +197,8 @@ class LearnedDecisions:
             self.trainer.add(decision)
             if self.drift.observe_reward(offer.policy_version, reward):
                 self.trainer.request_fine_tune(f"reward drift under {offer.policy_version}")
-            self.engine.learn_conversion(decision.variant_features[decision.chosen], converted)
+            self.engine.learn_conversion(decision.variant_features[decision.chosen], converted,
+                                         outcome.clicked)
         if self.trainer.due(latest / 1000):
             result = self.trainer.fine_tune(self.live, latest / 1000)
             self.fine_tunes.append(result.metadata())

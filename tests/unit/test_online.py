@@ -205,6 +205,68 @@ def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_dri
     assert model.bundle_ratio(unseen) == 1.0
 
 
+def test_clicks_then_purchases_learn_each_stage_and_the_product() -> None:
+    rng = random.Random(5)
+    model = ConversionModel(warmup=50)
+    context = DecisionContext(segment="all", ts_ms=0, prices={"a": 8.0, "b": 4.0, "c": 4.0})
+    variants = {  # (bundle, discount): click rate; after a click, a discount sells
+        (b, d): variant_features(candidate(("a", b)), d, context)
+        for b in ("b", "c") for d in (0.0, 15.0)
+    }
+    click_rate, buy_rate = {"b": 0.40, "c": 0.10}, {0.0: 0.4, 15.0: 0.8}
+    assert model.buy_after_click(variants["b", 0.0]) == 1.0  # no record said it yet
+    for _ in range(4000):
+        for (b, d), f in variants.items():
+            clicked = rng.random() < click_rate[b]
+            model.learn_one(f, clicked and rng.random() < buy_rate[d], clicked=clicked)
+    for (b, d), f in variants.items():
+        assert model.buy_after_click(f) == pytest.approx(buy_rate[d], abs=0.06)
+        expected = click_rate[b] * buy_rate[d]
+        assert model.predict_one(f) == pytest.approx(expected, rel=0.2), (b, d)
+    assert model.n_clicked > model.n_converted > 0
+
+
+def test_without_click_information_the_model_is_the_single_stage_one() -> None:
+    # Records that never say whether they were clicked, and those of a storefront that does
+    # not report offer clicks (clicked=False, conversions all the same), teach conversions as
+    # clicks and P(buy | click) stays 1: the answers of a model that learns conversions alone.
+    rng = random.Random(6)
+    f = variant_features(candidate(), 5.0, CONTEXT)
+    models = [ConversionModel(warmup=20) for _ in range(3)]
+    for _ in range(500):
+        converted = rng.random() < 0.1
+        models[0].learn_one(f, converted)
+        models[1].learn_one(f, converted, clicked=None)
+        models[2].learn_one(f, converted, clicked=False)
+    assert [m.buy_after_click(f) for m in models] == [1.0, 1.0, 1.0]
+    assert len({m.predict_one(f) for m in models}) == 1
+    assert models[0].n_clicked == models[0].n_converted
+    # The first click that did not convert shows clicks are reported: two stages from then.
+    models[2].learn_one(f, False, clicked=True)
+    assert models[2].buy_after_click(f) < 1.0
+
+
+def test_clicks_tell_close_bundles_apart_sooner_than_purchases() -> None:
+    # Two bundles that look alike: one converts at 10 %, the other at 13 % (clicked twice as
+    # often as bought, as in the simulated shop). After 150 impressions each, the model that
+    # hears about clicks ranks them right more often than one that hears only purchases.
+    context = DecisionContext(segment="all", ts_ms=0, prices={"a": 8.0, "b": 4.0, "c": 4.0})
+    better = variant_features(candidate(("a", "b")), 0.0, context)
+    worse = variant_features(candidate(("a", "c")), 0.0, context)
+    right = {True: 0, False: 0}
+    for seed in range(200):
+        rng = random.Random(seed)
+        outcomes = [(f, rng.random() < 2 * rate, rng.random() < 0.5)
+                    for _ in range(150) for f, rate in ((better, 0.13), (worse, 0.10))]
+        for with_clicks in (True, False):
+            model = ConversionModel(warmup=50)
+            for f, clicked, buys in outcomes:
+                model.learn_one(f, clicked and buys, clicked=clicked if with_clicks else None)
+            right[with_clicks] += model.predict_one(better) > model.predict_one(worse)
+    # 179 against 153 of 200 when written: fewer wrong orders by a third.
+    assert right[True] >= right[False] + 15, right
+
+
 SEGMENTS = ("loyal", "regular", "bargain")
 
 

@@ -21,6 +21,7 @@ from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import PurchaseEvent
 from streamer.observability import Metrics
 from streamer.online import FEATURE_NAMES
+from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
 from streamer.policy import (
     PolicyVersions,
     TorchPolicy,
@@ -229,14 +230,14 @@ def test_a_waiting_record_is_not_taken_for_its_own_duplicate() -> None:
 
 
 def worker_record(offer: Any, impression: str, attribution: str, reward: float,
-                  direct: float) -> dict[str, Any]:
+                  direct: float, clicked: bool = False) -> dict[str, Any]:
     """A feedback record as a worker publishes it (nested FeedbackRecord), as JSON decodes it."""
     outcome = ImpressionOutcome(
         impression_id=impression, ts=offer.ts, session_id="s", user_id="u",
         offer_id=offer.offer_id, variant=0, propensity=offer.variants[0].probability,
         policy_version=offer.policy_version, anchor_item_id=offer.anchor_item_id,
         segment=offer.segment, items=tuple(offer.variants[0].items),
-        discount_pct=offer.variants[0].discount_pct, clicked=False, converted=reward > 0,
+        discount_pct=offer.variants[0].discount_pct, clicked=clicked, converted=reward > 0,
         revenue=reward, reward=reward, purchase_ids=("p",) if reward > 0 else (),
         attributed_at=offer.ts, late=False, attribution=attribution,  # type: ignore[arg-type]
         direct_revenue=direct, direct_reward=direct)
@@ -262,6 +263,23 @@ def test_trainer_learns_the_configured_reward_from_workers_records(
     assert all(core.observe_feedback(r) for r in records)  # nested records are read
     assert core.trainer.buffer.snapshot().reward.tolist() == rewards
     assert core.conversion.n_converted == conversions
+
+
+def test_trainer_conversion_model_learns_the_records_clicks() -> None:
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    core.observe_offer(offer)
+    records = [worker_record(offer, "i1", "offer", 20.0, 20.0, clicked=True),
+               worker_record(offer, "i2", "none", 0.0, 0.0, clicked=True),  # clicked, no buy
+               worker_record(offer, "i3", "none", 0.0, 0.0)]
+    assert all(core.observe_feedback(r) for r in records)
+    model = core.conversion
+    assert (model.n_clicked, model.n_known_clicks, model.n_converted) == (2, 2, 1)
+    # A click that did not convert: the after-click stage is in use (before its warm-up,
+    # one conversion of two clicks shrunk towards 1/2).
+    w = AFTER_CLICK_PRIOR_WEIGHT
+    assert model.buy_after_click({}) == pytest.approx((1 + w / 2) / (2 + w))
 
 
 def test_reward_attribution_setting_defaults_to_the_offer_and_reads_the_environment(
