@@ -81,6 +81,11 @@ noise, not a lack of exploration. A conversion counts as a click, and ``P(buy | 
 until some record shows a click that did not convert, so a caller that never passes clicks, or
 a storefront that never reports ``offer_click`` events (its outcomes say ``clicked=False``),
 gets the single-stage model exactly.
+Measured in the closed-loop simulator (``benchmarks/simulate_baselines.py --impressions 100000
+--seed S --methods streamer_learned --decompose``), share of the oracle with one stage and
+with two: seed 3 85.8 and 87.1 %, seed 5 84.9 and 86.7 %, seed 7 85.2 and 86.5 %, seed 11
+85.7 and 88.0 %; the loss to ranking 7.6 -> 5.6 points (seed 7). A prediction costs ~11 us
+instead of ~8 (two regressions).
 """
 
 from __future__ import annotations
