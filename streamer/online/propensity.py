@@ -116,6 +116,17 @@ AFTER_CLICK_PRIOR_WEIGHT = 10.0
 AFTER_CLICK_STEP = 0.1
 
 
+def shrunk_rate(hits: float, trials: float, prior: float, weight: float) -> float:
+    """``hits / trials`` shrunk towards ``prior`` by a prior worth ``weight`` trials: the
+    posterior mean of a Beta (or, for observed/expected sums, Gamma) prior of that mean and
+    weight. Every rate this model answers before it has data is one.
+
+    >>> shrunk_rate(0, 0, 0.5, 10), shrunk_rate(9, 10, 0.5, 10)
+    (0.5, 0.7)
+    """
+    return (hits + prior * weight) / (trials + weight)
+
+
 def discount_segment_interactions(features: Mapping[str, float]) -> dict[str, float]:
     """``discount_x_segment_b = discount x segment_b`` for each segment slot ``b`` present in
     ``features`` (none without a ``discount``): the regression's per-segment discount slopes.
@@ -282,9 +293,7 @@ class ConversionModel:
     def base_rate(self) -> float:
         """The rate of the regression's label seen so far (conversions, or clicks where
         records say: module doc), shrunk towards ``prior_rate``."""
-        return (self.n_clicked + self.prior_rate * self.prior_weight) / (
-            self.n_learned + self.prior_weight
-        )
+        return shrunk_rate(self.n_clicked, self.n_learned, self.prior_rate, self.prior_weight)
 
     def buy_after_click(self, features: Mapping[str, float],
                         inputs: dict[str, float] | None = None) -> float:
@@ -296,8 +305,8 @@ class ConversionModel:
         if self.n_known_click_conversions == self.n_known_clicks:
             return 1.0
         if self.n_known_clicks < self.warmup:
-            w = AFTER_CLICK_PRIOR_WEIGHT
-            return (self.n_known_click_conversions + 0.5 * w) / (self.n_known_clicks + w)
+            return shrunk_rate(self.n_known_click_conversions, self.n_known_clicks, 0.5,
+                               AFTER_CLICK_PRIOR_WEIGHT)
         if inputs is None:
             inputs = self._inputs(features)
         return float(self._after_click.predict_proba_one(inputs).get(True, 0.0))
@@ -330,7 +339,7 @@ class ConversionModel:
         prior_mean = 1.0
         if self.pool_item_sets:
             set_observed, set_predicted = self._bundles.get(item_set_key(key), (0.0, 0.0))
-            prior_mean = (set_observed + m) / (set_predicted + m)
+            prior_mean = shrunk_rate(set_observed, set_predicted, 1.0, m)
         observed, predicted = self._bundles.get(key, (0.0, 0.0))
         return observed + m * prior_mean, predicted + m
 
