@@ -27,13 +27,15 @@ console = Console(stderr=False)
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 60.0,
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 90.0,
     rate: Annotated[float | None, typer.Option(help="Simulated shopper sessions per second.")]
     = None,
     live: Annotated[bool, typer.Option(help="Show the live terminal view.")] = True,
+    trainer: Annotated[bool, typer.Option(help="Also run the trainer.")] = True,
 ) -> None:
-    """Run everything on this machine: embedded broker, a worker and a simulated storefront,
-    with a live view of events, offers and dead letters; stops all of it at the end."""
+    """Run everything on this machine: embedded broker, a worker, the trainer and a simulated
+    storefront, with a live view of events, offers, dead letters and reward per policy
+    version; stops all of it at the end."""
     from streamer.app.demo import run_demo
 
     settings = Settings()
@@ -41,7 +43,7 @@ def demo(
         settings = settings.model_copy(
             update={"demo": settings.demo.model_copy(update={"shoppers_per_s": rate})})
     result = asyncio.run(run_demo(settings, duration_s=duration, console=console,
-                                  live_view=live))
+                                  live_view=live, with_trainer=trainer))
     offers = result.worker_stats.get("streamer_offers_published_total", 0)
     if not offers:
         console.print("[red]no offers were published[/red]")
@@ -179,7 +181,7 @@ def evaluate(
 
 @app.command()
 def simulate(
-    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 60.0,
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 90.0,
     rate: Annotated[float | None, typer.Option(help="Simulated sessions per second.")] = None,
     trainer: Annotated[bool, typer.Option(help="Also run the trainer.")] = True,
 ) -> None:

@@ -405,7 +405,7 @@ class TrainerSettings(_Section):
 class DemoSettings(_Section):
     """The simulated storefront of ``streamer demo``."""
 
-    shoppers_per_s: float = Field(50.0, gt=0, description="Simulated sessions per second.")
+    shoppers_per_s: float = Field(100.0, gt=0, description="Simulated sessions per second.")
     catalogue_size: int = Field(200, ge=10, description="Items in the simulated catalogue.")
     seed: int = Field(7, description="Random seed of the simulation.")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -71,18 +72,26 @@ async def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
     """Return once ``bootstrap`` answers a metadata request; raise BrokerStartError at timeout."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-        try:
-            await producer.start()
-            await producer.client.fetch_all_metadata()
-            return
-        except (KafkaError, OSError) as e:
-            last = e
-            await asyncio.sleep(0.1)  # polling a port that is not open yet
-        finally:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+    # aiokafka logs every refused connection at ERROR ("Unable connect to ..."): expected
+    # while the broker starts, so not shown; a broker that never answers raises below.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            try:
+                await producer.start()
+                await producer.client.fetch_all_metadata()
+                return
+            except (KafkaError, OSError) as e:
+                last = e
+                await asyncio.sleep(0.1)  # polling a port that is not open yet
+            finally:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+    finally:
+        quiet.setLevel(level)
     raise BrokerStartError(f"broker at {bootstrap} not ready after {timeout_s:.0f} s: {last!r}")
 
 

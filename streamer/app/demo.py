@@ -1,7 +1,8 @@
-"""``streamer demo``: embedded broker + worker + simulated storefront, with a live view.
+"""``streamer demo``: embedded broker + worker + trainer + simulated storefront, with a live
+view.
 
-Everything it starts it stops: the worker runs in its own process group and is terminated
-(then killed if it lingers), the broker likewise, also on Ctrl-C.
+Everything it starts it stops: the worker and the trainer run in process groups of their own
+and are terminated (then killed if they linger), the broker likewise, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -43,20 +44,59 @@ class DemoResult:
     rewards: dict[str, Any] = field(default_factory=dict)
 
 
-class WorkerProcess:
-    """A ``streamer worker`` child process in its own process group."""
+class StreamerProcess:
+    """A ``streamer COMMAND`` child process in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamer", "worker"],
+                [sys.executable, "-m", "streamer", command],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         return stop_process_group(self.proc, timeout_s)
+
+
+class WorkerProcess(StreamerProcess):
+    """A ``streamer worker`` child process in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__("worker", env, log_path)
+
+
+#: The trainer's cadence in the demo and ``streamer simulate``, unless the environment sets
+#: it: a minute of traffic cannot wait for the defaults (100,000 records or an hour), so a
+#: fine-tune every 10 seconds once 200 impressions have closed.
+DEMO_TRAINER_ENV = {
+    "STREAMER__TRAINER__MIN_RECORDS": "200",
+    "STREAMER__TRAINER__EVERY_S": "10",
+}
+
+
+def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
+             data_dir: Path) -> dict[str, str]:
+    """The environment of the demo's (and ``streamer simulate``'s) worker and trainer: this
+    broker and app, the storefront's segments, seconds-long reward windows, and the
+    trainer's demo cadence (:data:`DEMO_TRAINER_ENV`) where the environment sets none."""
+    return {
+        **DEMO_TRAINER_ENV,
+        **os.environ,
+        "STREAMER__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMER__WORKER__APP_ID": app_id,
+        "STREAMER__WORKER__WEB_PORT": str(web_port),
+        "STREAMER__WORKER__DATA_DIR": str(data_dir),
+        "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
+        "STREAMER__OFFERS__SEGMENT": settings.offers.segment,
+        "STREAMER__OFFERS__SEGMENTS": settings.offers.segments,
+        # A one-minute demo cannot wait for 30-minute attribution windows: seconds here.
+        "STREAMER__REWARDS__ATTRIBUTION_WINDOW_S": "5",
+        "STREAMER__REWARDS__ALLOWED_LATENESS_S": "1",
+        "STREAMER__REWARDS__LEDGER_LATENESS_S": "1",
+        "STREAMER__REWARDS__WINDOWS": "5s,30s/5s",
+    }
 
 
 async def fetch_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
@@ -144,35 +184,28 @@ def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
 
 
 async def run_demo(settings: Settings, *, duration_s: float, console: Console,
-                   live_view: bool = True) -> DemoResult:
-    """Run the whole loop for ``duration_s`` seconds and return its figures."""
+                   live_view: bool = True, with_trainer: bool = True) -> DemoResult:
+    """Run the whole loop for ``duration_s`` seconds and return its figures; with the trainer
+    (``streamer trainer``, at the demo's cadence: :data:`DEMO_TRAINER_ENV`) the workers adopt
+    the torch versions it promotes, and the reward table shows them beside v0."""
     result = DemoResult()
     workdir = Path(tempfile.mkdtemp(prefix="streamer-demo-"))
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         web_port = free_port()
         app_id = f"streamer-demo-{os.getpid()}"
-        env = {
-            **os.environ,
-            "STREAMER__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
-            "STREAMER__WORKER__APP_ID": app_id,
-            "STREAMER__WORKER__WEB_PORT": str(web_port),
-            "STREAMER__WORKER__DATA_DIR": str(workdir / "data"),
-            "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
-            "STREAMER__OFFERS__SEGMENT": settings.offers.segment,
-            "STREAMER__OFFERS__SEGMENTS": settings.offers.segments,
-            # A one-minute demo cannot wait for 30-minute attribution windows: seconds here.
-            "STREAMER__REWARDS__ATTRIBUTION_WINDOW_S": "5",
-            "STREAMER__REWARDS__ALLOWED_LATENESS_S": "1",
-            "STREAMER__REWARDS__LEDGER_LATENESS_S": "1",
-            "STREAMER__REWARDS__WINDOWS": "5s,30s/5s",
-        }
+        env = demo_env(settings, bootstrap=broker.bootstrap, app_id=app_id,
+                       web_port=web_port, data_dir=workdir / "data")
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
         settings = settings.model_copy(update={"kafka": kafka})
         await ensure_topics(settings)
         console.print(f"broker on {broker.bootstrap} (pid {broker.pid}); logs in {workdir}")
         worker = WorkerProcess(env, workdir / "worker.log")
         console.print(f"worker starting (pid {worker.proc.pid})")
+        trainer: StreamerProcess | None = None
         try:
+            if with_trainer:
+                trainer = StreamerProcess("trainer", env, workdir / "trainer.log")
+                console.print(f"trainer starting (pid {trainer.proc.pid})")
             stats_url = f"http://127.0.0.1:{web_port}/stats/"
             dashboard_url = f"http://127.0.0.1:{web_port}/dashboard/data.json"
             result.worker_ready_s = await wait_ready(worker, stats_url, timeout_s=60)
@@ -217,6 +250,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             result.malformed_sent = driver.malformed_sent
             result.offers_seen = driver.cache.book.revisions if driver.cache else 0
         finally:
+            if trainer is not None:
+                console.print(f"trainer stopped (exit code {trainer.stop()})")
             code = worker.stop()
             console.print(f"worker stopped (exit code {code})")
     console.print(Panel(summary(result), title="demo summary"))
@@ -233,5 +268,8 @@ def summary(result: DemoResult) -> str:
     lines.append(f"offer impressions: {result.impressions:,}")
     lines += [f"reward per impression of {row[0]}: {row[4]} over {row[1]} closed impressions"
               for row in reward_rows(result)]
+    adopted = _by_topic(s, "streamer_policy_adoptions_total")
+    lines.append(f"policy versions adopted: {len(adopted)}"
+                 + (f" ({', '.join(sorted(adopted))})" if adopted else ""))
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
     return "\n".join(lines)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +20,8 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from streamer.app.broker import EmbeddedBroker, free_port, stop_process_group
-from streamer.app.demo import WorkerProcess, wait_ready
+from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.demo import StreamerProcess, WorkerProcess, demo_env, wait_ready
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.app.storefront import OfferCache
 from streamer.app.worker import ensure_topics
@@ -104,27 +102,21 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
     workdir = Path(tempfile.mkdtemp(prefix="streamer-simulate-"))
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         web_port = free_port()
-        env = {
-            **os.environ,
-            "STREAMER__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
-            "STREAMER__WORKER__APP_ID": f"streamer-simulate-{os.getpid()}",
-            "STREAMER__WORKER__WEB_PORT": str(web_port),
-            "STREAMER__WORKER__DATA_DIR": str(workdir / "data"),
-        }
+        # As the demo's: seconds-long attribution windows and the trainer's demo cadence,
+        # or a run of minutes would close no impression and fine-tune nothing.
+        env = demo_env(settings, bootstrap=broker.bootstrap,
+                       app_id=f"streamer-simulate-{os.getpid()}", web_port=web_port,
+                       data_dir=workdir / "data")
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
         settings = settings.model_copy(update={"kafka": kafka})
         await ensure_topics(settings)
         console.print(f"broker on {broker.bootstrap}; logs in {workdir}")
         worker = WorkerProcess(env, workdir / "worker.log")
-        trainer: subprocess.Popen[bytes] | None = None
+        trainer: StreamerProcess | None = None
         try:
             await wait_ready(worker, f"http://127.0.0.1:{web_port}/stats/", timeout_s=60)
             if with_trainer:
-                with open(workdir / "trainer.log", "ab") as log:
-                    trainer = subprocess.Popen(
-                        [sys.executable, "-m", "streamer", "trainer"], env=env, stdout=log,
-                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        start_new_session=True)
+                trainer = StreamerProcess("trainer", env, workdir / "trainer.log")
             d, t = settings.demo, settings.topics
             shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
             store = SimulatingStorefront(kafka, shop, clicks_topic=t.clicks,
@@ -135,7 +127,7 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
             report = await store.run(duration_s)
         finally:
             if trainer is not None:
-                stop_process_group(trainer)
+                trainer.stop()
             worker.stop()
     console.print(report_table(report))
     return report

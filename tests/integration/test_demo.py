@@ -1,4 +1,5 @@
-"""The demo itself, shortened: offers are published and nothing is left running afterwards."""
+"""The demo itself, shortened: offers are published, the worker and the trainer stop cleanly,
+and nothing is left running afterwards."""
 
 from __future__ import annotations
 
@@ -50,10 +51,13 @@ def test_demo_publishes_offers_and_cleans_up() -> None:
     assert offers > 0
     assert sum(consumed) > 100
     assert dead == malformed  # every broken message the storefront sent was dead-lettered
-    # The worker shut down on SIGTERM by itself (a kill after the grace period exits -9).
+    # The worker and the trainer shut down on SIGTERM by themselves (a kill after the grace
+    # period exits -9).
     assert "worker stopped (exit code 0)" in out, out[-3000:]
+    assert "trainer stopped (exit code 0)" in out, out[-3000:]
+    assert re.search(r"policy versions adopted: \d+", out), out[-3000:]
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
-    assert len(pids) == 2, out  # broker and worker
+    assert len(pids) == 3, out  # broker, worker and trainer
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status").read_text(), f"process {pid} outlived the demo"

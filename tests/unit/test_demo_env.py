@@ -1,0 +1,43 @@
+"""The demo's (and ``streamer simulate``'s) child-process environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.app.demo import DEMO_TRAINER_ENV, demo_env
+from streamer.settings import Settings
+
+
+def env_for(tmp_path: Path) -> dict[str, str]:
+    return demo_env(Settings(), bootstrap="127.0.0.1:1", app_id="demo-x", web_port=2,
+                    data_dir=tmp_path)
+
+
+def test_the_demo_sets_its_broker_windows_and_the_trainers_cadence(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in DEMO_TRAINER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STREAMER__KAFKA__BOOTSTRAP_SERVERS", "elsewhere:9092")
+    env = env_for(tmp_path)
+    assert env["STREAMER__KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:1"  # its own broker wins
+    assert env["STREAMER__WORKER__APP_ID"] == "demo-x"
+    assert env["STREAMER__REWARDS__ATTRIBUTION_WINDOW_S"] == "5"
+    for name, value in DEMO_TRAINER_ENV.items():
+        assert env[name] == value
+    # ... as settings the child processes read
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.trainer.min_records == 200 and settings.trainer.every_s == 10.0
+    assert settings.rewards.attribution_window_s == 5
+
+
+def test_a_trainer_cadence_set_in_the_environment_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER__TRAINER__EVERY_S", "3")
+    env = env_for(tmp_path)
+    assert env["STREAMER__TRAINER__EVERY_S"] == "3"
+    assert env["STREAMER__TRAINER__MIN_RECORDS"] == DEMO_TRAINER_ENV[
+        "STREAMER__TRAINER__MIN_RECORDS"]
