@@ -91,7 +91,7 @@ def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
         "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
         "STREAMER__OFFERS__SEGMENT": settings.offers.segment,
         "STREAMER__OFFERS__SEGMENTS": settings.offers.segments,
-        # A one-minute demo cannot wait for 30-minute attribution windows: seconds here.
+        # A demo of a minute or two cannot wait for 30-minute attribution windows.
         "STREAMER__REWARDS__ATTRIBUTION_WINDOW_S": "5",
         "STREAMER__REWARDS__ALLOWED_LATENESS_S": "1",
         "STREAMER__REWARDS__LEDGER_LATENESS_S": "1",
@@ -141,6 +141,8 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
     counts.add_row("dead letters", f"{dead:,.0f}")
     counts.add_row("items tracked", f"{s.get('tracked_items', 0):,}")
     counts.add_row("offer impressions shown", f"{driver.impressions:,}")
+    counts.add_row("policy versions adopted",
+                   f"{len(_by_topic(s, 'streamer_policy_adoptions_total')):,}")
     rewards = Table(title="reward per impression by policy version", expand=False)
     for name in ("version", "impressions", "conversions", "revenue", "overall",
                  "newest 5s window"):
