@@ -79,6 +79,17 @@ SIMULATION_ENGINE = EngineConfig(min_support=2.0, max_pairs=4, max_triples=3,
 #: points, to ranking 13.4 -> 11.5 and 13.2 -> 9.6, to selection 1.2 -> 2.6 and 2.1 -> 6.0);
 #: 100k impressions, seed 7 80.9 % and 82.8 % (interval 82.6-83.0 %; exploration 2.9 -> 1.4,
 #: ranking 10.4 -> 8.0, selection 1.5 -> 3.7), seed 11 80.5 % and 82.0 % (81.8-82.2 %).
+#:
+#: **Measured and not kept** (the same command; shares at 100k impressions against these
+#: defaults' seed 3 87.1 %, seed 5 86.7 %, seed 11 88.0 %). Both gained about a point at 20k
+#: impressions, four seeds each (mean 76.2 % -> 77.0 and 77.1 %), and nothing at 100k:
+#:
+#: - prior scale 30: seed 3 86.3 %, seed 5 87.3 %;
+#: - at most 2 discounts of one bundle among the 8 shown while other bundles are left (more
+#:   bundles tried per offer): seed 3 86.4 %, seed 5 87.2 %, seed 11 87.2 %. The loss to
+#:   selection fell to 1.1-1.3 points on those seeds (3.1 on seed 7 with these defaults), but
+#:   the floor's impressions then went to worse bundles (exploration 2.1-2.3 points, against
+#:   1.5) and ranking lost the rest (6.2-6.7, against 5.6).
 def initial_policy(seed: int = 0) -> TorchPolicy:
     """The learned loop's first policy (see above)."""
     return TorchPolicy.initial(
