@@ -68,15 +68,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class _RefusedBootstrap(logging.Filter):
+    """Drops aiokafka's 'Unable connect to "host:port"' records for one bootstrap address.
+
+    >>> f = _RefusedBootstrap("127.0.0.1:9")
+    >>> def rec(*args):
+    ...     return logging.LogRecord("aiokafka", logging.ERROR, "", 0,
+    ...                              'Unable connect to "%s:%s": %s', args, None)
+    >>> f.filter(rec("127.0.0.1", 9, "refused")), f.filter(rec("127.0.0.1", 10, "refused"))
+    (False, True)
+    """
+
+    def __init__(self, bootstrap: str) -> None:
+        super().__init__()
+        self.bootstrap = bootstrap
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(record.msg, str) and record.msg.startswith("Unable connect to")
+                    and isinstance(args, tuple) and len(args) >= 2
+                    and f"{args[0]}:{args[1]}" == self.bootstrap)
+
+
 async def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
     """Return once ``bootstrap`` answers a metadata request; raise BrokerStartError at timeout."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
-    # aiokafka logs every refused connection at ERROR ("Unable connect to ..."): expected
-    # while the broker starts, so not shown; a broker that never answers raises below.
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
+    # aiokafka logs each refused bootstrap connection at ERROR ('Unable connect to "host:port"'):
+    # expected while this broker starts, so those lines (and only those: not other clients',
+    # not other brokers') are dropped; a broker that never answers raises below.
+    logger = logging.getLogger("aiokafka")  # aiokafka.client logs on the package logger
+    refused = _RefusedBootstrap(bootstrap)
+    logger.addFilter(refused)
     try:
         while time.monotonic() < deadline:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=2000)
@@ -91,7 +114,7 @@ async def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
                 with contextlib.suppress(Exception):
                     await producer.stop()
     finally:
-        quiet.setLevel(level)
+        logger.removeFilter(refused)
     raise BrokerStartError(f"broker at {bootstrap} not ready after {timeout_s:.0f} s: {last!r}")
 
 

@@ -129,6 +129,11 @@ def _by_topic(stats: dict[str, Any], name: str) -> dict[str, float]:
     return value if isinstance(value, dict) else {}
 
 
+def adopted_versions(stats: dict[str, Any]) -> list[str]:
+    """The policy versions the worker made live (promotions and rollbacks), sorted."""
+    return sorted(_by_topic(stats, "streamer_policy_adoptions_total"))
+
+
 def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Group:
     s = result.worker_stats
     counts = Table(title=f"streamer demo — {remaining:4.0f} s left", expand=False)
@@ -141,8 +146,7 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
     counts.add_row("dead letters", f"{dead:,.0f}")
     counts.add_row("items tracked", f"{s.get('tracked_items', 0):,}")
     counts.add_row("offer impressions shown", f"{driver.impressions:,}")
-    counts.add_row("policy versions adopted",
-                   f"{len(_by_topic(s, 'streamer_policy_adoptions_total')):,}")
+    counts.add_row("policy versions adopted", f"{len(adopted_versions(s)):,}")
     rewards = Table(title="reward per impression by policy version", expand=False)
     for name in ("version", "impressions", "conversions", "revenue", "overall",
                  "newest 5s window"):
@@ -270,8 +274,8 @@ def summary(result: DemoResult) -> str:
     lines.append(f"offer impressions: {result.impressions:,}")
     lines += [f"reward per impression of {row[0]}: {row[4]} over {row[1]} closed impressions"
               for row in reward_rows(result)]
-    adopted = _by_topic(s, "streamer_policy_adoptions_total")
+    adopted = adopted_versions(s)
     lines.append(f"policy versions adopted: {len(adopted)}"
-                 + (f" ({', '.join(sorted(adopted))})" if adopted else ""))
+                 + (f" ({', '.join(adopted)})" if adopted else ""))
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
     return "\n".join(lines)
