@@ -99,6 +99,22 @@ def test_conversion_model_learns_a_separable_stream() -> None:
     assert correct / total > 0.95
 
 
+def test_one_lucky_outcome_does_not_make_a_bundle_the_favourite() -> None:
+    """The per-bundle prior's weight (propensity module doc): a bundle that converted once in
+    its first three impressions, against a tenth of a conversion expected, stays near the
+    regression's answer at the default prior; with the old prior of 2 its ratio nearly
+    doubled, enough to make a rarely shown bundle the favourite over a truly better one."""
+    f = variant_features(candidate(), 0.0, CONTEXT)
+    ratios = {}
+    for prior in (None, 2.0):
+        model = ConversionModel() if prior is None else ConversionModel(bundle_prior=prior)
+        for k in range(3):
+            model.learn_one(f, converted=k == 0)
+        ratios[prior] = model.bundle_ratio(f)
+    assert 1.0 < ratios[None] < 1.15
+    assert ratios[2.0] > 1.8
+
+
 def test_conversion_model_starts_at_the_base_rate_and_ignores_its_own_output() -> None:
     model = ConversionModel(warmup=100, prior_rate=0.02, prior_weight=50, pool_item_sets=False)
     pooled = ConversionModel(warmup=100, prior_rate=0.02, prior_weight=50)
