@@ -201,6 +201,8 @@ def main() -> None:
     p.add_argument("--topic", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.profile is not None and not (Path(sys.executable).parent / "py-spy").exists():
+        p.error("--profile needs py-spy beside this interpreter: pip install -e '.[bench]'")
     if args.child:
         faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out)
         return
