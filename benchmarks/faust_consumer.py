@@ -59,6 +59,7 @@ from benchmarks.throughput import (
     child_env,
     make_purchases,
     produce,
+    py_spy,
     write_result,
 )
 
@@ -166,7 +167,7 @@ def run_child(variant: str, bootstrap: str, topic: str, n: int, workdir: Path,
     spy = None
     if profile is not None:
         spy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(profile),
+            [py_spy() or "py-spy", "record", "-o", str(profile),
              "-f", profile_format, "-r", "500", "--gil", "-p", str(child.proc.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -201,8 +202,8 @@ def main() -> None:
     p.add_argument("--topic", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.profile is not None and not (Path(sys.executable).parent / "py-spy").exists():
-        p.error("--profile needs py-spy beside this interpreter: pip install -e '.[bench]'")
+    if args.profile is not None and py_spy() is None:
+        p.error("--profile needs py-spy: pip install -e '.[bench]'")
     if args.child:
         faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out)
         return

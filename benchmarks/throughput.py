@@ -458,10 +458,11 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
             time.sleep(0.1)
 
 
-def _py_spy() -> str:
-    """py-spy beside the interpreter, else the one on PATH."""
+def py_spy() -> str | None:
+    """py-spy beside the interpreter, else the one on PATH; None without one (``--profile``
+    refuses to start then: ``pip install -e '.[bench]'``)."""
     beside = Path(sys.executable).parent / "py-spy"
-    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
 def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
@@ -480,7 +481,7 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
             while not worker.stats() and worker.child.alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
             spy = subprocess.Popen(
-                [_py_spy(), "record", "-o", str(profile),
+                [py_spy() or "py-spy", "record", "-o", str(profile),
                  "-f", {".json": "speedscope", ".txt": "raw"}.get(profile.suffix, "flamegraph"),
                  "-r", "200", "-p", str(worker.child.proc.pid),
                  *os.environ.get("PY_SPY_ARGS", "").split()],
@@ -544,7 +545,7 @@ def main() -> None:
     p.add_argument("--topic", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.profile is not None and shutil.which(_py_spy()) is None:
+    if args.profile is not None and py_spy() is None:
         p.error("--profile needs py-spy: pip install -e '.[bench]'")
     if args.child:
         faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out,

@@ -92,8 +92,8 @@ SIMULATION_ENGINE = EngineConfig(min_support=2.0, max_pairs=4, max_triples=3,
 #:
 #: - prior scale 30: seed 3 86.3 %, seed 5 87.3 %. With the per-bundle prior at 16 (as now)
 #:   it gained on all four seeds: 88.3 / 89.2 / 88.1 / 89.4 % on seeds 3 / 5 / 7 / 11 against
-#:   87.6 / 88.7 / 87.8 / 88.8 % (mean +0.5 points): measured last in a session, not yet made
-#:   the default (the README's simulator table and plot would need re-running with it);
+#:   87.6 / 88.7 / 87.8 / 88.8 % (mean +0.5 points); not the default yet: the README's
+#:   simulator table and plot are of these defaults and go with it;
 #: - at most 2 discounts of one bundle among the 8 shown while other bundles are left (more
 #:   bundles tried per offer): seed 3 86.4 %, seed 5 87.2 %, seed 11 87.2 %. The loss to
 #:   selection fell to 1.1-1.3 points on those seeds (3.1 on seed 7 with these defaults), but
