@@ -50,9 +50,10 @@ own rate, whatever discount and context it was shown in (the regression carries 
 sums forget with a memory of ``bundle_memory`` of the bundle's impressions, so the ratio
 follows drift; the table holds at most ``max_bundles`` keys (least recently learned
 forgotten first). A memory of 250 instead of 500 impressions did not follow the season change
-any sooner in the closed-loop simulator (100k impressions, share of the oracle after the
-change: seed 7 86.5 % against 86.2, seed 11 86.1 % against 86.5; overall 88.4 and 88.6 %
-against 88.1 and 89.4 %): not kept.
+any sooner in the closed-loop simulator (100k impressions, the policy's prior scale at 30, a
+3-hour co-purchase half-life; share of the oracle after the change: seed 7 86.5 % against
+86.2, seed 11 86.1 % against 86.5; overall 88.4 and 88.6 % against 88.1 and 89.4 %): not
+kept.
 
 **A prior worth 16 expected conversions, not 2** (``bundle_prior``). An anchor shows its
 favourite most of the time, so its other bundles have a conversion or two's worth of

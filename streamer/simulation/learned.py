@@ -60,11 +60,10 @@ MAX_OFFERS = 100_000
 #:   the loss to candidate generation, seed 7 3.0 and 2.2 points, seed 11 3.3 and 2.2;
 #: - 3 and 2 hours (at a support of 2, below): seed 3 88.3 and 89.6 %, seed 5 89.2 and
 #:   89.6 %, seed 7 88.1 and 89.2 %, seed 11 89.4 and 89.9 % (mean 88.75 and 89.6 %: every
-#:   seed up). The gain is after
-#:   the season change (seed 7 86.2 -> 88.5 %, seed 11 86.5 -> 88.0 %; back within 5 % of
-#:   its own pre-drift share after 14,183 impressions instead of 18,385 on seed 7), and the
-#:   shorter memory cost nothing before it on seed 7 (90.0 % both) and 0.4 points on seed 11
-#:   (91.9 -> 91.5 %);
+#:   seed up). The gain is after the season change (seed 7 86.2 -> 88.5 %, seed 11 86.5 ->
+#:   88.0 %; back within 5 % of its own pre-drift share after 14,183 impressions instead of
+#:   18,385 on seed 7), and the shorter memory cost nothing before it on seed 7 (90.0 %
+#:   both) and 0.4 points on seed 11 (91.9 -> 91.5 %);
 #: - 1.5 hours: seed 3 89.1 %, seed 5 90.0 %, seed 7 89.4 %, seed 11 90.1 % (mean 89.65 %,
 #:   against 89.6 % at 2 hours: -0.5, +0.4, +0.2, +0.2 points, no difference 4 seeds tell).
 #:
