@@ -127,8 +127,10 @@ def plain_counting() -> Callable[[bytes], None]:
 
 def engine_work() -> Callable[[bytes], None]:
     """streamer's codec and engine with the worker's default configuration, its state in
-    dicts of encoded values as the worker's tables hold them (``EncodedTable``), logging
-    each offer's decision and encoding it as the worker does to publish it."""
+    dicts of encoded values as the worker's tables hold them, written back as the worker
+    writes them (``WriteBuffer``: changed keys encoded once per commit interval, not on every
+    assignment), logging each offer's decision and encoding it as the worker does to publish
+    it."""
     from streamer.app.factory import engine_config
     from streamer.app.tables import EncodedTable
     from streamer.copurchase import Decayed, ItemStats
@@ -138,17 +140,24 @@ def engine_work() -> Callable[[bytes], None]:
     from streamer.settings import Settings
 
     decode = EventCodec().decode_purchase
-    config = engine_config(Settings())
+    settings = Settings()
+    config = engine_config(settings)
+    table: Any = EncodedTable
+    flush: Callable[[], Any] | None = None
+    with contextlib.suppress(ImportError):  # a checkout before write-back encoded per write
+        from streamer.app.tables import WriteBuffer
+
+        buffer = WriteBuffer()
+        table, flush = buffer.table, buffer.flush
     try:  # items hold ItemRecord (stats + the ids learned) where the engine has it
         from streamer.engine import ItemRecord
 
-        items: Any = EncodedTable({}, ItemRecord)
+        items: Any = table({}, ItemRecord)
         seen: Any = {}
     except ImportError:
-        items, seen = EncodedTable({}, ItemStats), EncodedTable({}, SeenId)
-    state = EngineState(items=items, counts=EncodedTable({}, Decayed),
-                        catalog=EncodedTable({}, float), offers=EncodedTable({}, BundleOffer),
-                        seen=seen)
+        items, seen = table({}, ItemStats), table({}, SeenId)
+    state = EngineState(items=items, counts=table({}, Decayed), catalog=table({}, float),
+                        offers=table({}, BundleOffer), seen=seen)
     try:  # the worker logs every offer's decision and encodes it to publish it
         import msgspec
 
@@ -164,8 +173,14 @@ def engine_work() -> Callable[[bytes], None]:
     except ImportError:  # a checkout before the decision ledger
         engine = Engine(config, state, Engine.v0_policy(config))
 
+    interval_s = settings.worker.commit_interval_s
+    flushed = [time.monotonic()]
+
     def work(value: bytes) -> None:
         engine.handle_purchase(decode(value))
+        if flush is not None and time.monotonic() - flushed[0] >= interval_s:
+            flush()  # the worker's offset commit writes its buffer back
+            flushed[0] = time.monotonic()
 
     return work
 
