@@ -65,7 +65,7 @@ import heapq
 import math
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -100,6 +100,9 @@ from streamer.policy import (
     Proposal,
     decision_actions,
 )
+
+if TYPE_CHECKING:  # river.drift takes a second to import: only where a monitor is made
+    from streamer.online import DriftMonitor
 
 
 class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
@@ -248,7 +251,10 @@ class Engine:
     ``conversion`` is the River conversion model the learned policy reads as a feature (a
     fresh one, answering its prior base rate, when not given); :meth:`learn_conversion` feeds it.
     ``decisions``: where the decision of every offer made is logged (:class:`OfferDecision`),
-    so feedback carries what the policy scored, not a rebuild at closing time.
+    so feedback carries what the policy scored, not a rebuild at closing time. ``drift``
+    watches the reward of each policy version as :meth:`learn_conversion` learns it; when it
+    sees a drift, the conversion model forgets most of its per-bundle history
+    (:meth:`ConversionModel.forget_bundles`). None: no watch (replay, evaluation).
     """
 
     def __init__(
@@ -259,6 +265,7 @@ class Engine:
         *,
         conversion: ConversionModel | None = None,
         decisions: DecisionSink | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.config = config
         #: Where each offer's decision is logged when the offer is made (None: not logged;
@@ -268,6 +275,9 @@ class Engine:
         self._policy = policy
         self._fallback = self.v0_policy(config)
         self.conversion = conversion if conversion is not None else ConversionModel()
+        self.drift = drift
+        #: Drifts seen on the reward streams :meth:`learn_conversion` watches.
+        self.reward_drifts = 0
         #: Decisions the live policy could not make (non-finite scores) and v0 made instead.
         self.policy_failures = 0
         #: Offers whose decision could not be logged (see :meth:`_log_decision`).
@@ -314,10 +324,12 @@ class Engine:
 
     @classmethod
     def in_memory(cls, config: EngineConfig | None = None, *,
-                  decisions: DecisionSink | None = None) -> Engine:
+                  decisions: DecisionSink | None = None,
+                  drift: DriftMonitor | None = None) -> Engine:
         """An engine on plain dicts with the v0 policy (replay, evaluation, tests)."""
         config = config or EngineConfig()
-        return cls(config, EngineState.in_memory(), cls.v0_policy(config), decisions=decisions)
+        return cls(config, EngineState.in_memory(), cls.v0_policy(config), decisions=decisions,
+                   drift=drift)
 
     @property
     def policy(self) -> Policy:
@@ -334,11 +346,21 @@ class Engine:
         return previous.version
 
     def learn_conversion(self, features: Mapping[str, float], converted: bool,
-                         clicked: bool | None = None) -> None:
+                         clicked: bool | None = None, *, reward: float | None = None,
+                         policy_version: str | None = None) -> bool:
         """Learn one closed impression (the shown variant's features, whether it converted,
         whether the offer was clicked when known) into the conversion model the learned
-        policy reads."""
+        policy reads. With ``reward`` and the ``policy_version`` that earned it, the
+        :attr:`drift` monitor watches that version's rewards: True when this one revealed a
+        drift, and the conversion model then forgot most of its per-bundle history."""
         self.conversion.learn_one(features, converted, clicked)
+        if self.drift is None or reward is None or policy_version is None:
+            return False
+        if not self.drift.observe_reward(policy_version, reward):
+            return False
+        self.conversion.forget_bundles()
+        self.reward_drifts += 1
+        return True
 
     def featurizer(self, now_ms: int, segment: str | None = None) -> DecisionFeaturizer:
         """The features of each (candidate, discount) at ``now_ms`` for ``segment`` (default:

@@ -80,6 +80,14 @@ class Metrics:
             ["process", "source"],
             registry=self.registry,
         )
+        self.reward_drifts = Counter(
+            "streamer_reward_drifts",
+            "Drifts detected on a policy version's reward stream (ADWIN) by the process whose "
+            "conversion model learns it: each made the model forget most of its per-bundle "
+            "history, and the trainer fine-tune early.",
+            ["process", "policy_version"],
+            registry=self.registry,
+        )
         self.unversioned_outcomes = Counter(
             "streamer_unversioned_outcomes",
             "Closed impressions whose offer was never found (no policy version to credit).",

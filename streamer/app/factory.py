@@ -66,6 +66,7 @@ from streamer.engine import (
 from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
+from streamer.online import DriftMonitor
 from streamer.rewards import ImpressionOutcome, learning_reward
 from streamer.settings import Settings
 
@@ -215,7 +216,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     # Every offer's decision, logged when it is made; the items agent publishes them with the
     # offers to <app>-decisions, which every worker reads (streamer.app.rewards_agents).
     decision_outbox = DecisionOutbox()
-    engine = Engine(config, state, Engine.v0_policy(config), decisions=decision_outbox)
+    engine = Engine(config, state, Engine.v0_policy(config), decisions=decision_outbox,
+                    drift=DriftMonitor())
     click_dedup = Deduplicator(
         buffer.table(seen_clicks_t, SeenId),
         ttl_ms=int(w.dedup_ttl_s * 1000),
@@ -246,8 +248,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     segments=engine.config.segments)
         except ValueError:
             return
-        engine.learn_conversion(logged.variant_features[logged.chosen], converted,
-                                outcome.clicked)
+        if engine.learn_conversion(logged.variant_features[logged.chosen], converted,
+                                   outcome.clicked, reward=reward,
+                                   policy_version=outcome.policy_version):
+            metrics.reward_drifts.labels("worker", outcome.policy_version).inc()
+            log.info("reward drift under %s: the conversion model forgot %.0f%% of its "
+                     "per-bundle history", outcome.policy_version,
+                     100 * (1 - engine.conversion.drift_keep))
 
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion)

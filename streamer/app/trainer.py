@@ -230,6 +230,9 @@ class FeedbackTrainer:
                       or (offer.policy_version if offer is not None
                           else _decision_field(record, "policy_version")))
         if self.drift.observe_reward(version, decision.reward):
+            # As the workers' models do on the same stream (Engine.learn_conversion).
+            self.conversion.forget_bundles()
+            self.metrics.reward_drifts.labels("trainer", version).inc()
             self.trainer.request_fine_tune(f"reward drift under {version}")
         self.buffered += 1
         return True

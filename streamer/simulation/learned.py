@@ -102,7 +102,8 @@ SIMULATION_ENGINE = EngineConfig(min_support=1.0, max_pairs=4, max_triples=3,
 #: 89.4 / 90.8 % and 90.9 / 91.1 / 90.0 / 90.9 % (mean 89.85 and 90.7 %: every seed up, by
 #: 1.5, 1.3, 0.6 and 0.1 points); seed 7's loss to exploration 1.4 -> 1.0 points, to ranking
 #: 5.5 -> 5.0. On two seeds none of these defaults were tuned on: seed 13 91.3 %, seed 17
-#: 88.5 % (after the season change on seed 17: 85.6 %).
+#: 88.5 % (after the season change on seed 17: 85.6 %; both before a reward drift reset the
+#: conversion model's per-bundle sums, see ``streamer/online/propensity.py``).
 #:
 #: **Prior scale 30, not 20.** With the conversion model's per-bundle prior at 16, near ties
 #: between variants stay near ties and a scale of 20 spread their probability; 30 gives the
@@ -152,8 +153,10 @@ class LearnedDecisions:
 
     Starts from ``policy`` (default :func:`initial_policy`); fine-tunes every
     ``every_records`` closed impressions once ``min_records`` are buffered, and early when
-    ADWIN sees the live version's reward stream drift (as the trainer process does); swaps in
-    each promoted version. ``fine_tunes`` keeps every result's metadata.
+    ADWIN sees the live version's reward stream drift (as the trainer process does; the
+    conversion model then forgets most of its per-bundle history, as the workers' and the
+    trainer's do: ``ConversionModel.forget_bundles``); swaps in each promoted version.
+    ``fine_tunes`` keeps every result's metadata.
 
     The default engine configuration (:data:`SIMULATION_ENGINE`) is chosen for the
     simulator's traffic, not from its truth: see there. ``segments`` (the shop's segment
@@ -200,7 +203,10 @@ class LearnedDecisions:
         # Twice the window: learn() revises offers (moving the log's clock) before it closes
         # the impressions of the same events.
         self.decisions = DecisionLog(retention_ms=2 * window_ms, capacity=MAX_OFFERS)
-        self.engine = Engine.in_memory(config, decisions=self.decisions)
+        # Watches each version's reward as the conversion model learns it (the worker's
+        # engine does too); a drift makes the model forget and the trainer fine-tune early.
+        self.drift = DriftMonitor()
+        self.engine = Engine.in_memory(config, decisions=self.decisions, drift=self.drift)
         self.live = policy or initial_policy(seed)
         self.engine.set_policy(self.live)
         self.trainer = PolicyTrainer(
@@ -219,7 +225,6 @@ class LearnedDecisions:
         self.fine_tunes: list[dict[str, Any]] = []
         #: Feedback whose logged decision was gone, rebuilt from the offer instead.
         self.rebuilt = 0
-        self.drift = DriftMonitor()
 
     def offer_for(self, anchor: str, segment: str, now_ms: int) -> BundleOffer | None:
         offer = self.engine.live_offer(anchor, segment, now_ms=now_ms)
@@ -251,10 +256,10 @@ class LearnedDecisions:
                                        conversion=self.engine.conversion,
                                        segments=self.engine.config.segments)
             self.trainer.add(decision)
-            if self.drift.observe_reward(offer.policy_version, reward):
+            if self.engine.learn_conversion(decision.variant_features[decision.chosen],
+                                            converted, outcome.clicked, reward=reward,
+                                            policy_version=offer.policy_version):
                 self.trainer.request_fine_tune(f"reward drift under {offer.policy_version}")
-            self.engine.learn_conversion(decision.variant_features[decision.chosen], converted,
-                                         outcome.clicked)
         if self.trainer.due(latest / 1000):
             result = self.trainer.fine_tune(self.live, latest / 1000)
             self.fine_tunes.append(result.metadata())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -320,3 +321,32 @@ def test_the_offer_purchase_weight_is_a_setting() -> None:
     assert engine_config(Settings()).offer_purchase_weight == 0.0
     settings = Settings(copurchase={"offer_purchase_weight": 0.5})
     assert engine_config(settings).offer_purchase_weight == 0.5
+
+
+def test_a_reward_drift_makes_the_conversion_model_forget_its_bundles() -> None:
+    from streamer.online import DecisionContext, DriftMonitor, variant_features
+
+    bundle = SimpleNamespace(items=("tea", "cup"), support=5.0, confidence=0.3, lift=2.0,
+                             score=0.3)
+    shown = variant_features(
+        bundle, 10.0,
+        DecisionContext(segment="all", ts_ms=T0, prices={"tea": 4.0, "cup": 2.0}))
+    rng = random.Random(2)
+    unwatched = Engine.in_memory()  # replay and evaluation: no monitor
+    engine = Engine.in_memory(drift=DriftMonitor())
+    prior = engine.conversion.bundle_prior
+    fired = []
+    for i in range(4000):  # the offers earn 6 a time on a fifth of impressions, then never
+        converted = i < 2000 and rng.random() < 0.2
+        reward = 6.0 * converted
+        unwatched.learn_conversion(shown, converted, reward=reward, policy_version="v1")
+        if engine.learn_conversion(shown, converted, reward=reward, policy_version="v1"):
+            fired.append(i)
+            assert engine.conversion.bundle_posterior(shown) == (prior, prior)  # forgotten
+        else:
+            assert engine.conversion.bundle_posterior(shown) != (prior, prior)
+    assert fired and 2000 <= fired[0] < 2400  # soon after the change, never before it
+    assert engine.reward_drifts == len(fired)
+    assert unwatched.reward_drifts == 0
+    # Without a reward (or a version) nothing is watched.
+    assert not engine.learn_conversion(shown, False)

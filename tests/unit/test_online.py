@@ -221,6 +221,39 @@ def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_dri
     assert model.bundle_ratio(unseen) == 1.0
 
 
+def test_after_a_drift_a_bundle_no_longer_shown_is_not_judged_by_the_old_season() -> None:
+    rng = random.Random(4)
+    model = ConversionModel(warmup=50, pool_item_sets=False)
+    context = DecisionContext(segment="all", ts_ms=0, prices={"a": 8.0, "b": 4.0, "c": 4.0})
+    good = variant_features(candidate(("a", "b")), 5.0, context)
+    bad = variant_features(candidate(("a", "c")), 5.0, context)
+    for _ in range(3000):
+        model.learn_one(good, rng.random() < 0.20)
+        model.learn_one(bad, rng.random() < 0.02)
+    # The season changes and the bad bundle, now the better one, is no longer shown: its
+    # sums decay only with its own impressions, so the old season's verdict would stay.
+    for _ in range(500):
+        model.learn_one(good, rng.random() < 0.05)
+    stale = model.bundle_ratio(bad)
+    assert stale < 0.4
+    assert model.bundle_ratio(bad) == stale  # nothing else moves it
+    regression = model._regression(bad)
+    observed, predicted = model._bundles["bundle:a+c"]
+    m = model.bundle_prior
+    model.forget_bundles(0.5)  # a share kept (ConversionModel(drift_keep=...))
+    assert model.bundle_ratio(bad) == pytest.approx((observed / 2 + m) / (predicted / 2 + m))
+    assert stale < model.bundle_ratio(bad) < 1.0
+    assert model._regression(bad) == regression  # the regression keeps what it learned
+    model.forget_bundles()  # what a reward drift does by default (Engine.learn_conversion)
+    assert model.drift_keep == 0.0
+    assert model.bundle_ratio(bad) == model.bundle_ratio(good) == 1.0
+    assert model._regression(bad) == regression
+    with pytest.raises(ValueError):
+        model.forget_bundles(1.5)
+    with pytest.raises(ValueError):
+        ConversionModel(drift_keep=-0.1)
+
+
 def test_clicks_then_purchases_learn_each_stage_and_the_product() -> None:
     rng = random.Random(5)
     model = ConversionModel(warmup=50)

@@ -166,6 +166,30 @@ def test_trainer_picks_the_cpu_without_a_gpu_and_records_it(
     assert core.next_job(now_s=2.0) is None  # triggers reset
 
 
+def test_a_reward_drift_makes_the_trainer_forget_bundles_and_fine_tune_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = FeedbackTrainer(TrainerSettings(min_records=100, every_records=100_000),
+                           base_version="v0-greedy")
+    engine = Engine.in_memory(CONFIG)
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    core.observe_offer(offer)
+    forgot: list[int] = []
+    monkeypatch.setattr(core.conversion, "forget_bundles",
+                        lambda keep=None: forgot.append(core.buffered))
+    records = bandit_records(3000, offer.offer_id)
+    for i, record in enumerate(records[:1500]):
+        assert core.observe_feedback(record)
+        assert not forgot, i  # a steady stream: no drift
+    assert core.trainer.due(0.0) is None
+    for record in records[1500:]:  # the offers stop earning
+        assert core.observe_feedback(record | {"reward": 0.0})
+    assert forgot and 1500 < forgot[0] < 2000
+    drifts = core.metrics.reward_drifts.labels("trainer", offer.policy_version)
+    assert drifts._value.get() == len(forgot)
+    assert core.trainer.due(0.0) is not None  # and fine-tunes early
+
+
 def test_feedback_waits_for_its_offer() -> None:
     core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
     engine = Engine.in_memory(CONFIG)
