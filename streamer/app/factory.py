@@ -67,7 +67,7 @@ from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
 from streamer.online import DriftMonitor
-from streamer.rewards import ImpressionOutcome, learning_reward
+from streamer.rewards import ImpressionOutcome, RewardAttribution, learning_reward
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,40 @@ class StreamerApp:
     rewards: RewardTracking
     buffer: WriteBuffer
     ready: bool = False
+
+
+def learn_outcome(engine: Engine, outcome: ImpressionOutcome, offer: BundleOffer | None,
+                  decision: OfferDecision | None, attribution: RewardAttribution) -> bool:
+    """Teach ``engine``'s conversion model one closed impression of this worker; True when its
+    reward revealed a drift of its policy version's rewards (the model then forgot its
+    per-bundle history: ``Engine.learn_conversion``).
+
+    The learned policy reads ``engine.conversion`` as a feature: it must learn from this
+    worker's outcomes, as the trainer's model learns from all feedback (the same features: the
+    logged decision's, else ``streamer.engine.logged_decision``'s rebuild), or serving and
+    training disagree. Labelled as the trainer labels it (``attribution``, the
+    ``policy.reward_attribution`` setting): by default a basket that merely held the bundle is
+    not a conversion of the offer. An outcome whose offer is unknown teaches nothing."""
+    if offer is None or not 0 <= outcome.variant < len(offer.variants):
+        return False
+    reward, converted = learning_reward(outcome, attribution)
+    try:
+        if decision is not None:  # the features the policy scored when it made the offer
+            logged = decision.logged(outcome.variant, outcome.propensity, reward)
+        else:  # rebuilt from the offer with today's prices (counted by publish_outcomes)
+            catalog = engine.state.catalog
+            prices = {i: p for v in offer.variants for i in v.items
+                      if (p := catalog.get(i)) is not None}
+            logged = logged_decision(
+                {"offer_id": outcome.offer_id, "variant": outcome.variant,
+                 "propensity": outcome.propensity, "reward": reward,
+                 "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
+                segments=engine.config.segments)
+    except ValueError:
+        return False
+    return engine.learn_conversion(logged.variant_features[logged.chosen], converted,
+                                   outcome.clicked, reward=reward,
+                                   policy_version=outcome.policy_version)
 
 
 def create_app(settings: Settings, *, metrics: Metrics | None = None) -> StreamerApp:
@@ -225,32 +259,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     )
     def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
                          decision: OfferDecision | None) -> None:
-        # The learned policy reads engine.conversion as a feature: it must learn from this
-        # worker's outcomes, as the trainer's model learns from all feedback (the same
-        # features: the logged decision's, else streamer.engine.logged_decision's rebuild), or
-        # serving and training disagree.
-        if offer is None or not 0 <= outcome.variant < len(offer.variants):
-            return
-        # Labelled as the trainer labels it (policy.reward_attribution): by default a basket
-        # that merely held the bundle is not a conversion of the offer.
-        reward, converted = learning_reward(outcome, settings.policy.reward_attribution)
-        try:
-            if decision is not None:  # the features the policy scored when it made the offer
-                logged = decision.logged(outcome.variant, outcome.propensity, reward)
-            else:  # rebuilt from the offer with today's prices (counted by publish_outcomes)
-                catalog = engine.state.catalog
-                prices = {i: p for v in offer.variants for i in v.items
-                          if (p := catalog.get(i)) is not None}
-                logged = logged_decision(
-                    {"offer_id": outcome.offer_id, "variant": outcome.variant,
-                     "propensity": outcome.propensity, "reward": reward,
-                     "ts": outcome.ts, "segment": outcome.segment}, offer, prices=prices,
-                    segments=engine.config.segments)
-        except ValueError:
-            return
-        if engine.learn_conversion(logged.variant_features[logged.chosen], converted,
-                                   outcome.clicked, reward=reward,
-                                   policy_version=outcome.policy_version):
+        if learn_outcome(engine, outcome, offer, decision, settings.policy.reward_attribution):
             metrics.reward_drifts.labels("worker", outcome.policy_version).inc()
             log.info("reward drift under %s: the conversion model forgot %.0f%% of its "
                      "per-bundle history", outcome.policy_version,

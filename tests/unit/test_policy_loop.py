@@ -190,6 +190,36 @@ def test_a_reward_drift_makes_the_trainer_forget_bundles_and_fine_tune_early(
     assert core.trainer.due(0.0) is not None  # and fine-tunes early
 
 
+def test_the_worker_resets_its_conversion_model_when_a_versions_reward_drifts() -> None:
+    from streamer.app.factory import learn_outcome
+    from streamer.online import DriftMonitor
+
+    engine = Engine.in_memory(CONFIG, drift=DriftMonitor())
+    offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
+    shown = offer.variants[0]
+    rng = np.random.default_rng(1)
+
+    def outcome(i: int, bought: bool) -> ImpressionOutcome:
+        paid = 10.0 * bought
+        return ImpressionOutcome(
+            impression_id=f"i{i}", ts=T0 + i, session_id="s", user_id="u",
+            offer_id=offer.offer_id, variant=0, propensity=shown.probability,
+            policy_version=offer.policy_version, anchor_item_id=offer.anchor_item_id,
+            segment=offer.segment, items=tuple(shown.items), discount_pct=shown.discount_pct,
+            clicked=bought, converted=bought, revenue=paid, reward=paid, purchase_ids=(),
+            attributed_at=T0 + i, late=False, attribution="offer" if bought else "none",
+            direct_revenue=paid, direct_reward=paid)
+
+    fired = [i for i in range(3000)  # the offer sells on a fifth of impressions, then never
+             if learn_outcome(engine, outcome(i, i < 1500 and rng.random() < 0.2), offer,
+                              None, "offer")]
+    assert fired and 1500 <= fired[0] < 1900
+    assert engine.reward_drifts == len(fired) and engine.conversion.n_learned == 3000
+    # An outcome whose offer the worker does not know teaches nothing.
+    assert not learn_outcome(engine, outcome(3000, True), None, None, "offer")
+    assert engine.conversion.n_learned == 3000
+
+
 def test_feedback_waits_for_its_offer() -> None:
     core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
     engine = Engine.in_memory(CONFIG)
