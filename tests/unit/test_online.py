@@ -198,16 +198,24 @@ def test_online_imports_neither_torch_nor_the_policy_package() -> None:
                 assert not name.startswith(("torch", "streamer.policy")), (path, name)
 
 
-def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_drift() -> None:
-    rng = random.Random(3)
-    model = ConversionModel(warmup=50, bundle_memory=300)
+def two_bundles_one_selling(
+    rng: random.Random, model: ConversionModel
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``a+b`` and ``a+c`` with equal evidence and prices (the regression alone cannot know
+    which one sells), shown 3000 times each: ``a+b`` converts at 20 %, ``a+c`` at 2 %."""
     context = DecisionContext(segment="all", ts_ms=0, prices={"a": 8.0, "b": 4.0, "c": 4.0})
     good = variant_features(candidate(("a", "b")), 5.0, context)
     bad = variant_features(candidate(("a", "c")), 5.0, context)
-    # Equal evidence and prices: the regression alone cannot know which one sells.
     for _ in range(3000):
         model.learn_one(good, rng.random() < 0.20)
         model.learn_one(bad, rng.random() < 0.02)
+    return good, bad
+
+
+def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_drift() -> None:
+    rng = random.Random(3)
+    model = ConversionModel(warmup=50, bundle_memory=300)
+    good, bad = two_bundles_one_selling(rng, model)
     assert model.predict_one(good) == pytest.approx(0.20, abs=0.04)
     assert model.predict_one(bad) == pytest.approx(0.02, abs=0.015)
     assert model.bundle_ratio(good) > 1.0 > model.bundle_ratio(bad)
@@ -217,6 +225,7 @@ def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_dri
         model.learn_one(bad, rng.random() < 0.20)
     assert model.predict_one(bad) > 3 * model.predict_one(good)
     # A bundle never shown keeps the regression's answer; the identity is not an input.
+    context = DecisionContext(segment="all", ts_ms=0, prices={"b": 4.0, "c": 4.0})
     unseen = variant_features(candidate(("b", "c")), 5.0, context)
     assert model.bundle_ratio(unseen) == 1.0
 
@@ -224,12 +233,7 @@ def test_the_bundle_correction_tells_equal_looking_bundles_apart_and_follows_dri
 def test_after_a_drift_a_bundle_no_longer_shown_is_not_judged_by_the_old_season() -> None:
     rng = random.Random(4)
     model = ConversionModel(warmup=50, pool_item_sets=False)
-    context = DecisionContext(segment="all", ts_ms=0, prices={"a": 8.0, "b": 4.0, "c": 4.0})
-    good = variant_features(candidate(("a", "b")), 5.0, context)
-    bad = variant_features(candidate(("a", "c")), 5.0, context)
-    for _ in range(3000):
-        model.learn_one(good, rng.random() < 0.20)
-        model.learn_one(bad, rng.random() < 0.02)
+    good, bad = two_bundles_one_selling(rng, model)
     # The season changes and the bad bundle, now the better one, is no longer shown: its
     # sums decay only with its own impressions, so the old season's verdict would stay.
     for _ in range(500):
