@@ -253,7 +253,7 @@ class Engine:
     ``decisions``: where the decision of every offer made is logged (:class:`OfferDecision`),
     so feedback carries what the policy scored, not a rebuild at closing time. ``drift``
     watches the reward of each policy version as :meth:`learn_conversion` learns it; when it
-    sees a drift, the conversion model forgets most of its per-bundle history
+    sees a drift, the conversion model forgets its per-bundle history
     (:meth:`ConversionModel.forget_bundles`). None: no watch (replay, evaluation).
     """
 
@@ -352,7 +352,7 @@ class Engine:
         whether the offer was clicked when known) into the conversion model the learned
         policy reads. With ``reward`` and the ``policy_version`` that earned it, the
         :attr:`drift` monitor watches that version's rewards: True when this one revealed a
-        drift, and the conversion model then forgot most of its per-bundle history."""
+        drift, and the conversion model then forgot its per-bundle history."""
         self.conversion.learn_one(features, converted, clicked)
         if self.drift is None or reward is None or policy_version is None:
             return False

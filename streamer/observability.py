@@ -83,8 +83,8 @@ class Metrics:
         self.reward_drifts = Counter(
             "streamer_reward_drifts",
             "Drifts detected on a policy version's reward stream (ADWIN) by the process whose "
-            "conversion model learns it: each made the model forget most of its per-bundle "
-            "history, and the trainer fine-tune early.",
+            "conversion model learns it: each made the model forget its per-bundle history "
+            "(ConversionModel.drift_keep), and the trainer fine-tune early.",
             ["process", "policy_version"],
             registry=self.registry,
         )

@@ -261,9 +261,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                          decision: OfferDecision | None) -> None:
         if learn_outcome(engine, outcome, offer, decision, settings.policy.reward_attribution):
             metrics.reward_drifts.labels("worker", outcome.policy_version).inc()
-            log.info("reward drift under %s: the conversion model forgot %.0f%% of its "
-                     "per-bundle history", outcome.policy_version,
-                     100 * (1 - engine.conversion.drift_keep))
+            log.info("reward drift under %s: the conversion model forgot its per-bundle "
+                     "history (kept %.0f%%)", outcome.policy_version,
+                     100 * engine.conversion.drift_keep)
 
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion)

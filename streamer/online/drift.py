@@ -6,7 +6,7 @@ values and cuts it when two sub-windows' means differ by more than a bound set b
 any scale (revenue per impression, a confidence in [0, 1]). A detected drift becomes a
 :class:`DriftAlarm` that the trainer loop collects with :meth:`DriftMonitor.poll` and answers
 by fine-tuning early (``PolicyTrainer.request_fine_tune``); a drift on the reward stream a
-conversion model learns from also makes it forget most of its per-bundle history (the
+conversion model learns from also makes it forget its per-bundle history (the
 trainer's, and each worker's engine, which watches the outcomes it learns:
 ``Engine.learn_conversion`` and ``ConversionModel.forget_bundles``). The number of streams is
 bounded: the least recently updated stream is forgotten first.

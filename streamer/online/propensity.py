@@ -68,7 +68,7 @@ reward stream as the engine feeds the model (``Engine.learn_conversion``, in eve
 in the trainer), the per-bundle and item-set sums are dropped (``drift_keep``: the share kept
 instead); the regressions keep what they learned, and every bundle starts again from their
 answer until its own new outcomes count. In the closed-loop simulator (seeds 7 and 17) the
-detector fired twice per run, right after the season change and some 6,000 impressions later.
+detector fired twice per run, right after the season change and 5,000-8,000 impressions later.
 Share of the oracle at 100k impressions (``benchmarks/simulate_baselines.py --impressions
 100000 --seed S --methods streamer_learned --decompose``), without the reset, keeping a quarter
 and keeping none: seed 3 90.9 / 91.1 / 91.1 %, seed 7 90.0 / 90.2 / 90.5 %, seed 17 88.5 /

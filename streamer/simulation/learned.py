@@ -154,7 +154,7 @@ class LearnedDecisions:
     Starts from ``policy`` (default :func:`initial_policy`); fine-tunes every
     ``every_records`` closed impressions once ``min_records`` are buffered, and early when
     ADWIN sees the live version's reward stream drift (as the trainer process does; the
-    conversion model then forgets most of its per-bundle history, as the workers' and the
+    conversion model then forgets its per-bundle history, as the workers' and the
     trainer's do: ``ConversionModel.forget_bundles``); swaps in each promoted version.
     ``fine_tunes`` keeps every result's metadata.
 
