@@ -67,8 +67,10 @@ the sums forget on evidence of a change: when ADWIN detects a drift in a policy 
 reward stream as the engine feeds the model (``Engine.learn_conversion``, in every worker and
 in the trainer), the per-bundle and item-set sums are dropped (``drift_keep``: the share kept
 instead); the regressions keep what they learned, and every bundle starts again from their
-answer until its own new outcomes count. In the closed-loop simulator (seeds 7 and 17) the
-detector fired twice per run, right after the season change and 5,000-8,000 impressions later.
+answer until its own new outcomes count. In the closed-loop simulator (seeds 5, 7, 11, 17)
+the detector fired right after the season change and again 4,000-8,000 impressions later, and
+on seed 5 once before it too (at 20k impressions, when a version's reward moved), which costs
+the evidence gathered so far.
 Share of the oracle at 100k impressions (``benchmarks/simulate_baselines.py --impressions
 100000 --seed S --methods streamer_learned --decompose``), without the reset, keeping a quarter
 and keeping none: seed 3 90.9 / 91.1 / 91.1 %, seed 7 90.0 / 90.2 / 90.5 %, seed 17 88.5 /
