@@ -203,10 +203,9 @@ class LearnedDecisions:
         # Twice the window: learn() revises offers (moving the log's clock) before it closes
         # the impressions of the same events.
         self.decisions = DecisionLog(retention_ms=2 * window_ms, capacity=MAX_OFFERS)
-        # Watches each version's reward as the conversion model learns it (the worker's
-        # engine does too); a drift makes the model forget and the trainer fine-tune early.
-        self.drift = DriftMonitor()
-        self.engine = Engine.in_memory(config, decisions=self.decisions, drift=self.drift)
+        # The engine watches each version's reward as its conversion model learns it (as a
+        # worker's does); a drift makes the model forget and the trainer fine-tune early.
+        self.engine = Engine.in_memory(config, decisions=self.decisions, drift=DriftMonitor())
         self.live = policy or initial_policy(seed)
         self.engine.set_policy(self.live)
         self.trainer = PolicyTrainer(

@@ -185,8 +185,10 @@ def test_a_reward_drift_makes_the_trainer_forget_bundles_and_fine_tune_early(
     for record in records[1500:]:  # the offers stop earning
         assert core.observe_feedback(record | {"reward": 0.0})
     assert forgot and 1500 < forgot[0] < 2000
-    drifts = core.metrics.reward_drifts.labels("trainer", offer.policy_version)
-    assert drifts._value.get() == len(forgot)
+    drifts = core.metrics.registry.get_sample_value(
+        "streamer_reward_drifts_total",
+        {"process": "trainer", "policy_version": offer.policy_version})
+    assert drifts == len(forgot)
     assert core.trainer.due(0.0) is not None  # and fine-tunes early
 
 
