@@ -31,6 +31,12 @@ Same broker, same fetch wait (``kafka.fetch_max_wait_ms``), same producer linger
 matching (``every-purchase``): what the produce -> broker -> fetch path costs on this machine
 before any of the worker's own work.
 
+The purchases' producer sends each millisecond tick's purchases at once, with linger 0 by
+default (``--producer-linger-ms``): each becomes a record batch of its own, the embedded
+broker's costliest case (``broker_fetch.py``). Besides the percentiles of the whole run, the
+p50 and p99 of each third of it (by produce time) are reported: a latency that grows from
+third to third while the worker keeps up is the broker's growing cost per fetch.
+
     PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --seconds 10 --json lat.json
     PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --offers defaults
     PYTHONPATH=. python benchmarks/latency.py --rates 2000 --pipeline relay
@@ -71,7 +77,7 @@ def purchase(i: int, ts: int, rng: random.Random, ids: list[str], cum: list[floa
 
 async def measure(bootstrap: str, settings: Any, rate: float, warmup_s: float, seconds: float,
                   drain_s: float, first_index: int, consumed: Any,
-                  wall_event_time: bool = False) -> dict[str, Any]:
+                  wall_event_time: bool = False, linger_ms: int = 0) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     rng = random.Random(first_index)
@@ -89,7 +95,7 @@ async def measure(bootstrap: str, settings: Any, rate: float, warmup_s: float, s
     await consumer.start()
     consumer.assign([TopicPartition(t.offers, p) for p in range(PARTITIONS)])
     await consumer.seek_to_end()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
     await producer.start()
 
     sent_at: dict[int, float] = {}  # event index -> produce time (measured part only)
@@ -170,6 +176,17 @@ async def measure(bootstrap: str, settings: Any, rate: float, warmup_s: float, s
         q = statistics.quantiles(latencies, n=100, method="inclusive")
         out |= {"p50_ms": statistics.median(latencies), "p90_ms": q[89], "p99_ms": q[98],
                 "max_ms": max(latencies)}
+        # By produce time, the measured part in thirds: a latency that grows as the topics
+        # fill is the broker's (benchmarks/broker_fetch.py), not a backlog of the worker's.
+        first_sent = min(sent_at.values())
+        span = (measured_end - first_sent) or 1.0
+        thirds: list[list[float]] = [[], [], []]
+        for (idx, _), latency in zip(matched, latencies, strict=True):
+            thirds[min(2, int(3 * (sent_at[idx] - first_sent) / span))].append(latency)
+        out["p50_by_third_ms"] = [statistics.median(x) if x else None for x in thirds]
+        out["p99_by_third_ms"] = [
+            statistics.quantiles(x, n=100, method="inclusive")[98] if len(x) > 1 else None
+            for x in thirds]
     return out
 
 
@@ -242,6 +259,9 @@ def main() -> None:
                    help="offer settings (see the module doc)")
     p.add_argument("--pipeline", choices=("worker", "relay"), default="worker",
                    help="measure streamer's worker, or the broker path's floor (module doc)")
+    p.add_argument("--producer-linger-ms", type=int, default=0,
+                   help="linger of the purchases' producer (the storefront's; default 0: "
+                        "each tick's purchases are their own record batches)")
     args = p.parse_args()
     defaults = args.offers == "defaults"
     if args.pipeline == "relay" and defaults:
@@ -283,7 +303,8 @@ def main() -> None:
                     time.sleep(0.2)  # waiting for the group to form
                 res = asyncio.run(measure(broker.bootstrap, settings, rate, args.warmup,
                                           args.seconds, args.drain, n * 10_000_000,
-                                          worker.consumed, wall_event_time=defaults))
+                                          worker.consumed, wall_event_time=defaults,
+                                          linger_ms=args.producer_linger_ms))
                 res["worker_consumed"] = worker.consumed()
                 res["offers_settings"] = args.offers
                 res["pipeline"] = args.pipeline
@@ -298,7 +319,10 @@ def main() -> None:
                     f"{res['offers']} offers")
             if "p50_ms" in res:
                 line += (f"; p50 {res['p50_ms']:.1f} ms, p90 {res['p90_ms']:.1f} ms, "
-                         f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.0f} ms")
+                         f"p99 {res['p99_ms']:.1f} ms, max {res['max_ms']:.0f} ms; p99 by "
+                         "third of the run " + " / ".join(
+                             "-" if x is None else f"{x:.0f}" for x in res["p99_by_third_ms"])
+                         + " ms")
             print(line, flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

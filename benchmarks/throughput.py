@@ -14,7 +14,12 @@ spread over all of them), the rate at which each consumer gets through the same 
 - ``naive_peer``: a faust agent with default settings decoding JSON and updating one Table
   per event;
 - ``streamer``: ``streamer worker`` as a subprocess doing its full work (decode, dead-letter
-  check, reward attribution, fan-out on the item-baskets topic, co-purchase tables, offers).
+  check, reward attribution, fan-out on the item-baskets topic, co-purchase tables, offers);
+- ``streamer_no_engine``: the same worker with the items agent's engine call
+  (``Engine.learn_baskets``: co-purchase learning, offer revision, decision logging) replaced
+  by a no-op: what everything around the engine costs (faust's delivery, both hops through the
+  broker, de-duplication, fan-out, attribution, commits), the rate streamer would reach if the
+  engine cost nothing.
 
 Rates are events/s from the first event consumed to the last one done (faust children time
 themselves in their agent; streamer's worker is polled on ``/stats/`` every 100 ms for its
@@ -57,7 +62,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 TS0 = 1_700_000_000_000
-MODES = ("ceiling", "plain_loop", "engine_loop", "faust_noop", "naive_peer", "streamer")
+MODES = ("ceiling", "plain_loop", "engine_loop", "faust_noop", "naive_peer", "streamer",
+         "streamer_no_engine")
+#: ``streamer_no_engine``'s worker: ``streamer worker`` with Engine.learn_baskets a no-op.
+NO_ENGINE = ("import sys; from streamer.engine import Engine; "
+             "Engine.learn_baskets = lambda self, baskets: ([], 0); "
+             "from streamer.cli import main; sys.argv[0] = 'streamer'; main()")
 RUN_TIMEOUT_S = 240.0
 
 
@@ -378,7 +388,8 @@ def _get(url: str) -> bytes:
 
 class StreamerWorker:
     def __init__(self, settings: Any, workdir: Path, extra_env: dict[str, str],
-                 web_port: int | None = None, code: Path | None = None) -> None:
+                 web_port: int | None = None, code: Path | None = None,
+                 engine: bool = True) -> None:
         if web_port is not None:
             settings = settings.model_copy(update={"worker": settings.worker.model_copy(
                 update={"web_port": web_port})})
@@ -387,7 +398,8 @@ class StreamerWorker:
         env = settings_env(settings, extra_env)
         if code is not None:  # another checkout's streamer (``-m`` puts the cwd first too)
             env["PYTHONPATH"] = str(code)
-        self.child = Child([sys.executable, "-m", "streamer", "worker"], env,
+        program = ["-m", "streamer"] if engine else ["-c", NO_ENGINE]
+        self.child = Child([sys.executable, *program, "worker"], env,
                            workdir / f"worker-{settings.worker.app_id}.log", cwd=code)
 
     def cpu_s(self) -> float:
@@ -482,12 +494,13 @@ def py_spy() -> str | None:
 
 def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  extra_env: dict[str, str], profile: Path | None = None,
-                 code: Path | None = None, baskets: int | None = None) -> float:
+                 code: Path | None = None, baskets: int | None = None,
+                 engine: bool = True) -> float:
     from streamer.app.worker import ensure_topics
 
     settings = worker_settings(bootstrap, topic, workdir)
     asyncio.run(ensure_topics(settings))
-    worker = StreamerWorker(settings, workdir, extra_env, code=code)
+    worker = StreamerWorker(settings, workdir, extra_env, code=code, engine=engine)
     spy = None
     try:
         if profile is not None:
@@ -605,12 +618,12 @@ def main() -> None:
                     profile = args.profile if rep == 0 and mode == "streamer" else None
                     code = args.ref.resolve() if mode == "streamer_ref" else None
                     eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
-                                       code, baskets)
+                                       code, baskets, engine=mode != "streamer_no_engine")
                     CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
                 results[mode].append(eps)
                 cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
                        if mode.startswith("streamer") else "")
-                print(f"  repeat {rep + 1}: {mode:<12} {eps:>11,.0f} events/s{cpu}", flush=True)
+                print(f"  repeat {rep + 1}: {mode:<18} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
         if args.workers > 1:
             for _ in range(args.repeats):
@@ -624,19 +637,23 @@ def main() -> None:
     print(f"\nmedians over {args.repeats} repeats, {n} events:")
     for m, v in med.items():
         runs = ", ".join(f"{x:,.0f}" for x in results[m])
-        print(f"  {m:<12} {v:>11,.0f} events/s   (runs: {runs})")
+        print(f"  {m:<18} {v:>11,.0f} events/s   (runs: {runs})")
     ratios: dict[str, float] = {}
     if "streamer" in med:
         for base in ("streamer_ref", "naive_peer", "faust_noop", "engine_loop", "plain_loop",
                      "ceiling"):
             if base in med:
                 ratios[f"streamer/{base}"] = med["streamer"] / med[base]
+    if "streamer_no_engine" in med:
+        for base in ("naive_peer", "faust_noop"):
+            if base in med:
+                ratios[f"streamer_no_engine/{base}"] = med["streamer_no_engine"] / med[base]
     if "faust_noop" in med and "naive_peer" in med:
         ratios["naive_peer/faust_noop"] = med["naive_peer"] / med["faust_noop"]
     goals = {"streamer/naive_peer": 3.0, "streamer/faust_noop": 0.8}
     for name, r in ratios.items():
         goal = f"   (goal >= {goals[name]})" if name in goals else ""
-        print(f"  {name:<22} {r:6.2f}x{goal}")
+        print(f"  {name:<32} {r:6.2f}x{goal}")
     out: dict[str, Any] = {"events": n}
     for m in modes:
         out[f"{m}_eps"] = med[m]
@@ -649,6 +666,11 @@ def main() -> None:
     if "streamer" in med:
         out["streamer_cpu_us_per_event"] = statistics.median(CPU_BY_MODE["streamer"])
         print(f"  streamer worker CPU: {out['streamer_cpu_us_per_event']:,.0f} us/event (median)")
+    if "streamer_no_engine" in CPU_BY_MODE:
+        out["streamer_no_engine_cpu_us_per_event"] = statistics.median(
+            CPU_BY_MODE["streamer_no_engine"])
+        print(f"  streamer_no_engine worker CPU: "
+              f"{out['streamer_no_engine_cpu_us_per_event']:,.0f} us/event (median)")
     if "streamer_ref" in CPU_BY_MODE:
         out["streamer_ref_cpu_us_per_event"] = statistics.median(CPU_BY_MODE["streamer_ref"])
         print(f"  streamer_ref worker CPU: {out['streamer_ref_cpu_us_per_event']:,.0f} us/event "
