@@ -35,6 +35,13 @@ archive`` of the commit before a change), interleaved with ``streamer``: a befor
 run. ``--workers 2`` also measures two streamer workers against one (events produced after the
 workers joined, for both), ``--only`` restricts the modes, and ``--worker-env K=V`` passes
 settings to the streamer worker (e.g. ``STREAMER__WORKER__LOG_LEVEL=warning``).
+
+The embedded broker slows down as it fills (``broker_fetch.py``): run after run, streamer's
+worker, which sends two messages' worth of traffic through it per purchase (item baskets,
+changelogs, offers), got slower on the one broker (9.3k events/s on the first of 6 runs, 6.5k
+on the last, alone on the machine). ``--fresh-broker`` gives every run a broker of its own,
+the events produced into it first: the same broker software and settings, without one run's
+leftovers weighing on the next.
 """
 
 from __future__ import annotations
@@ -563,6 +570,10 @@ def main() -> None:
     p.add_argument("--ref", type=Path, default=None, metavar="DIR",
                    help="also run the worker of another checkout (e.g. `git archive` of the "
                         "commit before a change) as mode streamer_ref, interleaved")
+    p.add_argument("--fresh-broker", action="store_true",
+                   help="a fresh broker (the events produced into it) for every run, instead "
+                        "of one for the whole benchmark: the embedded broker slows down as "
+                        "it fills (benchmarks/broker_fetch.py)")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="event loop of the faust children (noop and naive peer)")
     p.add_argument("--profile", type=Path, default=None,
@@ -589,37 +600,54 @@ def main() -> None:
     extra_env = dict(kv.split("=", 1) for kv in args.worker_env)
     n = args.events
     results: dict[str, list[float]] = {m: [] for m in modes}
+    events = make_purchases(n)
+    baskets = item_baskets(events)
+    sizes = [len(v) for _, v in events]
+
+    def run_mode(mode: str, rep: int, broker: Any, topic: str, workdir: Path,
+                 baskets: int) -> float:
+        if mode == "ceiling":
+            eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, None))
+        elif mode == "plain_loop":
+            eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, plain_counting()))
+        elif mode == "engine_loop":
+            eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, engine_work()))
+        elif mode in ("faust_noop", "naive_peer"):
+            eps = run_faust_child(mode, broker.bootstrap, topic, n, workdir, args.loop)
+        else:
+            profile = args.profile if rep == 0 and mode == "streamer" else None
+            code = args.ref.resolve() if mode == "streamer_ref" else None
+            eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
+                               code, baskets, engine=mode != "streamer_no_engine")
+            CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
+        return eps
+
+    @contextlib.contextmanager
+    def loaded_broker(workdir: Path, name: str) -> Any:
+        """A broker (``name`` for its log) holding the events in a fresh topic."""
+        with EmbeddedBroker(log_path=workdir / f"broker-{name}.log") as broker:
+            topic = f"purchases-bench-{uuid.uuid4().hex[:8]}"
+            asyncio.run(create_topics(broker.bootstrap, [topic], partitions=PARTITIONS))
+            produced = asyncio.run(produce(broker.bootstrap, topic, events))
+            if name == "shared" or not args.fresh_broker:
+                print(f"{n} purchases ({statistics.mean(sizes):.0f} B mean) produced at "
+                      f"{produced:,.0f}/s to {topic} ({PARTITIONS} partitions) on "
+                      f"{broker.bootstrap}" + (", a fresh broker per run" if args.fresh_broker
+                                               else ""))
+            yield broker, topic
+
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, \
-            EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
+            loaded_broker(Path(tmp), "shared") as (shared, shared_topic):
         workdir = Path(tmp)
-        topic = f"purchases-bench-{uuid.uuid4().hex[:8]}"
-        asyncio.run(create_topics(broker.bootstrap, [topic], partitions=PARTITIONS))
-        events = make_purchases(n)
-        baskets = item_baskets(events)
-        produced = asyncio.run(produce(broker.bootstrap, topic, events))
-        sizes = [len(v) for _, v in events]
-        print(f"{n} purchases ({statistics.mean(sizes):.0f} B mean) produced at "
-              f"{produced:,.0f}/s to {topic} ({PARTITIONS} partitions) on {broker.bootstrap}")
         for rep in range(args.repeats):
             # Every other repeat runs the modes in reverse: whatever runs first or later in a
             # repeat (the broker's state grows with every run's changelogs) is not always the
             # same mode. Measured before: with streamer_ref always just before streamer, the
             # same pair of checkouts read 0.88-0.91x one way round and 0.94x the other.
             for mode in modes if rep % 2 == 0 else modes[::-1]:
-                if mode == "ceiling":
-                    eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, None))
-                elif mode == "plain_loop":
-                    eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, plain_counting()))
-                elif mode == "engine_loop":
-                    eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, engine_work()))
-                elif mode in ("faust_noop", "naive_peer"):
-                    eps = run_faust_child(mode, broker.bootstrap, topic, n, workdir, args.loop)
-                else:
-                    profile = args.profile if rep == 0 and mode == "streamer" else None
-                    code = args.ref.resolve() if mode == "streamer_ref" else None
-                    eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
-                                       code, baskets, engine=mode != "streamer_no_engine")
-                    CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
+                with (loaded_broker(workdir, f"{mode}-{rep}") if args.fresh_broker
+                      else contextlib.nullcontext((shared, shared_topic))) as (broker, topic):
+                    eps = run_mode(mode, rep, broker, topic, workdir, baskets)
                 results[mode].append(eps)
                 cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
                        if mode.startswith("streamer") else "")
@@ -628,7 +656,9 @@ def main() -> None:
         if args.workers > 1:
             for _ in range(args.repeats):
                 for w in (1, args.workers):
-                    eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
+                    with (EmbeddedBroker(log_path=workdir / f"broker-scaled-{w}-{_}.log")
+                          if args.fresh_broker else contextlib.nullcontext(shared)) as broker:
+                        eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
                     scaled.setdefault(w, []).append(eps)
                     print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
                           f"  ({CPU_US.pop():,.0f} us CPU/event, all workers)", flush=True)
@@ -654,7 +684,7 @@ def main() -> None:
     for name, r in ratios.items():
         goal = f"   (goal >= {goals[name]})" if name in goals else ""
         print(f"  {name:<32} {r:6.2f}x{goal}")
-    out: dict[str, Any] = {"events": n}
+    out: dict[str, Any] = {"events": n, "fresh_broker": args.fresh_broker}
     for m in modes:
         out[f"{m}_eps"] = med[m]
     if scaled:
