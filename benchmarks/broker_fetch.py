@@ -9,13 +9,16 @@ other benchmark here. This measures it alone, with plain aiokafka clients, no st
   ``linger_ms=0`` writes at a low rate, or a worker's hop sends its small batches) or
   ``batched`` (sent together with ``linger_ms=5``: a few large record batches);
 - after each chunk, the median over ``--fetches`` fetches of the partition's last record
-  (seek to it, ``getmany``) and of one more record's produce round trip.
+  (seek to it, ``getmany``; a fetch unanswered within 5 s counts as infinite, ``null`` in the
+  JSON) and of one more record's produce round trip (in ``batched`` mode it includes the
+  5 ms linger).
 
-What the latency benchmark (``latency.py``) sees follows from the ``single`` column: on the
+What the latency benchmark (``latency.py``) sees follows from the ``single`` rows: on the
 memory engine a fetch costs time in proportion to the record batches already in the
 partition, whatever offset it asks for, while the same records in large batches cost little.
+A mode stops once no fetch is answered any more.
 
-    PYTHONPATH=. python benchmarks/broker_fetch.py --chunk 5000 --chunks 7 --json fetch.json
+    PYTHONPATH=. python benchmarks/broker_fetch.py --chunk 5000 --chunks 8 --json fetch.json
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ async def measure(bootstrap: str, mode: str, chunk: int, chunks: int,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--chunk", type=int, default=5000, help="records produced per step")
-    p.add_argument("--chunks", type=int, default=7, help="steps")
+    p.add_argument("--chunks", type=int, default=8, help="steps")
     p.add_argument("--fetches", type=int, default=20, help="fetches timed per step (median)")
     p.add_argument("--modes", default="batched,single")
     p.add_argument("--json", type=Path, default=None)
@@ -119,11 +122,18 @@ def main() -> None:
     print("\nfetch of the last record, first step -> last step (medians):")
     for mode, mode_rows in by_mode.items():
         first, last = mode_rows[0], mode_rows[-1]
-        growth = last["fetch_last_ms"] / first["fetch_last_ms"]
-        print(f"  {mode:8s} {first['fetch_last_ms']:.2f} ms at {first['records']:,} records -> "
-              f"{last['fetch_last_ms']:.2f} ms at {last['records']:,} ({growth:.1f}x)")
+        answered = [r for r in mode_rows if r["fetch_last_ms"] != float("inf")]
+        end = answered[-1] if answered else first
+        line = (f"  {mode:8s} {first['fetch_last_ms']:.2f} ms at {first['records']:,} records "
+                f"-> {end['fetch_last_ms']:.2f} ms at {end['records']:,} "
+                f"({end['fetch_last_ms'] / first['fetch_last_ms']:.1f}x)")
+        if end is not last:
+            line += f"; unanswered at {last['records']:,}"
+        print(line)
     if args.json is not None:
-        args.json.write_text(json.dumps({"chunk": args.chunk, "rows": rows}, indent=1))
+        finite = [{k: (None if v == float("inf") else v) for k, v in row.items()}
+                  for row in rows]
+        args.json.write_text(json.dumps({"chunk": args.chunk, "rows": finite}, indent=1))
         print(f"wrote {args.json}")
 
 

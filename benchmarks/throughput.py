@@ -604,8 +604,7 @@ def main() -> None:
     baskets = item_baskets(events)
     sizes = [len(v) for _, v in events]
 
-    def run_mode(mode: str, rep: int, broker: Any, topic: str, workdir: Path,
-                 baskets: int) -> float:
+    def run_mode(mode: str, rep: int, broker: Any, topic: str, workdir: Path) -> float:
         if mode == "ceiling":
             eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, None))
         elif mode == "plain_loop":
@@ -647,16 +646,16 @@ def main() -> None:
             for mode in modes if rep % 2 == 0 else modes[::-1]:
                 with (loaded_broker(workdir, f"{mode}-{rep}") if args.fresh_broker
                       else contextlib.nullcontext((shared, shared_topic))) as (broker, topic):
-                    eps = run_mode(mode, rep, broker, topic, workdir, baskets)
+                    eps = run_mode(mode, rep, broker, topic, workdir)
                 results[mode].append(eps)
                 cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
                        if mode.startswith("streamer") else "")
                 print(f"  repeat {rep + 1}: {mode:<18} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
         if args.workers > 1:
-            for _ in range(args.repeats):
+            for rep in range(args.repeats):
                 for w in (1, args.workers):
-                    with (EmbeddedBroker(log_path=workdir / f"broker-scaled-{w}-{_}.log")
+                    with (EmbeddedBroker(log_path=workdir / f"broker-scaled-{w}-{rep}.log")
                           if args.fresh_broker else contextlib.nullcontext(shared)) as broker:
                         eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
                     scaled.setdefault(w, []).append(eps)
