@@ -30,10 +30,11 @@ is cancelled there, as an agent iterating its stream is.
 Measured (``PYTHONPATH=. python benchmarks/throughput.py --only streamer --ref DIR``, the
 previous version, which fed a buffer from the stream's iterator, in ``DIR``; 20,000
 purchases, medians of 5 interleaved repeats): 156 vs 175 us of worker CPU per event, 5,989 vs
-4,789 events/s. Tried: handing over what the queue held right after the first event, without
-the linger; batches then stayed small under load and the worker spent 20% more CPU per event
-than before (207 vs 172 us); before that, in the iterator-fed version, sending an event that
-finds the agent idle at once cost 27% more CPU per purchase (267 vs 210 us).
+4,789 events/s; in a second run (``--fresh-broker``) 142 vs 153 us, 5,706 vs 5,135 events/s:
+7-11 % less CPU per event. Tried: handing over what the queue held right after the first
+event, without the linger; batches then stayed small under load and the worker spent 20% more
+CPU per event than before (207 vs 172 us); before that, in the iterator-fed version, sending
+an event that finds the agent idle at once cost 27% more CPU per purchase (267 vs 210 us).
 """
 
 from __future__ import annotations
