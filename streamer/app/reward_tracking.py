@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from msgspec import Struct
 
@@ -308,6 +308,9 @@ class RewardTracker:
         self.outcome_dedup = Deduplicator(seen_outcomes, ttl_ms=config.outcome_dedup_ttl_ms,
                                           capacity=config.dedup_capacity)
         self._partitions: dict[int, _Partition] = {}
+        # One counter child per attribution status: labels() takes a lock and builds a key
+        # on every call (~0.9 us), and observe() counts every click and purchase.
+        self._observed: dict[str, Any] = {}
 
     def _partition(self, p: int, wall_ms: int) -> _Partition:
         part = self._partitions.get(p)
@@ -344,7 +347,10 @@ class RewardTracker:
         """Attribute one event; return the impressions whose windows closed meanwhile."""
         part = self._partition(partition, wall_ms)
         status = part.attributor.observe(event)
-        self.metrics.attribution_events.labels(status).inc()
+        counter = self._observed.get(status)
+        if counter is None:
+            counter = self._observed[status] = self.metrics.attribution_events.labels(status)
+        counter.inc()
         if status in ("late_applied", "too_late"):
             self.metrics.late_events.labels("attribution", status).inc()
         part.attribution_clock.seen(event.ts, wall_ms)
