@@ -1,5 +1,7 @@
 """streamer.app.batching.take_batches: faust's take_events semantics (batches of at most max_,
-acks after the body) without waking while idle."""
+acks after the body) taken straight off the channel queue, with what faust's stream iterator
+does per event kept (generation check, pending-ack tracking, processors, end of channel) and
+no wake-up while idle."""
 
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ def run_agent(max_: int, within: float, scenario: Any) -> list[list[int]]:
     batches: list[list[int]] = []
     acked_in_body: list[bool] = []
     gate = asyncio.Event()
-
     ended: list[bool] = []
 
     @app.agent()
