@@ -22,10 +22,8 @@ raced it: that is the outcome the stock race gives too (its tasks run the same s
 callback done in its first step is done whatever the suspend event says). If the callback
 suspends instead (on a full queue, suspended flow, a producer buffer over its limit), the rest of
 it runs in a task that races ``suspend_flow`` through the very same ``wait_first`` call as stock
-faust, so the blocking cases keep stock semantics. After an inline delivery the loop goes on to
-the next message without yielding to the event loop; faust's loop itself yields once every 100
-messages, which gives timers, web requests and the agents their turn (see
-:meth:`FastConsumer._deliver`).
+faust, so the blocking cases keep stock semantics. After an inline delivery the loop still
+yields to the event loop once, as the stock delivery does (see :meth:`FastConsumer._deliver`).
 
 **Seeks.** The copy also fixes a race of stock faust's loop that loses records or stalls a
 partition after recovery or a rebalance (issue 6: a worker SIGKILLed and restarted, or a group
@@ -375,25 +373,19 @@ class FastConsumer(faust_aiokafka.Consumer):
         Runs the callback's first step inline; if it suspends, hands the rest to the stock
         race against ``suspend_flow`` (and the consumer stopping or crashing). Exceptions of the
         callback propagate as they do from ``wait_first``.
-
-        A delivery done inline does not yield to the event loop. The stock delivery does (its
-        ``wait_first`` always does), which paced it to agents that take one event per loop
-        iteration (faust's stream iterator sleeps 0 before each): a loop that delivered faster
-        filled their queues and then blocked on every delivery. streamer's batch agents take
-        what their queue holds at once (:mod:`streamer.app.batching`), so that pacing only cost
-        a turn of the event loop per message: 146 vs 116 us of worker CPU per event, 5,674 vs
-        7,725 events/s with it (``benchmarks/throughput.py --only streamer --ref DIR``, medians
-        of 5 interleaved repeats; 164 vs 122 us with ``--fresh-broker``). An agent that takes one
-        event at a time (the reward ledger's) still gets its turn every 100 messages, when
-        faust's loop yields; its queue fills in a long burst, and deliveries to it then block as
-        they would in stock faust.
         """
         coro: Any = callback(message)
         if type(coro) is types.CoroutineType:  # anything else takes the stock path as it is
             try:
                 pending = coro.send(None)
             except StopIteration:
-                return  # delivered without yielding: nothing could have raced it
+                # Delivered without yielding: nothing could have raced it. Yield once anyway,
+                # as the stock delivery does: agents take one event per loop iteration (their
+                # stream iterator sleeps 0 before each), so a loop that delivered faster would
+                # fill their queues and then block on every delivery; and timers, web
+                # requests and heartbeats get their turn between messages as they did.
+                await asyncio.sleep(0)
+                return
             self.suspended_deliveries += 1
             coro = _Continuation(coro, pending)
         await self.wait_first(coro, self.suspend_flow.wait())
