@@ -621,6 +621,8 @@ def main() -> None:
             CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
         return eps
 
+    announced: list[bool] = []
+
     @contextlib.contextmanager
     def loaded_broker(workdir: Path, name: str) -> Any:
         """A broker (``name`` for its log) holding the events in a fresh topic."""
@@ -628,24 +630,32 @@ def main() -> None:
             topic = f"purchases-bench-{uuid.uuid4().hex[:8]}"
             asyncio.run(create_topics(broker.bootstrap, [topic], partitions=PARTITIONS))
             produced = asyncio.run(produce(broker.bootstrap, topic, events))
-            if name == "shared" or not args.fresh_broker:
+            if not announced:
+                announced.append(True)
                 print(f"{n} purchases ({statistics.mean(sizes):.0f} B mean) produced at "
                       f"{produced:,.0f}/s to {topic} ({PARTITIONS} partitions) on "
                       f"{broker.bootstrap}" + (", a fresh broker per run" if args.fresh_broker
                                                else ""))
             yield broker, topic
 
-    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp, \
-            loaded_broker(Path(tmp), "shared") as (shared, shared_topic):
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="bench-throughput-")))
+        # One broker for every run, unless each run gets its own (--fresh-broker).
+        shared = None if args.fresh_broker else stack.enter_context(
+            loaded_broker(workdir, "shared"))
+
+        def broker_for(name: str) -> Any:
+            return loaded_broker(workdir, name) if shared is None else \
+                contextlib.nullcontext(shared)
+
         for rep in range(args.repeats):
             # Every other repeat runs the modes in reverse: whatever runs first or later in a
             # repeat (the broker's state grows with every run's changelogs) is not always the
             # same mode. Measured before: with streamer_ref always just before streamer, the
             # same pair of checkouts read 0.88-0.91x one way round and 0.94x the other.
             for mode in modes if rep % 2 == 0 else modes[::-1]:
-                with (loaded_broker(workdir, f"{mode}-{rep}") if args.fresh_broker
-                      else contextlib.nullcontext((shared, shared_topic))) as (broker, topic):
+                with broker_for(f"{mode}-{rep}") as (broker, topic):
                     eps = run_mode(mode, rep, broker, topic, workdir)
                 results[mode].append(eps)
                 cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
@@ -655,8 +665,9 @@ def main() -> None:
         if args.workers > 1:
             for rep in range(args.repeats):
                 for w in (1, args.workers):
+                    # run_scaled produces into a topic of its own: no events to preload.
                     with (EmbeddedBroker(log_path=workdir / f"broker-scaled-{w}-{rep}.log")
-                          if args.fresh_broker else contextlib.nullcontext(shared)) as broker:
+                          if shared is None else contextlib.nullcontext(shared[0])) as broker:
                         eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
                     scaled.setdefault(w, []).append(eps)
                     print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
