@@ -631,10 +631,14 @@ def baskets_of(orders: Sequence[PurchaseEvent]) -> int:
 
 
 def kill_when(victim: Worker, progress: Callable[[], float], at: float,
-              timeout_s: float, what: str) -> int:
-    """SIGKILL ``victim`` once ``progress()`` grew by ``at``; returns the growth seen at the
-    last poll before the kill."""
-    start = progress()
+              timeout_s: float, what: str, *, start: float) -> int:
+    """SIGKILL ``victim`` once ``progress()`` grew by ``at`` from ``start``; returns the growth
+    seen at the last poll before the kill.
+
+    ``start`` is read *before* the events that make progress are produced: read after, a fast
+    group may already have done most of the chunk, and the point to kill at never comes (a
+    2-worker run consumed the whole chunk between the production and the baseline, and the
+    harness timed out waiting for 200 more)."""
     seen = [0.0]
 
     def reached() -> bool:
@@ -646,12 +650,24 @@ def kill_when(victim: Worker, progress: Callable[[], float], at: float,
     return int(seen[0])
 
 
+def consumed_purchases(workers: Sequence[Worker]) -> float:
+    """Purchases ``workers`` consumed so far, together (redeliveries included)."""
+    return sum(w.consumed_purchases() for w in workers)
+
+
 def kill_when_consumed(victim: Worker, observers: Sequence[Worker], at: int,
-                       timeout_s: float) -> int:
+                       timeout_s: float, *, start: float) -> int:
     """SIGKILL ``victim`` once ``observers`` together consumed ``at`` more purchases than
-    now; returns how many they had consumed at the last poll before the kill."""
-    return kill_when(victim, lambda: sum(w.consumed_purchases() for w in observers), at,
-                     timeout_s, "purchases consumed")
+    ``start`` (:func:`consumed_purchases` read before the chunk was produced); returns how
+    many more they had consumed at the last poll before the kill."""
+    try:
+        return kill_when(victim, lambda: consumed_purchases(observers), at, timeout_s,
+                         "purchases consumed", start=start)
+    except AssertionError as e:
+        for worker in observers:  # their logs say why (fast_consumer.partition_states)
+            worker.dump_state()
+        raise AssertionError(f"{e}; live workers were sent SIGUSR2: see "
+                             f"{[str(w.process.log_path) for w in observers]}") from e
 
 
 @dataclass
@@ -692,13 +708,16 @@ def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: Run
                  f"{worker.url} to index the offers")
     closing = closing_events(settings, run.ts, tag=str(seed))
     impressions = sum(1 for c in run.all_clicks() if c.kind == "offer_impression")
+    def published() -> float:
+        return sum(w.feedback_records() for w in workers)
+
+    start = published()
     produce_orders(settings, [], closing)
     killed_at = 0
     if victim_index is not None:
         victim = workers[victim_index]
-        killed_at = kill_when(victim, lambda: sum(w.feedback_records() for w in workers),
-                              rng.randint(1, max(1, impressions // 2)), timeout_s,
-                              "outcomes published")
+        killed_at = kill_when(victim, published, rng.randint(1, max(1, impressions // 2)),
+                              timeout_s, "outcomes published", start=start)
         log_path = victim.process.log_path
         workers[victim_index] = Worker(victim.settings,
                                        log_path.with_name(f"{log_path.stem}-closed.log"))
@@ -728,8 +747,9 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
             # In the first half of the chunk: the consumed counter also counts redeliveries
             # (after the rebalance that follows a restart), so a later point may never come.
             at = rng.randint(1, orders_per // 2)
+            start = consumed_purchases([worker])
             produce_orders(settings, *run.chunk(n, orders_per))
-            killed_at = kill_when_consumed(worker, [worker], at, timeout_s)
+            killed_at = kill_when_consumed(worker, [worker], at, timeout_s, start=start)
             worker = Worker(worker.settings, workdir / f"worker-0-{n + 1}.log")
             worker.wait_ready(timeout_s)
             wait_settled(settings, [worker], timeout_s)
@@ -786,9 +806,10 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
             # Worker, and that one survives chunk 2.
             victim, survivor = (b, a) if n == 0 else (a, b)
             begin = time.monotonic()
+            start = consumed_purchases([a, b])
             produce_orders(settings, *run.chunk(n, orders_per))
             killed_at = kill_when_consumed(victim, [a, b], rng.randint(1, orders_per // 2),
-                                           timeout_s)
+                                           timeout_s, start=start)
             wait_settled(settings, [survivor], timeout_s)
             so_far = run.orders[:(n + 1) * orders_per]
             diff = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
