@@ -22,8 +22,10 @@ raced it: that is the outcome the stock race gives too (its tasks run the same s
 callback done in its first step is done whatever the suspend event says). If the callback
 suspends instead (on a full queue, suspended flow, a producer buffer over its limit), the rest of
 it runs in a task that races ``suspend_flow`` through the very same ``wait_first`` call as stock
-faust, so the blocking cases keep stock semantics. After an inline delivery the loop still
-yields to the event loop once, as the stock delivery does (see :meth:`FastConsumer._deliver`).
+faust, so the blocking cases keep stock semantics. After an inline delivery the loop goes on to
+the next message without yielding to the event loop; faust's loop itself yields once every 100
+messages, which gives timers, web requests and the agents their turn (see
+:meth:`FastConsumer._deliver`).
 
 **Seeks.** The copy also fixes a race of stock faust's loop that loses records or stalls a
 partition after recovery or a rebalance (issue 6: a worker SIGKILLed and restarted, or a group
@@ -64,8 +66,9 @@ was copied from. Upgrading faust therefore fails at start-up, not silently.
 Measured with ``PYTHONPATH=. python benchmarks/faust_consumer.py --events 20000 --repeats 5``
 (a no-op agent, uvloop, one embedded broker, same events, interleaved runs, medians): 55.7 us
 of CPU per event with faust's consumer, 24.5 us with this one (2.3x less); 11.4k vs 26.7k
-events/s. Of the stock 56 us, ~16 us are ``wait_first`` itself and ~10 us the event loop
-stepping its tasks (py-spy, ``--profile``).
+events/s, while the delivery still yielded after every message (1.8x less CPU, 1.8x the rate,
+since it does not: :meth:`FastConsumer._deliver`). Of the stock 56 us, ~16 us are
+``wait_first`` itself and ~10 us the event loop stepping its tasks (py-spy, ``--profile``).
 """
 
 from __future__ import annotations
@@ -373,19 +376,32 @@ class FastConsumer(faust_aiokafka.Consumer):
         Runs the callback's first step inline; if it suspends, hands the rest to the stock
         race against ``suspend_flow`` (and the consumer stopping or crashing). Exceptions of the
         callback propagate as they do from ``wait_first``.
+
+        A delivery done inline does not yield to the event loop. The stock delivery does (its
+        ``wait_first`` always does), which paced it to agents that take one event per loop
+        iteration (faust's stream iterator sleeps 0 before each): a loop that delivered faster
+        filled their queues and then blocked on every delivery. streamer's batch agents take
+        what their queue holds at once (:mod:`streamer.app.batching`), so that pacing only cost
+        a turn of the event loop per message. Without it, in three before/after runs
+        (``benchmarks/throughput.py --only streamer --ref DIR``, medians of 5 interleaved
+        repeats): 1.24x, 1.36x and 1.34x the events/s, 7-26 % less worker CPU per event
+        (5,084 vs 6,304 events/s, 164 vs 122 us, ``--fresh-broker``; 5,674 vs 7,725, 146 vs
+        116 us; 40,000 events: 5,295 vs 7,108, 176 vs 164 us). The same code against itself
+        read 0.87x and 4 % apart: the gain is in the events/s more than in the CPU.
+
+        The cost falls on agents that take one event at a time (the reward ledger's): they get
+        a turn every 100 messages, when faust's loop yields, so in a burst their queue fills
+        and deliveries to it block (the task race above) as they would in stock faust.
+        ``benchmarks/faust_consumer.py`` (such an agent, a no-op): 1.79x stock's events/s and
+        1.80x less CPU per event, with 15 % of the deliveries suspended (3 repeats; 2.3x both
+        with the per-message yield, in an earlier session).
         """
         coro: Any = callback(message)
         if type(coro) is types.CoroutineType:  # anything else takes the stock path as it is
             try:
                 pending = coro.send(None)
             except StopIteration:
-                # Delivered without yielding: nothing could have raced it. Yield once anyway,
-                # as the stock delivery does: agents take one event per loop iteration (their
-                # stream iterator sleeps 0 before each), so a loop that delivered faster would
-                # fill their queues and then block on every delivery; and timers, web
-                # requests and heartbeats get their turn between messages as they did.
-                await asyncio.sleep(0)
-                return
+                return  # delivered without yielding: nothing could have raced it
             self.suspended_deliveries += 1
             coro = _Continuation(coro, pending)
         await self.wait_first(coro, self.suspend_flow.wait())
