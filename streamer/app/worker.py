@@ -13,7 +13,7 @@ import faust
 from streamer.app.broker import create_topics
 from streamer.app.factory import create_app
 from streamer.app.kafka import aiokafka_kwargs
-from streamer.settings import Settings
+from streamer.settings import Settings, WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,20 @@ def run_worker(settings: Settings) -> None:
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR2, _log_worker_state, sa.app)
 
-    # What exists now (modules of faust, torch, River, sklearn: ~150k objects) lives as long
-    # as the process: out of the collector's sight, full collections only walk what the
-    # worker allocates later (they cost ~0.1 s each otherwise, counted in the agents' time).
-    gc.freeze()
+    tune_gc(settings.worker)
     worker.execute_from_commandline()
+
+
+def tune_gc(settings: WorkerSettings) -> None:
+    """Set the garbage collector up for a worker about to run (see
+    ``WorkerSettings.gc_young_threshold``).
+
+    What exists now (modules of faust, torch, River, sklearn: ~150k objects) lives as long
+    as the process: frozen out of the collector's sight, full collections only walk what the
+    worker allocates later (they cost ~0.1 s each otherwise, counted in the agents' time)."""
+    gc.freeze()
+    if settings.gc_young_threshold:
+        gc.set_threshold(settings.gc_young_threshold, *gc.get_threshold()[1:])
 
 
 def _log_worker_state(app: faust.App) -> None:
