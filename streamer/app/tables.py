@@ -386,7 +386,8 @@ class BufferedTable(EncodedTable[V]):
                 yield k
 
     def __len__(self) -> int:
-        raw, n = self._raw, len(self._raw)
+        raw = self._read  # a faust table's store: its own ``in`` goes through faust's layers
+        n = len(raw)
         for k, (_, value) in self._dirty.items():
             if k in raw:
                 n -= value is _DELETED
