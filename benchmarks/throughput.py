@@ -423,9 +423,14 @@ class StreamerWorker:
         return float(by_topic.get(self.settings.topics.purchases, 0.0))
 
     def baskets_consumed(self) -> float:
-        """Item baskets the items agent has taken (each purchase fans out to one per item,
-        plus one for the order counter)."""
-        by_topic = self.stats().get("streamer_events_consumed_total", {})
+        """Item baskets learned (each purchase fans out to one per item, plus one for the
+        order counter), through the item-baskets topic or in place; a worker older than
+        ``streamer_baskets_learned`` (a ``--ref`` checkout): those its items agent took."""
+        stats = self.stats()
+        learned = stats.get("streamer_baskets_learned_total")
+        if learned is not None:
+            return float(sum(learned.values()))
+        by_topic = stats.get("streamer_events_consumed_total", {})
         return float(by_topic.get(f"{self.settings.worker.app_id}-item-baskets", 0.0))
 
     def baskets_lag(self) -> float | None:
@@ -521,7 +526,12 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  "-r", "200", "-p", str(worker.child.proc.pid),
                  *os.environ.get("PY_SPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S, baskets)
+        rate = wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S, baskets)
+        routes = worker.stats().get("streamer_baskets_learned_total") or {}
+        if routes.get("local"):  # the purchases agent learned these in place
+            share = routes["local"] / sum(routes.values())
+            print(f"    item baskets learned in place: {share:.0%}")
+        return rate
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)

@@ -35,6 +35,14 @@ class Metrics:
             ["topic", "kind"],
             registry=self.registry,
         )
+        self.baskets_learned = Counter(
+            "streamer_baskets_learned",
+            "Item baskets (an anchor's share of an order) learned into the co-purchase state, "
+            "by route: 'topic' through the item-baskets repartition, 'local' in place, by the "
+            "worker that read the purchase and owns the anchor's partition.",
+            ["route"],
+            registry=self.registry,
+        )
         self.offers_published = Counter(
             "streamer_offers_published", "Offers published to the offers topic.",
             registry=self.registry,

@@ -112,6 +112,13 @@ class WorkerSettings(_Section):
         "workers and 1 standby, twice the CPU per event). 0, as Kafka Streams defaults to; "
         "faust's default is 1.",
     )
+    local_baskets: bool = Field(
+        True,
+        description="Learn the item baskets of a purchase in place when this worker also "
+        "owns their anchors' item-baskets partition (once nothing older can still arrive "
+        "through it), instead of through the repartition topic: one hop less. False: "
+        "every basket goes through the topic.",
+    )
     gc_young_threshold: int = Field(
         50_000, ge=0,
         description="Python's youngest garbage-collector generation is collected after this "

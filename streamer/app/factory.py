@@ -12,7 +12,10 @@ Topology::
     clicks, purchases ──► reward tracking (streamer.app.rewards_agents) ──► feedback, rewards
 
 The repartition on item puts each item's state on the worker that owns the item, so workers
-scale by partitions and a table key is only ever written from its own partition.
+scale by partitions and a table key is only ever written from its own partition. Where the
+purchases agent's worker owns an anchor's item-baskets partition too, it learns the basket
+itself, writing to that same partition, once nothing older can still come through the topic
+(:mod:`streamer.app.local_baskets`; ``worker.local_baskets``).
 
 Batches, because faust's cost is per message: the clicks, purchases and items agents take up
 to ``worker.batch_max`` messages at a time (waiting at most ``worker.batch_linger_ms``); the
@@ -48,6 +51,7 @@ from streamer.app.kafka import (
     fetched_end_offsets,
     key_partition,
 )
+from streamer.app.local_baskets import LocalBaskets
 from streamer.app.policy_updates import install_policy_follower
 from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
 from streamer.app.state_pages import install_state_pages
@@ -73,6 +77,15 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+
+
+def _on_baskets_sent(route: LocalBaskets, partition: int, generation: int,
+                     future: Any) -> None:
+    """Tell ``route`` where a basket message landed (or that it failed)."""
+    if future.cancelled() or future.exception() is not None:
+        route.failed(partition, generation=generation)
+    else:
+        route.sent(partition, offset=future.result().offset, generation=generation)
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -282,6 +295,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
     partitions = t.partitions
+    basket_dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
         value = bytes(message.value or b"")
@@ -315,14 +329,48 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 continue
             yield event.message, value
 
+    def by_partition(baskets: list[ItemBasket]) -> dict[int, list[ItemBasket]]:
+        """``baskets`` by their anchors' item-baskets partition, in event order."""
+        parts: dict[int, list[ItemBasket]] = {}
+        for basket in baskets:
+            parts.setdefault(key_partition(basket.anchor, partitions), []).append(basket)
+        return parts
+
     async def send_baskets(baskets: list[ItemBasket]) -> list[Any]:
         """Send ``baskets`` to the anchors' item-baskets partitions, one message per partition
         in event order (faust's cost is per message); returns the futures of their delivery."""
-        by_partition: dict[int, list[ItemBasket]] = {}
-        for basket in baskets:
-            by_partition.setdefault(key_partition(basket.anchor, partitions), []).append(basket)
         return [await baskets_topic.send(value=encode(part), partition=partition)
-                for partition, part in by_partition.items()]
+                for partition, part in by_partition(baskets).items()]
+
+    local_baskets = LocalBaskets() if w.local_baskets else None
+    learned = metrics.baskets_learned
+
+    async def route_baskets(baskets: list[ItemBasket]) -> list[Any]:
+        """The purchases agent's baskets: learned here for the item-baskets partitions this
+        worker may learn in place (:mod:`streamer.app.local_baskets`), their offers published;
+        sent to the others' partitions. Returns the futures of every message sent."""
+        if local_baskets is None:
+            return await send_baskets(baskets)
+        generation = app.consumer_generation_id
+        futures: list[Any] = []
+        offers: list[BundleOffer] = []
+        for partition, part in by_partition(baskets).items():
+            if local_baskets.local(partition, generation=generation):
+                buffer.partition = partition  # the anchors' changelog partition
+                revised, redelivered = engine.learn_baskets(part)
+                offers += revised
+                learned.labels("local").inc(len(part))
+                basket_dups.inc(redelivered)
+                continue
+            local_baskets.sending(partition, generation=generation)
+            future = await baskets_topic.send(value=encode(part), partition=partition)
+            future.add_done_callback(functools.partial(_on_baskets_sent, local_baskets,
+                                                       partition, generation))
+            futures.append(future)
+        if offers:
+            metrics.offers_published.inc(len(offers))
+            futures += await publish_offers(offers)
+        return futures
 
     @app.agent(clicks_topic, name="clicks")
     async def clicks(stream: faust.StreamT[bytes]) -> None:
@@ -380,9 +428,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                     if closed:  # their state waits for them (WriteBuffer.holding)
                         hold.hold()
                         outcomes += closed
-                sent = await send_baskets(baskets)
                 await rewards.publish_outcomes(outcomes)
-            buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
+            # Learned here or sent; either way durable before the next offset commit.
+            buffer.defer(*await route_baskets(baskets))
 
     offers_name = offers_topic.get_topic_name()
     decisions_name = rewards.decisions_topic.get_topic_name()
@@ -417,8 +465,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
 
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
-        dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
         consumed = metrics.events_consumed.labels(baskets_topic.get_topic_name())
+        learned_here = learned.labels("topic")
         published = metrics.offers_published
         async for events in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
@@ -430,7 +478,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 consumed.inc(len(baskets))
                 revised, redelivered = engine.learn_baskets(baskets)
                 offers += revised
-                dups.inc(redelivered)
+                learned_here.inc(len(baskets))
+                basket_dups.inc(redelivered)
+                if local_baskets is not None:
+                    local_baskets.learned(message.partition, offset=message.offset,
+                                          generation=message.generation_id)
             published.inc(len(offers))
             # Offers (and their logged decisions) leave now (latency); they and the state are
             # durable before the next offset commit (WriteBuffer).
