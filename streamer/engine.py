@@ -410,20 +410,22 @@ class Engine:
         prices: dict[str, float] = {}
         for line in purchase.items:
             prices.setdefault(line.item_id, -1.0 if through_offer else line.unit_price)
-        items = list(prices)
+        # The items are distinct: an anchor's partners are every other slot (slices, not a
+        # scan comparing every item per anchor).
+        items, paid = list(prices), list(prices.values())
         baskets = [
             ItemBasket(
                 anchor=a,
-                partners=[b for b in items if b != a],
+                partners=items[:i] + items[i + 1:],
                 ts=purchase.ts,
                 event_id=purchase.event_id,
-                price=p,
-                partner_prices=[prices[b] for b in items if b != a],
+                price=paid[i],
+                partner_prices=paid[:i] + paid[i + 1:],
                 weight=weight,
                 source=source,
                 offset=offset,
             )
-            for a, p in prices.items()
+            for i, a in enumerate(items)
         ]
         baskets.append(
             ItemBasket(anchor=TOTAL_KEY, partners=[], ts=purchase.ts, event_id=purchase.event_id,
