@@ -574,22 +574,27 @@ class Engine:
         unchanged = self._unchanged_at.get(anchor)
         if unchanged is not None and now_ms - unchanged < interval:
             return []
-        offered, default = self.state.offers, self.config.segment
+        offered, default, segments = self.state.offers, self.config.segment, self._segments
         # Each segment's last offer, read once: for the interval here and by its revision.
-        held = [(s, offered.get(offer_key(anchor, s, default))) for s in self._segments]
-        if all(last is not None and now_ms - last.ts < interval for _, last in held):
-            return []
+        lasts = [offered.get(offer_key(anchor, s, default)) for s in segments]
+        # A loop, not all() over a generator: this runs on every basket, and the generator
+        # cost more than the check (~0.4 us of ~0.8).
+        for last in lasts:
+            if last is None or now_ms - last.ts >= interval:
+                break  # this segment is due
+        else:
+            return []  # every segment's offer is younger than the interval
         offerable = self._candidates(anchor, now_ms)
         if offerable is None:
             return []
         candidates, prices = offerable
         offers = []
         # No candidates, no proposals (the Policy contract): the policy is not asked.
-        for segment, last in held if candidates else ():
+        for segment, last in zip(segments, lasts, strict=True) if candidates else ():
             offer = self._revise(anchor, segment, last, candidates, prices, now_ms)
             if offer is not None:
                 offers.append(offer)
-        if interval > 0 and not offers and all(last is not None for _, last in held):
+        if interval > 0 and not offers and None not in lasts:
             self._note_unchanged(anchor, now_ms)
         return offers
 
