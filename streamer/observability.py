@@ -39,7 +39,8 @@ class Metrics:
             "streamer_baskets_learned",
             "Item baskets (an anchor's share of an order) learned into the co-purchase state, "
             "by route: 'topic' through the item-baskets repartition, 'local' in place, by the "
-            "worker that read the purchase and owns the anchor's partition.",
+            "worker that read the purchase and owns the anchor's partition. Baskets found "
+            "learned already count as duplicate events instead.",
             ["route"],
             registry=self.registry,
         )

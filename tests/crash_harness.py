@@ -394,6 +394,12 @@ class Worker:
         consumed = self.stats().get("streamer_events_consumed_total", {})
         return float(consumed.get(self.settings.topics.purchases, 0.0))
 
+    def baskets_in_place(self) -> int:
+        """Item baskets this worker (since it started) learned in place, not through the
+        item-baskets topic (``streamer.app.local_baskets``)."""
+        learned = self.stats().get("streamer_baskets_learned_total") or {}
+        return int(learned.get("local", 0))
+
     def state(self) -> dict[str, Any]:
         return get_json(f"{self.url}/state/items/")
 
@@ -609,6 +615,8 @@ class Trial:
     diff: StateDiff
     seconds: float
     ledger: LedgerDiff | None = None  # compared once the impressions are closed
+    #: Baskets the live workers learned in place (since they started), not through the topic.
+    in_place: int = 0
 
     @property
     def equal(self) -> bool:
@@ -622,7 +630,8 @@ class Trial:
                 f"killed after {when}; "
                 f"equal={d.equal} lost={d.lost:g} doubled={d.doubled:g} "
                 f"({100 * d.doubled / self.baskets:.2f}% / {100 * d.lost / self.baskets:.2f}%) "
-                f"anchors off={len(d.anchors_off)} [{self.seconds:.1f} s]")
+                f"anchors off={len(d.anchors_off)} in place={self.in_place} "
+                f"[{self.seconds:.1f} s]")
         return line if self.ledger is None else f"{line}; {self.ledger.line()}"
 
 
@@ -757,7 +766,8 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
             diff = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
                            group_state([worker], settings.topics.partitions))
             trial = Trial(f"single #{n + 1}", len(so_far), baskets_of(so_far), killed_at,
-                          orders_per, diff, time.monotonic() - begin)
+                          orders_per, diff, time.monotonic() - begin,
+                          in_place=worker.baskets_in_place())
             results.append(trial)
             if on_trial:
                 on_trial(trial)
@@ -816,7 +826,7 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
                            group_state([survivor], settings.topics.partitions))
             trial = Trial(f"rebalance #{n + 1} (killed {'B' if victim is b else 'A'})",
                           len(so_far), baskets_of(so_far), killed_at, orders_per, diff,
-                          time.monotonic() - begin)
+                          time.monotonic() - begin, in_place=survivor.baskets_in_place())
             results.append(trial)
             if on_trial:
                 on_trial(trial)

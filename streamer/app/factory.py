@@ -39,6 +39,7 @@ from typing import Any
 import faust
 import msgspec
 from aiohttp import web
+from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamer.app.batching import take_batches
@@ -79,13 +80,14 @@ log = logging.getLogger(__name__)
 _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
 
 
-def _on_baskets_sent(route: LocalBaskets, partition: int, generation: int,
+def _on_baskets_sent(route: LocalBaskets, partition: int, generation: int, barrier: bool,
                      future: Any) -> None:
     """Tell ``route`` where a basket message landed (or that it failed)."""
     if future.cancelled() or future.exception() is not None:
         route.failed(partition, generation=generation)
     else:
-        route.sent(partition, offset=future.result().offset, generation=generation)
+        route.sent(partition, offset=future.result().offset, generation=generation,
+                   barrier=barrier)
 
 
 def engine_config(settings: Settings) -> EngineConfig:
@@ -343,6 +345,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 for partition, part in by_partition(baskets).items()]
 
     local_baskets = LocalBaskets() if w.local_baskets else None
+    baskets_name = baskets_topic.get_topic_name()
     learned = metrics.baskets_learned
 
     async def route_baskets(baskets: list[ItemBasket]) -> list[Any]:
@@ -356,16 +359,20 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         offers: list[BundleOffer] = []
         for partition, part in by_partition(baskets).items():
             if local_baskets.local(partition, generation=generation):
+                # What went through the topic since the barrier first, in order (the items
+                # agent then finds it learned already).
+                part = local_baskets.take_kept(partition) + part
                 buffer.partition = partition  # the anchors' changelog partition
                 revised, redelivered = engine.learn_baskets(part)
                 offers += revised
-                learned.labels("local").inc(len(part))
+                learned.labels("local").inc(len(part) - redelivered)
                 basket_dups.inc(redelivered)
                 continue
-            local_baskets.sending(partition, generation=generation)
+            barrier = (TP(baskets_name, partition) in app.consumer.assignment()
+                       and local_baskets.sending(partition, part, generation=generation))
             future = await baskets_topic.send(value=encode(part), partition=partition)
-            future.add_done_callback(functools.partial(_on_baskets_sent, local_baskets,
-                                                       partition, generation))
+            future.add_done_callback(functools.partial(
+                _on_baskets_sent, local_baskets, partition, generation, barrier))
             futures.append(future)
         if offers:
             metrics.offers_published.inc(len(offers))
@@ -478,7 +485,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 consumed.inc(len(baskets))
                 revised, redelivered = engine.learn_baskets(baskets)
                 offers += revised
-                learned_here.inc(len(baskets))
+                learned_here.inc(len(baskets) - redelivered)
                 basket_dups.inc(redelivered)
                 if local_baskets is not None:
                     local_baskets.learned(message.partition, offset=message.offset,

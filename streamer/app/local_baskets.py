@@ -12,14 +12,19 @@ An anchor's record keeps, per purchases partition, the highest offset learned
 (``streamer.engine``): a basket at or below that mark is taken for one learned already. Were
 the agent to learn *q*'s offset 101 in place while a basket of offset 95 still waited in *p*
 (sent by *q*'s previous owner before a rebalance, or by this worker before it owned *p*), the
-items agent would then drop offset 95 as a duplicate: a lost purchase. So per generation of
-the consumer group, a partition *p* is **armed** (its baskets learned in place) only after
-the items agent here has learned a basket message this worker sent to *p* in this generation,
-with no later one of its own still in flight: everything this worker or anyone before it sent
-to *p* from the purchases partitions it reads lies before that message in *p*, so it has been
-learned. A new generation (a rebalance) disarms every partition. Messages sent to *p* by other
-workers, from purchases partitions they read, are not affected: marks are per purchases
-partition.
+items agent would then drop offset 95 as a duplicate: a lost purchase.
+
+So, per generation of the consumer group, the first basket message this worker sends to a
+partition *p* it owns is a **barrier**: every message sent to *p* before the generation began
+(by whoever read the purchases partitions this worker reads now) lies before it in *p*. Once
+the items agent here has learned the barrier, *p* is **armed**: from then on the purchases
+agent learns *p*'s baskets in place. Between the barrier and the arming the agent goes on
+sending through the topic (it never waits: a delivery blocked on its full queue would hold up
+the consumer's one delivery loop, the items agent's deliveries included) and keeps what it
+sent; on arming it learns those in place first, in order. The items agent later finds them
+learned already (the marks) and skips them. So nothing is learned out of order, nothing twice.
+A new generation (a rebalance) starts over. Messages sent to *p* by other workers, from
+purchases partitions they read, are not affected: marks are per purchases partition.
 
 Plain Python, no faust: the agents tell it what they sent and learned, with the consumer
 generation of the moment.
@@ -27,41 +32,49 @@ generation of the moment.
 >>> route = LocalBaskets()
 >>> route.local(2, generation=5)  # nothing known yet: through the topic
 False
->>> route.sending(2, generation=5)
->>> route.sent(2, offset=40, generation=5)
+>>> route.sending(2, ["b1"], generation=5)  # the barrier
+True
+>>> route.sending(2, ["b2", "b3"], generation=5)  # kept until the arming
+False
+>>> route.sent(2, offset=40, generation=5, barrier=True)
 >>> route.learned(2, offset=39, generation=5)  # older messages: not yet
 >>> route.local(2, generation=5)
 False
->>> route.learned(2, offset=40, generation=5)  # its own last message learned: armed
->>> route.local(2, generation=5)
-True
+>>> route.learned(2, offset=40, generation=5)  # the barrier learned: armed
+>>> route.local(2, generation=5), route.take_kept(2)
+(True, ['b2', 'b3'])
 >>> route.local(2, generation=6)  # a rebalance: through the topic again until re-armed
 False
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["LocalBaskets"]
 
 
 class LocalBaskets:
     """Arms item-baskets partitions for learning in place (see the module doc). Not thread-safe;
-    owned by the worker's event loop."""
+    owned by the worker's event loop. ``keep_limit``: most baskets kept per partition between
+    a barrier and its arming; past it the partition is given up for the generation (the items
+    agent far behind, e.g. after a rebalance)."""
 
-    __slots__ = ("_armed", "_generation", "_inflight", "_last_sent", "_learned", "_poisoned")
+    __slots__ = ("_armed", "_barrier", "_generation", "_keep_limit", "_kept", "_learned", "_out")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_limit: int = 50_000) -> None:
+        self._keep_limit = keep_limit
         self._generation: int | None = None
         self._armed: set[int] = set()
-        #: Per partition, this generation: basket messages sent and not yet acknowledged.
-        self._inflight: dict[int, int] = {}
-        #: Per partition, this generation: offset of the last message sent (acknowledged).
-        self._last_sent: dict[int, int] = {}
+        #: Per partition, this generation: the barrier's offset once acknowledged (None: sent,
+        #: not yet acknowledged).
+        self._barrier: dict[int, int | None] = {}
         #: Per partition, this generation: highest offset the items agent learned.
         self._learned: dict[int, int] = {}
-        #: Partitions a send failed to this generation: never armed (where it landed, if
-        #: anywhere, is unknown).
-        self._poisoned: set[int] = set()
+        #: Per partition: baskets sent after the barrier, to learn in place on arming.
+        self._kept: dict[int, list[Any]] = {}
+        #: Partitions out of the running for this generation (a failed send, too much kept).
+        self._out: set[int] = set()
 
     def _at(self, generation: int) -> bool:
         """Move to ``generation`` if it is newer (forgetting everything); False if older."""
@@ -71,35 +84,51 @@ class LocalBaskets:
             return False
         self._generation = generation
         self._armed.clear()
-        self._inflight.clear()
-        self._last_sent.clear()
+        self._barrier.clear()
         self._learned.clear()
-        self._poisoned.clear()
+        self._kept.clear()
+        self._out.clear()
         return True
 
     def local(self, partition: int, *, generation: int) -> bool:
-        """True: baskets for ``partition`` may be learned in place now."""
+        """True: baskets for ``partition`` may be learned in place now (after
+        :meth:`take_kept`'s)."""
         return self._at(generation) and partition in self._armed
 
-    def sending(self, partition: int, *, generation: int) -> None:
-        """A basket message to ``partition`` is about to be sent."""
-        if self._at(generation):
-            self._inflight[partition] = self._inflight.get(partition, 0) + 1
+    def take_kept(self, partition: int) -> list[Any]:
+        """The baskets sent to ``partition`` after its barrier, oldest first, to learn in place
+        before any newer one (once per arming; empty afterwards)."""
+        return self._kept.pop(partition, [])
 
-    def sent(self, partition: int, *, offset: int, generation: int) -> None:
+    def sending(self, partition: int, baskets: list[Any], *, generation: int) -> bool:
+        """A message of ``baskets`` to ``partition``, a partition this worker owns, is about
+        to be sent; True if it is the generation's barrier (tell :meth:`sent` so)."""
+        if not self._at(generation) or partition in self._out:
+            return False
+        if partition not in self._barrier:
+            self._barrier[partition] = None
+            return True
+        kept = self._kept.setdefault(partition, [])
+        if len(kept) + len(baskets) > self._keep_limit:
+            self._out.add(partition)  # the arming is far off: the topic for this generation
+            self._kept.pop(partition, None)
+        else:
+            kept += baskets
+        return False
+
+    def sent(self, partition: int, *, offset: int, generation: int, barrier: bool) -> None:
         """The broker acknowledged a message of :meth:`sending` at ``offset``."""
-        if generation != self._generation:
-            return  # a message of an earlier generation: irrelevant now
-        self._inflight[partition] = max(0, self._inflight.get(partition, 0) - 1)
-        self._last_sent[partition] = max(offset, self._last_sent.get(partition, -1))
-        self._check(partition)
+        if barrier and generation == self._generation:
+            self._barrier[partition] = offset
+            self._check(partition)
 
     def failed(self, partition: int, *, generation: int) -> None:
-        """A message of :meth:`sending` failed: ``partition`` stays disarmed this generation."""
-        if generation != self._generation:
-            return
-        self._inflight[partition] = max(0, self._inflight.get(partition, 0) - 1)
-        self._poisoned.add(partition)
+        """A message of :meth:`sending` failed: ``partition`` is not armed this generation
+        (where the message landed, if anywhere, is unknown)."""
+        if generation == self._generation:
+            self._out.add(partition)
+            self._armed.discard(partition)
+            self._kept.pop(partition, None)
 
     def learned(self, partition: int, *, offset: int, generation: int) -> None:
         """The items agent learned the basket message at ``offset`` of ``partition``."""
@@ -110,10 +139,9 @@ class LocalBaskets:
         self._check(partition)
 
     def _check(self, partition: int) -> None:
-        last = self._last_sent.get(partition)
-        if (last is not None and not self._inflight.get(partition)
-                and partition not in self._poisoned
-                and self._learned.get(partition, -1) >= last):
+        barrier = self._barrier.get(partition)
+        if (barrier is not None and partition not in self._out
+                and self._learned.get(partition, -1) >= barrier):
             self._armed.add(partition)
 
     def armed(self) -> set[int]:

@@ -15,73 +15,79 @@ from streamer.events import OrderLine, PurchaseEvent
 P = 2  # the item-baskets partition under test
 
 
-def test_unarmed_until_its_own_last_message_is_learned() -> None:
+def test_armed_once_its_barrier_is_learned() -> None:
     route = LocalBaskets()
     assert not route.local(P, generation=1)
-    route.sending(P, generation=1)
-    route.sent(P, offset=40, generation=1)
+    assert route.sending(P, ["b0"], generation=1)  # the first message: the barrier
+    assert not route.sending(P, ["b1"], generation=1)
+    route.sent(P, offset=40, generation=1, barrier=True)
+    route.sent(P, offset=41, generation=1, barrier=False)
     route.learned(P, offset=39, generation=1)
     assert not route.local(P, generation=1)
     route.learned(P, offset=40, generation=1)
     assert route.local(P, generation=1)
     assert route.armed() == {P}
     assert not route.local(P + 1, generation=1)  # per partition
+    assert route.take_kept(P) == ["b1"]  # sent after the barrier: learned in place first
+    assert route.take_kept(P) == []
 
 
-def test_not_armed_while_a_later_message_is_in_flight() -> None:
+def test_a_barrier_learned_before_its_acknowledgement_arms_on_the_acknowledgement() -> None:
     route = LocalBaskets()
-    for _ in range(2):
-        route.sending(P, generation=1)
-    route.sent(P, offset=40, generation=1)
-    route.learned(P, offset=40, generation=1)
-    assert not route.local(P, generation=1)  # the second may land after 40
-    route.sent(P, offset=41, generation=1)
-    assert not route.local(P, generation=1)
-    route.learned(P, offset=41, generation=1)
-    assert route.local(P, generation=1)
-
-
-def test_a_message_learned_before_its_acknowledgement_arms_on_the_acknowledgement() -> None:
-    route = LocalBaskets()
-    route.sending(P, generation=1)
+    route.sending(P, ["b0"], generation=1)
     route.learned(P, offset=7, generation=1)  # the fetch answered before the produce did
     assert not route.local(P, generation=1)
-    route.sent(P, offset=7, generation=1)
+    route.sent(P, offset=7, generation=1, barrier=True)
     assert route.local(P, generation=1)
 
 
-def test_without_a_message_of_its_own_nothing_is_armed() -> None:
+def test_other_workers_messages_do_not_arm() -> None:
     route = LocalBaskets()
-    route.learned(P, offset=1_000, generation=1)  # other workers' messages
+    route.learned(P, offset=1_000, generation=1)
     assert not route.local(P, generation=1)
 
 
 def test_a_new_generation_disarms_and_ignores_the_old_one() -> None:
     route = LocalBaskets()
-    route.sending(P, generation=1)
-    route.sent(P, offset=5, generation=1)
+    route.sending(P, ["b0"], generation=1)
+    route.sending(P, ["b1"], generation=1)
+    route.sent(P, offset=5, generation=1, barrier=True)
     route.learned(P, offset=5, generation=1)
     assert route.local(P, generation=1)
     assert not route.local(P, generation=2)
-    route.sending(P, generation=1)  # late news of generation 1 changes nothing
-    route.sent(P, offset=6, generation=1)
+    assert route.take_kept(P) == []  # went through the topic: nothing to learn in place
+    route.sent(P, offset=6, generation=1, barrier=True)  # late news of generation 1
     route.learned(P, offset=6, generation=1)
     assert not route.local(P, generation=2)
     assert not route.local(P, generation=1)  # an older generation is never armed again
+    assert route.sending(P, ["b2"], generation=2)  # a new barrier
 
 
 def test_a_failed_send_keeps_the_partition_disarmed_for_the_generation() -> None:
     route = LocalBaskets()
-    for _ in range(2):
-        route.sending(P, generation=1)
+    route.sending(P, ["b0"], generation=1)
+    route.sending(P, ["b1"], generation=1)
     route.failed(P, generation=1)
-    route.sent(P, offset=9, generation=1)
+    route.sent(P, offset=9, generation=1, barrier=True)
     route.learned(P, offset=9, generation=1)
     assert not route.local(P, generation=1)
-    route.sending(P, generation=2)
-    route.sent(P, offset=10, generation=2)
+    assert route.take_kept(P) == []
+    assert route.sending(P, ["b2"], generation=2)
+    route.sent(P, offset=10, generation=2, barrier=True)
     route.learned(P, offset=10, generation=2)
     assert route.local(P, generation=2)
+
+
+def test_too_much_kept_gives_the_partition_up_for_the_generation() -> None:
+    route = LocalBaskets(keep_limit=3)
+    route.sending(P, ["b0"], generation=1)
+    route.sending(P, ["b1", "b2"], generation=1)
+    route.sending(P, ["b3", "b4"], generation=1)  # over the limit
+    route.sent(P, offset=1, generation=1, barrier=True)
+    route.learned(P, offset=1, generation=1)
+    assert not route.local(P, generation=1)
+    assert route.take_kept(P) == []
+    assert not route.sending(P, ["b5"], generation=1)
 
 
 # -- the property the arming protects: every purchase learned exactly once --------------------
@@ -106,7 +112,7 @@ class Simulation:
     engine: Engine = field(default_factory=Engine.in_memory)
     route: LocalBaskets = field(default_factory=LocalBaskets)
     log: list[list[ItemBasket]] = field(default_factory=list)  # the topic's partition
-    inflight: list[tuple[int, list[ItemBasket]]] = field(default_factory=list)  # unacked
+    inflight: list[tuple[int, bool, list[ItemBasket]]] = field(default_factory=list)
     learned_upto: int = 0  # next log offset the items agent learns
     generation: int = 1
 
@@ -116,16 +122,19 @@ class Simulation:
 
     def purchases_batch(self, offsets: range) -> None:
         baskets = self.baskets(offsets)
-        if self.ignore_arming or (self.local and self.route.local(P, generation=self.generation)):
+        if self.ignore_arming:
             self.engine.learn_baskets(baskets)
             return
-        self.route.sending(P, generation=self.generation)
-        self.inflight.append((self.generation, baskets))
+        if self.local and self.route.local(P, generation=self.generation):
+            self.engine.learn_baskets(self.route.take_kept(P) + baskets)
+            return
+        barrier = self.local and self.route.sending(P, baskets, generation=self.generation)
+        self.inflight.append((self.generation, barrier, baskets))
 
     def ack(self) -> None:
-        generation, baskets = self.inflight.pop(0)
+        generation, barrier, baskets = self.inflight.pop(0)
         self.log.append(baskets)
-        self.route.sent(P, offset=len(self.log) - 1, generation=generation)
+        self.route.sent(P, offset=len(self.log) - 1, generation=generation, barrier=barrier)
 
     def learn(self) -> None:
         self.engine.learn_baskets(self.log[self.learned_upto])
