@@ -120,8 +120,9 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 
 class DecisionOutbox:
-    """The engine's logged decisions waiting for the items agent to publish them with their
-    offers (a ``streamer.engine.DecisionSink``). Owned by the worker's event loop."""
+    """The engine's logged decisions waiting for the agent whose learning made them to publish
+    them with their offers (a ``streamer.engine.DecisionSink``). Owned by the worker's event
+    loop; an agent takes them right after it learned, before it awaits anything."""
 
     __slots__ = ("_pending",)
 
@@ -357,6 +358,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         generation = app.consumer_generation_id
         futures: list[Any] = []
         offers: list[BundleOffer] = []
+        decisions: list[OfferDecision] = []
         for partition, part in by_partition(baskets).items():
             if local_baskets.local(partition, generation=generation):
                 # What went through the topic since the barrier first, in order (the items
@@ -365,6 +367,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 buffer.partition = partition  # the anchors' changelog partition
                 revised, redelivered = engine.learn_baskets(part)
                 offers += revised
+                decisions += decision_outbox.take()  # this agent's own: it defers their sends
                 learned.labels("local").inc(len(part) - redelivered)
                 basket_dups.inc(redelivered)
                 continue
@@ -376,7 +379,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             futures.append(future)
         if offers:
             metrics.offers_published.inc(len(offers))
-            futures += await publish_offers(offers)
+        futures += await publish_offers(offers, decisions)
         return futures
 
     @app.agent(clicks_topic, name="clicks")
@@ -442,13 +445,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     offers_name = offers_topic.get_topic_name()
     decisions_name = rewards.decisions_topic.get_topic_name()
 
-    async def publish_offers(offers: list[BundleOffer]) -> list[Any]:
-        """Send ``offers`` keyed by anchor, one producer batch per partition; returns the
-        futures of their delivery. Why not ``offers_topic.send`` per offer: faust's send path
-        costs ~60-80 us of CPU per message and the items agent publishes about one offer per
-        purchase. Partitions are the ones faust's send gives (the default partitioner: murmur2
-        of the key over the topic's partitions), so a storefront sees each anchor in order."""
-        decisions = decision_outbox.take()
+    async def publish_offers(offers: list[BundleOffer],
+                             decisions: list[OfferDecision]) -> list[Any]:
+        """Send ``offers`` keyed by anchor and their logged ``decisions`` (keyed by offer id),
+        one producer batch per partition; returns the futures of their delivery. Why not
+        ``offers_topic.send`` per offer: faust's send path costs ~60-80 us of CPU per message
+        and the worker publishes about one offer per purchase. Partitions are the ones faust's
+        send gives (the default partitioner: murmur2 of the key over the topic's partitions),
+        so a storefront sees each anchor in order."""
         if not offers and not decisions:
             return []
         producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -479,12 +483,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
             offers: list[BundleOffer] = []
+            decisions: list[OfferDecision] = []
             async for message, baskets in decoded(events, decode_baskets):
                 # Every anchor of a message is owned by the message's partition.
                 buffer.partition = message.partition
                 consumed.inc(len(baskets))
                 revised, redelivered = engine.learn_baskets(baskets)
                 offers += revised
+                # Taken at once: the purchases agent learns (and logs decisions) too, and the
+                # agent that sends a decision is the one that defers its delivery.
+                decisions += decision_outbox.take()
                 learned_here.inc(len(baskets) - redelivered)
                 basket_dups.inc(redelivered)
                 if local_baskets is not None:
@@ -493,7 +501,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             published.inc(len(offers))
             # Offers (and their logged decisions) leave now (latency); they and the state are
             # durable before the next offset commit (WriteBuffer).
-            buffer.defer(*await publish_offers(offers))
+            buffer.defer(*await publish_offers(offers, decisions))
 
     @app.on_partitions_revoked.connect
     async def write_before_revoke(sender: Any, /, *args: Any, **kwargs: Any) -> None:
