@@ -90,15 +90,6 @@ def _on_baskets_sent(route: LocalBaskets, partition: int, generation: int, barri
                    barrier=barrier)
 
 
-def _fetched_highwater(consumer: Any, tp: TP) -> int | None:
-    """``tp``'s high watermark as the last fetch since its assignment saw it (None: no fetch
-    answered for it yet, or it is not assigned)."""
-    try:
-        return consumer.highwater(tp)  # type: ignore[no-any-return]
-    except Exception:  # aiokafka asserts the partition is assigned: not (any more)
-        return None
-
-
 def engine_config(settings: Settings) -> EngineConfig:
     """Map the settings tree onto the engine's plain values."""
     o, w, c = settings.offers, settings.worker, settings.copurchase
@@ -369,16 +360,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         offers: list[BundleOffer] = []
         decisions: list[OfferDecision] = []
         for partition, part in by_partition(baskets).items():
-            tp = TP(baskets_name, partition)
-            owned = False
-            if not local_baskets.local(partition, generation=generation):
-                owned = tp in app.consumer.assignment()
-                if owned:  # armed at once when nothing is left to read there
-                    local_baskets.caught_up(
-                        partition, end=_fetched_highwater(app.consumer, tp),
-                        done=app.consumer._committed_offset.get(tp), generation=generation)
             if local_baskets.local(partition, generation=generation):
-                # What went through the topic this generation first, in order (the items
+                # What went through the topic since the barrier first, in order (the items
                 # agent then finds it learned already).
                 part = local_baskets.take_kept(partition) + part
                 buffer.partition = partition  # the anchors' changelog partition
@@ -388,7 +371,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 learned.labels("local").inc(len(part) - redelivered)
                 basket_dups.inc(redelivered)
                 continue
-            barrier = owned and local_baskets.sending(partition, part, generation=generation)
+            barrier = (TP(baskets_name, partition) in app.consumer.assignment()
+                       and local_baskets.sending(partition, part, generation=generation))
             future = await baskets_topic.send(value=encode(part), partition=partition)
             future.add_done_callback(functools.partial(
                 _on_baskets_sent, local_baskets, partition, generation, barrier))

@@ -14,21 +14,17 @@ the agent to learn *q*'s offset 101 in place while a basket of offset 95 still w
 (sent by *q*'s previous owner before a rebalance, or by this worker before it owned *p*), the
 items agent would then drop offset 95 as a duplicate: a lost purchase.
 
-Whatever was sent to *p* before the consumer group's current generation began (by whoever
-read the purchases partitions this worker reads now: their offsets below the committed ones,
-which they committed only once the broker had those baskets) lies below *p*'s end offset as a
-fetch of this generation sees it. So *p* is **armed** (from then on the purchases agent learns
-*p*'s baskets in place) once the items agent here is past that point: its committed offset,
-or the last message it learned, reaches the high watermark of a fetch made since the
-assignment (:meth:`caught_up`; at once for a partition with nothing left to read), or it has
-learned this worker's first message of the generation to *p*, the **barrier**, which lies
-after all of them. Until then the agent sends through the topic (it never waits: a delivery
-blocked on its full queue would hold up the consumer's one delivery loop, the items agent's
-deliveries included) and keeps what it sent; on arming it learns those in place first, in
-order. The items agent later finds them learned already (the marks) and skips them. So
-nothing is learned out of order, nothing twice. A new generation (a rebalance) starts over.
-Messages sent to *p* by other workers, from purchases partitions they read, are not affected:
-marks are per purchases partition.
+So, per generation of the consumer group, the first basket message this worker sends to a
+partition *p* it owns is a **barrier**: every message sent to *p* before the generation began
+(by whoever read the purchases partitions this worker reads now) lies before it in *p*. Once
+the items agent here has learned the barrier, *p* is **armed**: from then on the purchases
+agent learns *p*'s baskets in place. Between the barrier and the arming the agent goes on
+sending through the topic (it never waits: a delivery blocked on its full queue would hold up
+the consumer's one delivery loop, the items agent's deliveries included) and keeps what it
+sent; on arming it learns those in place first, in order. The items agent later finds them
+learned already (the marks) and skips them. So nothing is learned out of order, nothing twice.
+A new generation (a rebalance) starts over. Messages sent to *p* by other workers, from
+purchases partitions they read, are not affected: marks are per purchases partition.
 
 Plain Python, no faust: the agents tell it what they sent and learned, with the consumer
 generation of the moment.
@@ -46,10 +42,7 @@ False
 False
 >>> route.learned(2, offset=40, generation=5)  # the barrier learned: armed
 >>> route.local(2, generation=5), route.take_kept(2)
-(True, ['b1', 'b2', 'b3'])
->>> route.caught_up(3, end=120, done=120, generation=5)  # nothing left to read in 3
->>> route.local(3, generation=5)
-True
+(True, ['b2', 'b3'])
 >>> route.local(2, generation=6)  # a rebalance: through the topic again until re-armed
 False
 """
@@ -63,9 +56,9 @@ __all__ = ["LocalBaskets"]
 
 class LocalBaskets:
     """Arms item-baskets partitions for learning in place (see the module doc). Not thread-safe;
-    owned by the worker's event loop. ``keep_limit``: most baskets kept per partition until its
-    arming; past it the partition is given up for the generation (the items agent far behind,
-    e.g. after a rebalance)."""
+    owned by the worker's event loop. ``keep_limit``: most baskets kept per partition between
+    a barrier and its arming; past it the partition is given up for the generation (the items
+    agent far behind, e.g. after a rebalance)."""
 
     __slots__ = ("_armed", "_barrier", "_generation", "_keep_limit", "_kept", "_learned", "_out")
 
@@ -78,7 +71,7 @@ class LocalBaskets:
         self._barrier: dict[int, int | None] = {}
         #: Per partition, this generation: highest offset the items agent learned.
         self._learned: dict[int, int] = {}
-        #: Per partition: baskets sent this generation, to learn in place on arming.
+        #: Per partition: baskets sent after the barrier, to learn in place on arming.
         self._kept: dict[int, list[Any]] = {}
         #: Partitions out of the running for this generation (a failed send, too much kept).
         self._out: set[int] = set()
@@ -103,7 +96,7 @@ class LocalBaskets:
         return self._at(generation) and partition in self._armed
 
     def take_kept(self, partition: int) -> list[Any]:
-        """The baskets sent to ``partition`` this generation, oldest first, to learn in place
+        """The baskets sent to ``partition`` after its barrier, oldest first, to learn in place
         before any newer one (once per arming; empty afterwards)."""
         return self._kept.pop(partition, [])
 
@@ -112,16 +105,16 @@ class LocalBaskets:
         to be sent; True if it is the generation's barrier (tell :meth:`sent` so)."""
         if not self._at(generation) or partition in self._out:
             return False
-        barrier = partition not in self._barrier
-        if barrier:
+        if partition not in self._barrier:
             self._barrier[partition] = None
+            return True
         kept = self._kept.setdefault(partition, [])
         if len(kept) + len(baskets) > self._keep_limit:
             self._out.add(partition)  # the arming is far off: the topic for this generation
             self._kept.pop(partition, None)
         else:
             kept += baskets
-        return barrier
+        return False
 
     def sent(self, partition: int, *, offset: int, generation: int, barrier: bool) -> None:
         """The broker acknowledged a message of :meth:`sending` at ``offset``."""
@@ -144,17 +137,6 @@ class LocalBaskets:
         if offset > self._learned.get(partition, -1):
             self._learned[partition] = offset
         self._check(partition)
-
-    def caught_up(self, partition: int, *, end: int | None, done: int | None,
-                  generation: int) -> None:
-        """Arm ``partition`` if the items agent here is past ``end``, the high watermark of a
-        fetch made since this generation's assignment (None: none yet); ``done``: its
-        committed offset (the next to read; None: none)."""
-        if (end is None or not self._at(generation) or partition in self._out
-                or partition in self._armed):
-            return
-        if max(done or 0, self._learned.get(partition, -1) + 1) >= end:
-            self._armed.add(partition)
 
     def _check(self, partition: int) -> None:
         barrier = self._barrier.get(partition)
