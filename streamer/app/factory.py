@@ -347,7 +347,22 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
 
     local_baskets = LocalBaskets() if w.local_baskets else None
     baskets_name = baskets_topic.get_topic_name()
-    learned = metrics.baskets_learned
+    learned_by_route = {route: metrics.baskets_learned.labels(route)
+                        for route in ("topic", "local")}
+
+    def learn(partition: int, baskets: list[ItemBasket], route: str, offers: list[BundleOffer],
+              decisions: list[OfferDecision]) -> None:
+        """Learn ``baskets`` of item-baskets ``partition`` (their anchors' changelog partition)
+        and add the offers revised and the decisions logged to ``offers`` and ``decisions``.
+        The decisions are taken at once, before anything is awaited: both the purchases and
+        the items agent learn, and the agent that sends a decision is the one whose commit
+        waits for it."""
+        buffer.partition = partition
+        revised, redelivered = engine.learn_baskets(baskets)
+        offers += revised
+        decisions += decision_outbox.take()
+        learned_by_route[route].inc(len(baskets) - redelivered)
+        basket_dups.inc(redelivered)
 
     async def route_baskets(baskets: list[ItemBasket]) -> list[Any]:
         """The purchases agent's baskets: learned here for the item-baskets partitions this
@@ -359,26 +374,22 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         futures: list[Any] = []
         offers: list[BundleOffer] = []
         decisions: list[OfferDecision] = []
+        assigned: set[TP] | None = None  # read once per batch, when a partition is not armed
         for partition, part in by_partition(baskets).items():
             if local_baskets.local(partition, generation=generation):
                 # What went through the topic since the barrier first, in order (the items
                 # agent then finds it learned already).
-                part = local_baskets.take_kept(partition) + part
-                buffer.partition = partition  # the anchors' changelog partition
-                revised, redelivered = engine.learn_baskets(part)
-                offers += revised
-                decisions += decision_outbox.take()  # this agent's own: it defers their sends
-                learned.labels("local").inc(len(part) - redelivered)
-                basket_dups.inc(redelivered)
+                learn(partition, local_baskets.take_kept(partition) + part, "local", offers,
+                      decisions)
                 continue
-            barrier = (TP(baskets_name, partition) in app.consumer.assignment()
+            if assigned is None:
+                assigned = app.consumer.assignment()
+            barrier = (TP(baskets_name, partition) in assigned
                        and local_baskets.sending(partition, part, generation=generation))
             future = await baskets_topic.send(value=encode(part), partition=partition)
             future.add_done_callback(functools.partial(
                 _on_baskets_sent, local_baskets, partition, generation, barrier))
             futures.append(future)
-        if offers:
-            metrics.offers_published.inc(len(offers))
         futures += await publish_offers(offers, decisions)
         return futures
 
@@ -455,6 +466,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         so a storefront sees each anchor in order."""
         if not offers and not decisions:
             return []
+        metrics.offers_published.inc(len(offers))
         producer: Any = app.producer._ensure_producer()  # type: ignore[attr-defined]
         parts = producer.client.cluster.partitions_for_topic(offers_name)
         if not parts:
@@ -477,8 +489,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(baskets_topic.get_topic_name())
-        learned_here = learned.labels("topic")
-        published = metrics.offers_published
         async for events in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
@@ -486,19 +496,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             decisions: list[OfferDecision] = []
             async for message, baskets in decoded(events, decode_baskets):
                 # Every anchor of a message is owned by the message's partition.
-                buffer.partition = message.partition
                 consumed.inc(len(baskets))
-                revised, redelivered = engine.learn_baskets(baskets)
-                offers += revised
-                # Taken at once: the purchases agent learns (and logs decisions) too, and the
-                # agent that sends a decision is the one that defers its delivery.
-                decisions += decision_outbox.take()
-                learned_here.inc(len(baskets) - redelivered)
-                basket_dups.inc(redelivered)
+                learn(message.partition, baskets, "topic", offers, decisions)
                 if local_baskets is not None:
                     local_baskets.learned(message.partition, offset=message.offset,
                                           generation=message.generation_id)
-            published.inc(len(offers))
             # Offers (and their logged decisions) leave now (latency); they and the state are
             # durable before the next offset commit (WriteBuffer).
             buffer.defer(*await publish_offers(offers, decisions))

@@ -143,7 +143,3 @@ class LocalBaskets:
         if (barrier is not None and partition not in self._out
                 and self._learned.get(partition, -1) >= barrier):
             self._armed.add(partition)
-
-    def armed(self) -> set[int]:
-        """The partitions armed in the current generation (a copy)."""
-        return set(self._armed)
