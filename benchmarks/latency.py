@@ -29,7 +29,9 @@ batch's items as one message per partition of an intermediate topic (as the purc
 fans baskets out), reads those back and sends one offer-shaped record per item to ``offers``.
 Same broker, same fetch wait (``kafka.fetch_max_wait_ms``), same producer linger (0), same
 matching (``every-purchase``): what the produce -> broker -> fetch path costs on this machine
-before any of the worker's own work.
+before any of the worker's own work. ``--pipeline relay1`` is the same relay with one hop: it
+sends the offer-shaped records straight from the purchases it reads, the path a purchase takes
+through the worker when its item baskets are learned in place (``worker.local_baskets``).
 
 The purchases' producer sends each millisecond tick's purchases at once, with linger 0 by
 default (``--producer-linger-ms``): each becomes a record batch of its own, the embedded
@@ -40,6 +42,7 @@ third to third while the worker keeps up is the broker's growing cost per fetch.
     PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --seconds 10 --json lat.json
     PYTHONPATH=. python benchmarks/latency.py --rates 2000,10000 --offers defaults
     PYTHONPATH=. python benchmarks/latency.py --rates 2000 --pipeline relay
+    PYTHONPATH=. python benchmarks/latency.py --rates 2000 --pipeline relay1
 """
 
 from __future__ import annotations
@@ -192,13 +195,15 @@ async def measure(bootstrap: str, settings: Any, rate: float, warmup_s: float, s
 
 async def relay(bootstrap: str, purchases: str, mid: str, offers: str, fetch_max_wait_ms: int,
                 ready: Path) -> None:
-    """The ``--pipeline relay`` child (module doc): runs until killed."""
+    """The ``--pipeline relay`` child (module doc): runs until killed. ``mid`` empty: the
+    one-hop relay (``relay1``), offers sent straight from the purchases."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 fetch_max_wait_ms=fetch_max_wait_ms)
     await consumer.start()
-    consumer.assign([TopicPartition(t, p) for t in (purchases, mid) for p in range(PARTITIONS)])
+    topics = (purchases, mid) if mid else (purchases,)
+    consumer.assign([TopicPartition(t, p) for t in topics for p in range(PARTITIONS)])
     await consumer.seek_to_end()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()
@@ -212,6 +217,11 @@ async def relay(bootstrap: str, purchases: str, mid: str, offers: str, fetch_max
                     event = json.loads(r.value)
                     for line in event["items"]:
                         item = line["item_id"]
+                        if not mid:
+                            await producer.send(offers, json.dumps(
+                                {"anchor_item_id": item, "ts": event["ts"]}).encode(),
+                                key=item.encode())
+                            continue
                         by_partition.setdefault(zlib.crc32(item.encode()) % PARTITIONS,
                                                 []).append((item, event["ts"]))
                 else:
@@ -225,16 +235,18 @@ async def relay(bootstrap: str, purchases: str, mid: str, offers: str, fetch_max
 class RelayChild:
     """The relay as a subprocess (its own process and CPU, as the worker has)."""
 
-    def __init__(self, bootstrap: str, settings: Any, workdir: Path) -> None:
+    def __init__(self, bootstrap: str, settings: Any, workdir: Path, *, hops: int = 2) -> None:
         from streamer.app.broker import create_topics
 
         t = settings.topics
-        self.mid = f"relay-mid-{uuid.uuid4().hex[:8]}"
-        asyncio.run(create_topics(bootstrap, [self.mid], partitions=PARTITIONS))
-        self.ready = workdir / f"{self.mid}.ready"
+        name = f"relay-mid-{uuid.uuid4().hex[:8]}"
+        self.mid = name if hops == 2 else ""
+        if self.mid:
+            asyncio.run(create_topics(bootstrap, [self.mid], partitions=PARTITIONS))
+        self.ready = workdir / f"{name}.ready"
         self.child = Child([sys.executable, __file__, "--relay-child", bootstrap, t.purchases,
                             self.mid, t.offers, str(settings.kafka.fetch_max_wait_ms),
-                            str(self.ready)], child_env(), workdir / f"{self.mid}.log")
+                            str(self.ready)], child_env(), workdir / f"{name}.log")
 
     def stats(self) -> dict[str, Any]:
         return {"ready": self.ready.exists()}
@@ -257,15 +269,16 @@ def main() -> None:
     p.add_argument("--worker-env", action="append", default=[], metavar="K=V")
     p.add_argument("--offers", choices=("every-purchase", "defaults"), default="every-purchase",
                    help="offer settings (see the module doc)")
-    p.add_argument("--pipeline", choices=("worker", "relay"), default="worker",
+    p.add_argument("--pipeline", choices=("worker", "relay", "relay1"), default="worker",
                    help="measure streamer's worker, or the broker path's floor (module doc)")
     p.add_argument("--producer-linger-ms", type=int, default=0,
                    help="linger of the purchases' producer (the storefront's; default 0: "
                         "each tick's purchases are their own record batches)")
     args = p.parse_args()
     defaults = args.offers == "defaults"
-    if args.pipeline == "relay" and defaults:
-        p.error("--pipeline relay answers every purchase: use --offers every-purchase")
+    relaying = args.pipeline.startswith("relay")
+    if relaying and defaults:
+        p.error(f"--pipeline {args.pipeline} answers every purchase: use --offers every-purchase")
 
     from streamer.app.broker import EmbeddedBroker, free_port
     from streamer.app.worker import ensure_topics
@@ -291,8 +304,9 @@ def main() -> None:
             )
             asyncio.run(ensure_topics(settings))
             worker: StreamerWorker | RelayChild
-            if args.pipeline == "relay":
-                worker = RelayChild(broker.bootstrap, settings, workdir)
+            if relaying:
+                worker = RelayChild(broker.bootstrap, settings, workdir,
+                                    hops=1 if args.pipeline == "relay1" else 2)
             else:
                 worker = StreamerWorker(settings, workdir, extra_env)
             try:
@@ -311,7 +325,7 @@ def main() -> None:
             finally:
                 worker.child.stop()
             results.append(res)
-            consumed = ("relay" if args.pipeline == "relay"
+            consumed = (args.pipeline if relaying
                         else f"worker consumed {res['rate_worker'] or 0:>7,.0f}/s")
             line = (f"{rate:>7,.0f}/s target, {res['rate_produced']:>7,.0f}/s produced: "
                     f"{consumed}: "
