@@ -44,6 +44,13 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.suspended_deliveries = Counter(
+            "streamer_suspended_deliveries",
+            "Messages the consumer could not hand to their agent at once (its queue full, "
+            "flow suspended for a rebalance, or the producer's buffer full), so the consumer "
+            "waited: back-pressure from an agent that does not keep up.",
+            registry=self.registry,
+        )
         self.offers_published = Counter(
             "streamer_offers_published", "Offers published to the offers topic.",
             registry=self.registry,

@@ -220,10 +220,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     # Every offset commit first makes the agents' table writes (and messages) durable.
     sender = ChangelogSender(app)  # changelog records and offers, in batches
     buffer = WriteBuffer(sender)
-    install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
-                          fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write)
-    install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     metrics = metrics or Metrics()
+    install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
+                          fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write,
+                          on_suspended=metrics.suspended_deliveries.inc)
+    install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
     raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str, "key_serializer": "raw"}
 

@@ -188,6 +188,9 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: ``suspend_flow``): a full stream queue, suspended flow control, a full producer buffer.
     suspended_deliveries: int = 0
 
+    #: Called once per such delivery (e.g. a metric's ``inc``); None: only counted above.
+    on_suspended: Callable[[], Any] | None = None
+
     #: Corrects the end offsets the broker reports (faust recovers tables up to them), e.g.
     #: :func:`streamer.app.kafka.fetched_end_offsets`; None trusts the broker.
     end_offsets_check: Callable[[dict[TP, int]], Awaitable[dict[TP, int]]] | None = None
@@ -403,6 +406,8 @@ class FastConsumer(faust_aiokafka.Consumer):
             except StopIteration:
                 return  # delivered without yielding: nothing could have raced it
             self.suspended_deliveries += 1
+            if self.on_suspended is not None:
+                self.on_suspended()
             coro = _Continuation(coro, pending)
         await self.wait_first(coro, self.suspend_flow.wait())
 
@@ -534,10 +539,12 @@ def check_supported() -> None:
 def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         [dict[TP, int]], Awaitable[dict[TP, int]]] | None = None,
         fetch_max_wait_ms: int | None = None,
-        before_commit: Callable[[], Awaitable[Any]] | None = None) -> None:
+        before_commit: Callable[[], Awaitable[Any]] | None = None,
+        on_suspended: Callable[[], Any] | None = None) -> None:
     """Make ``app`` consume with :class:`FastConsumer`; call before the worker starts.
     ``before_commit`` is awaited by every commit before it commits
-    (:meth:`FastConsumer._commit_tps`).
+    (:meth:`FastConsumer._commit_tps`); ``on_suspended`` is called for every delivery that
+    had to wait (:attr:`FastConsumer.on_suspended`).
 
     Sets the consumer class on this app's transport only (other apps keep faust's). Idempotent.
     Raises :class:`FastConsumerUnsupported` when faust's internals differ from the release the
@@ -557,12 +564,14 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
                                       "consumer before the worker starts")
     consumer: type[FastConsumer] = FastConsumer
     if (end_offsets_check is not None or fetch_max_wait_ms is not None
-            or before_commit is not None):
+            or before_commit is not None or on_suspended is not None):
         consumer = type("FastConsumer", (FastConsumer,),
                         {"end_offsets_check": staticmethod(end_offsets_check)
                          if end_offsets_check is not None else None,
                          "fetch_max_wait_ms": fetch_max_wait_ms,
                          "before_commit": staticmethod(before_commit)
-                         if before_commit is not None else None})
+                         if before_commit is not None else None,
+                         "on_suspended": staticmethod(on_suspended)
+                         if on_suspended is not None else None})
     # An instance attribute (faust declares a ClassVar): this app's transport only.
     transport.Consumer = consumer  # type: ignore[misc]

@@ -189,15 +189,26 @@ def test_install_passes_before_commit_to_this_apps_consumer_class() -> None:
     assert FastConsumer.before_commit is None
 
 
+def test_install_passes_on_suspended_to_this_apps_consumer_class() -> None:
+    def on_suspended() -> None:
+        pass
+
+    app = new_app()
+    install_fast_consumer(app, on_suspended=on_suspended)
+    assert app.transport.Consumer.on_suspended is on_suspended
+    assert FastConsumer.on_suspended is None
+
+
 # -- delivery semantics ------------------------------------------------------------------------
 class FakeConsumer(Service):
     """What ``_deliver`` uses of a consumer: mode's ``wait_first`` and ``suspend_flow``."""
 
     suspended_deliveries = 0
 
-    def __init__(self) -> None:
+    def __init__(self, on_suspended: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
+        self.on_suspended = on_suspended
 
     async def deliver_stock(self, callback: Callable[[Any], Awaitable[Any]], message: Any) -> None:
         await self.wait_first(callback(message), self.suspend_flow.wait())  # faust 0.15.3's line
@@ -321,8 +332,10 @@ def test_a_callback_that_does_not_block_runs_without_tasks_or_a_turn_of_the_loop
 
 
 def test_a_callback_that_blocks_is_counted_and_continued_in_one_task() -> None:
+    hooked: list[str] = []
+
     async def main() -> tuple[int, list[str]]:
-        consumer = FakeConsumer()
+        consumer = FakeConsumer(on_suspended=lambda: hooked.append("suspended"))
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         queue.put_nowait("earlier")
         callback = Callback(queue)
@@ -334,6 +347,7 @@ def test_a_callback_that_blocks_is_counted_and_continued_in_one_task() -> None:
         return consumer.suspended_deliveries, callback.log
 
     assert asyncio.run(main()) == (1, ["done"])
+    assert hooked == ["suspended"]  # the metric's hook, once per blocked delivery
 
 
 def test_a_continuation_cancelled_before_it_ran_cleans_up_its_coroutine() -> None:
