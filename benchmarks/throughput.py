@@ -26,7 +26,10 @@ themselves in their agent; streamer's worker is polled on ``/stats/`` every 100 
 purchases counter, then every 50 ms until its items agent has taken every item basket the
 purchases fan out to, so its rate includes the downstream items agent). Start-up and group
 joins are not timed.
-Medians over repeats are printed with ratios; ``--json PATH`` writes them.
+Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
+CPU per event (the consuming process's, all its threads, over the same span; less disturbed
+by other load than events/s), and what reaching 0.8x the no-op agent's rate would leave the
+worker per event on one core.
 
     PYTHONPATH=. python benchmarks/throughput.py --events 10000 --repeats 3 --json tp.json
 
@@ -216,6 +219,7 @@ async def consume_loop(bootstrap: str, topic: str, n: int,
         await consumer.seek_to_beginning()
         seen = 0
         t0 = time.perf_counter()  # from the first fetch: one batch may hold every event
+        cpu0 = time.process_time()
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while seen < n and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
@@ -226,7 +230,9 @@ async def consume_loop(bootstrap: str, topic: str, n: int,
                 seen += len(records)
         if seen < n:
             raise RuntimeError(f"consumed {seen} of {n} events before the deadline")
-        return n / (time.perf_counter() - t0)
+        eps = n / (time.perf_counter() - t0)
+        CPU_US.append(1e6 * (time.process_time() - cpu0) / n)
+        return eps
     finally:
         await consumer.stop()
 
@@ -266,15 +272,17 @@ def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: s
     import faust
 
     app = bench_app(f"bench-{mode}", bootstrap)
-    state = {"seen": 0, "t0": 0.0}
+    state = {"seen": 0, "t0": 0.0, "cpu0": 0.0}
 
     def count() -> None:
         if not state["seen"]:
             state["t0"] = time.perf_counter()
+            state["cpu0"] = time.process_time()  # the whole process, all its threads
         state["seen"] += 1
         if state["seen"] == n:
             eps = n / (time.perf_counter() - state["t0"])
-            write_result(out, {"eps": eps})
+            cpu_us = 1e6 * (time.process_time() - state["cpu0"]) / n
+            write_result(out, {"eps": eps, "cpu_us": cpu_us})
             os._exit(0)  # the measurement is written; nothing else to tear down
 
     if mode == "faust_noop":
@@ -350,7 +358,9 @@ def run_faust_child(mode: str, bootstrap: str, topic: str, n: int, workdir: Path
             if not child.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"{mode} child failed; see {child.log}")
             time.sleep(0.05)  # waiting for the child's own measurement
-        return float(json.loads(out.read_text())["eps"])
+        result = json.loads(out.read_text())
+        CPU_US.append(float(result["cpu_us"]))
+        return float(result["eps"])
     finally:
         child.stop()
 
@@ -441,8 +451,10 @@ class StreamerWorker:
         return float(m.group(1)) if m else None
 
 
-CPU_US: list[float] = []  # worker CPU per event of each streamer run (robust to other load)
-CPU_BY_MODE: dict[str, list[float]] = {}  # the same, by mode (streamer, streamer_ref)
+#: CPU per event of each run (the consuming process's, all its threads, first event to last):
+#: more robust to other load on the machine than events/s.
+CPU_US: list[float] = []
+CPU_BY_MODE: dict[str, list[float]] = {}  # the same, by mode
 
 
 def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
@@ -628,7 +640,7 @@ def main() -> None:
             code = args.ref.resolve() if mode == "streamer_ref" else None
             eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
                                code, baskets, engine=mode != "streamer_no_engine")
-            CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
+        CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
         return eps
 
     announced: list[bool] = []
@@ -668,8 +680,7 @@ def main() -> None:
                 with broker_for(f"{mode}-{rep}") as (broker, topic):
                     eps = run_mode(mode, rep, broker, topic, workdir)
                 results[mode].append(eps)
-                cpu = (f"  ({CPU_US[-1]:,.0f} us worker CPU/event)"
-                       if mode.startswith("streamer") else "")
+                cpu = f"  ({CPU_US[-1]:,.1f} us CPU/event)"
                 print(f"  repeat {rep + 1}: {mode:<18} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
         if args.workers > 1:
@@ -713,18 +724,25 @@ def main() -> None:
               f"[{many:,.0f} vs {one:,.0f} events/s]")
         out[f"streamer_{args.workers}_workers_eps"] = many
         out["streamer_1_worker_produced_live_eps"] = one
-    if "streamer" in med:
-        out["streamer_cpu_us_per_event"] = statistics.median(CPU_BY_MODE["streamer"])
-        print(f"  streamer worker CPU: {out['streamer_cpu_us_per_event']:,.0f} us/event (median)")
-    if "streamer_no_engine" in CPU_BY_MODE:
-        out["streamer_no_engine_cpu_us_per_event"] = statistics.median(
-            CPU_BY_MODE["streamer_no_engine"])
-        print(f"  streamer_no_engine worker CPU: "
-              f"{out['streamer_no_engine_cpu_us_per_event']:,.0f} us/event (median)")
-    if "streamer_ref" in CPU_BY_MODE:
-        out["streamer_ref_cpu_us_per_event"] = statistics.median(CPU_BY_MODE["streamer_ref"])
-        print(f"  streamer_ref worker CPU: {out['streamer_ref_cpu_us_per_event']:,.0f} us/event "
-              f"(median; {args.ref})")
+    cpu = {m: statistics.median(v) for m, v in CPU_BY_MODE.items()}
+    if cpu:
+        print("  CPU per event (medians; the consuming process, all threads):")
+    for m, us in cpu.items():
+        out[f"{m}_cpu_us_per_event"] = us
+        print(f"    {m:<18} {us:>7,.1f} us" + (f"   ({args.ref})" if m == "streamer_ref" else ""))
+    if "faust_noop" in med and "streamer" in cpu:
+        # Where the goal lies in CPU: the worker is one process, so at 0.8x the no-op agent's
+        # rate it has 1 / (0.8 x that rate) of one core per event.
+        budget = 1e6 / (0.8 * med["faust_noop"])
+        parts = [f"without its engine {cpu['streamer_no_engine']:,.0f}"
+                 if "streamer_no_engine" in cpu else "",
+                 f"its engine alone in a plain loop {cpu['engine_loop']:,.0f}"
+                 if "engine_loop" in cpu else ""]
+        detail = "; ".join(p for p in parts if p)
+        print(f"  at 0.8x faust_noop ({0.8 * med['faust_noop']:,.0f} events/s) one core "
+              f"allows {budget:,.0f} us per event; streamer's worker spends "
+              f"{cpu['streamer']:,.0f}" + (f" ({detail})" if detail else ""))
+        out["goal_cpu_budget_us_per_event"] = budget
     out["runs"] = results
     out["ratios"] = ratios
     if args.json:
