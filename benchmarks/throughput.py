@@ -21,11 +21,20 @@ spread over all of them), the rate at which each consumer gets through the same 
   broker, de-duplication, fan-out, attribution, commits), the rate streamer would reach if the
   engine cost nothing.
 
-Rates are events/s from the first event consumed to the last one done (faust children time
-themselves in their agent; streamer's worker is polled on ``/stats/`` every 100 ms for its
-purchases counter, then every 50 ms until its items agent has taken every item basket the
-purchases fan out to, so its rate includes the downstream items agent). Start-up and group
-joins are not timed.
+``--warmup`` events (10,000 by default) come first and are consumed untimed; rates are
+events/s over the ``--events`` after them, to the last one done. faust children and the
+in-process loops read all of them from the preloaded topic and time themselves from the
+first event after the warm-up. streamer's worker gets a topic of its own holding the warm-up
+events, takes them all (and learns their item baskets) untimed, then the timed events are
+produced and timed from the moment production starts (as ``--workers`` does), to the moment
+its items agent has taken every item basket the purchases fan out to, so its rate includes
+the downstream items agent (``/stats/`` polled every 50-100 ms). Start-up and group joins
+are not timed. Why the warm-up: a worker that starts on a backlog fans purchases out faster
+than its items agent takes them, and learns the baskets kept meanwhile in one large batch
+once learning in place is armed (``streamer.app.local_baskets``), revising each anchor's
+offer once for thousands of purchases; in a 20,000-event run timed from the first event most
+purchases were in that phase (~12-20k purchases/s, then ~6-10k/s once steady).
+``--warmup 0`` times from the first event (the preloaded topic for every mode), as before.
 Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
 CPU per event (the consuming process's, all its threads, over the same span; less disturbed
 by other load than events/s), and what reaching 0.8x the no-op agent's rate would leave the
@@ -206,8 +215,10 @@ def engine_work() -> Callable[[bytes], None]:
 
 
 async def consume_loop(bootstrap: str, topic: str, n: int,
-                       work: Callable[[bytes], None] | None) -> float:
-    """An aiokafka consumer over every partition from the start; events/s first to n-th."""
+                       work: Callable[[bytes], None] | None, warmup: int = 0) -> float:
+    """An aiokafka consumer over every partition from the start; events/s over the events
+    after the first ``warmup`` (from the end of the batch that completed the warm-up; all
+    ``n`` from the first fetch without one)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -217,21 +228,25 @@ async def consume_loop(bootstrap: str, topic: str, n: int,
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
         await consumer.seek_to_beginning()
-        seen = 0
+        seen = base = 0
         t0 = time.perf_counter()  # from the first fetch: one batch may hold every event
         cpu0 = time.process_time()
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while seen < n and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            # Up to the end of the warm-up exactly, then large batches.
+            limit = min(10_000, warmup - seen) if warmup > seen else 10_000
+            batch = await consumer.getmany(timeout_ms=500, max_records=limit)
             for records in batch.values():
                 if work is not None:
                     for r in records:
                         work(r.value)
                 seen += len(records)
-        if seen < n:
+            if warmup and not base and seen >= warmup:
+                base, t0, cpu0 = seen, time.perf_counter(), time.process_time()
+        if seen < n or seen == base:
             raise RuntimeError(f"consumed {seen} of {n} events before the deadline")
-        eps = n / (time.perf_counter() - t0)
-        CPU_US.append(1e6 * (time.process_time() - cpu0) / n)
+        eps = (n - base) / (time.perf_counter() - t0)
+        CPU_US.append(1e6 * (time.process_time() - cpu0) / (n - base))
         return eps
     finally:
         await consumer.stop()
@@ -267,21 +282,23 @@ def bench_app(name: str, bootstrap: str, **overrides: Any) -> Any:
     )
 
 
-def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: str) -> None:
-    """A faust worker whose one agent reads ``topic``; writes its rate to ``out`` at ``n``."""
+def faust_child(mode: str, bootstrap: str, topic: str, n: int, out: str, loop: str,
+                warmup: int = 0) -> None:
+    """A faust worker whose one agent reads ``topic``; writes its rate over the events after
+    the first ``warmup`` to ``out`` at the ``n``-th."""
     import faust
 
     app = bench_app(f"bench-{mode}", bootstrap)
     state = {"seen": 0, "t0": 0.0, "cpu0": 0.0}
 
     def count() -> None:
-        if not state["seen"]:
+        if state["seen"] == warmup:  # the first event timed
             state["t0"] = time.perf_counter()
             state["cpu0"] = time.process_time()  # the whole process, all its threads
         state["seen"] += 1
         if state["seen"] == n:
-            eps = n / (time.perf_counter() - state["t0"])
-            cpu_us = 1e6 * (time.process_time() - state["cpu0"]) / n
+            eps = (n - warmup) / (time.perf_counter() - state["t0"])
+            cpu_us = 1e6 * (time.process_time() - state["cpu0"]) / (n - warmup)
             write_result(out, {"eps": eps, "cpu_us": cpu_us})
             os._exit(0)  # the measurement is written; nothing else to tear down
 
@@ -347,11 +364,12 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_faust_child(mode: str, bootstrap: str, topic: str, n: int, workdir: Path,
-                    loop: str) -> float:
+                    loop: str, warmup: int = 0) -> float:
     out = workdir / f"{mode}-{uuid.uuid4().hex[:6]}.json"
     child = Child([sys.executable, __file__, "--child", mode, "--bootstrap", bootstrap,
-                   "--topic", topic, "--events", str(n), "--child-out", str(out),
-                   "--loop", loop], child_env(), workdir / f"{mode}.log")
+                   "--topic", topic, "--events", str(n), "--warmup", str(warmup),
+                   "--child-out", str(out), "--loop", loop],
+                  child_env(), workdir / f"{mode}.log")
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not out.exists():
@@ -463,9 +481,11 @@ def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
 
 
 def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
-              baskets: int | None = None, started: tuple[float, float] | None = None) -> float:
-    """Poll until the workers consumed n purchases and drained item-baskets; events/s.
-    Appends the workers' CPU microseconds per event over the same span to ``CPU_US``.
+              baskets: int | None = None, started: tuple[float, float] | None = None,
+              base: int = 0) -> float:
+    """Poll until the workers consumed n purchases and drained item-baskets; events/s over
+    the purchases after the first ``base`` (consumed before the span: a warm-up).
+    Appends the workers' CPU microseconds per such event over the same span to ``CPU_US``.
 
     The span starts at the first purchase consumed, or at ``started`` (``perf_counter`` and
     the workers' CPU seconds then) when the events are produced while the workers run: they
@@ -476,12 +496,13 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
     fetched since the purchases agent sent) reads zero too early, so that ended some runs
     before the items agent had done its work (a profile without it, ~95 us/event)."""
     t0, cpu0 = started if started is not None else (0.0, 0.0)
+    timed = n - base
     while True:
         if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
             raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
         now = time.perf_counter()
         consumed = sum(w.consumed() for w in workers)
-        if consumed and not t0:
+        if consumed > base and not t0:
             t0 = now
             cpu0 = sum(w.cpu_s() for w in workers)
         if consumed >= n:
@@ -492,8 +513,8 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
             raise RuntimeError("item-baskets never drained")
         now = time.perf_counter()
         if sum(w.baskets_consumed() for w in workers) >= baskets:
-            CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / n)
-            return n / (now - t0)
+            CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
+            return timed / (now - t0)
         time.sleep(0.05)
     while True:
         if time.monotonic() > t_limit:
@@ -503,8 +524,8 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         if all(lag == 0 for lag in lags):
             time.sleep(0.1)  # a lag of 0 may be a stale high-water mark: confirm once
             if all(w.baskets_lag() == 0 for w in workers):
-                CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / n)
-                return n / (now - t0)
+                CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
+                return timed / (now - t0)
         else:
             time.sleep(0.1)
 
@@ -519,9 +540,26 @@ def py_spy() -> str | None:
 def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  extra_env: dict[str, str], profile: Path | None = None,
                  code: Path | None = None, baskets: int | None = None,
-                 engine: bool = True) -> float:
+                 engine: bool = True,
+                 warmup: tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
+                 | None = None) -> float:
+    """One worker on ``topic``'s ``n`` purchases (``baskets`` item baskets); events/s.
+
+    ``warmup`` (warm-up events, timed events): instead, a topic of its own gets the warm-up
+    events, the worker takes them all (and learns their baskets) untimed, then the timed
+    events are produced and timed from then on, as in :func:`run_scaled`."""
+    from streamer.app.broker import create_topics
     from streamer.app.worker import ensure_topics
 
+    base = 0
+    if warmup is not None:
+        warm, timed = warmup
+        topic = f"purchases-warm-{uuid.uuid4().hex[:8]}"
+        asyncio.run(create_topics(bootstrap, [topic], partitions=PARTITIONS))
+        asyncio.run(produce(bootstrap, topic, warm))
+        base, n = len(warm), len(warm) + len(timed)
+        warm_baskets = item_baskets(warm)
+        baskets = warm_baskets + item_baskets(timed)
     settings = worker_settings(bootstrap, topic, workdir)
     asyncio.run(ensure_topics(settings))
     worker = StreamerWorker(settings, workdir, extra_env, code=code, engine=engine)
@@ -538,7 +576,14 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  "-r", "200", "-p", str(worker.child.proc.pid),
                  *os.environ.get("PY_SPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rate = wait_done([worker], n, time.monotonic() + RUN_TIMEOUT_S, baskets)
+        limit = time.monotonic() + RUN_TIMEOUT_S
+        started = None
+        if warmup is not None:
+            wait_done([worker], base, limit, warm_baskets)
+            CPU_US.pop()  # the warm-up's, not reported
+            started = (time.perf_counter(), worker.cpu_s())
+            asyncio.run(produce(bootstrap, topic, timed))
+        rate = wait_done([worker], n, limit, baskets, started, base)
         routes = worker.stats().get("streamer_baskets_learned_total") or {}
         if routes.get("local"):  # the purchases agent learned these in place
             share = routes["local"] / sum(routes.values())
@@ -583,7 +628,10 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
 # -- driver -----------------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--events", type=int, default=20_000, help="events timed")
+    p.add_argument("--warmup", type=int, default=10_000,
+                   help="events consumed before the timed ones, untimed (0: time from the "
+                        "first event, start-up transients included)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--only", default=",".join(MODES), help="comma-separated modes to run")
@@ -610,7 +658,7 @@ def main() -> None:
         p.error("--profile needs py-spy: pip install -e '.[bench]'")
     if args.child:
         faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out,
-                    args.loop)
+                    args.loop, args.warmup)
         return
 
     from streamer.app.broker import EmbeddedBroker, create_topics
@@ -621,25 +669,32 @@ def main() -> None:
                      "streamer_ref")
     extra_env = dict(kv.split("=", 1) for kv in args.worker_env)
     n = args.events
+    warm = args.warmup
+    total = warm + n  # produced; the first ``warm`` are consumed untimed
     results: dict[str, list[float]] = {m: [] for m in modes}
-    events = make_purchases(n)
+    events = make_purchases(total)
     baskets = item_baskets(events)
+    warmup = (events[:warm], events[warm:]) if warm else None
     sizes = [len(v) for _, v in events]
 
     def run_mode(mode: str, rep: int, broker: Any, topic: str, workdir: Path) -> float:
         if mode == "ceiling":
-            eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, None))
+            eps = asyncio.run(consume_loop(broker.bootstrap, topic, total, None, warm))
         elif mode == "plain_loop":
-            eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, plain_counting()))
+            eps = asyncio.run(consume_loop(broker.bootstrap, topic, total, plain_counting(),
+                                           warm))
         elif mode == "engine_loop":
-            eps = asyncio.run(consume_loop(broker.bootstrap, topic, n, engine_work()))
+            eps = asyncio.run(consume_loop(broker.bootstrap, topic, total, engine_work(),
+                                           warm))
         elif mode in ("faust_noop", "naive_peer"):
-            eps = run_faust_child(mode, broker.bootstrap, topic, n, workdir, args.loop)
+            eps = run_faust_child(mode, broker.bootstrap, topic, total, workdir, args.loop,
+                                  warm)
         else:
             profile = args.profile if rep == 0 and mode == "streamer" else None
             code = args.ref.resolve() if mode == "streamer_ref" else None
-            eps = run_streamer(broker.bootstrap, topic, n, workdir, extra_env, profile,
-                               code, baskets, engine=mode != "streamer_no_engine")
+            eps = run_streamer(broker.bootstrap, topic, total, workdir, extra_env, profile,
+                               code, baskets, engine=mode != "streamer_no_engine",
+                               warmup=warmup)
         CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
         return eps
 
@@ -654,7 +709,8 @@ def main() -> None:
             produced = asyncio.run(produce(broker.bootstrap, topic, events))
             if not announced:
                 announced.append(True)
-                print(f"{n} purchases ({statistics.mean(sizes):.0f} B mean) produced at "
+                print(f"{total} purchases ({warm} untimed, then {n} timed; "
+                      f"{statistics.mean(sizes):.0f} B mean) produced at "
                       f"{produced:,.0f}/s to {topic} ({PARTITIONS} partitions) on "
                       f"{broker.bootstrap}" + (", a fresh broker per run" if args.fresh_broker
                                                else ""))
@@ -695,7 +751,7 @@ def main() -> None:
                           f"  ({CPU_US.pop():,.0f} us CPU/event, all workers)", flush=True)
 
     med = {m: statistics.median(v) for m, v in results.items()}
-    print(f"\nmedians over {args.repeats} repeats, {n} events:")
+    print(f"\nmedians over {args.repeats} repeats, {n} events timed after {warm}:")
     for m, v in med.items():
         runs = ", ".join(f"{x:,.0f}" for x in results[m])
         print(f"  {m:<18} {v:>11,.0f} events/s   (runs: {runs})")
@@ -715,7 +771,7 @@ def main() -> None:
     for name, r in ratios.items():
         goal = f"   (goal >= {goals[name]})" if name in goals else ""
         print(f"  {name:<32} {r:6.2f}x{goal}")
-    out: dict[str, Any] = {"events": n, "fresh_broker": args.fresh_broker}
+    out: dict[str, Any] = {"events": n, "warmup": warm, "fresh_broker": args.fresh_broker}
     for m in modes:
         out[f"{m}_eps"] = med[m]
     if scaled:
