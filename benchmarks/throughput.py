@@ -45,7 +45,7 @@ worker per event on one core.
 ``--ref DIR`` also runs the worker of another checkout (mode ``streamer_ref``, e.g. a ``git
 archive`` of the commit before a change), interleaved with ``streamer``: a before/after in one
 run. ``--workers 2`` also measures two streamer workers against one (events produced after the
-workers joined, for both), ``--only`` restricts the modes, and ``--worker-env K=V`` passes
+workers joined, for both; the warm-up first, untimed), ``--only`` restricts the modes, and ``--worker-env K=V`` passes
 settings to the streamer worker (e.g. ``STREAMER__WORKER__LOG_LEVEL=warning``).
 
 The embedded broker slows down as it fills (``broker_fetch.py``): run after run, streamer's
@@ -598,8 +598,9 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
 
 
 def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
-               extra_env: dict[str, str]) -> float:
-    """``workers`` streamer workers in one group, joined before the events are produced."""
+               extra_env: dict[str, str], warmup: int = 0) -> float:
+    """``workers`` streamer workers in one group, joined before the events are produced;
+    ``warmup`` events first, untimed, all taken and learned before the ``n`` timed ones."""
     from streamer.app.broker import free_port
     from streamer.app.worker import ensure_topics
 
@@ -615,11 +616,15 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
                 raise RuntimeError("workers not ready")
             time.sleep(0.2)
         time.sleep(8.0)  # let the group settle: the last join triggers one more rebalance
-        events = make_purchases(n, seed=2)
+        events = make_purchases(warmup + n, seed=2)
+        limit = time.monotonic() + RUN_TIMEOUT_S
+        if warmup:
+            asyncio.run(produce(bootstrap, topic, events[:warmup]))
+            wait_done(procs, warmup, limit, item_baskets(events[:warmup]))
+            CPU_US.pop()  # the warm-up's, not reported
         started = (time.perf_counter(), sum(w.cpu_s() for w in procs))
-        asyncio.run(produce(bootstrap, topic, events))
-        return wait_done(procs, n, time.monotonic() + RUN_TIMEOUT_S, item_baskets(events),
-                         started)
+        asyncio.run(produce(bootstrap, topic, events[warmup:]))
+        return wait_done(procs, warmup + n, limit, item_baskets(events), started, warmup)
     finally:
         for w in procs:
             w.child.stop()
@@ -745,7 +750,7 @@ def main() -> None:
                     # run_scaled produces into a topic of its own: no events to preload.
                     with (EmbeddedBroker(log_path=workdir / f"broker-scaled-{w}-{rep}.log")
                           if shared is None else contextlib.nullcontext(shared[0])) as broker:
-                        eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env)
+                        eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env, warm)
                     scaled.setdefault(w, []).append(eps)
                     print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
                           f"  ({CPU_US.pop():,.0f} us CPU/event, all workers)", flush=True)
