@@ -45,8 +45,9 @@ worker per event on one core.
 ``--ref DIR`` also runs the worker of another checkout (mode ``streamer_ref``, e.g. a ``git
 archive`` of the commit before a change), interleaved with ``streamer``: a before/after in one
 run. ``--workers 2`` also measures two streamer workers against one (events produced after the
-workers joined, for both; the warm-up first, untimed), ``--only`` restricts the modes, and ``--worker-env K=V`` passes
-settings to the streamer worker (e.g. ``STREAMER__WORKER__LOG_LEVEL=warning``).
+workers joined, for both; the warm-up first, untimed), ``--only`` restricts the modes, and
+``--worker-env K=V`` passes settings to the streamer worker (e.g.
+``STREAMER__WORKER__LOG_LEVEL=warning``).
 
 The embedded broker slows down as it fills (``broker_fetch.py``): run after run, streamer's
 worker, which sends two messages' worth of traffic through it per purchase (item baskets,
