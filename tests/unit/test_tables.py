@@ -10,7 +10,7 @@ from typing import Any
 import faust
 import pytest
 
-from streamer.app.tables import WriteBuffer, encode_key
+from streamer.app.tables import EncodedTable, WriteBuffer, encode_key, store_of
 from streamer.events.dedup import SeenId
 from tests.conftest import until
 
@@ -244,6 +244,25 @@ def test_str_keys_are_serialized_as_fausts_json_key_serializer_does() -> None:
                      for _ in range(rng.randrange(12))) for _ in range(2000)]
     for key in keys:
         assert encode_key(key) == prepare_key(key, "json")[0], key
+
+
+def test_a_faust_memory_tables_values_are_read_from_its_stores_own_dict() -> None:
+    """store_of: the plain dict faust's memory store keeps, the same one for the store's life,
+    so what faust writes there (recovery, its own assignments) is what the view reads."""
+    app = faust.App("tables-store", broker="kafka://127.0.0.1:9", store="memory://")
+    table = app.Table("prices", key_type=str, value_type=bytes)
+    store = table.data
+    assert type(store_of(table)) is dict and store_of(table) is store.data
+    view: EncodedTable[float] = EncodedTable(table, float)
+    store["tea"] = b"2.5"  # through faust's store (FastUserDict)
+    assert view["tea"] == 2.5 and "cup" not in view and view.get("cup") is None
+    store.apply_changelog_batch([], to_key=str, to_value=bytes)  # updates the same dict
+    store["tea"] = b"3.0"
+    assert view.get("tea") == 3.0
+    store.clear()  # as faust resets a store: the same dict, emptied
+    assert "tea" not in view and store_of(table) is store.data
+    other = FakeFaustTable()  # a store that is not faust's memory store: used as it is
+    assert store_of(other) is other.data
 
 
 def test_deferred_messages_are_waited_for_by_the_next_write_and_a_failed_one_fails_it() -> None:
