@@ -662,6 +662,8 @@ def main() -> None:
     args = p.parse_args()
     if args.profile is not None and py_spy() is None:
         p.error("--profile needs py-spy: pip install -e '.[bench]'")
+    if args.warmup < 0 or args.events < 1:
+        p.error("--warmup must be >= 0 and --events >= 1")
     if args.child:
         faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out,
                     args.loop, args.warmup)
