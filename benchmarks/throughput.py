@@ -552,15 +552,10 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
     from streamer.app.broker import create_topics
     from streamer.app.worker import ensure_topics
 
-    base = 0
     if warmup is not None:
-        warm, timed = warmup
         topic = f"purchases-warm-{uuid.uuid4().hex[:8]}"
         asyncio.run(create_topics(bootstrap, [topic], partitions=PARTITIONS))
-        asyncio.run(produce(bootstrap, topic, warm))
-        base, n = len(warm), len(warm) + len(timed)
-        warm_baskets = item_baskets(warm)
-        baskets = warm_baskets + item_baskets(timed)
+        asyncio.run(produce(bootstrap, topic, warmup[0]))
     settings = worker_settings(bootstrap, topic, workdir)
     asyncio.run(ensure_topics(settings))
     worker = StreamerWorker(settings, workdir, extra_env, code=code, engine=engine)
@@ -578,13 +573,10 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  *os.environ.get("PY_SPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         limit = time.monotonic() + RUN_TIMEOUT_S
-        started = None
         if warmup is not None:
-            wait_done([worker], base, limit, warm_baskets)
-            CPU_US.pop()  # the warm-up's, not reported
-            started = (time.perf_counter(), worker.cpu_s())
-            asyncio.run(produce(bootstrap, topic, timed))
-        rate = wait_done([worker], n, limit, baskets, started, base)
+            rate = time_after_warmup([worker], bootstrap, topic, *warmup, limit)
+        else:
+            rate = wait_done([worker], n, limit, baskets)
         routes = worker.stats().get("streamer_baskets_learned_total") or {}
         if routes.get("local"):  # the purchases agent learned these in place
             share = routes["local"] / sum(routes.values())
@@ -596,6 +588,22 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
         worker.child.stop()
+
+
+def time_after_warmup(workers: list[StreamerWorker], bootstrap: str, topic: str,
+                      warm: list[tuple[bytes, bytes]], timed: list[tuple[bytes, bytes]],
+                      t_limit: float) -> float:
+    """events/s of ``timed``: the ``warm`` events (already in ``topic``, possibly none) are
+    taken and their baskets learned first, untimed; then ``timed`` is produced and timed from
+    the start of its production (:func:`wait_done`)."""
+    warm_baskets = item_baskets(warm)
+    if warm:
+        wait_done(workers, len(warm), t_limit, warm_baskets)
+        CPU_US.pop()  # the warm-up's, not reported
+    started = (time.perf_counter(), sum(w.cpu_s() for w in workers))
+    asyncio.run(produce(bootstrap, topic, timed))
+    return wait_done(workers, len(warm) + len(timed), t_limit,
+                     warm_baskets + item_baskets(timed), started, len(warm))
 
 
 def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
@@ -618,14 +626,10 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
             time.sleep(0.2)
         time.sleep(8.0)  # let the group settle: the last join triggers one more rebalance
         events = make_purchases(warmup + n, seed=2)
-        limit = time.monotonic() + RUN_TIMEOUT_S
         if warmup:
             asyncio.run(produce(bootstrap, topic, events[:warmup]))
-            wait_done(procs, warmup, limit, item_baskets(events[:warmup]))
-            CPU_US.pop()  # the warm-up's, not reported
-        started = (time.perf_counter(), sum(w.cpu_s() for w in procs))
-        asyncio.run(produce(bootstrap, topic, events[warmup:]))
-        return wait_done(procs, warmup + n, limit, item_baskets(events), started, warmup)
+        return time_after_warmup(procs, bootstrap, topic, events[:warmup], events[warmup:],
+                                 time.monotonic() + RUN_TIMEOUT_S)
     finally:
         for w in procs:
             w.child.stop()

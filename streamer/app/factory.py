@@ -299,7 +299,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
     partitions = t.partitions
-    basket_dups = metrics.duplicates.labels(baskets_topic.get_topic_name())
+    baskets_name = baskets_topic.get_topic_name()
+    basket_dups = metrics.duplicates.labels(baskets_name)
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
         value = bytes(message.value or b"")
@@ -347,7 +348,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 for partition, part in by_partition(baskets).items()]
 
     local_baskets = LocalBaskets() if w.local_baskets else None
-    baskets_name = baskets_topic.get_topic_name()
     learned_by_route = {route: metrics.baskets_learned.labels(route)
                         for route in ("topic", "local")}
 
@@ -489,7 +489,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
 
     @app.agent(baskets_topic, name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
-        consumed = metrics.events_consumed.labels(baskets_topic.get_topic_name())
+        consumed = metrics.events_consumed.labels(baskets_name)
         async for events in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).

@@ -60,12 +60,11 @@ class LocalBaskets:
     a barrier and its arming; past it the partition is given up for the generation (the items
     agent far behind, e.g. after a rebalance)."""
 
-    __slots__ = ("_armed", "_barrier", "_generation", "_keep_limit", "_kept", "_learned", "_out")
+    __slots__ = ("_barrier", "_generation", "_keep_limit", "_kept", "_learned", "_out")
 
     def __init__(self, keep_limit: int = 50_000) -> None:
         self._keep_limit = keep_limit
         self._generation: int | None = None
-        self._armed: set[int] = set()
         #: Per partition, this generation: the barrier's offset once acknowledged (None: sent,
         #: not yet acknowledged).
         self._barrier: dict[int, int | None] = {}
@@ -83,7 +82,6 @@ class LocalBaskets:
         if self._generation is not None and generation < self._generation:
             return False
         self._generation = generation
-        self._armed.clear()
         self._barrier.clear()
         self._learned.clear()
         self._kept.clear()
@@ -92,8 +90,12 @@ class LocalBaskets:
 
     def local(self, partition: int, *, generation: int) -> bool:
         """True: baskets for ``partition`` may be learned in place now (after
-        :meth:`take_kept`'s)."""
-        return self._at(generation) and partition in self._armed
+        :meth:`take_kept`'s): it is armed, its barrier acknowledged and learned, and it was
+        not given up this generation."""
+        if not self._at(generation) or partition in self._out:
+            return False
+        barrier = self._barrier.get(partition)
+        return barrier is not None and self._learned.get(partition, -1) >= barrier
 
     def take_kept(self, partition: int) -> list[Any]:
         """The baskets sent to ``partition`` after its barrier, oldest first, to learn in place
@@ -120,14 +122,12 @@ class LocalBaskets:
         """The broker acknowledged a message of :meth:`sending` at ``offset``."""
         if barrier and generation == self._generation:
             self._barrier[partition] = offset
-            self._check(partition)
 
     def failed(self, partition: int, *, generation: int) -> None:
         """A message of :meth:`sending` failed: ``partition`` is not armed this generation
         (where the message landed, if anywhere, is unknown)."""
         if generation == self._generation:
             self._out.add(partition)
-            self._armed.discard(partition)
             self._kept.pop(partition, None)
 
     def learned(self, partition: int, *, offset: int, generation: int) -> None:
@@ -136,10 +136,3 @@ class LocalBaskets:
             return
         if offset > self._learned.get(partition, -1):
             self._learned[partition] = offset
-        self._check(partition)
-
-    def _check(self, partition: int) -> None:
-        barrier = self._barrier.get(partition)
-        if (barrier is not None and partition not in self._out
-                and self._learned.get(partition, -1) >= barrier):
-            self._armed.add(partition)

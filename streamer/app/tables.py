@@ -418,7 +418,7 @@ class BufferedTable(EncodedTable[V]):
         self._dirty = {}
         raw, buffer = self._raw, self._buffer
         send = getattr(raw, "send_changelog", None)
-        store = self._read if send is not None else raw
+        store = self._read  # a faust table's store (store_of), else the mapping itself
         outbox = None
         if send is not None and buffer.sender is not None:
             # Serialized exactly as faust's send_changelog would (its recovery decodes them).
