@@ -35,6 +35,15 @@ once learning in place is armed (``streamer.app.local_baskets``), revising each 
 offer once for thousands of purchases; in a 20,000-event run timed from the first event most
 purchases were in that phase (~12-20k purchases/s, then ~6-10k/s once steady).
 ``--warmup 0`` times from the first event (the preloaded topic for every mode), as before.
+
+The purchases are ``--event-spacing-ms`` apart in event time: 100 ms by default, so a run of
+thousands of purchases per second is a replay compressed about 1000 times, and 0.1 ms is a
+live stream at 10,000 purchases/s. Of the modes only streamer's read event time, and much of its
+work depends on it: an anchor's offer is reconsidered at most once per ``min_interval_s``
+(5 s) of event time, so compressed event time reconsiders hot anchors hundreds of times more
+often per purchase than a live stream of the same rate (the engine in process, in event-time
+order, the same 30,000 purchases: ~100 us each at 100 ms, ~54 at 1 ms, ~47 at 0.1 ms).
+
 Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
 CPU per event (the consuming process's, all its threads, over the same span; less disturbed
 by other load than events/s), and what reaching 0.8x the no-op agent's rate would leave the
@@ -92,9 +101,11 @@ RUN_TIMEOUT_S = 240.0
 
 
 # -- events --------------------------------------------------------------------------------
-def make_purchases(n: int, *, catalogue: int = 5000, seed: int = 1) -> list[tuple[bytes, bytes]]:
+def make_purchases(n: int, *, catalogue: int = 5000, seed: int = 1,
+                   spacing_ms: float = 100.0) -> list[tuple[bytes, bytes]]:
     """``n`` purchase events (key: user id): 1-8 distinct items (mean ~2.6) drawn ~ 1/rank
-    from ``catalogue`` items, 100 ms apart in event time, fixed prices per item."""
+    from ``catalogue`` items, ``spacing_ms`` apart in event time (whole ms: several events
+    share one ms when it is below 1), fixed prices per item."""
     rng = random.Random(seed)
     ids = [f"SKU{i:06d}" for i in range(catalogue)]
     prices = {i: round(rng.uniform(1, 200), 2) for i in ids}
@@ -109,7 +120,7 @@ def make_purchases(n: int, *, catalogue: int = 5000, seed: int = 1) -> list[tupl
         items = list(dict.fromkeys(rng.choices(ids, cum_weights=cum, k=size)))
         user = f"u{rng.randrange(50_000)}"
         event = {
-            "event_id": f"p{k}", "ts": TS0 + 100 * k, "user_id": user,
+            "event_id": f"p{k}", "ts": TS0 + int(k * spacing_ms), "user_id": user,
             "session_id": f"s{k // 3}", "order_id": f"o{k}",
             "items": [{"item_id": i, "quantity": 1 + rng.randrange(2), "unit_price": prices[i]}
                       for i in items],
@@ -607,7 +618,7 @@ def time_after_warmup(workers: list[StreamerWorker], bootstrap: str, topic: str,
 
 
 def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
-               extra_env: dict[str, str], warmup: int = 0) -> float:
+               extra_env: dict[str, str], warmup: int = 0, spacing_ms: float = 100.0) -> float:
     """``workers`` streamer workers in one group, joined before the events are produced;
     ``warmup`` events first, untimed, all taken and learned before the ``n`` timed ones."""
     from streamer.app.broker import free_port
@@ -625,7 +636,7 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
                 raise RuntimeError("workers not ready")
             time.sleep(0.2)
         time.sleep(8.0)  # let the group settle: the last join triggers one more rebalance
-        events = make_purchases(warmup + n, seed=2)
+        events = make_purchases(warmup + n, seed=2, spacing_ms=spacing_ms)
         if warmup:
             asyncio.run(produce(bootstrap, topic, events[:warmup]))
         return time_after_warmup(procs, bootstrap, topic, events[:warmup], events[warmup:],
@@ -642,6 +653,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10_000,
                    help="events consumed before the timed ones, untimed (0: time from the "
                         "first event, start-up transients included)")
+    p.add_argument("--event-spacing-ms", type=float, default=100.0, metavar="MS",
+                   help="event time between two purchases (100: a replay compressed ~1000x; "
+                        "0.1: a live stream of 10k purchases/s)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--only", default=",".join(MODES), help="comma-separated modes to run")
@@ -666,8 +680,8 @@ def main() -> None:
     args = p.parse_args()
     if args.profile is not None and py_spy() is None:
         p.error("--profile needs py-spy: pip install -e '.[bench]'")
-    if args.warmup < 0 or args.events < 1:
-        p.error("--warmup must be >= 0 and --events >= 1")
+    if args.warmup < 0 or args.events < 1 or not args.event_spacing_ms >= 0:
+        p.error("--warmup and --event-spacing-ms must be >= 0 and --events >= 1")
     if args.child:
         faust_child(args.child, args.bootstrap, args.topic, args.events, args.child_out,
                     args.loop, args.warmup)
@@ -684,7 +698,7 @@ def main() -> None:
     warm = args.warmup
     total = warm + n  # produced; the first ``warm`` are consumed untimed
     results: dict[str, list[float]] = {m: [] for m in modes}
-    events = make_purchases(total)
+    events = make_purchases(total, spacing_ms=args.event_spacing_ms)
     baskets = item_baskets(events)
     warmup = (events[:warm], events[warm:]) if warm else None
     sizes = [len(v) for _, v in events]
@@ -722,7 +736,8 @@ def main() -> None:
             if not announced:
                 announced.append(True)
                 print(f"{total} purchases ({warm} untimed, then {n} timed; "
-                      f"{statistics.mean(sizes):.0f} B mean) produced at "
+                      f"{statistics.mean(sizes):.0f} B mean; {args.event_spacing_ms:g} ms "
+                      f"apart in event time) produced at "
                       f"{produced:,.0f}/s to {topic} ({PARTITIONS} partitions) on "
                       f"{broker.bootstrap}" + (", a fresh broker per run" if args.fresh_broker
                                                else ""))
@@ -757,7 +772,8 @@ def main() -> None:
                     # run_scaled produces into a topic of its own: no events to preload.
                     with (EmbeddedBroker(log_path=workdir / f"broker-scaled-{w}-{rep}.log")
                           if shared is None else contextlib.nullcontext(shared[0])) as broker:
-                        eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env, warm)
+                        eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env, warm,
+                                         args.event_spacing_ms)
                     scaled.setdefault(w, []).append(eps)
                     print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
                           f"  ({CPU_US.pop():,.0f} us CPU/event, all workers)", flush=True)
@@ -783,7 +799,8 @@ def main() -> None:
     for name, r in ratios.items():
         goal = f"   (goal >= {goals[name]})" if name in goals else ""
         print(f"  {name:<32} {r:6.2f}x{goal}")
-    out: dict[str, Any] = {"events": n, "warmup": warm, "fresh_broker": args.fresh_broker}
+    out: dict[str, Any] = {"events": n, "warmup": warm, "fresh_broker": args.fresh_broker,
+                           "event_spacing_ms": args.event_spacing_ms}
     for m in modes:
         out[f"{m}_eps"] = med[m]
     if scaled:
