@@ -213,6 +213,11 @@ def engine_work() -> Callable[[bytes], None]:
         engine = Engine(config, state, Engine.v0_policy(config), decisions=EncodingSink())
     except ImportError:  # a checkout before the decision ledger
         engine = Engine(config, state, Engine.v0_policy(config))
+    if hasattr(engine, "release_learned") and flush is not None:
+        # As the worker does: tables learned in place between flushes of the write-back.
+        engine = Engine(config, state, engine.policy, decisions=engine.decisions,
+                        in_place_learning=True)
+        buffer.after_flush.append(engine.release_learned)
 
     interval_s = settings.worker.commit_interval_s
     flushed = [time.monotonic()]

@@ -255,6 +255,10 @@ class Engine:
     watches the reward of each policy version as :meth:`learn_conversion` learns it; when it
     sees a drift, the conversion model forgets its per-bundle history
     (:meth:`ConversionModel.forget_bundles`). None: no watch (replay, evaluation).
+    ``in_place_learning``: learning updates the partner and triple tables it made itself in
+    place until :meth:`release_learned` (see ``CoPurchaseStats.release``); a driver that
+    sets it calls :meth:`release_learned` whenever the values written may be seen by anything
+    else (the worker: after every flush of its write-back). Same results either way.
     """
 
     def __init__(
@@ -266,6 +270,7 @@ class Engine:
         conversion: ConversionModel | None = None,
         decisions: DecisionSink | None = None,
         drift: DriftMonitor | None = None,
+        in_place_learning: bool = False,
     ) -> None:
         self.config = config
         #: Where each offer's decision is logged when the offer is made (None: not logged;
@@ -307,6 +312,7 @@ class Engine:
             triple_partners=config.triple_partners,
             triple_min_orders=config.triple_min_orders, ranks=ranks,
             max_partner_entries=config.max_partner_entries, anchors=anchors,
+            in_place=in_place_learning,
         )
         self.builder = OfferBuilder(segment=config.segment, ttl_ms=config.offer_ttl_ms)
         self._segments = config.offer_segments  # a property that builds a tuple: read once
@@ -474,6 +480,11 @@ class Engine:
         self.sessions.rebuild()
         self._learner.recount()
         self._unchanged_at.clear()  # marks of evaluations of what may be another state
+
+    def release_learned(self) -> None:
+        """Every value learned so far may now be seen by others: learning copies an anchor's
+        tables again before it updates them (``in_place_learning`` only; else nothing)."""
+        self._learner.release()
 
     def has_learned(self, basket: ItemBasket) -> bool:
         """True when ``basket``'s purchase is already in its anchor's record (redelivered)."""

@@ -267,8 +267,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     # Every offer's decision, logged when it is made; the items agent publishes them with the
     # offers to <app>-decisions, which every worker reads (streamer.app.rewards_agents).
     decision_outbox = DecisionOutbox()
+    # Learning updates an anchor's tables in place between flushes of the write-back (copied
+    # once per flush, not once per basket); a flush hands the values to the tables' caches.
     engine = Engine(config, state, Engine.v0_policy(config), decisions=decision_outbox,
-                    drift=DriftMonitor())
+                    drift=DriftMonitor(), in_place_learning=True)
+    buffer.after_flush.append(engine.release_learned)
     click_dedup = Deduplicator(
         buffer.table(seen_clicks_t, SeenId),
         ttl_ms=int(w.dedup_ttl_s * 1000),

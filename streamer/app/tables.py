@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -204,13 +204,17 @@ class WriteBuffer:
     changelog records, whoever flushed them.
     """
 
-    __slots__ = ("_holds", "_inflight", "_lock", "_outbox", "partition", "sender", "tables")
+    __slots__ = ("_holds", "_inflight", "_lock", "_outbox", "after_flush", "partition", "sender",
+                 "tables")
 
     def __init__(self, sender: ChangelogSender | None = None) -> None:
         self.partition = 0
         self.tables: list[BufferedTable[Any]] = []
         #: Sends the changelog records of faust tables in batches (None: one faust send each).
         self.sender = sender
+        #: Called after every flush, once the values written are in their tables' stores (and
+        #: caches), where other readers may see them (e.g. ``Engine.release_learned``).
+        self.after_flush: list[Callable[[], None]] = []
         self._outbox: list[ChangelogRecord] = []  # flushed, not yet handed to the sender
         self._inflight: list[Any] = []  # futures of changelog messages sent
         self._lock = asyncio.Lock()
@@ -286,7 +290,10 @@ class WriteBuffer:
 
     def flush(self) -> int:
         """Write every pending change; returns how many keys were written."""
-        return sum(t.flush() for t in self.tables)
+        n = sum(t.flush() for t in self.tables)
+        for hook in self.after_flush:
+            hook()
+        return n
 
     def pending(self) -> int:
         """Keys written since the last flush."""

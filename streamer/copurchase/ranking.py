@@ -21,9 +21,10 @@ the caller drops the entry too (:meth:`HeaviestCache.forget`, or simply not call
 :meth:`HeaviestCache.grown`).
 
 The cache holds no state of its own that matters: an entry is used only for the very table
-object it was computed from (tables are never modified in place, see
-:class:`~streamer.copurchase.stats.ItemStats`), so a cold, evicted or stale entry only costs
-one full ranking.
+object it was computed from, so a cold, evicted or stale entry only costs one full ranking.
+Tables are not modified in place (see :class:`~streamer.copurchase.stats.ItemStats`), except
+by a learner updating its own tables ``in_place``, which tells the cache of every such update
+through :meth:`HeaviestCache.grown` (or :meth:`HeaviestCache.forget`).
 
 >>> cache = HeaviestCache(depth=2)
 >>> table = {"a": 1.0, "b": 3.0, "c": 2.0}
@@ -38,6 +39,7 @@ True
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Container
 from heapq import nlargest
 from operator import itemgetter
 
@@ -126,12 +128,15 @@ class HeaviestCache:
         return -entry[2][0] if entry is not None and entry[0] is table else None
 
     def grown(self, anchor: str, old: dict[str, float], new: dict[str, float],
-              keys: list[str]) -> None:
+              keys: list[str], new_keys: Container[str] | None = None) -> None:
         """``new`` is ``old`` with the weights of ``keys`` (distinct) increased, keys not in
         ``old`` added at its end in this order, and nothing else changed: move ``anchor``'s
         entry, if it is for ``old``, to ``new``. Any other change (a purge, a rescale) must
         not come here. About O(len(keys)) when no key reaches the top, plus O(depth) per key
-        that does."""
+        that does. ``new`` may be ``old`` itself, updated in place: ``new_keys`` then says
+        which of ``keys`` were not in it before. Without it every key counts as an existing
+        one, which is exact too but keeps a shorter top whenever a new key ties, and new keys
+        often do (an order's new partners all enter at one weight)."""
         entries = self._entries
         entry = entries.get(anchor)
         if entry is None:
@@ -152,7 +157,8 @@ class HeaviestCache:
             elif not whole and weight < floor:
                 continue  # below the cut: stays out
             else:
-                existing, added = key in old, True
+                existing = key in old if new_keys is None else key not in new_keys
+                added = True
             neg = -weight
             lo = bisect_left(negs, neg)
             hi = bisect_right(negs, neg, lo)

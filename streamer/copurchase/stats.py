@@ -59,7 +59,13 @@ more than the copies saved); a purge that builds its result from numpy masks or
 ``compress``/``zip`` (slower than the comprehension); a cache of triple keys or of whole
 strong sets (6% of strong sets recur). Updating the tables in place would save the copies
 (about 1.15x on UCI, 1.25x on synthetic orders, CPU time, one run each) but breaks the
-assignment-only contract above.
+assignment-only contract above. ``in_place`` keeps the contract for every value anything
+else may hold: it copies an anchor's tables on their first update after :meth:`~CoPurchaseStats.
+release` and updates only those copies, its own, in place until the next release. The worker
+releases on every flush of its write-back (``streamer.app.tables.WriteBuffer``), so a hot
+anchor's table is copied about once a second instead of on every order (its engine, in process,
+on ``benchmarks/throughput.py``'s purchases at a live stream's event time: 42.8 -> 39.9 us per
+purchase, medians of 5 interleaved runs).
 
 Query cost: :meth:`CoPurchaseStats.candidates` needs an anchor's dozen heaviest partners and
 few heaviest triples, on every offer revision. Ranking a whole partner table (up to ``top_k``)
@@ -127,7 +133,8 @@ class ItemStats(Struct, frozen=True, array_like=True, gc=False):
     orders holding the anchor, b and c, short by at most ``triple_offset``.
 
     Treat an instance as immutable: :class:`CoPurchaseStats` builds a new one per update (its
-    dicts are shared between versions, never modified).
+    dicts are shared between versions and never modified, except by an instance learning
+    ``in_place``, which updates the tables it created itself until its next ``release()``).
 
     >>> import msgspec
     >>> s = ItemStats(1_700_000_000_000, 2.0, {"b": 1.0}, 0.0, {}, 0.0)
@@ -190,8 +197,13 @@ class CoPurchaseStats:
             after learning grew them. Pass the same pair to the instance that learns anchors
             and the one that queries them (the engine keeps two); None: an instance of its
             own. In-memory only; the results are the same with or without.
+        in_place: update in place the partner and triple tables this instance created (by
+            copying a stored table, or anew) since its last :meth:`release`, instead of
+            copying them again on every update of their anchor; see :meth:`release`. The
+            results are the same either way.
 
-    Only assigns values (``m[k] = v``) and never modifies a value it has read, so a
+    Only assigns values (``m[k] = v``) and never modifies a value it has read (unless
+    ``in_place``: then only tables of its own making, until :meth:`release`), so a
     changelog-backed table sees every change. ``learn_anchor`` reads and writes one key of
     ``items`` and writes one key of ``counts``. Not thread-safe. Raises ``ValueError`` for
     invalid arguments and for non-positive or non-finite weights.
@@ -210,6 +222,8 @@ class CoPurchaseStats:
         "_ln2_per_ms",
         "_max_partner_entries",
         "_min_k",
+        "_own_pairs",
+        "_own_triples",
         "_partner_ranks",
         "_prior_strength",
         "_renormalise_ms",
@@ -240,6 +254,7 @@ class CoPurchaseStats:
         prior_strength: float = 1.0,
         ranks: tuple[HeaviestCache, HeaviestCache] | None = None,
         anchors: Sized | None = None,
+        in_place: bool = False,
     ) -> None:
         if not (half_life_s > 0 and math.isfinite(half_life_s)):
             raise ValueError(f"half_life_s must be positive and finite, got {half_life_s}")
@@ -270,6 +285,25 @@ class CoPurchaseStats:
         self._anchors: Sized = items if anchors is None else anchors
         self._partner_ranks, self._triple_ranks = (
             ranks if ranks is not None else (HeaviestCache(), HeaviestCache()))
+        # in_place: anchor -> the partner / triple table this instance made since release()
+        # (None: copy on every update).
+        self._own_pairs: dict[str, dict[str, float]] | None = {} if in_place else None
+        self._own_triples: dict[str, dict[str, float]] | None = {} if in_place else None
+
+    def release(self) -> None:
+        """From now on, treat every table learned so far as shared (``in_place`` only).
+
+        Call it whenever the values written may be seen by anything else than this instance
+        and transient reads: e.g. once a write-back flushed them (a cache of decoded values
+        then holds them beside their encoding). Until then, an anchor's tables are copied on
+        its first update and updated in place on the next ones. Why: a hot anchor's partner
+        table holds up to ``top_k`` entries, and copying it for every order was a fifth of the
+        engine's time on ``benchmarks/throughput.py``'s purchases; learned in place between
+        the worker's flushes, it is copied once per flush.
+        """
+        if self._own_pairs is not None and self._own_triples is not None:
+            self._own_pairs.clear()
+            self._own_triples.clear()
 
     # -- learning ---------------------------------------------------------------------------
 
@@ -359,19 +393,30 @@ class CoPurchaseStats:
         if count_anchor:
             count += step
         if partners:
-            # Copy (the stored value stays untouched), then update. Comprehensions, not
-            # map(operator, ...) pipelines: in CPython 3.11 their specialised float and dict
-            # bytecodes run faster than map over C functions, and much faster than over bound
-            # methods such as ``threshold.__le__`` (method-wrappers).
-            pairs = pairs.copy()
+            # Copy (the stored value stays untouched), then update; unless the table is this
+            # instance's own (in_place, see release). Comprehensions, not map(operator, ...)
+            # pipelines: in CPython 3.11 their specialised float and dict bytecodes run faster
+            # than map over C functions, and much faster than over bound methods such as
+            # ``threshold.__le__`` (method-wrappers).
+            own_pairs = self._own_pairs
+            new_keys = None
+            if own_pairs is None or own_pairs.get(anchor) is not pairs:
+                pairs = pairs.copy()
+                if own_pairs is not None:
+                    own_pairs[anchor] = pairs
+            elif base_pairs is not None:  # updated in place: the rank cache needs the new keys
+                new_keys = {p for p in partners if p not in pairs}
             get = pairs.get
             grown = [get(p, 0.0) + step for p in partners]
             pairs.update(zip(partners, grown, strict=True))
             if len(pairs) > self._capacity:
                 pairs, pair_offset = purge(pairs, pair_offset, self._capacity)
+                if own_pairs is not None:
+                    own_pairs[anchor] = pairs  # a new table
                 self._partner_ranks.forget(anchor)
             elif base_pairs is not None:
-                self._partner_ranks.grown(anchor, base_pairs, pairs, partners)
+                # Updated in place, base_pairs is pairs: see HeaviestCache.grown.
+                self._partner_ranks.grown(anchor, base_pairs, pairs, partners, new_keys)
             if len(grown) >= 2 and self._triple_partners >= 2 and count >= self._triple_gate * unit:
                 threshold = self._triple_min_support * unit
                 floor = self._triple_min_confidence * count
@@ -381,14 +426,24 @@ class CoPurchaseStats:
                 if len(strong) >= 2:
                     strong.sort()
                     keys = list(map(TRIPLE_SEPARATOR.join, combinations(strong, 2)))
-                    triples = triples.copy()
+                    own_triples = self._own_triples
+                    new_triples = None
+                    if own_triples is None or own_triples.get(anchor) is not triples:
+                        triples = triples.copy()
+                        if own_triples is not None:
+                            own_triples[anchor] = triples
+                    elif base_triples is not None:
+                        new_triples = {k for k in keys if k not in triples}
                     tget = triples.get
                     triples.update(zip(keys, [tget(k, 0.0) + step for k in keys], strict=True))
                     if len(triples) > self._top_k_triples:
                         triples, triple_offset = purge(triples, triple_offset, self._top_k_triples)
+                        if own_triples is not None:
+                            own_triples[anchor] = triples
                         self._triple_ranks.forget(anchor)
                     elif base_triples is not None:
-                        self._triple_ranks.grown(anchor, base_triples, triples, keys)
+                        self._triple_ranks.grown(anchor, base_triples, triples, keys,
+                                                 new_triples)
         items[anchor] = ItemStats(landmark, count, pairs, pair_offset, triples, triple_offset)
         # The anchor's popularity, readable by other anchors for lift: the same value, no read.
         self._counts[anchor] = Decayed(count, landmark)

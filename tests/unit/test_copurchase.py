@@ -323,6 +323,61 @@ def test_learn_anchor_touches_one_key_per_mapping() -> None:
     assert not counts.handed_out  # learn_anchor never reads counts
 
 
+def test_learning_in_place_updates_its_own_tables_until_released() -> None:
+    items: dict[str, ItemStats] = {}
+    stats = CoPurchaseStats(items, {}, in_place=True)
+    stats.learn_anchor("a", ["b", "c"], T0)
+    first = items["a"]
+    stats.learn_anchor("a", ["b", "d"], T0)
+    assert items["a"] is not first and items["a"].partners is first.partners  # its own: updated
+    stats.release()
+    shared = items["a"]
+    encoded = msgspec.json.encode(shared)
+    stats.learn_anchor("a", ["c", "e"], T0)
+    assert items["a"].partners is not shared.partners  # shared since release(): copied
+    assert msgspec.json.encode(shared) == encoded
+    assert items["a"].partners == {"b": 2.0, "c": 2.0, "d": 1.0, "e": 1.0}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_learning_in_place_gives_what_copying_gives_and_spares_what_was_released(
+    seed: int,
+) -> None:
+    import random
+
+    rng = random.Random(seed)
+    # Small tables (purges), a short half-life with jumps of many half-lives (renormalisation)
+    # and time going back now and then (late orders).
+    kwargs = {"half_life_s": 60.0, "top_k": 6, "top_k_triples": 4, "triple_min_support": 0.5}
+    copied = CoPurchaseStats({}, {}, **kwargs)  # type: ignore[arg-type]
+    items: RecordingMapping[ItemStats] = RecordingMapping()
+    counts: RecordingMapping[Decayed] = RecordingMapping()
+    in_place = CoPurchaseStats(items, counts, in_place=True, **kwargs)  # type: ignore[arg-type]
+    copied_items = copied._items  # type: ignore[attr-defined]
+    released: list[tuple[ItemStats, bytes]] = []
+    reused = 0
+    ts = T0
+    for n in range(400):
+        ts += rng.choice([0, 1_000, 5_000, -3_000, 60_000 * 40]) if n % 50 else 1
+        basket = rng.sample("abcdefghijklmnop", rng.randint(1, 7))
+        before = {k: v.partners for k, v in items.data.items()}
+        copied.learn_order(basket, ts)
+        in_place.learn_order(basket, ts)
+        reused += sum(items.data[k].partners is before.get(k) for k in basket[:1])
+        for key, value in copied_items.items():
+            assert msgspec.json.encode(items.data[key]) == msgspec.json.encode(value)
+        assert counts.data == copied._counts  # type: ignore[attr-defined]
+        anchor = rng.choice(basket)
+        assert copied.candidates(anchor, now_ms=ts) == in_place.candidates(anchor, now_ms=ts)
+        if rng.random() < 0.1:
+            in_place.release()
+            released += [(v, msgspec.json.encode(v)) for v in items.data.values()]
+    assert reused > 50  # it did learn in place
+    assert released
+    for value, encoded in released:  # nothing written before a release changed after it
+        assert msgspec.json.encode(value) == encoded
+
+
 # -- triples ---------------------------------------------------------------------------------
 
 

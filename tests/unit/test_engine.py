@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from streamer.copurchase import TOTAL_KEY
-from streamer.engine import Engine, EngineConfig, ItemBasket
+from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket
 from streamer.events import EventCodec, OrderLine, PurchaseEvent, check_offer
 
 T0 = 1_700_000_000_000
@@ -162,6 +162,27 @@ def test_duplicates_and_delivery_order_do_not_change_the_state() -> None:
     for o in orders[:10]:
         assert redelivered.handle_purchase(o) == []
     assert _state(redelivered)["items"] == _state(once)["items"]
+
+
+def test_learning_in_place_between_releases_changes_no_offer_and_no_state() -> None:
+    rng = random.Random(5)
+    config = EngineConfig(min_support=1.0, min_interval_ms=2_000, top_k=8, top_k_triples=4)
+    copying = Engine.in_memory(config)
+    state = EngineState.in_memory()
+    in_place = Engine(config, state, Engine.v0_policy(config), in_place_learning=True)
+    offers = 0
+    for n in range(300):
+        o = order(n, rng.sample(list("abcdefghij"), rng.randint(1, 5)), ts=T0 + n * 700)
+        published = in_place.handle_purchase(o)
+        assert published == copying.handle_purchase(o)
+        offers += len(published)
+        if n % 7 == 0:
+            in_place.release_learned()
+    assert offers > 50
+    assert _state(in_place) == _state(copying)
+    table = in_place.state.items["a"].stats.partners  # type: ignore[union-attr]
+    in_place.handle_purchase(order(300, ["a", "b"], ts=T0 + 300 * 700))
+    assert in_place.state.items["a"].stats.partners is table  # type: ignore[union-attr]
 
 
 def test_live_and_replay_paths_agree() -> None:

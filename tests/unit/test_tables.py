@@ -298,3 +298,38 @@ def test_standby_replicas_reach_faust(replicas: int) -> None:
     settings = Settings(worker={"app_id": f"standby-{replicas}", "standby_replicas": replicas})
     assert create_app(settings).app.conf.table_standby_replicas == replicas
     assert Settings().worker.standby_replicas == 0
+
+
+def test_the_workers_engine_learns_in_place_only_what_no_flush_has_handed_out() -> None:
+    """The worker's engine updates an anchor's tables in place between flushes of its
+    write-back; a value a flush wrote (to the store and the cache of decoded values) is never
+    modified afterwards."""
+    import msgspec
+
+    from streamer.app.factory import create_app
+    from streamer.events import OrderLine, PurchaseEvent
+    from streamer.settings import Settings
+
+    sa = create_app(Settings(worker={"app_id": "in-place-learning"}))
+    engine, items = sa.engine, sa.engine.state.items
+
+    def buy(n: int, partner: str) -> None:
+        purchase = PurchaseEvent(
+            event_id=f"e{n}", ts=1_700_000_000_000, user_id="u", session_id="s",
+            order_id=f"o{n}",
+            items=[OrderLine(item_id=i, quantity=1, unit_price=1.0) for i in ("a", partner)])
+        for basket in engine.fan_out(purchase, source=0, offset=n):
+            sa.buffer.partition = 0
+            engine.learn_baskets([basket])
+
+    buy(0, "b")
+    first = items["a"]
+    buy(1, "c")
+    assert items["a"].stats.partners is first.stats.partners  # not flushed yet: in place
+    sa.buffer.flush()
+    flushed = items["a"]  # what the store and its cache hold now
+    encoded = msgspec.json.encode(flushed)
+    buy(2, "d")
+    buy(3, "b")
+    assert msgspec.json.encode(flushed) == encoded
+    assert items["a"].stats.partners == {"b": 2.0, "c": 1.0, "d": 1.0}
