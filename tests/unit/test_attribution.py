@@ -427,6 +427,28 @@ def test_offer_never_found_leaves_context_empty() -> None:
     assert r.purchase_ids == ("p1",) and r.reward == 112.0  # the whole order went via the offer
 
 
+def test_a_session_state_knows_each_event_it_holds_and_its_oldest() -> None:
+    from streamer.rewards.attribution import (
+        PendingClick,
+        PendingImpression,
+        PendingPurchase,
+        Tombstone,
+    )
+
+    assert not SessionState().holds("i") and SessionState().oldest_ts() is None
+    state = SessionState(
+        impressions=(PendingImpression(event_id="i", ts=T0 + 3, user_id="u", offer_id="o",
+                                       variant=0, propensity=0.5),),
+        clicks=(PendingClick(event_id="c", ts=T0 + 2, offer_id="o"),),
+        purchases=(PendingPurchase(event_id="p", ts=T0 + 4, offer_id=None, lines=()),
+                   PendingPurchase(event_id="q", ts=T0 + 1, offer_id=None, lines=())),
+        consumed=(Tombstone(event_id="t", ts=T0 + 5),),
+    )
+    assert all(state.holds(e) for e in "icpqt") and not state.holds("x")
+    assert state.oldest_ts() == T0 + 1
+    assert SessionState(consumed=(Tombstone(event_id="t", ts=T0),)).oldest_ts() == T0
+
+
 def test_session_overflow_is_reported() -> None:
     att = Attributor({}, OFFERS, window_ms=WINDOW, max_session_events=2)
     statuses = [att.observe(imp(f"i{k}", k / 10)) for k in range(3)]
