@@ -47,7 +47,9 @@ order, the same 30,000 purchases: ~100 us each at 100 ms, ~54 at 1 ms, ~47 at 0.
 Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
 CPU per event (the consuming process's, all its threads, over the same span; less disturbed
 by other load than events/s), and what reaching 0.8x the no-op agent's rate would leave the
-worker per event on one core.
+worker per event on one core. Each streamer run also prints how many of the machine's cores
+were busy over its span (every process: the broker and the producer too; from /proc/stat),
+which says when a run, or two workers, had the machine to themselves no longer.
 
     PYTHONPATH=. python benchmarks/throughput.py --events 10000 --repeats 3 --json tp.json
 
@@ -489,6 +491,35 @@ class StreamerWorker:
 #: CPU per event of each run (the consuming process's, all its threads, first event to last):
 #: more robust to other load on the machine than events/s.
 CPU_US: list[float] = []
+#: Cores the whole machine kept busy (every process: the broker and the producer too) over the
+#: same spans, when /proc/stat tells (Linux); appended beside CPU_US by wait_done.
+MACHINE_BUSY: list[float | None] = []
+
+
+def machine_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks (None: not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])  # guest time is counted in user already
+
+
+def machine_note() -> str:
+    """The machine's busy cores over the last timed span, for a run's line ("" if unknown)."""
+    busy = MACHINE_BUSY[-1] if MACHINE_BUSY else None
+    MACHINE_BUSY.clear()
+    return "" if busy is None else f"; machine {busy:.2f} of {os.cpu_count()} cores busy"
+
+
+def busy_cores(since: tuple[int, int] | None) -> float | None:
+    """Cores kept busy on average since ``since`` (a :func:`machine_jiffies`)."""
+    now = machine_jiffies()
+    if since is None or now is None or now[1] <= since[1]:
+        return None
+    return (now[0] - since[0]) / (now[1] - since[1]) * (os.cpu_count() or 1)
 CPU_BY_MODE: dict[str, list[float]] = {}  # the same, by mode
 
 
@@ -498,21 +529,23 @@ def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
 
 
 def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
-              baskets: int | None = None, started: tuple[float, float] | None = None,
+              baskets: int | None = None,
+              started: tuple[float, float, tuple[int, int] | None] | None = None,
               base: int = 0) -> float:
     """Poll until the workers consumed n purchases and drained item-baskets; events/s over
     the purchases after the first ``base`` (consumed before the span: a warm-up).
-    Appends the workers' CPU microseconds per such event over the same span to ``CPU_US``.
+    Appends the workers' CPU microseconds per such event over the same span to ``CPU_US``,
+    and the cores the machine kept busy meanwhile to ``MACHINE_BUSY``.
 
-    The span starts at the first purchase consumed, or at ``started`` (``perf_counter`` and
-    the workers' CPU seconds then) when the events are produced while the workers run: they
-    consume during the production, before this function first polls.
+    The span starts at the first purchase consumed, or at ``started`` (``perf_counter``, the
+    workers' CPU seconds and :func:`machine_jiffies` then) when the events are produced while
+    the workers run: they consume during the production, before this function first polls.
 
     Drained: the items agents took ``baskets`` item baskets when that is given. Else their
     item-baskets lag read zero twice; a stale high-water mark (the items consumer has not
     fetched since the purchases agent sent) reads zero too early, so that ended some runs
     before the items agent had done its work (a profile without it, ~95 us/event)."""
-    t0, cpu0 = started if started is not None else (0.0, 0.0)
+    t0, cpu0, machine0 = started if started is not None else (0.0, 0.0, None)
     timed = n - base
     while True:
         if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
@@ -522,6 +555,7 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         if consumed > base and not t0:
             t0 = now
             cpu0 = sum(w.cpu_s() for w in workers)
+            machine0 = machine_jiffies()
         if consumed >= n:
             break
         time.sleep(0.1)  # polling the worker's counter (each poll costs it ~ms of CPU)
@@ -531,6 +565,7 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         now = time.perf_counter()
         if sum(w.baskets_consumed() for w in workers) >= baskets:
             CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
+            MACHINE_BUSY.append(busy_cores(machine0))
             return timed / (now - t0)
         time.sleep(0.05)
     while True:
@@ -542,6 +577,7 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
             time.sleep(0.1)  # a lag of 0 may be a stale high-water mark: confirm once
             if all(w.baskets_lag() == 0 for w in workers):
                 CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
+                MACHINE_BUSY.append(busy_cores(machine0))
                 return timed / (now - t0)
         else:
             time.sleep(0.1)
@@ -616,7 +652,8 @@ def time_after_warmup(workers: list[StreamerWorker], bootstrap: str, topic: str,
     if warm:
         wait_done(workers, len(warm), t_limit, warm_baskets)
         CPU_US.pop()  # the warm-up's, not reported
-    started = (time.perf_counter(), sum(w.cpu_s() for w in workers))
+        MACHINE_BUSY.pop()
+    started = (time.perf_counter(), sum(w.cpu_s() for w in workers), machine_jiffies())
     asyncio.run(produce(bootstrap, topic, timed))
     return wait_done(workers, len(warm) + len(timed), t_limit,
                      warm_baskets + item_baskets(timed), started, len(warm))
@@ -768,7 +805,8 @@ def main() -> None:
                 with broker_for(f"{mode}-{rep}") as (broker, topic):
                     eps = run_mode(mode, rep, broker, topic, workdir)
                 results[mode].append(eps)
-                cpu = f"  ({CPU_US[-1]:,.1f} us CPU/event)"
+                cpu = f"  ({CPU_US[-1]:,.1f} us CPU/event"
+                cpu += (machine_note() if mode.startswith("streamer") else "") + ")"
                 print(f"  repeat {rep + 1}: {mode:<18} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
         if args.workers > 1:
@@ -781,7 +819,8 @@ def main() -> None:
                                          args.event_spacing_ms)
                     scaled.setdefault(w, []).append(eps)
                     print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
-                          f"  ({CPU_US.pop():,.0f} us CPU/event, all workers)", flush=True)
+                          f"  ({CPU_US.pop():,.0f} us CPU/event, all workers"
+                          f"{machine_note()})", flush=True)
 
     med = {m: statistics.median(v) for m, v in results.items()}
     print(f"\nmedians over {args.repeats} repeats, {n} events timed after {warm}:")
