@@ -42,7 +42,8 @@ live stream at 10,000 purchases/s. Of the modes only streamer's read event time,
 work depends on it: an anchor's offer is reconsidered at most once per ``min_interval_s``
 (5 s) of event time, so compressed event time reconsiders hot anchors hundreds of times more
 often per purchase than a live stream of the same rate (the engine in process, in event-time
-order, the same 30,000 purchases: ~100 us each at 100 ms, ~54 at 1 ms, ~47 at 0.1 ms).
+order, the same 30,000 purchases, medians of 3: 84 us each at 100 ms, 43 at 1 ms, 31 at
+0.1 ms).
 
 Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
 CPU per event (the consuming process's, all its threads, over the same span; less disturbed
