@@ -399,13 +399,7 @@ class CoPurchaseStats:
             # than map over C functions, and much faster than over bound methods such as
             # ``threshold.__le__`` (method-wrappers).
             own_pairs = self._own_pairs
-            new_keys = None
-            if own_pairs is None or own_pairs.get(anchor) is not pairs:
-                pairs = pairs.copy()
-                if own_pairs is not None:
-                    own_pairs[anchor] = pairs
-            elif base_pairs is not None:  # updated in place: the rank cache needs the new keys
-                new_keys = {p for p in partners if p not in pairs}
+            pairs, new_keys = _writable(own_pairs, anchor, pairs, partners)
             get = pairs.get
             grown = [get(p, 0.0) + step for p in partners]
             pairs.update(zip(partners, grown, strict=True))
@@ -427,13 +421,7 @@ class CoPurchaseStats:
                     strong.sort()
                     keys = list(map(TRIPLE_SEPARATOR.join, combinations(strong, 2)))
                     own_triples = self._own_triples
-                    new_triples = None
-                    if own_triples is None or own_triples.get(anchor) is not triples:
-                        triples = triples.copy()
-                        if own_triples is not None:
-                            own_triples[anchor] = triples
-                    elif base_triples is not None:
-                        new_triples = {k for k in keys if k not in triples}
+                    triples, new_triples = _writable(own_triples, anchor, triples, keys)
                     tget = triples.get
                     triples.update(zip(keys, [tget(k, 0.0) + step for k in keys], strict=True))
                     if len(triples) > self._top_k_triples:
@@ -617,6 +605,21 @@ class CoPurchaseStats:
 
     def _to_now(self, stats: ItemStats, now_ms: int) -> float:
         return math.exp((stats.landmark_ms - now_ms) * self._ln2_per_ms)
+
+
+def _writable(
+    own: dict[str, dict[str, float]] | None, anchor: str, table: dict[str, float],
+    keys: list[str],
+) -> tuple[dict[str, float], set[str] | None]:
+    """The table to update with ``keys``: ``table`` itself when it is ``anchor``'s in ``own``
+    (made by this learner since its last release), with the keys new to it (for the rank
+    cache); else a copy, recorded in ``own`` (None: no in-place learning), and None."""
+    if own is None or own.get(anchor) is not table:
+        table = table.copy()
+        if own is not None:
+            own[anchor] = table
+        return table, None
+    return table, {k for k in keys if k not in table}
 
 
 def _strongest(
