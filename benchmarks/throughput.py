@@ -9,7 +9,9 @@ spread over all of them), the rate at which each consumer gets through the same 
 - ``plain_loop``: an aiokafka loop decoding purchases (streamer's codec) and counting
   co-purchases in plain dicts;
 - ``engine_loop``: an aiokafka loop running streamer's engine in process (fan-out, co-purchase
-  statistics, dedup, offers): streamer's own work without faust;
+  statistics, dedup, offers): streamer's own work without faust. It takes each fetch
+  partition by partition, so its event time jumps back and forth and fewer offers are due
+  (at 100 ms spacing, in process: 56-62 us per purchase so, 87-92 in event-time order);
 - ``faust_noop``: a faust agent that does nothing per event (faust's floor);
 - ``naive_peer``: a faust agent with default settings decoding JSON and updating one Table
   per event;
