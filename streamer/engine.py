@@ -7,7 +7,10 @@ process. Both go through :meth:`Engine.fan_out` and :meth:`Engine.learn_basket`,
 events give the same state either way.
 
 All state lives in mappings handed in (faust tables live, dicts otherwise); the engine only
-assigns values, never mutates one in place, so every change reaches the changelog.
+assigns values, so every change reaches the changelog. It never mutates a value in place,
+except, with ``in_place_learning``, a partner or triple table it copied itself since the last
+:meth:`Engine.release_learned` (the worker releases on every flush), which it then assigns
+again inside a new record.
 
 Exactly once on top of at-least-once, in two steps, each next to the state it guards:
 
