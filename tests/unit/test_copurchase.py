@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Iterator, MutableMapping
 from typing import Generic, TypeVar
 
@@ -343,8 +344,6 @@ def test_learning_in_place_updates_its_own_tables_until_released() -> None:
 def test_learning_in_place_gives_what_copying_gives_and_spares_what_was_released(
     seed: int,
 ) -> None:
-    import random
-
     rng = random.Random(seed)
     # Small tables (purges), a short half-life with jumps of many half-lives (renormalisation)
     # and time going back now and then (late orders).
