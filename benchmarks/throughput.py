@@ -215,13 +215,15 @@ def engine_work() -> Callable[[bytes], None]:
             def add(self, decision: OfferDecision) -> None:
                 encode(decision)
 
-        engine = Engine(config, state, Engine.v0_policy(config), decisions=EncodingSink())
+        options: dict[str, Any] = {"decisions": EncodingSink()}
     except ImportError:  # a checkout before the decision ledger
-        engine = Engine(config, state, Engine.v0_policy(config))
-    if hasattr(engine, "release_learned") and flush is not None:
-        # As the worker does: tables learned in place between flushes of the write-back.
-        engine = Engine(config, state, engine.policy, decisions=engine.decisions,
-                        in_place_learning=True)
+        options = {}
+    # As the worker does: tables learned in place between flushes of the write-back.
+    in_place = hasattr(Engine, "release_learned") and flush is not None
+    if in_place:
+        options["in_place_learning"] = True
+    engine = Engine(config, state, Engine.v0_policy(config), **options)
+    if in_place:
         buffer.after_flush.append(engine.release_learned)
 
     interval_s = settings.worker.commit_interval_s
@@ -497,6 +499,7 @@ CPU_US: list[float] = []
 #: Cores the whole machine kept busy (every process: the broker and the producer too) over the
 #: same spans, when /proc/stat tells (Linux); appended beside CPU_US by wait_done.
 MACHINE_BUSY: list[float | None] = []
+CPU_BY_MODE: dict[str, list[float]] = {}  # CPU_US by mode
 
 
 def machine_jiffies() -> tuple[int, int] | None:
@@ -523,7 +526,6 @@ def busy_cores(since: tuple[int, int] | None) -> float | None:
     if since is None or now is None or now[1] <= since[1]:
         return None
     return (now[0] - since[0]) / (now[1] - since[1]) * (os.cpu_count() or 1)
-CPU_BY_MODE: dict[str, list[float]] = {}  # the same, by mode
 
 
 def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
@@ -550,6 +552,12 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
     before the items agent had done its work (a profile without it, ~95 us/event)."""
     t0, cpu0, machine0 = started if started is not None else (0.0, 0.0, None)
     timed = n - base
+
+    def done(now: float) -> float:
+        CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
+        MACHINE_BUSY.append(busy_cores(machine0))
+        return timed / (now - t0)
+
     while True:
         if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
             raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
@@ -567,9 +575,7 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
             raise RuntimeError("item-baskets never drained")
         now = time.perf_counter()
         if sum(w.baskets_consumed() for w in workers) >= baskets:
-            CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
-            MACHINE_BUSY.append(busy_cores(machine0))
-            return timed / (now - t0)
+            return done(now)
         time.sleep(0.05)
     while True:
         if time.monotonic() > t_limit:
@@ -579,9 +585,7 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         if all(lag == 0 for lag in lags):
             time.sleep(0.1)  # a lag of 0 may be a stale high-water mark: confirm once
             if all(w.baskets_lag() == 0 for w in workers):
-                CPU_US.append(1e6 * (sum(w.cpu_s() for w in workers) - cpu0) / timed)
-                MACHINE_BUSY.append(busy_cores(machine0))
-                return timed / (now - t0)
+                return done(now)
         else:
             time.sleep(0.1)
 

@@ -482,7 +482,7 @@ class Engine:
         self.dedup.rebuild()
         self.sessions.rebuild()
         self._learner.recount()
-        self._learner.release()  # tables learned in place may be the old state's: copy again
+        self.release_learned()  # tables learned in place may be the old state's: copy again
         self._unchanged_at.clear()  # marks of evaluations of what may be another state
 
     def release_learned(self) -> None:

@@ -563,15 +563,13 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         raise FastConsumerUnsupported("the app already created its consumer: install the fast "
                                       "consumer before the worker starts")
     consumer: type[FastConsumer] = FastConsumer
-    if (end_offsets_check is not None or fetch_max_wait_ms is not None
-            or before_commit is not None or on_suspended is not None):
-        consumer = type("FastConsumer", (FastConsumer,),
-                        {"end_offsets_check": staticmethod(end_offsets_check)
-                         if end_offsets_check is not None else None,
-                         "fetch_max_wait_ms": fetch_max_wait_ms,
-                         "before_commit": staticmethod(before_commit)
-                         if before_commit is not None else None,
-                         "on_suspended": staticmethod(on_suspended)
-                         if on_suspended is not None else None})
+    hooks = {"end_offsets_check": end_offsets_check, "before_commit": before_commit,
+             "on_suspended": on_suspended}
+    if fetch_max_wait_ms is not None or any(h is not None for h in hooks.values()):
+        # Functions as class attributes: staticmethod, or they would bind as methods.
+        attrs: dict[str, Any] = {name: staticmethod(h) if h is not None else None
+                                 for name, h in hooks.items()}
+        attrs["fetch_max_wait_ms"] = fetch_max_wait_ms
+        consumer = type("FastConsumer", (FastConsumer,), attrs)
     # An instance attribute (faust declares a ClassVar): this app's transport only.
     transport.Consumer = consumer  # type: ignore[misc]
