@@ -208,6 +208,11 @@ async def relay(bootstrap: str, purchases: str, mid: str, offers: str, fetch_max
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     await producer.start()
     ready.write_text("ready")
+
+    async def send_offer(item: str, ts: int) -> None:
+        await producer.send(offers, json.dumps({"anchor_item_id": item, "ts": ts}).encode(),
+                            key=item.encode())
+
     while True:
         batch = await consumer.getmany(timeout_ms=1000)
         by_partition: dict[int, list[tuple[str, int]]] = {}
@@ -218,16 +223,13 @@ async def relay(bootstrap: str, purchases: str, mid: str, offers: str, fetch_max
                     for line in event["items"]:
                         item = line["item_id"]
                         if not mid:
-                            await producer.send(offers, json.dumps(
-                                {"anchor_item_id": item, "ts": event["ts"]}).encode(),
-                                key=item.encode())
+                            await send_offer(item, event["ts"])
                             continue
                         by_partition.setdefault(zlib.crc32(item.encode()) % PARTITIONS,
                                                 []).append((item, event["ts"]))
                 else:
                     for item, ts in json.loads(r.value):
-                        await producer.send(offers, json.dumps(
-                            {"anchor_item_id": item, "ts": ts}).encode(), key=item.encode())
+                        await send_offer(item, ts)
         for partition, baskets in by_partition.items():
             await producer.send(mid, json.dumps(baskets).encode(), partition=partition)
 
