@@ -185,6 +185,11 @@ class EngineConfig:
     triple_min_orders: float = 0.0
     min_support: float = 2.0
     min_interval_ms: int = 5_000
+    #: An anchor whose offer was reconsidered and left as it was waits ``min_interval_ms``
+    #: before the next reconsideration, twice as long after each further such evaluation in a
+    #: row, up to this long (event time); a published offer starts it over. At most
+    #: ``min_interval_ms``: every ``min_interval_ms`` (see :meth:`Engine.revise_offers`).
+    max_recheck_interval_ms: int = 60_000
     offer_ttl_ms: int = 24 * 3_600_000
     #: The default segment: its offer is the one every shopper can be shown (unknown segment,
     #: or no offer of the shopper's own yet).
@@ -319,9 +324,10 @@ class Engine:
         )
         self.builder = OfferBuilder(segment=config.segment, ttl_ms=config.offer_ttl_ms)
         self._segments = config.offer_segments  # a property that builds a tuple: read once
-        # Anchors whose offers were reconsidered and left as they were, by event time of that
-        # evaluation (see revise_offers; in memory only: a cold entry costs one evaluation).
-        self._unchanged_at: dict[str, int] = {}
+        # Anchors whose offers were reconsidered and left as they were: the event time before
+        # which they are not reconsidered, and the wait that set it (see revise_offers; in
+        # memory only: a lost entry costs one evaluation).
+        self._unchanged_at: dict[str, tuple[int, int]] = {}
         self._unchanged_purge = _UNCHANGED_PURGE_MIN
         self.dedup = Deduplicator(
             state.seen, ttl_ms=config.dedup_ttl_ms, capacity=config.dedup_capacity
@@ -580,14 +586,20 @@ class Engine:
         ranked, the policy asked, the result compared) on every basket once its offer was
         ``min_interval_ms`` old: 24k of 26k such evaluations on ``benchmarks/throughput.py``'s
         20k purchases changed nothing; skipping them takes the engine from ~90 to ~72 us per
-        purchase (in process, medians of 3). A change now waits at most ``min_interval_ms``;
-        an anchor with no offer in some segment is reconsidered on every basket, as before, so
-        first offers are not delayed. In the closed-loop simulator the learned policy's share
-        of the oracle moved within its run-to-run spread (20k impressions: 68.8 -> 67.5% on
-        seed 7, 68.3 -> 68.9% on seed 11)."""
+        purchase (in process, medians of 3). In the closed-loop simulator the learned policy's
+        share of the oracle moved within its run-to-run spread (20k impressions: 68.8 -> 67.5%
+        on seed 7, 68.3 -> 68.9% on seed 11).
+
+        Each further evaluation in a row that leaves the offers as they were doubles the wait
+        before the next, up to ``max_recheck_interval_ms``; an offer published for the anchor
+        (or a new policy) starts it over. Why: with one wait, the throughput benchmark's
+        purchases (100 ms apart in event time) still made 24.7k evaluations per 30k purchases
+        that changed nothing, 11.9k with waits up to 60 s. A change waits at most
+        ``max_recheck_interval_ms``; an anchor with no offer in some segment is reconsidered
+        on every basket, so first offers are not delayed."""
         interval = self.config.min_interval_ms
         unchanged = self._unchanged_at.get(anchor)
-        if unchanged is not None and now_ms - unchanged < interval:
+        if unchanged is not None and now_ms < unchanged[0]:
             return []
         offered, default, segments = self.state.offers, self.config.segment, self._segments
         # Each segment's last offer, read once: for the interval here and by its revision.
@@ -609,18 +621,26 @@ class Engine:
             offer = self._revise(anchor, segment, last, candidates, prices, now_ms)
             if offer is not None:
                 offers.append(offer)
-        if interval > 0 and not offers and None not in lasts:
-            self._note_unchanged(anchor, now_ms)
+        if offers:
+            if unchanged is not None:
+                del self._unchanged_at[anchor]  # a change: the next waits start over
+        elif interval > 0 and None not in lasts:
+            self._note_unchanged(anchor, now_ms, unchanged)
         return offers
 
-    def _note_unchanged(self, anchor: str, now_ms: int) -> None:
+    def _note_unchanged(self, anchor: str, now_ms: int, last: tuple[int, int] | None) -> None:
+        interval = self.config.min_interval_ms
+        wait = interval if last is None else min(2 * last[1], self.config.max_recheck_interval_ms)
+        if wait < interval:
+            wait = interval
         marks = self._unchanged_at
-        marks[anchor] = now_ms
+        marks[anchor] = (now_ms + wait, wait)
         if len(marks) >= self._unchanged_purge:
-            # Marks older than the interval skip nothing: drop them (amortised: the next purge
+            # A mark past for longer than the longest wait is an anchor gone quiet: drop it
+            # (its next evaluation waits from the start again; amortised: the next purge
             # waits until the marks have doubled again).
-            horizon = now_ms - self.config.min_interval_ms
-            for key in [k for k, at in marks.items() if at <= horizon]:
+            horizon = now_ms - max(interval, self.config.max_recheck_interval_ms)
+            for key in [k for k, (due, _) in marks.items() if due <= horizon]:
                 del marks[key]
             self._unchanged_purge = max(_UNCHANGED_PURGE_MIN, 2 * len(marks))
 

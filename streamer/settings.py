@@ -205,8 +205,14 @@ class OfferSettings(_Section):
     )
     min_interval_s: float = Field(
         5.0, ge=0, description="At most one offer per anchor per this many seconds (event "
-        "time); an offer reconsidered and left unchanged is not reconsidered for as long, so "
-        "a change waits at most this long."
+        "time); an offer reconsidered and left unchanged is not reconsidered for as long "
+        "(see max_recheck_interval_s)."
+    )
+    max_recheck_interval_s: float = Field(
+        60.0, ge=0, description="Each further reconsideration in a row that leaves an offer "
+        "unchanged doubles the wait before the next, from min_interval_s up to this many "
+        "seconds (event time), so a change waits at most this long; a new offer starts over. "
+        "At most min_interval_s: reconsidered every min_interval_s."
     )
     ttl_s: float = Field(
         86_400.0,

@@ -103,6 +103,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         triple_partners=c.triple_partners,
         min_support=o.min_support,
         min_interval_ms=int(o.min_interval_s * 1000),
+        max_recheck_interval_ms=int(o.max_recheck_interval_s * 1000),
         offer_ttl_ms=int(o.ttl_s * 1000),
         segment=o.segment,
         segments=o.segment_names,

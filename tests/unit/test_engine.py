@@ -121,6 +121,47 @@ def test_an_offer_left_unchanged_is_reconsidered_once_per_interval() -> None:
     assert len(tea) == 1 and tea[0].variants[0].items == ["tea", "scone"]
 
 
+def evaluations_of(engine: Engine, anchor: str) -> list[int]:
+    """The event times (from T0) at which ``engine`` goes on to rank ``anchor``'s candidates."""
+    times: list[int] = []
+    candidates = engine._candidates
+
+    def spy(a: str, now_ms: int) -> Any:
+        if a == anchor:
+            times.append(now_ms - T0)
+        return candidates(a, now_ms)
+
+    engine._candidates = spy  # type: ignore[method-assign]
+    return times
+
+
+@pytest.mark.parametrize("cap_ms", [4000, 1000, 0])
+def test_unchanged_evaluations_in_a_row_wait_longer_up_to_the_cap(cap_ms: int) -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000,
+                                           max_recheck_interval_ms=cap_ms))
+    tea = evaluations_of(engine, "tea")
+    for n in range(131):  # tea with cup every 100 ms for 13 s: its offer never changes
+        engine.handle_purchase(order(n, ["tea", "cup"], ts=T0 + n * 100))
+    if cap_ms == 4000:  # 1 s, 2 s, 4 s, then the cap
+        assert tea == [0, 1000, 2000, 4000, 8000, 12000]
+    else:  # a cap at or below min_interval_ms: one wait, as before
+        assert tea == list(range(0, 13001, 1000))
+    # Scones now sell with tea too: the next evaluation changes tea's offer...
+    tea.clear()
+    for n in range(131, 161):
+        out = engine.handle_purchase(order(n, ["tea", "scone"], ts=T0 + n * 100))
+        if any(o.anchor_item_id == "tea" for o in out):
+            break
+    first = 16000 if cap_ms == 4000 else 14000
+    offer = engine.live_offer("tea")
+    assert tea == [first] and ["tea", "scone"] in [v.items for v in offer.variants]
+    # ...and the waits start over from min_interval_ms.
+    tea.clear()
+    for m in range(n + 1, n + 50):
+        engine.handle_purchase(order(m, ["tea", "scone"], ts=T0 + m * 100))
+    assert tea[:2] == [first + 1000, first + 2000]
+
+
 def test_a_new_policy_reconsiders_unchanged_offers_at_once() -> None:
     engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000))
     engine.handle_purchase(order(0, ["tea", "cup"], ts=T0))
@@ -326,13 +367,16 @@ def test_the_partner_budget_is_a_setting() -> None:
 
 
 def test_marks_of_unchanged_offers_stay_bounded() -> None:
-    # One mark per anchor reconsidered: those older than the interval skip nothing and are
-    # dropped, so a large catalogue does not grow the engine's memory without bound.
-    engine = Engine.in_memory(EngineConfig(min_interval_ms=1000))
+    # One mark per anchor reconsidered: those past their time by more than the longest wait
+    # are of anchors gone quiet and are dropped, so a large catalogue does not grow the
+    # engine's memory without bound.
+    engine = Engine.in_memory(EngineConfig(min_interval_ms=1000, max_recheck_interval_ms=2000))
     for n in range(20_000):
-        engine._note_unchanged(f"i{n}", T0 + n * 10)
+        engine._note_unchanged(f"i{n}", T0 + n * 10, None)
     assert len(engine._unchanged_at) < 4_096 + 100
-    assert all(at > T0 + 19_999 * 10 - 1000 - 4_096 * 10 for at in engine._unchanged_at.values())
+    last = T0 + 19_999 * 10
+    assert all(due > last - 2000 - 4_096 * 10 for due, _ in engine._unchanged_at.values())
+    assert engine._unchanged_at[f"i{19_999}"] == (last + 1000, 1000)
 
 
 def test_the_offer_purchase_weight_is_a_setting() -> None:
