@@ -84,7 +84,7 @@ from streamer.copurchase import (
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
-from streamer.offers import OfferBuilder, offer_signature, proposals_signature
+from streamer.offers import OfferBuilder, offer_signature, proposals_signature, same_offer
 from streamer.online import (
     DISCOUNT_LEVELS,
     PROPENSITY_FEATURE,
@@ -729,7 +729,8 @@ class Engine:
             # An unchanged offer is still republished once half its life is gone, so a
             # storefront never drops a good offer at expiry while its anchor still sells.
             and now_ms - previous.ts < self.config.offer_ttl_ms // 2
-            and offer_signature(previous) == proposals_signature(proposals, prices=prices)
+            and same_offer(offer_signature(previous),
+                           proposals_signature(proposals, prices=prices))
         ):
             return None  # decided before the variants are built and the offer id hashed
         # On the wire a variant's score is its co-purchase score whatever the policy, so

@@ -7,6 +7,7 @@ from streamer.offers.builder import (
     OfferSink,
     offer_signature,
     proposals_signature,
+    same_offer,
     variants_signature,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "OfferSink",
     "offer_signature",
     "proposals_signature",
+    "same_offer",
     "variants_signature",
 ]

@@ -46,19 +46,23 @@ class OfferSink(Protocol):
 
 Signature = tuple[tuple[tuple[str, ...], float, float, float], ...]
 
+#: How much of an offer's probability mass must move before it is worth a republication: the
+#: total variation distance between the old and the new distribution over variants. Below it,
+#: a change is noise to the storefront, e.g. an exploration variant (a share of epsilon) that
+#: gives way to another as near-tied candidates trade places.
+MATERIAL_SHIFT = 0.05
+
 
 def offer_signature(offer: BundleOffer) -> Signature:
-    """What makes two offers materially different: their bundles, discounts, prices, and
-    probabilities rounded to 0.05 (smaller moves are noise and not worth a republication)."""
+    """What :func:`same_offer` compares: each variant's bundle, discount, bundle price and
+    probability."""
     return variants_signature(offer.variants)
 
 
 def variants_signature(variants: Sequence[Variant]) -> Signature:
     """:func:`offer_signature` of an offer with these variants (known before it is built)."""
-    return tuple(
-        (tuple(v.items), v.discount_pct, v.bundle_price, round(v.probability * 20) / 20)
-        for v in variants
-    )
+    return tuple((tuple(v.items), v.discount_pct, v.bundle_price, v.probability)
+                 for v in variants)
 
 
 def proposals_signature(proposals: Sequence[VariantProposal], *,
@@ -83,9 +87,46 @@ def proposals_signature(proposals: Sequence[VariantProposal], *,
     return tuple(
         (tuple(c.items), p.discount_pct,
          round(sum([get(i, 0.0) for i in c.items]) * (1.0 - p.discount_pct / 100.0), 2),
-         round(p.probability / total * 20) / 20)
+         p.probability / total)
         for p in proposals for c in (p.candidate,)
     )
+
+
+def same_offer(old: Signature, new: Signature, *, shift: float = MATERIAL_SHIFT) -> bool:
+    """True when an offer of signature ``new`` is not materially different from one of
+    ``old``: every variant (bundle and discount) in both has the same bundle price, and less
+    than ``shift`` of the probability mass moved (total variation distance; a variant in one
+    only moved all of its probability). Variants' order does not matter.
+
+    >>> tea = lambda *vs: tuple(((("tea",) + b), 10.0, 9.0, p) for b, p in vs)
+    >>> old = tea((("cup",), 0.925), (("pot",), 0.025), (("jam",), 0.025), (("bun",), 0.025))
+    >>> same_offer(old, tea((("cup",), 0.925), (("pot",), 0.025), (("jam",), 0.025),
+    ...                     (("pie",), 0.025)))  # an exploration variant traded: 0.025 moved
+    True
+    >>> same_offer(old, tea((("cup",), 0.925), (("pot",), 0.025), (("pie",), 0.025),
+    ...                     (("egg",), 0.025)))  # two of them: 0.05
+    False
+    >>> same_offer(old, tea((("pot",), 0.925), (("cup",), 0.025), (("jam",), 0.025),
+    ...                     (("bun",), 0.025)))  # the favourite
+    False
+    >>> same_offer(old, old[:3] + ((("tea", "bun"), 10.0, 9.5, 0.025),))  # a price, always
+    False
+    """
+    if old == new:
+        return True
+    before = {(items, discount): (price, p) for items, discount, price, p in old}
+    moved = 0.0
+    for items, discount, price, p in new:
+        was = before.pop((items, discount), None)
+        if was is None:
+            moved += p
+        elif was[0] != price:
+            return False  # never a stale bundle price, however rarely the variant is shown
+        else:
+            moved += abs(p - was[1])
+    for _, p in before.values():
+        moved += p
+    return moved < 2.0 * shift - 1e-12  # a shift of exactly ``shift`` counts, float sums aside
 
 
 class OfferBuilder:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from streamer.events import BundleOffer, check_offer
-from streamer.offers import OfferBook, OfferBuilder, offer_signature
+from streamer.offers import OfferBook, OfferBuilder, offer_signature, same_offer
 from streamer.policy import EpsilonGreedyPolicy, Proposal
 
 
@@ -37,10 +37,37 @@ def test_offer_id_is_stable_and_content_addressed() -> None:
     assert build([0.5, 0.5]).offer_id != build([0.6, 0.4]).offer_id
 
 
-def test_signature_ignores_probability_noise_only() -> None:
-    assert offer_signature(build([0.5, 0.5])) == offer_signature(build([0.51, 0.49]))
-    assert offer_signature(build([0.5, 0.5])) != offer_signature(build([0.8, 0.2]))
-    assert offer_signature(build([1.0], discount=10)) != offer_signature(build([1.0], discount=5))
+def same(a: BundleOffer, b: BundleOffer) -> bool:
+    return same_offer(offer_signature(a), offer_signature(b))
+
+
+def test_only_material_changes_count() -> None:
+    assert same(build([0.5, 0.5]), build([0.51, 0.49]))
+    assert same(build([0.5, 0.5]), build([0.54, 0.46]))  # 0.04 of the mass moved
+    assert not same(build([0.5, 0.5]), build([0.55, 0.45]))  # 0.05
+    assert not same(build([0.5, 0.5]), build([0.8, 0.2]))
+    assert not same(build([1.0], discount=10), build([1.0], discount=5))
+    assert not same(build([0.5, 0.5]), build([0.5]))  # half the mass on a variant gone
+
+
+def test_an_exploration_variant_trading_places_is_not_material() -> None:
+    # v0 (epsilon 0.1, 4 variants): the favourite at 0.925, three others at 0.025 each.
+    policy = EpsilonGreedyPolicy(epsilon=0.1, max_variants=4)
+    prices = {"a": 10.0, **{f"b{i}": 1.0 + i for i in range(6)}}
+
+    def offer(scores: list[float]) -> BundleOffer:
+        cands = [cand(("a", f"b{i}"), s) for i, s in enumerate(scores)]
+        return OfferBuilder().build("a", policy.propose("a", cands), prices=prices,
+                                    policy_version="v0", now_ms=1_700_000_000_000)
+
+    live = offer([0.9, 0.5, 0.4, 0.30, 0.29, 0.1])
+    assert same(live, offer([0.9, 0.5, 0.4, 0.29, 0.30, 0.1]))  # b3 and b4 near-tied
+    assert same(live, offer([0.9, 0.4, 0.5, 0.30, 0.29, 0.1]))  # exploration reordered
+    assert not same(live, offer([0.9, 0.1, 0.1, 0.30, 0.29, 0.28]))  # two of three traded
+    assert not same(live, offer([0.5, 0.9, 0.4, 0.30, 0.29, 0.1]))  # a new favourite
+    moved = offer([0.9, 0.5, 0.4, 0.29, 0.30, 0.1])
+    prices["b4"] = 9.0  # an exploration variant's price: material all the same
+    assert not same(moved, offer([0.9, 0.5, 0.4, 0.29, 0.30, 0.1]))
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.5, 1.0])
