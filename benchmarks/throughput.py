@@ -42,10 +42,11 @@ The purchases are ``--event-spacing-ms`` apart in event time: 100 ms by default,
 thousands of purchases per second is a replay compressed about 1000 times, and 0.1 ms is a
 live stream at 10,000 purchases/s. Of the modes only streamer's read event time, and much of its
 work depends on it: an anchor's offer is reconsidered at most once per ``min_interval_s``
-(5 s) of event time, so compressed event time reconsiders hot anchors hundreds of times more
+(5 s) of event time (an offer found unchanged waits longer each time, up to
+``max_recheck_interval_s``, 60 s), so compressed event time reconsiders hot anchors far more
 often per purchase than a live stream of the same rate (the engine in process, in event-time
-order, the same 30,000 purchases, medians of 3: 84 us each at 100 ms, 43 at 1 ms, 31 at
-0.1 ms).
+order, the same 30,000 purchases: 65-71 us each at 100 ms, 50-57 at 1 ms, 36-53 at 0.1 ms in
+two runs; with a single 5 s wait, before, 94-99 at 100 ms and the same at 1 and 0.1 ms).
 
 Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
 CPU per event (the consuming process's, all its threads, over the same span; less disturbed

@@ -647,9 +647,10 @@ class Engine:
     def revise_offer(
         self, anchor: str, now_ms: int, segment: str | None = None
     ) -> BundleOffer | None:
-        """A new offer for ``anchor`` and ``segment`` (default: the default segment) when its
-        best candidates changed materially (or the live one is past half its life) and the
-        last offer is at least ``min_interval_ms`` old (event time); else None."""
+        """A new offer for ``anchor`` and ``segment`` (default: the default segment) when it
+        changed materially (:func:`~streamer.offers.same_offer`; or the live one is past half
+        its life) and the last offer is at least ``min_interval_ms`` old (event time); else
+        None."""
         segment = segment or self.config.segment
         previous = self.state.offers.get(offer_key(anchor, segment, self.config.segment))
         if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
