@@ -84,7 +84,13 @@ from streamer.copurchase import (
 from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
-from streamer.offers import OfferBuilder, offer_signature, proposals_signature, same_offer
+from streamer.offers import (
+    MATERIAL_SHIFT,
+    OfferBuilder,
+    offer_signature,
+    proposals_signature,
+    same_offer,
+)
 from streamer.online import (
     DISCOUNT_LEVELS,
     PROPENSITY_FEATURE,
@@ -191,6 +197,10 @@ class EngineConfig:
     #: ``min_interval_ms``: every ``min_interval_ms`` (see :meth:`Engine.revise_offers`).
     max_recheck_interval_ms: int = 60_000
     offer_ttl_ms: int = 24 * 3_600_000
+    #: How much of an offer's probability mass must move before a revision goes out (total
+    #: variation distance, :func:`~streamer.offers.same_offer`); a new bundle price or number
+    #: of variants always goes out. 0: every change.
+    min_change: float = MATERIAL_SHIFT
     #: The default segment: its offer is the one every shopper can be shown (unknown segment,
     #: or no offer of the shopper's own yet).
     segment: str = "all"
@@ -731,7 +741,8 @@ class Engine:
             # storefront never drops a good offer at expiry while its anchor still sells.
             and now_ms - previous.ts < self.config.offer_ttl_ms // 2
             and same_offer(offer_signature(previous),
-                           proposals_signature(proposals, prices=prices))
+                           proposals_signature(proposals, prices=prices),
+                           shift=self.config.min_change)
         ):
             return None  # decided before the variants are built and the offer id hashed
         # On the wire a variant's score is its co-purchase score whatever the policy, so

@@ -214,6 +214,11 @@ class OfferSettings(_Section):
         "seconds (event time), so a change waits at most this long; a new offer starts over. "
         "At most min_interval_s: reconsidered every min_interval_s."
     )
+    min_change: float = Field(
+        0.05, ge=0, le=1, description="Share of an offer's probability mass that must move "
+        "(total variation distance) before a revision is published; a new bundle price or "
+        "number of variants always is. 0: every change."
+    )
     ttl_s: float = Field(
         86_400.0,
         gt=0,

@@ -89,7 +89,6 @@ def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
         "STREAMER__WORKER__WEB_PORT": str(web_port),
         "STREAMER__WORKER__DATA_DIR": str(data_dir),
         "STREAMER__OFFERS__MIN_INTERVAL_S": str(settings.offers.min_interval_s),
-        "STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S": str(settings.offers.max_recheck_interval_s),
         "STREAMER__OFFERS__SEGMENT": settings.offers.segment,
         "STREAMER__OFFERS__SEGMENTS": settings.offers.segments,
         # A demo of a minute or two cannot wait for 30-minute attribution windows.

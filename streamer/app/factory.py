@@ -105,6 +105,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         min_interval_ms=int(o.min_interval_s * 1000),
         max_recheck_interval_ms=int(o.max_recheck_interval_s * 1000),
         offer_ttl_ms=int(o.ttl_s * 1000),
+        min_change=o.min_change,
         segment=o.segment,
         segments=o.segment_names,
         epsilon=o.epsilon,

@@ -3,6 +3,7 @@ lives in ``streamer.app.storefront`` (it needs Kafka)."""
 
 from streamer.offers.book import Choice, OfferBook
 from streamer.offers.builder import (
+    MATERIAL_SHIFT,
     OfferBuilder,
     OfferSink,
     offer_signature,
@@ -12,6 +13,7 @@ from streamer.offers.builder import (
 )
 
 __all__ = [
+    "MATERIAL_SHIFT",
     "Choice",
     "OfferBook",
     "OfferBuilder",

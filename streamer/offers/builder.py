@@ -49,7 +49,7 @@ Signature = tuple[tuple[tuple[str, ...], float, float, float], ...]
 #: How much of an offer's probability mass must move before it is worth a republication: the
 #: total variation distance between the old and the new distribution over variants. Below it,
 #: a change is noise to the storefront, e.g. an exploration variant (a share of epsilon) that
-#: gives way to another as near-tied candidates trade places.
+#: gives way to another as near-tied candidates trade places (:func:`same_offer`).
 MATERIAL_SHIFT = 0.05
 
 
@@ -94,9 +94,9 @@ def proposals_signature(proposals: Sequence[VariantProposal], *,
 
 def same_offer(old: Signature, new: Signature, *, shift: float = MATERIAL_SHIFT) -> bool:
     """True when an offer of signature ``new`` is not materially different from one of
-    ``old``: every variant (bundle and discount) in both has the same bundle price, and less
-    than ``shift`` of the probability mass moved (total variation distance; a variant in one
-    only moved all of its probability). Variants' order does not matter.
+    ``old``: as many variants, every variant (bundle and discount) in both at the same bundle
+    price, and less than ``shift`` of the probability mass moved (total variation distance; a
+    variant in one only moved all of its probability). Variants' order does not matter.
 
     >>> tea = lambda *vs: tuple(((("tea",) + b), 10.0, 9.0, p) for b, p in vs)
     >>> old = tea((("cup",), 0.925), (("pot",), 0.025), (("jam",), 0.025), (("bun",), 0.025))
@@ -111,9 +111,13 @@ def same_offer(old: Signature, new: Signature, *, shift: float = MATERIAL_SHIFT)
     False
     >>> same_offer(old, old[:3] + ((("tea", "bun"), 10.0, 9.5, 0.025),))  # a price, always
     False
+    >>> same_offer(old[:3], old)  # an option more (or fewer) for the shopper, always
+    False
     """
     if old == new:
         return True
+    if len(old) != len(new):
+        return False
     before = {(items, discount): (price, p) for items, discount, price, p in old}
     moved = 0.0
     for items, discount, price, p in new:

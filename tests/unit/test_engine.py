@@ -178,6 +178,38 @@ def test_unchanged_offers_are_not_republished() -> None:
     assert engine.handle_purchase(order(2, ["tea", "cup"], ts=T0 + 2)) == []
 
 
+@pytest.mark.parametrize("min_change", [0.05, 0.0])
+def test_an_exploration_variant_trading_places_does_not_republish_the_offer(
+        min_change: float) -> None:
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0, max_triples=0,
+                                           min_change=min_change))
+    ts = iter(range(T0, T0 + 10**6))
+    history = [["cup"]] * 6 + [["jam"]] * 4 + [["pie"]] * 2 + [["bun"]]
+    for n, partners in enumerate(history):
+        engine.handle_purchase(order(n, ["tea", *partners], ts=next(ts)))
+
+    def variants() -> list[tuple[str, float]]:
+        return [(v.items[1], round(v.probability, 3)) for v in engine.live_offer("tea").variants]
+
+    assert variants() == [("cup", 0.933), ("jam", 0.033), ("pie", 0.033)]
+    # bun overtakes pie: one exploration variant (a thirtieth of the mass) trades places...
+    out = [o for n in (20, 21) for o in engine.handle_purchase(order(n, ["tea", "bun"],
+                                                                     ts=next(ts)))]
+    assert engine.stats.pair_count("tea", "bun", next(ts)) > engine.stats.pair_count(
+        "tea", "pie", next(ts))
+    if min_change == 0.0:  # every change goes out
+        assert [o for o in out if o.anchor_item_id == "tea"]
+        assert variants() == [("cup", 0.933), ("jam", 0.033), ("bun", 0.033)]
+        return
+    assert not [o for o in out if o.anchor_item_id == "tea"]  # ...and tea's offer stays
+    assert variants() == [("cup", 0.933), ("jam", 0.033), ("pie", 0.033)]
+    # jam overtakes cup: the favourite changes, and the offer goes out.
+    out = [o for n in range(30, 34) for o in engine.handle_purchase(order(n, ["tea", "jam"],
+                                                                          ts=next(ts)))]
+    assert [o for o in out if o.anchor_item_id == "tea"]
+    assert variants() == [("jam", 0.933), ("cup", 0.033), ("bun", 0.033)]
+
+
 def _state(engine: Engine) -> dict[str, Any]:
     s = engine.state
     return {"items": dict(s.items), "counts": dict(s.counts), "catalog": dict(s.catalog),
@@ -377,6 +409,16 @@ def test_marks_of_unchanged_offers_stay_bounded() -> None:
     last = T0 + 19_999 * 10
     assert all(due > last - 2000 - 4_096 * 10 for due, _ in engine._unchanged_at.values())
     assert engine._unchanged_at[f"i{19_999}"] == (last + 1000, 1000)
+
+
+def test_the_revision_thresholds_are_settings() -> None:
+    from streamer.app.factory import engine_config
+    from streamer.settings import Settings
+
+    default = engine_config(Settings())
+    assert (default.min_change, default.max_recheck_interval_ms) == (0.05, 60_000)
+    tuned = engine_config(Settings(offers={"min_change": 0.0, "max_recheck_interval_s": 5}))
+    assert (tuned.min_change, tuned.max_recheck_interval_ms) == (0.0, 5_000)
 
 
 def test_the_offer_purchase_weight_is_a_setting() -> None:
