@@ -195,8 +195,8 @@ def test_an_exploration_variant_trading_places_does_not_republish_the_offer(
     # bun overtakes pie: one exploration variant (a thirtieth of the mass) trades places...
     out = [o for n in (20, 21) for o in engine.handle_purchase(order(n, ["tea", "bun"],
                                                                      ts=next(ts)))]
-    assert engine.stats.pair_count("tea", "bun", next(ts)) > engine.stats.pair_count(
-        "tea", "pie", next(ts))
+    now = next(ts)
+    assert engine.stats.pair_count("tea", "bun", now) > engine.stats.pair_count("tea", "pie", now)
     if min_change == 0.0:  # every change goes out
         assert [o for o in out if o.anchor_item_id == "tea"]
         assert variants() == [("cup", 0.933), ("jam", 0.033), ("bun", 0.033)]
