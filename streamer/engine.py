@@ -640,9 +640,8 @@ class Engine:
 
     def _note_unchanged(self, anchor: str, now_ms: int, last: tuple[int, int] | None) -> None:
         interval = self.config.min_interval_ms
-        wait = interval if last is None else min(2 * last[1], self.config.max_recheck_interval_ms)
-        if wait < interval:
-            wait = interval
+        wait = interval if last is None else max(
+            interval, min(2 * last[1], self.config.max_recheck_interval_ms))
         marks = self._unchanged_at
         marks[anchor] = (now_ms + wait, wait)
         if len(marks) >= self._unchanged_purge:

@@ -415,8 +415,9 @@ def test_the_revision_thresholds_are_settings() -> None:
     from streamer.app.factory import engine_config
     from streamer.settings import Settings
 
-    default = engine_config(Settings())
+    default, engine_default = engine_config(Settings()), EngineConfig()
     assert (default.min_change, default.max_recheck_interval_ms) == (0.05, 60_000)
+    assert (engine_default.min_change, engine_default.max_recheck_interval_ms) == (0.05, 60_000)
     tuned = engine_config(Settings(offers={"min_change": 0.0, "max_recheck_interval_s": 5}))
     assert (tuned.min_change, tuned.max_recheck_interval_ms) == (0.0, 5_000)
 
