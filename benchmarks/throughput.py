@@ -48,7 +48,12 @@ often per purchase than a live stream of the same rate (the engine in process, i
 order, the same 30,000 purchases: 65-71 us each at 100 ms, 50-57 at 1 ms, 36-53 at 0.1 ms in
 two runs; with a single 5 s wait, before, 94-99 at 100 ms and the same at 1 and 0.1 ms).
 
-Medians over repeats are printed with ratios; ``--json PATH`` writes them. So is each mode's
+Medians over repeats are printed with their ratios, and beside each ratio the same ratio within
+each repeat and the median of those: a repeat's runs follow each other, so a machine that
+speeds up or slows down from one repeat to the next (a shared host) moves both sides of a
+per-repeat ratio alike (one checkout's worker read 3,618-6,006 events/s over the 5 repeats of
+one run here).
+``--json PATH`` writes them all (``ratios``, ``ratios_per_repeat``). So is each mode's
 CPU per event (the consuming process's, all its threads, over the same span; less disturbed
 by other load than events/s), and what reaching 0.8x the no-op agent's rate would leave the
 worker per event on one core. Each streamer run also prints how many of the machine's cores
@@ -697,6 +702,23 @@ def run_scaled(bootstrap: str, n: int, workers: int, workdir: Path,
 
 
 # -- driver -----------------------------------------------------------------------------------
+def per_repeat(top: list[float], base: list[float]) -> list[float]:
+    """``top[i] / base[i]`` for each repeat: two runs of one repeat, made one after the other
+    (other modes may run between), so a machine that slows down or speeds up from repeat to
+    repeat (other jobs on a shared host) moves both."""
+    return [t / b for t, b in zip(top, base, strict=True)]
+
+
+def describe_pairs(ratios: list[float]) -> str:
+    """Per-repeat ratios and their median, for a ratio's line.
+
+    >>> describe_pairs([1.5, 0.9, 1.2])
+    'per repeat 1.50, 0.90, 1.20x; median 1.20x'
+    """
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    return f"per repeat {each}x; median {statistics.median(ratios):.2f}x"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=20_000, help="events timed")
@@ -835,30 +857,32 @@ def main() -> None:
     for m, v in med.items():
         runs = ", ".join(f"{x:,.0f}" for x in results[m])
         print(f"  {m:<18} {v:>11,.0f} events/s   (runs: {runs})")
+    pairs = [("streamer", base) for base in ("streamer_ref", "naive_peer", "faust_noop",
+                                             "engine_loop", "plain_loop", "ceiling")]
+    pairs += [("streamer_no_engine", "naive_peer"), ("streamer_no_engine", "faust_noop"),
+              ("naive_peer", "faust_noop")]
     ratios: dict[str, float] = {}
-    if "streamer" in med:
-        for base in ("streamer_ref", "naive_peer", "faust_noop", "engine_loop", "plain_loop",
-                     "ceiling"):
-            if base in med:
-                ratios[f"streamer/{base}"] = med["streamer"] / med[base]
-    if "streamer_no_engine" in med:
-        for base in ("naive_peer", "faust_noop"):
-            if base in med:
-                ratios[f"streamer_no_engine/{base}"] = med["streamer_no_engine"] / med[base]
-    if "faust_noop" in med and "naive_peer" in med:
-        ratios["naive_peer/faust_noop"] = med["naive_peer"] / med["faust_noop"]
+    paired: dict[str, list[float]] = {}
+    for top, base in pairs:
+        if top in med and base in med:
+            ratios[f"{top}/{base}"] = med[top] / med[base]
+            paired[f"{top}/{base}"] = per_repeat(results[top], results[base])
     goals = {"streamer/naive_peer": 3.0, "streamer/faust_noop": 0.8}
+    if paired:
+        print("  ratios of the medians; in brackets the ratio within each repeat (its runs "
+              "one after the other), and their median")
     for name, r in ratios.items():
         goal = f"   (goal >= {goals[name]})" if name in goals else ""
-        print(f"  {name:<32} {r:6.2f}x{goal}")
+        print(f"  {name:<32} {r:6.2f}x{goal}   [{describe_pairs(paired[name])}]")
     out: dict[str, Any] = {"events": n, "warmup": warm, "fresh_broker": args.fresh_broker,
                            "event_spacing_ms": args.event_spacing_ms}
     for m in modes:
         out[f"{m}_eps"] = med[m]
     if scaled:
         one, many = statistics.median(scaled[1]), statistics.median(scaled[args.workers])
+        paired["workers"] = per_repeat(scaled[args.workers], scaled[1])
         print(f"  {args.workers} workers / 1 worker: {many / one:.2f}x   (goal >= 1.7)  "
-              f"[{many:,.0f} vs {one:,.0f} events/s]")
+              f"[{many:,.0f} vs {one:,.0f} events/s; {describe_pairs(paired['workers'])}]")
         out[f"streamer_{args.workers}_workers_eps"] = many
         out["streamer_1_worker_produced_live_eps"] = one
     cpu = {m: statistics.median(v) for m, v in CPU_BY_MODE.items()}
@@ -882,6 +906,7 @@ def main() -> None:
         out["goal_cpu_budget_us_per_event"] = budget
     out["runs"] = results
     out["ratios"] = ratios
+    out["ratios_per_repeat"] = paired
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
