@@ -51,6 +51,11 @@ class KafkaSettings(_Section):
     max_message_bytes: int = Field(
         256 * 1024, gt=0, description="Messages larger than this are dead-lettered undecoded."
     )
+    producer_batch_bytes: int = Field(
+        512 * 1024, ge=16 * 1024, description="Largest record batch the worker's producer "
+        "builds per partition (faust's own: 16 KiB). Keep it below the brokers' "
+        "message.max.bytes (Kafka's default: 1 MiB)."
+    )
 
 
 class TopicSettings(_Section):

@@ -300,6 +300,22 @@ def test_standby_replicas_reach_faust(replicas: int) -> None:
     assert Settings().worker.standby_replicas == 0
 
 
+@pytest.mark.parametrize("size", [None, 64 * 1024])
+def test_producer_batch_size_reaches_faust(size: int | None) -> None:
+    """Changelog records go out in the producer's batches (ChangelogSender): the worker's
+    producer builds batches of ``kafka.producer_batch_bytes``, 512 KiB unless set, well below
+    Kafka's default message.max.bytes."""
+    from streamer.app.factory import create_app
+    from streamer.settings import Settings
+
+    kafka = {} if size is None else {"producer_batch_bytes": size}
+    settings = Settings(kafka=kafka, worker={"app_id": f"batch-{size}"})
+    expected = 512 * 1024 if size is None else size
+    assert create_app(settings).app.conf.producer_max_batch_size == expected
+    with pytest.raises(ValueError, match="producer_batch_bytes"):
+        Settings(kafka={"producer_batch_bytes": 1024})
+
+
 def test_the_workers_engine_learns_in_place_only_what_no_flush_has_handed_out() -> None:
     """The worker's engine updates an anchor's tables in place between flushes of its
     write-back; a value a flush wrote (to the store and the cache of decoded values) is never
