@@ -52,13 +52,13 @@ Medians over repeats are printed with their ratios, and beside each ratio the sa
 each repeat and the median of those: a repeat's runs follow each other, so a machine that
 speeds up or slows down from one repeat to the next (a shared host) moves both sides of a
 per-repeat ratio alike (one checkout's worker read 3,618-6,006 events/s over the 5 repeats of
-one run here).
-``--json PATH`` writes them all (``ratios``, ``ratios_per_repeat``). So is each mode's
-CPU per event (the consuming process's, all its threads, over the same span; less disturbed
-by other load than events/s), and what reaching 0.8x the no-op agent's rate would leave the
-worker per event on one core. Each streamer run also prints how many of the machine's cores
-were busy over its span (every process: the broker and the producer too; from /proc/stat),
-which says when a run, or two workers, had the machine to themselves no longer.
+one run here). ``--json PATH`` writes both (``ratios``, ``ratios_per_repeat``). Printed and
+written too: each mode's CPU per event (the consuming process's, all its threads, over the
+same span; less disturbed by other load than events/s), and what reaching 0.8x the no-op
+agent's rate would leave the worker per event on one core. Each streamer run also prints how
+many of the machine's cores were busy over its span (every process: the broker and the
+producer too; from /proc/stat), which says when a run, or two workers, had the machine to
+themselves no longer.
 
     PYTHONPATH=. python benchmarks/throughput.py --events 10000 --repeats 3 --json tp.json
 
@@ -865,8 +865,9 @@ def main() -> None:
     paired: dict[str, list[float]] = {}
     for top, base in pairs:
         if top in med and base in med:
-            ratios[f"{top}/{base}"] = med[top] / med[base]
-            paired[f"{top}/{base}"] = per_repeat(results[top], results[base])
+            name = f"{top}/{base}"
+            ratios[name] = med[top] / med[base]
+            paired[name] = per_repeat(results[top], results[base])
     goals = {"streamer/naive_peer": 3.0, "streamer/faust_noop": 0.8}
     if paired:
         print("  ratios of the medians; in brackets the ratio within each repeat (its runs "
