@@ -65,7 +65,10 @@ themselves no longer.
 ``--ref DIR`` also runs the worker of another checkout (mode ``streamer_ref``, e.g. a ``git
 archive`` of the commit before a change), interleaved with ``streamer``: a before/after in one
 run. ``--workers 2`` also measures two streamer workers against one (events produced after the
-workers joined, for both; the warm-up first, untimed), ``--only`` restricts the modes, and
+workers joined, for both; the warm-up first, untimed), and beside them what the machine gives
+two CPU-bound processes against one (the engine in process, no broker: one alone, then two at
+once) and how many cores one worker's runs kept busy (worker, broker and producer), so how many
+1.7x its events/s would need at the same CPU per event; ``--only`` restricts the modes, and
 ``--worker-env K=V`` passes settings to the streamer worker (e.g.
 ``STREAMER__WORKER__LOG_LEVEL=warning``).
 
@@ -242,6 +245,44 @@ def engine_work() -> Callable[[bytes], None]:
             flushed[0] = time.monotonic()
 
     return work
+
+
+def _engine_child(values: list[bytes], warm: int, start: Any, out: Any) -> None:
+    """One process of :func:`machine_scaling`: the engine in process over ``values`` (the
+    first ``warm`` untimed), timed from ``start`` (a barrier all the processes wait at)."""
+    work = engine_work()
+    for value in values[:warm]:
+        work(value)
+    start.wait()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for value in values[warm:]:
+        work(value)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    out.put(((len(values) - warm) / wall, 1e6 * cpu / (len(values) - warm)))
+
+
+def machine_scaling(events: list[tuple[bytes, bytes]], warm: int, procs: int) -> list[float]:
+    """How fast each of ``procs`` processes runs the engine in process over ``events`` when
+    they all run at once (purchases/s each): a CPU-bound Python process per core, no broker,
+    no I/O, so what the machine itself gives N processes against one (``--workers``)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(procs), ctx.Queue()
+    values = [v for _, v in events]
+    children = [ctx.Process(target=_engine_child, args=(values, warm, start, out))
+                for _ in range(procs)]
+    for child in children:
+        child.start()
+    try:
+        rates = [out.get(timeout=RUN_TIMEOUT_S) for _ in children]
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    CPU_US.append(statistics.median(cpu for _, cpu in rates))
+    return [eps for eps, _ in rates]
 
 
 async def consume_loop(bootstrap: str, topic: str, n: int,
@@ -498,6 +539,9 @@ class StreamerWorker:
         m = re.search(r'streamer_consumer_lag\{topic="' + name + r'"\} (\S+)', text)
         return float(m.group(1)) if m else None
 
+
+#: The issue's goal for 2 workers against 1 (events/s).
+WORKERS_GOAL = 1.7
 
 #: CPU per event of each run (the consuming process's, all its threads, first event to last):
 #: more robust to other load on the machine than events/s.
@@ -839,6 +883,8 @@ def main() -> None:
                 cpu += (machine_note() if mode.startswith("streamer") else "") + ")"
                 print(f"  repeat {rep + 1}: {mode:<18} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
+        scaled_busy: dict[int, list[float]] = {}  # the machine's busy cores, each such run
+        alone: dict[int, list[float]] = {}  # machine_scaling: purchases/s in all, each run
         if args.workers > 1:
             for rep in range(args.repeats):
                 for w in (1, args.workers):
@@ -848,9 +894,20 @@ def main() -> None:
                         eps = run_scaled(broker.bootstrap, n, w, workdir, extra_env, warm,
                                          args.event_spacing_ms)
                     scaled.setdefault(w, []).append(eps)
+                    if MACHINE_BUSY and MACHINE_BUSY[-1] is not None:
+                        scaled_busy.setdefault(w, []).append(MACHINE_BUSY[-1])
                     print(f"  {w} worker(s), produced while running: {eps:,.0f} events/s"
                           f"  ({CPU_US.pop():,.0f} us CPU/event, all workers"
                           f"{machine_note()})", flush=True)
+                for w in (1, args.workers):
+                    # The machine's own scaling, beside the workers': the engine in process,
+                    # alone and in as many processes as workers at once.
+                    rates = machine_scaling(events, warm, w)
+                    alone.setdefault(w, []).append(sum(rates))
+                    each = ", ".join(f"{r:,.0f}" for r in rates)
+                    print(f"  {w} engine process(es) at once, in process (no broker): "
+                          f"{sum(rates):,.0f} purchases/s in all ({each}; "
+                          f"{CPU_US.pop():,.0f} us CPU/purchase)", flush=True)
 
     med = {m: statistics.median(v) for m, v in results.items()}
     print(f"\nmedians over {args.repeats} repeats, {n} events timed after {warm}:")
@@ -882,10 +939,32 @@ def main() -> None:
     if scaled:
         one, many = statistics.median(scaled[1]), statistics.median(scaled[args.workers])
         paired["workers"] = per_repeat(scaled[args.workers], scaled[1])
-        print(f"  {args.workers} workers / 1 worker: {many / one:.2f}x   (goal >= 1.7)  "
+        print(f"  {args.workers} workers / 1 worker: {many / one:.2f}x   (goal >= {WORKERS_GOAL})  "
               f"[{many:,.0f} vs {one:,.0f} events/s; {describe_pairs(paired['workers'])}]")
         out[f"streamer_{args.workers}_workers_eps"] = many
         out["streamer_1_worker_produced_live_eps"] = one
+        if scaled_busy.get(1):
+            # Where the goal lies in cores: one worker's run keeps the worker, the broker and
+            # the producer busy, and each of them works per event, so 1.7x the events/s at the
+            # same cost per event keeps 1.7x as many cores busy (at least: with more workers
+            # more item baskets cross the item-baskets topic).
+            busy = statistics.median(scaled_busy[1])
+            cores = os.cpu_count() or 1
+            need = WORKERS_GOAL * busy
+            print(f"  one worker's runs kept {busy:.2f} of {cores} cores busy (worker, broker and "
+                  f"producer; median): {WORKERS_GOAL}x its events/s at the same CPU per event "
+                  f"needs at least {need:.2f}"
+                  + (", more than this machine has" if need > cores else ""))
+            out["one_worker_busy_cores"] = busy
+            out["workers_goal_needs_cores"] = need
+        if alone.get(1):
+            paired["machine"] = per_repeat(alone[args.workers], alone[1])
+            machine = statistics.median(alone[args.workers]) / statistics.median(alone[1])
+            print(f"  the machine itself: {args.workers} engine processes at once / 1 alone "
+                  f"(in process, no broker): {machine:.2f}x   "
+                  f"[{describe_pairs(paired['machine'])}]")
+            out[f"engine_{args.workers}_processes_eps"] = statistics.median(alone[args.workers])
+            out["engine_1_process_eps"] = statistics.median(alone[1])
     cpu = {m: statistics.median(v) for m, v in CPU_BY_MODE.items()}
     if cpu:
         print("  CPU per event (medians; the consuming process, all threads):")
