@@ -283,7 +283,7 @@ def main() -> None:
     if relaying and defaults:
         p.error(f"--pipeline {args.pipeline} answers every purchase: use --offers every-purchase")
 
-    from streamer.app.broker import EmbeddedBroker, free_port
+    from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
     from streamer.app.worker import ensure_topics
     from streamer.settings import Settings
 
@@ -296,7 +296,8 @@ def main() -> None:
             # A fresh worker and topics per rate: no backlog carries over between rates.
             suffix = uuid.uuid4().hex[:8]
             settings = Settings(
-                kafka={"bootstrap_servers": broker.bootstrap},
+                kafka={"bootstrap_servers": broker.bootstrap,
+                       "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
                 topics={name: f"{name}-{suffix}" for name in
                         ("clicks", "purchases", "offers", "feedback", "rewards",
                          "dead_letters")}

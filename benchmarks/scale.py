@@ -127,7 +127,7 @@ def wait(cond: Any, timeout_s: float, what: str, worker: StreamerWorker) -> floa
 
 
 def measure_recovery(n: int, partners: int, timeout_s: float) -> dict[str, Any]:
-    from streamer.app.broker import EmbeddedBroker, free_port
+    from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
     from streamer.app.worker import ensure_topics
     from streamer.settings import Settings
 
@@ -136,7 +136,8 @@ def measure_recovery(n: int, partners: int, timeout_s: float) -> dict[str, Any]:
         workdir = Path(tmp)
         suffix = uuid.uuid4().hex[:8]
         settings = Settings(
-            kafka={"bootstrap_servers": broker.bootstrap},
+            kafka={"bootstrap_servers": broker.bootstrap,
+                   "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
             topics={name: f"{name}-{suffix}" for name in
                     ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
             | {"policy_updates": f"policy-updates-{suffix}", "partitions": PARTITIONS},

@@ -456,7 +456,13 @@ def run_faust_child(mode: str, bootstrap: str, topic: str, n: int, workdir: Path
 
 # -- streamer's worker -----------------------------------------------------------------------
 def worker_settings(bootstrap: str, purchases: str, workdir: Path) -> Any:
-    """Default settings but fresh topics (except the shared purchases) and a fresh group."""
+    """Default settings but fresh topics (except the shared purchases) and a fresh group.
+
+    Default settings include the fetch wait meant for Kafka (500 ms), not the embedded broker's
+    20 ms (``streamer.app.broker.EMBEDDED_FETCH_MAX_WAIT_MS``, which keeps the latency of a
+    trickle low there): under a backlog every fetch finds data, and an idle fetch every 20 ms
+    cost the broker, which shares the machine, ~0.3 of a core per worker
+    (``benchmarks/fetch_wait.py``)."""
     from streamer.app.broker import free_port
     from streamer.settings import Settings
 

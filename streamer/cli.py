@@ -63,13 +63,17 @@ def broker(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 9092,
 ) -> None:
     """Run the embedded Kafka-compatible broker (Tansu, memory storage) until Ctrl-C."""
-    from streamer.app.broker import EmbeddedBroker
+    from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with EmbeddedBroker(port=port) as b:
         console.print(f"broker ready on {b.bootstrap} (pid {b.pid}); Ctrl-C stops it")
+        # It holds a fetch of several partitions for the consumer's whole wait, data or not.
+        console.print(f"workers against it: STREAMER__KAFKA__BOOTSTRAP_SERVERS={b.bootstrap} "
+                      f"STREAMER__KAFKA__FETCH_MAX_WAIT_MS={EMBEDDED_FETCH_MAX_WAIT_MS}",
+                      soft_wrap=True)
         stop.wait()
     console.print("broker stopped")
 

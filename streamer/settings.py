@@ -45,8 +45,10 @@ class KafkaSettings(_Section):
     rebalance_timeout_s: float = Field(6.0, gt=0, description="Consumer group rebalance timeout.")
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
     fetch_max_wait_ms: int = Field(
-        20, ge=1, le=10_000,
-        description="Longest the broker holds a fetch for data (faust's own: 1,500 ms).",
+        500, ge=1, le=10_000,
+        description="Longest the broker holds a fetch while no data comes (Kafka's default; "
+        "faust's 1,500 ms). Against the embedded broker, which holds it the whole time, 20 ms "
+        "unless set.",
     )
     max_message_bytes: int = Field(
         256 * 1024, gt=0, description="Messages larger than this are dead-lettered undecoded."

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
 from streamer.app.demo import WorkerProcess
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
@@ -71,7 +71,8 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings with fresh topic names and a fresh app id (consumer group) for this test."""
     suffix = uuid.uuid4().hex[:8]
     return Settings(
-        kafka={"bootstrap_servers": broker.bootstrap},
+        kafka={"bootstrap_servers": broker.bootstrap,
+               "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
         topics={name: f"{name}-{suffix}" for name in
                 ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
         | {"policy_updates": f"policy-updates-{suffix}", "partitions": 4},

@@ -3,7 +3,9 @@
 Used by ``streamer demo``, ``streamer broker`` and the test fixtures. Storage is in memory: the
 broker's data lives as long as its process. Known quirks (see README): idempotent and
 transactional producers fail (``InitProducerId``), so faust's ``exactly_once`` is unusable
-against it; consumer groups need short session/rebalance timeouts to join quickly.
+against it; consumer groups need short session/rebalance timeouts to join quickly; a fetch of
+several partitions is held for the consumer's whole fetch wait, data or not, so workers against
+it fetch with :data:`EMBEDDED_FETCH_MAX_WAIT_MS` (:func:`fetch_wait_ms_for_embedded`).
 
 Starting blocks until the broker answers a metadata request (or raises
 :class:`BrokerStartError`); stopping terminates the whole process and waits for it.
@@ -23,11 +25,39 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+if TYPE_CHECKING:
+    from streamer.settings import KafkaSettings
+
+#: The fetch wait (``kafka.fetch_max_wait_ms``) of workers against the embedded broker. Apache
+#: Kafka answers a fetch as soon as data arrives in any of its partitions, so a worker's default
+#: wait (500 ms, Kafka's own) adds no latency there and keeps an idle worker from polling. This
+#: broker answers a fetch of one partition as data arrives, but holds a fetch of several for the
+#: whole wait, data or not (``benchmarks/fetch_wait.py``, a consumer of 8 partitions: a record
+#: produced after a pause took a median of 3.5 ms to reach it at a 20 ms wait, 144 ms at 500),
+#: and a worker's fetch spans every partition it consumes: at 500 ms each hop would add up to
+#: half a second.
+EMBEDDED_FETCH_MAX_WAIT_MS = 20
+
+
+def fetch_wait_ms_for_embedded(kafka: KafkaSettings) -> int:
+    """The fetch wait of a worker against the embedded broker: the one configured, if any
+    (environment, file or code), else :data:`EMBEDDED_FETCH_MAX_WAIT_MS`.
+
+    >>> from streamer.settings import KafkaSettings
+    >>> fetch_wait_ms_for_embedded(KafkaSettings())
+    20
+    >>> fetch_wait_ms_for_embedded(KafkaSettings(fetch_max_wait_ms=100))
+    100
+    """
+    if "fetch_max_wait_ms" in kafka.model_fields_set:
+        return kafka.fetch_max_wait_ms
+    return EMBEDDED_FETCH_MAX_WAIT_MS
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:

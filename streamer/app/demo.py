@@ -24,7 +24,12 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from streamer.app.broker import EmbeddedBroker, free_port, stop_process_group
+from streamer.app.broker import (
+    EmbeddedBroker,
+    fetch_wait_ms_for_embedded,
+    free_port,
+    stop_process_group,
+)
 from streamer.app.storefront import StorefrontDriver
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
@@ -76,15 +81,26 @@ DEMO_TRAINER_ENV = {
 }
 
 
+def on_embedded(settings: Settings, bootstrap: str) -> Settings:
+    """``settings`` against the embedded broker at ``bootstrap``: its address, and its fetch
+    wait unless one is configured (:func:`~streamer.app.broker.fetch_wait_ms_for_embedded`)."""
+    kafka = settings.kafka.model_copy(update={
+        "bootstrap_servers": bootstrap,
+        "fetch_max_wait_ms": fetch_wait_ms_for_embedded(settings.kafka)})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
              data_dir: Path) -> dict[str, str]:
     """The environment of the demo's (and ``streamer simulate``'s) worker and trainer: this
-    broker and app, the storefront's segments, seconds-long reward windows, and the
-    trainer's demo cadence (:data:`DEMO_TRAINER_ENV`) where the environment sets none."""
+    broker (and the embedded broker's fetch wait, unless one is configured), app, the
+    storefront's segments, seconds-long reward windows, and the trainer's demo cadence
+    (:data:`DEMO_TRAINER_ENV`) where the environment sets none."""
     return {
         **DEMO_TRAINER_ENV,
         **os.environ,
         "STREAMER__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMER__KAFKA__FETCH_MAX_WAIT_MS": str(fetch_wait_ms_for_embedded(settings.kafka)),
         "STREAMER__WORKER__APP_ID": app_id,
         "STREAMER__WORKER__WEB_PORT": str(web_port),
         "STREAMER__WORKER__DATA_DIR": str(data_dir),
@@ -201,8 +217,7 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
         app_id = f"streamer-demo-{os.getpid()}"
         env = demo_env(settings, bootstrap=broker.bootstrap, app_id=app_id,
                        web_port=web_port, data_dir=workdir / "data")
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
-        settings = settings.model_copy(update={"kafka": kafka})
+        settings = on_embedded(settings, broker.bootstrap)
         await ensure_topics(settings)
         console.print(f"broker on {broker.bootstrap} (pid {broker.pid}); logs in {workdir}")
         worker = WorkerProcess(env, workdir / "worker.log")
@@ -219,7 +234,7 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                           f"http://127.0.0.1:{web_port}/dashboard/")
             d, t = settings.demo, settings.topics
             shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
-            driver = StorefrontDriver(kafka, shop, clicks_topic=t.clicks,
+            driver = StorefrontDriver(settings.kafka, shop, clicks_topic=t.clicks,
                                       purchases_topic=t.purchases, offers_topic=t.offers,
                                       sessions_per_s=d.shoppers_per_s,
                                       default_segment=settings.offers.segment)

@@ -22,10 +22,12 @@ in-memory :class:`OfferIndex`:
   policy version, hence their place in the ledger (the crash harness saw 90 of ~5,000 so).
   :attr:`OfferIndexFeed.caught_up` is set once the feed has read every partition up to the
   high watermark of its first fetches; attribution waits for it (``RewardTracking``).
-- the feed fetches with the worker's ``kafka.fetch_max_wait_ms`` (20 ms), not aiokafka's
-  500 ms: an empty partition's first fetch answers after the whole wait on the embedded
-  broker, and until the feeds caught up the worker's first batch of events waited (the
-  throughput benchmark's worker sat idle ~0.7 s right after its first batch).
+- the feed fetches with the worker's ``kafka.fetch_max_wait_ms``, not aiokafka's own 500 ms:
+  the embedded broker holds a fetch of several partitions for the whole wait, and until the
+  feeds caught up the worker's first batch of events waited (the throughput benchmark's worker
+  sat idle ~0.7 s right after its first batch when the feed waited 500 ms and the worker 20).
+  Against it workers wait 20 ms (``streamer.app.broker.EMBEDDED_FETCH_MAX_WAIT_MS``); Kafka
+  answers a fetch as data arrives, whatever the wait.
 """
 
 from __future__ import annotations

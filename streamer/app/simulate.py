@@ -21,7 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from streamer.app.broker import EmbeddedBroker, free_port
-from streamer.app.demo import StreamerProcess, WorkerProcess, demo_env, wait_ready
+from streamer.app.demo import (
+    StreamerProcess,
+    WorkerProcess,
+    demo_env,
+    on_embedded,
+    wait_ready,
+)
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.app.storefront import OfferCache
 from streamer.app.worker import ensure_topics
@@ -107,8 +113,7 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
         env = demo_env(settings, bootstrap=broker.bootstrap,
                        app_id=f"streamer-simulate-{os.getpid()}", web_port=web_port,
                        data_dir=workdir / "data")
-        kafka = settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})
-        settings = settings.model_copy(update={"kafka": kafka})
+        settings = on_embedded(settings, broker.bootstrap)
         await ensure_topics(settings)
         console.print(f"broker on {broker.bootstrap}; logs in {workdir}")
         worker = WorkerProcess(env, workdir / "worker.log")
@@ -119,7 +124,7 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
                 trainer = StreamerProcess("trainer", env, workdir / "trainer.log")
             d, t = settings.demo, settings.topics
             shop = SimulatedShop(Catalogue.generate(d.catalogue_size, seed=d.seed), seed=d.seed)
-            store = SimulatingStorefront(kafka, shop, clicks_topic=t.clicks,
+            store = SimulatingStorefront(settings.kafka, shop, clicks_topic=t.clicks,
                                          purchases_topic=t.purchases, offers_topic=t.offers,
                                          sessions_per_s=d.shoppers_per_s,
                                          default_segment=settings.offers.segment)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.app.broker import EmbeddedBroker, free_port
+from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
 from tests.conftest import wait_for
@@ -59,7 +59,8 @@ def test_worker_rides_out_a_30s_broker_outage(tmp_path: Path) -> None:
             EmbeddedBroker(port=broker_port, advertised_port=proxy_port,
                            log_path=tmp_path / "broker.log") as broker:
         settings = Settings(
-            kafka={"bootstrap_servers": broker.advertised},
+            kafka={"bootstrap_servers": broker.advertised,
+                   "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
             topics={name: f"{name}-{suffix}" for name in
                     ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
             | {"policy_updates": f"policy-updates-{suffix}", "partitions": 4},

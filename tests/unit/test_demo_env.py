@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.app.demo import DEMO_TRAINER_ENV, demo_env
+from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS
+from streamer.app.demo import DEMO_TRAINER_ENV, demo_env, on_embedded
 from streamer.settings import Settings
 
 
@@ -41,3 +42,21 @@ def test_a_trainer_cadence_set_in_the_environment_is_kept(
     assert env["STREAMER__TRAINER__EVERY_S"] == "3"
     assert env["STREAMER__TRAINER__MIN_RECORDS"] == DEMO_TRAINER_ENV[
         "STREAMER__TRAINER__MIN_RECORDS"]
+
+
+def test_workers_against_the_embedded_broker_fetch_with_its_short_wait(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's default fetch wait is Kafka's (500 ms: no latency there, no idle polling);
+    the embedded broker holds a fetch of several partitions for the whole wait, so the demo's
+    worker and settings take 20 ms, unless a wait is configured."""
+    monkeypatch.delenv("STREAMER__KAFKA__FETCH_MAX_WAIT_MS", raising=False)
+    assert Settings().kafka.fetch_max_wait_ms == 500
+    env = env_for(tmp_path)
+    assert env["STREAMER__KAFKA__FETCH_MAX_WAIT_MS"] == str(EMBEDDED_FETCH_MAX_WAIT_MS) == "20"
+    embedded = on_embedded(Settings(), "127.0.0.1:1")
+    assert (embedded.kafka.bootstrap_servers, embedded.kafka.fetch_max_wait_ms) == (
+        "127.0.0.1:1", 20)
+
+    monkeypatch.setenv("STREAMER__KAFKA__FETCH_MAX_WAIT_MS", "500")  # set, even to the default
+    assert env_for(tmp_path)["STREAMER__KAFKA__FETCH_MAX_WAIT_MS"] == "500"
+    assert on_embedded(Settings(), "127.0.0.1:1").kafka.fetch_max_wait_ms == 500
