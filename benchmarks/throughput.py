@@ -460,9 +460,10 @@ def worker_settings(bootstrap: str, purchases: str, workdir: Path) -> Any:
 
     Default settings include the fetch wait meant for Kafka (500 ms), not the embedded broker's
     20 ms (``streamer.app.broker.EMBEDDED_FETCH_MAX_WAIT_MS``, which keeps the latency of a
-    trickle low there): under a backlog every fetch finds data, and an idle fetch every 20 ms
-    cost the broker, which shares the machine, ~0.3 of a core per worker
-    (``benchmarks/fetch_wait.py``)."""
+    trickle low there): under a backlog the partitions being read answer at once either way,
+    and the worker's others (clicks, reward topics, the offers its index follows), fetched 50
+    times a second at 20 ms, cost an idle worker 0.1 of a core and the broker, which shares the
+    machine, 0.3 (``benchmarks/fetch_wait.py``)."""
     from streamer.app.broker import free_port
     from streamer.settings import Settings
 
