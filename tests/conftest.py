@@ -155,12 +155,8 @@ async def _consume(settings: Settings, topic: str, done: Callable[[list[Any]], b
                    timeout_s: float) -> list[Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streamer.app.kafka import consumer_kwargs
-
-    # The settings' fetch wait (the embedded broker's 20 ms): aiokafka's own 500 ms made every
-    # poll of a topic the worker had not written to yet wait half a second.
-    consumer = AIOKafkaConsumer(**consumer_kwargs(settings.kafka), enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     records: list[Any] = []
     try:
@@ -195,9 +191,9 @@ def item_view(worker: RunningWorker, item: str) -> dict[str, Any]:
 async def _lag(settings: Settings, topic: str) -> dict[int, tuple[int | None, int]]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streamer.app.kafka import consumer_kwargs, fetched_end_offsets
+    from streamer.app.kafka import fetched_end_offsets
 
-    consumer = AIOKafkaConsumer(**consumer_kwargs(settings.kafka),
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
                                 group_id=settings.worker.app_id, enable_auto_commit=False)
     await consumer.start()
     try:

@@ -50,18 +50,6 @@ def aiokafka_kwargs(k: KafkaSettings) -> dict[str, Any]:
     return kw
 
 
-def consumer_kwargs(k: KafkaSettings) -> dict[str, Any]:
-    """:func:`aiokafka_kwargs` for an ``AIOKafkaConsumer``: with the configured fetch wait
-    (``kafka.fetch_max_wait_ms``), so every consumer streamer makes waits as the worker's does
-    (against the embedded broker, which holds a fetch of several partitions for the whole wait,
-    20 ms rather than 500: see ``streamer.app.broker.EMBEDDED_FETCH_MAX_WAIT_MS``).
-
-    >>> consumer_kwargs(KafkaSettings(bootstrap_servers="h:1", fetch_max_wait_ms=20))
-    {'bootstrap_servers': 'h:1', 'security_protocol': 'PLAINTEXT', 'fetch_max_wait_ms': 20}
-    """
-    return {**aiokafka_kwargs(k), "fetch_max_wait_ms": k.fetch_max_wait_ms}
-
-
 def faust_credentials(k: KafkaSettings) -> faust.types.auth.CredentialsT | None:
     """faust's ``broker_credentials`` for the configured security protocol (None: plaintext)."""
     ctx = ssl_context(k)
@@ -128,7 +116,7 @@ async def fetched_end_offsets(k: KafkaSettings, reported: Mapping[TPLike, int], 
               for tp, end in reported.items() if end and end > 0}
     if not wanted:
         return result
-    consumer = AIOKafkaConsumer(**consumer_kwargs(k), group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**aiokafka_kwargs(k), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="latest")
     await consumer.start()
     try:

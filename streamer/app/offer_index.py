@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import consumer_kwargs
+from streamer.app.kafka import aiokafka_kwargs
 from streamer.events import BundleOffer, EventCodec, InvalidEvent
 from streamer.settings import KafkaSettings
 
@@ -168,8 +168,9 @@ class OfferIndexFeed:
                 await asyncio.sleep(2.0)  # back-off before reconnecting
 
     async def _consume(self) -> None:
-        consumer = AIOKafkaConsumer(**consumer_kwargs(self._kafka), enable_auto_commit=False,
-                                    auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(**aiokafka_kwargs(self._kafka), enable_auto_commit=False,
+                                    auto_offset_reset="earliest",
+                                    fetch_max_wait_ms=self._kafka.fetch_max_wait_ms)
         await consumer.start()
         try:
             tps = await assign_all_partitions(consumer, self.topic)

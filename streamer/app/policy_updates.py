@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, consumer_kwargs
+from streamer.app.kafka import aiokafka_kwargs
 from streamer.engine import Engine
 from streamer.observability import Metrics
 from streamer.settings import Settings
@@ -75,7 +75,7 @@ class PolicyFollower:
     async def run(self) -> None:
         """Follow the topic until cancelled."""
         topic = self.settings.topics.policy_updates
-        consumer = AIOKafkaConsumer(**consumer_kwargs(self.settings.kafka),
+        consumer = AIOKafkaConsumer(**aiokafka_kwargs(self.settings.kafka),
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
         try:
@@ -118,7 +118,7 @@ async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> Polic
 
     topic = settings.topics.policy_updates
     versions = PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version)
-    consumer = AIOKafkaConsumer(**consumer_kwargs(settings.kafka), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings.kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import consumer_kwargs
+from streamer.app.kafka import aiokafka_kwargs
 from streamer.app.offer_index import assign_all_partitions
 from streamer.app.reward_tracking import spec_label
 from streamer.events import RewardWindow
@@ -196,7 +196,7 @@ async def read_reward_windows(
     ``idle_timeout_s`` without progress); with ``follow`` it runs until cancelled, calling
     ``on_batch`` with each batch. Invalid messages are skipped (the rewards topic is ours).
     """
-    consumer = AIOKafkaConsumer(**consumer_kwargs(kafka), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**aiokafka_kwargs(kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     windows: list[RewardWindow] = []

@@ -23,7 +23,7 @@ from types import TracebackType
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, consumer_kwargs
+from streamer.app.kafka import aiokafka_kwargs
 from streamer.events import ClickEvent, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.offers import Choice, OfferBook
 from streamer.settings import KafkaSettings
@@ -53,7 +53,7 @@ class OfferCache:
         self._changed = asyncio.Condition()
 
     async def __aenter__(self) -> OfferCache:
-        consumer = AIOKafkaConsumer(**consumer_kwargs(self._kafka), enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**aiokafka_kwargs(self._kafka), enable_auto_commit=False,
                                     auto_offset_reset="earliest")
         await consumer.start()
         partitions = await self._partitions(consumer)

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, consumer_kwargs
+from streamer.app.kafka import aiokafka_kwargs
 from streamer.engine import Engine, EngineConfig, carries_decision, logged_decision
 from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.events.dedup import Deduplicator
@@ -324,9 +324,9 @@ async def run_trainer(
                            reward_attribution=settings.policy.reward_attribution,
                            metrics=metrics)
     codec = EventCodec(settings.kafka.max_message_bytes)
-    consumer = AIOKafkaConsumer(**consumer_kwargs(settings.kafka), enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(**aiokafka_kwargs(settings.kafka))
+    kw = aiokafka_kwargs(settings.kafka)
+    consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(**kw)
     await consumer.start()
     await producer.start()
     # One thread: fine-tunes are CPU-bound for seconds and must not stall consuming.
