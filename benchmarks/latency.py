@@ -283,7 +283,7 @@ def main() -> None:
     if relaying and defaults:
         p.error(f"--pipeline {args.pipeline} answers every purchase: use --offers every-purchase")
 
-    from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
+    from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
     from streamer.app.worker import ensure_topics
     from streamer.settings import Settings
 
@@ -295,9 +295,7 @@ def main() -> None:
         for n, rate in enumerate(float(r) for r in args.rates.split(",")):
             # A fresh worker and topics per rate: no backlog carries over between rates.
             suffix = uuid.uuid4().hex[:8]
-            settings = Settings(
-                kafka={"bootstrap_servers": broker.bootstrap,
-                       "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
+            settings = on_embedded(Settings(
                 topics={name: f"{name}-{suffix}" for name in
                         ("clicks", "purchases", "offers", "feedback", "rewards",
                          "dead_letters")}
@@ -305,7 +303,7 @@ def main() -> None:
                 worker={"app_id": f"bench-latency-{suffix}", "web_port": free_port(),
                         "data_dir": str(workdir / f"data-{suffix}")},
                 offers={} if defaults else {"min_interval_s": 0.0, "min_support": 1.0},
-            )
+            ), broker.bootstrap)
             asyncio.run(ensure_topics(settings))
             worker: StreamerWorker | RelayChild
             if relaying:

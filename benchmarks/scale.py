@@ -127,7 +127,7 @@ def wait(cond: Any, timeout_s: float, what: str, worker: StreamerWorker) -> floa
 
 
 def measure_recovery(n: int, partners: int, timeout_s: float) -> dict[str, Any]:
-    from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
+    from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
     from streamer.app.worker import ensure_topics
     from streamer.settings import Settings
 
@@ -135,15 +135,13 @@ def measure_recovery(n: int, partners: int, timeout_s: float) -> dict[str, Any]:
             EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
         workdir = Path(tmp)
         suffix = uuid.uuid4().hex[:8]
-        settings = Settings(
-            kafka={"bootstrap_servers": broker.bootstrap,
-                   "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
+        settings = on_embedded(Settings(
             topics={name: f"{name}-{suffix}" for name in
                     ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
             | {"policy_updates": f"policy-updates-{suffix}", "partitions": PARTITIONS},
             worker={"app_id": f"bench-scale-{suffix}", "web_port": free_port(),
                     "data_dir": str(workdir / "data")},
-        )
+        ), broker.bootstrap)
         asyncio.run(ensure_topics(settings))
         out: dict[str, Any] = {"items": n, "partners": partners}
 

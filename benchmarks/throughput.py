@@ -760,6 +760,11 @@ def per_repeat(top: list[float], base: list[float]) -> list[float]:
     return [t / b for t, b in zip(top, base, strict=True)]
 
 
+def ratio_of(top: list[float], base: list[float]) -> tuple[float, list[float]]:
+    """The ratio of the medians of two sets of runs, and the ratio within each repeat."""
+    return statistics.median(top) / statistics.median(base), per_repeat(top, base)
+
+
 def describe_pairs(ratios: list[float]) -> str:
     """Per-repeat ratios and their median, for a ratio's line.
 
@@ -891,7 +896,7 @@ def main() -> None:
                 print(f"  repeat {rep + 1}: {mode:<18} {eps:>11,.0f} events/s{cpu}", flush=True)
         scaled: dict[int, list[float]] = {}
         scaled_busy: dict[int, list[float]] = {}  # the machine's busy cores, each such run
-        alone: dict[int, list[float]] = {}  # machine_scaling: purchases/s in all, each run
+        engines: dict[int, list[float]] = {}  # machine_scaling: purchases/s in all, each run
         if args.workers > 1:
             for rep in range(args.repeats):
                 for w in (1, args.workers):
@@ -910,7 +915,7 @@ def main() -> None:
                     # The machine's own scaling, beside the workers': the engine in process,
                     # alone and in as many processes as workers at once.
                     rates = machine_scaling(events, warm, w)
-                    alone.setdefault(w, []).append(sum(rates))
+                    engines.setdefault(w, []).append(sum(rates))
                     each = ", ".join(f"{r:,.0f}" for r in rates)
                     print(f"  {w} engine process(es) at once, in process (no broker): "
                           f"{sum(rates):,.0f} purchases/s in all ({each}; "
@@ -930,8 +935,7 @@ def main() -> None:
     for top, base in pairs:
         if top in med and base in med:
             name = f"{top}/{base}"
-            ratios[name] = med[top] / med[base]
-            paired[name] = per_repeat(results[top], results[base])
+            ratios[name], paired[name] = ratio_of(results[top], results[base])
     goals = {"streamer/naive_peer": 3.0, "streamer/faust_noop": 0.8}
     if paired:
         print("  ratios of the medians; in brackets the ratio within each repeat (its runs "
@@ -945,8 +949,8 @@ def main() -> None:
         out[f"{m}_eps"] = med[m]
     if scaled:
         one, many = statistics.median(scaled[1]), statistics.median(scaled[args.workers])
-        paired["workers"] = per_repeat(scaled[args.workers], scaled[1])
-        print(f"  {args.workers} workers / 1 worker: {many / one:.2f}x   (goal >= {WORKERS_GOAL})  "
+        ratio, paired["workers"] = ratio_of(scaled[args.workers], scaled[1])
+        print(f"  {args.workers} workers / 1 worker: {ratio:.2f}x   (goal >= {WORKERS_GOAL})  "
               f"[{many:,.0f} vs {one:,.0f} events/s; {describe_pairs(paired['workers'])}]")
         out[f"streamer_{args.workers}_workers_eps"] = many
         out["streamer_1_worker_produced_live_eps"] = one
@@ -964,14 +968,13 @@ def main() -> None:
                   + (", more than this machine has" if need > cores else ""))
             out["one_worker_busy_cores"] = busy
             out["workers_goal_needs_cores"] = need
-        if alone.get(1):
-            paired["machine"] = per_repeat(alone[args.workers], alone[1])
-            machine = statistics.median(alone[args.workers]) / statistics.median(alone[1])
+        if engines.get(1):
+            machine, paired["machine"] = ratio_of(engines[args.workers], engines[1])
             print(f"  the machine itself: {args.workers} engine processes at once / 1 alone "
                   f"(in process, no broker): {machine:.2f}x   "
                   f"[{describe_pairs(paired['machine'])}]")
-            out[f"engine_{args.workers}_processes_eps"] = statistics.median(alone[args.workers])
-            out["engine_1_process_eps"] = statistics.median(alone[1])
+            out[f"engine_{args.workers}_processes_eps"] = statistics.median(engines[args.workers])
+            out["engine_1_process_eps"] = statistics.median(engines[1])
     cpu = {m: statistics.median(v) for m, v in CPU_BY_MODE.items()}
     if cpu:
         print("  CPU per event (medians; the consuming process, all threads):")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
+from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
 from streamer.app.demo import WorkerProcess
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
@@ -70,16 +70,14 @@ async def quiescent(timeout_s: float = 5.0) -> None:
 def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
     """Settings with fresh topic names and a fresh app id (consumer group) for this test."""
     suffix = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka={"bootstrap_servers": broker.bootstrap,
-               "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
+    return on_embedded(Settings(
         topics={name: f"{name}-{suffix}" for name in
                 ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
         | {"policy_updates": f"policy-updates-{suffix}", "partitions": 4},
         worker={"app_id": f"streamer-test-{suffix}", "web_port": free_port(),
                 "data_dir": str(tmp_path / "data")},
         offers={"min_interval_s": 0.0, "min_support": 1.0},
-    )
+    ), broker.bootstrap)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

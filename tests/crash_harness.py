@@ -60,7 +60,7 @@ from typing import Any
 
 import msgspec
 
-from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
+from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
 from streamer.app.demo import WorkerProcess
 from streamer.app.factory import engine_config
 from streamer.app.kafka import key_partition
@@ -868,8 +868,7 @@ def fresh_settings(bootstrap: str, workdir: Path, partitions: int = 4) -> Settin
     import uuid
 
     suffix = uuid.uuid4().hex[:8]
-    return Settings(
-        kafka={"bootstrap_servers": bootstrap, "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
+    return on_embedded(Settings(
         topics={name: f"{name}-{suffix}" for name in
                 ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
         | {"policy_updates": f"policy-updates-{suffix}", "partitions": partitions},
@@ -880,7 +879,7 @@ def fresh_settings(bootstrap: str, workdir: Path, partitions: int = 4) -> Settin
         # Co-carts at the weight of a purchase: their baskets are learned exactly once too,
         # and every count stays an exact integer.
         copurchase={"co_cart_weight": 1.0},
-    )
+    ), bootstrap)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 if TYPE_CHECKING:
-    from streamer.settings import KafkaSettings
+    from streamer.settings import KafkaSettings, Settings
 
 #: The fetch wait (``kafka.fetch_max_wait_ms``) of workers against the embedded broker. Apache
 #: Kafka answers a fetch as soon as data arrives in any of its partitions, so a worker's default
@@ -58,6 +58,21 @@ def fetch_wait_ms_for_embedded(kafka: KafkaSettings) -> int:
     if "fetch_max_wait_ms" in kafka.model_fields_set:
         return kafka.fetch_max_wait_ms
     return EMBEDDED_FETCH_MAX_WAIT_MS
+
+
+def on_embedded(settings: Settings, bootstrap: str) -> Settings:
+    """``settings`` against the embedded broker at ``bootstrap``: its address, and its fetch
+    wait unless one is configured (:func:`fetch_wait_ms_for_embedded`).
+
+    >>> from streamer.settings import Settings
+    >>> k = on_embedded(Settings(), "127.0.0.1:1").kafka
+    >>> k.bootstrap_servers, k.fetch_max_wait_ms
+    ('127.0.0.1:1', 20)
+    """
+    kafka = settings.kafka.model_copy(update={
+        "bootstrap_servers": bootstrap,
+        "fetch_max_wait_ms": fetch_wait_ms_for_embedded(settings.kafka)})
+    return settings.model_copy(update={"kafka": kafka})
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:

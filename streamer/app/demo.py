@@ -28,6 +28,7 @@ from streamer.app.broker import (
     EmbeddedBroker,
     fetch_wait_ms_for_embedded,
     free_port,
+    on_embedded,
     stop_process_group,
 )
 from streamer.app.storefront import StorefrontDriver
@@ -79,15 +80,6 @@ DEMO_TRAINER_ENV = {
     "STREAMER__TRAINER__MIN_RECORDS": "200",
     "STREAMER__TRAINER__EVERY_S": "10",
 }
-
-
-def on_embedded(settings: Settings, bootstrap: str) -> Settings:
-    """``settings`` against the embedded broker at ``bootstrap``: its address, and its fetch
-    wait unless one is configured (:func:`~streamer.app.broker.fetch_wait_ms_for_embedded`)."""
-    kafka = settings.kafka.model_copy(update={
-        "bootstrap_servers": bootstrap,
-        "fetch_max_wait_ms": fetch_wait_ms_for_embedded(settings.kafka)})
-    return settings.model_copy(update={"kafka": kafka})
 
 
 def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,

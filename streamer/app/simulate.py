@@ -20,14 +20,8 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from streamer.app.broker import EmbeddedBroker, free_port
-from streamer.app.demo import (
-    StreamerProcess,
-    WorkerProcess,
-    demo_env,
-    on_embedded,
-    wait_ready,
-)
+from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
+from streamer.app.demo import StreamerProcess, WorkerProcess, demo_env, wait_ready
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.app.storefront import OfferCache
 from streamer.app.worker import ensure_topics

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, EmbeddedBroker, free_port
+from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
 from tests.conftest import wait_for
@@ -58,16 +58,14 @@ def test_worker_rides_out_a_30s_broker_outage(tmp_path: Path) -> None:
     with TcpProxy(proxy_port, ("127.0.0.1", broker_port)) as proxy, \
             EmbeddedBroker(port=broker_port, advertised_port=proxy_port,
                            log_path=tmp_path / "broker.log") as broker:
-        settings = Settings(
-            kafka={"bootstrap_servers": broker.advertised,
-                   "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS},
+        settings = on_embedded(Settings(
             topics={name: f"{name}-{suffix}" for name in
                     ("clicks", "purchases", "offers", "feedback", "rewards", "dead_letters")}
             | {"policy_updates": f"policy-updates-{suffix}", "partitions": 4},
             worker={"app_id": f"streamer-outage-{suffix}", "web_port": free_port(),
                     "data_dir": str(tmp_path / "data")},
             offers={"min_interval_s": 0.0, "min_support": 1.0},
-        )
+        ), broker.advertised)
         asyncio.run(ensure_topics(settings))
         orders = make_orders(ORDERS, seed=3)
         before, after = orders[: ORDERS // 2], orders[ORDERS // 2:]

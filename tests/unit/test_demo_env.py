@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS
-from streamer.app.demo import DEMO_TRAINER_ENV, demo_env, on_embedded
+from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, on_embedded
+from streamer.app.demo import DEMO_TRAINER_ENV, demo_env
 from streamer.settings import Settings
 
 
