@@ -131,7 +131,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., R
 
 
 async def _produce(settings: Settings, topic: str,
-                   messages: list[tuple[bytes | None, bytes]]) -> None:
+                   messages: list[tuple[bytes | None, bytes | None]]) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -144,8 +144,10 @@ async def _produce(settings: Settings, topic: str,
         await producer.stop()
 
 
-def produce(settings: Settings, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    """Send ``(key, value)`` messages to ``topic`` and wait until the broker has them."""
+def produce(settings: Settings, topic: str,
+            messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    """Send ``(key, value)`` messages to ``topic`` (None: a null key or value) and wait until
+    the broker has them."""
     asyncio.run(_produce(settings, topic, messages))
 
 

@@ -47,6 +47,7 @@ from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import install_fast_consumer
 from streamer.app.fast_recovery import install_fast_recovery
 from streamer.app.kafka import (
+    WireSchema,
     faust_broker_urls,
     faust_credentials,
     fetched_end_offsets,
@@ -235,13 +236,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                           on_suspended=metrics.suspended_deliveries.inc)
     install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
-    raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str, "key_serializer": "raw"}
-
-    clicks_topic = app.topic(t.clicks, **raw)
-    purchases_topic = app.topic(t.purchases, **raw)
-    offers_topic = app.topic(t.offers, **raw)
-    dead_letters_topic = app.topic(t.dead_letters, **raw)
-    baskets_topic = app.topic(f"{w.app_id}-item-baskets", internal=True, **raw)
+    clicks_topic = app.topic(t.clicks, schema=WireSchema())
+    purchases_topic = app.topic(t.purchases, schema=WireSchema())
+    offers_topic = app.topic(t.offers, schema=WireSchema())
+    dead_letters_topic = app.topic(t.dead_letters, schema=WireSchema())
+    baskets_topic = app.topic(f"{w.app_id}-item-baskets", internal=True, schema=WireSchema())
 
     table_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw")
@@ -305,6 +304,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     def decode_baskets(value: bytes) -> list[ItemBasket]:
         # Internal, written by the purchases agent; anything else (an old format, a stray
         # producer) is dead-lettered rather than stopping the agent on it.
+        if value is None:
+            raise InvalidEvent("not_json", "no value (a record with a null value)")
         try:
             return batch_decoder.decode(value)
         except msgspec.DecodeError as e:

@@ -48,6 +48,7 @@ from typing import Any
 import faust
 import msgspec
 
+from streamer.app.kafka import WireSchema
 from streamer.app.offer_index import OfferIndex, OfferIndexFeed
 from streamer.app.reward_board import RewardBoard, read_reward_windows, window_label
 from streamer.app.reward_tracking import (
@@ -154,14 +155,12 @@ def install_reward_tracking(
     """
     t, r, w = settings.topics, settings.rewards, settings.worker
     config = reward_config(settings)
-    raw = {"value_type": bytes, "value_serializer": "raw", "key_type": str,
-           "key_serializer": "raw"}
-    feedback_topic = app.topic(t.feedback, **raw)
-    rewards_topic = app.topic(t.rewards, **raw)
+    feedback_topic = app.topic(t.feedback, schema=WireSchema())
+    rewards_topic = app.topic(t.rewards, schema=WireSchema())
     ticks_topic = app.topic(f"{w.app_id}-reward-ticks", internal=True,
-                            partitions=t.partitions, **raw)
+                            partitions=t.partitions, schema=WireSchema())
     outcomes_topic = app.topic(f"{w.app_id}-reward-outcomes", internal=True,
-                               partitions=t.partitions, **raw)
+                               partitions=t.partitions, schema=WireSchema())
 
     retention_ms = config.window_ms + config.allowed_lateness_ms
     offers = OfferIndex(retention_ms=retention_ms)
@@ -171,7 +170,8 @@ def install_reward_tracking(
     decisions_lookback_ms = int(settings.offers.ttl_s * 1000) + 2 * retention_ms
     decisions_topic = app.topic(f"{w.app_id}-decisions", internal=True,
                                 partitions=t.partitions, deleting=True,
-                                retention=decisions_lookback_ms / 1000.0, **raw)
+                                retention=decisions_lookback_ms / 1000.0,
+                                schema=WireSchema())
     tracker = RewardTracker(
         buffer.table(table("reward-sessions", help="Attribution state per session."),
                      SessionState),

@@ -56,7 +56,9 @@ class _TypedDecoder(Generic[T]):
         self._decoder = msgspec.json.Decoder(model)
         self._max = max_message_bytes
 
-    def __call__(self, data: bytes | bytearray | memoryview) -> T:
+    def __call__(self, data: bytes | bytearray | memoryview | None) -> T:
+        if data is None:  # a record with a null value (a tombstone): nothing to decode
+            raise InvalidEvent("not_json", "no value (a record with a null value)")
         if len(data) > self._max:
             raise InvalidEvent("too_large", f"message of {len(data)} bytes exceeds {self._max}")
         try:

@@ -41,3 +41,14 @@ def test_random_bytes(raw: bytes) -> None:
 @given(json_values)
 def test_random_json(value: object) -> None:
     decodes_or_rejects(json.dumps(value).encode())
+
+
+def test_a_null_value_is_rejected_not_a_crash() -> None:
+    # A record with a null value (a tombstone) reaches the agents as None.
+    for decode in DECODERS:
+        try:
+            decode(None)  # type: ignore[arg-type]
+        except InvalidEvent as e:
+            assert e.kind == "not_json" and "null value" in e.reason
+        else:
+            raise AssertionError("decoded None")
