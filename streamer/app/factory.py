@@ -285,35 +285,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         ttl_ms=int(w.dedup_ttl_s * 1000),
         capacity=w.dedup_capacity,
     )
-    def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
-                         decision: OfferDecision | None) -> None:
-        if learn_outcome(engine, outcome, offer, decision, settings.policy.reward_attribution):
-            metrics.reward_drifts.labels("worker", outcome.policy_version).inc()
-            log.info("reward drift under %s: the conversion model forgot its per-bundle "
-                     "history (kept %.0f%%)", outcome.policy_version,
-                     100 * engine.conversion.drift_keep)
-
-    rewards = install_reward_tracking(app, settings, metrics, table, buffer,
-                                      on_outcome=learn_conversion)
-    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer)
-    install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
-    install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
-    encode = msgspec.json.Encoder().encode
-    batch_decoder = msgspec.json.Decoder(list[ItemBasket])
-
-    def decode_baskets(value: bytes) -> list[ItemBasket]:
-        # Internal, written by the purchases agent; anything else (an old format, a stray
-        # producer) is dead-lettered rather than stopping the agent on it.
-        if value is None:
-            raise InvalidEvent("not_json", "no value (a record with a null value)")
-        try:
-            return batch_decoder.decode(value)
-        except msgspec.DecodeError as e:
-            raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
-    batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
-    partitions = t.partitions
-    baskets_name = baskets_topic.get_topic_name()
-    basket_dups = metrics.duplicates.labels(baskets_name)
+    encode_letter = msgspec.json.Encoder().encode
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
         value = bytes(message.value or b"")
@@ -335,7 +307,37 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         metrics.dead_letters.labels(message.topic, error.kind).inc()
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
                     message.offset, reason)
-        await dead_letters_topic.send(key=key, value=encode(letter))
+        await dead_letters_topic.send(key=key, value=encode_letter(letter))
+
+    def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
+                         decision: OfferDecision | None) -> None:
+        if learn_outcome(engine, outcome, offer, decision, settings.policy.reward_attribution):
+            metrics.reward_drifts.labels("worker", outcome.policy_version).inc()
+            log.info("reward drift under %s: the conversion model forgot its per-bundle "
+                     "history (kept %.0f%%)", outcome.policy_version,
+                     100 * engine.conversion.drift_keep)
+
+    rewards = install_reward_tracking(app, settings, metrics, table, buffer,
+                                      on_outcome=learn_conversion, dead_letter=dead_letter)
+    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer)
+    install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
+    install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
+    encode = msgspec.json.Encoder().encode
+    batch_decoder = msgspec.json.Decoder(list[ItemBasket])
+
+    def decode_baskets(value: bytes) -> list[ItemBasket]:
+        # Internal, written by the purchases agent; anything else (an old format, a stray
+        # producer) is dead-lettered rather than stopping the agent on it.
+        if value is None:
+            raise InvalidEvent("not_json", "no value (a record with a null value)")
+        try:
+            return batch_decoder.decode(value)
+        except msgspec.DecodeError as e:
+            raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
+    batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
+    partitions = t.partitions
+    baskets_name = baskets_topic.get_topic_name()
+    basket_dups = metrics.duplicates.labels(baskets_name)
 
     async def decoded(events: list[Any], decode: Any) -> AsyncIterator[tuple[Any, Any]]:
         """``(message, decoded event)`` for each valid event; invalid ones dead-lettered."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +141,7 @@ def install_reward_tracking(
     buffer: WriteBuffer,
     on_outcome: Callable[[ImpressionOutcome, BundleOffer | None, OfferDecision | None],
                          None] | None = None,
+    dead_letter: Callable[[Any, InvalidEvent], Awaitable[None]] | None = None,
 ) -> RewardTracking:
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
@@ -148,7 +149,8 @@ def install_reward_tracking(
     tracker writes through ``buffer``, the worker's write-back, which every offset commit
     writes before it commits. ``on_outcome(outcome, offer, decision)`` is called for
     every closed impression, with the offer's logged decision when known (the worker's
-    conversion model learns there). The clicks and
+    conversion model learns there). ``dead_letter(message, error)`` takes a message of an
+    internal topic that does not decode (without it, the error is raised). The clicks and
     purchases agents call ``tracking.tracker.observe`` and ``tracking.publish_outcomes`` (which
     returns once the broker has the outcomes), holding ``buffer`` from the observation that
     closed impressions until then (:meth:`WriteBuffer.holding`); everything else runs here.
@@ -213,10 +215,23 @@ def install_reward_tracking(
         if sent:
             await asyncio.gather(*sent)
 
+    async def rejected(event: Any, error: Exception) -> None:
+        # Internal topics, written by workers only; a message of another format (a stray
+        # producer, a worker of another version) is dead-lettered, not raised: a raise
+        # crashes the agent, which loses the messages it had taken until the worker restarts.
+        invalid = InvalidEvent("schema", f"not a valid internal message: {error}")
+        if dead_letter is None:
+            raise invalid from error
+        await dead_letter(event.message, invalid)
+
     @app.agent(ticks_topic, name="reward-ticks")
     async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            tick = _decode_tick(event.value)
+            try:
+                tick = _decode_tick(event.value)
+            except (msgspec.DecodeError, TypeError) as e:  # TypeError: a null value
+                await rejected(event, e)
+                continue
             if not offers_ready.is_set():  # a tick may close impressions (see wait_offers)
                 await offers_ready.wait()
             with buffer.holding() as hold:
@@ -231,7 +246,11 @@ def install_reward_tracking(
     @app.agent(outcomes_topic, name="reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            outcome = _decode_outcome(event.value)
+            try:
+                outcome = _decode_outcome(event.value)
+            except (msgspec.DecodeError, TypeError) as e:
+                await rejected(event, e)
+                continue
             with buffer.holding() as hold:
                 buffer.partition = event.message.partition
                 windows = tracker.record(outcome, partition=event.message.partition,

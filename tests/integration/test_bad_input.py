@@ -105,3 +105,26 @@ def test_fuzzed_messages_are_dead_lettered_and_good_ones_processed(
     view = wait_for(lambda: (v := item_view(worker, "tea"))["count"] > 49.9 and v, 30,
                     "all good purchases learned")
     assert view["count"] == pytest.approx(len(goods), rel=1e-4)
+
+
+def test_stray_messages_on_internal_topics_are_dead_lettered(
+    settings: Settings, start_worker: Any
+) -> None:
+    # Internal topics are written by workers only, but a stray producer or a worker of
+    # another version may write something else: each agent dead-letters it and goes on (the
+    # fixture fails the test if an agent crashed).
+    worker = start_worker()
+    app_id = settings.worker.app_id
+    internal = [f"{app_id}-item-baskets", f"{app_id}-reward-ticks", f"{app_id}-reward-outcomes"]
+    for topic in internal:
+        produce(settings, topic, [(b"k", b"not json"), (b"k", b'{"unexpected": 1}'),
+                                  (b"k", None)])
+    good = purchase(0, ["tea", "cup"], ts=int(time.time() * 1000))
+    produce(settings, settings.topics.purchases,
+            [(good.session_id.encode(), msgspec.json.encode(good))])
+    records = consume(settings, settings.topics.dead_letters, lambda rs: len(rs) >= 9,
+                      timeout_s=60)
+    letters = [msgspec.json.decode(r.value, type=DeadLetter) for r in records]
+    assert sorted(d.source_topic for d in letters) == sorted(internal * 3)
+    assert all(d.kind in ("not_json", "schema") and d.reason for d in letters)
+    wait_for(lambda: item_view(worker, "tea")["count"] > 0.99, 30, "the good purchase learned")
