@@ -15,6 +15,7 @@ import faust
 import pytest
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from mode import Service
 
@@ -79,6 +80,44 @@ def test_install_fails_loudly_when_a_hook_is_gone(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delattr(faust_consumer.Consumer, "_add_gap")
     with pytest.raises(FastConsumerUnsupported, match=r"no _add_gap\(\)"):
         install_fast_consumer(new_app())
+
+
+def test_install_fails_loudly_when_fausts_producer_buffer_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def changed(self: Any) -> None:
+        """A faust release whose buffer waits otherwise."""
+
+    monkeypatch.setattr(ProducerBuffer, "wait_until_ebb", changed)
+    with pytest.raises(FastConsumerUnsupported, match=r"ProducerBuffer.wait_until_ebb changed"):
+        install_fast_consumer(new_app())
+
+
+def test_the_consumer_gives_the_producer_buffer_a_wait_that_reads_the_setting_once() -> None:
+    app = new_app()
+    install_fast_consumer(app)
+    buffer = app.producer.buffer
+    flushed: list[int | None] = []
+
+    async def flush_atmost(n: int | None) -> int:  # what faust's wait does above the limit
+        flushed.append(n)
+        return 0
+
+    buffer.flush_atmost = flush_atmost  # type: ignore[method-assign]
+    stock = buffer.wait_until_ebb
+    app.consumer  # noqa: B018  # creating the consumer patches the app's buffer
+    assert buffer.wait_until_ebb is not stock
+
+    async def fill_and_wait() -> None:
+        await buffer.wait_until_ebb()  # empty: returns at once, as faust's does
+        for i in range(buffer.max_messages):
+            buffer.pending.put_nowait(i)
+        await buffer.wait_until_ebb()  # at the limit: still nothing
+        assert flushed == []
+        buffer.pending.put_nowait(-1)
+        await buffer.wait_until_ebb()  # above it: faust's own wait, which flushes
+
+    asyncio.run(fill_and_wait())
+    assert flushed == [buffer.max_messages]
 
 
 def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
