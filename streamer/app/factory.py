@@ -47,6 +47,7 @@ from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import install_fast_consumer
 from streamer.app.fast_recovery import install_fast_recovery
 from streamer.app.kafka import (
+    TableSchema,
     WireSchema,
     faust_broker_urls,
     faust_credentials,
@@ -242,14 +243,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     dead_letters_topic = app.topic(t.dead_letters, schema=WireSchema())
     baskets_topic = app.topic(f"{w.app_id}-item-baskets", internal=True, schema=WireSchema())
 
-    table_schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw",
-                                value_serializer="raw")
-
     def table(name: str, *, global_: bool = False, help: str) -> Any:
         factory = app.GlobalTable if global_ else app.Table
         # value_type=bytes too: faust picks the serializer used when *recovering* from the
         # changelog from value_type, not from the schema (json otherwise: lists, not bytes).
-        return factory(name, schema=table_schema, key_type=str, value_type=bytes, help=help)
+        # A schema per table: faust updates a table's schema to its changelog's serializers.
+        return factory(name, schema=TableSchema(), key_type=str, value_type=bytes, help=help)
 
     # An anchor's statistics and the ids of the events learned into them: one value, so one
     # changelog message, so a crash recovers both or neither (engine.ItemRecord).

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import faust
+import msgspec
 from aiokafka.partitioner import murmur2
+from faust.exceptions import KeyDecodeError
 
 from streamer.settings import KafkaSettings
 
@@ -116,6 +118,50 @@ class WireSchema(faust.Schema):
 
         async def decode(message: Any, *, propagate: bool = False) -> Any:
             return event(app, message.key, message.value, message.headers, message)
+
+        return decode
+
+
+class TableSchema(faust.Schema):
+    """The schema of the worker's tables (str keys, bytes values), whose changelog messages
+    become events without faust's serializer registry.
+
+    faust updates a table's changelog topic to the table's key serializer, JSON, and every
+    changelog message a worker reads (recovering after a restart or a rebalance, keeping its
+    global tables current with the other workers' writes) went through faust's registry for
+    the key and the value: ~5 us per message in process, against ~1 us here. The key is the
+    JSON faust's serializer would have loaded (an invalid one raises faust's
+    ``KeyDecodeError``, which faust's conductor handles as before), the value the bytes; any
+    other serializers (never the worker's) take faust's own path.
+
+    >>> import asyncio
+    >>> from faust.types import Message
+    >>> app = faust.App("doc", broker="kafka://127.0.0.1:9", store="memory://")
+    >>> table = app.Table("t", schema=TableSchema(), key_type=str, value_type=bytes)
+    >>> message = Message("doc-t-changelog", 0, 0, 0.0, 0, [], b'"tea"', b"1.5", None)
+    >>> event = asyncio.run(table.changelog_topic.decode(message, propagate=True))
+    >>> event.key, event.value
+    ('tea', b'1.5')
+    """
+
+    def __init__(self) -> None:
+        super().__init__(key_type=str, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw")
+
+    def compile(self, app: Any, **kwargs: Any) -> Any:
+        if (self.key_type, self.key_serializer, self.value_serializer) != (str, "json", "raw"):
+            return super().compile(app, **kwargs)
+        event = app.conf.Event
+        load_key = msgspec.json.decode
+
+        async def decode(message: Any, *, propagate: bool = False) -> Any:
+            key = message.key
+            if key is not None:
+                try:
+                    key = load_key(key)
+                except msgspec.DecodeError as e:
+                    raise KeyDecodeError(str(e)) from e
+            return event(app, key, message.value, message.headers, message)
 
         return decode
 
