@@ -59,7 +59,7 @@ from streamer.app.reward_tracking import (
 )
 from streamer.app.tables import WriteBuffer
 from streamer.engine import DecisionLog, OfferDecision
-from streamer.events import BundleOffer, InvalidEvent, RewardWindow
+from streamer.events import BundleOffer, DeadLetterKind, InvalidEvent, RewardWindow
 from streamer.events.dedup import SeenId
 from streamer.observability import Metrics
 from streamer.rewards import ImpressionOutcome, SessionState, WindowAggregate, WindowSpec
@@ -219,7 +219,9 @@ def install_reward_tracking(
         # Internal topics, written by workers only; a message of another format (a stray
         # producer, a worker of another version) is dead-lettered, not raised: a raise
         # crashes the agent, which loses the messages it had taken until the worker restarts.
-        invalid = InvalidEvent("schema", f"not a valid internal message: {error}")
+        kind: DeadLetterKind = ("schema" if isinstance(error, msgspec.ValidationError)
+                                else "not_json")
+        invalid = InvalidEvent(kind, f"not a valid internal message: {error}")
         if dead_letter is None:
             raise invalid from error
         await dead_letter(event.message, invalid)
