@@ -32,7 +32,7 @@ import base64
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,34 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+
+
+#: Largest item-baskets message the purchases agent sends, encoded: under faust's producer
+#: request limit (1,000,000 bytes) and Kafka's default ``message.max.bytes`` (1 MiB). A basket
+#: lists its anchor's partners, so an order of 200 lines with long ids fans out to ~13 KB per
+#: basket, ~2.6 MB per order: one message per partition per batch failed to send
+#: (``MessageSizeTooLargeError``), which crashed the agent with its batch.
+BASKETS_MESSAGE_MAX_BYTES = 512 * 1024
+
+
+def basket_messages(baskets: list[Any], encode: Callable[[list[Any]], bytes], *,
+                    limit: int = BASKETS_MESSAGE_MAX_BYTES) -> list[tuple[list[Any], bytes]]:
+    """``baskets`` as consecutive messages of at most ``limit`` encoded bytes each, in order:
+    ``(baskets, encoded)`` pairs; one message in the common case (encoded once), halves until
+    they fit otherwise (a single basket goes alone whatever its size).
+
+    >>> enc = lambda xs: ",".join(xs).encode()
+    >>> [part for part, _ in basket_messages(["aaaa", "bbbb", "cccc"], enc, limit=9)]
+    [['aaaa'], ['bbbb', 'cccc']]
+    >>> basket_messages(["aaaa", "bbbb"], enc, limit=9)
+    [(['aaaa', 'bbbb'], b'aaaa,bbbb')]
+    """
+    data = encode(baskets)
+    if len(data) <= limit or len(baskets) <= 1:
+        return [(baskets, data)]
+    half = len(baskets) // 2
+    return (basket_messages(baskets[:half], encode, limit=limit)
+            + basket_messages(baskets[half:], encode, limit=limit))
 
 
 def _on_baskets_sent(route: LocalBaskets, partition: int, generation: int, barrier: bool,
@@ -358,8 +386,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def send_baskets(baskets: list[ItemBasket]) -> list[Any]:
         """Send ``baskets`` to the anchors' item-baskets partitions, one message per partition
         in event order (faust's cost is per message); returns the futures of their delivery."""
-        return [await baskets_topic.send(value=encode(part), partition=partition)
-                for partition, part in by_partition(baskets).items()]
+        return [await baskets_topic.send(value=data, partition=partition)
+                for partition, part in by_partition(baskets).items()
+                for _, data in basket_messages(part, encode)]
 
     local_baskets = LocalBaskets() if w.local_baskets else None
     learned_by_route = {route: metrics.baskets_learned.labels(route)
@@ -399,12 +428,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                 continue
             if assigned is None:
                 assigned = app.consumer.assignment()
-            barrier = (TP(baskets_name, partition) in assigned
-                       and local_baskets.sending(partition, part, generation=generation))
-            future = await baskets_topic.send(value=encode(part), partition=partition)
-            future.add_done_callback(functools.partial(
-                _on_baskets_sent, local_baskets, partition, generation, barrier))
-            futures.append(future)
+            for chunk, data in basket_messages(part, encode):
+                barrier = (TP(baskets_name, partition) in assigned
+                           and local_baskets.sending(partition, chunk, generation=generation))
+                future = await baskets_topic.send(value=data, partition=partition)
+                future.add_done_callback(functools.partial(
+                    _on_baskets_sent, local_baskets, partition, generation, barrier))
+                futures.append(future)
         futures += await publish_offers(offers, decisions)
         return futures
 

@@ -128,3 +128,24 @@ def test_stray_messages_on_internal_topics_are_dead_lettered(
     assert sorted(d.source_topic for d in letters) == sorted(internal * 3)
     assert all(d.kind in ("not_json", "schema") and d.reason for d in letters)
     wait_for(lambda: item_view(worker, "tea")["count"] > 0.99, 30, "the good purchase learned")
+
+
+def test_the_largest_valid_orders_are_learned(settings: Settings, start_worker: Any) -> None:
+    # 200 lines of 64-character ids (the input bounds) fan out to ~13 KB per item basket: a
+    # batch's baskets for one partition are several messages, not one that the producer
+    # refuses (which crashed the purchases agent with its batch). Learning in place off, so
+    # every basket goes through the topic, as the baskets for another worker's items do.
+    s = settings.model_copy(update={"worker": settings.worker.model_copy(
+        update={"local_baskets": False})})
+    worker = start_worker(s)
+    now = int(time.time() * 1000)
+    items = [f"item-{i:03d}-".ljust(64, "x") for i in range(200)]
+    orders = [purchase(n, items, ts=now) for n in range(3)] + [purchase(3, ["tea", "cup"], ts=now)]
+    produce(settings, settings.topics.purchases,
+            [(o.session_id.encode(), msgspec.json.encode(o)) for o in orders])
+    wait_for(lambda: item_view(worker, "tea")["count"] > 0.99, 60, "the small order learned")
+    for item in (items[0], items[-1]):
+        view = wait_for(lambda i=item: (v := item_view(worker, i))["count"] > 2.99 and v, 60,
+                        f"the large orders learned for {item}")
+        assert view["count"] == pytest.approx(3, rel=1e-4)
+
