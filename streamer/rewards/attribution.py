@@ -110,12 +110,18 @@ Observation = Literal[
     "duplicate",  # event_id already seen
     "ignored",  # not an offer event (view, click, add_to_cart)
     "invalid",  # offer event without offer_id/variant/propensity, or a variant the offer lacks
-    "overflow",  # the session already holds max_session_events events
+    "overflow",  # the session already holds max_session_events events (or, for a purchase,
+    # max_session_lines order lines)
 ]
 
 DEFAULT_WINDOW_MS = 30 * 60 * 1000
 DEFAULT_ALLOWED_LATENESS_MS = 5 * 60 * 1000
 DEFAULT_MAX_SESSION_EVENTS = 1000
+#: A session's state is one table value, so one changelog record, which a broker refuses above
+#: its ``message.max.bytes`` (Apache Kafka's default: 1 MiB); a purchase keeps its order lines
+#: (~100 bytes each at the input bounds), so a session holds at most this many: a bot's
+#: session of hundreds of 200-line orders would otherwise grow a record of megabytes.
+DEFAULT_MAX_SESSION_LINES = 4000
 WATERMARK_KEY = "max_event_ts"
 
 
@@ -341,6 +347,7 @@ class Attributor:
         reward: RewardKind = "revenue",
         cost_ratio: float = 0.0,
         max_session_events: int = DEFAULT_MAX_SESSION_EVENTS,
+        max_session_lines: int = DEFAULT_MAX_SESSION_LINES,
         watermarks: MutableMapping[str, int] | None = None,
     ) -> None:
         if window_ms <= 0:
@@ -360,6 +367,7 @@ class Attributor:
         self.reward = reward
         self.cost_ratio = cost_ratio
         self.max_session_events = max_session_events
+        self.max_session_lines = max_session_lines
         self._clock: MutableMapping[str, int] = {} if watermarks is None else watermarks
         self.counts: Counter[str] = Counter()
         # Due-time index: a heap with lazy deletion; _due holds each session's live entry.
@@ -441,6 +449,10 @@ class Attributor:
         if state.holds(event.event_id):
             return "duplicate"
         if state.size() >= self.max_session_events:
+            return "overflow"
+        if isinstance(item, PendingPurchase) and (
+                len(item.lines) + sum(len(p.lines) for p in state.purchases)
+                > self.max_session_lines):
             return "overflow"
         if isinstance(item, PendingImpression):
             state = SessionState(

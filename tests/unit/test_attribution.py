@@ -455,6 +455,14 @@ def test_session_overflow_is_reported() -> None:
     assert statuses == ["applied", "applied", "overflow"]
 
 
+def test_a_session_holds_a_bounded_number_of_order_lines() -> None:
+    # One session's state is one changelog record: bounded in lines, not only in events.
+    att = Attributor({}, OFFERS, window_ms=WINDOW, max_session_lines=5)
+    statuses = [att.observe(buy(f"p{k}", k / 10, "ab")) for k in range(4)]
+    assert statuses == ["applied", "applied", "overflow", "overflow"]  # 2 + 2 + 2 > 5
+    assert att.observe(buy("q", 1, "ab", s="s2")) == "applied"  # another session
+
+
 def test_restart_on_the_same_state_gives_the_same_records() -> None:
     steps = [imp("i1", 0), imp("i2", 5, s="s2"), buy("p1", 10, "ab"), view("v", 20)]
     sessions: dict[str, SessionState] = {}
