@@ -21,6 +21,10 @@ MAX_QUANTITY = 100_000
 MAX_VARIANTS = 8
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+#: An item id also keys the co-purchase state, whose internal keys use control characters
+#: (``copurchase.stats.TOTAL_KEY``, ``TRIPLE_SEPARATOR``): an item id has none.
+ITEM_ID_PATTERN = "^[^\x00-\x1f\x7f]+$"
+ItemId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN, pattern=ITEM_ID_PATTERN)]
 TimestampMs = Annotated[int, Meta(ge=TS_MIN_MS, le=TS_MAX_MS)]
 Price = Annotated[float, Meta(ge=0.0, le=MAX_PRICE)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -46,7 +50,7 @@ class ClickEvent(
     ts: TimestampMs
     user_id: Id
     session_id: Id
-    item_id: Id
+    item_id: ItemId
     kind: ClickKind
     offer_id: Id | None = None
     variant: Annotated[int, Meta(ge=0, lt=MAX_VARIANTS)] | None = None
@@ -57,7 +61,7 @@ class ClickEvent(
 class OrderLine(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One line of an order."""
 
-    item_id: Id
+    item_id: ItemId
     quantity: Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
     unit_price: Price
 

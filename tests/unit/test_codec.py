@@ -221,6 +221,9 @@ def _click(**changes: Any) -> bytes:
         (_click(ts=float(TS)), "$.ts"),  # integral float: msgspec is strict about integers
         (_click(item_id=""), "$.item_id"),
         (_click(item_id="x" * 65), "$.item_id"),
+        # Control characters: the co-purchase state's own keys use them (ITEM_ID_PATTERN).
+        (_click(item_id="\u0000orders"), "$.item_id"),
+        (_click(item_id="tea\u001fcup"), "$.item_id"),
         (_click(price=-0.01), "$.price"),
         (_click(price="1.0"), "$.price"),
         (_click(propensity=0.0), "$.propensity"),
@@ -241,6 +244,17 @@ def test_every_decoder_rejects_another_models_document(decode: Callable[[bytes],
     others = [CODEC.encode(m) for m in MODELS if DECODERS[type(m)] is not decode]
     for raw in others:
         assert reject(decode, raw).kind == "schema"
+
+
+def test_an_item_id_with_a_control_character_is_rejected_in_orders_too() -> None:
+    from streamer.copurchase.stats import TOTAL_KEY, TRIPLE_SEPARATOR
+
+    doc = json.loads(CODEC.encode(PURCHASE))
+    for item_id in (TOTAL_KEY, f"tea{TRIPLE_SEPARATOR}cup", "tea\x7f"):
+        doc["items"][0]["item_id"] = item_id
+        assert "item_id" in reject(CODEC.decode_purchase, json.dumps(doc).encode()).reason
+    doc["items"][0]["item_id"] = "Tee-Kanne 1,5 l (\u00e9dition sp\u00e9ciale)"  # printable: fine
+    CODEC.decode_purchase(json.dumps(doc).encode())
 
 
 def test_an_order_of_201_lines_is_rejected() -> None:
