@@ -439,6 +439,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         return futures
 
     @app.agent(clicks_topic, name="clicks")
+    @metrics.counting_crashes("clicks")
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
         dups = metrics.duplicates.labels(t.clicks)
@@ -470,6 +471,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
     @app.agent(purchases_topic, name="purchases")
+    @metrics.counting_crashes("purchases")
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
@@ -532,6 +534,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         return await sender.send(records)
 
     @app.agent(baskets_topic, name="items")
+    @metrics.counting_crashes("items")
     async def items(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(baskets_name)
         async for events in take_batches(stream, batch_max, linger_s):

@@ -227,6 +227,7 @@ def install_reward_tracking(
         await dead_letter(event.message, invalid)
 
     @app.agent(ticks_topic, name="reward-ticks")
+    @metrics.counting_crashes("reward-ticks")
     async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
@@ -246,6 +247,7 @@ def install_reward_tracking(
             buffer.defer()  # durable before the next offset commit
 
     @app.agent(outcomes_topic, name="reward-ledger")
+    @metrics.counting_crashes("reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
