@@ -23,7 +23,7 @@ MAX_VARIANTS = 8
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 #: An item id also keys the co-purchase state, whose internal keys use control characters
 #: (``copurchase.stats.TOTAL_KEY``, ``TRIPLE_SEPARATOR``): an item id has none.
-ITEM_ID_PATTERN = "^[^\x00-\x1f\x7f]+$"
+ITEM_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 ItemId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN, pattern=ITEM_ID_PATTERN)]
 TimestampMs = Annotated[int, Meta(ge=TS_MIN_MS, le=TS_MAX_MS)]
 Price = Annotated[float, Meta(ge=0.0, le=MAX_PRICE)]

@@ -360,6 +360,8 @@ class Attributor:
             raise ValueError(f"cost_ratio must be in [0, 1), got {cost_ratio}")
         if max_session_events <= 0:
             raise ValueError(f"max_session_events must be positive, got {max_session_events}")
+        if max_session_lines <= 0:
+            raise ValueError(f"max_session_lines must be positive, got {max_session_lines}")
         self._sessions = sessions
         self._lookup = _lookup_function(offers)
         self.window_ms = window_ms
