@@ -81,7 +81,7 @@ def test_fuzzed_messages_are_dead_lettered_and_good_ones_processed(
     for i in range(BAD_MESSAGES):
         topic = t.clicks if i % 2 else t.purchases
         value = bad_message(rng, now, settings.kafka.max_message_bytes)
-        # A record needs a key or a value (the producer refuses neither).
+        # A record needs a key or a value (the producer refuses one with neither).
         key = any_key(rng, f"k{i}".encode()) if value is not None else f"k{i}".encode()
         messages[topic].append((key, value))
         if i % 40 == 0:
