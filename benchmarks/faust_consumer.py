@@ -32,8 +32,8 @@ setting lever moved the CPU per event beyond the noise (+-3 us): a 16k stream bu
 records, 4 MiB fetches, ``stream_wait_empty=False``, asyncio's loop instead of uvloop.
 
 With the topic as the worker has it (``--variants fast,fast_wire --repeats 10``, a slower day:
-the fast consumer at 58.2 us CPU/event): ``fast_wire`` 49.7 us and 1.19x the events/s. In
-process, faust's decoding of a message took 5.0 us and WireSchema's 0.65.
+the fast consumer at 61.0 us CPU/event): ``fast_wire`` 46.1 us and 1.32x the events/s. In
+process, faust's decoding of a message took 4.4-5.0 us and WireSchema's 0.55-0.65.
 
 ``--profile DIR`` runs py-spy (500 Hz, only the thread holding the GIL: CPU, not waits) on the
 first run of each variant, into
