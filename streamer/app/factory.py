@@ -70,7 +70,13 @@ from streamer.engine import (
     encode_decision,
     logged_decision,
 )
-from streamer.events import BundleOffer, DeadLetter, EventCodec, InvalidEvent
+from streamer.events import (
+    BundleOffer,
+    DeadLetter,
+    EventCodec,
+    InvalidEvent,
+    internal_decoder,
+)
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.observability import Metrics
 from streamer.online import DriftMonitor
@@ -312,7 +318,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         ttl_ms=int(w.dedup_ttl_s * 1000),
         capacity=w.dedup_capacity,
     )
-    encode_letter = msgspec.json.Encoder().encode
+    encode = msgspec.json.Encoder().encode
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
         value = bytes(message.value or b"")
@@ -334,7 +340,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         metrics.dead_letters.labels(message.topic, error.kind).inc()
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
                     message.offset, reason)
-        await dead_letters_topic.send(key=key, value=encode_letter(letter))
+        await dead_letters_topic.send(key=key, value=encode(letter))
 
     def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
                          decision: OfferDecision | None) -> None:
@@ -349,18 +355,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer)
     install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
     install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
-    encode = msgspec.json.Encoder().encode
-    batch_decoder = msgspec.json.Decoder(list[ItemBasket])
 
-    def decode_baskets(value: bytes) -> list[ItemBasket]:
-        # Internal, written by the purchases agent; anything else (an old format, a stray
-        # producer) is dead-lettered rather than stopping the agent on it.
-        if value is None:
-            raise InvalidEvent("not_json", "no value (a record with a null value)")
-        try:
-            return batch_decoder.decode(value)
-        except msgspec.DecodeError as e:
-            raise InvalidEvent("schema", f"not a batch of item baskets: {e}") from e
+    # Internal, written by the purchases agent; anything else (an old format, a stray
+    # producer) is dead-lettered rather than stopping the agent on it.
+    decode_baskets = internal_decoder(list[ItemBasket])
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
     partitions = t.partitions
     baskets_name = baskets_topic.get_topic_name()

@@ -59,7 +59,7 @@ from streamer.app.reward_tracking import (
 )
 from streamer.app.tables import WriteBuffer
 from streamer.engine import DecisionLog, OfferDecision
-from streamer.events import BundleOffer, DeadLetterKind, InvalidEvent, RewardWindow
+from streamer.events import BundleOffer, InvalidEvent, RewardWindow, internal_decoder
 from streamer.events.dedup import SeenId
 from streamer.observability import Metrics
 from streamer.rewards import ImpressionOutcome, SessionState, WindowAggregate, WindowSpec
@@ -68,8 +68,8 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-_decode_outcome = msgspec.json.Decoder(ImpressionOutcome).decode
-_decode_tick = msgspec.json.Decoder(Tick).decode
+_decode_outcome = internal_decoder(ImpressionOutcome)
+_decode_tick = internal_decoder(Tick)
 
 
 class EncodedDecisions:
@@ -215,16 +215,13 @@ def install_reward_tracking(
         if sent:
             await asyncio.gather(*sent)
 
-    async def rejected(event: Any, error: Exception) -> None:
+    async def rejected(event: Any, error: InvalidEvent) -> None:
         # Internal topics, written by workers only; a message of another format (a stray
         # producer, a worker of another version) is dead-lettered, not raised: a raise
-        # crashes the agent, which loses the messages it had taken until the worker restarts.
-        kind: DeadLetterKind = ("schema" if isinstance(error, msgspec.ValidationError)
-                                else "not_json")
-        invalid = InvalidEvent(kind, f"not a valid internal message: {error}")
+        # crashes the agent, which holds the messages it had taken until the worker restarts.
         if dead_letter is None:
-            raise invalid from error
-        await dead_letter(event.message, invalid)
+            raise error
+        await dead_letter(event.message, error)
 
     @app.agent(ticks_topic, name="reward-ticks")
     @metrics.counting_crashes("reward-ticks")
@@ -232,7 +229,7 @@ def install_reward_tracking(
         async for event in stream.events():
             try:
                 tick = _decode_tick(event.value)
-            except (msgspec.DecodeError, TypeError) as e:  # TypeError: a null value
+            except InvalidEvent as e:
                 await rejected(event, e)
                 continue
             if not offers_ready.is_set():  # a tick may close impressions (see wait_offers)
@@ -252,7 +249,7 @@ def install_reward_tracking(
         async for event in stream.events():
             try:
                 outcome = _decode_outcome(event.value)
-            except (msgspec.DecodeError, TypeError) as e:
+            except InvalidEvent as e:
                 await rejected(event, e)
                 continue
             with buffer.holding() as hold:

@@ -1,6 +1,6 @@
 """Wire contracts: typed models mirroring ``schemas/`` and the codec that validates bytes."""
 
-from streamer.events.codec import EventCodec, InvalidEvent, check_offer
+from streamer.events.codec import EventCodec, InvalidEvent, check_offer, internal_decoder
 from streamer.events.models import (
     CLICK_KINDS,
     BundleOffer,
@@ -32,4 +32,5 @@ __all__ = [
     "RewardWindow",
     "Variant",
     "check_offer",
+    "internal_decoder",
 ]

@@ -18,6 +18,8 @@ streamer.events.codec.InvalidEvent: schema: Object missing required field `ts`
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -69,6 +71,26 @@ class _TypedDecoder(Generic[T]):
             raise InvalidEvent("not_json", str(e)) from e
         except UnicodeDecodeError as e:  # invalid UTF-8 inside a JSON string
             raise InvalidEvent("not_json", f"invalid UTF-8: {e.reason} at byte {e.start}") from e
+
+
+def internal_decoder(model: Any) -> Callable[[bytes | bytearray | memoryview | None], Any]:
+    """A decoder of ``model`` for messages workers wrote themselves (internal topics): the
+    checks and :class:`InvalidEvent` kinds of the wire decoders, without their size limit (an
+    internal message is bounded by its writer, item-basket messages at 512 KiB).
+
+    >>> decode = internal_decoder(list[int])
+    >>> decode(b"[1,2]")
+    [1, 2]
+    >>> decode(None)
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: not_json: no value (a record with a null value)
+    >>> internal_decoder(list[int])(b'["a"]')
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: schema: Expected `int`, got `str` - at `$[0]`
+    """
+    return _TypedDecoder(model, sys.maxsize)
 
 
 class EventCodec:
