@@ -6,16 +6,10 @@ the demo can run several apps in one interpreter without clashing on global name
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-
-#: An agent's body: ``async def agent(stream) -> None``.
-AgentBody = Callable[[Any], Awaitable[None]]
 
 
 class Metrics:
@@ -59,11 +53,9 @@ class Metrics:
         )
         self.agent_crashes = Counter(
             "streamer_agent_crashes",
-            "Agents that raised. faust restarts an agent without the batch it had taken: those "
-            "events are neither processed nor acknowledged, and their partitions commit no "
-            "further, until the worker restarts (then they are delivered again). Input never "
-            "makes an agent raise (it is dead-lettered): any crash is a bug; restart the "
-            "worker.",
+            "Agents that raised. The worker then commits nothing more, stops and exits with "
+            "status 1, to be restarted from its last commit (streamer.app.crashes). Input "
+            "never makes an agent raise (it is dead-lettered): any crash is a bug.",
             ["agent"],
             registry=self.registry,
         )
@@ -239,40 +231,6 @@ class Metrics:
         for guardrail in ("srm", "reward_regression"):
             self.guardrail_alarm.labels(guardrail).set(0)
         self.srm_p_value.set(1.0)
-
-    def counting_crashes(self, agent: str) -> Callable[[AgentBody], AgentBody]:
-        """Decorate an agent's body: an exception it raises is counted in
-        ``streamer_agent_crashes_total{agent}`` and logged, then raised on to faust.
-
-        >>> import asyncio
-        >>> m = Metrics()
-        >>> @m.counting_crashes("items")
-        ... async def items(stream):
-        ...     raise ValueError("a bug")
-        >>> try:
-        ...     asyncio.run(items(None))
-        ... except ValueError:
-        ...     pass
-        >>> m.agent_crashes.labels("items")._value.get()
-        1.0
-        """
-        crashes = self.agent_crashes.labels(agent)
-
-        def decorate(body: AgentBody) -> AgentBody:
-            @functools.wraps(body)
-            async def counted(stream: Any) -> None:
-                try:
-                    await body(stream)
-                except Exception:
-                    crashes.inc()
-                    logging.getLogger(__name__).exception(
-                        "agent %s crashed: the events it had taken wait, unacknowledged, for "
-                        "this worker's restart", agent)
-                    raise
-
-            return counted
-
-        return decorate
 
     def exposed_names(self) -> set[str]:
         """Every metric name as Prometheus exposes it (counters with ``_total``).

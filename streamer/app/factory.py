@@ -43,6 +43,7 @@ from faust.types import TP
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamer.app.batching import take_batches
+from streamer.app.crashes import AgentCrashes
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import install_fast_consumer
 from streamer.app.fast_recovery import install_fast_recovery
@@ -188,6 +189,8 @@ class StreamerApp:
     codec: EventCodec
     rewards: RewardTracking
     buffer: WriteBuffer
+    #: Guards the agents: a crash stops the worker (streamer.app.crashes).
+    crashes: AgentCrashes
     ready: bool = False
 
 
@@ -350,9 +353,13 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                      "history (kept %.0f%%)", outcome.policy_version,
                      100 * engine.conversion.drift_keep)
 
+    # An agent that raises stops the worker, which commits nothing more (streamer.app.crashes).
+    crashes = AgentCrashes(metrics, refuse_commits=lambda exc: app.consumer.refuse_commits(exc))
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
-                                      on_outcome=learn_conversion, dead_letter=dead_letter)
-    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer)
+                                      on_outcome=learn_conversion, dead_letter=dead_letter,
+                                      guard=crashes.guard)
+    sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer,
+                     crashes)
     install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
     install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
 
@@ -437,7 +444,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         return futures
 
     @app.agent(clicks_topic, name="clicks")
-    @metrics.counting_crashes("clicks")
+    @crashes.guard("clicks")
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
         dups = metrics.duplicates.labels(t.clicks)
@@ -469,7 +476,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             buffer.defer(*sent)  # durable before the next offset commit (WriteBuffer)
 
     @app.agent(purchases_topic, name="purchases")
-    @metrics.counting_crashes("purchases")
+    @crashes.guard("purchases")
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
@@ -532,7 +539,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         return await sender.send(records)
 
     @app.agent(baskets_topic, name="items")
-    @metrics.counting_crashes("items")
+    @crashes.guard("items")
     async def items(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(baskets_name)
         async for events in take_batches(stream, batch_max, linger_s):

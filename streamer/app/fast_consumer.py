@@ -188,7 +188,8 @@ class FastConsumer(faust_aiokafka.Consumer):
     :meth:`seek_wait`, see the module doc); in :meth:`highwaters` when an
     :attr:`end_offsets_check` is given (it is, against the embedded broker); and in
     :meth:`_commit_tps`, which awaits :attr:`before_commit` before it commits (the worker's
-    table writes become durable there).
+    table writes become durable there) and commits nothing once :meth:`refuse_commits` was
+    called.
     """
 
     #: Deliveries whose callback suspended and so went the stock way (a task racing
@@ -211,6 +212,9 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: (see :meth:`_commit_tps`): the worker's table writes become durable there
     #: (:meth:`streamer.app.tables.WriteBuffer.write`). None: nothing to wait for.
     before_commit: Callable[[], Awaitable[Any]] | None = None
+
+    #: Why this consumer commits nothing more (:meth:`refuse_commits`); None: it commits.
+    commits_refused: BaseException | None = None
 
     #: Partitions a seek moved since the drain loop last fetched: the seek's id and the offset
     #: it moved them to.
@@ -274,6 +278,17 @@ class FastConsumer(faust_aiokafka.Consumer):
         return rows
 
     # -- commits --------------------------------------------------------------------------------
+    def refuse_commits(self, reason: BaseException) -> None:
+        """Commit nothing from now on (``reason``: why, e.g. the exception an agent raised).
+
+        For a worker about to stop after an agent crashed (:mod:`streamer.app.crashes`): the
+        events the agent had taken were never acknowledged, and faust's commit would skip
+        them once later events are (its head-gap check in ``Consumer._new_offset`` misses a
+        gap of one offset, and every gap on a partition never committed). Refused, every
+        event after the last commit is delivered again after the restart."""
+        if self.commits_refused is None:
+            self.commits_refused = reason
+
     # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._commit_tps; the
     # change is the ``before_commit`` call, on every commit, even one with nothing to commit.
     async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
@@ -284,7 +299,10 @@ class FastConsumer(faust_aiokafka.Consumer):
         event acked before the offsets were chosen, so no committed offset runs ahead of its
         state. Changes of events acked meanwhile go out too (durable early: harmless, state
         updates are idempotent). A ``before_commit`` that raises fails the commit: nothing is
-        committed, the events are delivered again."""
+        committed, the events are delivered again. After :meth:`refuse_commits`, nothing is
+        committed (False), ``before_commit`` not called."""
+        if self.commits_refused is not None:
+            return False
         commit_offsets = self._filter_committable_offsets(tps)
         if self.before_commit is not None:
             await self.before_commit()

@@ -48,6 +48,7 @@ from typing import Any
 import faust
 import msgspec
 
+from streamer.app.crashes import AgentBody
 from streamer.app.kafka import WireSchema
 from streamer.app.offer_index import OfferIndex, OfferIndexFeed
 from streamer.app.reward_board import RewardBoard, read_reward_windows, window_label
@@ -142,6 +143,7 @@ def install_reward_tracking(
     on_outcome: Callable[[ImpressionOutcome, BundleOffer | None, OfferDecision | None],
                          None] | None = None,
     dead_letter: Callable[[Any, InvalidEvent], Awaitable[None]] | None = None,
+    guard: Callable[[str], Callable[[AgentBody], AgentBody]] | None = None,
 ) -> RewardTracking:
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
@@ -150,7 +152,9 @@ def install_reward_tracking(
     writes before it commits. ``on_outcome(outcome, offer, decision)`` is called for
     every closed impression, with the offer's logged decision when known (the worker's
     conversion model learns there). ``dead_letter(message, error)`` takes a message of an
-    internal topic that does not decode (without it, the error is raised). The clicks and
+    internal topic that does not decode (without it, the error is raised). ``guard(name)``
+    decorates each agent's body (the worker's :meth:`~streamer.app.crashes.AgentCrashes.guard`:
+    a crash stops the worker; without it, faust restarts the agent). The clicks and
     purchases agents call ``tracking.tracker.observe`` and ``tracking.publish_outcomes`` (which
     returns once the broker has the outcomes), holding ``buffer`` from the observation that
     closed impressions until then (:meth:`WriteBuffer.holding`); everything else runs here.
@@ -215,16 +219,20 @@ def install_reward_tracking(
         if sent:
             await asyncio.gather(*sent)
 
+    def guarded(name: str) -> Callable[[AgentBody], AgentBody]:
+        return guard(name) if guard is not None else lambda body: body
+
     async def rejected(event: Any, error: InvalidEvent) -> None:
         # Internal topics, written by workers only; a message of another format (a stray
         # producer, a worker of another version) is dead-lettered, not raised: a raise
-        # crashes the agent, which holds the messages it had taken until the worker restarts.
+        # crashes the agent, and so stops the worker (streamer.app.crashes), which would then
+        # meet the message again after every restart.
         if dead_letter is None:
             raise error
         await dead_letter(event.message, error)
 
     @app.agent(ticks_topic, name="reward-ticks")
-    @metrics.counting_crashes("reward-ticks")
+    @guarded("reward-ticks")
     async def reward_ticks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
@@ -244,7 +252,7 @@ def install_reward_tracking(
             buffer.defer()  # durable before the next offset commit
 
     @app.agent(outcomes_topic, name="reward-ledger")
-    @metrics.counting_crashes("reward-ledger")
+    @guarded("reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:

@@ -11,6 +11,7 @@ from typing import Any
 import faust
 
 from streamer.app.broker import create_topics
+from streamer.app.crashes import stop_process
 from streamer.app.factory import create_app
 from streamer.app.kafka import aiokafka_kwargs
 from streamer.settings import Settings, WorkerSettings
@@ -38,7 +39,8 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Block running a worker until SIGINT/SIGTERM; exits the process when faust stops."""
+    """Block running a worker until SIGINT/SIGTERM, or until an agent crashes (exit status 1:
+    :mod:`streamer.app.crashes`); exits the process when faust stops."""
     asyncio.run(ensure_topics(settings))
     _install_uvloop()
     sa = create_app(settings)
@@ -50,6 +52,8 @@ def run_worker(settings: Settings) -> None:
     # faust's terminal spinner sets the root logger to DEBUG at log level warning/error (~12%
     # throughput on paths that send), and quiet=True does not stop it: the spinner must go.
     worker.spinner = None
+    # An agent that raises stops the worker, exit status 1 (streamer.app.crashes).
+    sa.crashes.on_crash = stop_process(worker)
 
     @sa.app.task
     async def dump_tasks_on_sigusr2() -> None:

@@ -28,6 +28,12 @@ def test_services_exist(compose: dict[str, Any]) -> None:
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
 
 
+def test_a_worker_that_exits_on_an_agent_crash_is_restarted(compose: dict[str, Any]) -> None:
+    # streamer.app.crashes: an agent that raises stops the worker with exit status 1, to be
+    # restarted from its last commit.
+    assert compose["services"]["worker"]["restart"] in {"always", "unless-stopped", "on-failure"}
+
+
 def test_created_topics_are_the_ones_the_code_uses(compose: dict[str, Any]) -> None:
     env = compose["services"]["topics"]["environment"]
     assert env["STREAMER_TOPICS"].split() == topic_names(Settings())

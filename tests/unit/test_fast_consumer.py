@@ -153,7 +153,7 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
     ]
 
 
-def test_the_copied_commit_differs_from_fausts_only_by_before_commit() -> None:
+def test_the_copied_commit_differs_from_fausts_only_by_refusal_and_before_commit() -> None:
     stock = inspect.getsource(faust_consumer.Consumer._commit_tps).splitlines()
     ours = inspect.getsource(FastConsumer._commit_tps).splitlines()
     diff = difflib.unified_diff(stock, ours, lineterm="", n=0)
@@ -161,7 +161,8 @@ def test_the_copied_commit_differs_from_fausts_only_by_before_commit() -> None:
                if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     docstring = inspect.getdoc(FastConsumer._commit_tps) or ""
     code = [line for line in changed if line[1:].strip('"') not in docstring]
-    assert code == ["+if self.before_commit is not None:", "+await self.before_commit()"]
+    assert code == ["+if self.commits_refused is not None:", "+return False",
+                    "+if self.before_commit is not None:", "+await self.before_commit()"]
 
 
 def test_install_fails_loudly_when_fausts_commit_changed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,6 +192,7 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
 
     consumer = SimpleNamespace(
         before_commit=before_commit,
+        commits_refused=None,
         _filter_committable_offsets=lambda tps: {t: acked[t] for t in tps},
         _handle_attached=handle_attached,
         crash=None,
@@ -215,6 +217,33 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
     consumer.before_commit = before_commit  # also with nothing to commit (state goes out)
     assert not asyncio.run(FastConsumer._commit_tps(consumer, [], True))  # type: ignore[arg-type]
     assert [entry[0] for entry in log] == ["before_commit"]
+
+    # Refused (an agent crashed): nothing chosen, written or committed, from then on.
+    log.clear()
+    FastConsumer.refuse_commits(consumer, RuntimeError("a bug"))  # type: ignore[arg-type]
+    FastConsumer.refuse_commits(consumer, ValueError("later"))  # type: ignore[arg-type]
+    assert isinstance(consumer.commits_refused, RuntimeError)  # the first reason stays
+    assert not asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))  # type: ignore[arg-type]
+    assert log == []
+
+
+def test_fausts_commit_skips_a_one_offset_gap_at_the_head() -> None:
+    """Why a worker whose agent crashed refuses commits (:meth:`FastConsumer.refuse_commits`)
+    rather than let faust restart the agent: the events the crashed agent had taken are never
+    acked, and once later ones are, faust commits past them when they are one offset, or the
+    partition was never committed. Should faust fix this, the refusal stays right (a restart
+    from the last commit) but this reason goes."""
+    tp = TP("purchases", 0)
+
+    def new_offset(acked: list[int], committed: int | None) -> int | None:
+        consumer = SimpleNamespace(
+            _acked={tp: list(acked)}, _gap={tp: None}, _acked_index={tp: set(acked)},
+            _committed_offset={tp: committed})
+        return faust_consumer.Consumer._new_offset(consumer, tp)  # type: ignore[arg-type]
+
+    assert new_offset([32, 33], committed=31) == 34  # offset 31 never acked, committed past
+    assert new_offset([1, 2], committed=None) == 3  # offset 0 never acked, committed past
+    assert new_offset([33, 34], committed=31) is None  # a gap of two is seen
 
 
 def test_install_passes_before_commit_to_this_apps_consumer_class() -> None:
