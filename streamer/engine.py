@@ -108,6 +108,7 @@ from streamer.policy import (
     Policy,
     Proposal,
     decision_actions,
+    featurize,
 )
 
 if TYPE_CHECKING:  # river.drift takes a second to import: only where a monitor is made
@@ -771,7 +772,7 @@ class Engine:
             levels += sorted({p.discount_pct for p in proposals} - set(levels))
             actions = decision_actions(candidates, levels)
             index = {(tuple(c.items), d): i for i, (c, d) in enumerate(actions)}
-            rows = [featurizer(c, d) for c, d in actions]
+            rows = featurize(featurizer, actions)
             shown = [index[(tuple(p.candidate.items), p.discount_pct)] for p in proposals]
         model = self.conversion
         try:

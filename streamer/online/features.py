@@ -270,13 +270,31 @@ class DecisionFeaturizer:
         self._bases: dict[int, tuple[BundleCandidate, dict[str, float], float]] = {}
 
     def __call__(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
+        features = self._features(candidate, discount_pct)
+        if self.model is not None:
+            features[PROPENSITY_FEATURE] = self.model.predict_one(features)
+        return features
+
+    def many(self, actions: Sequence[tuple[BundleCandidate, float]]) -> list[dict[str, float]]:
+        """``[self(c, d) for c, d in actions]``, the propensities in one pass when the model
+        predicts many at once (``ConversionModel.predict_many``: a decision's rows together
+        cost a fraction of their one-by-one predictions)."""
+        rows = [self._features(c, d) for c, d in actions]
+        model = self.model
+        if model is None:
+            return rows
+        predict_many = getattr(model, "predict_many", None)
+        propensities = (predict_many(rows) if predict_many is not None
+                        else [model.predict_one(r) for r in rows])
+        for row, p in zip(rows, propensities, strict=True):
+            row[PROPENSITY_FEATURE] = p
+        return rows
+
+    def _features(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
         known = self._bases.get(id(candidate))
         if known is None:
             base, list_price = _candidate_features(candidate, self.context)
             self._bases[id(candidate)] = (candidate, base, list_price)
         else:
             _, base, list_price = known
-        features = _at_discount(base, list_price, discount_pct, 0.0)
-        if self.model is not None:
-            features[PROPENSITY_FEATURE] = self.model.predict_one(features)
-        return features
+        return _at_discount(base, list_price, discount_pct, 0.0)

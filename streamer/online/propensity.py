@@ -140,8 +140,11 @@ instead of ~8 (two regressions).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from river import linear_model, optim, preprocessing
 
 from streamer.online.features import (
@@ -193,6 +196,65 @@ def discount_segment_interactions(features: Mapping[str, float]) -> dict[str, fl
         for b in range(SEGMENT_SLOTS)
         if f"segment_{b}" in features
     }
+
+
+def _input_matrix(rows: Sequence[Mapping[str, float]], bundles: Sequence[str | None]
+                  ) -> tuple[list[str], npt.NDArray[np.float64]] | None:
+    """``ConversionModel._inputs`` of each row as a matrix and its column names, when every
+    row has the first row's features, a propensity and one bundle key (``bundles``: each
+    row's, ``bundle_of``); else None."""
+    first = rows[0]
+    names = [k for k in first
+             if k != PROPENSITY_FEATURE and not k.startswith(BUNDLE_KEY_PREFIX)]
+    width = len(names) + 2  # and the propensity, and the bundle key
+    for row, bundle in zip(rows, bundles, strict=True):
+        if len(row) != width or bundle is None or PROPENSITY_FEATURE not in row:
+            return None
+    try:  # every name present, so the two other keys are the propensity and the bundle's
+        matrix = np.array([[row[k] for k in names] for row in rows], dtype=np.float64)
+    except KeyError:
+        return None
+    interactions = discount_segment_interactions(dict(zip(names, matrix[0], strict=True)))
+    if interactions:  # discount x segment_b, as discount_segment_interactions makes them
+        discount = matrix[:, names.index("discount")]
+        columns = [discount * matrix[:, names.index("segment_" + k.rpartition("_")[2])]
+                   for k in interactions]
+        matrix = np.column_stack([matrix, *columns])
+        names += list(interactions)
+    return names, matrix
+
+
+#: A River ``StandardScaler | LogisticRegression``'s state over some features, as arrays: the
+#: scaler's means and standard deviations, which variances are not 0, the regression's
+#: weights and intercept (:func:`_linear_form`).
+LinearForm = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_],
+                   npt.NDArray[np.float64], float]
+
+
+def _linear_form(pipeline: Any, names: Sequence[str]) -> LinearForm:
+    """``pipeline``'s state over the features ``names`` (an unseen one: mean, variance and
+    weight 0, as River reads it)."""
+    scaler, regression = pipeline.steps.values()
+    means, variances, weights = scaler.means, scaler.vars, regression.weights
+    mean = np.array([means.get(k, 0.0) for k in names], dtype=np.float64)
+    variance = np.array([variances.get(k, 0.0) for k in names], dtype=np.float64)
+    weight = np.array([weights.get(k, 0.0) for k in names], dtype=np.float64)
+    return mean, np.sqrt(variance), variance != 0.0, weight, float(regression.intercept)
+
+
+def _probabilities(pipeline: Any, matrix: npt.NDArray[np.float64], names: Sequence[str],
+                   form: LinearForm | None = None) -> npt.NDArray[np.float64]:
+    """``pipeline.predict_proba_one(x)[True]`` for each row ``x`` of ``matrix`` (columns:
+    ``names``), ``pipeline`` being River's ``StandardScaler | LogisticRegression``: a scaled
+    feature is ``(x - mean) / std``, 0 where the variance is 0 (or the feature unseen), the
+    logit the weights' dot product plus the intercept, the probability River's sigmoid (0
+    below -30, 1 above 30). ``form``: ``_linear_form(pipeline, names)``, when known."""
+    mean, scale, varies, weight, intercept = form or _linear_form(pipeline, names)
+    scaled = np.divide(matrix - mean, scale, out=np.zeros_like(matrix), where=varies)
+    logits = scaled @ weight + intercept
+    with np.errstate(over="ignore"):
+        p = 1.0 / (1.0 + np.exp(-logits))
+    return np.where(logits < -30.0, 0.0, np.where(logits > 30.0, 1.0, p))
 
 
 #: Prefix of an item set's key in the per-bundle table (``pool_item_sets``).
@@ -306,6 +368,9 @@ class ConversionModel:
         #: conversions (what P(buy | click) learns from).
         self.n_known_clicks = 0
         self.n_known_click_conversions = 0
+        #: predict_many's linear forms of the regressions (``_form``), by the count of
+        #: records learned when made.
+        self._forms: dict[tuple[int, int, tuple[str, ...]], LinearForm] = {}
 
     @staticmethod
     def _inputs(features: Mapping[str, float]) -> dict[str, float]:
@@ -421,6 +486,57 @@ class ConversionModel:
         inputs = self._inputs(features) if self.n_learned >= self.warmup else None
         p = min(1.0, self._regression(features, inputs) * self.bundle_ratio(features))
         return min(1.0, max(0.0, p * self.buy_after_click(features, inputs)))
+
+    def predict_many(self, rows: Sequence[Mapping[str, float]]) -> list[float]:
+        """:meth:`predict_one` of each row (equal to within float rounding), in one pass: a
+        decision's variants (every candidate at every discount level) at once.
+
+        Why: once warm, :meth:`predict_one` runs both regressions through River, its scaler and
+        its dot product, one dict at a time (~22 us per variant: ~0.5 ms for a decision of 24,
+        which the learned policy makes on every offer revision, as it reads this as a
+        feature). Here the regressions are one matrix product over the rows, with River's
+        scaler means and variances and its weights as they are now (what River computes:
+        ``(x - mean) / std``, the dot product with the weights plus the intercept, its
+        sigmoid), and each bundle's ratio is computed once. Rows not shaped as
+        ``DecisionFeaturizer`` makes them (the same features, a propensity and one bundle key
+        each) are predicted one by one."""
+        if not rows:
+            return []
+        keys = [bundle_of(row) for row in rows]
+        ratios: dict[str | None, float] = {}
+        for key, row in zip(keys, rows, strict=True):
+            if key not in ratios:
+                ratios[key] = self.bundle_ratio(row)
+        n = len(rows)
+        warm = self.n_learned >= self.warmup
+        after_warm = (self.n_known_click_conversions != self.n_known_clicks
+                      and self.n_known_clicks >= self.warmup)
+        names: list[str] = []
+        matrix = np.empty((n, 0))
+        if warm or after_warm:
+            shaped = _input_matrix(rows, keys)
+            if shaped is None:
+                return [self.predict_one(row) for row in rows]
+            names, matrix = shaped
+        regression = (_probabilities(self._model, matrix, names, self._form(0, names))
+                      if warm else np.full(n, self.base_rate))
+        after_click = (_probabilities(self._after_click, matrix, names, self._form(1, names))
+                       if after_warm else np.full(n, self.buy_after_click({})))
+        return [min(1.0, max(0.0, min(1.0, float(p) * ratios[key]) * float(a)))
+                for p, key, a in zip(regression, keys, after_click, strict=True)]
+
+    def _form(self, which: int, names: list[str]) -> LinearForm:
+        """The linear form of the regression (0) or of P(buy | click) (1) over ``names``, kept
+        until the next :meth:`learn_one` (the only place either learns): a decision's worth
+        of predictions no longer reads River's state feature by feature every time."""
+        key = (which, self.n_learned, tuple(names))
+        form = self._forms.get(key)
+        if form is None:
+            if len(self._forms) >= 8:
+                self._forms.clear()
+            form = self._forms[key] = _linear_form(
+                self._after_click if which else self._model, names)
+        return form
 
     def expected_reward(self, features: Mapping[str, float]) -> float:
         """The direct-method estimate of a variant's reward: P(convert) x its value."""

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Proposal,
         VariantFeaturizer,
         decision_actions,
+        featurize,
     )
     from streamer.policy.checkpoint import (
         UnsafeCheckpointError,
@@ -76,6 +77,7 @@ _EXPORTS = {
     "Proposal": "streamer.policy.base",
     "VariantFeaturizer": "streamer.policy.base",
     "decision_actions": "streamer.policy.base",
+    "featurize": "streamer.policy.base",
     "UnsafeCheckpointError": "streamer.policy.checkpoint",
     "policy_from_bytes": "streamer.policy.checkpoint",
     "policy_to_bytes": "streamer.policy.checkpoint",
@@ -133,6 +135,7 @@ __all__ = [
     "decision_actions",
     "doubly_robust",
     "evaluate_policy",
+    "featurize",
     "fine_tune",
     "gate_against_logged",
     "ips",

@@ -19,6 +19,21 @@ class VariantFeaturizer(Protocol):
     def __call__(self, candidate: BundleCandidate, discount_pct: float) -> Mapping[str, float]: ...
 
 
+def featurize(featurizer: VariantFeaturizer,
+              actions: Sequence[tuple[BundleCandidate, float]]) -> list[Mapping[str, float]]:
+    """The features of each action (candidate, discount), through the featurizer's ``many``
+    when it has one (``DecisionFeaturizer``: a decision's propensities in one pass), else one
+    call per action.
+
+    >>> featurize(lambda c, d: {"discount": d}, [("c", 0.0), ("c", 10.0)])
+    [{'discount': 0.0}, {'discount': 10.0}]
+    """
+    many = getattr(featurizer, "many", None)
+    if many is not None:
+        return list(many(actions))
+    return [featurizer(c, d) for c, d in actions]
+
+
 class Ranked(Protocol):
     """What orders a decision's actions: a candidate's score and items."""
 

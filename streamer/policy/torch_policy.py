@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from streamer.policy.base import BundleCandidate, Proposal, VariantFeaturizer, decision_actions
+from streamer.policy.base import (
+    BundleCandidate,
+    Proposal,
+    VariantFeaturizer,
+    decision_actions,
+    featurize,
+)
 from streamer.policy.network import VariantScorer, variant_probabilities
 
 #: The default discount levels (percent); the same values as ``streamer.online``'s.
@@ -162,7 +168,7 @@ class TorchPolicy:
         variants = decision_actions(candidates, self.shape.discount_levels)
         if not variants:
             return Decision(proposals=[], variant_features=(), probabilities=(), shown=())
-        rows = tuple(featurizer(c, d) for c, d in variants)
+        rows = tuple(featurize(featurizer, variants))
         with torch.inference_mode():
             scores = self.scorer(self.pack(rows)).double()
             probs = variant_probabilities(

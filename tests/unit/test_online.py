@@ -82,6 +82,91 @@ def test_featurizer_gives_variant_features_for_every_discount_of_every_candidate
     assert len({id(r) for r in rows}) == len(rows)
 
 
+def regimes() -> list[tuple[str, ConversionModel]]:
+    """Conversion models in each regime predict_many takes apart: cold (base rate, no
+    click information), the regression warm, both regressions warm (with per-segment
+    interactions and per-bundle ratios)."""
+    rng = random.Random(5)
+    contexts = [DecisionContext(s, CONTEXT.ts_ms + 3_600_000 * h, CONTEXT.prices, SEGMENTS)
+                for s in SEGMENTS for h in (0, 7)]
+    cands = [candidate(), candidate(("a", "c"), 0.2), candidate(("b", "a", "c"), 0.1)]
+    cold = ConversionModel(warmup=50)
+    warm, both = ConversionModel(warmup=50), ConversionModel(warmup=50)
+    for _ in range(400):
+        features = variant_features(rng.choice(cands), rng.choice(DISCOUNT_LEVELS),
+                                    rng.choice(contexts))
+        converted = rng.random() < 0.2
+        warm.learn_one(features, converted)  # no click information: one stage
+        both.learn_one(features, converted, converted or rng.random() < 0.3)
+    assert warm.n_learned >= warm.warmup and warm.n_known_clicks == 0
+    assert both.n_known_click_conversions < both.n_known_clicks
+    assert both.n_known_clicks >= both.warmup
+    return [("cold", cold), ("warm", warm), ("both", both)]
+
+
+@pytest.mark.parametrize("name", ["cold", "warm", "both"])
+def test_predict_many_is_predict_one_for_each_row(name: str) -> None:
+    model = dict(regimes())[name]
+    cands = [candidate(), candidate(("a", "c"), 0.2), candidate(("b", "a", "c"), 0.1)]
+    for segment in (*SEGMENTS, "default"):
+        context = DecisionContext(segment, CONTEXT.ts_ms, CONTEXT.prices, SEGMENTS)
+        rows = [variant_features(c, d, context) for c in cands for d in (*DISCOUNT_LEVELS, 7.5)]
+        assert model.predict_many(rows) == pytest.approx(
+            [model.predict_one(r) for r in rows], rel=1e-12, abs=1e-15)
+    assert model.predict_many([]) == []
+    # Learning moves the regressions: the next predictions read their new state.
+    rows = [variant_features(c, d, CONTEXT) for c in cands for d in DISCOUNT_LEVELS]
+    before = model.predict_many(rows)
+    for _ in range(20):
+        model.learn_one(rows[0], True, True)
+    assert model.predict_many(rows) == pytest.approx(
+        [model.predict_one(r) for r in rows], rel=1e-12, abs=1e-15)
+    assert model.predict_many(rows) != before
+    # Rows of other shapes (a feature missing, no bundle key, an extra feature) are
+    # predicted one by one, so still alike.
+    rows = [variant_features(c, 5.0, CONTEXT) for c in cands]
+    del rows[0]["confidence"]
+    del rows[1][next(k for k in rows[1] if k.startswith("bundle:"))]
+    rows[2]["extra"] = 1.0
+    for mixed in (rows, [rows[1], rows[2]], [rows[2], rows[0]]):
+        assert model.predict_many(mixed) == pytest.approx(
+            [model.predict_one(r) for r in mixed], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("intercept", [-40.0, -30.5, 29.5, 40.0])
+def test_the_matrix_regression_keeps_rivers_sigmoid_clamps(intercept: float) -> None:
+    # River's sigmoid answers exactly 0 below a logit of -30 and 1 above 30.
+    import copy
+
+    import numpy as np
+
+    from streamer.online.propensity import _probabilities
+
+    pipeline = copy.deepcopy(dict(regimes())["both"]._model)
+    _, regression = pipeline.steps.values()
+    regression.intercept = intercept
+    rows = [ConversionModel._inputs(variant_features(candidate(), d, CONTEXT))
+            for d in DISCOUNT_LEVELS]
+    names = list(rows[0])
+    matrix = np.array([[r[k] for k in names] for r in rows])
+    assert list(_probabilities(pipeline, matrix, names)) == pytest.approx(
+        [pipeline.predict_proba_one(r)[True] for r in rows], rel=1e-12, abs=0.0)
+
+
+def test_many_is_the_featurizer_called_for_each_action() -> None:
+    _, model = regimes()[2]
+    cands = [candidate(), candidate(("a", "c"), 0.2), candidate(("b", "a", "c"), 0.1)]
+    actions = [(c, d) for d in (*DISCOUNT_LEVELS, 7.5) for c in cands] + [(cands[0], 0.0)]
+    rows = DecisionFeaturizer(CONTEXT, model).many(actions)
+    alone = [DecisionFeaturizer(CONTEXT, model)(c, d) for c, d in actions]
+    for row, expected in zip(rows, alone, strict=True):
+        assert list(row) == list(expected)
+        assert list(row.values()) == pytest.approx(list(expected.values()), rel=1e-12)
+    assert len({id(r) for r in rows}) == len(rows)
+    assert DecisionFeaturizer(CONTEXT).many(actions) == [
+        DecisionFeaturizer(CONTEXT)(c, d) for c, d in actions]
+
+
 def test_conversion_model_learns_a_separable_stream() -> None:
     # Converts exactly when the discount is high and the bundle is cheap: linearly separable.
     rng = random.Random(7)

@@ -1,0 +1,156 @@
+"""The engine's CPU per purchase in the regimes a live worker goes through, in process.
+
+``benchmarks/throughput.py`` times the worker as it starts: the v0 policy, the conversion model
+cold (no impression closed yet, so it answers its base rate). A worker that has run for a while
+is in another regime: the conversion model warm (both regressions answering, per-bundle ratios),
+and once the trainer published one, the learned policy live, which featurizes every candidate at
+every discount level (the conversion model's answer is one of the features) and runs its network
+on every offer revision. This measures all three on the same purchases:
+
+- ``v0_cold``: the v0 policy, the conversion model cold (what ``throughput.py`` measures);
+- ``v0_warm``: the v0 policy, the conversion model warm (the decision log featurizes every
+  published offer's variants);
+- ``learned_warm``: the learned policy (``TorchPolicy.initial``: a trained one costs the same)
+  and the conversion model warm.
+
+Each run is a child process: ``throughput.py``'s ``engine_work`` (the worker's engine, tables
+and write-back, in process) over ``--events`` purchases after ``--warmup`` untimed ones, the
+conversion model then taught ``--records`` synthetic closed impressions (seeded; clicks known,
+a conversion rate of ~10 %) where warm, the learned policy set where learned. Runs are
+interleaved over ``--repeats`` and the medians printed, with CPU microseconds per purchase (the
+process's CPU time, steadier than wall time on a shared machine). ``--ref DIR`` also runs each
+regime with another checkout's engine (e.g. a ``git archive`` of the commit before a change),
+alternating with this one, and prints the ratio of each pair, and their median.
+
+    PYTHONPATH=. python benchmarks/engine_regimes.py --repeats 5
+    PYTHONPATH=. python benchmarks/engine_regimes.py --regimes learned_warm --ref /tmp/before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REGIMES = ("v0_cold", "v0_warm", "learned_warm")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float) -> float:
+    """CPU microseconds per purchase of the engine of the checkout on ``sys.path``."""
+    import random
+    import time
+    from types import SimpleNamespace
+
+    import throughput
+
+    import streamer.engine as engine_module
+
+    made: list[object] = []
+    init = engine_module.Engine.__init__
+
+    def capture(self: object, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    # engine_work builds the engine inside; its instance is taken on the way (any checkout).
+    engine_module.Engine.__init__ = capture  # type: ignore[method-assign]
+    purchases = throughput.make_purchases(warmup + events, spacing_ms=spacing_ms)
+    work = throughput.engine_work()
+    engine: object = made[0]
+    for _, value in purchases[:warmup]:
+        work(value)
+    if regime != "v0_cold":
+        from streamer.online.features import (
+            DISCOUNT_LEVELS,
+            DecisionContext,
+            DecisionFeaturizer,
+        )
+
+        rng = random.Random(7)
+        items = [f"SKU{i:06d}" for i in range(500)]
+        prices = {i: round(rng.uniform(1, 200), 2) for i in items}
+        featurize = DecisionFeaturizer(DecisionContext("all", throughput.TS0, prices))
+        for _ in range(records):
+            bundle = SimpleNamespace(items=tuple(rng.sample(items, 2)),
+                                     support=rng.uniform(1, 50), confidence=rng.random(),
+                                     lift=rng.uniform(0, 5), score=rng.random())
+            converted = rng.random() < 0.1
+            engine.learn_conversion(  # type: ignore[attr-defined]
+                featurize(bundle, rng.choice(DISCOUNT_LEVELS)), converted,
+                converted or rng.random() < 0.3)
+    if regime == "learned_warm":
+        from streamer.online.features import FEATURE_NAMES
+        from streamer.policy.torch_policy import TorchPolicy
+
+        engine.set_policy(TorchPolicy.initial(FEATURE_NAMES, seed=0))  # type: ignore[attr-defined]
+    t0 = time.process_time()
+    for _, value in purchases[warmup:]:
+        work(value)
+    return 1e6 * (time.process_time() - t0) / events
+
+
+def run(src: Path, regime: str, args: argparse.Namespace) -> float:
+    """One child of checkout ``src`` (its engine, this benchmark's harness)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT / "benchmarks")]))
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", regime, "--events", str(args.events),
+         "--warmup", str(args.warmup), "--records", str(args.records),
+         "--event-spacing-ms", str(args.event_spacing_ms)],
+        env=env, check=True, capture_output=True, text=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_purchase"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--warmup", type=int, default=10_000)
+    parser.add_argument("--records", type=int, default=3_000,
+                        help="closed impressions the warm conversion model learned")
+    parser.add_argument("--event-spacing-ms", type=float, default=100.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--regimes", default=",".join(REGIMES))
+    parser.add_argument("--ref", type=Path, help="another checkout to compare with")
+    parser.add_argument("--child", choices=REGIMES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        us = child(args.child, args.events, args.warmup, args.records, args.event_spacing_ms)
+        print(json.dumps({"us_per_purchase": us}))
+        return
+    regimes = [r for r in args.regimes.split(",") if r]
+    unknown = set(regimes) - set(REGIMES)
+    if unknown:
+        parser.error(f"unknown regimes {sorted(unknown)}; choose from {', '.join(REGIMES)}")
+    sides = [("this", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        from rich.progress import track
+    except ImportError:  # pragma: no cover - rich is a dependency
+        def track(it, description=""):  # type: ignore[no-untyped-def]
+            return it
+    plan = [(repeat, regime, side) for repeat in range(args.repeats) for regime in regimes
+            for side in (sides if repeat % 2 == 0 else sides[::-1])]
+    for repeat, regime, (side, src) in track(plan, description="engine runs"):
+        us = run(src, regime, args)
+        results.setdefault((regime, side), []).append(us)
+        print(f"  repeat {repeat + 1}: {regime:13s} {side:4s} {us:7.1f} us/purchase", flush=True)
+    print(f"medians over {args.repeats} repeats, {args.events} purchases after {args.warmup} "
+          f"({args.event_spacing_ms:g} ms apart in event time):")
+    for regime in regimes:
+        this = results[(regime, "this")]
+        line = f"  {regime:13s} {statistics.median(this):7.1f} us/purchase"
+        if args.ref:
+            ref = results[(regime, "ref")]
+            pairs = [a / b for a, b in zip(this, ref, strict=True)]
+            each = ", ".join(f"{p:.2f}" for p in pairs)
+            line += (f"   ref {statistics.median(ref):7.1f}   this/ref per repeat {each}; "
+                     f"median {statistics.median(pairs):.2f}")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
