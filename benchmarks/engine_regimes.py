@@ -11,7 +11,7 @@ on every offer revision. This measures all three on the same purchases:
 - ``v0_warm``: the v0 policy, the conversion model warm (the decision log featurizes every
   published offer's variants);
 - ``learned_warm``: the learned policy (``TorchPolicy.initial``: a trained one costs the same)
-  and the conversion model warm.
+  and the conversion model warm, torch on one CPU thread as the worker serves.
 
 Each run is a child process: ``throughput.py``'s ``engine_work`` (the worker's engine, tables
 and write-back, in process) over ``--events`` purchases after ``--warmup`` untimed ones, the
@@ -86,7 +86,9 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
     if regime == "learned_warm":
         from streamer.online.features import FEATURE_NAMES
         from streamer.policy.torch_policy import TorchPolicy
+        from streamer.policy.training import select_device
 
+        select_device("cpu", max_threads=1)  # as the worker serves (its policy follower)
         engine.set_policy(TorchPolicy.initial(FEATURE_NAMES, seed=0))  # type: ignore[attr-defined]
     t0 = time.process_time()
     for _, value in purchases[warmup:]:
