@@ -14,7 +14,9 @@ on every offer revision. This measures all three on the same purchases:
   and the conversion model warm, torch on one CPU thread as the worker serves.
 
 Each run is a child process: ``throughput.py``'s ``engine_work`` (the worker's engine, tables
-and write-back, in process) over ``--events`` purchases after ``--warmup`` untimed ones, the
+and write-back, in process; ``--batch`` purchases learned together, as an agent learns a batch
+of events: 1 by default, as ``throughput.py``'s in-process modes do) over ``--events``
+purchases after ``--warmup`` untimed ones, the
 conversion model then taught ``--records`` synthetic closed impressions (seeded; clicks known,
 a conversion rate of ~10 %) where warm, the learned policy set where learned. Runs are
 interleaved over ``--repeats`` and the medians printed, with CPU microseconds per purchase (the
@@ -40,7 +42,8 @@ REGIMES = ("v0_cold", "v0_warm", "learned_warm")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float) -> float:
+def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float,
+          batch: int = 1) -> float:
     """CPU microseconds per purchase of the engine of the checkout on ``sys.path``."""
     import random
     import time
@@ -60,7 +63,7 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
     # engine_work builds the engine inside; its instance is taken on the way (any checkout).
     engine_module.Engine.__init__ = capture  # type: ignore[method-assign]
     purchases = throughput.make_purchases(warmup + events, spacing_ms=spacing_ms)
-    work = throughput.engine_work()
+    work = throughput.engine_work(batch)
     engine: object = made[0]
     for _, value in purchases[:warmup]:
         work(value)
@@ -102,7 +105,7 @@ def run(src: Path, regime: str, args: argparse.Namespace) -> float:
     out = subprocess.run(
         [sys.executable, __file__, "--child", regime, "--events", str(args.events),
          "--warmup", str(args.warmup), "--records", str(args.records),
-         "--event-spacing-ms", str(args.event_spacing_ms)],
+         "--event-spacing-ms", str(args.event_spacing_ms), "--batch", str(args.batch)],
         env=env, check=True, capture_output=True, text=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_purchase"])
 
@@ -114,13 +117,16 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=3_000,
                         help="closed impressions the warm conversion model learned")
     parser.add_argument("--event-spacing-ms", type=float, default=100.0)
+    parser.add_argument("--batch", type=int, default=1,
+                        help="purchases learned together, as an agent learns its batch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument("--ref", type=Path, help="another checkout to compare with")
     parser.add_argument("--child", choices=REGIMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        us = child(args.child, args.events, args.warmup, args.records, args.event_spacing_ms)
+        us = child(args.child, args.events, args.warmup, args.records, args.event_spacing_ms,
+                   args.batch)
         print(json.dumps({"us_per_purchase": us}))
         return
     regimes = [r for r in args.regimes.split(",") if r]
@@ -141,7 +147,8 @@ def main() -> None:
         results.setdefault((regime, side), []).append(us)
         print(f"  repeat {repeat + 1}: {regime:13s} {side:4s} {us:7.1f} us/purchase", flush=True)
     print(f"medians over {args.repeats} repeats, {args.events} purchases after {args.warmup} "
-          f"({args.event_spacing_ms:g} ms apart in event time):")
+          f"({args.event_spacing_ms:g} ms apart in event time, learned {args.batch} at a "
+          "time):")
     for regime in regimes:
         this = results[(regime, "this")]
         line = f"  {regime:13s} {statistics.median(this):7.1f} us/purchase"

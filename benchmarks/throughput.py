@@ -180,12 +180,13 @@ def plain_counting() -> Callable[[bytes], None]:
     return work
 
 
-def engine_work() -> Callable[[bytes], None]:
+def engine_work(batch: int = 1) -> Callable[[bytes], None]:
     """streamer's codec and engine with the worker's default configuration, its state in
     dicts of encoded values as the worker's tables hold them, written back as the worker
     writes them (``WriteBuffer``: changed keys encoded once per commit interval, not on every
     assignment), logging each offer's decision and encoding it as the worker does to publish
-    it."""
+    it. ``batch``: purchases learned together (``Engine.learn_baskets`` on their baskets, as
+    an agent learns its batch), the last ones of a run left over when it does not divide."""
     from streamer.app.factory import engine_config
     from streamer.app.tables import EncodedTable
     from streamer.copurchase import Decayed, ItemStats
@@ -238,8 +239,20 @@ def engine_work() -> Callable[[bytes], None]:
     interval_s = settings.worker.commit_interval_s
     flushed = [time.monotonic()]
 
+    pending: list[Any] = []
+    taken = [0]
+
     def work(value: bytes) -> None:
-        engine.handle_purchase(decode(value))
+        if batch == 1:
+            engine.handle_purchase(decode(value))
+        else:
+            purchase = decode(value)
+            if engine.accept(purchase.event_id, purchase.ts):
+                pending.extend(engine.fan_out(purchase))
+            taken[0] += 1
+            if taken[0] % batch == 0:
+                engine.learn_baskets(pending)
+                pending.clear()
         if flush is not None and time.monotonic() - flushed[0] >= interval_s:
             flush()  # the worker's offset commit writes its buffer back
             flushed[0] = time.monotonic()

@@ -51,6 +51,11 @@ class SpyPolicy(TorchPolicy):
         self.scored.append(decision)
         return decision
 
+    def decide_many(self, requests: Sequence[Any]) -> list[Decision | FloatingPointError]:
+        decided = super().decide_many(requests)
+        self.scored += [d for d in decided if isinstance(d, Decision)]
+        return decided
+
 
 def spy_policy() -> SpyPolicy:
     base = TorchPolicy.initial(FEATURE_NAMES, seed=3)

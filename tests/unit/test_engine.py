@@ -458,3 +458,80 @@ def test_a_reward_drift_makes_the_conversion_model_forget_its_bundles() -> None:
     assert unwatched.reward_drifts == 0
     # Without a reward (or a version) nothing is watched.
     assert not engine.learn_conversion(shown, False)
+
+
+class OneByOne:
+    """A learned policy without ``decide_many``: the engine asks it decision by decision."""
+
+    def __init__(self, policy: Any) -> None:
+        self._policy = policy
+
+    @property
+    def version(self) -> str:
+        return str(self._policy.version)
+
+    def decide(self, *args: Any) -> Any:
+        return self._policy.decide(*args)
+
+    def propose(self, *args: Any, **kwargs: Any) -> Any:
+        return self._policy.propose(*args, **kwargs)
+
+
+class Counting(OneByOne):
+    """The same policy with ``decide_many``, counting the decisions asked at once."""
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__(policy)
+        self.batches: list[int] = []
+
+    def decide_many(self, requests: Any) -> Any:
+        self.batches.append(len(requests))
+        return self._policy.decide_many(requests)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_decisions_made_together_are_the_decisions_made_one_by_one(broken: bool) -> None:
+    # An engine revising a batch's anchors asks a policy that decides in batches for all
+    # their decisions at once (Engine._revise_anchors): the offers, the decisions logged and
+    # the state are those of asking it one by one. A policy whose scores are not finite
+    # falls back to v0 the same way either way.
+    import torch
+
+    from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE
+    from streamer.policy import TorchPolicy
+
+    policy = TorchPolicy.initial(FEATURE_NAMES, seed=3,
+                                 value_prior=(PROPENSITY_FEATURE, "log_offer_price"))
+    with torch.no_grad():  # a network that scores variants apart (a fresh one scores alike)
+        torch.manual_seed(3)
+        for parameter in policy.scorer.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        if broken:
+            policy.scorer.layers[0].bias[0] = float("nan")
+    config = EngineConfig(min_support=1.0, min_interval_ms=2_000, segments=SEGMENTS)
+    logs: dict[str, list[Any]] = {"together": [], "one_by_one": []}
+    together = Engine(config, EngineState.in_memory(), Engine.v0_policy(config),
+                      decisions=SimpleNamespace(add=logs["together"].append))
+    one_by_one = Engine(config, EngineState.in_memory(), Engine.v0_policy(config),
+                        decisions=SimpleNamespace(add=logs["one_by_one"].append))
+    counting = Counting(policy)
+    together.set_policy(counting)  # type: ignore[arg-type]
+    one_by_one.set_policy(OneByOne(policy))  # type: ignore[arg-type]
+    rng = random.Random(11)
+    items = [f"i{k}" for k in range(12)]
+    offers = 0
+    for batch in range(60):
+        orders = [order(batch * 10 + n, rng.sample(items, rng.randint(2, 4)),
+                        ts=T0 + batch * 1_500 + n, price=1.0 + n) for n in range(6)]
+        baskets = [b for o in orders for b in together.fan_out(o)]
+        published = together.learn_baskets(baskets)
+        assert published == one_by_one.learn_baskets(baskets)
+        offers += len(published[0])
+    assert offers > 100
+    assert logs["together"] == logs["one_by_one"]
+    assert _state(together) == _state(one_by_one)
+    assert max(counting.batches) >= 10  # many anchors' decisions were made at once
+    versions = {o.policy_version for o in together.state.offers.values()}
+    assert versions == ({"v0-greedy"} if broken else {policy.version})
+    assert together.policy_failures == one_by_one.policy_failures == (
+        sum(counting.batches) if broken else 0)

@@ -109,6 +109,41 @@ def test_torch_policy_proposals(seed: int) -> None:
     ]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_decisions_made_together_equal_each_made_alone(seed: int) -> None:
+    # decide_many: every request's rows through the network at once, the probabilities as
+    # one padded batch: what decide gives each (the scores up to float rounding), and a
+    # request whose scores are not finite gets decide's error without touching the others.
+    policy = trained_like_policy(seed)
+    cands = candidates()
+    sizes = [3, 1, 0, 2, 3, 1]  # every width, and a request without candidates
+
+    def poisoned(candidate: object, discount: float) -> dict[str, float]:
+        row = dict(FEATURIZER(candidate, discount))
+        row["score"] = float("nan")
+        return row
+
+    requests = [("a", cands[:n], FEATURIZER) for n in sizes]
+    requests.insert(2, ("a", cands, poisoned))
+    decided = policy.decide_many(requests)
+    assert len(decided) == len(requests)
+    assert isinstance(decided[2], FloatingPointError)
+    with pytest.raises(FloatingPointError):
+        policy.decide(*requests[2])
+    for request, many in zip(requests[:2] + requests[3:], decided[:2] + decided[3:],
+                             strict=True):
+        alone = policy.decide(*request)
+        assert not isinstance(many, FloatingPointError)
+        assert many.shown == alone.shown
+        assert many.probabilities == pytest.approx(alone.probabilities, rel=1e-9, abs=1e-12)
+        assert [(p.candidate.items, p.discount_pct) for p in many.proposals] == [
+            (p.candidate.items, p.discount_pct) for p in alone.proposals]
+        assert [p.score for p in many.proposals] == pytest.approx(
+            [p.score for p in alone.proposals], rel=1e-5)
+        assert list(many.variant_features) == list(alone.variant_features)
+    assert policy.decide_many([]) == []
+
+
 def test_a_fresh_policy_explores_uniformly() -> None:
     policy = TorchPolicy.initial(FEATURE_NAMES, max_variants=None)
     proposals = policy.propose("a", candidates(), featurizer=FEATURIZER)
