@@ -556,19 +556,20 @@ class Engine:
                  if (plan := self._revision_plan(anchor, ts)) is not None]
         # The decisions _revise would ask the policy for: each due segment of each anchor
         # with candidates (the segment's last offer at least min_interval_ms old).
-        interval, featurizers = self.config.min_interval_ms, {}
+        interval = self.config.min_interval_ms
+        asked: dict[tuple[str, str], tuple[list[BundleCandidate], DecisionFeaturizer]] = {}
         for anchor, ts, (_, lasts, candidates, _) in plans:
             for segment, last in zip(self._segments, lasts, strict=True) if candidates else ():
                 if last is None or ts - last.ts >= interval:
-                    featurizers[(anchor, segment)] = (ts, candidates,
-                                                      self.featurizer(ts, segment))
-        requests = [(anchor, candidates, featurizer)
-                    for (anchor, _), (_, candidates, featurizer) in featurizers.items()]
-        decided = dict(zip(featurizers, decide_many(requests), strict=True)) if requests else {}
+                    asked[(anchor, segment)] = (candidates, self.featurizer(ts, segment))
+        answers = decide_many([(anchor, candidates, featurizer) for (anchor, _), (
+            candidates, featurizer) in asked.items()]) if asked else []
+        decided = {key: (answer, asked[key][1])
+                   for key, answer in zip(asked, answers, strict=True)}
         offers = []
         for anchor, ts, plan in plans:
             offers += self._revise_planned(anchor, ts, plan, {
-                segment: (decided[(anchor, segment)], featurizers[(anchor, segment)][2])
+                segment: decided[(anchor, segment)]
                 for segment in self._segments if (anchor, segment) in decided})
         return offers
 

@@ -290,6 +290,24 @@ class DecisionFeaturizer:
             row[PROPENSITY_FEATURE] = p
         return rows
 
+    @staticmethod
+    def many_each(asks: Sequence[tuple[DecisionFeaturizer, Sequence[tuple[BundleCandidate, float]]]]
+                  ) -> list[list[dict[str, float]]]:
+        """``[f.many(actions) for f, actions in asks]``, the propensities of featurizers that
+        share a model in one pass (several decisions at once: ``TorchPolicy.decide_many``)."""
+        rows = [[f._features(c, d) for c, d in actions] for f, actions in asks]
+        by_model: dict[int, tuple[PropensityScorer, list[dict[str, float]]]] = {}
+        for (f, _), decision in zip(asks, rows, strict=True):
+            if f.model is not None:
+                by_model.setdefault(id(f.model), (f.model, []))[1].extend(decision)
+        for model, shared in by_model.values():
+            predict_many = getattr(model, "predict_many", None)
+            propensities = (predict_many(shared) if predict_many is not None
+                            else [model.predict_one(r) for r in shared])
+            for row, p in zip(shared, propensities, strict=True):
+                row[PROPENSITY_FEATURE] = p
+        return rows
+
     def _features(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
         known = self._bases.get(id(candidate))
         if known is None:

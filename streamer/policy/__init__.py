@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         VariantFeaturizer,
         decision_actions,
         featurize,
+        featurize_each,
     )
     from streamer.policy.checkpoint import (
         UnsafeCheckpointError,
@@ -78,6 +79,7 @@ _EXPORTS = {
     "VariantFeaturizer": "streamer.policy.base",
     "decision_actions": "streamer.policy.base",
     "featurize": "streamer.policy.base",
+    "featurize_each": "streamer.policy.base",
     "UnsafeCheckpointError": "streamer.policy.checkpoint",
     "policy_from_bytes": "streamer.policy.checkpoint",
     "policy_to_bytes": "streamer.policy.checkpoint",
@@ -136,6 +138,7 @@ __all__ = [
     "doubly_robust",
     "evaluate_policy",
     "featurize",
+    "featurize_each",
     "fine_tune",
     "gate_against_logged",
     "ips",

@@ -34,6 +34,23 @@ def featurize(featurizer: VariantFeaturizer,
     return [featurizer(c, d) for c, d in actions]
 
 
+def featurize_each(asks: Sequence[tuple[VariantFeaturizer, Sequence[tuple[BundleCandidate, float]]]]
+                   ) -> list[list[Mapping[str, float]]]:
+    """:func:`featurize` of each ``(featurizer, actions)``: in one pass when the featurizers
+    are of one type that featurizes several decisions at once (``many_each``:
+    ``DecisionFeaturizer``, one propensity prediction for all of them).
+
+    >>> featurize_each([(lambda c, d: {"d": d}, [("c", 0.0)]), (lambda c, d: {"d": -d},
+    ...                 [("c", 5.0)])])
+    [[{'d': 0.0}], [{'d': -5.0}]]
+    """
+    kinds = {type(f) for f, _ in asks}
+    many_each = getattr(kinds.pop(), "many_each", None) if len(kinds) == 1 else None
+    if many_each is not None:
+        return list(many_each(asks))
+    return [featurize(f, actions) for f, actions in asks]
+
+
 class Ranked(Protocol):
     """What orders a decision's actions: a candidate's score and items."""
 

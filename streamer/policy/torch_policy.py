@@ -28,6 +28,7 @@ from streamer.policy.base import (
     VariantFeaturizer,
     decision_actions,
     featurize,
+    featurize_each,
 )
 from streamer.policy.network import VariantScorer, variant_probabilities
 
@@ -197,10 +198,12 @@ class TorchPolicy:
         of a learned decision's time besides the features; an engine revising many anchors
         at once (a batch of events) pays it once. The scores equal :meth:`decide`'s up to
         float rounding (a matrix product over more rows may sum in another order)."""
+        if any(featurizer is None for _, _, featurizer in requests):
+            raise ValueError("TorchPolicy needs a featurizer (streamer.online.DecisionFeaturizer)")
         variants = [decision_actions(candidates, self.shape.discount_levels)
                     for _, candidates, _ in requests]
-        rows = [tuple(featurize(f, v)) if v else () for (_, _, f), v in zip(
-            requests, variants, strict=True)]
+        rows = [tuple(r) for r in featurize_each(
+            [(f, v) for (_, _, f), v in zip(requests, variants, strict=True)])]
         sizes = [len(r) for r in rows]
         width = max(sizes, default=0)
         if not width:

@@ -167,6 +167,25 @@ def test_many_is_the_featurizer_called_for_each_action() -> None:
         DecisionFeaturizer(CONTEXT)(c, d) for c, d in actions]
 
 
+def test_many_each_is_many_of_each_featurizer() -> None:
+    # Several decisions' featurizers (other segments and times) sharing one model, and one
+    # without a model: their propensities in one pass are each one's own.
+    _, model = regimes()[2]
+    cands = [candidate(), candidate(("a", "c"), 0.2), candidate(("b", "a", "c"), 0.1)]
+    featurizers = [DecisionFeaturizer(DecisionContext(s, CONTEXT.ts_ms + 3_600_000 * h,
+                                                      CONTEXT.prices, SEGMENTS), model)
+                   for s, h in (("loyal", 0), ("bargain", 5), ("other", 9))]
+    featurizers.append(DecisionFeaturizer(CONTEXT))
+    asks = [(f, [(c, d) for c in cands[:n] for d in DISCOUNT_LEVELS])
+            for f, n in zip(featurizers, (3, 1, 0, 2), strict=True)]
+    together = DecisionFeaturizer.many_each(asks)
+    for rows, (f, actions) in zip(together, asks, strict=True):
+        alone = f.many(actions)
+        assert [list(r) for r in rows] == [list(r) for r in alone]
+        for row, expected in zip(rows, alone, strict=True):
+            assert list(row.values()) == pytest.approx(list(expected.values()), rel=1e-12)
+
+
 def test_conversion_model_learns_a_separable_stream() -> None:
     # Converts exactly when the discount is high and the bundle is cheap: linearly separable.
     rng = random.Random(7)
