@@ -279,16 +279,7 @@ class DecisionFeaturizer:
         """``[self(c, d) for c, d in actions]``, the propensities in one pass when the model
         predicts many at once (``ConversionModel.predict_many``: a decision's rows together
         cost a fraction of their one-by-one predictions)."""
-        rows = [self._features(c, d) for c, d in actions]
-        model = self.model
-        if model is None:
-            return rows
-        predict_many = getattr(model, "predict_many", None)
-        propensities = (predict_many(rows) if predict_many is not None
-                        else [model.predict_one(r) for r in rows])
-        for row, p in zip(rows, propensities, strict=True):
-            row[PROPENSITY_FEATURE] = p
-        return rows
+        return self.many_each([(self, actions)])[0]
 
     @staticmethod
     def many_each(asks: Sequence[tuple[DecisionFeaturizer, Sequence[tuple[BundleCandidate, float]]]]
