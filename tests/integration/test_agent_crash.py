@@ -1,10 +1,11 @@
 """An agent that raises (a bug: input never makes one raise) stops its worker, which commits
 nothing more and exits with status 1; restarted, the worker learns every purchase exactly
-once, the crashed agent's batch included (``streamer.app.crashes``).
+once, the crashed agent's batch included (``streamer.app.crashes``). A timer that raises stops
+the worker with status 1 too (mode crashes the app; a timer holds no consumed events).
 
-The bug is the test's: the crashing worker's interpreter imports a ``sitecustomize`` that makes
-``Engine.learn_baskets`` raise on baskets of the item ``bug`` (nothing in the product provokes
-crashes); the restarted worker runs without it.
+The bugs are the tests': the crashing worker's interpreter imports a ``sitecustomize`` that
+makes ``Engine.learn_baskets`` raise on baskets of the item ``bug``, or the reward ticks'
+timer raise (nothing in the product provokes crashes); the restarted worker runs without it.
 """
 
 from __future__ import annotations
@@ -46,17 +47,39 @@ def learn_baskets(self, baskets):
 streamer.engine.Engine.learn_baskets = learn_baskets
 '''
 
+TIMER_BUG = '''
+import streamer.app.rewards_agents
+
+_update_lag = streamer.app.rewards_agents.update_lag
+_calls = [0]
+
+
+def update_lag(app, metrics):  # called by the reward ticks' timer
+    _calls[0] += 1
+    if _calls[0] >= 3:
+        raise RuntimeError("a timer bug, provoked by the test")
+    return _update_lag(app, metrics)
+
+
+streamer.app.rewards_agents.update_lag = update_lag
+'''
+
+
+def buggy_worker(settings: Settings, tmp_path: Path, bug: str) -> WorkerProcess:
+    """A ``streamer worker`` whose interpreter imports ``bug`` first (a ``sitecustomize``)."""
+    bug_dir = tmp_path / "bug"
+    bug_dir.mkdir()
+    (bug_dir / "sitecustomize.py").write_text(bug)
+    env = settings_env(settings)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(bug_dir), env.get("PYTHONPATH")) if p)
+    return WorkerProcess(env, tmp_path / "buggy-worker.log")
+
 
 def test_an_agent_crash_stops_the_worker_and_its_restart_loses_nothing(
     settings: Settings, start_worker: Any, tmp_path: Path
 ) -> None:
     t = settings.topics
-    bug_dir = tmp_path / "bug"
-    bug_dir.mkdir()
-    (bug_dir / "sitecustomize.py").write_text(BUG)
-    env = settings_env(settings)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(bug_dir), env.get("PYTHONPATH")) if p)
-    buggy = WorkerProcess(env, tmp_path / "buggy-worker.log")
+    buggy = buggy_worker(settings, tmp_path, BUG)
     now = int(time.time() * 1000)
     first = [purchase(n, ["tea", "cup"], ts=now) for n in range(20)]
     crash = purchase(20, ["tea", "bug"], ts=now)
@@ -91,3 +114,16 @@ def test_an_agent_crash_stops_the_worker_and_its_restart_loses_nothing(
     assert item_view(restarted, "tea")["count"] == pytest.approx(41, rel=1e-4)
     assert item_view(restarted, "cup")["count"] == pytest.approx(40, rel=1e-4)
     assert item_view(restarted, "bug")["count"] == pytest.approx(1, rel=1e-4)
+
+
+def test_a_timer_that_raises_stops_the_worker(
+    settings: Settings, start_worker: Any, tmp_path: Path
+) -> None:
+    buggy = buggy_worker(settings, tmp_path, TIMER_BUG)
+    try:
+        wait_for(lambda: buggy.proc.poll() is not None, 90, "the worker to stop on its own")
+    finally:
+        buggy.stop()
+    log = buggy.log_path.read_text(errors="replace")
+    assert buggy.proc.returncode == 1, log[-3000:]
+    assert "Crashed reason=RuntimeError('a timer bug, provoked by the test')" in log
