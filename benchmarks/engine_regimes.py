@@ -135,11 +135,8 @@ def main() -> None:
         parser.error(f"unknown regimes {sorted(unknown)}; choose from {', '.join(REGIMES)}")
     sides = [("this", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
     results: dict[tuple[str, str], list[float]] = {}
-    try:
-        from rich.progress import track
-    except ImportError:  # pragma: no cover - rich is a dependency
-        def track(it, description=""):  # type: ignore[no-untyped-def]
-            return it
+    from rich.progress import track
+
     plan = [(repeat, regime, side) for repeat in range(args.repeats) for regime in regimes
             for side in (sides if repeat % 2 == 0 else sides[::-1])]
     for repeat, regime, (side, src) in track(plan, description="engine runs"):

@@ -33,8 +33,8 @@ skipped silently.
 ... async def items(stream):
 ...     raise ValueError("a bug")
 >>> asyncio.run(items(None))  # the agent ends; the worker stops
->>> stopped, crashes.crashed
-([('items', "ValueError('a bug')")], 'items')
+>>> stopped
+[('items', "ValueError('a bug')")]
 """
 
 from __future__ import annotations
@@ -70,8 +70,6 @@ class AgentCrashes:
         self._refuse_commits = refuse_commits
         #: Stops the worker after a crash (None: nothing stops it).
         self.on_crash: Callable[[str, BaseException], None] | None = None
-        #: The first agent that crashed (None: none has).
-        self.crashed: str | None = None
 
     def guard(self, agent: str) -> Callable[[AgentBody], AgentBody]:
         """Decorate the body of the agent named ``agent``: an exception it raises is counted,
@@ -94,8 +92,6 @@ class AgentCrashes:
 
     def _crash(self, agent: str, exc: Exception) -> None:
         self._refuse_commits(exc)
-        if self.crashed is None:
-            self.crashed = agent
         stops = self.on_crash is not None
         log.error(
             "agent %s crashed: the worker commits nothing more, %s; the events after its last "

@@ -27,7 +27,6 @@ from streamer.policy.base import (
     Proposal,
     VariantFeaturizer,
     decision_actions,
-    featurize,
     featurize_each,
 )
 from streamer.policy.network import VariantScorer, variant_probabilities
@@ -163,25 +162,12 @@ class TorchPolicy:
         candidates: Sequence[BundleCandidate],
         featurizer: VariantFeaturizer | None = None,
     ) -> Decision:
-        """The full decision behind :meth:`propose` (what the decision ledger records)."""
-        if featurizer is None:
-            raise ValueError("TorchPolicy needs a featurizer (streamer.online.DecisionFeaturizer)")
-        variants = decision_actions(candidates, self.shape.discount_levels)
-        if not variants:
-            return Decision(proposals=[], variant_features=(), probabilities=(), shown=())
-        rows = tuple(featurize(featurizer, variants))
-        with torch.inference_mode():
-            scores = self.scorer(self.pack(rows)).double()
-            probs = variant_probabilities(
-                scores.unsqueeze(0),
-                torch.ones(1, len(rows), dtype=torch.bool),
-                temperature=self.shape.temperature,
-                floor=self.shape.floor,
-                max_shown=self.shape.max_variants,
-            )[0]
-        if not bool(torch.isfinite(scores).all()):
-            raise FloatingPointError(f"policy {self.version} produced non-finite scores")
-        return self._decision(variants, rows, scores.tolist(), probs.tolist())
+        """The full decision behind :meth:`propose` (what the decision ledger records):
+        :meth:`decide_many` of this one request, its error raised."""
+        decision = self.decide_many([(anchor, candidates, featurizer)])[0]  # type: ignore[list-item]
+        if isinstance(decision, FloatingPointError):
+            raise decision
+        return decision
 
     def decide_many(
         self,
@@ -196,8 +182,9 @@ class TorchPolicy:
         Why: a decision is a few dozen rows, and torch's fixed cost per call on tensors that
         small (packing, the network, the probabilities: ~150 us on one CPU thread) was most
         of a learned decision's time besides the features; an engine revising many anchors
-        at once (a batch of events) pays it once. The scores equal :meth:`decide`'s up to
-        float rounding (a matrix product over more rows may sum in another order)."""
+        at once (a batch of events) pays it once. A request's scores in a batch equal its
+        scores alone up to float rounding (a matrix product over more rows may sum in another
+        order). Raises ``ValueError`` when a request has no featurizer."""
         if any(featurizer is None for _, _, featurizer in requests):
             raise ValueError("TorchPolicy needs a featurizer (streamer.online.DecisionFeaturizer)")
         variants = [decision_actions(candidates, self.shape.discount_levels)
