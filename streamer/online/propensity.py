@@ -141,6 +141,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -207,11 +208,14 @@ def _input_matrix(rows: Sequence[Mapping[str, float]], bundles: Sequence[str | N
     names = [k for k in first
              if k != PROPENSITY_FEATURE and not k.startswith(BUNDLE_KEY_PREFIX)]
     width = len(names) + 2  # and the propensity, and the bundle key
+    if not names:
+        return None
     for row, bundle in zip(rows, bundles, strict=True):
         if len(row) != width or bundle is None or PROPENSITY_FEATURE not in row:
             return None
     try:  # every name present, so the two other keys are the propensity and the bundle's
-        matrix = np.array([[row[k] for k in names] for row in rows], dtype=np.float64)
+        matrix = np.array(list(map(itemgetter(*names), rows)), dtype=np.float64).reshape(
+            len(rows), len(names))
     except KeyError:
         return None
     interactions = discount_segment_interactions(dict(zip(names, matrix[0], strict=True)))
