@@ -184,28 +184,45 @@ def variant_features(
     return _at_discount(base, list_price, discount_pct, conversion_propensity)
 
 
-def _candidate_features(candidate: BundleCandidate,
-                        context: DecisionContext) -> tuple[dict[str, float], float]:
+def _candidate_features(candidate: BundleCandidate, context: DecisionContext,
+                        shared: Mapping[str, float] | None = None,
+                        ) -> tuple[dict[str, float], float]:
     """:func:`variant_features` but for the discount (placeholders) and the bundle's list
-    price: what every discount level of one candidate shares."""
+    price: what every discount level of one candidate shares. ``shared``: the context's own
+    features (:func:`_context_features`) when known, so a decision computes them once."""
+    prices = context.prices
     try:
-        prices = [float(context.prices[i]) for i in candidate.items]
+        # get(), not [] (the same answer): the engine's prices are a table view whose get
+        # is its fast path.
+        unit = [float(price) if (price := prices.get(i)) is not None else prices[i]
+                for i in candidate.items]
     except KeyError as e:
         raise ValueError(f"no list price for item {e.args[0]!r}") from e
-    list_price = sum(prices)
-    hour = (context.ts_ms % _DAY_MS) / _HOUR_MS
-    weekday = ((context.ts_ms // _DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    slot = segment_slot(context.segment, context.segments)
+    list_price = sum(unit)
     features = {
         "log_support": math.log1p(max(0.0, candidate.support)),
         "confidence": min(1.0, max(0.0, candidate.confidence)),
         "log_lift": math.log1p(max(0.0, candidate.lift)),
         "score": candidate.score,
         "extra_items": float(len(candidate.items) - 2),
-        "log_anchor_price": math.log1p(max(0.0, prices[0])),
+        "log_anchor_price": math.log1p(max(0.0, unit[0])),
         "log_bundle_price": math.log1p(max(0.0, list_price)),
         "discount": 0.0,  # set by _at_discount
         "log_offer_price": 0.0,  # set by _at_discount
+    }
+    features.update(_context_features(context) if shared is None else shared)
+    features[PROPENSITY_FEATURE] = 0.0
+    features[bundle_key(candidate.items)] = 1.0
+    return features, list_price
+
+
+def _context_features(context: DecisionContext) -> dict[str, float]:
+    """The features of the decision's moment and segment, the same for every variant (in
+    :data:`FEATURE_NAMES`' order: cyclic hour and weekday, then the segment slots)."""
+    hour = (context.ts_ms % _DAY_MS) / _HOUR_MS
+    weekday = ((context.ts_ms // _DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    slot = segment_slot(context.segment, context.segments)
+    features = {
         "hour_sin": math.sin(2 * math.pi * hour / 24),
         "hour_cos": math.cos(2 * math.pi * hour / 24),
         "weekday_sin": math.sin(2 * math.pi * weekday / 7),
@@ -213,9 +230,7 @@ def _candidate_features(candidate: BundleCandidate,
     }
     for b in range(SEGMENT_SLOTS):
         features[f"segment_{b}"] = 1.0 if b == slot else 0.0
-    features[PROPENSITY_FEATURE] = 0.0
-    features[bundle_key(candidate.items)] = 1.0
-    return features, list_price
+    return features
 
 
 def _at_discount(base: dict[str, float], list_price: float, discount_pct: float,
@@ -268,6 +283,7 @@ class DecisionFeaturizer:
         # levels share are computed once per candidate (by identity; the candidate is kept,
         # so its id is not reused while this featurizer lives).
         self._bases: dict[int, tuple[BundleCandidate, dict[str, float], float]] = {}
+        self._shared: dict[str, float] | None = None  # _context_features, once needed
 
     def __call__(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
         features = self._features(candidate, discount_pct)
@@ -302,7 +318,9 @@ class DecisionFeaturizer:
     def _features(self, candidate: BundleCandidate, discount_pct: float) -> dict[str, float]:
         known = self._bases.get(id(candidate))
         if known is None:
-            base, list_price = _candidate_features(candidate, self.context)
+            if self._shared is None:
+                self._shared = _context_features(self.context)
+            base, list_price = _candidate_features(candidate, self.context, self._shared)
             self._bases[id(candidate)] = (candidate, base, list_price)
         else:
             _, base, list_price = known
