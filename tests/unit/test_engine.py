@@ -258,6 +258,72 @@ def test_learning_in_place_between_releases_changes_no_offer_and_no_state() -> N
     assert in_place.state.items["a"].stats.partners is table  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_batch_learns_what_its_baskets_learn_one_by_one(in_place: bool) -> None:
+    # The agents learn batches of any size (what the queue held): the records, counts and
+    # prices must be those of learning every basket alone, in the batch's order, floats
+    # included, or state would depend on batching (a restarted worker's batches differ).
+    # Redeliveries (of earlier batches and inside one), unknown offsets, session baskets
+    # (count_anchor False), lighter weights, price changes and table purges (top_k 4).
+    rng = random.Random(17 + in_place)
+    config = EngineConfig(min_support=1.0, min_interval_ms=1_000, top_k=4, top_k_triples=3,
+                          triple_partners=4)
+    together = Engine(config, EngineState.in_memory(), Engine.v0_policy(config),
+                      in_place_learning=in_place)
+    alone = Engine(config, EngineState.in_memory(), Engine.v0_policy(config),
+                   in_place_learning=in_place)
+    items = [f"i{k}" for k in range(30)]
+    sent: list[ItemBasket] = []
+    offsets = {0: 0, 1: 0}
+    redelivered = 0
+    for batch in range(80):
+        baskets: list[ItemBasket] = []
+        for n in range(rng.randint(1, 12)):
+            if sent and rng.random() < 0.15:
+                # A redelivery: of an earlier batch, or of this one (before the basket here).
+                baskets.append(rng.choice(sent + baskets))
+                continue
+            source = rng.choice([0, 1])
+            offsets[source] += 1
+            chosen = rng.sample(items[:rng.choice([8, 30])], rng.randint(1, 5))
+            weight = rng.choice([1.0, 1.0, 0.3])
+            ts = T0 + batch * 900 + n
+            offset = offsets[source] if rng.random() < 0.9 else -1
+            baskets.append(ItemBasket(TOTAL_KEY, [], ts, f"e{batch}-{n}", weight=weight,
+                                      source=source, offset=offset))
+            for item in chosen:
+                baskets.append(ItemBasket(
+                    item, [p for p in chosen if p != item], ts, f"e{batch}-{n}",
+                    price=rng.choice([-1.0, 2.0, 2.5]), weight=weight,
+                    partner_prices=[rng.choice([-1.0, 3.0, 3.5]) for p in chosen if p != item],
+                    source=source, offset=offset, count_anchor=rng.random() < 0.9))
+        sent += baskets
+        _, dups = together.learn_baskets(baskets)
+        assert dups == sum(alone.learn_baskets([b])[1] for b in baskets)
+        redelivered += dups
+        if in_place and batch % 5 == 0:
+            together.release_learned()
+            alone.release_learned()
+    state, reference = _state(together), _state(alone)
+    assert state["items"] == reference["items"]
+    assert state["counts"] == reference["counts"]
+    assert state["catalog"] == reference["catalog"]
+    assert redelivered > 20
+
+
+def test_a_batch_learns_prices_in_its_order() -> None:
+    # A partner's price is filled in by the first basket of the batch that tells it (its own
+    # anchor's price aside), whatever the anchors of the baskets between.
+    engine = Engine.in_memory(EngineConfig(min_support=1.0))
+
+    def basket(anchor: str, pot_price: float, n: int) -> ItemBasket:
+        return ItemBasket(anchor, ["pot"], T0 + n, f"e{n}", price=2.0,
+                          partner_prices=[pot_price], source=0, offset=n)
+
+    engine.learn_baskets([basket("tea", -1.0, 1), basket("cup", 3.5, 2), basket("tea", 4.0, 3)])
+    assert engine.state.catalog["pot"] == 3.5
+
+
 def test_live_and_replay_paths_agree() -> None:
     """The faust app learns baskets one by one after the repartition; replay learns whole
     orders. Interleaving the baskets of different orders (as partitions do) gives the same
