@@ -191,13 +191,12 @@ def _candidate_features(candidate: BundleCandidate, context: DecisionContext,
     price: what every discount level of one candidate shares. ``shared``: the context's own
     features (:func:`_context_features`) when known, so a decision computes them once."""
     prices = context.prices
-    try:
-        # get(), not [] (the same answer): the engine's prices are a table view whose get
-        # is its fast path.
-        unit = [float(price) if (price := prices.get(i)) is not None else prices[i]
-                for i in candidate.items]
-    except KeyError as e:
-        raise ValueError(f"no list price for item {e.args[0]!r}") from e
+    unit = []
+    for item in candidate.items:
+        price = prices.get(item)  # not []: the engine's prices are a table view, get its fast path
+        if price is None:
+            raise ValueError(f"no list price for item {item!r}")
+        unit.append(float(price))
     list_price = sum(unit)
     features = {
         "log_support": math.log1p(max(0.0, candidate.support)),
