@@ -5,13 +5,15 @@ cold (no impression closed yet, so it answers its base rate). A worker that has 
 is in another regime: the conversion model warm (both regressions answering, per-bundle ratios),
 and once the trainer published one, the learned policy live, which featurizes every candidate at
 every discount level (the conversion model's answer is one of the features) and runs its network
-on every offer revision. This measures all three on the same purchases:
+on every offer revision. This measures them on the same purchases:
 
 - ``v0_cold``: the v0 policy, the conversion model cold (what ``throughput.py`` measures);
 - ``v0_warm``: the v0 policy, the conversion model warm (the decision log featurizes every
   published offer's variants);
-- ``learned_warm``: the learned policy (``TorchPolicy.initial``: a trained one costs the same)
-  and the conversion model warm, torch on one CPU thread as the worker serves.
+- ``learned_cold``: the learned policy (``TorchPolicy.initial``: a trained one costs the same),
+  torch on one CPU thread as the worker serves, the conversion model cold (what
+  ``throughput.py``'s ``streamer_learned`` mode measures in the worker);
+- ``learned_warm``: the learned policy and the conversion model warm.
 
 Each run is a child process: ``throughput.py``'s ``engine_work`` (the worker's engine, tables
 and write-back, in process; ``--batch`` purchases learned together, as an agent learns a batch
@@ -26,6 +28,18 @@ alternating with this one, and prints the ratio of each pair, and their median.
 
     PYTHONPATH=. python benchmarks/engine_regimes.py --repeats 5
     PYTHONPATH=. python benchmarks/engine_regimes.py --regimes learned_warm --ref /tmp/before
+
+CPU time on a shared machine moves by tens of percent between identical runs (here: the same
+engine 78-143 us per purchase minutes apart), more than most single changes.
+``--instructions`` counts instead what the engine executes, with valgrind's callgrind: each
+regime's child runs twice under it, with ``--events`` timed purchases and with a tenth of them,
+and the difference over the purchases between is the instructions per purchase, the same from
+run to run (``PYTHONHASHSEED`` fixed; the machine's load does not count). It takes minutes
+(~50x slower than without: ``--events 2000 --warmup 2000`` is a good size), runs as many
+children at once as there are cores, and needs ``valgrind`` on the ``PATH``.
+
+    PYTHONPATH=. python benchmarks/engine_regimes.py --instructions --events 2000 \
+        --warmup 2000 --batch 200 --regimes v0_cold,learned_cold --ref /tmp/before
 """
 
 from __future__ import annotations
@@ -33,12 +47,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REGIMES = ("v0_cold", "v0_warm", "learned_warm")
+REGIMES = ("v0_cold", "v0_warm", "learned_cold", "learned_warm")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +85,7 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
     engine: object = made[0]
     for _, value in purchases[:warmup]:
         work(value)
-    if regime != "v0_cold":
+    if regime.endswith("_warm"):
         from streamer.online.features import (
             DISCOUNT_LEVELS,
             DecisionContext,
@@ -86,7 +104,7 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
             engine.learn_conversion(  # type: ignore[attr-defined]
                 featurize(bundle, rng.choice(DISCOUNT_LEVELS)), converted,
                 converted or rng.random() < 0.3)
-    if regime == "learned_warm":
+    if regime.startswith("learned_"):
         from streamer.online.features import FEATURE_NAMES
         from streamer.policy.torch_policy import TorchPolicy
         from streamer.policy.training import select_device
@@ -99,15 +117,59 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
     return 1e6 * (time.process_time() - t0) / events
 
 
+def child_args(regime: str, args: argparse.Namespace, events: int) -> list[str]:
+    return [__file__, "--child", regime, "--events", str(events), "--warmup", str(args.warmup),
+            "--records", str(args.records), "--event-spacing-ms", str(args.event_spacing_ms),
+            "--batch", str(args.batch)]
+
+
+def child_env(src: Path) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT / "benchmarks")]))
+
+
 def run(src: Path, regime: str, args: argparse.Namespace) -> float:
     """One child of checkout ``src`` (its engine, this benchmark's harness)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(ROOT / "benchmarks")]))
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", regime, "--events", str(args.events),
-         "--warmup", str(args.warmup), "--records", str(args.records),
-         "--event-spacing-ms", str(args.event_spacing_ms), "--batch", str(args.batch)],
-        env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, *child_args(regime, args, args.events)],
+                         env=child_env(src), check=True, capture_output=True, text=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["us_per_purchase"])
+
+
+def instructions(src: Path, regime: str, args: argparse.Namespace, events: int) -> int:
+    """Instructions of one child of checkout ``src`` with ``events`` timed purchases (start-up
+    and warm-up included), counted by callgrind."""
+    with tempfile.TemporaryDirectory(prefix="engine-regimes-") as tmp:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
+             sys.executable, *child_args(regime, args, events)],
+            env=child_env(src) | {"PYTHONHASHSEED": "0"}, check=True, capture_output=True,
+            text=True)
+    found = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in callgrind's output:\n{out.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def count_instructions(regimes: list[str], sides: list[tuple[str, Path]],
+                       args: argparse.Namespace) -> None:
+    """``--instructions``: instructions per timed purchase of each regime and side."""
+    few = max(1, args.events // 10)
+    runs = [(regime, side, src, n) for regime in regimes for side, src in sides
+            for n in (args.events, few)]
+    print(f"callgrind: {len(runs)} children, {os.cpu_count()} at a time (minutes each)",
+          flush=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = dict(zip([(r, side, n) for r, side, _, n in runs], pool.map(
+            lambda run: instructions(run[2], run[0], args, run[3]), runs), strict=True))
+    print(f"instructions per purchase, purchases {args.warmup + few + 1}-"
+          f"{args.warmup + args.events} ({args.event_spacing_ms:g} ms apart in event time, "
+          f"learned {args.batch} at a time):")
+    for regime in regimes:
+        per = {side: (counts[(regime, side, args.events)] - counts[(regime, side, few)])
+               / (args.events - few) for side, _ in sides}
+        line = f"  {regime:13s} {per['this']:11,.0f}"
+        if "ref" in per:
+            line += f"   ref {per['ref']:11,.0f}   this/ref {per['this'] / per['ref']:.4f}"
+        print(line)
 
 
 def main() -> None:
@@ -122,6 +184,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--regimes", default=",".join(REGIMES))
     parser.add_argument("--ref", type=Path, help="another checkout to compare with")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per purchase with callgrind (deterministic; "
+                             "slow) instead of timing")
     parser.add_argument("--child", choices=REGIMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -134,6 +199,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown regimes {sorted(unknown)}; choose from {', '.join(REGIMES)}")
     sides = [("this", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            parser.error("--instructions needs valgrind on the PATH (e.g. apt install valgrind)")
+        if args.events < 10:
+            parser.error("--instructions needs --events >= 10")
+        count_instructions(regimes, sides, args)
+        return
     results: dict[tuple[str, str], list[float]] = {}
     from rich.progress import track
 
