@@ -21,7 +21,13 @@ spread over all of them), the rate at which each consumer gets through the same 
   (``Engine.learn_baskets``: co-purchase learning, offer revision, decision logging) replaced
   by a no-op: what everything around the engine costs (faust's delivery, both hops through the
   broker, de-duplication, fan-out, attribution, commits), the rate streamer would reach if the
-  engine cost nothing.
+  engine cost nothing;
+- ``streamer_learned``: the same worker serving a learned policy, as it does once the trainer
+  has published one: a version (``TorchPolicy.initial``: a trained network costs the same) is
+  on its ``policy-updates`` topic before it starts, and it has adopted it before the timed
+  events come. Every offer revision then featurizes each candidate at every discount level and
+  runs the policy's network. The conversion model stays cold (these purchases close no
+  impression); ``benchmarks/engine_regimes.py`` measures the engine with it warm, in process.
 
 ``--warmup`` events (10,000 by default) come first and are consumed untimed; rates are
 events/s over the ``--events`` after them, to the last one done. faust children and the
@@ -106,7 +112,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 TS0 = 1_700_000_000_000
 MODES = ("ceiling", "plain_loop", "engine_loop", "faust_noop", "naive_peer", "streamer",
-         "streamer_no_engine")
+         "streamer_no_engine", "streamer_learned")
 #: ``streamer_no_engine``'s worker: ``streamer worker`` with Engine.learn_baskets a no-op.
 NO_ENGINE = ("import sys; from streamer.engine import Engine; "
              "Engine.learn_baskets = lambda self, baskets: ([], 0); "
@@ -672,12 +678,13 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  code: Path | None = None, baskets: int | None = None,
                  engine: bool = True,
                  warmup: tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
-                 | None = None) -> float:
+                 | None = None, learned: bool = False) -> float:
     """One worker on ``topic``'s ``n`` purchases (``baskets`` item baskets); events/s.
 
     ``warmup`` (warm-up events, timed events): instead, a topic of its own gets the warm-up
     events, the worker takes them all (and learns their baskets) untimed, then the timed
-    events are produced and timed from then on, as in :func:`run_scaled`."""
+    events are produced and timed from then on, as in :func:`run_scaled`. ``learned``: the
+    worker serves a learned policy (:func:`publish_learned_policy`), adopted before timing."""
     from streamer.app.broker import create_topics
     from streamer.app.worker import ensure_topics
 
@@ -687,6 +694,7 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
         asyncio.run(produce(bootstrap, topic, warmup[0]))
     settings = worker_settings(bootstrap, topic, workdir)
     asyncio.run(ensure_topics(settings))
+    version = asyncio.run(publish_learned_policy(settings)) if learned else None
     worker = StreamerWorker(settings, workdir, extra_env, code=code, engine=engine)
     spy = None
     try:
@@ -702,6 +710,8 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
                  *os.environ.get("PY_SPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         limit = time.monotonic() + RUN_TIMEOUT_S
+        if version is not None:
+            wait_adopted(worker, version, limit)
         if warmup is not None:
             rate = time_after_warmup([worker], bootstrap, topic, *warmup, limit)
         else:
@@ -717,6 +727,36 @@ def run_streamer(bootstrap: str, topic: str, n: int, workdir: Path,
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
         worker.child.stop()
+
+
+async def publish_learned_policy(settings: Any) -> str:
+    """Publish a learned policy version to the worker's ``policy-updates`` topic, as the
+    trainer promotes one; returns its version."""
+    from aiokafka import AIOKafkaProducer
+
+    from streamer.app.kafka import aiokafka_kwargs
+    from streamer.online import FEATURE_NAMES
+    from streamer.policy import TorchPolicy, policy_to_bytes
+
+    policy = TorchPolicy.initial(FEATURE_NAMES, seed=0)
+    producer = AIOKafkaProducer(**aiokafka_kwargs(settings.kafka))
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topics.policy_updates,
+                                     policy_to_bytes(policy, {"benchmark": "throughput"}),
+                                     key=b"policy")
+    finally:
+        await producer.stop()
+    return str(policy.version)
+
+
+def wait_adopted(worker: StreamerWorker, version: str, t_limit: float) -> None:
+    """Until ``worker`` serves ``version`` (its policy follower counted the adoption)."""
+    while version not in (worker.stats().get("streamer_policy_adoptions_total") or {}):
+        if not worker.child.alive() or time.monotonic() > t_limit:
+            raise RuntimeError(f"the worker did not adopt policy {version}; see "
+                               f"{worker.child.log}")
+        time.sleep(0.1)  # polling the worker's stats page
 
 
 def time_after_warmup(workers: list[StreamerWorker], bootstrap: str, topic: str,
@@ -861,7 +901,7 @@ def main() -> None:
             code = args.ref.resolve() if mode == "streamer_ref" else None
             eps = run_streamer(broker.bootstrap, topic, total, workdir, extra_env, profile,
                                code, baskets, engine=mode != "streamer_no_engine",
-                               warmup=warmup)
+                               warmup=warmup, learned=mode == "streamer_learned")
         CPU_BY_MODE.setdefault(mode, []).append(CPU_US[-1])
         return eps
 
@@ -941,7 +981,8 @@ def main() -> None:
         print(f"  {m:<18} {v:>11,.0f} events/s   (runs: {runs})")
     pairs = [("streamer", base) for base in ("streamer_ref", "naive_peer", "faust_noop",
                                              "engine_loop", "plain_loop", "ceiling")]
-    pairs += [("streamer_no_engine", "naive_peer"), ("streamer_no_engine", "faust_noop"),
+    pairs += [("streamer_learned", "streamer"), ("streamer_learned", "naive_peer"),
+              ("streamer_no_engine", "naive_peer"), ("streamer_no_engine", "faust_noop"),
               ("naive_peer", "faust_noop")]
     ratios: dict[str, float] = {}
     paired: dict[str, list[float]] = {}
