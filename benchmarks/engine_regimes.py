@@ -33,10 +33,12 @@ CPU time on a shared machine moves by tens of percent between identical runs (he
 engine 78-143 us per purchase minutes apart), more than most single changes.
 ``--instructions`` counts instead what the engine executes, with valgrind's callgrind: each
 regime's child runs twice under it, with ``--events`` timed purchases and with a tenth of them,
-and the difference over the purchases between is the instructions per purchase, the same from
-run to run (``PYTHONHASHSEED`` fixed; the machine's load does not count). It takes minutes
-(~50x slower than without: ``--events 2000 --warmup 2000`` is a good size), runs as many
-children at once as there are cores, and needs ``valgrind`` on the ``PATH``.
+and the difference over the purchases between is the instructions per purchase (the tables
+written back every ``--flush-every`` purchases, 1,000, not every second of wall time, which
+under callgrind would be every few dozen; ``PYTHONHASHSEED`` fixed; the machine's load does not
+count). It takes minutes (~50x slower than without: ``--events 2000 --warmup 2000`` is a good
+size), runs as many children at once as there are cores, and needs ``valgrind`` on the
+``PATH``.
 
     PYTHONPATH=. python benchmarks/engine_regimes.py --instructions --events 2000 \
         --warmup 2000 --batch 200 --regimes v0_cold,learned_cold --ref /tmp/before
@@ -61,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float,
-          batch: int = 1) -> float:
+          batch: int = 1, flush_every: int | None = None) -> float:
     """CPU microseconds per purchase of the engine of the checkout on ``sys.path``."""
     import random
     import time
@@ -81,7 +83,7 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
     # engine_work builds the engine inside; its instance is taken on the way (any checkout).
     engine_module.Engine.__init__ = capture  # type: ignore[method-assign]
     purchases = throughput.make_purchases(warmup + events, spacing_ms=spacing_ms)
-    work = throughput.engine_work(batch)
+    work = throughput.engine_work(batch, flush_every)
     engine: object = made[0]
     for _, value in purchases[:warmup]:
         work(value)
@@ -118,9 +120,10 @@ def child(regime: str, events: int, warmup: int, records: int, spacing_ms: float
 
 
 def child_args(regime: str, args: argparse.Namespace, events: int) -> list[str]:
+    flush = ["--flush-every", str(args.flush_every)] if args.flush_every else []
     return [__file__, "--child", regime, "--events", str(events), "--warmup", str(args.warmup),
             "--records", str(args.records), "--event-spacing-ms", str(args.event_spacing_ms),
-            "--batch", str(args.batch)]
+            "--batch", str(args.batch), *flush]
 
 
 def child_env(src: Path) -> dict[str, str]:
@@ -187,11 +190,14 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions per purchase with callgrind (deterministic; "
                              "slow) instead of timing")
+    parser.add_argument("--flush-every", type=int, default=None, metavar="N",
+                        help="write the tables back every N purchases instead of every commit "
+                             "interval of wall time (--instructions: 1000 unless given)")
     parser.add_argument("--child", choices=REGIMES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         us = child(args.child, args.events, args.warmup, args.records, args.event_spacing_ms,
-                   args.batch)
+                   args.batch, args.flush_every)
         print(json.dumps({"us_per_purchase": us}))
         return
     regimes = [r for r in args.regimes.split(",") if r]
@@ -204,6 +210,8 @@ def main() -> None:
             parser.error("--instructions needs valgrind on the PATH (e.g. apt install valgrind)")
         if args.events < 10:
             parser.error("--instructions needs --events >= 10")
+        # The write-back's cadence in wall time would depend on callgrind's slowness.
+        args.flush_every = args.flush_every or 1000
         count_instructions(regimes, sides, args)
         return
     results: dict[tuple[str, str], list[float]] = {}

@@ -186,13 +186,16 @@ def plain_counting() -> Callable[[bytes], None]:
     return work
 
 
-def engine_work(batch: int = 1) -> Callable[[bytes], None]:
+def engine_work(batch: int = 1, flush_every: int | None = None) -> Callable[[bytes], None]:
     """streamer's codec and engine with the worker's default configuration, its state in
     dicts of encoded values as the worker's tables hold them, written back as the worker
     writes them (``WriteBuffer``: changed keys encoded once per commit interval, not on every
     assignment), logging each offer's decision and encoding it as the worker does to publish
     it. ``batch``: purchases learned together (``Engine.learn_baskets`` on their baskets, as
-    an agent learns its batch), the last ones of a run left over when it does not divide."""
+    an agent learns its batch), the last ones of a run left over when it does not divide.
+    ``flush_every``: write back every so many purchases instead of every commit interval of
+    wall time (the same work whatever the machine's speed: ``engine_regimes.py``'s
+    instruction counts)."""
     from streamer.app.factory import engine_config
     from streamer.app.tables import EncodedTable
     from streamer.copurchase import Decayed, ItemStats
@@ -249,17 +252,22 @@ def engine_work(batch: int = 1) -> Callable[[bytes], None]:
     taken = [0]
 
     def work(value: bytes) -> None:
+        taken[0] += 1
         if batch == 1:
             engine.handle_purchase(decode(value))
         else:
             purchase = decode(value)
             if engine.accept(purchase.event_id, purchase.ts):
                 pending.extend(engine.fan_out(purchase))
-            taken[0] += 1
             if taken[0] % batch == 0:
                 engine.learn_baskets(pending)
                 pending.clear()
-        if flush is not None and time.monotonic() - flushed[0] >= interval_s:
+        if flush is None:
+            return
+        if flush_every is not None:
+            if taken[0] % flush_every == 0:
+                flush()
+        elif time.monotonic() - flushed[0] >= interval_s:
             flush()  # the worker's offset commit writes its buffer back
             flushed[0] = time.monotonic()
 
