@@ -253,15 +253,12 @@ def engine_work(batch: int = 1, flush_every: int | None = None) -> Callable[[byt
 
     def work(value: bytes) -> None:
         taken[0] += 1
-        if batch == 1:
-            engine.handle_purchase(decode(value))
-        else:
-            purchase = decode(value)
-            if engine.accept(purchase.event_id, purchase.ts):
-                pending.extend(engine.fan_out(purchase))
-            if taken[0] % batch == 0:
-                engine.learn_baskets(pending)
-                pending.clear()
+        purchase = decode(value)  # as Engine.handle_purchase, batch purchases at a time
+        if engine.accept(purchase.event_id, purchase.ts):
+            pending.extend(engine.fan_out(purchase))
+        if taken[0] % batch == 0:
+            engine.learn_baskets(pending)
+            pending.clear()
         if flush is None:
             return
         if flush_every is not None:

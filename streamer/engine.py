@@ -555,12 +555,11 @@ class Engine:
         plans = [(anchor, ts, plan) for anchor, ts in touched.items()
                  if (plan := self._revision_plan(anchor, ts)) is not None]
         # The decisions _revise would ask the policy for: each due segment of each anchor
-        # with candidates (the segment's last offer at least min_interval_ms old).
-        interval = self.config.min_interval_ms
+        # with candidates.
         asked: dict[tuple[str, str], tuple[list[BundleCandidate], DecisionFeaturizer]] = {}
         for anchor, ts, (_, lasts, candidates, _) in plans:
             for segment, last in zip(self._segments, lasts, strict=True) if candidates else ():
-                if last is None or ts - last.ts >= interval:
+                if self._due(last, ts):
                     asked[(anchor, segment)] = (candidates, self.featurizer(ts, segment))
         answers = decide_many([(anchor, candidates, featurizer) for (anchor, _), (
             candidates, featurizer) in asked.items()]) if asked else []
@@ -652,7 +651,6 @@ class Engine:
         """What :meth:`revise_offers` evaluates: the anchor's re-check mark, each segment's
         last offer, the candidates and their prices; None when nothing is due or the anchor
         sells too little."""
-        interval = self.config.min_interval_ms
         unchanged = self._unchanged_at.get(anchor)
         if unchanged is not None and now_ms < unchanged[0]:
             return None
@@ -662,8 +660,8 @@ class Engine:
         # A loop, not all() over a generator: this runs on every basket, and the generator
         # cost more than the check (~0.4 us of ~0.8).
         for last in lasts:
-            if last is None or now_ms - last.ts >= interval:
-                break  # this segment is due
+            if self._due(last, now_ms):
+                break
         else:
             return None  # every segment's offer is younger than the interval
         offerable = self._candidates(anchor, now_ms)
@@ -694,6 +692,11 @@ class Engine:
             self._note_unchanged(anchor, now_ms, unchanged)
         return offers
 
+    def _due(self, last: BundleOffer | None, now_ms: int) -> bool:
+        """Whether a segment whose last offer is ``last`` may get a new one at ``now_ms``: it
+        has none, or it is at least ``min_interval_ms`` old (event time)."""
+        return last is None or now_ms - last.ts >= self.config.min_interval_ms
+
     def _note_unchanged(self, anchor: str, now_ms: int, last: tuple[int, int] | None) -> None:
         interval = self.config.min_interval_ms
         wait = interval if last is None else max(
@@ -718,7 +721,7 @@ class Engine:
         None."""
         segment = segment or self.config.segment
         previous = self.state.offers.get(offer_key(anchor, segment, self.config.segment))
-        if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
+        if not self._due(previous, now_ms):
             return None
         offerable = self._candidates(anchor, now_ms)
         if offerable is None or not offerable[0]:
@@ -771,7 +774,7 @@ class Engine:
         ``decided``: the policy's decision for it made already (a ``TorchPolicy.decide_many``
         answer: a Decision or the error ``decide`` would raise) and its featurizer."""
         key = offer_key(anchor, segment, self.config.segment)
-        if previous is not None and now_ms - previous.ts < self.config.min_interval_ms:
+        if not self._due(previous, now_ms):
             return None
         policy = self._policy  # read once: a concurrent swap applies from the next decision
         featurizer = self.featurizer(now_ms, segment) if decided is None else decided[1]

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from streamer.policy.base import (
     BundleCandidate,
@@ -204,13 +206,8 @@ class TorchPolicy:
                     for _ in requests]
         with torch.inference_mode():
             flat = self.scorer(self.pack([row for rs in rows for row in rs])).double()
-            scores = torch.full((len(requests), width), float("-inf"), dtype=torch.float64)
-            mask = torch.zeros((len(requests), width), dtype=torch.bool)
-            start = 0
-            for i, n in enumerate(sizes):
-                scores[i, :n] = flat[start:start + n]
-                mask[i, :n] = True
-                start += n
+            scores = pad_sequence(flat.split(sizes), batch_first=True, padding_value=-math.inf)
+            mask = torch.arange(width) < torch.tensor(sizes).unsqueeze(1)
             finite = torch.isfinite(scores).logical_or(~mask).all(dim=-1).tolist()
             probs = variant_probabilities(
                 scores.nan_to_num(0.0, posinf=0.0, neginf=0.0),
@@ -238,14 +235,14 @@ class TorchPolicy:
                   rows: tuple[Mapping[str, float], ...], scores: Sequence[float],
                   probs: Sequence[float]) -> Decision:
         """The decision of ``variants`` (their feature ``rows``) scored ``scores``."""
-        probabilities = tuple(float(p) for p in probs)
+        probabilities = tuple(probs)
         shown = tuple(i for i, p in enumerate(probabilities) if p > 0.0)
         proposals = [
             Proposal(
                 candidate=variants[i][0],
                 discount_pct=variants[i][1],
                 probability=probabilities[i],
-                score=float(scores[i]),
+                score=scores[i],
                 features=rows[i],
             )
             for i in shown
