@@ -144,8 +144,11 @@ def instructions(src: Path, regime: str, args: argparse.Namespace, events: int) 
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
              sys.executable, *child_args(regime, args, events)],
-            env=child_env(src) | {"PYTHONHASHSEED": "0"}, check=True, capture_output=True,
-            text=True)
+            # One thread for numpy's BLAS and torch's OpenMP: a pool's workers spin-waiting
+            # between calls would add instructions that depend on how threads were scheduled.
+            env=child_env(src) | {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
+                                  "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            check=True, capture_output=True, text=True)
     found = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
     if found is None:
         raise RuntimeError(f"no instruction count in callgrind's output:\n{out.stderr[-2000:]}")
