@@ -1,11 +1,11 @@
 """State at scale: memory of the co-purchase table, and table recovery time after a restart.
 
 Memory: ``--items`` anchors with ``--partners`` partners each, as the worker's ``items`` table
-stores them (key: item id ``str``; value: ``ItemStats`` encoded by msgspec JSON, ``bytes``;
-partner ids like ``SKU0001234``, co-counts arbitrary floats as forward decay makes them; no
-triples), in a dict as faust's memory store holds them. Measured as the process's RSS growth
-and as the sum of ``sys.getsizeof`` over keys and values plus the dict, at
-``--memory-items`` (default 1M) anchors.
+stores them (key: item id ``str``; value: ``ItemRecord`` encoded as the table encodes it,
+MessagePack, ``bytes``; partner ids like ``SKU0001234``, co-counts arbitrary floats as forward
+decay makes them; no triples; one purchases partition's mark), in a dict as faust's memory
+store holds them. Measured as the process's RSS growth and as the sum of ``sys.getsizeof``
+over keys and values plus the dict, at ``--memory-items`` (default 1M) anchors.
 
 Recovery: a ``streamer worker`` is started on fresh topics (timed to ``/stats/`` ready: the
 empty-state baseline); ``--recovery-items`` baskets, one per anchor with ``--partners``
@@ -17,8 +17,8 @@ changelogs (the recovery alone, without the group join's and start-up's noise). 
 produced straight into the changelog by another client were never served to faust's
 recovery consumer by the embedded broker, so the worker writes them.)
 Each size is a fresh broker, topics and group; several sizes show the slope used to
-extrapolate to 1M (the embedded broker keeps everything in memory, 1M x ~1.3 kB would be
-~1.3 GB in it).
+extrapolate to 1M (the embedded broker keeps everything in memory, 1M x ~1.1 kB would be
+~1.1 GB in it).
 
     PYTHONPATH=. python benchmarks/scale.py --memory-items 1000000 \\
         --recovery-items 5000,20000 --json scale.json
@@ -47,19 +47,21 @@ TS0 = 1_700_000_000_000
 
 
 def encoded_items(n: int, partners: int, seed: int = 3) -> Any:
-    """Yield ``(anchor, encoded ItemStats)`` for ``n`` anchors in a 10x larger catalogue."""
-    import msgspec
-
-    from streamer.copurchase import ItemStats
+    """Yield ``(anchor, encoded ItemRecord)`` for ``n`` anchors in a 10x larger catalogue,
+    encoded as the worker's items table encodes them (``streamer.app.tables.value_codec``)."""
+    from streamer.app.tables import value_codec
+    from streamer.copurchase import Decayed, ItemStats
+    from streamer.engine import ItemRecord
 
     rng = random.Random(seed)
-    encode = msgspec.json.Encoder().encode
+    encode, _ = value_codec(ItemRecord)
     catalogue = max(10 * n, 1000)
     for i in range(n):
         ids = {f"SKU{rng.randrange(catalogue):07d}" for _ in range(partners + 8)}
         row = {p: rng.uniform(0.5, 40.0) for p in list(ids)[:partners]}
-        stats = ItemStats(TS0, sum(row.values()) * 0.7, row, 0.0, {}, 0.0)
-        yield f"SKU{i:07d}", encode(stats)
+        count = sum(row.values()) * 0.7
+        stats = ItemStats(TS0, count, row, 0.0, {}, 0.0)
+        yield f"SKU{i:07d}", encode(ItemRecord(stats, Decayed(count, TS0), {i % 4: i}))
 
 
 def rss_bytes() -> int:

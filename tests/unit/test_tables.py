@@ -8,11 +8,22 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
+import msgspec
 import pytest
 
 from streamer.app.tables import EncodedTable, WriteBuffer, encode_key, store_of
+from streamer.copurchase import Decayed, ItemStats
+from streamer.engine import ItemRecord
+from streamer.events import BundleOffer, Evidence, Variant
 from streamer.events.dedup import SeenId
 from tests.conftest import until
+
+packed = msgspec.msgpack.encode  # how the tables encode their values (but ints)
+OFFER = BundleOffer(
+    offer_id="o1", ts=1_700_000_000_000, anchor_item_id="a", segment="all", policy_version="v0",
+    variants=[Variant(items=["a", "b"], discount_pct=10.0, bundle_price=27.0, probability=1.0,
+                      score=1.0, evidence=Evidence(support=1.0, confidence=1.0, lift=1.0))],
+    expires_at=1_700_003_600_000)
 
 
 class FakeFaustTable(MutableMapping[str, bytes]):
@@ -70,8 +81,8 @@ def test_a_hot_key_is_sent_once_per_flush_to_the_partition_it_was_written_for() 
         writing = asyncio.ensure_future(buffer.write())
         await until(lambda: raw.changelog, "the flush")
         # "cup", written and deleted before the flush, never reaches the changelog.
-        assert raw.changelog == [(2, "tea", b"99.0"), (3, "jam", b"5.0")]
-        assert raw.data == {"tea": b"99.0", "jam": b"5.0"}
+        assert raw.changelog == [(2, "tea", packed(99.0)), (3, "jam", packed(5.0))]
+        assert raw.data == {"tea": packed(99.0), "jam": packed(5.0)}
         assert await still_pending(writing)  # waits until the broker has every message
         for fut in raw.futures:
             fut.set_result(None)
@@ -119,8 +130,42 @@ def test_reads_after_a_flush_decode_nothing_again() -> None:
     value = SeenId(5, 1, 9)
     table["e"] = value
     buffer.flush()
-    assert raw["e"] == b"[5,1,9]"
+    assert raw["e"] == packed(value) == b"\x93\x05\x01\t"  # an array_like Struct: an array
     assert table["e"] is value  # the cached value of those very bytes
+
+
+@pytest.mark.parametrize(("value_type", "value", "legacy"), [
+    (float, 2.5, b"2.5"),
+    (float, -0.0, b"-0.0"),
+    (SeenId, SeenId(5, 1, 9), b"[5,1,9]"),
+    (ItemRecord, ItemRecord(ItemStats(7, 2.0, {"cup": 1.5}, 0.0, {"cup|jam": 0.5}, 0.0),
+                            Decayed(2.0, 7), {0: 4, 3: 12}), None),
+    (ItemRecord, ItemRecord(None, Decayed(0.0, 7)), None),
+    (Decayed, Decayed(0.0, -1), None),
+    (BundleOffer, OFFER, None),
+    (str, "", None),
+])
+def test_values_are_messagepack_and_json_ones_written_before_still_read(
+        value_type: Any, value: Any, legacy: bytes | None) -> None:
+    """Values go out as MessagePack; what an earlier version wrote (JSON, e.g. recovered from
+    its changelog) reads as the same value: the first byte tells the formats apart."""
+    raw: dict[str, Any] = {}
+    table = EncodedTable(raw, value_type, cache_size=0)
+    table["k"] = value
+    assert raw["k"] == packed(value) and raw["k"][0] >= 0x80
+    assert table["k"] == value
+    raw["k"] = legacy if legacy is not None else msgspec.json.encode(value)
+    assert table["k"] == value
+
+
+def test_an_int_table_stays_json_as_one_byte_messagepack_could_read_as_a_json_digit() -> None:
+    raw: dict[str, Any] = {}
+    table = EncodedTable(raw, int, cache_size=0)
+    for n in (0, 5, 53, 1_700_000_000_000, -3):
+        table["k"] = n
+        assert raw["k"] == str(n).encode() and table["k"] == n
+    raw["k"] = b"5"  # as MessagePack this byte would be 53
+    assert table["k"] == 5
 
 
 class SlowSender:
