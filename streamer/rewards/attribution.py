@@ -123,6 +123,7 @@ DEFAULT_MAX_SESSION_EVENTS = 1000
 #: session of hundreds of 200-line orders would otherwise grow a record of megabytes.
 DEFAULT_MAX_SESSION_LINES = 4000
 WATERMARK_KEY = "max_event_ts"
+_UNREAD = object()  # Attributor._max_ts before the clock was read
 
 
 class ShownBundle(Struct, frozen=True, kw_only=True):
@@ -205,6 +206,9 @@ class SessionState(Struct, frozen=True, kw_only=True):
                 if oldest is None or e.ts < oldest:
                     oldest = e.ts
         return oldest
+
+
+_NO_STATE = SessionState()  # a session's state before its first event (immutable: shared)
 
 
 class ImpressionOutcome(Struct, frozen=True, kw_only=True):
@@ -371,6 +375,9 @@ class Attributor:
         self.max_session_events = max_session_events
         self.max_session_lines = max_session_lines
         self._clock: MutableMapping[str, int] = {} if watermarks is None else watermarks
+        # The clock's value, read from ``watermarks`` on first use and written through (this
+        # class owns the mapping): every event reads it twice and may raise it.
+        self._max_ts: object = _UNREAD
         self.counts: Counter[str] = Counter()
         # Due-time index: a heap with lazy deletion; _due holds each session's live entry.
         self._heap: list[tuple[int, str]] = []
@@ -381,7 +388,10 @@ class Attributor:
     @property
     def max_event_ts(self) -> int | None:
         """The largest event time seen (or passed to :meth:`advance`), ``None`` before any."""
-        return self._clock.get(WATERMARK_KEY)
+        m = self._max_ts
+        if m is _UNREAD:
+            m = self._max_ts = self._clock.get(WATERMARK_KEY)
+        return m  # type: ignore[return-value]
 
     @property
     def watermark_ms(self) -> int | None:
@@ -390,9 +400,9 @@ class Attributor:
         return None if m is None else m - self.allowed_lateness_ms
 
     def _raise_clock(self, ts: int) -> None:
-        m = self._clock.get(WATERMARK_KEY)
+        m = self.max_event_ts
         if m is None or ts > m:
-            self._clock[WATERMARK_KEY] = ts
+            self._clock[WATERMARK_KEY] = self._max_ts = ts
 
     # -- input ----------------------------------------------------------------------------
     def observe(self, event: ClickEvent | PurchaseEvent) -> Observation:
@@ -447,13 +457,15 @@ class Attributor:
         else:
             return "ignored"
 
-        state = self._sessions.get(event.session_id) or SessionState()
+        state = self._sessions.get(event.session_id) or _NO_STATE
         if state.holds(event.event_id):
             return "duplicate"
         if state.size() >= self.max_session_events:
             return "overflow"
         if isinstance(item, PendingPurchase) and (
-                len(item.lines) + sum(len(p.lines) for p in state.purchases)
+                # Not summed over an empty tuple: most purchases start their session's state.
+                len(item.lines) + (sum(len(p.lines) for p in state.purchases)
+                                   if state.purchases else 0)
                 > self.max_session_lines):
             return "overflow"
         if isinstance(item, PendingImpression):
@@ -498,6 +510,8 @@ class Attributor:
             for session_id, held in list(self._sessions.items()):
                 self._schedule(session_id, held)
             self._indexed = True
+        if not self._heap or self._heap[0][0] > wm:
+            return []  # nothing due: what follows on every event, in short
         closed: list[ImpressionOutcome] = []
         while self._heap and self._heap[0][0] <= wm:
             due, session_id = heapq.heappop(self._heap)
@@ -532,6 +546,13 @@ class Attributor:
         self, session_id: str, state: SessionState, wm: int
     ) -> tuple[SessionState, list[ImpressionOutcome]]:
         window = self.window_ms
+        if not state.impressions:
+            # Nothing can close (what follows, in short): events no window can reach go.
+            return SessionState(
+                clicks=tuple([c for c in state.clicks if c.ts + window > wm]),
+                purchases=tuple([p for p in state.purchases if p.ts + window > wm]),
+                consumed=tuple([t for t in state.consumed if t.ts + window > wm]),
+            ), []
         # An offer published after its impression was seen may have arrived since.
         imps = [
             i

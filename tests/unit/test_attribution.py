@@ -477,6 +477,10 @@ def test_restart_on_the_same_state_gives_the_same_records() -> None:
         sessions, OFFERS, window_ms=WINDOW, allowed_lateness_ms=LATENESS, watermarks=clock
     )
     assert second.observe(imp("i1", 0)) == "duplicate"
+    # Its event clock is the recovered one (at 20 min, watermark 19): an impression at -12 min
+    # can reach no open window, though nothing has been observed since the restart.
+    assert second.max_event_ts == T0 + 20 * MIN
+    assert second.observe(imp("old", -12, s="s3")) == "too_late"
     records = second.advance(T0 + 60 * MIN)
     assert [(r.impression_id, r.converted) for r in records] == [("i1", True), ("i2", False)]
     assert second.observe(imp("i1", 0)) == "too_late"
