@@ -34,14 +34,21 @@ events/s over the ``--events`` after them, to the last one done. faust children 
 in-process loops read all of them from the preloaded topic and time themselves from the
 first event after the warm-up. streamer's worker gets a topic of its own holding the warm-up
 events, takes them all (and learns their item baskets) untimed, then the timed events are
-produced and timed from the moment production starts (as ``--workers`` does), to the moment
-its items agent has taken every item basket the purchases fan out to, so its rate includes
-the downstream items agent (``/stats/`` polled every 50-100 ms). Start-up and group joins
-are not timed. Why the warm-up: a worker that starts on a backlog fans purchases out faster
-than its items agent takes them, and learns the baskets kept meanwhile in one large batch
-once learning in place is armed (``streamer.app.local_baskets``), revising each anchor's
-offer once for thousands of purchases; in a 20,000-event run timed from the first event most
-purchases were in that phase (~12-20k purchases/s, then ~6-10k/s once steady).
+produced (as ``--workers`` does) and timed from the moment the worker takes the first of them,
+to the moment its items agent has taken every item basket the purchases fan out to, so its
+rate includes the downstream items agent. The worker is read through ``/stats/``: every 5 ms
+while it waits for the first timed event (it is idle: the polls cost it nothing that is
+timed), every 100 ms while it works (each poll costs it ~1 ms of CPU), every 20 ms once the
+end is near. Why not from the moment production starts, as before: the first events reached
+the worker up to a few hundred ms later (a fetch waiting on an empty partition), all in the
+span, and the end was read up to 100 ms late: over such spans the worker used 0.79-0.89 of a
+core (four runs, CPU per event times events/s), the no-op agent over its own 1.0-1.05.
+Start-up and group joins are not timed. Why the warm-up: a worker that starts on a backlog
+fans purchases out faster than its items agent takes them, and learns the baskets kept
+meanwhile in one large batch once learning in place is armed (``streamer.app.local_baskets``),
+revising each anchor's offer once for thousands of purchases; in a 20,000-event run timed from
+the first event most purchases were in that phase (~12-20k purchases/s, then ~6-10k/s once
+steady).
 ``--warmup 0`` times from the first event (the preloaded topic for every mode), as before.
 
 The purchases are ``--event-spacing-ms`` apart in event time: 100 ms by default, so a run of
@@ -90,6 +97,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -624,8 +632,8 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
     and the cores the machine kept busy meanwhile to ``MACHINE_BUSY``.
 
     The span starts at the first purchase consumed, or at ``started`` (``perf_counter``, the
-    workers' CPU seconds and :func:`machine_jiffies` then) when the events are produced while
-    the workers run: they consume during the production, before this function first polls.
+    workers' CPU seconds and :func:`machine_jiffies` then: :func:`wait_started`'s). Polls come
+    every 100 ms, every 20 ms once the rate so far says the end is near.
 
     Drained: the items agents took ``baskets`` item baskets when that is given. Else their
     item-baskets lag read zero twice; a stale high-water mark (the items consumer has not
@@ -650,14 +658,17 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
             machine0 = machine_jiffies()
         if consumed >= n:
             break
-        time.sleep(0.1)  # polling the worker's counter (each poll costs it ~ms of CPU)
+        # Each poll costs the worker ~1 ms of CPU: every 100 ms while it works, every 20 ms
+        # once the rate so far leaves less than that, so the end is read at most 20 ms late.
+        left = (n - consumed) * (now - t0) / max(consumed - base, 1) if t0 else 1.0
+        time.sleep(0.02 if left < 0.1 else 0.1)
     while baskets is not None:
         if time.monotonic() > t_limit:
             raise RuntimeError("item-baskets never drained")
         now = time.perf_counter()
         if sum(w.baskets_consumed() for w in workers) >= baskets:
             return done(now)
-        time.sleep(0.05)
+        time.sleep(0.02)
     while True:
         if time.monotonic() > t_limit:
             raise RuntimeError("item-baskets never drained")
@@ -764,19 +775,40 @@ def wait_adopted(worker: StreamerWorker, version: str, t_limit: float) -> None:
         time.sleep(0.1)  # polling the worker's stats page
 
 
+def wait_started(workers: list[StreamerWorker], base: int, t_limit: float,
+                 ) -> tuple[float, float, tuple[int, int] | None]:
+    """Poll the idle workers every 5 ms until they have consumed more than ``base`` purchases;
+    returns ``perf_counter``, their CPU seconds and :func:`machine_jiffies` as read right after
+    the last poll that found none of those yet: the start of a span timed by
+    :func:`wait_done`."""
+    def stamp() -> tuple[float, float, tuple[int, int] | None]:
+        return time.perf_counter(), sum(w.cpu_s() for w in workers), machine_jiffies()
+
+    last = stamp()
+    while sum(w.consumed() for w in workers) <= base:
+        last = stamp()
+        if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
+            raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
+        time.sleep(0.005)
+    return last
+
+
 def time_after_warmup(workers: list[StreamerWorker], bootstrap: str, topic: str,
                       warm: list[tuple[bytes, bytes]], timed: list[tuple[bytes, bytes]],
                       t_limit: float) -> float:
     """events/s of ``timed``: the ``warm`` events (already in ``topic``, possibly none) are
-    taken and their baskets learned first, untimed; then ``timed`` is produced and timed from
-    the start of its production (:func:`wait_done`)."""
+    taken and their baskets learned first, untimed; then ``timed`` is produced (in a thread)
+    and timed from the moment the workers take the first of them (:func:`wait_started`,
+    :func:`wait_done`)."""
     warm_baskets = item_baskets(warm)
     if warm:
         wait_done(workers, len(warm), t_limit, warm_baskets)
         CPU_US.pop()  # the warm-up's, not reported
         MACHINE_BUSY.pop()
-    started = (time.perf_counter(), sum(w.cpu_s() for w in workers), machine_jiffies())
-    asyncio.run(produce(bootstrap, topic, timed))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        producing = pool.submit(asyncio.run, produce(bootstrap, topic, timed))
+        started = wait_started(workers, len(warm), t_limit)
+        producing.result()
     return wait_done(workers, len(warm) + len(timed), t_limit,
                      warm_baskets + item_baskets(timed), started, len(warm))
 
