@@ -659,7 +659,8 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         if consumed >= n:
             break
         # Each poll costs the worker ~1 ms of CPU: every 100 ms while it works, every 20 ms
-        # once the rate so far leaves less than that, so the end is read at most 20 ms late.
+        # once at the rate so far less than 100 ms of work is left, so the end is read at
+        # most ~20 ms late.
         left = (n - consumed) * (now - t0) / max(consumed - base, 1) if t0 else 1.0
         time.sleep(0.02 if left < 0.1 else 0.1)
     while baskets is not None:
@@ -776,11 +777,13 @@ def wait_adopted(worker: StreamerWorker, version: str, t_limit: float) -> None:
 
 
 def wait_started(workers: list[StreamerWorker], base: int, t_limit: float,
+                 producing: concurrent.futures.Future[Any] | None = None,
                  ) -> tuple[float, float, tuple[int, int] | None]:
     """Poll the idle workers every 5 ms until they have consumed more than ``base`` purchases;
     returns ``perf_counter``, their CPU seconds and :func:`machine_jiffies` as read right after
     the last poll that found none of those yet: the start of a span timed by
-    :func:`wait_done`."""
+    :func:`wait_done`. ``producing``: the production of the events, whose failure is raised
+    at once (nothing would come)."""
     def stamp() -> tuple[float, float, tuple[int, int] | None]:
         return time.perf_counter(), sum(w.cpu_s() for w in workers), machine_jiffies()
 
@@ -789,6 +792,8 @@ def wait_started(workers: list[StreamerWorker], base: int, t_limit: float,
         last = stamp()
         if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
             raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
+        if producing is not None and producing.done() and producing.exception() is not None:
+            producing.result()  # raises what the production raised
         time.sleep(0.005)
     return last
 
@@ -807,7 +812,7 @@ def time_after_warmup(workers: list[StreamerWorker], bootstrap: str, topic: str,
         MACHINE_BUSY.pop()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         producing = pool.submit(asyncio.run, produce(bootstrap, topic, timed))
-        started = wait_started(workers, len(warm), t_limit)
+        started = wait_started(workers, len(warm), t_limit, producing)
         producing.result()
     return wait_done(workers, len(warm) + len(timed), t_limit,
                      warm_baskets + item_baskets(timed), started, len(warm))
