@@ -622,6 +622,12 @@ def item_baskets(events: list[tuple[bytes, bytes]]) -> int:
     return sum(len({line["item_id"] for line in json.loads(v)["items"]}) + 1 for _, v in events)
 
 
+def check_running(workers: list[StreamerWorker], t_limit: float) -> None:
+    """Raise when a worker died or ``t_limit`` (``time.monotonic``) has passed."""
+    if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
+        raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
+
+
 def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
               baskets: int | None = None,
               started: tuple[float, float, tuple[int, int] | None] | None = None,
@@ -648,8 +654,7 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         return timed / (now - t0)
 
     while True:
-        if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
-            raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
+        check_running(workers, t_limit)
         now = time.perf_counter()
         consumed = sum(w.consumed() for w in workers)
         if consumed > base and not t0:
@@ -790,8 +795,7 @@ def wait_started(workers: list[StreamerWorker], base: int, t_limit: float,
     last = stamp()
     while sum(w.consumed() for w in workers) <= base:
         last = stamp()
-        if time.monotonic() > t_limit or not all(w.child.alive() for w in workers):
-            raise RuntimeError(f"streamer worker failed or timed out; see {workers[0].child.log}")
+        check_running(workers, t_limit)
         if producing is not None and producing.done() and producing.exception() is not None:
             producing.result()  # raises what the production raised
         time.sleep(0.005)

@@ -510,8 +510,6 @@ class Attributor:
             for session_id, held in list(self._sessions.items()):
                 self._schedule(session_id, held)
             self._indexed = True
-        if not self._heap or self._heap[0][0] > wm:
-            return []  # nothing due: what follows on every event, in short
         closed: list[ImpressionOutcome] = []
         while self._heap and self._heap[0][0] <= wm:
             due, session_id = heapq.heappop(self._heap)
@@ -528,9 +526,10 @@ class Attributor:
             else:
                 self._sessions[session_id] = remaining
                 self._schedule(session_id, remaining)
-        self.counts["closed"] += len(closed)
-        self.counts["converted"] += sum(r.converted for r in closed)
-        closed.sort(key=lambda r: (r.ts, r.impression_id))
+        if closed:  # not on the events that close nothing, nearly all of them
+            self.counts["closed"] += len(closed)
+            self.counts["converted"] += sum(r.converted for r in closed)
+            closed.sort(key=lambda r: (r.ts, r.impression_id))
         return closed
 
     def _schedule(self, session_id: str, state: SessionState) -> None:
@@ -546,13 +545,6 @@ class Attributor:
         self, session_id: str, state: SessionState, wm: int
     ) -> tuple[SessionState, list[ImpressionOutcome]]:
         window = self.window_ms
-        if not state.impressions:
-            # Nothing can close (what follows, in short): events no window can reach go.
-            return SessionState(
-                clicks=tuple([c for c in state.clicks if c.ts + window > wm]),
-                purchases=tuple([p for p in state.purchases if p.ts + window > wm]),
-                consumed=tuple([t for t in state.consumed if t.ts + window > wm]),
-            ), []
         # An offer published after its impression was seen may have arrived since.
         imps = [
             i
@@ -575,10 +567,12 @@ class Attributor:
         kept_purchases: list[PendingPurchase] = []
         kept_clicks: list[PendingClick] = []
         consumed = [t for t in state.consumed if t.ts + window > wm]
+        # An event's owner matters only when it closes now: with no impression closing (a
+        # session of purchases alone, due when its oldest leaves every window), none is sought.
         for p in state.purchases:
             owner = _latest(
                 i for i in imps if i.ts <= p.ts < i.ts + window and _purchase_matches(i, p)
-            )
+            ) if closing else None
             if owner is not None and owner.event_id in closing:
                 purchases_of.setdefault(owner.event_id, []).append(p)
                 if p.ts + window > wm:
@@ -588,7 +582,7 @@ class Attributor:
         for c in state.clicks:
             owner = _latest(
                 i for i in imps if i.offer_id == c.offer_id and i.ts <= c.ts < i.ts + window
-            )
+            ) if closing else None
             if owner is not None and owner.event_id in closing:
                 clicks_of.setdefault(owner.event_id, []).append(c)
                 if c.ts + window > wm:
