@@ -220,7 +220,9 @@ def engine_work(batch: int = 1, flush_every: int | None = None) -> Callable[[byt
     with contextlib.suppress(ImportError):  # a checkout before write-back encoded per write
         from streamer.app.tables import WriteBuffer
 
-        buffer = WriteBuffer()
+        # The worker's decode caches (a checkout before the setting: the tables' default).
+        cache_size = getattr(settings.worker, "table_cache_size", None)
+        buffer = WriteBuffer() if cache_size is None else WriteBuffer(cache_size=cache_size)
         table, flush = buffer.table, buffer.flush
     try:  # items hold ItemRecord (stats + the ids learned) where the engine has it
         from streamer.engine import ItemRecord

@@ -267,7 +267,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     # of an idle partition that long, data or not: each hop added up to 1.5 s of latency.
     # Every offset commit first makes the agents' table writes (and messages) durable.
     sender = ChangelogSender(app)  # changelog records and offers, in batches
-    buffer = WriteBuffer(sender)
+    buffer = WriteBuffer(sender, cache_size=w.table_cache_size)
     metrics = metrics or Metrics()
     install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
                           fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write,

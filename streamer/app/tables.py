@@ -238,11 +238,13 @@ class WriteBuffer:
     changelog records, whoever flushed them.
     """
 
-    __slots__ = ("_holds", "_inflight", "_lock", "_outbox", "after_flush", "partition", "sender",
-                 "tables")
+    __slots__ = ("_holds", "_inflight", "_lock", "_outbox", "after_flush", "cache_size",
+                 "partition", "sender", "tables")
 
-    def __init__(self, sender: ChangelogSender | None = None) -> None:
+    def __init__(self, sender: ChangelogSender | None = None, *, cache_size: int = 1024) -> None:
         self.partition = 0
+        #: Decoded values each of its tables keeps (:class:`EncodedTable`), unless told.
+        self.cache_size = cache_size
         self.tables: list[BufferedTable[Any]] = []
         #: Sends the changelog records of faust tables in batches (None: one faust send each).
         self.sender = sender
@@ -316,9 +318,11 @@ class WriteBuffer:
             hold.release()
 
     def table(self, raw: MutableMapping[Any, Any], value_type: type[V], *,
-              cache_size: int = 1024) -> BufferedTable[V]:
-        """A buffered view of ``raw`` (a faust table or a dict) flushed by this buffer."""
-        table = BufferedTable(raw, value_type, buffer=self, cache_size=cache_size)
+              cache_size: int | None = None) -> BufferedTable[V]:
+        """A buffered view of ``raw`` (a faust table or a dict) flushed by this buffer, keeping
+        ``cache_size`` decoded values (None: the buffer's :attr:`cache_size`)."""
+        table = BufferedTable(raw, value_type, buffer=self,
+                              cache_size=self.cache_size if cache_size is None else cache_size)
         self.tables.append(table)
         return table
 

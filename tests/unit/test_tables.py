@@ -345,6 +345,39 @@ def test_standby_replicas_reach_faust(replicas: int) -> None:
     assert Settings().worker.standby_replicas == 0
 
 
+def test_a_buffers_tables_keep_as_many_decoded_values_as_it_says() -> None:
+    """A read of a value the cache holds returns the very object decoded (or written) before;
+    one the cache dropped (the oldest quarter, when full) is decoded again, equal."""
+    raw: dict[str, Any] = {}
+    buffer = WriteBuffer(cache_size=8)
+    table, uncached = buffer.table(raw, SeenId), buffer.table({}, SeenId, cache_size=0)
+    values = {f"e{n}": SeenId(n, 0, n) for n in range(12)}
+    for key, value in values.items():
+        table[key] = uncached[key] = value
+    buffer.flush()
+    # Newest first: a miss inserts what it decodes, and may drop older entries.
+    held = [key for key in reversed(values) if table[key] is values[key]]
+    assert held == [f"e{n}" for n in range(11, 3, -1)]  # e0-e3 dropped, two at a time
+    again = table["e0"]
+    assert again == values["e0"] and again is not values["e0"] and table["e0"] is again
+    assert uncached["e11"] == values["e11"] and uncached["e11"] is not uncached["e11"]
+
+
+@pytest.mark.parametrize("size", [None, 0, 100])
+def test_the_table_cache_setting_reaches_every_table_of_the_worker(size: int | None) -> None:
+    from streamer.app.factory import create_app
+    from streamer.settings import Settings
+
+    worker: dict[str, Any] = {"app_id": f"table-cache-{size}"}
+    if size is not None:
+        worker["table_cache_size"] = size
+    sa = create_app(Settings(worker=worker))
+    sizes = {table._cache_size for table in sa.buffer.tables}
+    assert sizes == {4096 if size is None else size} and len(sa.buffer.tables) >= 10
+    with pytest.raises(ValueError, match="table_cache_size"):
+        Settings(worker={"table_cache_size": -1})
+
+
 @pytest.mark.parametrize("size", [None, 64 * 1024])
 def test_producer_batch_size_reaches_faust(size: int | None) -> None:
     """Changelog records go out in the producer's batches (ChangelogSender): the worker's
