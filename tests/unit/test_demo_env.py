@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamer.app.broker import EMBEDDED_FETCH_MAX_WAIT_MS, on_embedded
-from streamer.app.demo import DEMO_TRAINER_ENV, demo_env
+from streamer.app.demo import DEMO_OFFERS_ENV, DEMO_TRAINER_ENV, demo_env
 from streamer.settings import Settings
 
 
@@ -16,16 +16,16 @@ def env_for(tmp_path: Path) -> dict[str, str]:
                     data_dir=tmp_path)
 
 
-def test_the_demo_sets_its_broker_windows_and_the_trainers_cadence(
+def test_the_demo_sets_its_broker_windows_and_the_trainers_and_offers_cadence(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in DEMO_TRAINER_ENV:
+    for name in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STREAMER__KAFKA__BOOTSTRAP_SERVERS", "elsewhere:9092")
     env = env_for(tmp_path)
     assert env["STREAMER__KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:1"  # its own broker wins
     assert env["STREAMER__WORKER__APP_ID"] == "demo-x"
     assert env["STREAMER__REWARDS__ATTRIBUTION_WINDOW_S"] == "5"
-    for name, value in DEMO_TRAINER_ENV.items():
+    for name, value in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}.items():
         assert env[name] == value
     # ... as settings the child processes read
     for name, value in env.items():
@@ -33,15 +33,21 @@ def test_the_demo_sets_its_broker_windows_and_the_trainers_cadence(
     settings = Settings()
     assert settings.trainer.min_records == 200 and settings.trainer.every_s == 10.0
     assert settings.rewards.attribution_window_s == 5
+    # Offers reconsidered every min_interval_s, every change republished.
+    assert settings.offers.max_recheck_interval_s == 0 and settings.offers.min_change == 0
 
 
-def test_a_trainer_cadence_set_in_the_environment_is_kept(
+def test_a_cadence_set_in_the_environment_is_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMER__TRAINER__EVERY_S", "3")
+    monkeypatch.setenv("STREAMER__OFFERS__MIN_CHANGE", "0.05")
+    monkeypatch.delenv("STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S", raising=False)
     env = env_for(tmp_path)
     assert env["STREAMER__TRAINER__EVERY_S"] == "3"
     assert env["STREAMER__TRAINER__MIN_RECORDS"] == DEMO_TRAINER_ENV[
         "STREAMER__TRAINER__MIN_RECORDS"]
+    assert env["STREAMER__OFFERS__MIN_CHANGE"] == "0.05"
+    assert env["STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S"] == "0"
 
 
 def test_workers_against_the_embedded_broker_fetch_with_its_short_wait(
