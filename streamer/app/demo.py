@@ -89,7 +89,7 @@ DEMO_TRAINER_ENV = {
 #: defaults and 1,000-1,601 with this cadence: an exploration variant trading places with
 #: another moves 2.5 % of the mass, under the 5 % that counts), and the trainer's candidates,
 #: learned and judged on those impressions, never passed its gate (no promotion in the 3
-#: demos; with this cadence one or two in each of 3, the first at 50, 55 and 93 s).
+#: demos; with this cadence, in 3 of 4: the first at 50, 55 and 93 s).
 DEMO_OFFERS_ENV = {
     "STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S": "0",
     "STREAMER__OFFERS__MIN_CHANGE": "0",
