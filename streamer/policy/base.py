@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
+
+from msgspec import Struct
 
 from streamer.events.candidates import BundleCandidate
 
@@ -80,12 +81,12 @@ def decision_actions(candidates: Iterable[R], levels: Iterable[float]) -> list[t
     return [(c, d) for c in ordered for d in levels]
 
 
-@dataclass(frozen=True, slots=True)
-class Proposal:
+class Proposal(Struct, frozen=True):
     """One variant a policy proposes: a candidate bundle, a discount and its probability.
 
     ``features`` are the variant's features when the policy used any (for the decision
-    ledger); ``None`` for policies that do not.
+    ledger); ``None`` for policies that do not. A frozen Struct for the cost of building one,
+    as :class:`~streamer.copurchase.Candidate`.
     """
 
     candidate: BundleCandidate
