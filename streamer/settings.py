@@ -131,8 +131,9 @@ class WorkerSettings(_Section):
         description="Decoded values each table keeps (the last written or read), so a hot "
         "key is not decoded from its stored bytes on every read; 0: none. A decoded anchor "
         "record takes ~6 KB with 50 partners and ~90 KB with 1,024 (top_k), so 4,096 of them "
-        "25-360 MB; the other tables' values are under 2 KB. On the throughput benchmark "
-        "(~4,600 items) 4,096 executes 2.7 % fewer instructions per purchase than 1,024.",
+        "25-360 MB; a decoded offer ~1.7 KB, a count or a price under 0.1 KB. On the throughput "
+        "benchmark (~4,600 items) 4,096 executes 2.7 % fewer instructions per purchase than "
+        "1,024.",
     )
     gc_young_threshold: int = Field(
         50_000, ge=0,
