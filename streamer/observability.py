@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
 
 
 class Metrics:
@@ -216,6 +218,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.trainer_gate_margin = Gauge(
+            "streamer_trainer_gate_margin",
+            "The last judged candidate's paired lower bound of its reward per impression minus "
+            "the live policy's: promoted above 0 (0 before the first candidate).",
+            registry=self.registry,
+        )
         # -- policy versions a worker follows (policy-updates) ---------------------------------
         self.policy_adoptions = Counter(
             "streamer_policy_adoptions",
@@ -245,19 +253,39 @@ class Metrics:
 
     def snapshot(self) -> dict[str, object]:
         """Current values as plain JSON-able data (for the stats page and the demo)."""
-        out: dict[str, object] = {}
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_created"):
-                    continue
-                if sample.labels:
-                    label = ",".join(f"{v}" for v in sample.labels.values())
-                    bucket = out.setdefault(sample.name, {})
-                    assert isinstance(bucket, dict)
-                    bucket[label] = sample.value
-                else:
-                    out[sample.name] = sample.value
-        return out
+        return _snapshot(self.registry.collect())
+
+
+def parse_snapshot(text: str) -> dict[str, object]:
+    """:meth:`Metrics.snapshot` of another process, from its ``/metrics`` page (the
+    Prometheus text format; the demo reads the trainer's).
+
+    >>> m = Metrics()
+    >>> m.trainer_rejections.labels("gate").inc(2)
+    >>> from prometheus_client import generate_latest
+    >>> snap = parse_snapshot(generate_latest(m.registry).decode())
+    >>> snap["streamer_trainer_rejections_total"], snap["streamer_trainer_promotions_total"]
+    ({'gate': 2.0}, 0.0)
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return _snapshot(text_string_to_metric_families(text))
+
+
+def _snapshot(metrics: Iterable[Metric]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for metric in metrics:
+        for sample in metric.samples:
+            if sample.name.endswith("_created"):
+                continue
+            if sample.labels:
+                label = ",".join(f"{v}" for v in sample.labels.values())
+                bucket = out.setdefault(sample.name, {})
+                assert isinstance(bucket, dict)
+                bucket[label] = sample.value
+            else:
+                out[sample.name] = sample.value
+    return out
 
 
 def configure_logging(level: str = "info", *, json: bool = False) -> None:

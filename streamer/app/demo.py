@@ -33,6 +33,7 @@ from streamer.app.broker import (
 )
 from streamer.app.storefront import StorefrontDriver
 from streamer.app.worker import ensure_topics
+from streamer.observability import parse_snapshot
 from streamer.settings import Settings
 from streamer.simulation import Catalogue, SimulatedShop
 
@@ -48,6 +49,8 @@ class DemoResult:
     malformed_sent: int = 0
     worker_ready_s: float = float("nan")
     rewards: dict[str, Any] = field(default_factory=dict)
+    #: The trainer's metrics (``Metrics.snapshot`` shape); empty without a trainer.
+    trainer_stats: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamerProcess:
@@ -90,6 +93,8 @@ DEMO_TRAINER_ENV = {
 #: another moves 2.5 % of the mass, under the 5 % that counts), and the trainer's candidates,
 #: learned and judged on those impressions, never passed its gate (no promotion in the 3
 #: demos; with this cadence, in 3 of 4: the first at 50, 55 and 93 s).
+TRAINER_METRICS_PORT = "STREAMER__TRAINER__METRICS_PORT"
+
 DEMO_OFFERS_ENV = {
     "STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S": "0",
     "STREAMER__OFFERS__MIN_CHANGE": "0",
@@ -134,6 +139,17 @@ async def fetch_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any
     return None
 
 
+async def fetch_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """A process's ``/metrics`` page as :meth:`Metrics.snapshot` (None: not answering yet)."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+            if r.status == 200:
+                return parse_snapshot(await r.text())
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None
+    return None
+
+
 async def wait_ready(worker: WorkerProcess, url: str, timeout_s: float) -> float:
     """Seconds until the worker reports ready (its partitions assigned and recovered)."""
     start = time.monotonic()
@@ -171,6 +187,12 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
     counts.add_row("items tracked", f"{s.get('tracked_items', 0):,}")
     counts.add_row("offer impressions shown", f"{driver.impressions:,}")
     counts.add_row("policy versions adopted", f"{len(adopted_versions(s)):,}")
+    if result.trainer_stats:
+        judged = trainer_candidates(result.trainer_stats)
+        counts.add_row("trainer candidates promoted / rejected",
+                       f"{judged.promoted:,} / {judged.rejected:,}")
+        if judged.promoted or judged.rejected:
+            counts.add_row("last candidate's margin at the gate", f"{judged.margin:+.3f}")
     rewards = Table(title="reward per impression by policy version", expand=False)
     for name in ("version", "impressions", "conversions", "revenue", "overall",
                  "newest 5s window"):
@@ -190,6 +212,54 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
                 f"{' + '.join(v.items)} @ {v.discount_pct:.0f}% ({v.probability:.2f})"
                 for v in offer.variants))
     return Group(counts, rewards, offers)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What the trainer's gate made of its candidates so far."""
+
+    promoted: int
+    rejected: int
+    #: The last one's paired lower bound of reward per impression minus the live policy's.
+    margin: float
+
+
+def trainer_candidates(stats: dict[str, Any]) -> Candidates:
+    """:class:`Candidates` from the trainer's metrics (``Metrics.snapshot`` shape)."""
+    return Candidates(
+        promoted=int(stats.get("streamer_trainer_promotions_total", 0)),
+        rejected=int(sum(_by_topic(stats, "streamer_trainer_rejections_total").values())),
+        margin=float(stats.get("streamer_trainer_gate_margin", 0.0)))
+
+
+def trainer_lines(stats: dict[str, Any], adopted: int) -> list[str]:
+    """The summary's lines on the trainer (none without its metrics): its candidates, and
+    why no learned version went live when none did."""
+    if not stats:
+        return []
+    judged = trainer_candidates(stats)
+    n = judged.promoted + judged.rejected
+    line = (f"trainer candidates: {n:,} judged, {judged.promoted:,} promoted, "
+            f"{judged.rejected:,} rejected")
+    if n:
+        line += (f" (the last one's margin at the gate: {judged.margin:+.3f} reward per "
+                 "impression; promoted above 0)")
+    lines = [line]
+    if adopted:
+        return lines
+    if judged.promoted:
+        lines.append("the trainer promoted a version as the run ended; the worker had not "
+                     "adopted it yet")
+    elif n:
+        lines.append("no learned version went live: the gate promotes a candidate once the "
+                     "paired lower bound of its reward per impression beats the live "
+                     "policy's, and each fine-tune has more closed impressions to learn and "
+                     "be judged on; a longer run (--duration 180) gives it more")
+    else:
+        lines.append("no learned version yet: the trainer had not judged a candidate (it "
+                     "fine-tunes once enough impressions have closed); a longer run "
+                     "(--duration 180) gets there")
+    return lines
 
 
 def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
@@ -225,6 +295,10 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
         app_id = f"streamer-demo-{os.getpid()}"
         env = demo_env(settings, bootstrap=broker.bootstrap, app_id=app_id,
                        web_port=web_port, data_dir=workdir / "data")
+        # The trainer's /metrics (its candidates and the gate's verdicts), for the view.
+        trainer_port = int(env.get(TRAINER_METRICS_PORT) or 0) or free_port()
+        env[TRAINER_METRICS_PORT] = str(trainer_port)
+        trainer_url = f"http://127.0.0.1:{trainer_port}/metrics"
         settings = on_embedded(settings, broker.bootstrap)
         await ensure_topics(settings)
         console.print(f"broker on {broker.bootstrap} (pid {broker.pid}); logs in {workdir}")
@@ -258,6 +332,9 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                         board = await fetch_stats(session, dashboard_url)
                         if board:
                             result.rewards = board
+                        if trainer is not None:
+                            result.trainer_stats = (await fetch_metrics(session, trainer_url)
+                                                    or result.trainer_stats)
                         if live is not None:
                             live.update(render(result, driver, max(0.0, end - time.monotonic())),
                                         refresh=True)
@@ -274,6 +351,9 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                         if by_topic.get(t.clicks, 0) + by_topic.get(t.purchases, 0) >= sent_total:
                             break
                     await asyncio.sleep(0.3)  # polling the worker's counters
+                if trainer is not None:
+                    result.trainer_stats = (await fetch_metrics(session, trainer_url)
+                                            or result.trainer_stats)
             result.sent = dict(driver.sent)
             result.impressions = driver.impressions
             result.malformed_sent = driver.malformed_sent
@@ -300,5 +380,6 @@ def summary(result: DemoResult) -> str:
     adopted = adopted_versions(s)
     lines.append(f"policy versions adopted: {len(adopted)}"
                  + (f" ({', '.join(adopted)})" if adopted else ""))
+    lines += trainer_lines(result.trainer_stats, len(adopted))
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
     return "\n".join(lines)

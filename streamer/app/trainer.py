@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -392,6 +393,8 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
 async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str,
                    result: FineTuneResult, metrics: Metrics) -> None:
     figures = json.dumps(result.metadata(), sort_keys=True)
+    if result.difference is not None and math.isfinite(result.difference.lower):
+        metrics.trainer_gate_margin.set(result.difference.lower)
     if not result.promoted:
         metrics.trainer_rejections.labels(rejection_label(result)).inc()
         log.info("candidate %s rejected: %s", result.candidate.version, figures)

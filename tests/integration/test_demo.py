@@ -56,6 +56,9 @@ def test_demo_publishes_offers_and_cleans_up() -> None:
     assert "worker stopped (exit code 0)" in out, out[-3000:]
     assert "trainer stopped (exit code 0)" in out, out[-3000:]
     assert re.search(r"policy versions adopted: \d+", out), out[-3000:]
+    # What the trainer's gate made of its candidates, read from the trainer's /metrics.
+    assert re.search(r"trainer candidates: \d+ judged, \d+ promoted, \d+ rejected", out), (
+        out[-3000:])
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", out)]
     assert len(pids) == 3, out  # broker, worker and trainer
     for pid in pids:

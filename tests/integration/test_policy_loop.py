@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from streamer.app.broker import stop_process_group
+from streamer.app.broker import free_port, stop_process_group
 from streamer.app.policy_updates import publish_rollback, read_versions
 from streamer.events import EventCodec, OrderLine, PurchaseEvent
+from streamer.observability import parse_snapshot
 from streamer.online import FEATURE_NAMES
 from streamer.settings import Settings, TrainerSettings
 from tests.conftest import consume, produce, settings_env, wait_for
@@ -75,6 +77,11 @@ def newest_offer_versions(settings: Settings, after_ts: int, count: int) -> set[
     return {o.policy_version for o in fresh(records)}
 
 
+def trainer_snapshot(port: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+        return parse_snapshot(page.read().decode())
+
+
 def adopted(worker: Any, version: str) -> bool:
     adoptions = worker.stats().get("streamer_policy_adoptions_total", {})
     return version in adoptions
@@ -85,7 +92,7 @@ def test_feedback_to_promotion_to_adoption_to_rollback(
 ) -> None:
     settings = settings.model_copy(update={"trainer": TrainerSettings(
         min_records=1000, every_records=1000, buffer_records=10_000, epochs=8, batch_size=128,
-        learning_rate=0.02, device="auto", offer_index_size=1000)})
+        learning_rate=0.02, device="auto", offer_index_size=1000, metrics_port=free_port())})
     worker = start_worker(settings)
     produce(settings, settings.topics.purchases, purchases("a", 3))
     first = consume(settings, settings.topics.offers, lambda rs: len(rs) >= 1, timeout_s=30)
@@ -106,6 +113,13 @@ def test_feedback_to_promotion_to_adoption_to_rollback(
         assert live.live and live.version.startswith("torch-")
         assert live.metadata["device"] == "cpu" and live.metadata["train_size"] == 800
         assert live.metadata["interval"][0] > live.metadata["live_estimate"]
+        # The trainer's /metrics: the promotion, and the gate's margin for it (what the demo
+        # shows), the paired lower bound of the difference the version was published with.
+        trainer_metrics = trainer_snapshot(settings.trainer.metrics_port)
+        assert trainer_metrics["streamer_trainer_promotions_total"] == 1
+        margin = trainer_metrics["streamer_trainer_gate_margin"]
+        assert margin == pytest.approx(live.metadata["difference"]["lower"])
+        assert isinstance(margin, float) and margin > 0
 
         wait_for(lambda: adopted(worker, live.version), 30, "the worker to adopt the version")
         after = int(time.time() * 1000)
