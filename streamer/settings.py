@@ -441,7 +441,12 @@ class TrainerSettings(_Section):
     )
     seed: int = Field(0, description="Seed of the initial policy's weights and of training.")
     metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics port on 127.0.0.1 (0: not served)."
+        0, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of the /metrics port (localhost only; docker-compose.yml "
+        "binds 0.0.0.0 inside its container for Prometheus).",
     )
 
 

@@ -423,7 +423,7 @@ def main(settings: Settings) -> None:
     configure_logging(settings.worker.log_level)
     metrics = Metrics()
     if settings.trainer.metrics_port:
-        start_http_server(settings.trainer.metrics_port, addr="127.0.0.1",
+        start_http_server(settings.trainer.metrics_port, addr=settings.trainer.metrics_host,
                           registry=metrics.registry)
 
     async def _main() -> None:

@@ -41,16 +41,20 @@ def test_created_topics_are_the_ones_the_code_uses(compose: dict[str, Any]) -> N
     assert env["STREAMER_PARTITIONS"] == worker_env["STREAMER__TOPICS__PARTITIONS"]
 
 
-def test_worker_environment_builds_valid_settings(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = compose["services"]["worker"]["environment"]
+def settings_of(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a process with exactly ``env``'s STREAMER__ variables builds."""
     for key in list(os.environ):
         if key.startswith("STREAMER__"):
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
-    s = Settings()  # extra="forbid": an unknown or misspelt variable fails here
+    return Settings()  # extra="forbid": an unknown or misspelt variable fails here
+
+
+def test_worker_environment_builds_valid_settings(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = settings_of(compose["services"]["worker"]["environment"], monkeypatch)
     assert s.kafka.bootstrap_servers == "kafka:9092"
     kafka_env = compose["services"]["kafka"]["environment"]
     assert kafka_env["KAFKA_ADVERTISED_LISTENERS"].endswith(s.kafka.bootstrap_servers)
@@ -62,17 +66,55 @@ def test_dockerfile_installs_the_package() -> None:
     assert "pip install" in text and "streamer" in text
 
 
+def scrape_jobs() -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
 def test_prometheus_scrapes_the_workers_metrics_port(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"prometheus", "grafana"} <= set(services)
     mounted = " ".join(services["prometheus"]["volumes"])
     assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml" in mounted
-    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
+    job = scrape_jobs()["streamer-worker"]
     assert job["metrics_path"] == "/metrics"
     worker_port = int(compose["services"]["worker"]["environment"]["STREAMER__WORKER__WEB_PORT"])
     (sd,) = job["dns_sd_configs"]
     assert sd["names"] == ["worker"] and sd["port"] == worker_port
+
+
+def test_the_trainer_runs_beside_the_workers_and_prometheus_scrapes_it(
+        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """design.md: compose runs the workers *and the trainer*; the dashboard's trainer panels
+    read its metrics, which it serves on an address Prometheus can reach."""
+    trainer = compose["services"]["trainer"]
+    assert trainer["command"] == ["streamer", "trainer"]
+    assert trainer["restart"] in {"always", "unless-stopped", "on-failure"}
+    assert "trainer" in compose["services"]["prometheus"]["depends_on"]
+    s = settings_of(trainer["environment"], monkeypatch)
+    assert s.kafka.bootstrap_servers == "kafka:9092"
+    # The same app and topics as the workers.
+    assert s.worker.app_id == settings_of(compose["services"]["worker"]["environment"],
+                                          monkeypatch).worker.app_id
+    assert s.trainer.metrics_host == "0.0.0.0" and s.trainer.metrics_port > 0
+    assert str(s.trainer.metrics_port) in [str(p) for p in trainer["expose"]]
+    assert s.trainer.device == "auto"
+    job = scrape_jobs()["streamer-trainer"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": [f"trainer:{s.trainer.metrics_port}"]}]
+
+
+def test_the_gpu_override_reserves_a_gpu_for_the_trainer(
+        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    override = yaml.safe_load((ROOT / "deploy" / "compose.gpu.yml").read_text())
+    assert set(override["services"]) == {"trainer"}
+    trainer = override["services"]["trainer"]
+    (device,) = trainer["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    merged = {**compose["services"]["trainer"]["environment"], **trainer["environment"]}
+    assert settings_of(merged, monkeypatch).trainer.device == "cuda"
+    # The file is named by the command that uses it (docker-compose.yml's comment).
+    assert "-f deploy/compose.gpu.yml" in (ROOT / "docker-compose.yml").read_text()
 
 
 def test_grafana_is_provisioned_with_the_dashboard(compose: dict[str, Any]) -> None:
@@ -99,9 +141,13 @@ def test_dashboard_queries_use_metrics_the_code_defines() -> None:
     used = {name for e in exprs for name in re.findall(r"\bstreamer_[a-z_]+", e)}
     defined = Metrics().exposed_names()
     assert used and used <= defined, used - defined
+    # A query that picks a scrape job names one Prometheus has.
+    jobs = {job for e in exprs for job in re.findall(r'job="([^"]+)"', e)}
+    assert jobs <= set(scrape_jobs()), jobs - set(scrape_jobs())
     # The issue's metrics are all on the dashboard.
     for name in ("streamer_reward_per_impression", "streamer_consumer_lag",
                  "streamer_dead_letters_total", "streamer_guardrail_alarm",
                  "streamer_trainer_promotions_total", "streamer_trainer_rejections_total",
+                 "streamer_trainer_gate_margin",
                  "streamer_late_events_total", "streamer_reward_impressions_total"):
         assert name in used, name

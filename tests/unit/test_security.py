@@ -391,9 +391,23 @@ def test_web_bind_address_is_configurable() -> None:
     assert create_app(settings).app.conf.web_bind == "0.0.0.0"
 
 
-def test_trainer_metrics_bind_to_localhost() -> None:
-    text = (STREAMER / "app" / "trainer.py").read_text()
-    assert 'start_http_server(settings.trainer.metrics_port, addr="127.0.0.1"' in text
+def test_trainer_metrics_bind_to_localhost_unless_configured(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client
+
+    import streamer.observability
+    from streamer.app import trainer
+
+    bound: list[tuple[int, str]] = []
+    monkeypatch.setattr(prometheus_client, "start_http_server",
+                        lambda port, addr, registry: bound.append((port, addr)))
+    monkeypatch.setattr(streamer.observability, "configure_logging", lambda level: None)
+    monkeypatch.setattr(trainer.asyncio, "run", lambda main: main.close())  # no Kafka here
+    assert Settings().trainer.metrics_host == "127.0.0.1"
+    trainer.main(Settings(trainer={"metrics_port": 9100}))
+    trainer.main(Settings(trainer={"metrics_port": 9100, "metrics_host": "0.0.0.0"}))
+    trainer.main(Settings())  # no port: not served
+    assert bound == [(9100, "127.0.0.1"), (9100, "0.0.0.0")]
 
 
 # -- size limits before decoding ---------------------------------------------------------------
