@@ -82,17 +82,19 @@ def broker(
 def convert(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
     format: Annotated[str, typer.Option("--format", "-f", help="Input format.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL path.")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output path: schema JSONL (.jsonl, .jsonl.gz) or .parquet.")],
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
 ) -> None:
-    """Convert a supported historical format to schema JSONL (one event per line)."""
+    """Convert a supported historical format to schema JSONL (one event per line) or
+    Parquet (one event per row)."""
     from streamer.replay.convert import convert as run_convert
 
     stats = run_convert(path, format, output, limit=limit)  # type: ignore[arg-type]
     console.print(stats.summary())
 
 
-FORMAT_HELP = "Input format: jsonl, online-retail, taobao, bakery (default: detected)."
+FORMAT_HELP = "Input format: jsonl, online-retail, taobao, bakery, parquet (default: detected)."
 
 
 @app.command()

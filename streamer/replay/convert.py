@@ -1,4 +1,5 @@
-"""Conversion of any supported historical format to schema JSONL, the universal format.
+"""Conversion of any supported historical format to schema JSONL, the universal format (or
+to the same events as Parquet).
 
 >>> import tempfile, pathlib
 >>> tmp = tempfile.TemporaryDirectory()
@@ -29,14 +30,17 @@ __all__ = ["convert"]
 def convert(
     path: PathLike, fmt: ReaderFormat, out_path: PathLike, *, limit: int | None = None
 ) -> ReaderStats:
-    """Write the events of ``path`` (read as ``fmt``) to ``out_path`` as schema JSONL.
+    """Write the events of ``path`` (read as ``fmt``) to ``out_path`` as schema JSONL, or as
+    Parquet when ``out_path`` ends in ``.parquet``.
 
     One compact JSON event per line, in event-time order, unset optional fields omitted;
     ``read_events(out_path, "jsonl")`` gives the same events back. An ``out_path`` ending in
-    ``.gz`` is gzip-compressed. The output appears atomically: it is written to a temporary
-    sibling and renamed, so a failed conversion (``InvalidRecord``, ``OSError``) leaves no
-    partial file and an existing ``out_path`` untouched. Refuses (``ValueError``) to overwrite
-    its own input. Returns what was read, written and skipped.
+    ``.gz`` is gzip-compressed. Parquet: one row per event (:mod:`streamer.replay.parquet`),
+    ``read_events(out_path, "parquet")`` gives the same events back. The output appears
+    atomically: it is written to a temporary sibling and renamed, so a failed conversion
+    (``InvalidRecord``, ``OSError``) leaves no partial file and an existing ``out_path``
+    untouched. Refuses (``ValueError``) to overwrite its own input. Returns what was read,
+    written and skipped.
     """
     source, target = Path(path), Path(out_path)
     if target.exists() and target.resolve() == source.resolve():
@@ -47,6 +51,12 @@ def convert(
     compress = target.suffix == ".gz"
     partial = target.with_name(f".{target.name}.partial")
     try:
+        if target.suffix == ".parquet":
+            from streamer.replay.parquet import write_events
+
+            write_events(events, partial)
+            os.replace(partial, target)
+            return stats
         with partial.open("wb") as raw:
             # No name and mtime 0 in the gzip header: the same conversion gives the same bytes.
             out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw

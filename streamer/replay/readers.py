@@ -25,6 +25,10 @@ Formats (:data:`ReaderFormat`):
 ``bakery``
     The "BreadBasket_DMS" log (``Date,Time,Transaction,Item``), or its re-upload with
     ``Transaction,Item,date_time,...`` columns.
+``parquet``
+    Schema events as Parquet rows, the columns of both event types
+    (:mod:`streamer.replay.parquet`): a row with ``items`` is a purchase, one with ``kind`` a
+    click. Like ``jsonl``, an invalid row raises :class:`InvalidRecord` naming its row number.
 
 >>> import tempfile, pathlib
 >>> tmp = tempfile.TemporaryDirectory()
@@ -77,7 +81,7 @@ from streamer.events.models import (
     TS_MIN_MS,
 )
 
-ReaderFormat = Literal["jsonl", "online-retail", "taobao", "bakery"]
+ReaderFormat = Literal["jsonl", "online-retail", "taobao", "bakery", "parquet"]
 FORMATS: tuple[ReaderFormat, ...] = get_args(ReaderFormat)
 
 Event = ClickEvent | PurchaseEvent
@@ -95,6 +99,7 @@ _UK = ZoneInfo("Europe/London")
 # China has had no daylight saving time since 1991: a fixed offset needs no tz database.
 _CHINA = timezone(timedelta(hours=8))
 _GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"  # streamer.replay.parquet.MAGIC, without importing pyarrow to detect
 
 
 class InvalidRecord(ValueError):
@@ -236,7 +241,11 @@ def read_events(
 
 
 def detect_format(path: PathLike) -> ReaderFormat:
-    """Guess a file's format from its first line; ``ValueError`` if it matches none."""
+    """Guess a file's format from its first bytes (Parquet) or line; ``ValueError`` if it
+    matches none."""
+    with Path(path).open("rb") as f:
+        if f.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC:
+            return "parquet"
     with _open_text(Path(path)) as f:
         first = f.readline().strip()
     if first.startswith("{"):
@@ -387,11 +396,13 @@ def _read_jsonl(path: Path, stats: ReaderStats, *, max_lines: int | None) -> lis
     return events
 
 
-def _decode_line(path: Path, number: int, line: bytes) -> Event:
-    try:
-        shape = msgspec.json.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise InvalidRecord(path, number, f"not_json: {e}") from e
+def _decode_line(path: Path, number: int, line: bytes, shape: object = None) -> Event:
+    """The event of one JSON record (``shape``: the record decoded already, if it is)."""
+    if shape is None:
+        try:
+            shape = msgspec.json.decode(line)
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            raise InvalidRecord(path, number, f"not_json: {e}") from e
     try:
         if isinstance(shape, dict) and "items" in shape:
             return _CODEC.decode_purchase(line)
@@ -400,6 +411,27 @@ def _decode_line(path: Path, number: int, line: bytes) -> Event:
     except InvalidEvent as e:
         raise InvalidRecord(path, number, str(e)) from e
     raise InvalidRecord(path, number, "neither a purchase (no `items`) nor a click (no `kind`)")
+
+
+# --- parquet -------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
+    # Rows are schema events, as JSONL lines are (validated by the same codec): max_lines does
+    # not apply. pyarrow is imported only when a Parquet file is read.
+    import pyarrow
+
+    from streamer.replay.parquet import read_rows
+
+    events: list[Event] = []
+    try:
+        for number, row in read_rows(path):
+            stats.rows += 1
+            events.append(_decode_line(path, number, msgspec.json.encode(row), shape=row))
+    except (pyarrow.ArrowException, OSError) as e:  # not a (readable) Parquet file
+        raise InvalidRecord(path, stats.rows + 1, f"not_parquet: {e}") from e
+    stats.orders_seen = sum(isinstance(e, PurchaseEvent) for e in events)
+    return events
 
 
 # --- UCI Online Retail ---------------------------------------------------------------------
@@ -598,6 +630,7 @@ _READERS: dict[ReaderFormat, Callable[..., list[Event]]] = {
     "online-retail": _read_online_retail,
     "taobao": _read_taobao,
     "bakery": _read_bakery,
+    "parquet": _read_parquet,
 }
 
 __all__ = [

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from streamer.events import ClickEvent, EventCodec, PurchaseEvent
+from streamer.events import ClickEvent, EventCodec, OrderLine, PurchaseEvent
 from streamer.replay import (
     FORMATS,
     InvalidRecord,
@@ -342,7 +343,7 @@ def test_an_invalid_jsonl_line_raises_naming_its_line_number(
 def test_arguments_are_checked_before_the_first_event(tmp_path: Path) -> None:
     path = write(tmp_path / "b.csv", BAKERY_HEADER)
     with pytest.raises(ValueError, match="unknown format"):
-        read_events(path, "parquet")  # type: ignore[arg-type]
+        read_events(path, "xlsx")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
         read_events(path, "bakery", limit=-1)
     with pytest.raises(FileNotFoundError):
@@ -366,11 +367,107 @@ def test_detect_format_knows_every_format(tmp_path: Path) -> None:
         "taobao": TAOBAO_ROWS,
         "bakery": BAKERY_HEADER,
     }
-    assert set(samples) == set(FORMATS)
+    assert set(samples) | {"parquet"} == set(FORMATS)
     for fmt, text in samples.items():
         assert detect_format(write(tmp_path / f"{fmt}.gz", text)) == fmt
+    convert(write(tmp_path / "b.csv", BAKERY_HEADER), "bakery", tmp_path / "e.parquet")
+    assert detect_format(tmp_path / "e.parquet") == "parquet"
     with pytest.raises(ValueError, match="cannot tell"):
         detect_format(write(tmp_path / "other.csv", "a,b\n"))
+
+
+# --- parquet ---------------------------------------------------------------------------------
+
+
+def every_kind_of_event() -> list[Event]:
+    """Clicks with and without their optional fields, purchases with and without an offer."""
+    t = 1_700_000_000_000
+    return [
+        ClickEvent(event_id="c1", ts=t, user_id="u1", session_id="s1", item_id="tea",
+                   kind="view"),
+        ClickEvent(event_id="c2", ts=t + 5, user_id="u1", session_id="s1", item_id="tea",
+                   kind="offer_impression", offer_id="o-1", variant=2, propensity=0.25,
+                   price=4.5),
+        PurchaseEvent(event_id="p1", ts=t + 9, user_id="u1", session_id="s1", order_id="r1",
+                      items=[OrderLine(item_id="tea", quantity=2, unit_price=4.5),
+                             OrderLine(item_id="cup", quantity=1, unit_price=12.0)],
+                      offer_id="o-1"),
+        PurchaseEvent(event_id="p2", ts=t + 2, user_id="u2", session_id="s2", order_id="r2",
+                      items=[OrderLine(item_id="jam", quantity=1, unit_price=3.0)]),
+    ]
+
+
+def test_parquet_round_trips_every_kind_of_event(tmp_path: Path) -> None:
+    events = every_kind_of_event()
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"".join(CODEC.encode(e) + b"\n" for e in events))
+    stats = convert(source, "jsonl", tmp_path / "events.parquet")
+    assert stats.events == 4
+    again, again_stats = read(tmp_path / "events.parquet", "parquet")
+    assert again == sorted(events, key=lambda e: e.ts)  # in event-time order, like every format
+    assert (again_stats.rows, again_stats.orders_seen, again_stats.clicks) == (4, 2, 2)
+    assert_schema_valid(again)
+    # ... and back to JSONL: the same bytes as the JSONL converted from the original.
+    convert(tmp_path / "events.parquet", "parquet", tmp_path / "back.jsonl")
+    convert(source, "jsonl", tmp_path / "direct.jsonl")
+    assert (tmp_path / "back.jsonl").read_bytes() == (tmp_path / "direct.jsonl").read_bytes()
+
+
+def test_parquet_from_a_warehouse_reads_timestamps_decimals_and_skips_other_columns(
+        tmp_path: Path) -> None:
+    """An export that is not what convert writes but means the same: ``ts`` a timestamp
+    (naive: UTC), prices decimals, quantities int32, an extra column."""
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    line = pa.struct([("item_id", pa.string()), ("quantity", pa.int32()),
+                      ("unit_price", pa.decimal128(9, 2))])
+    table = pa.table({
+        "event_id": ["p1", "c1"],
+        "ts": pa.array([datetime(2024, 3, 1, 12, 0, 0, 250000),
+                        datetime(2024, 3, 1, 11, 59)], pa.timestamp("us")),
+        "user_id": ["u", "u"], "session_id": ["s", "s"],
+        "order_id": ["r1", None],
+        "items": pa.array([[{"item_id": "tea", "quantity": 2, "unit_price": Decimal("4.50")}],
+                           None], pa.list_(line)),
+        "item_id": [None, "tea"], "kind": [None, "view"],
+        "warehouse_partition": ["2024-03-01", "2024-03-01"],
+    })
+    pq.write_table(table, tmp_path / "export.parquet")
+    click, purchase = read(tmp_path / "export.parquet", "parquet")[0]
+    noon = int(datetime(2024, 3, 1, 12, tzinfo=UTC).timestamp() * 1000)
+    assert click == ClickEvent(event_id="c1", ts=noon - 60_000, user_id="u", session_id="s",
+                               item_id="tea", kind="view")
+    assert purchase == PurchaseEvent(event_id="p1", ts=noon + 250, user_id="u", session_id="s",
+                                     order_id="r1", items=[OrderLine(item_id="tea", quantity=2,
+                                                                     unit_price=4.5)])
+
+
+def test_an_invalid_parquet_row_raises_naming_its_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from streamer.replay.parquet import SCHEMA
+
+    rows = [CODEC.encode(e) for e in every_kind_of_event()]
+    good = [msgspec.json.decode(r) for r in rows]
+    bad_price = {**good[2], "items": [{"item_id": "tea", "quantity": 1, "unit_price": -1.0}]}
+    neither = {"event_id": "x", "ts": 1_700_000_000_000, "user_id": "u", "session_id": "s"}
+    for bad, number, reason in ((bad_price, 2, "unit_price"), (neither, 2, "neither")):
+        path = tmp_path / f"{number}-{reason}.parquet"
+        pq.write_table(pa.Table.from_pylist([good[0], bad, good[1]], schema=SCHEMA), path)
+        with pytest.raises(InvalidRecord, match=reason) as caught:
+            read(path, "parquet")
+        assert caught.value.line == number and str(caught.value).startswith(f"{path}:2: ")
+    not_parquet = write(tmp_path / "events.parquet", "event_id,ts\n")
+    with pytest.raises(InvalidRecord, match="not_parquet"):
+        read(not_parquet, "parquet")
+    out = tmp_path / "out.parquet"
+    with pytest.raises(InvalidRecord):
+        convert(tmp_path / "2-neither.parquet", "parquet", out)
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
 
 
 # --- the real files --------------------------------------------------------------------------
@@ -448,6 +545,15 @@ def bakery() -> Iterator[tuple[list[Event], ReaderStats]]:
             "2016-10-30 09:58:11 .. 2017-04-09 15:04:24",
         ],
     )
+
+
+def test_real_bakery_round_trips_through_parquet(
+        bakery: tuple[list[Event], ReaderStats], tmp_path: Path) -> None:
+    from streamer.replay.parquet import write_events
+
+    events, _ = bakery
+    assert write_events(events, tmp_path / "bakery.parquet") == len(events)
+    assert read(tmp_path / "bakery.parquet", "parquet")[0] == events
 
 
 def basket_sizes(events: list[Event], top: int) -> Counter[int]:
