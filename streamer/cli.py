@@ -21,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Help as Markdown: the lines of a docstring's paragraph are joined in the command list
+    # (in "rich" mode Typer keeps their line breaks there, mid-sentence).
+    rich_markup_mode="markdown",
 )
 console = Console(stderr=False)
 
