@@ -9,12 +9,15 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from streamer.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(
     help="Keeps a storefront's bundle offers up to date from the live Kafka event stream.",
@@ -268,7 +271,7 @@ def policy_rollback(
     console.print(f"rollback to {version} published")
 
 
-def _windows_table(windows: list[object], title: str) -> object:
+def _windows_table(windows: list[object], title: str) -> Table:
     """The newest window per (version, size) as a rich table."""
     from rich.table import Table
 

@@ -46,6 +46,13 @@ def test_ruff() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_mypy_strict() -> None:
+    """style.md: type everything, mypy strict (configured in pyproject.toml)."""
+    result = subprocess.run([_tool("mypy"), "streamer"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_import_contracts() -> None:
     result = subprocess.run([_tool("lint-imports")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

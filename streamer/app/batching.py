@@ -49,7 +49,8 @@ from mode.utils.futures import maybe_async
 __all__ = ["take_batches"]
 
 
-def take_batches(stream: StreamT[Any], max_: int, within: float) -> AsyncIterator[list[EventT]]:
+def take_batches(stream: StreamT[Any], max_: int, within: float,
+                 ) -> AsyncIterator[list[EventT[Any]]]:
     """Batches of up to ``max_`` events of ``stream``: after a batch's first event,
     ``within`` seconds are waited for more (not when ``max_`` are already waiting). Events of
     a batch are acked when the loop body that got the batch is done (the next iteration
@@ -62,14 +63,14 @@ def take_batches(stream: StreamT[Any], max_: int, within: float) -> AsyncIterato
     return agen
 
 
-async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT]]:
+async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT[Any]]]:
     app = stream.app
     queue = stream.channel.queue
     flow_control = app.flow_control
     acking_topics = app.topics._acking_topics  # what the stream iterator reads
     on_message_out = stream._on_message_out
     empty, get, get_nowait, qsize = queue.empty, queue.get, queue.get_nowait, queue.qsize
-    batch: list[EventT] = []
+    batch: list[EventT[Any]] = []
 
     def admit(event: Any) -> None:
         message = event.message

@@ -272,7 +272,7 @@ def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
     reward = _by_topic(s, "streamer_reward_sum_total")
     newest = {series["policy_version"]: series["points"][-1]
               for series in result.rewards.get("series", []) if series["points"]}
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for version in sorted(set(impressions) | set(newest)):
         n = impressions.get(version, 0.0)
         last = newest.get(version)

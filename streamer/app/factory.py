@@ -28,13 +28,14 @@ hot key costs one changelog record per commit interval.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 import msgspec
@@ -45,7 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streamer.app.batching import take_batches
 from streamer.app.crashes import AgentCrashes
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
-from streamer.app.fast_consumer import install_fast_consumer
+from streamer.app.fast_consumer import FastConsumer, install_fast_consumer
 from streamer.app.fast_recovery import install_fast_recovery
 from streamer.app.kafka import (
     TableSchema,
@@ -354,7 +355,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                      100 * engine.conversion.drift_keep)
 
     # An agent that raises stops the worker, which commits nothing more (streamer.app.crashes).
-    crashes = AgentCrashes(metrics, refuse_commits=lambda exc: app.consumer.refuse_commits(exc))
+    crashes = AgentCrashes(metrics, refuse_commits=lambda exc: cast(
+        FastConsumer, app.consumer).refuse_commits(exc))
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion, dead_letter=dead_letter,
                                       guard=crashes.guard)
@@ -436,7 +438,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             for chunk, data in basket_messages(part, encode):
                 barrier = (TP(baskets_name, partition) in assigned
                            and local_baskets.sending(partition, chunk, generation=generation))
-                future = await baskets_topic.send(value=data, partition=partition)
+                # faust types send() as an Awaitable; it returns the message's future.
+                future = cast(asyncio.Future[Any],
+                              await baskets_topic.send(value=data, partition=partition))
                 future.add_done_callback(functools.partial(
                     _on_baskets_sent, local_baskets, partition, generation, barrier))
                 futures.append(future)
@@ -566,7 +570,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         await buffer.write()
 
     @app.on_rebalance_complete.connect
-    async def rebuild_indexes(sender: Any, **kwargs: Any) -> None:
+    async def rebuild_indexes(sender: Any, /, *args: Any, **kwargs: Any) -> None:
         # Tables were (re)covered from their changelogs: the dedup eviction indexes are
         # in-memory only and must be recreated from them.
         click_dedup.rebuild()

@@ -79,7 +79,6 @@ import inspect
 import itertools
 import types
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -388,7 +387,7 @@ class FastConsumer(faust_aiokafka.Consumer):
     async def _seek_positions(self, positions: Mapping[TP, int]) -> None:
         """Move each partition's fetch position (in the consumer thread, as ``seek_wait``
         does), skipping partitions no longer assigned. Sets no read offset."""
-        thread = cast(faust_aiokafka.AIOKafkaConsumerThread, self._thread)
+        thread = self._thread
 
         async def seek_in_thread() -> None:
             consumer = thread._ensure_consumer()
@@ -471,7 +470,7 @@ class FastConsumer(faust_aiokafka.Consumer):
                 if seeking:
                     await self._finish_seeks()
                 set_flag(flag_consumer_fetching)
-                ait = cast(AsyncIterator[tuple[TP, Message]], getmany(timeout=1.0))
+                ait = getmany(timeout=1.0)
 
                 # Sleeping because sometimes getmany is called in a loop
                 # never releasing to the event loop

@@ -73,7 +73,7 @@ def faust_broker_urls(k: KafkaSettings) -> list[str]:
     return [f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(",") if h.strip()]
 
 
-class WireSchema(faust.Schema):
+class WireSchema(faust.Schema):  # type: ignore[type-arg]
     """A topic's keys and values as the bytes on the wire (``None`` for a null key or value),
     with nothing that can fail before an agent sees the message.
 
@@ -116,7 +116,7 @@ class WireSchema(faust.Schema):
         return decode
 
 
-class TableSchema(faust.Schema):
+class TableSchema(faust.Schema):  # type: ignore[type-arg]
     """The schema of the worker's tables (str keys, bytes values), whose changelog messages
     become events without faust's serializer registry.
 
@@ -178,7 +178,7 @@ def key_partition(key: str, partitions: int) -> int:
 def _key_hash(key: str) -> int:
     # murmur2 is pure Python (~2 us for an item id); a purchase's items and offers' anchors
     # recur (popular items), so a bounded cache of their hashes pays.
-    return murmur2(key.encode()) & 0x7FFFFFFF
+    return int(murmur2(key.encode())) & 0x7FFFFFFF
 
 
 TPLike = TypeVar("TPLike")  # faust's TP or aiokafka's TopicPartition: (topic, partition)

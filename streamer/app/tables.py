@@ -286,7 +286,7 @@ class WriteBuffer:
                     pending.append(future)
                 elif not future.cancelled() and future.exception() is not None:
                     # A message that never reached the broker: no commit may pass it.
-                    raise future.exception()  # type: ignore[misc]
+                    raise future.exception()
             self._inflight = pending
         if pending or also:
             await asyncio.gather(*pending, *also)

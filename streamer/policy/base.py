@@ -7,7 +7,7 @@ from typing import Protocol, TypeVar
 
 from msgspec import Struct
 
-from streamer.events.candidates import BundleCandidate
+from streamer.events.candidates import BundleCandidate as BundleCandidate  # re-exported
 
 
 class VariantFeaturizer(Protocol):

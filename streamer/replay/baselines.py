@@ -400,9 +400,9 @@ class _MinedRules:
 
     @classmethod
     def mine(cls, baskets: Sequence[Sequence[str]], min_support: float) -> _MinedRules:
-        import pandas as pd  # type: ignore[import-untyped]
-        from mlxtend.frequent_patterns import fpgrowth  # type: ignore[import-untyped]
-        from mlxtend.preprocessing import TransactionEncoder  # type: ignore[import-untyped]
+        import pandas as pd
+        from mlxtend.frequent_patterns import fpgrowth
+        from mlxtend.preprocessing import TransactionEncoder
 
         distinct = [list(dict.fromkeys(b)) for b in baskets if b]
         if not distinct:
