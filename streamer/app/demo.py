@@ -93,12 +93,14 @@ DEMO_TRAINER_ENV = {
 #: another moves 2.5 % of the mass, under the 5 % that counts), and the trainer's candidates,
 #: learned and judged on those impressions, never passed its gate (no promotion in the 3
 #: demos; with this cadence, in 3 of 4: the first at 50, 55 and 93 s).
-TRAINER_METRICS_PORT = "STREAMER__TRAINER__METRICS_PORT"
-
 DEMO_OFFERS_ENV = {
     "STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S": "0",
     "STREAMER__OFFERS__MIN_CHANGE": "0",
 }
+
+#: Where the demo's trainer serves /metrics (a free port unless the environment sets one):
+#: the view shows what its gate made of its candidates.
+TRAINER_METRICS_PORT = "STREAMER__TRAINER__METRICS_PORT"
 
 
 def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
@@ -128,23 +130,16 @@ def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
     }
 
 
-async def fetch_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+async def fetch_stats(session: aiohttp.ClientSession, url: str, *,
+                      prometheus: bool = False) -> dict[str, Any] | None:
+    """A JSON page (the worker's ``/stats/``, the dashboard's data), or with ``prometheus`` a
+    ``/metrics`` page as :meth:`Metrics.snapshot` (the trainer's); None while not answering."""
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
             if r.status == 200:
-                data: dict[str, Any] = await r.json()
+                data: dict[str, Any] = (parse_snapshot(await r.text()) if prometheus
+                                        else await r.json())
                 return data
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        return None
-    return None
-
-
-async def fetch_metrics(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    """A process's ``/metrics`` page as :meth:`Metrics.snapshot` (None: not answering yet)."""
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
-            if r.status == 200:
-                return parse_snapshot(await r.text())
     except (TimeoutError, aiohttp.ClientError, OSError):
         return None
     return None
@@ -299,6 +294,12 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
         trainer_port = int(env.get(TRAINER_METRICS_PORT) or 0) or free_port()
         env[TRAINER_METRICS_PORT] = str(trainer_port)
         trainer_url = f"http://127.0.0.1:{trainer_port}/metrics"
+
+        async def read_trainer(session: aiohttp.ClientSession) -> None:
+            if trainer is not None:  # the last figures stay when a poll gets no answer
+                stats = await fetch_stats(session, trainer_url, prometheus=True)
+                result.trainer_stats = stats or result.trainer_stats
+
         settings = on_embedded(settings, broker.bootstrap)
         await ensure_topics(settings)
         console.print(f"broker on {broker.bootstrap} (pid {broker.pid}); logs in {workdir}")
@@ -332,9 +333,7 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                         board = await fetch_stats(session, dashboard_url)
                         if board:
                             result.rewards = board
-                        if trainer is not None:
-                            result.trainer_stats = (await fetch_metrics(session, trainer_url)
-                                                    or result.trainer_stats)
+                        await read_trainer(session)
                         if live is not None:
                             live.update(render(result, driver, max(0.0, end - time.monotonic())),
                                         refresh=True)
@@ -351,9 +350,7 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
                         if by_topic.get(t.clicks, 0) + by_topic.get(t.purchases, 0) >= sent_total:
                             break
                     await asyncio.sleep(0.3)  # polling the worker's counters
-                if trainer is not None:
-                    result.trainer_stats = (await fetch_metrics(session, trainer_url)
-                                            or result.trainer_stats)
+                await read_trainer(session)
             result.sent = dict(driver.sent)
             result.impressions = driver.impressions
             result.malformed_sent = driver.malformed_sent
