@@ -158,15 +158,36 @@ def make_purchases(n: int, *, catalogue: int = 5000, seed: int = 1,
 
 
 async def produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> float:
-    """Send all events and wait for every ack; returns events/s."""
-    from aiokafka import AIOKafkaProducer
+    """Send all events and wait for every ack; returns events/s.
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                max_batch_size=256 * 1024)
+    Each key goes to the partition aiokafka's ``send`` would pick (its default partitioner),
+    in order, but in whole record batches (``create_batch`` / ``send_batch``): 3.4-3.8 us of
+    CPU per event in this process instead of 12-17 through ``send`` (one future per message;
+    20,000 events, two runs each). Why it matters: streamer's timed events are produced while
+    its worker runs (the faust modes read a preloaded topic), and on a 2-core machine the
+    producer's CPU was taken from the worker's span, and from two workers' more."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=256 * 1024)
     await producer.start()
     try:
+        partitions = sorted(await producer.partitions_for(topic))
+        partition_of = DefaultPartitioner()
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
+        for key, value in events:
+            by_partition[partition_of(key, partitions, partitions)].append((key, value))
         t0 = time.perf_counter()
-        futures = [await producer.send(topic, value, key=key) for key, value in events]
+        futures = []
+        for partition, records in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*futures)
         return len(events) / (time.perf_counter() - t0)
     finally:
