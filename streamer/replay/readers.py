@@ -120,10 +120,11 @@ class InvalidRecord(ValueError):
 class ReaderStats:
     """What a reader read, yielded and skipped, and why; filled in while reading.
 
-    ``rows`` counts source records (CSV data rows or JSONL lines); ``orders_seen`` counts source
-    orders (invoices, transactions, a Taobao user's buying days); every order seen either became
-    a purchase or is counted in ``dropped_orders`` by reason. ``skipped_rows`` counts rows left
-    out by reason. The event counts are of events actually yielded, so they honour ``limit``.
+    ``rows`` counts source records (CSV data rows, JSONL lines or Parquet rows);
+    ``orders_seen`` counts source orders (invoices, transactions, a Taobao user's buying days);
+    every order seen either became a purchase or is counted in ``dropped_orders`` by reason.
+    ``skipped_rows`` counts rows left out by reason. The event counts are of events actually
+    yielded, so they honour ``limit``.
     """
 
     rows: int = 0
