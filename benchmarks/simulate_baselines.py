@@ -39,13 +39,14 @@ until a trailing window of ``--window`` impressions is within 5 % of the oracle.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-from streamer.engine import Engine
+from streamer.engine import Engine, EngineConfig
 from streamer.events import ClickEvent, PurchaseEvent
 from streamer.simulation import (
     DEFAULT_START_MS,
@@ -61,7 +62,7 @@ from streamer.simulation import (
     run_closed_loop,
 )
 from streamer.simulation.decompose import LOSSES, OracleShareChain
-from streamer.simulation.learned import LearnedDecisions
+from streamer.simulation.learned import SIMULATION_ENGINE, LearnedDecisions
 from streamer.simulation.loop import make_offer
 
 Factory = Callable[[Catalogue, int], DecisionMaker]
@@ -219,6 +220,10 @@ def main() -> None:
                         help="what streamer_learned learns from (policy.reward_attribution): "
                         "purchases through the offer only, or organic baskets holding the "
                         "bundle too")
+    parser.add_argument("--min-change", type=float, default=None,
+                        help="offers.min_change of both streamer methods (default: each one's, "
+                        "0.05): the probability mass that must move for a changed offer to be "
+                        "republished; 0 republishes every change")
     parser.add_argument("--json", default="", help="write the figures to this path")
     parser.add_argument("--plot", default="", help="write regret/share curves to this PNG")
     args = parser.parse_args()
@@ -232,18 +237,25 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown methods: {sorted(unknown)}")
     factories: dict[str, Factory | None] = {k: METHODS[k] for k in names}
+    v0_config = EngineConfig()
+    learned_config = SIMULATION_ENGINE
+    if args.min_change is not None:
+        v0_config = dataclasses.replace(v0_config, min_change=args.min_change)
+        learned_config = dataclasses.replace(learned_config, min_change=args.min_change)
+    if "streamer" in factories:
+        factories["streamer"] = lambda cat, seed: EngineDecisions(Engine.in_memory(v0_config))
     if "streamer_learned" in factories:
         factories["streamer_learned"] = lambda cat, seed: LearnedDecisions(
-            seed=seed, segments=[s.name for s in cat.segments],
+            config=learned_config, seed=seed, segments=[s.name for s in cat.segments],
             reward_attribution=args.reward_attribution)
     if args.diagnostics:
         # Not a method: streamer as it would do if stable offers did not lapse at the
         # storefront (see EngineDecisions.assume_refreshed).
         factories["streamer_refreshed"] = lambda cat, seed: EngineDecisions(
-            Engine.in_memory(), assume_refreshed=True)
+            Engine.in_memory(v0_config), assume_refreshed=True)
         # The learned loop with one offer per anchor for every segment (as before segments).
         factories["streamer_learned_blind"] = lambda cat, seed: LearnedDecisions(
-            seed=seed, reward_attribution=args.reward_attribution)
+            config=learned_config, seed=seed, reward_attribution=args.reward_attribution)
     if args.with_oracle:
         factories["oracle"] = lambda cat, seed: OracleDecisions(cat)
 
