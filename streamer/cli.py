@@ -4,16 +4,20 @@ values down; long imports (faust, torch) happen inside the commands that need th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from streamer.replay.readers import FORMATS, InvalidRecord, ReaderFormat, detect_format
 from streamer.settings import Settings
 
 if TYPE_CHECKING:
@@ -84,29 +88,54 @@ def broker(
     console.print("broker stopped")
 
 
+FORMAT_HELP = "Input format (default: detected from the file)."
+
+
+def _format_of(path: Path, fmt: ReaderFormat | None) -> ReaderFormat:
+    """``fmt``, else the format detected from ``path``; a usage error when it cannot be."""
+    if fmt is not None:
+        return fmt
+    try:
+        return detect_format(path)
+    except ValueError as e:
+        raise typer.BadParameter(f"{e}: one of {', '.join(FORMATS)}",
+                                 param_hint="'--format'") from e
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """A file that does not hold what its format says ends the command with its error (file,
+    line or row, reason) and status 1, not a traceback."""
+    try:
+        yield
+    except InvalidRecord as e:
+        console.print(f"[red]{escape(str(e))}[/red]")
+        raise typer.Exit(1) from e
+
+
 @app.command()
 def convert(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
-    format: Annotated[str, typer.Option("--format", "-f", help="Input format.")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Output path: schema JSONL (.jsonl, .jsonl.gz) or .parquet.")],
+    format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
+    = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
 ) -> None:
     """Convert a supported historical format to schema JSONL (one event per line) or
     Parquet (one event per row)."""
     from streamer.replay.convert import convert as run_convert
 
-    stats = run_convert(path, format, output, limit=limit)  # type: ignore[arg-type]
+    with _reading():
+        stats = run_convert(path, _format_of(path, format), output, limit=limit)
     console.print(stats.summary())
-
-
-FORMAT_HELP = "Input format: jsonl, online-retail, taobao, bakery, parquet (default: detected)."
 
 
 @app.command()
 def replay(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
-    format: Annotated[str | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
+    = None,
     speed: Annotated[str, typer.Option(
         help="Replay speed: a multiple of real time (60 = an hour per minute) or 'max'.")]
     = "max",
@@ -127,14 +156,15 @@ def replay(
 
     from streamer.app.replay import replay_events
     from streamer.events import Event
-    from streamer.replay import detect_format, read_events
+    from streamer.replay import read_events
     from streamer.replay.pacing import parse_since, resume
 
-    fmt = format or detect_format(path)
+    fmt = _format_of(path, format)
     factor = None if speed == "max" else float(speed)
     settings = Settings()
-    events = list(resume(read_events(path, fmt, limit=limit),  # type: ignore[arg-type]
-                         skip=skip, since_ms=parse_since(since)))
+    with _reading():
+        events = list(resume(read_events(path, fmt, limit=limit),
+                             skip=skip, since_ms=parse_since(since)))
     with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[when]}"), TimeRemainingColumn(),
                   console=console) as progress:
@@ -153,7 +183,8 @@ def replay(
 @app.command()
 def evaluate(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
-    format: Annotated[str | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
+    = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
     = None,
     plot: Annotated[Path | None, typer.Option(help="Write the hit-rate-over-time plot (PNG).")]
@@ -171,16 +202,15 @@ def evaluate(
     streamer against popularity, co-count, lift, frozen-rules and random baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from streamer.replay import detect_format
     from streamer.replay.evaluate import run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
-    fmt = format or detect_format(path)
-    with Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console) as bar:
+    fmt = _format_of(path, format)
+    with _reading(), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("evaluate", total=None)
         result = run_evaluation(
-            path, fmt, json_path=json_path, plot_path=plot, limit=limit,  # type: ignore[arg-type]
+            path, fmt, json_path=json_path, plot_path=plot, limit=limit,
             bootstrap=bootstrap,
             config=with_engine_config(co_view_weight=co_view_weight,
                                       co_cart_weight=co_cart_weight),

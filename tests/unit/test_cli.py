@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from streamer.cli import app
+from streamer.replay import InvalidRecord
 
 
 def test_the_command_list_shows_each_commands_summary_as_flowing_text(
@@ -21,3 +23,37 @@ def test_the_command_list_shows_each_commands_summary_as_flowing_text(
     for command in commands:
         summary = " ".join(inspect.getdoc(command.callback).split("\n\n")[0].split())
         assert any(summary in line for line in out.splitlines()), summary
+
+
+def test_convert_detects_the_format_and_reports_bad_input_without_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    bakery = tmp_path / "b.csv"
+    bakery.write_text("Date,Time,Transaction,Item\n2016-10-30,09:58:11,1,Bread\n")
+    done = runner.invoke(app, ["convert", str(bakery), "-o", str(tmp_path / "b.parquet")])
+    assert done.exit_code == 0, done.output
+    assert "1 purchases" in done.output and (tmp_path / "b.parquet").exists()
+    # ... and the Parquet it wrote is detected in turn.
+    back = runner.invoke(app, ["convert", str(tmp_path / "b.parquet"), "-o",
+                               str(tmp_path / "b.jsonl")])
+    assert back.exit_code == 0 and '"event_id":"bk-1"' in (tmp_path / "b.jsonl").read_text()
+
+    unknown = tmp_path / "other.csv"
+    unknown.write_text("a,b\n1,2\n")
+    for args, code, said in (
+            ([str(unknown)], 2, "cannot tell the format"),  # a usage error, with the formats
+            ([str(bakery), "--format", "xlsx"], 2, "'xlsx' is not one of"),
+    ):
+        result = runner.invoke(app, ["convert", *args, "-o", str(tmp_path / "o.jsonl")])
+        assert result.exit_code == code, result.output
+        assert said in " ".join(result.output.split()) and "parquet" in result.output
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"event_id": "e1", "kind": "view"}\n')
+    for command in (["convert", str(bad), "-o", str(tmp_path / "o.jsonl")],
+                    ["evaluate", str(bad)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert f"{bad}:1: schema" in " ".join(result.output.split())
+        assert not isinstance(result.exception, InvalidRecord)  # handled, not raised
