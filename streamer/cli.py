@@ -405,6 +405,18 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        # No broker at the configured address is a setting to fix, not a bug: say so and
+        # where it came from, without a traceback.
+        from aiokafka.errors import KafkaConnectionError
+
+        if not isinstance(e, KafkaConnectionError):
+            raise
+        bootstrap = Settings().kafka.bootstrap_servers
+        console.print(f"[red]cannot reach Kafka at {escape(bootstrap)}: {escape(str(e))}[/red]\n"
+                      "Set STREAMER__KAFKA__BOOTSTRAP_SERVERS to your brokers, or run "
+                      "`streamer broker` for a local one (`streamer demo` starts its own).")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from streamer.app.kafka import start_client
+
 if TYPE_CHECKING:
     from streamer.settings import KafkaSettings, Settings
 
@@ -149,7 +151,7 @@ async def wait_until_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
         while time.monotonic() < deadline:
             producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=2000)
             try:
-                await producer.start()
+                await producer.start()  # stopped below whatever happens
                 await producer.client.fetch_all_metadata()
                 return
             except (KafkaError, OSError) as e:
@@ -173,7 +175,7 @@ async def create_topics(
 ) -> None:
     """Create topics that do not exist yet (existing ones are left as they are)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
-    await admin.start()
+    await start_client(admin)
     try:
         existing = set(await admin.list_topics())
         new = [

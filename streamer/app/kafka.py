@@ -52,6 +52,19 @@ def aiokafka_kwargs(k: KafkaSettings) -> dict[str, Any]:
     return kw
 
 
+async def start_client(client: Any) -> None:
+    """``await client.start()`` for an aiokafka consumer, producer or admin client, which is
+    stopped again when it fails to start. Why: aiokafka leaves a client that could not start
+    (no broker at the bootstrap address, say) open, and reports it as unclosed at exit, after
+    the error that matters."""
+    try:
+        await client.start()
+    except BaseException:
+        stop = getattr(client, "stop", None) or client.close  # the admin client closes
+        await stop()
+        raise
+
+
 def faust_credentials(k: KafkaSettings) -> faust.types.auth.CredentialsT | None:
     """faust's ``broker_credentials`` for the configured security protocol (None: plaintext)."""
     ctx = ssl_context(k)
@@ -207,7 +220,7 @@ async def fetched_end_offsets(k: KafkaSettings, reported: Mapping[TPLike, int], 
         return result
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(k), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="latest")
-    await consumer.start()
+    await start_client(consumer)
     try:
         consumer.assign(list(wanted))
         for tp in wanted:

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.events import BundleOffer, EventCodec, InvalidEvent
 from streamer.settings import KafkaSettings
 
@@ -171,7 +171,7 @@ class OfferIndexFeed:
         consumer = AIOKafkaConsumer(**aiokafka_kwargs(self._kafka), enable_auto_commit=False,
                                     auto_offset_reset="earliest",
                                     fetch_max_wait_ms=self._kafka.fetch_max_wait_ms)
-        await consumer.start()
+        await start_client(consumer)
         try:
             tps = await assign_all_partitions(consumer, self.topic)
             since = int(time.time() * 1000) - self.lookback_ms

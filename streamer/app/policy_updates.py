@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.engine import Engine
 from streamer.observability import Metrics
 from streamer.settings import Settings
@@ -77,7 +77,7 @@ class PolicyFollower:
         topic = self.settings.topics.policy_updates
         consumer = AIOKafkaConsumer(**aiokafka_kwargs(self.settings.kafka),
                                     enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
+        await start_client(consumer)
         try:
             partitions: set[int] = set()
             while not partitions:
@@ -120,7 +120,7 @@ async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> Polic
     versions = PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version)
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings.kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    await consumer.start()
+    await start_client(consumer)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         if not partitions:
@@ -163,7 +163,7 @@ async def publish_rollback(settings: Settings, version: str, *, reason: str = ""
         known = ", ".join(v.version for v in versions.versions())
         raise ValueError(f"unknown version {version!r}; known: {known}")
     producer = AIOKafkaProducer(**aiokafka_kwargs(settings.kafka))
-    await producer.start()
+    await start_client(producer)
     try:
         await producer.send_and_wait(settings.topics.policy_updates,
                                      rollback_record(version, reason=reason), key=b"policy")

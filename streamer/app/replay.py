@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.events import Event, PurchaseEvent
 from streamer.replay.pacing import ReplayPacer
 from streamer.settings import Settings
@@ -64,7 +64,7 @@ async def replay_events(
     encode = msgspec.json.Encoder().encode
     producer = AIOKafkaProducer(**aiokafka_kwargs(settings.kafka), linger_ms=20,
                                 max_batch_size=256 * 1024)
-    await producer.start()
+    await start_client(producer)
     pending: set[asyncio.Future[object]] = set()
 
     def settle(done: Iterable[asyncio.Future[object]]) -> None:

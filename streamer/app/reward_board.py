@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.app.offer_index import assign_all_partitions
 from streamer.app.reward_tracking import spec_label
 from streamer.events import RewardWindow
@@ -198,7 +198,7 @@ async def read_reward_windows(
     """
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    await consumer.start()
+    await start_client(consumer)
     windows: list[RewardWindow] = []
     try:
         tps = await assign_all_partitions(consumer, topic)

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from streamer.app.broker import EmbeddedBroker, free_port, on_embedded
 from streamer.app.demo import StreamerProcess, WorkerProcess, demo_env, wait_ready
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.app.storefront import OfferCache
 from streamer.app.worker import ensure_topics
 from streamer.events import PurchaseEvent
@@ -49,7 +49,7 @@ class SimulatingStorefront:
         clicks, purchases, offers = self.topics
         encode = msgspec.json.Encoder().encode
         producer = AIOKafkaProducer(**aiokafka_kwargs(self.kafka), linger_ms=5)
-        await producer.start()
+        await start_client(producer)
         try:
             async with OfferCache(self.kafka, topic=offers,
                                   default_segment=self.default_segment) as cache:

@@ -23,7 +23,7 @@ from types import TracebackType
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.events import ClickEvent, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.offers import Choice, OfferBook
 from streamer.settings import KafkaSettings
@@ -55,7 +55,7 @@ class OfferCache:
     async def __aenter__(self) -> OfferCache:
         consumer = AIOKafkaConsumer(**aiokafka_kwargs(self._kafka), enable_auto_commit=False,
                                     auto_offset_reset="earliest")
-        await consumer.start()
+        await start_client(consumer)
         partitions = await self._partitions(consumer)
         consumer.assign([TopicPartition(self.topic, p) for p in partitions])
         await consumer.seek_to_beginning()
@@ -153,7 +153,7 @@ class StorefrontDriver:
 
     async def run(self, duration_s: float) -> None:
         producer = AIOKafkaProducer(**aiokafka_kwargs(self.kafka), linger_ms=5)
-        await producer.start()
+        await start_client(producer)
         try:
             async with OfferCache(self.kafka, topic=self.offers_topic,
                                   default_segment=self.default_segment) as cache:

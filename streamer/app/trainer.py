@@ -36,7 +36,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.engine import Engine, EngineConfig, carries_decision, logged_decision
 from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.events.dedup import Deduplicator
@@ -328,8 +328,8 @@ async def run_trainer(
     kw = aiokafka_kwargs(settings.kafka)
     consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(**kw)
-    await consumer.start()
-    await producer.start()
+    await start_client(consumer)
+    await start_client(producer)
     # One thread: fine-tunes are CPU-bound for seconds and must not stall consuming.
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fine-tune")
     loop = asyncio.get_running_loop()

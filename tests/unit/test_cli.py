@@ -57,3 +57,46 @@ def test_convert_detects_the_format_and_reports_bad_input_without_a_traceback(
         assert result.exit_code == 1, result.output
         assert f"{bad}:1: schema" in " ".join(result.output.split())
         assert not isinstance(result.exception, InvalidRecord)  # handled, not raised
+
+
+def test_no_broker_at_the_configured_address_is_an_error_message_not_a_traceback(
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from streamer.app.broker import free_port
+
+    env = {**os.environ, "STREAMER__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+           "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "streamer", "policy", "list"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "cannot reach Kafka at 127.0.0.1:" in out and "STREAMER__KAFKA__BOOTSTRAP_SERVERS" in out
+    assert "Traceback" not in out and "Unclosed" not in out, out  # the client was stopped
+
+
+def test_a_client_that_fails_to_start_is_stopped_again() -> None:
+    import asyncio
+
+    from streamer.app.kafka import start_client
+
+    class Client:
+        def __init__(self, closes: bool = False) -> None:
+            self.stopped = False
+            if closes:  # the admin client has close(), not stop()
+                self.close = self._stop
+            else:
+                self.stop = self._stop
+
+        async def start(self) -> None:
+            raise ConnectionError("no broker")
+
+        async def _stop(self) -> None:
+            self.stopped = True
+
+    for client in (Client(), Client(closes=True)):
+        with pytest.raises(ConnectionError):
+            asyncio.run(start_client(client))
+        assert client.stopped
