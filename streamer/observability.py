@@ -206,24 +206,6 @@ class Metrics:
             ["guardrail"],
             registry=self.registry,
         )
-        # -- the trainer (a process of its own) increments these ------------------------------
-        self.trainer_promotions = Counter(
-            "streamer_trainer_promotions",
-            "Policy versions the trainer promoted (lower bound beat the live policy).",
-            registry=self.registry,
-        )
-        self.trainer_rejections = Counter(
-            "streamer_trainer_rejections",
-            "Candidate policy versions the trainer rejected, per reason.",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.trainer_gate_margin = Gauge(
-            "streamer_trainer_gate_margin",
-            "The last judged candidate's paired lower bound of its reward per impression minus "
-            "the live policy's: promoted above 0 (0 before the first candidate).",
-            registry=self.registry,
-        )
         # -- policy versions a worker follows (policy-updates) ---------------------------------
         self.policy_adoptions = Counter(
             "streamer_policy_adoptions",
@@ -256,11 +238,36 @@ class Metrics:
         return _snapshot(self.registry.collect())
 
 
+class TrainerMetrics(Metrics):
+    """The trainer's metrics: :class:`Metrics` (it counts what it consumes, and reward drifts)
+    and its candidates' verdicts, which only the trainer has (workers do not expose them)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.trainer_promotions = Counter(
+            "streamer_trainer_promotions",
+            "Policy versions the trainer promoted (lower bound beat the live policy).",
+            registry=self.registry,
+        )
+        self.trainer_rejections = Counter(
+            "streamer_trainer_rejections",
+            "Candidate policy versions the trainer rejected, per reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.trainer_gate_margin = Gauge(
+            "streamer_trainer_gate_margin",
+            "The last judged candidate's paired lower bound of its reward per impression minus "
+            "the live policy's: promoted above 0 (0 before the first candidate).",
+            registry=self.registry,
+        )
+
+
 def parse_snapshot(text: str) -> dict[str, object]:
     """:meth:`Metrics.snapshot` of another process, from its ``/metrics`` page (the
     Prometheus text format; the demo reads the trainer's).
 
-    >>> m = Metrics()
+    >>> m = TrainerMetrics()
     >>> m.trainer_rejections.labels("gate").inc(2)
     >>> from prometheus_client import generate_latest
     >>> snap = parse_snapshot(generate_latest(m.registry).decode())

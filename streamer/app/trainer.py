@@ -40,7 +40,7 @@ from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.engine import Engine, EngineConfig, carries_decision, logged_decision
 from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.events.dedup import Deduplicator
-from streamer.observability import Metrics
+from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES, ConversionModel, DriftMonitor
 from streamer.policy import (
     FeedbackBatch,
@@ -313,11 +313,12 @@ async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
 
 
 async def run_trainer(
-    settings: Settings, *, stop: asyncio.Event | None = None, metrics: Metrics | None = None
+    settings: Settings, *, stop: asyncio.Event | None = None,
+    metrics: TrainerMetrics | None = None,
 ) -> FeedbackTrainer:
     """Consume, fine-tune, publish until ``stop`` is set (or forever); returns the core."""
     t = settings.topics
-    metrics = metrics or Metrics()
+    metrics = metrics or TrainerMetrics()
     stop = stop or asyncio.Event()
     base_version = Engine.v0_policy(EngineConfig()).version
     core = FeedbackTrainer(settings.trainer, base_version=base_version,
@@ -391,7 +392,7 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
 
 
 async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str,
-                   result: FineTuneResult, metrics: Metrics) -> None:
+                   result: FineTuneResult, metrics: TrainerMetrics) -> None:
     figures = json.dumps(result.metadata(), sort_keys=True)
     if result.difference is not None and math.isfinite(result.difference.lower):
         metrics.trainer_gate_margin.set(result.difference.lower)
@@ -421,7 +422,7 @@ def main(settings: Settings) -> None:
     from streamer.observability import configure_logging
 
     configure_logging(settings.worker.log_level)
-    metrics = Metrics()
+    metrics = TrainerMetrics()
     if settings.trainer.metrics_port:
         start_http_server(settings.trainer.metrics_port, addr=settings.trainer.metrics_host,
                           registry=metrics.registry)

@@ -134,12 +134,12 @@ def test_dashboard_queries_use_metrics_the_code_defines() -> None:
     import json
     import re
 
-    from streamer.observability import Metrics
+    from streamer.observability import TrainerMetrics
 
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/streamer.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\bstreamer_[a-z_]+", e)}
-    defined = Metrics().exposed_names()
+    defined = TrainerMetrics().exposed_names()  # the workers' metrics and the trainer's
     assert used and used <= defined, used - defined
     # A query that picks a scrape job names one Prometheus has.
     jobs = {job for e in exprs for job in re.findall(r'job="([^"]+)"', e)}
@@ -151,3 +151,14 @@ def test_dashboard_queries_use_metrics_the_code_defines() -> None:
                  "streamer_trainer_gate_margin",
                  "streamer_late_events_total", "streamer_reward_impressions_total"):
         assert name in used, name
+
+
+def test_only_the_trainer_exposes_the_trainers_metrics() -> None:
+    """Every worker replica is scraped: a trainer counter or gauge there would be a second,
+    always-zero series of it."""
+    from streamer.observability import Metrics, TrainerMetrics
+
+    trainers = {"streamer_trainer_promotions_total", "streamer_trainer_rejections_total",
+                "streamer_trainer_gate_margin"}
+    assert trainers <= TrainerMetrics().exposed_names()
+    assert not trainers & Metrics().exposed_names()

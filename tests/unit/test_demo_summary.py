@@ -6,13 +6,13 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 
 from streamer.app.demo import Candidates, trainer_candidates, trainer_lines
-from streamer.observability import Metrics, parse_snapshot
+from streamer.observability import TrainerMetrics, parse_snapshot
 
 
 def trainer_metrics(promoted: int = 0, rejected: int = 0, margin: float | None = None,
                     ) -> dict[str, object]:
     """A trainer's metrics as the demo reads them: its /metrics page, parsed."""
-    m = Metrics()
+    m = TrainerMetrics()
     m.trainer_promotions.inc(promoted)
     if rejected:
         m.trainer_rejections.labels("gate").inc(rejected - 1)
