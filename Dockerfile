@@ -1,4 +1,4 @@
-# The streamer worker image used by docker-compose.yml.
+# The streamer image (workers and the trainer) used by docker-compose.yml.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
