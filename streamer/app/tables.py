@@ -317,12 +317,10 @@ class WriteBuffer:
         finally:
             hold.release()
 
-    def table(self, raw: MutableMapping[Any, Any], value_type: type[V], *,
-              cache_size: int | None = None) -> BufferedTable[V]:
+    def table(self, raw: MutableMapping[Any, Any], value_type: type[V]) -> BufferedTable[V]:
         """A buffered view of ``raw`` (a faust table or a dict) flushed by this buffer, keeping
-        ``cache_size`` decoded values (None: the buffer's :attr:`cache_size`)."""
-        table = BufferedTable(raw, value_type, buffer=self,
-                              cache_size=self.cache_size if cache_size is None else cache_size)
+        the buffer's :attr:`cache_size` decoded values."""
+        table = BufferedTable(raw, value_type, buffer=self, cache_size=self.cache_size)
         self.tables.append(table)
         return table
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from streamer.events import EventCodec
-from streamer.replay.readers import PathLike, ReaderFormat, ReaderStats, read_events
+from streamer.replay.readers import Event, PathLike, ReaderFormat, ReaderStats, read_events
 
 __all__ = ["convert"]
 
@@ -47,24 +48,26 @@ def convert(
         raise ValueError(f"refusing to overwrite the input file {source}")
     stats = ReaderStats()
     events = read_events(source, fmt, limit=limit, stats=stats)
-    encode = EventCodec().encode
-    compress = target.suffix == ".gz"
     partial = target.with_name(f".{target.name}.partial")
     try:
         if target.suffix == ".parquet":
             from streamer.replay.parquet import write_events
 
             write_events(events, partial)
-            os.replace(partial, target)
-            return stats
-        with partial.open("wb") as raw:
-            # No name and mtime 0 in the gzip header: the same conversion gives the same bytes.
-            out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw
-            for event in events:
-                out.write(encode(event))
-                out.write(b"\n")
-            out.close()  # for gzip, writes the trailer; raw is closed by the with block
+        else:
+            _write_jsonl(events, partial, compress=target.suffix == ".gz")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return stats
+
+
+def _write_jsonl(events: Iterable[Event], path: Path, *, compress: bool) -> None:
+    encode = EventCodec().encode
+    with path.open("wb") as raw:
+        # No name and mtime 0 in the gzip header: the same conversion gives the same bytes.
+        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw
+        for event in events:
+            out.write(encode(event))
+            out.write(b"\n")
+        out.close()  # for gzip, writes the trailer; raw is closed by the with block

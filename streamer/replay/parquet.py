@@ -35,10 +35,7 @@ import pyarrow.parquet as pq
 
 from streamer.events import ClickEvent, PurchaseEvent
 
-__all__ = ["MAGIC", "SCHEMA", "read_rows", "write_events"]
-
-#: The first (and last) four bytes of every Parquet file.
-MAGIC = b"PAR1"
+__all__ = ["SCHEMA", "read_rows", "write_events"]
 
 SCHEMA = pa.schema([
     ("event_id", pa.string()),

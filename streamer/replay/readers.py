@@ -99,7 +99,7 @@ _UK = ZoneInfo("Europe/London")
 # China has had no daylight saving time since 1991: a fixed offset needs no tz database.
 _CHINA = timezone(timedelta(hours=8))
 _GZIP_MAGIC = b"\x1f\x8b"
-_PARQUET_MAGIC = b"PAR1"  # streamer.replay.parquet.MAGIC, without importing pyarrow to detect
+_PARQUET_MAGIC = b"PAR1"  # a Parquet file's first (and last) bytes: detected without pyarrow
 
 
 class InvalidRecord(ValueError):

@@ -349,12 +349,13 @@ def test_a_buffers_tables_keep_as_many_decoded_values_as_it_says() -> None:
     """A read of a value the cache holds returns the very object decoded (or written) before;
     one the cache dropped (the oldest quarter, when full) is decoded again, equal."""
     raw: dict[str, Any] = {}
-    buffer = WriteBuffer(cache_size=8)
-    table, uncached = buffer.table(raw, SeenId), buffer.table({}, SeenId, cache_size=0)
+    buffer, no_cache = WriteBuffer(cache_size=8), WriteBuffer(cache_size=0)
+    table, uncached = buffer.table(raw, SeenId), no_cache.table({}, SeenId)
     values = {f"e{n}": SeenId(n, 0, n) for n in range(12)}
     for key, value in values.items():
         table[key] = uncached[key] = value
     buffer.flush()
+    no_cache.flush()
     # Newest first: a miss inserts what it decodes, and may drop older entries.
     held = [key for key in reversed(values) if table[key] is values[key]]
     assert held == [f"e{n}" for n in range(11, 3, -1)]  # e0-e3 dropped, two at a time
