@@ -330,7 +330,11 @@ async def run_trainer(
     consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(**kw)
     await start_client(consumer)
-    await start_client(producer)
+    try:
+        await start_client(producer)
+    except BaseException:
+        await consumer.stop()  # started: stopped here, not left to the process's exit
+        raise
     # One thread: fine-tunes are CPU-bound for seconds and must not stall consuming.
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fine-tune")
     loop = asyncio.get_running_loop()

@@ -100,3 +100,34 @@ def test_a_client_that_fails_to_start_is_stopped_again() -> None:
         with pytest.raises(ConnectionError):
             asyncio.run(start_client(client))
         assert client.stopped
+
+
+def test_the_trainer_stops_its_consumer_when_its_producer_fails_to_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import streamer.app.trainer as trainer
+    from streamer.settings import Settings
+
+    stopped: list[str] = []
+
+    class Consumer:
+        def __init__(self, **_: object) -> None: ...
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None:
+            stopped.append("consumer")
+
+    class Producer(Consumer):
+        async def start(self) -> None:
+            raise ConnectionError("no broker")
+
+        async def stop(self) -> None:
+            stopped.append("producer")
+
+    monkeypatch.setattr(trainer, "AIOKafkaConsumer", Consumer)
+    monkeypatch.setattr(trainer, "AIOKafkaProducer", Producer)
+    with pytest.raises(ConnectionError):
+        asyncio.run(trainer.run_trainer(Settings()))
+    assert sorted(stopped) == ["consumer", "producer"]
