@@ -429,6 +429,14 @@ class TrainerSettings(_Section):
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="Newest share of the buffer the gate evaluates on."
     )
+    gate_confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Promotion gate: confidence of the paired lower bound of a candidate's "
+        "reward over the live policy's that must be above 0 (lower: promotes more often, on "
+        "weaker evidence).",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Where to fine-tune: cuda when available (auto), else the CPU."
     )

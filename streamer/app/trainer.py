@@ -138,6 +138,7 @@ class FeedbackTrainer:
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             holdout_fraction=config.holdout_fraction,
+            confidence=config.gate_confidence,
             device=config.device,
             max_threads=config.max_threads,
             seed=config.seed,

@@ -166,6 +166,22 @@ def test_trainer_picks_the_cpu_without_a_gpu_and_records_it(
     assert core.next_job(now_s=2.0) is None  # triggers reset
 
 
+def test_the_gate_confidence_setting_is_the_confidence_candidates_are_judged_at() -> None:
+    lower_bounds = []
+    for confidence in (0.5, 0.999):
+        core = trainer_with_feedback(max_threads=1, gate_confidence=confidence)
+        job = core.next_job(now_s=0.0)
+        assert job is not None
+        result = core.run(job)
+        assert result.difference is not None
+        assert result.difference.confidence == confidence
+        lower_bounds.append(result.difference.lower)
+    # The same records and seed: the same candidate, its bound wider at the higher confidence.
+    assert lower_bounds[1] < lower_bounds[0]
+    with pytest.raises(ValueError, match="gate_confidence"):
+        TrainerSettings(gate_confidence=1.0)
+
+
 def test_a_reward_drift_makes_the_trainer_forget_bundles_and_fine_tune_early(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
