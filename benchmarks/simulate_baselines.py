@@ -48,6 +48,7 @@ from typing import Any
 
 from streamer.engine import Engine, EngineConfig
 from streamer.events import ClickEvent, PurchaseEvent
+from streamer.policy import FineTuneConfig
 from streamer.simulation import (
     DEFAULT_START_MS,
     Catalogue,
@@ -62,7 +63,11 @@ from streamer.simulation import (
     run_closed_loop,
 )
 from streamer.simulation.decompose import LOSSES, OracleShareChain
-from streamer.simulation.learned import SIMULATION_ENGINE, LearnedDecisions
+from streamer.simulation.learned import (
+    SIMULATION_ENGINE,
+    LearnedDecisions,
+    simulation_fine_tune,
+)
 from streamer.simulation.loop import make_offer
 
 Factory = Callable[[Catalogue, int], DecisionMaker]
@@ -224,6 +229,10 @@ def main() -> None:
                         help="offers.min_change of both streamer methods (default: each one's, "
                         "0.05): the probability mass that must move for a changed offer to be "
                         "republished; 0 republishes every change")
+    parser.add_argument("--gate-confidence", type=float, default=None,
+                        help="the learned loop's promotion gate: the confidence of the paired "
+                             "lower bound a fine-tune must clear (default 0.95; near 0 promotes "
+                             "on the point estimate)")
     parser.add_argument("--json", default="", help="write the figures to this path")
     parser.add_argument("--plot", default="", help="write regret/share curves to this PNG")
     args = parser.parse_args()
@@ -242,12 +251,19 @@ def main() -> None:
     if args.min_change is not None:
         v0_config = dataclasses.replace(v0_config, min_change=args.min_change)
         learned_config = dataclasses.replace(learned_config, min_change=args.min_change)
+
+    def fine_tune_config(seed: int) -> FineTuneConfig:
+        config = simulation_fine_tune(seed)
+        if args.gate_confidence is None:
+            return config
+        return dataclasses.replace(config, confidence=args.gate_confidence)
+
     if "streamer" in factories:
         factories["streamer"] = lambda cat, seed: EngineDecisions(Engine.in_memory(v0_config))
     if "streamer_learned" in factories:
         factories["streamer_learned"] = lambda cat, seed: LearnedDecisions(
             config=learned_config, seed=seed, segments=[s.name for s in cat.segments],
-            reward_attribution=args.reward_attribution)
+            reward_attribution=args.reward_attribution, fine_tune=fine_tune_config(seed))
     if args.diagnostics:
         # Not a method: streamer as it would do if stable offers did not lapse at the
         # storefront (see EngineDecisions.assume_refreshed).
@@ -269,6 +285,7 @@ def main() -> None:
     result: dict[str, Any] = {"impressions": n, "catalogue_size": args.catalogue_size,
                               "seed": args.seed, "drift_at_ms": drift_at_ms,
                               "reward_attribution": args.reward_attribution,
+                              "gate_confidence": fine_tune_config(args.seed).confidence,
                               "session_interval_ms": interval, "methods": {}}
     for name, factory in factories.items():
         if factory is None:

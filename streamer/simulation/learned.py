@@ -148,6 +148,13 @@ def initial_policy(seed: int = 0) -> TorchPolicy:
     )
 
 
+def simulation_fine_tune(seed: int = 0) -> FineTuneConfig:
+    """The fine-tunes' configuration in the simulator (on the CPU; batches of 1,024 and a
+    learning rate of 0.01 for buffers of thousands of records, not a deployment's millions)."""
+    return FineTuneConfig(device="cpu", epochs=2, batch_size=1024, learning_rate=1e-2,
+                          seed=seed)
+
+
 class LearnedDecisions:
     """A decision-maker (``offer_for``/``learn``) running the whole learning loop in process.
 
@@ -215,8 +222,7 @@ class LearnedDecisions:
             every_records=every_records,
             every_seconds=1e12,
             min_records=min_records,
-            config=fine_tune or FineTuneConfig(device="cpu", epochs=2, batch_size=1024,
-                                               learning_rate=1e-2, seed=seed),
+            config=fine_tune or simulation_fine_tune(seed),
         )
         self.offers: OrderedDict[str, BundleOffer] = OrderedDict()
         self.attributor = Attributor({}, self.offers.get, window_ms=window_ms,
