@@ -236,6 +236,8 @@ def main() -> None:
     parser.add_argument("--json", default="", help="write the figures to this path")
     parser.add_argument("--plot", default="", help="write regret/share curves to this PNG")
     args = parser.parse_args()
+    if args.gate_confidence is not None and not 0.0 < args.gate_confidence < 1.0:
+        parser.error("--gate-confidence must be in (0, 1)")
 
     n, interval = args.impressions, args.session_interval_ms
     drift_at_ms = (DEFAULT_START_MS + round(args.drift_at * n) * interval
@@ -271,7 +273,8 @@ def main() -> None:
             Engine.in_memory(v0_config), assume_refreshed=True)
         # The learned loop with one offer per anchor for every segment (as before segments).
         factories["streamer_learned_blind"] = lambda cat, seed: LearnedDecisions(
-            config=learned_config, seed=seed, reward_attribution=args.reward_attribution)
+            config=learned_config, seed=seed, reward_attribution=args.reward_attribution,
+            fine_tune=fine_tune_config(seed))
     if args.with_oracle:
         factories["oracle"] = lambda cat, seed: OracleDecisions(cat)
 

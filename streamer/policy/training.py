@@ -102,6 +102,8 @@ class FineTuneConfig:
             raise ValueError("min_steps must be >= 0")
         if not self.learning_rate > 0 or not self.weight_clip > 0:
             raise ValueError("learning_rate and weight_clip must be positive")
+        if not 0.0 < self.confidence < 1.0:  # else the first gate, minutes later, would raise
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -319,3 +319,10 @@ def test_a_small_buffer_still_gets_min_steps_of_training() -> None:
     assert best_probability(few.candidate) < 0.3 < 0.6 < best_probability(enough.candidate)
     with pytest.raises(ValueError):
         FineTuneConfig(min_steps=-1)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, float("nan")])
+def test_a_gate_confidence_outside_0_1_is_refused_when_configured(confidence: float) -> None:
+    # Not at the first gate, after a whole fine-tune (or, in the simulator, minutes of run).
+    with pytest.raises(ValueError, match="confidence"):
+        FineTuneConfig(confidence=confidence)
