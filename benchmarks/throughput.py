@@ -29,7 +29,8 @@ spread over all of them), the rate at which each consumer gets through the same 
   runs the policy's network. The conversion model stays cold (these purchases close no
   impression); ``benchmarks/engine_regimes.py`` measures the engine with it warm, in process.
 
-``--warmup`` events (10,000 by default) come first and are consumed untimed; rates are
+``--warmup`` events come first and are consumed untimed (by default enough to reach the
+worker's steady state: ``steady_warmup``, 41,000 at the default spacing); rates are
 events/s over the ``--events`` after them, to the last one done. faust children and the
 in-process loops read all of them from the preloaded topic and time themselves from the
 first event after the warm-up. streamer's worker gets a topic of its own holding the warm-up
@@ -100,6 +101,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -897,12 +899,54 @@ def describe_pairs(ratios: list[float]) -> str:
     return f"per repeat {each}x; median {statistics.median(ratios):.2f}x"
 
 
+#: The default warm-up never exceeds this many events (see :func:`steady_warmup`).
+MAX_DEFAULT_WARMUP = 100_000
+#: Events past the attribution horizon before the timed ones (see :func:`steady_warmup`).
+SETTLE_EVENTS = 20_000
+
+
+def attribution_horizon_s() -> float:
+    """Event time a purchase's attribution state lives (the worker's default attribution
+    window plus its allowed lateness): sessions start closing this long into a stream."""
+    from streamer.settings import RewardSettings
+
+    rewards = RewardSettings()
+    return rewards.attribution_window_s + rewards.allowed_lateness_s
+
+
+def steady_warmup(spacing_ms: float) -> tuple[int, bool]:
+    """The default warm-up for purchases ``spacing_ms`` apart in event time, and whether it
+    reaches the worker's steady state.
+
+    The worker's attribution keeps every purchase's session until the watermark passes its
+    window (:func:`attribution_horizon_s`, 2,100 s by default); from then on, for each session
+    a purchase opens an older one closes (a table write and a delete per purchase, the
+    closing itself), and the offers' back-off and the partner tables settle over the next few
+    thousand. The worker's CPU per purchase rose from 80-100 us at 10-30k purchases into a
+    stream at 100 ms spacing to 130-160 us from ~40k on and stayed there to 200k (2026-12-06,
+    5,000-purchase windows): a 10,000-event warm-up timed the cheap start. So the warm-up
+    spans the horizon plus :data:`SETTLE_EVENTS` (41,000 events at 100 ms), or, when that
+    exceeds :data:`MAX_DEFAULT_WARMUP` (a live stream's spacing: 0.1 ms would need 21
+    million), 10,000 events that do not reach it.
+
+    >>> steady_warmup(100.0)
+    (41000, True)
+    >>> steady_warmup(0.1)
+    (10000, False)
+    """
+    needed = math.ceil(attribution_horizon_s() * 1000 / spacing_ms) + SETTLE_EVENTS \
+        if spacing_ms > 0 else MAX_DEFAULT_WARMUP + 1
+    return (needed, True) if needed <= MAX_DEFAULT_WARMUP else (10_000, False)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=20_000, help="events timed")
-    p.add_argument("--warmup", type=int, default=10_000,
+    p.add_argument("--warmup", type=int, default=None,
                    help="events consumed before the timed ones, untimed (0: time from the "
-                        "first event, start-up transients included)")
+                        "first event, start-up transients included). Default: enough for the "
+                        "worker's steady state (steady_warmup), at most "
+                        f"{MAX_DEFAULT_WARMUP:,}")
     p.add_argument("--event-spacing-ms", type=float, default=100.0, metavar="MS",
                    help="event time between two purchases (100: a replay compressed ~1000x; "
                         "0.1: a live stream of 10k purchases/s)")
@@ -928,6 +972,13 @@ def main() -> None:
     p.add_argument("--topic", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.warmup is None and not args.child:
+        args.warmup, steady = steady_warmup(args.event_spacing_ms)
+        if not steady:
+            print(f"note: at {args.event_spacing_ms:g} ms apart, the warm-up of "
+                  f"{args.warmup:,} events does not reach the worker's steady state (sessions "
+                  f"closing as fast as they open, after {attribution_horizon_s():,.0f} s of "
+                  "event time): the timed span is a live stream's first minutes", flush=True)
     if args.profile is not None and py_spy() is None:
         p.error("--profile needs py-spy: pip install -e '.[bench]'")
     if args.warmup < 0 or args.events < 1 or not args.event_spacing_ms >= 0:
