@@ -582,8 +582,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def stats(web_: Any, request: Any) -> Any:
         snapshot = metrics.snapshot()
         snapshot["tracked_items"] = len(items_t)
-        snapshot["reward_open_sessions"], snapshot["reward_open_windows"] = (
-            rewards.tracker.open_state())
+        # The open attribution and ledger state as the last tick counted it (every
+        # ``rewards.tick_interval_s``): counting it walks every table change waiting for the
+        # next commit, ~3 ms per poll at 7,000 purchases/s, 3 % of a worker polled every 100 ms.
+        snapshot["reward_open_sessions"] = int(snapshot["streamer_attribution_open_sessions"])
+        snapshot["reward_open_windows"] = int(snapshot["streamer_reward_open_windows"])
         snapshot["offer_index_size"] = len(rewards.offers)
         snapshot["conversion_learned"] = engine.conversion.n_learned
         snapshot["ready"] = sa.ready
