@@ -84,6 +84,7 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -382,6 +383,10 @@ class Attributor:
         # Due-time index: a heap with lazy deletion; _due holds each session's live entry.
         self._heap: list[tuple[int, str]] = []
         self._due: dict[str, int] = {}
+        # Sessions that hold purchases alone (no impression, click or tombstone): their newest
+        # purchase's ts. Such a session closes with nothing to attribute, and once its newest
+        # purchase has left every window it is deleted without reading it (see advance).
+        self._purchases_only: dict[str, int] = {}
         self._indexed = False
 
     # -- time ---------------------------------------------------------------------------
@@ -516,12 +521,24 @@ class Attributor:
             if self._due.get(session_id) != due:
                 continue  # superseded entry
             del self._due[session_id]
+            newest = self._purchases_only.get(session_id)
+            if newest is not None and newest + self.window_ms <= wm:
+                # Purchases alone, every one of them out of reach of any impression still to
+                # come (one that could claim them is too late now): _close would drop them all
+                # and attribute nothing. Deleted without decoding the state, the one read of
+                # most sessions closing on a store's purchase stream.
+                del self._purchases_only[session_id]
+                with contextlib.suppress(KeyError):
+                    del self._sessions[session_id]
+                continue
             state = self._sessions.get(session_id)
             if state is None:
+                self._purchases_only.pop(session_id, None)
                 continue
             remaining, records = self._close(session_id, state, wm)
             closed.extend(records)
             if remaining.size() == 0:
+                self._purchases_only.pop(session_id, None)
                 del self._sessions[session_id]
             else:
                 self._sessions[session_id] = remaining
@@ -533,6 +550,15 @@ class Attributor:
         return closed
 
     def _schedule(self, session_id: str, state: SessionState) -> None:
+        """Index ``state``, just stored (or found, on rebuild) under ``session_id``."""
+        if state.purchases and not (state.impressions or state.clicks or state.consumed):
+            newest = state.purchases[0].ts
+            for p in state.purchases:
+                if p.ts > newest:
+                    newest = p.ts
+            self._purchases_only[session_id] = newest
+        else:
+            self._purchases_only.pop(session_id, None)
         oldest = state.oldest_ts()
         if oldest is None:
             return

@@ -546,3 +546,74 @@ def test_state_stays_bounded_over_a_long_run() -> None:
     closed += len(att.advance(T0 + 48 * 60 * MIN))
     assert closed == 24 * 60 and att_sessions == {}
     assert att.counts["converted"] == 24 * 60 // 3
+
+
+class ReadCounting(ChangelogMapping):
+    """A changelog-like store that counts the states read (each read decodes one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __getitem__(self, key: str) -> SessionState:
+        state = super().__getitem__(key)
+        self.reads.append(key)
+        return state
+
+
+def test_a_session_of_purchases_alone_is_deleted_unread_once_out_of_every_window() -> None:
+    sessions = ReadCounting()
+    att = Attributor(sessions, OFFERS, window_ms=WINDOW, allowed_lateness_ms=LATENESS)
+    assert att.advance(T0) == []  # the first advance indexes the store (empty here)
+    assert att.observe(buy("p1", 0, "ab", s="alone")) == "applied"
+    assert att.observe(buy("p2", 10, "cd", s="two")) == "applied"
+    assert att.observe(imp("i1", 10, s="shown")) == "applied"
+    assert att.observe(buy("p3", 20, "ab", s="two")) == "applied"
+    assert sessions.reads == ["two"]  # p3 joins its session
+    sessions.reads.clear()
+    # Watermark at 45 min: "alone" (0 + 30) is out of every window and goes unread; "two" is
+    # due (10 + 30) but its purchase at 20 could still be claimed: read, kept with it alone;
+    # "shown" closes its impression.
+    records = att.advance(T0 + 45 * MIN + LATENESS)
+    assert [(r.impression_id, r.converted) for r in records] == [("i1", False)]
+    assert "alone" not in sessions and sessions["two"].purchases[0].event_id == "p3"
+    assert sorted(sessions.reads) == ["shown", "two", "two"]  # two closes read, one test read
+    sessions.reads.clear()
+    # A late impression that could have claimed p1 comes too late to reach it.
+    assert att.observe(imp("late", -1, s="alone")) == "too_late"
+    assert att.advance(T0 + 60 * MIN + LATENESS) == []
+    assert len(sessions) == 0 and sessions.reads == []
+
+
+class NoShortcut(Attributor):
+    """Closes every session by reading it, as before the purchases-only shortcut."""
+
+    def _schedule(self, session_id: str, state: SessionState) -> None:
+        super()._schedule(session_id, state)
+        self._purchases_only.pop(session_id, None)
+
+
+def test_purchases_only_shortcut_changes_no_outcome_status_or_state() -> None:
+    rng = random.Random(11)
+    events = _stream(rng, 200)
+    # Sessions of purchases alone, some with several purchases minutes apart.
+    for n in range(200):
+        start = rng.uniform(0, 180)
+        events += [buy(f"b{n}-{k}", start + k * rng.uniform(0, 15), rng.choice(["ab", "cd"]),
+                       s=f"b{n}") for k in range(rng.randint(1, 3))]
+    events += rng.sample(events, len(events) // 5)  # redelivered
+    # Delivered out of order: mostly within the lateness, some beyond, a few beyond the window.
+    events.sort(key=lambda e: e.ts + rng.choice([MIN, 8 * MIN, 40 * MIN]) * rng.random())
+    stores: list[dict[str, SessionState]] = [{}, {}]
+    atts = [cls(store, OFFERS, window_ms=WINDOW, allowed_lateness_ms=LATENESS)
+            for cls, store in zip((Attributor, NoShortcut), stores, strict=True)]
+    for n, e in enumerate(events):
+        assert atts[0].observe(e) == atts[1].observe(e)
+        if n % 7 == 0:
+            assert atts[0].advance() == atts[1].advance()
+            assert stores[0] == stores[1]
+    assert atts[0].advance(T0 + 24 * 60 * MIN) == atts[1].advance(T0 + 24 * 60 * MIN)
+    assert stores[0] == stores[1] == {}
+    assert atts[0].counts == atts[1].counts
+    counts = atts[0].counts
+    assert counts["too_late"] > 0 and counts["late_applied"] > 0 and counts["converted"] > 20
