@@ -585,8 +585,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # The open attribution and ledger state as the last tick counted it (every
         # ``rewards.tick_interval_s``): counting it walks every table change waiting for the
         # next commit, ~3 ms per poll at 7,000 purchases/s, 3 % of a worker polled every 100 ms.
-        snapshot["reward_open_sessions"] = int(snapshot["streamer_attribution_open_sessions"])
-        snapshot["reward_open_windows"] = int(snapshot["streamer_reward_open_windows"])
+        for name, gauge in (("reward_open_sessions", "streamer_attribution_open_sessions"),
+                            ("reward_open_windows", "streamer_reward_open_windows")):
+            snapshot[name] = int(cast(float, snapshot[gauge]))
         snapshot["offer_index_size"] = len(rewards.offers)
         snapshot["conversion_learned"] = engine.conversion.n_learned
         snapshot["ready"] = sa.ready
