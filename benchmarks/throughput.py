@@ -84,7 +84,12 @@ two CPU-bound processes against one (the engine in process, no broker: one alone
 once) and how many cores one worker's runs kept busy (worker, broker and producer), so how many
 1.7x its events/s would need at the same CPU per event; ``--only`` restricts the modes, and
 ``--worker-env K=V`` passes settings to the streamer worker (e.g.
-``STREAMER__WORKER__LOG_LEVEL=warning``).
+``STREAMER__WORKER__LOG_LEVEL=warning``). Two workers' span ends with a drain that one
+worker's does not have: the last item baskets a worker sends to the other's partitions reach
+it up to one fetch wait later (the embedded broker holds a fetch of several partitions for the
+whole wait, 500 ms by default), after both took their last purchase: 0.2-0.36 s of a ~1.3 s
+span in 20,000-event runs (2026-12-06), 0.08-0.49 s of 7.6-8.7 s in 100,000-event runs.
+Scaling in steady state wants ``--events 100000``.
 
 The embedded broker slows down as it fills (``broker_fetch.py``): run after run, streamer's
 worker, which sends two messages' worth of traffic through it per purchase (item baskets,
