@@ -928,7 +928,7 @@ def steady_warmup(spacing_ms: float) -> tuple[int, bool]:
     a purchase opens an older one closes (a table write and a delete per purchase, the
     closing itself), and the offers' back-off and the partner tables settle over the next few
     thousand. The worker's CPU per purchase rose from 80-100 us at 10-30k purchases into a
-    stream at 100 ms spacing to 130-160 us from ~40k on and stayed there to 200k (2026-12-06,
+    stream at 100 ms spacing to 110-160 us from ~40k on and stayed there to 200k (2026-12-06,
     5,000-purchase windows): a 10,000-event warm-up timed the cheap start. So the warm-up
     spans the horizon plus :data:`SETTLE_EVENTS` (41,000 events at 100 ms), or, when that
     exceeds :data:`MAX_DEFAULT_WARMUP` (a live stream's spacing: 0.1 ms would need 21
