@@ -6,8 +6,9 @@ older one closes (``benchmarks/throughput.py``'s steady state, where sessions st
 after the attribution window and its lateness). This times ``observe`` + ``advance`` over
 ``--events`` purchases, one session each, ``--event-spacing-ms`` apart, after ``--warmup``
 untimed ones (past the horizon: closings under way), against a session store that keeps
-states encoded and decodes them on every read, as a worker's table does for a state it has
-flushed. CPU microseconds per purchase, the median of ``--repeats``.
+states encoded with the worker's table codec and decodes them on every read
+(``EncodedTable`` without a cache), as a worker's table does for a state it flushed and no
+longer caches. CPU microseconds per purchase, the median of ``--repeats``.
 
 To compare two versions of the attribution, run it with each checkout first on the path:
 
@@ -21,39 +22,13 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Iterator, MutableMapping
 
-import msgspec
-
+from streamer.app.tables import EncodedTable
 from streamer.events.models import OrderLine, PurchaseEvent
 from streamer.rewards import Attributor, SessionState
 from streamer.settings import RewardSettings
 
 T0 = 1_700_000_000_000
-
-
-class EncodedStore(MutableMapping[str, SessionState]):
-    """Session states kept as MessagePack, decoded on every read (a flushed table value)."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
-        self._decode = msgspec.msgpack.Decoder(SessionState).decode
-        self._encode = msgspec.msgpack.Encoder().encode
-
-    def __getitem__(self, key: str) -> SessionState:
-        return self._decode(self._data[key])
-
-    def __setitem__(self, key: str, value: SessionState) -> None:
-        self._data[key] = self._encode(value)
-
-    def __delitem__(self, key: str) -> None:
-        del self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 def purchases(n: int, spacing_ms: float, seed: int = 1) -> list[PurchaseEvent]:
@@ -72,7 +47,9 @@ def purchases(n: int, spacing_ms: float, seed: int = 1) -> list[PurchaseEvent]:
 def cost_us(events: list[PurchaseEvent], warmup: int) -> float:
     """CPU microseconds per purchase of ``observe`` + ``advance`` after ``warmup`` untimed."""
     rewards = RewardSettings()
-    att = Attributor(EncodedStore(), {}, window_ms=int(rewards.attribution_window_s * 1000),
+    # The worker's codec, no decoded-value cache: every read decodes.
+    store = EncodedTable[SessionState]({}, SessionState, cache_size=0)
+    att = Attributor(store, {}, window_ms=int(rewards.attribution_window_s * 1000),
                      allowed_lateness_ms=int(rewards.allowed_lateness_s * 1000))
     for e in events[:warmup]:
         att.observe(e)

@@ -908,6 +908,8 @@ def describe_pairs(ratios: list[float]) -> str:
 MAX_DEFAULT_WARMUP = 100_000
 #: Events past the attribution horizon before the timed ones (see :func:`steady_warmup`).
 SETTLE_EVENTS = 20_000
+#: The default warm-up where the steady state is out of reach (see :func:`steady_warmup`).
+START_WARMUP = 10_000
 
 
 def attribution_horizon_s() -> float:
@@ -932,16 +934,18 @@ def steady_warmup(spacing_ms: float) -> tuple[int, bool]:
     5,000-purchase windows): a 10,000-event warm-up timed the cheap start. So the warm-up
     spans the horizon plus :data:`SETTLE_EVENTS` (41,000 events at 100 ms), or, when that
     exceeds :data:`MAX_DEFAULT_WARMUP` (a live stream's spacing: 0.1 ms would need 21
-    million), 10,000 events that do not reach it.
+    million), :data:`START_WARMUP` events that do not reach it.
 
     >>> steady_warmup(100.0)
     (41000, True)
     >>> steady_warmup(0.1)
     (10000, False)
     """
-    needed = math.ceil(attribution_horizon_s() * 1000 / spacing_ms) + SETTLE_EVENTS \
-        if spacing_ms > 0 else MAX_DEFAULT_WARMUP + 1
-    return (needed, True) if needed <= MAX_DEFAULT_WARMUP else (10_000, False)
+    if spacing_ms > 0:
+        needed = math.ceil(attribution_horizon_s() * 1000 / spacing_ms) + SETTLE_EVENTS
+        if needed <= MAX_DEFAULT_WARMUP:
+            return needed, True
+    return START_WARMUP, False
 
 
 def main() -> None:

@@ -537,8 +537,7 @@ class Attributor:
                 continue
             remaining, records = self._close(session_id, state, wm)
             closed.extend(records)
-            if remaining.size() == 0:
-                self._purchases_only.pop(session_id, None)
+            if remaining.size() == 0:  # never one of purchases alone: the shortcut took those
                 del self._sessions[session_id]
             else:
                 self._sessions[session_id] = remaining
