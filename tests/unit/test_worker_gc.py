@@ -37,7 +37,7 @@ def fake_gc(monkeypatch: Any) -> FakeGc:
 def test_young_threshold_is_raised_older_ones_kept(fake_gc: FakeGc) -> None:
     worker.tune_gc(Settings().worker)
     assert fake_gc.frozen
-    assert fake_gc.thresholds == (50_000, 10, 10)
+    assert fake_gc.thresholds == (500_000, 10, 10)
 
 
 def test_zero_keeps_pythons_thresholds(fake_gc: FakeGc) -> None:
