@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Protocol
 
 import msgspec
@@ -53,6 +54,22 @@ Signature = tuple[tuple[tuple[str, ...], float, float, float], ...]
 MATERIAL_SHIFT = 0.05
 
 
+#: The default price of each item (unknown: 0.0), for ``map(prices.get, items, _UNKNOWN)``.
+_UNKNOWN = repeat(0.0)
+
+
+def bundle_price(items: Sequence[str], discount_pct: float,
+                 price_of: Callable[[str, float], float]) -> float:
+    """The price of a bundle of ``items`` at ``discount_pct``, to the cent (``price_of``: a
+    prices mapping's ``get``; an unknown item counts 0.0). The one place of this arithmetic:
+    :func:`proposals_signature` must give the very floats :meth:`OfferBuilder.variants` does.
+
+    >>> bundle_price(("a", "b"), 10.0, {"a": 5.0, "b": 4.99}.get)
+    8.99
+    """
+    return round(sum(map(price_of, items, _UNKNOWN)) * (1.0 - discount_pct / 100.0), 2)
+
+
 def offer_signature(offer: BundleOffer) -> Signature:
     """What :func:`same_offer` compares: each variant's bundle, discount, bundle price and
     probability."""
@@ -82,14 +99,16 @@ def proposals_signature(proposals: Sequence[VariantProposal], *,
     """
     if not proposals:
         raise ValueError("an offer needs at least one proposal")
-    total = sum(p.probability for p in proposals)
+    total = sum([p.probability for p in proposals])
     get = prices.get
-    return tuple(
-        (tuple(c.items), p.discount_pct,
-         round(sum([get(i, 0.0) for i in c.items]) * (1.0 - p.discount_pct / 100.0), 2),
-         p.probability / total)
-        for p in proposals for c in (p.candidate,)
-    )
+    # A loop, not a generator into tuple(): this runs on every revision (~1 us of ~3.5 for
+    # four proposals).
+    signature = []
+    for p in proposals:
+        items, discount = p.candidate.items, p.discount_pct
+        signature.append((tuple(items), discount, bundle_price(items, discount, get),
+                          p.probability / total))
+    return tuple(signature)
 
 
 def same_offer(old: Signature, new: Signature, *, shift: float = MATERIAL_SHIFT) -> bool:
@@ -168,7 +187,7 @@ class OfferBuilder:
         ``candidate_scores``. Raises ``ValueError`` without proposals."""
         if not proposals:
             raise ValueError("an offer needs at least one proposal")
-        total = sum(p.probability for p in proposals)
+        total = sum([p.probability for p in proposals])
         get = prices.get
         variants = []
         for p in proposals:
@@ -176,9 +195,7 @@ class OfferBuilder:
             variants.append(Variant(
                 items=list(c.items),
                 discount_pct=p.discount_pct,
-                bundle_price=round(
-                    sum([get(i, 0.0) for i in c.items]) * (1.0 - p.discount_pct / 100.0), 2
-                ),
+                bundle_price=bundle_price(c.items, p.discount_pct, get),
                 probability=p.probability / total,
                 score=c.score if candidate_scores else p.score,
                 evidence=Evidence(

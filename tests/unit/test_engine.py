@@ -601,3 +601,65 @@ def test_decisions_made_together_are_the_decisions_made_one_by_one(broken: bool)
     assert versions == ({"v0-greedy"} if broken else {policy.version})
     assert together.policy_failures == one_by_one.policy_failures == (
         sum(counting.batches) if broken else 0)
+
+
+def test_an_offer_s_signature_is_remembered_for_that_very_offer_only() -> None:
+    from streamer.offers import offer_signature
+
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    engine.handle_purchase(order(0, ["tea", "cup"]))
+    first = engine.live_offer("tea")
+    engine.handle_purchase(order(1, ["tea", "pot", "jam"], ts=T0 + 1, price=3.0))
+    engine.handle_purchase(order(2, ["tea", "pot", "jam"], ts=T0 + 2, price=3.0))
+    second = engine.live_offer("tea")
+    assert first is not None and second is not None
+    assert offer_signature(first) != offer_signature(second)
+    assert engine._signature("tea", first) == offer_signature(first)
+    # Another offer under the key (a new revision, or the same one decoded again): rebuilt.
+    assert engine._signature("tea", second) == offer_signature(second)
+    again = msgspec.json.decode(msgspec.json.encode(second), type=type(second))
+    assert engine._signature("tea", again) == offer_signature(second)
+    assert engine._signatures["tea"][0] is again
+
+
+def test_remembered_signatures_revise_as_signatures_built_afresh() -> None:
+    # Offers read back from a table of encoded values, decoded anew when its small cache
+    # misses (other objects for the same offers): the same revisions as an engine that
+    # builds every signature afresh.
+    from streamer.app.tables import EncodedTable
+    from streamer.events import BundleOffer
+    from streamer.offers import offer_signature
+
+    rng = random.Random(5)
+    items = [f"i{k:02d}" for k in range(30)]
+    orders = [order(n, rng.sample(items, rng.randint(2, 4)), ts=T0 + n * 700,
+                    price=rng.choice([2.0, 2.0, 2.0, 2.5]))
+              for n in range(3_000)]
+
+    def engine(remember: bool) -> Engine:
+        config = EngineConfig(min_interval_ms=1_000, max_recheck_interval_ms=8_000)
+        state = EngineState.in_memory()
+        state.offers = EncodedTable({}, BundleOffer, cache_size=8)
+        made = Engine(config, state, Engine.v0_policy(config))
+        if not remember:
+            made._signature = lambda key, offer: offer_signature(offer)  # type: ignore[method-assign]
+        return made
+
+    remembered, afresh = engine(True), engine(False)
+    published = [(remembered.handle_purchase(o), afresh.handle_purchase(o)) for o in orders]
+    assert sum(len(a) for a, _ in published) > 200
+    assert [a for a, _ in published] == [b for _, b in published]
+    assert remembered._signatures  # and it did remember
+
+
+def test_remembered_signatures_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamer.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_SIGNATURES_KEPT", 16)
+    engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+    engine.handle_purchase(order(0, ["tea", "cup"]))
+    offer = engine.live_offer("tea")
+    assert offer is not None
+    for n in range(100):
+        engine._signature(f"k{n}", offer)
+    assert len(engine._signatures) <= 16
