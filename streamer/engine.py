@@ -327,10 +327,10 @@ class Engine:
             triple_partners=config.triple_partners,
             triple_min_orders=config.triple_min_orders, ranks=ranks,
         )
-        # Learning runs on a scratch copy of the one anchor being learned (``learn_anchor``
-        # reads and writes one key of items and one of counts); the engine then writes the
-        # result and the event's id back as one record. The partner budget counts the anchors
-        # in the records (the scratch mapping holds one).
+        # Learning runs on scratch copies of the anchors of one batch being learned
+        # (``learn_anchor`` reads and writes one key of items and one of counts); the engine
+        # then writes each one's result and its events' ids back as one record. The partner
+        # budget counts the anchors in the records.
         self._scratch_items: dict[str, ItemStats] = {}
         self._scratch_counts: dict[str, Decayed] = {}
         self._learner = CoPurchaseStats(
@@ -535,12 +535,19 @@ class Engine:
         """
         touched: dict[str, int] = {}
         duplicates = 0
-        for basket in baskets:
-            if self._learn(basket):
-                if basket.anchor != TOTAL_KEY:
-                    touched[basket.anchor] = max(basket.ts, touched.get(basket.anchor, basket.ts))
-            else:
-                duplicates += 1
+        # Each anchor's marks so far, for the anchors learned in this batch; their statistics
+        # are in the scratch mappings meanwhile, and each gets one record at the end.
+        learned: dict[str, dict[int, int]] = {}
+        try:
+            for basket in baskets:
+                if self._learn(basket, learned):
+                    if basket.anchor != TOTAL_KEY:
+                        touched[basket.anchor] = max(basket.ts,
+                                                     touched.get(basket.anchor, basket.ts))
+                else:
+                    duplicates += 1
+        finally:  # what was learned is written whatever happens to the rest
+            self._write_learned(learned)
         return self._revise_anchors(touched), duplicates
 
     def _revise_anchors(self, touched: dict[str, int]) -> list[BundleOffer]:
@@ -582,24 +589,46 @@ class Engine:
         offers, _ = self.learn_baskets([basket])
         return offers[0] if offers else None
 
-    def _learn(self, basket: ItemBasket) -> bool:
-        """Learn one basket into its anchor's record unless learned already (False then)."""
+    def _learn(self, basket: ItemBasket, learned: dict[str, dict[int, int]]) -> bool:
+        """Learn one basket into its anchor's statistics in the scratch mappings unless learned
+        already (False then); ``learned``: the marks of the anchors learned in this batch so
+        far (:meth:`_write_learned` makes their records). Why not one record per basket: a
+        batch of purchases holds each anchor several times (the order counter once per
+        purchase; ~3.7 baskets per anchor in the worker's batches on the throughput
+        benchmark), and building, writing and reading back the record each time cost more
+        than learning."""
         anchor = basket.anchor
-        items, counts = self.state.items, self.state.counts
-        record = items.get(anchor)
-        if _learned_already(record, basket):
-            assert record is not None
-            if counts.get(anchor) != record.count:
-                counts[anchor] = record.count
-            return False
-        record = self._learned(record, basket)
-        items[anchor] = record  # the one write that makes the event count, its mark included
-        counts[anchor] = record.count
+        sources = learned.get(anchor)
+        if sources is None:  # the anchor's first basket in this batch
+            record = self.state.items.get(anchor)
+            if _learned_already(record, basket):
+                assert record is not None
+                counts = self.state.counts
+                if counts.get(anchor) != record.count:
+                    counts[anchor] = record.count
+                return False
+            if record is not None:
+                if record.stats is not None:
+                    self._scratch_items[anchor] = record.stats
+                self._scratch_counts[anchor] = record.count
+                sources = dict(record.sources)  # the record is immutable, its dict too
+            else:
+                sources = {}
+        elif basket.offset >= 0 and sources.get(basket.source, -1) >= basket.offset:
+            return False  # learned already in this batch
+        if anchor == TOTAL_KEY:
+            self._learner.learn_order_total(basket.ts, basket.weight)
+        else:
+            self._learner.learn_anchor(anchor, basket.partners, basket.ts, basket.weight,
+                                       count_anchor=basket.count_anchor)
+        if basket.offset >= 0:
+            sources[basket.source] = basket.offset
+        learned[anchor] = sources  # once learned (a failed basket leaves no record behind)
         if anchor == TOTAL_KEY:
             return True
         catalog = self.state.catalog
-        if basket.price >= 0 and catalog.get(basket.anchor) != basket.price:
-            catalog[basket.anchor] = basket.price
+        if basket.price >= 0 and catalog.get(anchor) != basket.price:
+            catalog[anchor] = basket.price
         # A partner's price is its own anchor's business (kept current there); here it is only
         # filled in when still unknown, so the first offers already carry right bundle prices
         # even when the partner's own slice of the order has not been learned yet.
@@ -608,25 +637,18 @@ class Engine:
                 catalog[partner] = price
         return True
 
-    def _learned(self, record: ItemRecord | None, basket: ItemBasket) -> ItemRecord:
-        """``record`` with ``basket`` learned into it (a new value; ``record`` is untouched)."""
-        anchor = basket.anchor
-        items, counts = self._scratch_items, self._scratch_counts
-        items.clear()
-        counts.clear()
-        if record is not None:
-            if record.stats is not None:
-                items[anchor] = record.stats
+    def _write_learned(self, learned: dict[str, dict[int, int]]) -> None:
+        """Write each anchor learned in this batch as one record (its statistics, count and
+        marks: the one write that makes its events count) and mirror its count into
+        ``counts``; then empty the scratch mappings."""
+        items, counts = self.state.items, self.state.counts
+        scratch_items, scratch_counts = self._scratch_items, self._scratch_counts
+        for anchor, sources in learned.items():
+            record = ItemRecord(scratch_items.get(anchor), scratch_counts[anchor], sources)
+            items[anchor] = record
             counts[anchor] = record.count
-        if anchor == TOTAL_KEY:
-            self._learner.learn_order_total(basket.ts, basket.weight)
-        else:
-            self._learner.learn_anchor(anchor, basket.partners, basket.ts, basket.weight,
-                                       count_anchor=basket.count_anchor)
-        sources = record.sources if record is not None else {}
-        if basket.offset >= 0:
-            sources = {**sources, basket.source: basket.offset}
-        return ItemRecord(items.get(anchor), counts[anchor], sources)
+        scratch_items.clear()
+        scratch_counts.clear()
 
     def revise_offers(self, anchor: str, now_ms: int) -> list[BundleOffer]:
         """:meth:`revise_offer` for each of the anchor's segments (``offer_segments``, the

@@ -663,3 +663,24 @@ def test_remembered_signatures_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     for n in range(100):
         engine._signature(f"k{n}", offer)
     assert len(engine._signatures) <= 16
+
+
+def test_a_basket_that_fails_leaves_what_its_batch_learned_before_it() -> None:
+    # Records are written once per batch: a basket that raises (here a weight learning
+    # refuses) must not lose the baskets before it, nor leave itself half learned, nor leave
+    # the scratch state to the next batch.
+    def basket(anchor: str, n: int, weight: float = 1.0) -> ItemBasket:
+        return ItemBasket(anchor, ["pot"], T0 + n, f"e{n}", price=2.0, partner_prices=[3.0],
+                          weight=weight, source=0, offset=n)
+
+    engine, reference = Engine.in_memory(), Engine.in_memory()
+    with pytest.raises(ValueError):
+        engine.learn_baskets([basket("tea", 1), basket("tea", 2), basket("cup", 3, weight=-1.0),
+                              basket("jam", 4)])
+    reference.learn_baskets([basket("tea", 1), basket("tea", 2)])
+    assert _state(engine) == _state(reference)
+    assert "cup" not in engine.state.items
+    for n in range(5, 9):
+        engine.learn_baskets([basket("cup", n), basket("tea", n + 10)])
+        reference.learn_baskets([basket("cup", n), basket("tea", n + 10)])
+    assert _state(engine) == _state(reference)
