@@ -143,8 +143,8 @@ class WorkerSettings(_Section):
         "second of table changes waiting for the write-back) and its cyclic garbage is rare, "
         "so each collection walks tens of thousands of live objects and finds almost nothing: "
         "at 700 that was ~10 % of the worker's time at a stream's start; at 50,000, 12-50 ms "
-        "per young collection and ~9 % of its CPU in steady state; at 500,000 a collection "
-        "every ~30 s at 8k purchases/s, pauses up to ~0.25 s. Cyclic garbage waits longer.",
+        "per young collection and ~9 % of its CPU in steady state; at 500,000 about one "
+        "collection per 100,000 purchases, pauses up to ~0.25 s. Cyclic garbage waits longer.",
     )
 
 

@@ -101,8 +101,8 @@ def proposals_signature(proposals: Sequence[VariantProposal], *,
         raise ValueError("an offer needs at least one proposal")
     total = sum([p.probability for p in proposals])
     get = prices.get
-    # A loop, not a generator into tuple(): this runs on every revision (~1 us of ~3.5 for
-    # four proposals).
+    # A loop, not a generator into tuple(): this runs on every revision (2.9 against 3.5 us
+    # for four proposals).
     signature = []
     for p in proposals:
         items, discount = p.candidate.items, p.discount_pct
