@@ -852,7 +852,7 @@ class Engine:
         """``offer_signature(offer)``, ``offer`` being the last offer of ``key``; remembered
         while the offers table hands out this very object (its decoded-value cache). Why: an
         anchor's offer is compared with most of its revisions (~94 % of them change nothing in
-        steady state), and its signature cost ~1.5 us to rebuild each time."""
+        steady state), and its signature cost ~0.5 us to rebuild each time (4 variants)."""
         known = self._signatures.get(key)
         if known is not None and known[0] is offer:
             return known[1]
