@@ -614,7 +614,7 @@ class Engine:
                 sources = dict(record.sources)  # the record is immutable, its dict too
             else:
                 sources = {}
-        elif basket.offset >= 0 and sources.get(basket.source, -1) >= basket.offset:
+        elif _marked(sources, basket):
             return False  # learned already in this batch
         if anchor == TOTAL_KEY:
             self._learner.learn_order_total(basket.ts, basket.weight)
@@ -949,8 +949,13 @@ def offer_key(anchor: str, segment: str, default_segment: str) -> str:
 
 
 def _learned_already(record: ItemRecord | None, basket: ItemBasket) -> bool:
-    return (record is not None and basket.offset >= 0
-            and record.sources.get(basket.source, -1) >= basket.offset)
+    return record is not None and _marked(record.sources, basket)
+
+
+def _marked(sources: Mapping[int, int], basket: ItemBasket) -> bool:
+    """Whether ``basket`` is at or below the mark of its purchases partition in ``sources``
+    (a record's, or the marks a batch has learned so far): learned already."""
+    return basket.offset >= 0 and sources.get(basket.source, -1) >= basket.offset
 
 
 class ItemStatsView(MutableMapping[str, ItemStats]):

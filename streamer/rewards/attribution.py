@@ -208,6 +208,18 @@ class SessionState(Struct, frozen=True, kw_only=True):
                     oldest = e.ts
         return oldest
 
+    def purchases_alone(self) -> int | None:
+        """The newest purchase's ts when this state holds purchases alone (no impression,
+        click or tombstone: nothing of it can be attributed until an impression comes), else
+        None."""
+        if not self.purchases or self.impressions or self.clicks or self.consumed:
+            return None
+        newest = self.purchases[0].ts
+        for p in self.purchases:
+            if p.ts > newest:
+                newest = p.ts
+        return newest
+
 
 _NO_STATE = SessionState()  # a session's state before its first event (immutable: shared)
 
@@ -528,6 +540,7 @@ class Attributor:
                 # and attribute nothing. Deleted without decoding the state, the one read of
                 # most sessions closing on a store's purchase stream.
                 del self._purchases_only[session_id]
+                # del, not pop(): a table's pop() reads (decodes) the value it returns.
                 with contextlib.suppress(KeyError):
                     del self._sessions[session_id]
                 continue
@@ -550,14 +563,11 @@ class Attributor:
 
     def _schedule(self, session_id: str, state: SessionState) -> None:
         """Index ``state``, just stored (or found, on rebuild) under ``session_id``."""
-        if state.purchases and not (state.impressions or state.clicks or state.consumed):
-            newest = state.purchases[0].ts
-            for p in state.purchases:
-                if p.ts > newest:
-                    newest = p.ts
-            self._purchases_only[session_id] = newest
-        else:
+        newest = state.purchases_alone()
+        if newest is None:
             self._purchases_only.pop(session_id, None)
+        else:
+            self._purchases_only[session_id] = newest
         oldest = state.oldest_ts()
         if oldest is None:
             return

@@ -617,3 +617,16 @@ def test_purchases_only_shortcut_changes_no_outcome_status_or_state() -> None:
     assert atts[0].counts == atts[1].counts
     counts = atts[0].counts
     assert counts["too_late"] > 0 and counts["late_applied"] > 0 and counts["converted"] > 20
+
+
+def test_a_state_of_purchases_alone_knows_its_newest_purchase() -> None:
+    from streamer.rewards.attribution import PendingPurchase, Tombstone
+
+    def bought(name: str, ts: int) -> PendingPurchase:
+        return PendingPurchase(event_id=name, ts=ts, offer_id=None, lines=())
+
+    alone = SessionState(purchases=(bought("a", T0 + 5), bought("b", T0 + 9), bought("c", T0 + 2)))
+    assert alone.purchases_alone() == T0 + 9
+    assert SessionState().purchases_alone() is None
+    credited = msgspec.structs.replace(alone, consumed=(Tombstone(event_id="x", ts=T0),))
+    assert credited.purchases_alone() is None
