@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -118,7 +119,7 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         if len(cache) >= self._cache_size and key not in cache:
             # Drop the oldest quarter (insertion order): amortised O(1), keeps hot keys that
             # were written recently.
-            for old in list(cache)[: max(1, self._cache_size // 4)]:
+            for old in list(islice(cache, max(1, self._cache_size // 4))):
                 del cache[old]
         cache[key] = (raw, value)
 
@@ -481,6 +482,7 @@ class BufferedTable(EncodedTable[V]):
                 keys.clear()
             outbox = buffer._outbox
         encode, cache, sent = self._encode, self._cache, buffer._inflight
+        keep = self._cache_size
         for key, (partition, value) in dirty.items():
             data = None if value is _DELETED else encode(value)
             cache.pop(key, None)
@@ -488,7 +490,8 @@ class BufferedTable(EncodedTable[V]):
                 store.pop(key, None)
             else:
                 store[key] = data
-                self._remember(key, data, value)
+                if keep:  # remembered as the newest; the cache is trimmed after the loop
+                    cache[key] = (data, value)
             if outbox is not None:
                 if json_keys and type(key) is str:
                     key_data = encode_key(key)
@@ -502,4 +505,10 @@ class BufferedTable(EncodedTable[V]):
             elif send is not None:
                 sent.append(send(partition, key, data, value_serializer="raw") if data is None
                             else send(partition, key, data))
+        if len(cache) > keep:
+            # The oldest dropped, the newest ``keep`` kept: once per flush, not a check per key
+            # written (~4 a purchase in the worker, mostly new keys: de-duplication ids and
+            # sessions).
+            for old in list(islice(cache, len(cache) - keep)):
+                del cache[old]
         return len(dirty)
