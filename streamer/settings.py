@@ -104,8 +104,11 @@ class WorkerSettings(_Section):
         "info", description="Log level of the worker."
     )
     batch_max: int = Field(
-        1000, ge=1, le=100_000,
-        description="Most events an agent takes at once.",
+        4096, ge=1, le=100_000,
+        description="Most events an agent takes at once. Batches fill only under a backlog "
+        "(live, an agent takes what came within batch_linger_ms); an anchor touched several "
+        "times in one batch has its offer reconsidered once, at its last touch. The "
+        "agents' stream buffers hold at least this many events.",
     )
     batch_linger_ms: float = Field(
         5.0, gt=0, le=10_000,

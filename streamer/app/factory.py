@@ -260,6 +260,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # (benchmarks/throughput.py --ref: per-repeat medians of two runs, 10 of 12 repeats
         # in favour; 1.05x with a live stream's timestamps, 4 of 5).
         producer_max_batch_size=k.producer_batch_bytes,
+        # A batch is taken from the stream's buffer (streamer.app.batching): faust's 4,096
+        # unless a batch may be larger.
+        stream_buffer_maxsize=max(4096, w.batch_max),
     )
     # Messages reach the agents without faust's per-message tasks (2.3x less CPU for faust's
     # share), and tables recover up to the end offsets a fetch sees (the embedded broker

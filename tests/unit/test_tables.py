@@ -395,6 +395,23 @@ def test_producer_batch_size_reaches_faust(size: int | None) -> None:
         Settings(kafka={"producer_batch_bytes": 1024})
 
 
+
+@pytest.mark.parametrize("batch_max", [None, 100, 10_000])
+def test_an_agents_stream_buffer_holds_a_whole_batch(batch_max: int | None) -> None:
+    """An agent takes its batch from its stream's buffer (``streamer.app.batching``): the
+    worker's buffers hold ``worker.batch_max`` events (4,096 unless set), and never fewer than
+    faust's default, so a batch is not cut at the buffer's size."""
+    from streamer.app.factory import create_app
+    from streamer.settings import Settings
+
+    worker: dict[str, Any] = {"app_id": f"buffer-{batch_max}"}
+    if batch_max is not None:
+        worker["batch_max"] = batch_max
+    settings = Settings(worker=worker)
+    assert settings.worker.batch_max == (4096 if batch_max is None else batch_max)
+    held = create_app(settings).app.conf.stream_buffer_maxsize
+    assert held == max(4096, settings.worker.batch_max)
+
 def test_the_workers_engine_learns_in_place_only_what_no_flush_has_handed_out() -> None:
     """The worker's engine updates an anchor's tables in place between flushes of its
     write-back; a value a flush wrote (to the store and the cache of decoded values) is never
