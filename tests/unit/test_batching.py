@@ -16,8 +16,8 @@ from streamer.app.batching import take_batches
 from tests.conftest import quiescent, until
 
 
-def run_agent(max_: int, within: float, scenario: Any) -> list[list[int]]:
-    app = faust.App("batching-unit", broker="kafka://127.0.0.1:9", store="memory://")
+def run_agent(max_: int, within: float, scenario: Any, **conf: Any) -> list[list[int]]:
+    app = faust.App("batching-unit", broker="kafka://127.0.0.1:9", store="memory://", **conf)
     batches: list[list[int]] = []
     acked_in_body: list[bool] = []
     gate = asyncio.Event()
@@ -98,6 +98,21 @@ def test_a_full_batch_waiting_is_taken_without_lingering() -> None:
 
     run_agent(2, 3600.0, scenario)
 
+
+def test_a_batch_is_at_most_what_the_streams_buffer_holds() -> None:
+    """The batch is taken from the stream's buffer: events beyond its size wait outside it
+    (faust's flow control), so a buffer smaller than ``max_`` cuts every batch, and the
+    worker sizes its buffers to ``worker.batch_max`` (tests/unit/test_tables.py)."""
+    async def scenario(wrapper: Any, batches: list[list[int]], gate: asyncio.Event) -> None:
+        gate.set()
+        for i in range(10):
+            await wrapper.put(i, wait=False)  # waits while the buffer is full
+        await until(lambda: sum(map(len, batches)) == 10, "all ten events taken")
+
+    batches = run_agent(10, 0.2, scenario, stream_buffer_maxsize=4)
+    assert [v for b in batches for v in b] == list(range(10))
+    assert max(map(len, batches)) <= 5  # the first event taken, then what the buffer held
+    assert len(batches) >= 2
 
 def test_events_of_an_older_consumer_generation_are_dropped_unacked() -> None:
     """As faust's stream iterator: an event fetched before a rebalance (an older consumer

@@ -395,7 +395,6 @@ def test_producer_batch_size_reaches_faust(size: int | None) -> None:
         Settings(kafka={"producer_batch_bytes": 1024})
 
 
-
 @pytest.mark.parametrize("batch_max", [None, 100, 10_000])
 def test_an_agents_stream_buffer_holds_a_whole_batch(batch_max: int | None) -> None:
     """An agent takes its batch from its stream's buffer (``streamer.app.batching``): the
@@ -411,6 +410,7 @@ def test_an_agents_stream_buffer_holds_a_whole_batch(batch_max: int | None) -> N
     assert settings.worker.batch_max == (4096 if batch_max is None else batch_max)
     held = create_app(settings).app.conf.stream_buffer_maxsize
     assert held == max(4096, settings.worker.batch_max)
+
 
 def test_the_workers_engine_learns_in_place_only_what_no_flush_has_handed_out() -> None:
     """The worker's engine updates an anchor's tables in place between flushes of its
