@@ -84,7 +84,6 @@ Contract
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -540,9 +539,13 @@ class Attributor:
                 # and attribute nothing. Deleted without decoding the state, the one read of
                 # most sessions closing on a store's purchase stream.
                 del self._purchases_only[session_id]
-                # del, not pop(): a table's pop() reads (decodes) the value it returns.
-                with contextlib.suppress(KeyError):
+                # del, not pop(): a table's pop() reads (decodes) the value it returns. try,
+                # not contextlib.suppress: once per purchase, and suppress() costs a context
+                # manager's object and two calls (~0.8 us in the worker's profile).
+                try:  # noqa: SIM105 (see above)
                     del self._sessions[session_id]
+                except KeyError:
+                    pass
                 continue
             state = self._sessions.get(session_id)
             if state is None:
