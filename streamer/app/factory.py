@@ -41,6 +41,7 @@ import faust
 import msgspec
 from aiohttp import web
 from faust.types import TP
+from faust.types.settings import Settings as FaustSettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streamer.app.batching import take_batches
@@ -88,6 +89,9 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+#: faust's stream buffer size unless set (4,096): the events an agent's stream holds.
+STREAM_BUFFER_DEFAULT: int = (
+    FaustSettings.stream_buffer_maxsize.default)  # type: ignore[attr-defined]
 
 
 #: Largest item-baskets message the purchases agent sends, encoded: under faust's producer
@@ -260,9 +264,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # (benchmarks/throughput.py --ref: per-repeat medians of two runs, 10 of 12 repeats
         # in favour; 1.05x with a live stream's timestamps, 4 of 5).
         producer_max_batch_size=k.producer_batch_bytes,
-        # A batch is taken from the stream's buffer (streamer.app.batching): faust's 4,096
-        # unless a batch may be larger.
-        stream_buffer_maxsize=max(4096, w.batch_max),
+        # A batch is taken from the stream's buffer (streamer.app.batching): faust's default
+        # size unless a batch may be larger.
+        stream_buffer_maxsize=max(STREAM_BUFFER_DEFAULT, w.batch_max),
     )
     # Messages reach the agents without faust's per-message tasks (2.3x less CPU for faust's
     # share), and tables recover up to the end offsets a fetch sees (the embedded broker

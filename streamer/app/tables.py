@@ -482,7 +482,6 @@ class BufferedTable(EncodedTable[V]):
                 keys.clear()
             outbox = buffer._outbox
         encode, cache, sent = self._encode, self._cache, buffer._inflight
-        keep = self._cache_size
         for key, (partition, value) in dirty.items():
             data = None if value is _DELETED else encode(value)
             cache.pop(key, None)
@@ -490,8 +489,7 @@ class BufferedTable(EncodedTable[V]):
                 store.pop(key, None)
             else:
                 store[key] = data
-                if keep:  # remembered as the newest; the cache is trimmed after the loop
-                    cache[key] = (data, value)
+                self._remember(key, data, value)
             if outbox is not None:
                 if json_keys and type(key) is str:
                     key_data = encode_key(key)
@@ -505,10 +503,4 @@ class BufferedTable(EncodedTable[V]):
             elif send is not None:
                 sent.append(send(partition, key, data, value_serializer="raw") if data is None
                             else send(partition, key, data))
-        if len(cache) > keep:
-            # The oldest dropped, the newest ``keep`` kept: once per flush, not a check per key
-            # written (~4 a purchase in the worker, mostly new keys: de-duplication ids and
-            # sessions).
-            for old in list(islice(cache, len(cache) - keep)):
-                del cache[old]
         return len(dirty)

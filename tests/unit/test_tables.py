@@ -400,9 +400,10 @@ def test_an_agents_stream_buffer_holds_a_whole_batch(batch_max: int | None) -> N
     """An agent takes its batch from its stream's buffer (``streamer.app.batching``): the
     worker's buffers hold ``worker.batch_max`` events (4,096 unless set), and never fewer than
     faust's default, so a batch is not cut at the buffer's size."""
-    from streamer.app.factory import create_app
+    from streamer.app.factory import STREAM_BUFFER_DEFAULT, create_app
     from streamer.settings import Settings
 
+    assert STREAM_BUFFER_DEFAULT == 4096
     worker: dict[str, Any] = {"app_id": f"buffer-{batch_max}"}
     if batch_max is not None:
         worker["batch_max"] = batch_max
