@@ -30,8 +30,9 @@ from streamer.app.fast_consumer import (
 from tests.conftest import quiescent, until
 
 
-def new_app() -> faust.App:
-    return faust.App("fast-consumer-unit", broker="kafka://127.0.0.1:9", store="memory://")
+def new_app(**conf: Any) -> faust.App:
+    return faust.App("fast-consumer-unit", broker="kafka://127.0.0.1:9", store="memory://",
+                     **conf)
 
 
 # -- install -----------------------------------------------------------------------------------
@@ -473,11 +474,12 @@ class FakeFetcher:
                                        key=None, value=offset)
 
 
-def seekable_consumer(fetcher: FakeFetcher, committed: int) -> FastConsumer:
+def seekable_consumer(fetcher: FakeFetcher, committed: int, *, count_commits: bool = True,
+                      **conf: Any) -> FastConsumer:
     """A FastConsumer (never started) whose fetches and seeks go to ``fetcher``; the
-    committed offset of the partition is ``committed``."""
-    app = new_app()
-    install_fast_consumer(app)
+    committed offset of the partition is ``committed``; ``conf``: the app's settings."""
+    app = new_app(**conf)
+    install_fast_consumer(app, count_commits=count_commits)
     consumer = app.consumer
     assert isinstance(consumer, FastConsumer)
 
@@ -593,6 +595,49 @@ def test_records_fetched_while_a_seek_was_under_way_are_fetched_again() -> None:
     before, after = asyncio.run(main())
     assert before == [0, 1, 2, 3, 4]
     assert after == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("count_commits", [True, False])
+def test_the_drain_loop_commits_every_so_many_acks_unless_told_not_to(
+        count_commits: bool) -> None:
+    """Stock faust's loop commits, in the middle of its deliveries, once
+    ``broker_commit_every`` events were acked since the last commit; with
+    ``count_commits=False`` (the worker) it never does, and commits come from faust's
+    interval timer alone."""
+    async def main() -> list[int]:
+        fetcher = FakeFetcher(size=10, batch=5)
+        consumer = seekable_consumer(fetcher, committed=0, count_commits=count_commits,
+                                     broker_commit_every=3)
+        delivered = 0
+        commits: list[int] = []  # how many records were delivered at each commit
+
+        async def commit(*_: Any, **__: Any) -> bool:
+            commits.append(delivered)
+            return True
+
+        async def on_message(message: Any) -> None:
+            nonlocal delivered
+            delivered += 1
+            consumer._n_acked += 1  # as the agent's acknowledgement would
+
+        consumer.commit = commit  # type: ignore[method-assign]
+        consumer.callback = on_message
+        await asyncio.wait_for(FastConsumer._drain_messages(consumer, fetcher),  # type: ignore
+                               timeout=10)
+        assert delivered == 10
+        return commits
+
+    assert asyncio.run(main()) == ([3, 6, 9] if count_commits else [])
+
+
+def test_the_worker_commits_on_its_interval_only() -> None:
+    from streamer.app.factory import create_app
+    from streamer.settings import Settings
+
+    consumer = create_app(Settings(worker={"app_id": "interval-commits"})).app.consumer
+    assert isinstance(consumer, FastConsumer)
+    assert consumer._commit_every is None and not consumer.count_commits
+    assert FastConsumer.count_commits
 
 
 @pytest.mark.parametrize("reset", ["earliest", "latest"])
