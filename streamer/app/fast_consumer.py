@@ -220,8 +220,9 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: timer only (every ``broker_commit_interval``), as Kafka's own consumers and Kafka
     #: Streams commit (on an interval). Why the worker turns it off: the loop's commit stops
     #: delivery until the commit is done (with :attr:`before_commit`, until the broker has the
-    #: worker's table writes), and under a backlog it came on top of the timer's, ~2 commits a
-    #: second at ~12k events/s, each writing back every hot anchor again.
+    #: worker's table writes: 0.24-0.31 s each under a backlog), and at ~12k events/s it came
+    #: about every second besides the timer's, each writing every hot anchor back again
+    #: (benchmarks/README.md, "Commits on the interval only").
     count_commits: bool = True
 
     #: Partitions a seek moved since the drain loop last fetched: the seek's id and the offset
