@@ -92,6 +92,29 @@ def test_a_hot_key_is_sent_once_per_flush_to_the_partition_it_was_written_for() 
     asyncio.run(run())
 
 
+def test_a_delete_sends_a_tombstone_only_for_a_key_the_store_holds() -> None:
+    async def run() -> list[tuple[int, str, bytes | None]]:
+        raw = FakeFaustTable()
+        buffer = WriteBuffer()
+        table = buffer.table(raw, float)
+        table["kept"], table["gone"], table["again"] = 1.0, 2.0, 3.0
+        buffer.flush()
+        table["again"] = 4.0  # stored and written since: deleted all the same
+        table["new"] = 5.0  # written and deleted between two flushes: never stored
+        for key in ("gone", "again", "new"):
+            del table[key]
+        for key in ("gone", "new", "never"):
+            with pytest.raises(KeyError):
+                del table[key]
+        assert sorted(table) == ["kept"] and len(table) == 1
+        sent = len(raw.changelog)
+        buffer.flush()
+        assert raw.data == {"kept": packed(1.0)} and table.get("again") is None
+        return raw.changelog[sent:]
+
+    assert asyncio.run(run()) == [(0, "again", None), (0, "gone", None)]
+
+
 def test_write_waits_for_messages_another_agent_flushed() -> None:
     """Agent B's write may have sent agent A's changes: A must still wait for them."""
     async def run() -> None:
