@@ -85,7 +85,7 @@ Contract
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Literal, TypeAlias
 
@@ -391,7 +391,12 @@ class Attributor:
         # class owns the mapping): every event reads it twice and may raise it.
         self._max_ts: object = _UNREAD
         self.counts: Counter[str] = Counter()
-        # Due-time index: a heap with lazy deletion; _due holds each session's live entry.
+        # Due-time index with lazy deletion; _due holds each session's live entry. A session is
+        # due a window after its oldest event, and events come nearly in time order, so most
+        # entries come in due order: those not earlier than the newest queued go to a FIFO
+        # (O(1)), the others to a heap; advance takes the earlier head of the two. Why: the
+        # heap alone cost ~1 us per purchase in the worker (~21,000 sessions in steady state).
+        self._queue: deque[tuple[int, str]] = deque()
         self._heap: list[tuple[int, str]] = []
         self._due: dict[str, int] = {}
         # Sessions that hold purchases alone (no impression, click or tombstone): their newest
@@ -527,8 +532,16 @@ class Attributor:
                 self._schedule(session_id, held)
             self._indexed = True
         closed: list[ImpressionOutcome] = []
-        while self._heap and self._heap[0][0] <= wm:
-            due, session_id = heapq.heappop(self._heap)
+        queue, heap = self._queue, self._heap
+        while True:
+            if queue and (not heap or queue[0][0] <= heap[0][0]):
+                if queue[0][0] > wm:
+                    break
+                due, session_id = queue.popleft()
+            elif heap and heap[0][0] <= wm:
+                due, session_id = heapq.heappop(heap)
+            else:
+                break
             if self._due.get(session_id) != due:
                 continue  # superseded entry
             del self._due[session_id]
@@ -577,6 +590,13 @@ class Attributor:
         due = oldest + self.window_ms
         if self._due.get(session_id) != due:
             self._due[session_id] = due
+            self._enqueue(due, session_id)
+
+    def _enqueue(self, due: int, session_id: str) -> None:
+        queue = self._queue
+        if not queue or due >= queue[-1][0]:
+            queue.append((due, session_id))
+        else:
             heapq.heappush(self._heap, (due, session_id))
 
     def _close(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -617,6 +618,36 @@ def test_purchases_only_shortcut_changes_no_outcome_status_or_state() -> None:
     assert atts[0].counts == atts[1].counts
     counts = atts[0].counts
     assert counts["too_late"] > 0 and counts["late_applied"] > 0 and counts["converted"] > 20
+
+
+class HeapOnly(Attributor):
+    """Keeps every due time in the heap, as before the FIFO for entries in due order."""
+
+    def _enqueue(self, due: int, session_id: str) -> None:
+        heapq.heappush(self._heap, (due, session_id))
+
+
+def test_the_due_queue_closes_what_a_heap_alone_closes() -> None:
+    """Entries in due order go to a FIFO, the others to a heap: on a stream delivered out of
+    order (both used), the same outcomes, statuses and state as with the heap alone."""
+    rng = random.Random(5)
+    events = _stream(rng, 300)
+    events += rng.sample(events, len(events) // 5)  # redelivered
+    events.sort(key=lambda e: e.ts + rng.choice([MIN, 8 * MIN, 40 * MIN]) * rng.random())
+    stores: list[dict[str, SessionState]] = [{}, {}]
+    atts = [cls(store, OFFERS, window_ms=WINDOW, allowed_lateness_ms=LATENESS)
+            for cls, store in zip((Attributor, HeapOnly), stores, strict=True)]
+    both_used = False
+    for n, e in enumerate(events):
+        assert atts[0].observe(e) == atts[1].observe(e)
+        both_used |= bool(atts[0]._queue) and bool(atts[0]._heap)
+        if n % 5 == 0:
+            assert atts[0].advance() == atts[1].advance()
+            assert stores[0] == stores[1]
+    assert both_used and not atts[1]._queue
+    assert atts[0].advance(T0 + 24 * 60 * MIN) == atts[1].advance(T0 + 24 * 60 * MIN)
+    assert stores[0] == stores[1] == {}
+    assert atts[0].counts == atts[1].counts and atts[0].counts["converted"] > 20
 
 
 def test_a_state_of_purchases_alone_knows_its_newest_purchase() -> None:
