@@ -428,19 +428,14 @@ class BufferedTable(EncodedTable[V]):
         self._dirty[key] = (self._buffer.partition, value)
 
     def __delitem__(self, key: str) -> None:
-        # The store's dict (store_of), not the faust table's own ``in``: a Python call chain
-        # per delete, and attribution deletes a session per purchase.
-        stored = key in self._read
-        pending = self._dirty.get(key)
-        if pending is None:
-            if not stored:
-                raise KeyError(key)
-        elif pending[1] is _DELETED:
+        if key not in self:
             raise KeyError(key)
-        elif not stored:  # written and deleted within one batch: nothing to tell the changelog
+        # The store's dict (store_of), not the faust table's own ``in``: a chain of Python
+        # calls per delete, and attribution deletes a session per purchase.
+        if key in self._read:
+            self._dirty[key] = (self._buffer.partition, _DELETED)
+        else:  # written and deleted within one batch: nothing to tell the changelog
             del self._dirty[key]
-            return
-        self._dirty[key] = (self._buffer.partition, _DELETED)
 
     def __iter__(self) -> Iterator[str]:
         dirty = self._dirty
