@@ -114,6 +114,7 @@ def test_a_batch_is_at_most_what_the_streams_buffer_holds() -> None:
     assert max(map(len, batches)) <= 5  # the first event taken, then what the buffer held
     assert len(batches) >= 2
 
+
 def test_events_of_an_older_consumer_generation_are_dropped_unacked() -> None:
     """As faust's stream iterator: an event fetched before a rebalance (an older consumer
     generation) never reaches the body and is not acked (its partition is read again from
