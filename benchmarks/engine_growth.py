@@ -9,11 +9,12 @@ prints, per ``--window`` of them:
 - ``cpu``: the process's CPU microseconds per purchase;
 - ``write-back``: the part of them spent in ``BufferedTable.flush`` (the tables written back
   every commit interval of wall time, as the worker's commits do), and per key written;
-- ``evaluations``: offers reconsidered (``CoPurchaseStats.candidates`` calls, one per anchor
-  whose offer is due);
-- ``ranked``: those that found a bundle to rank and compare with the live offer
-  (``Engine._revise`` calls; the others' anchors have no partner past ``min_support``);
-- ``offers``: the revisions published.
+- ``evaluations``: offers reconsidered (``CoPurchaseStats.candidates`` calls: an anchor whose
+  offer is due, past the engine's shortcut for anchors bought fewer than ``min_support`` times);
+- ``ranked``: those that found an offerable bundle and asked the policy (``Engine._revise``
+  calls, one per segment; the others' anchors have no partner past ``min_support``, or a
+  bundle item's price is not known yet);
+- ``offers``: the revisions published (the rest left the live offer as it was).
 
     PYTHONPATH=. python benchmarks/engine_growth.py --events 160000
 
