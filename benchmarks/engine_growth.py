@@ -19,7 +19,8 @@ prints, per ``--window`` of them:
     PYTHONPATH=. python benchmarks/engine_growth.py --events 160000
 
 Purchases are learned one at a time (``engine_work``'s default), not in a worker's batches, so
-an anchor is reconsidered at every touch that finds its offer due.
+an anchor is reconsidered at every touch that finds its offer due. The counting wraps two methods,
+which adds a few tenths of a microsecond per purchase to every window alike.
 """
 
 from __future__ import annotations
