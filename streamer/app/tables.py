@@ -221,10 +221,14 @@ class WriteBuffer:
     table writes had not left the process, and a rebalance then recovered tables without them
     (the broker outage test lost 66 and doubled 180 co-counts that way). :meth:`write` waits
     for *every* changelog message not yet delivered, whoever flushed it: another task's flush
-    may have sent these writes. The changes are handed over synchronously (no ``await`` before
-    the last one is sent), so no other task sees half of them. A worker giving partitions up in
-    a rebalance writes too, before it lets go of them (its pending changes of those partitions
-    must not reach their changelogs after the next owner read them).
+    may have sent these writes. A write that fails leaves nothing behind for a later commit to
+    pass: records its send did not hand over go out with the next write, a flush that fails
+    keeps its changes pending, and a message whose delivery failed or was cancelled fails
+    every later write (the worker stops; its events come again). The changes are handed over
+    synchronously (no ``await`` before the last one is sent), so no other task sees half of
+    them. A worker giving partitions up in a rebalance writes too, before it lets go of them
+    (its pending changes of those partitions must not reach their changelogs after the next
+    owner read them), unless an agent crashed (``FastConsumer.write_before_revoke``).
     ``partition`` is the changelog partition of the writes made now: the agent sets it to the
     partition of the event it processes (tables may only be written from their key's
     partition).
@@ -280,17 +284,30 @@ class WriteBuffer:
                 await asyncio.wait(list(self._holds))
             records, self._outbox = self._outbox, []
             if records and self.sender is not None:
-                self._inflight += await self.sender.send(records)
+                try:
+                    self._inflight += await self.sender.send(records)
+                except BaseException:
+                    # Not handed over, or only part of them (a send that fails or is
+                    # cancelled half way): back in front of what was flushed since, so the
+                    # next write sends them again. Those that went out arrive twice, in order:
+                    # a changelog keeps each key's last value.
+                    self._outbox[:0] = records
+                    raise
             pending = []
             for future in self._inflight:
                 if not future.done():
                     pending.append(future)
-                elif not future.cancelled() and future.exception() is not None:
-                    # A message that never reached the broker: no commit may pass it.
-                    raise future.exception()
+                else:
+                    _raise_undelivered(future)  # no commit may pass it
             self._inflight = pending
-        if pending or also:
-            await asyncio.gather(*pending, *also)
+        waiting = [*pending, *map(asyncio.ensure_future, also)]
+        if waiting:
+            # Not gather: cancelling this write would cancel the futures it gathers (aiokafka
+            # hands out shields of its batches' futures, the agents their sends' futures), and
+            # the next write would find deliveries cancelled that the broker may never have.
+            await asyncio.wait(waiting)
+            for future in waiting:
+                _raise_undelivered(future)
         return n
 
     @contextlib.contextmanager
@@ -335,6 +352,22 @@ class WriteBuffer:
     def pending(self) -> int:
         """Keys written since the last flush."""
         return sum(len(t._dirty) for t in self.tables)
+
+
+def _raise_undelivered(future: asyncio.Future[Any]) -> None:
+    """Raise when ``future``, done, is a message the broker may not have: its error, or a
+    :class:`ChangelogUndelivered` when it was cancelled."""
+    if future.cancelled():
+        raise ChangelogUndelivered("a message's delivery was cancelled: the broker may not have it")
+    error = future.exception()
+    if error is not None:
+        raise error
+
+
+class ChangelogUndelivered(RuntimeError):
+    """A message an offset commit must wait for will not be confirmed (its delivery was
+    cancelled): the commit fails, and so does every later one (the worker stops, and its events
+    are delivered again)."""
 
 
 class Hold:
@@ -484,25 +517,32 @@ class BufferedTable(EncodedTable[V]):
                 keys.clear()
             outbox = buffer._outbox
         encode, cache, sent = self._encode, self._cache, buffer._inflight
-        for key, (partition, value) in dirty.items():
-            data = None if value is _DELETED else encode(value)
-            cache.pop(key, None)
-            if data is None:
-                store.pop(key, None)
-            else:
-                store[key] = data
-                self._remember(key, data, value)
-            if outbox is not None:
-                if json_keys and type(key) is str:
-                    key_data = encode_key(key)
-                elif key in keys:
-                    key_data = keys[key]
+        try:
+            for key, (partition, value) in dirty.items():
+                data = None if value is _DELETED else encode(value)
+                cache.pop(key, None)
+                if data is None:
+                    store.pop(key, None)
                 else:
-                    key_data = keys[key] = prepare_key(key, key_serializer)[0]
-                if data is not None and not raw_values:
-                    data = prepare_value(data, value_serializer)[0]
-                outbox.append((topic, partition, key_data, data))
-            elif send is not None:
-                sent.append(send(partition, key, data, value_serializer="raw") if data is None
-                            else send(partition, key, data))
+                    store[key] = data
+                    self._remember(key, data, value)
+                if outbox is not None:
+                    if json_keys and type(key) is str:
+                        key_data = encode_key(key)
+                    elif key in keys:
+                        key_data = keys[key]
+                    else:
+                        key_data = keys[key] = prepare_key(key, key_serializer)[0]
+                    if data is not None and not raw_values:
+                        data = prepare_value(data, value_serializer)[0]
+                    outbox.append((topic, partition, key_data, data))
+                elif send is not None:
+                    sent.append(send(partition, key, data, value_serializer="raw") if data is None
+                                else send(partition, key, data))
+        except BaseException:
+            # A value that does not encode (a bug upstream): every change of this flush waits
+            # for the next one (reads still see them), not only those after it, and the
+            # commit this flush was for fails. Those written already are written again.
+            self._dirty = dirty | self._dirty
+            raise
         return len(dirty)

@@ -11,7 +11,13 @@ import faust
 import msgspec
 import pytest
 
-from streamer.app.tables import EncodedTable, WriteBuffer, encode_key, store_of
+from streamer.app.tables import (
+    ChangelogUndelivered,
+    EncodedTable,
+    WriteBuffer,
+    encode_key,
+    store_of,
+)
 from streamer.copurchase import Decayed, ItemStats
 from streamer.engine import ItemRecord
 from streamer.events import BundleOffer, Evidence, Variant
@@ -354,6 +360,94 @@ def test_deferred_messages_are_waited_for_by_the_next_write_and_a_failed_one_fai
         for _ in range(2):  # no later commit may pass it either
             with pytest.raises(ConnectionError):
                 await buffer.write()
+
+    asyncio.run(run())
+
+
+class FailingOnceSender(FakeSender):
+    """A FakeSender whose first send fails: it raises (aiokafka's add_batch timing out, a
+    closed producer) or, with ``cancelled``, waits until the write sending is cancelled."""
+
+    def __init__(self, *, cancelled: bool = False) -> None:
+        super().__init__()
+        self.cancelled, self.calls = cancelled, 0
+
+    async def send(self, records: list[Any]) -> list[asyncio.Future[None]]:
+        self.calls += 1
+        if self.calls == 1:
+            if self.cancelled:
+                await asyncio.Event().wait()
+            raise TimeoutError("batch could not be added")
+        return await super().send(records)
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_records_a_failed_send_did_not_hand_over_are_sent_by_the_next_write(
+        cancelled: bool) -> None:
+    """A send that raises or is cancelled fails its write (the commit); the records it took
+    go back to the outbox, ahead of those flushed since, so no later commit passes them."""
+    async def run() -> None:
+        sender = FailingOnceSender(cancelled=cancelled)
+        buffer = WriteBuffer(sender)  # type: ignore[arg-type]
+        table = buffer.table(ChangelogTable(), float)
+        table["tea"] = 1.0
+        first = asyncio.ensure_future(buffer.write())
+        await until(lambda: sender.calls, "the send")
+        if cancelled:
+            first.cancel()
+        with pytest.raises(asyncio.CancelledError if cancelled else TimeoutError):
+            await first
+        table["cup"] = 2.0
+        assert await buffer.write() == 1
+        assert [key for _, _, key, _ in sender.sent] == [b"tea", b"cup"]
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_write_leaves_the_deliveries_it_waited_for_be() -> None:
+    """Cancelling a write (a commit) must not cancel what it waits for: the next write waits
+    for the same deliveries; a delivery cancelled elsewhere fails every later write."""
+    async def run() -> None:
+        raw = FakeFaustTable()
+        buffer = WriteBuffer()
+        buffer.table(raw, float)["tea"] = 1.0
+        offer = asyncio.get_running_loop().create_future()
+        buffer.defer(offer)
+        first = asyncio.ensure_future(buffer.write())
+        await until(lambda: raw.futures, "the flush")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not raw.futures[0].cancelled() and not offer.cancelled()
+        second = asyncio.ensure_future(buffer.write())
+        assert await still_pending(second)
+        raw.futures[0].set_result(None)
+        assert await still_pending(second), "the deferred offer is not delivered yet"
+        offer.cancel()  # e.g. a producer closing under it: the broker may not have it
+        for write in (second, buffer.write(), buffer.write()):
+            with pytest.raises(ChangelogUndelivered):
+                await write
+
+    asyncio.run(run())
+
+
+def test_a_value_that_does_not_encode_fails_the_flush_and_no_change_is_lost() -> None:
+    """A bug upstream (a value of the wrong type) fails the write, hence the commit; every
+    change of that flush stays pending and readable, none is dropped for the next commit."""
+    async def run() -> None:
+        sender = FakeSender()
+        buffer = WriteBuffer(sender)  # type: ignore[arg-type]
+        table = buffer.table(ChangelogTable(), float)
+        table["a"], table["c"] = 1.0, 3.0
+        table["bad"] = object()  # type: ignore[assignment]
+        table["z"] = 4.0
+        for _ in range(2):  # no later commit passes it either
+            with pytest.raises(TypeError):
+                await buffer.write()
+            assert buffer.pending() == 4 and table.get("z") == 4.0
+        table["bad"] = 2.0  # (a fixed worker would redo it from redelivered events)
+        assert await buffer.write() == 4
+        assert {key for _, _, key, _ in sender.sent} == {b"a", b"bad", b"c", b"z"}
 
     asyncio.run(run())
 
