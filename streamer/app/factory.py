@@ -574,10 +574,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
 
     @app.on_partitions_revoked.connect
     async def write_before_revoke(sender: Any, /, *args: Any, **kwargs: Any) -> None:
-        # Changes waiting in the buffer for partitions this worker gives up must reach their
-        # changelogs before the next owner reads them, never after: write them now (faust
-        # has waited for the agents' batches; a commit racing this one may have skipped it).
-        await buffer.write()
+        await cast(FastConsumer, app.consumer).write_before_revoke()
 
     @app.on_rebalance_complete.connect
     async def rebuild_indexes(sender: Any, /, *args: Any, **kwargs: Any) -> None:

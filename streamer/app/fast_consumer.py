@@ -300,6 +300,16 @@ class FastConsumer(faust_aiokafka.Consumer):
         if self.commits_refused is None:
             self.commits_refused = reason
 
+    async def write_before_revoke(self) -> None:
+        """Await :attr:`before_commit` for partitions this worker gives up: their pending
+        changes must reach their changelogs before the next owner reads them, never after
+        (faust has waited for the agents' batches; a commit racing this one may have skipped
+        it). Not once commits are refused: the changes of events never acknowledged (a crashed
+        agent's: e.g. impressions closed whose outcomes were never published) must not become
+        durable without them; the next owner gets those events again."""
+        if self.commits_refused is None and self.before_commit is not None:
+            await self.before_commit()
+
     # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._commit_tps; the
     # change is the ``before_commit`` call, on every commit, even one with nothing to commit.
     async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:

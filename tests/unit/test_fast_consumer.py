@@ -228,6 +228,23 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
     assert log == []
 
 
+def test_a_revoke_writes_the_buffer_unless_commits_are_refused() -> None:
+    """Partitions given up have their pending changes written first; after an agent crashed,
+    not: a crashed batch's changes (an impression closed, its outcome never published) must
+    not become durable while its events are delivered again to the next owner."""
+    written: list[str] = []
+
+    async def before_commit() -> None:
+        written.append("write")
+
+    consumer = SimpleNamespace(before_commit=before_commit, commits_refused=None)
+    asyncio.run(FastConsumer.write_before_revoke(consumer))  # type: ignore[arg-type]
+    assert written == ["write"]
+    FastConsumer.refuse_commits(consumer, RuntimeError("a bug"))  # type: ignore[arg-type]
+    asyncio.run(FastConsumer.write_before_revoke(consumer))  # type: ignore[arg-type]
+    assert written == ["write"]
+
+
 def test_fausts_commit_skips_a_one_offset_gap_at_the_head() -> None:
     """Why a worker whose agent crashed refuses commits (:meth:`FastConsumer.refuse_commits`)
     rather than let faust restart the agent: the events the crashed agent had taken are never
