@@ -94,6 +94,14 @@ class WorkerSettings(_Section):
     dedup_ttl_s: float = Field(
         24 * 3600.0, gt=0, description="How long an event_id is remembered for de-duplication."
     )
+    max_event_ahead_s: float = Field(
+        3600.0, gt=0,
+        description="Clicks and purchases stamped more than this many seconds after the "
+        "worker's clock are dead-lettered (kind semantic): event time only moves forward, and "
+        "one event from a host with a wrong clock would otherwise move it ahead for good "
+        "(co-purchase decay, attribution windows). One hour, as Apache Kafka's "
+        "message.timestamp.after.max.ms.",
+    )
     dedup_capacity: int = Field(
         1_000_000, gt=0, description="At most this many event ids remembered per partition."
     )

@@ -78,6 +78,7 @@ from streamer.events import (
     DeadLetter,
     EventCodec,
     InvalidEvent,
+    check_not_ahead,
     internal_decoder,
 )
 from streamer.events.dedup import Deduplicator, SeenId
@@ -383,11 +384,17 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     baskets_name = baskets_topic.get_topic_name()
     basket_dups = metrics.duplicates.labels(baskets_name)
 
-    async def decoded(events: list[Any], decode: Any) -> AsyncIterator[tuple[Any, Any]]:
-        """``(message, decoded event)`` for each valid event; invalid ones dead-lettered."""
+    max_ahead_ms = round(w.max_event_ahead_s * 1000)
+
+    async def decoded(events: list[Any], decode: Any,
+                      now_ms: int | None = None) -> AsyncIterator[tuple[Any, Any]]:
+        """``(message, decoded event)`` for each valid event; invalid ones dead-lettered, and
+        with ``now_ms`` (the worker's clock) those stamped too far ahead of it too."""
         for event in events:
             try:
                 value = decode(event.value)
+                if now_ms is not None:
+                    check_not_ahead(value.ts, now_ms=now_ms, max_ahead_ms=max_ahead_ms)
             except InvalidEvent as e:
                 await dead_letter(event.message, e)
                 continue
@@ -469,7 +476,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, click in decoded(events, codec.decode_click):
+                async for message, click in decoded(events, codec.decode_click, wall_ms):
                     buffer.partition = source = message.partition
                     # As for purchases: this very message redelivered is let through, and
                     # what it adds to its session is recognised downstream by its offset.
@@ -501,7 +508,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, purchase in decoded(events, codec.decode_purchase):
+                async for message, purchase in decoded(events, codec.decode_purchase, wall_ms):
                     buffer.partition = source = message.partition
                     # A duplicate id is dropped; this very message redelivered is fanned out
                     # again, and each anchor's record recognises its offset (engine module doc).

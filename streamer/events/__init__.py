@@ -1,6 +1,12 @@
 """Wire contracts: typed models mirroring ``schemas/`` and the codec that validates bytes."""
 
-from streamer.events.codec import EventCodec, InvalidEvent, check_offer, internal_decoder
+from streamer.events.codec import (
+    EventCodec,
+    InvalidEvent,
+    check_not_ahead,
+    check_offer,
+    internal_decoder,
+)
 from streamer.events.models import (
     CLICK_KINDS,
     BundleOffer,
@@ -31,6 +37,7 @@ __all__ = [
     "PurchaseEvent",
     "RewardWindow",
     "Variant",
+    "check_not_ahead",
     "check_offer",
     "internal_decoder",
 ]

@@ -113,6 +113,27 @@ class EventCodec:
         return self._encoder.encode(model)
 
 
+def check_not_ahead(ts_ms: int, *, now_ms: int, max_ahead_ms: int) -> None:
+    """Refuse an event stamped more than ``max_ahead_ms`` after ``now_ms`` (the reader's
+    clock). Why: event time only moves forward, so one event from a host whose clock is years
+    ahead (the schema allows up to 2100) would stay ahead for good: its items' decayed
+    co-purchase counts read ~1e178 and every later order of them counted for nothing,
+    attribution windows closed at once, every later event of its partition too late.
+
+    >>> check_not_ahead(1_700_000_000_000, now_ms=1_700_000_000_000 - 5_000, max_ahead_ms=60_000)
+    >>> try:
+    ...     check_not_ahead(4_000_000_000_000, now_ms=1_700_000_000_000, max_ahead_ms=3_600_000)
+    ... except InvalidEvent as e:
+    ...     print(e.kind, e.reason)
+    semantic ts 4000000000000 is 26620 days ahead of the reader's clock (at most 3600 s)
+    """
+    if ts_ms - now_ms > max_ahead_ms:
+        ahead_s = (ts_ms - now_ms) / 1000.0
+        told = f"{ahead_s / 86400:.0f} days" if ahead_s >= 86400 else f"{ahead_s:.0f} s"
+        raise InvalidEvent("semantic", f"ts {ts_ms} is {told} ahead of the reader's clock "
+                                       f"(at most {max_ahead_ms / 1000:g} s)")
+
+
 def check_offer(offer: BundleOffer, *, tolerance: float = 1e-6) -> None:
     """Checks the schema cannot express: probabilities sum to 1, anchor first, finite scores.
 

@@ -20,6 +20,7 @@ from streamer.events import (
     PurchaseEvent,
     RewardWindow,
     Variant,
+    check_not_ahead,
     check_offer,
 )
 from streamer.events.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -327,3 +328,12 @@ def test_check_offer_rejects_nan_probabilities() -> None:
     with pytest.raises(InvalidEvent) as info:
         check_offer(offer(variant(["a", "b"], math.nan)))
     assert info.value.kind == "semantic"
+
+
+def test_an_event_stamped_too_far_ahead_of_the_readers_clock_is_semantic() -> None:
+    now, hour = 1_700_000_000_000, 3_600_000
+    check_not_ahead(now + hour, now_ms=now, max_ahead_ms=hour)  # at the bound: accepted
+    check_not_ahead(now - 10 * 365 * 86_400_000, now_ms=now, max_ahead_ms=hour)  # history
+    with pytest.raises(InvalidEvent) as e:
+        check_not_ahead(now + hour + 1, now_ms=now, max_ahead_ms=hour)
+    assert e.value.kind == "semantic" and "3600 s" in e.value.reason
