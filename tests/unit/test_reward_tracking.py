@@ -83,6 +83,83 @@ def test_board_alarms_on_a_sample_ratio_mismatch_only_when_versions_share_traffi
     assert not split.guardrails().srm_alarm
 
 
+def test_board_srm_tests_only_a_current_shared_span() -> None:
+    board = RewardBoard(min_impressions=100, min_conversions=1)
+    # v1 hands over to v2 at T + 90 s: the straddling span holds both, unevenly.
+    board.add_all([window("v1", T, 5_000, 1.0), window("v1", T + 60_000, 2_500, 1.0),
+                   window("v2", T + 60_000, 2_500, 1.0), window("v2", T + 120_000, 5_000, 1.0)])
+    # One step later the shared span still counts: another version's newer window may not
+    # have arrived yet.
+    assert board.guardrails().srm is not None
+    board.add_all([window("v1", T + 180_000, 4_000, 1.0), window("v2", T + 180_000, 5_000, 1.0)])
+    g = board.guardrails()
+    assert g.srm is not None and g.srm.observed == {"v1": 4_000, "v2": 5_000} and g.srm_alarm
+    # v1 stops; once v2 has run alone for more than a step, there is nothing to compare.
+    board.add_all([window("v2", T + k * 60_000, 5_000, 1.0) for k in (4, 5)])
+    g = board.guardrails()
+    assert g.srm is None and not g.srm_alarm
+
+
+def test_board_live_version_is_the_one_with_the_newest_windows_after_a_rollback() -> None:
+    board = RewardBoard(min_impressions=1_000, min_conversions=20)
+    board.add_all(window("v1", T + k * 60_000, 5_000, 1.0) for k in range(3))
+    board.add_all(window("v2", T + k * 60_000, 5_000, 0.2) for k in range(3, 6))
+    assert board.versions() == ["v1", "v2"] and board.guardrails().regression_alarm
+    board.add_all(window("v1", T + k * 60_000, 5_000, 1.0) for k in range(6, 9))  # rolled back
+    assert board.versions() == ["v2", "v1"]
+    g = board.guardrails()
+    assert g.regression is not None and g.regression.live_version == "v1"
+    assert not g.regression_alarm
+
+
+def test_board_regression_compares_with_the_previous_versions_last_window_with_enough_data(
+) -> None:
+    board = RewardBoard(min_impressions=1_000, min_conversions=20)
+    # v1's last window is the thin tail of the span v2 took over in.
+    board.add_all([window("v1", T, 5_000, 2.0), window("v1", T + 60_000, 5_000, 2.0),
+                   window("v1", T + 120_000, 200, 2.0), window("v2", T + 120_000, 4_800, 0.5),
+                   window("v2", T + 180_000, 5_000, 0.5)])
+    g = board.guardrails()
+    assert g.regression is not None and g.regression.previous_impressions == 5_000
+    assert g.regression_alarm
+
+
+def test_board_guardrails_through_a_promotion_and_a_rollback_on_ledger_output() -> None:
+    """A sequential switch v1 -> v2 -> v1 as the ledger reports it, hourly-style windows
+    (10 min every minute) besides tumbling minutes: the regression alarm rings while the bad
+    v2 is live and not after the rollback; the SRM alarm of the straddling spans clears."""
+    import random
+
+    from streamer.rewards import ImpressionOutcome, RewardLedger
+
+    rng = random.Random(1)
+    minute = 60_000
+    promote, rollback, end = T + 10 * minute + 30_000, T + 40 * minute, T + 70 * minute
+    ledger = RewardLedger({}, specs=(WindowSpec(minute, minute), WindowSpec(10 * minute, minute)),
+                          allowed_lateness_ms=0)
+    board = RewardBoard(min_impressions=200, min_conversions=5)
+    alarm_while_v2_live = False
+    for ts in range(T, end, 1_000):
+        version = "v2" if promote <= ts < rollback else "v1"
+        reward = 30.0 if rng.random() < (0.3 if version == "v1" else 0.05) else 0.0
+        ledger.add(ImpressionOutcome(
+            impression_id=f"i{ts}", ts=ts, session_id="s", user_id="u", offer_id="o",
+            variant=0, propensity=1.0, policy_version=version, anchor_item_id="a",
+            segment="all", items=("a", "b"), discount_pct=10.0, clicked=reward > 0,
+            converted=reward > 0, revenue=reward, reward=reward, purchase_ids=(),
+            attributed_at=ts, late=False))
+        board.add_all(ledger.advance())
+        if promote + 12 * minute <= ts < rollback:
+            assert board.versions()[-1] == "v2"
+            alarm_while_v2_live |= board.guardrails().regression_alarm
+        if ts == rollback - 1_000:
+            assert board.guardrails().srm is None
+    assert alarm_while_v2_live
+    g = board.guardrails()
+    assert board.versions()[-1] == "v1"
+    assert not g.regression_alarm and g.srm is None
+
+
 def test_dashboard_data_and_report_show_the_windows() -> None:
     board = RewardBoard()
     ws = [window("v1", T + k * 60_000, 100, 1.0 + k) for k in range(3)]
