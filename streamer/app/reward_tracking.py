@@ -218,6 +218,9 @@ class RewardConfig:
     specs: tuple[WindowSpec, ...] = (WindowSpec(60_000, 60_000),
                                      WindowSpec(3_600_000, 300_000))
     ledger_lateness_ms: int = 60_000
+    #: Events further ahead than this of both their partition's clock and wall time are
+    #: refused (``too_early``; :mod:`streamer.rewards.attribution`); None: none are.
+    max_ahead_ms: int | None = 5 * 60_000
     by_anchor: bool = False
     by_segment: bool = False
     reward: RewardKind = "revenue"
@@ -322,7 +325,8 @@ class RewardTracker:
                     KeyPrefixView(self._sessions, f"{p}|"), self._offers,
                     window_ms=c.window_ms, allowed_lateness_ms=c.allowed_lateness_ms,
                     reward=c.reward, cost_ratio=c.cost_ratio,
-                    watermarks=KeyPrefixView(self._clocks, f"attribution:{p}|")),
+                    watermarks=KeyPrefixView(self._clocks, f"attribution:{p}|"),
+                    max_ahead_ms=c.max_ahead_ms),
                 ledger=RewardLedger(
                     KeyPrefixView(self._windows, f"{p}|"), specs=c.specs,
                     allowed_lateness_ms=c.ledger_lateness_ms, by_anchor=c.by_anchor,
@@ -347,14 +351,15 @@ class RewardTracker:
                 wall_ms: int) -> list[ImpressionOutcome]:
         """Attribute one event; return the impressions whose windows closed meanwhile."""
         part = self._partition(partition, wall_ms)
-        status = part.attributor.observe(event)
+        status = part.attributor.observe(event, now_ms=wall_ms)
         counter = self._observed.get(status)
         if counter is None:
             counter = self._observed[status] = self.metrics.attribution_events.labels(status)
         counter.inc()
         if status in ("late_applied", "too_late"):
             self.metrics.late_events.labels("attribution", status).inc()
-        part.attribution_clock.seen(event.ts, wall_ms)
+        if status != "too_early":  # else the next tick would move the clock there after all
+            part.attribution_clock.seen(event.ts, wall_ms)
         return part.attributor.advance()
 
     # -- the ledger (outcomes agent, partition = the policy version's) ---------------------

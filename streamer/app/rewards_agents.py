@@ -98,6 +98,7 @@ def reward_config(settings: Settings) -> RewardConfig:
         allowed_lateness_ms=int(r.allowed_lateness_s * 1000),
         specs=tuple(WindowSpec(size, step) for size, step in r.window_specs_ms()),
         ledger_lateness_ms=int(r.ledger_lateness_s * 1000),
+        max_ahead_ms=int(r.max_event_ahead_s * 1000),
         by_anchor=r.by_anchor,
         by_segment=r.by_segment,
         reward=r.reward,

@@ -65,6 +65,22 @@ def test_a_redelivered_outcome_counts_once_and_windows_expire() -> None:
     assert t.metrics.reward_impressions.labels("v1")._value.get() == 1
 
 
+def test_an_event_from_the_far_future_is_counted_too_early_and_moves_no_clock() -> None:
+    from streamer.events.models import TS_MAX_MS
+
+    t, (_, _, clocks, _) = tracker()
+    wall = T + 1_000
+    t.observe(imp("i1", "s1"), partition=0, wall_ms=wall)
+    bogus = ClickEvent(event_id="x", ts=TS_MAX_MS - 1, user_id="bot", session_id="bot",
+                       item_id="a", kind="view")
+    assert t.observe(bogus, partition=0, wall_ms=wall) == []
+    assert t.metrics.attribution_events.labels("too_early")._value.get() == 1
+    assert clocks["attribution:0|max_event_ts"] == T
+    # Neither does the next tick move event time there: it moves at wall speed, as before.
+    assert t.tick(0, wall_ms=wall + 500) == ([], [])
+    assert clocks["attribution:0|max_event_ts"] == T + 500
+
+
 def window(version: str, start: int, n: int, rate: float) -> RewardWindow:
     return RewardWindow(window_start=start, window_end=start + 60_000, policy_version=version,
                         impressions=n, offer_clicks=0, conversions=n // 20, revenue=rate * n,
