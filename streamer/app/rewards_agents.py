@@ -245,7 +245,10 @@ def install_reward_tracking(
                 await offers_ready.wait()
             with buffer.holding() as hold:
                 buffer.partition = event.message.partition
-                outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
+                # This process's time besides the tick's stamp: a tick redelivered after a
+                # restart was stamped before the crash (RewardTracker.tick).
+                outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms,
+                                                 now_ms=int(time.time() * 1000))
                 if outcomes or windows:
                     hold.hold()
                 await publish_outcomes(outcomes)

@@ -81,6 +81,41 @@ def test_an_event_from_the_far_future_is_counted_too_early_and_moves_no_clock() 
     assert clocks["attribution:0|max_event_ts"] == T + 500
 
 
+def test_a_stale_tick_after_a_restart_does_not_pass_the_downtime_as_idle_time() -> None:
+    from streamer.events import OrderLine, PurchaseEvent
+
+    config = RewardConfig(window_ms=60_000, allowed_lateness_ms=0,
+                          specs=(WindowSpec(10_000, 10_000),), ledger_lateness_ms=0)
+    offers = {"o1": make_offer("o1", "v1")}
+    crash, down = T + 1_000, 40 * 60_000
+
+    def restarted() -> tuple[RewardTracker, dict[str, Any]]:
+        tables: tuple[dict[str, Any], ...] = ({}, {}, {}, {})
+        first = RewardTracker(*tables, offers=offers, config=config, metrics=Metrics())
+        first.observe(imp("i1", "s1"), partition=0, wall_ms=crash)
+        return RewardTracker(*tables, offers=offers, config=config, metrics=Metrics()), tables[2]
+
+    t, _ = restarted()
+    back = crash + down
+    # The first message after the restart: a tick sent just before the crash, redelivered.
+    assert t.tick(0, wall_ms=crash - 500, now_ms=back) == ([], [])
+    # The timer's next tick, a second later: a second of idle time, not forty minutes.
+    assert t.tick(0, wall_ms=back + 1_000, now_ms=back + 1_000) == ([], [])
+    # So the backlog's purchase, made during the downtime, still reaches its impression...
+    purchase = PurchaseEvent(event_id="p1", ts=T + 30_000, user_id="u", session_id="s1",
+                             order_id="r1", offer_id="o1",
+                             items=[OrderLine(item_id="a", quantity=1, unit_price=18.0),
+                                    OrderLine(item_id="b", quantity=1, unit_price=9.0)])
+    assert t.observe(purchase, partition=0, wall_ms=back + 1_100) == []
+    # ...and ticks still close an idle partition's impressions as wall time passes.
+    outcomes, _ = t.tick(0, wall_ms=back + 61_000, now_ms=back + 61_000)
+    assert [(o.impression_id, o.converted) for o in outcomes] == [("i1", True)]
+    # A tick stamped ahead of this process's clock moves event time no further than it.
+    t, clocks = restarted()
+    assert t.tick(0, wall_ms=back + 600_000, now_ms=back) == ([], [])
+    assert clocks["attribution:0|max_event_ts"] == T
+
+
 def window(version: str, start: int, n: int, rate: float) -> RewardWindow:
     return RewardWindow(window_start=start, window_end=start + 60_000, policy_version=version,
                         impressions=n, offer_clicks=0, conversions=n // 20, revenue=rate * n,
