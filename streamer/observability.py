@@ -79,7 +79,8 @@ class Metrics:
         self.attribution_events = Counter(
             "streamer_attribution_events",
             "Clicks and purchases seen by attribution, by what was done with them "
-            "(applied, late_applied, too_late, duplicate, ignored, invalid, overflow).",
+            "(applied, late_applied, too_late, too_early, duplicate, ignored, invalid, "
+            "overflow; too_early: stamped too far ahead of event and wall time, not applied).",
             ["status"],
             registry=self.registry,
         )

@@ -334,6 +334,11 @@ class RewardSettings(_Section):
     allowed_lateness_s: float = Field(
         300.0, ge=0, description="Events this far behind the newest one still count on time."
     )
+    max_event_ahead_s: float = Field(
+        300.0, ge=0,
+        description="Events stamped further ahead of both their partition's event time and "
+        "wall time are refused (too_early).",
+    )
     windows: str = Field(
         "1m,1h/5m",
         description="Reward windows, comma-separated: SIZE (tumbling) or SIZE/STEP (hopping).",

@@ -232,20 +232,27 @@ def with_offer_activity(orders: Sequence[PurchaseEvent], offers: Sequence[Bundle
 
 
 def closing_events(settings: Settings, ts: int, tag: str) -> list[ClickEvent]:
-    """One ``view`` per clicks partition, late enough in event time to close every impression
-    at ``ts`` (watermark = newest event - allowed lateness >= ts + attribution window)."""
+    """Views on every clicks partition, late enough in event time to close every impression
+    at ``ts`` (watermark = newest event - allowed lateness >= ts + attribution window).
+
+    Each partition gets a chain of views (one session, in order) stepping event time forward
+    by half of ``rewards.max_event_ahead_s`` at most: a single view that far ahead would be
+    refused as ``too_early`` whenever it is ahead of wall time too (early in the hour, see
+    :func:`event_time`); half, so a view overtaking the one before it still gets through."""
     config = reward_config(settings)
     close_ts = ts + config.window_ms + config.allowed_lateness_ms + 1_000
+    step = max(1, config.max_ahead_ms // 2) if config.max_ahead_ms else close_ts - ts
+    stamps = [*range(ts + step, close_ts, step), close_ts]
     partitions = settings.topics.partitions
-    events: dict[int, ClickEvent] = {}
+    sessions: dict[int, str] = {}
     k = 0
-    while len(events) < partitions:
+    while len(sessions) < partitions:
         session = f"close-{tag}-{k}"
-        events.setdefault(key_partition(session, partitions), ClickEvent(
-            event_id=session, ts=close_ts, user_id="closer", session_id=session,
-            item_id="i000", kind="view"))
+        sessions.setdefault(key_partition(session, partitions), session)
         k += 1
-    return list(events.values())
+    return [ClickEvent(event_id=f"{session}-{n}", ts=stamp, user_id="closer",
+                       session_id=session, item_id="i000", kind="view")
+            for session in sessions.values() for n, stamp in enumerate(stamps)]
 
 
 def outcome_key(o: ImpressionOutcome) -> tuple[Any, ...]:

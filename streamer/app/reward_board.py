@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -52,13 +53,25 @@ class RewardBoard:
     """The newest ``history`` windows per (version, window size); per-version rows only.
 
     A window seen again (a redelivery, or a restarted ledger re-emitting it) replaces the
-    earlier copy. Versions are ordered by their first window: the *live* version is the one
-    that appeared last, the *previous* the one before it.
+    earlier copy. Versions are ordered by their newest traffic: the *live* version is the one
+    whose newest window starts last, over every window size, so that the 1-minute windows date
+    a switch to the minute (the hourly windows of a version that stopped keep closing for an
+    hour after it did, with its tail in them); versions tied there, sharing traffic, keep the
+    order of their first window. The *previous* version is the one before the live one. Order
+    by first window instead, and a rollback to an older version would leave the version rolled
+    back from "live" for good.
 
-    - SRM: over the newest window span (same start and end) that several versions share,
-      impressions per version against ``expected_split`` (equal shares when None).
+    - SRM: over the *current* window span (same start and end) in which several versions have
+      impressions, impressions per version against ``expected_split`` (equal shares when
+      None). Current means no more than one step older than the newest span of that size: a
+      version's window may arrive a little after another's (another worker's ledger), but a
+      span shared only while one version took over from another must not keep the alarm on
+      once it is past. With no current shared span there is nothing to test (``None``).
     - Regression: the live version's newest window of the largest size against the previous
-      version's window of the same span (or its newest one, once it no longer gets traffic).
+      version's newest window, not newer than it, holding ``min_impressions``: the same span
+      while both share traffic; after a switch, the previous version's last window with that
+      much data, not the thin tail that straddles the switch (its newest window, which holds
+      too few impressions to ever alarm, so a bad promotion went unnoticed).
 
     >>> def w(version, start, n, rate, lo=0.0):
     ...     return RewardWindow(window_start=start, window_end=start + 60_000,
@@ -116,8 +129,13 @@ class RewardBoard:
             self.add(window)
 
     def versions(self) -> list[str]:
-        """Versions by first window start (then arrival): the live version is last."""
-        return sorted(self._first_seen, key=lambda v: self._first_seen[v])
+        """Versions by newest traffic (then first window): the live version is last."""
+        newest: dict[str, tuple[int, int]] = {}
+        for (version, size), rows in self._windows.items():
+            start = max(rows)
+            newest[version] = max(newest.get(version, (start, start + size)),
+                                  (start, start + size))
+        return sorted(newest, key=lambda v: (newest[v], self._first_seen[v]))
 
     def sizes(self) -> list[int]:
         """Window sizes seen (ms), smallest first."""
@@ -147,11 +165,19 @@ class RewardBoard:
         spans: dict[int, dict[str, int]] = {}
         for version, windows in series.items():
             for w in windows:
-                spans.setdefault(w.window_start, {})[version] = w.impressions
+                spans.setdefault(w.window_start, {})
+                if w.impressions > 0:
+                    spans[w.window_start][version] = w.impressions
         shared = [start for start, counts in spans.items() if len(counts) >= 2]
         if not shared:
             return None
-        observed = spans[max(shared)]
+        newest, current = max(spans), max(shared)
+        if current < newest:
+            starts = sorted(spans)
+            step = min(b - a for a, b in pairwise(starts))
+            if newest - current > step:
+                return None  # the versions shared traffic once, not now
+        observed = spans[current]
         split = self.expected_split or dict.fromkeys(observed, 1.0)
         return sample_ratio_mismatch(observed, split, alpha=self.srm_alpha)
 
@@ -161,8 +187,9 @@ class RewardBoard:
             return None
         live = series[versions[-1]][-1]
         previous_rows = series[versions[-2]]
-        same_span = [w for w in previous_rows if w.window_start == live.window_start]
-        previous = same_span[0] if same_span else previous_rows[-1]
+        older = [w for w in previous_rows if w.window_start <= live.window_start]
+        full = [w for w in older if w.impressions >= self.min_impressions]
+        previous = (full or older or previous_rows)[-1]
         return reward_regression(live, previous, min_impressions=self.min_impressions,
                                  min_conversions=self.min_conversions)
 

@@ -17,10 +17,21 @@ Plain Python (no faust here; the agents in :mod:`streamer.app.rewards_agents` ca
   ``newest event time + wall time since it was seen``: event time is assumed to pass at wall
   speed while a partition is idle. Replays at any speed keep their own event time while
   events flow (the estimate never exceeds what an idle gap justifies).
+- Restarts: a partition's clocks are rebuilt from the tables when this process first handles
+  a message of it (after a start or a rebalance), and the recovered time counts as seen at
+  that moment of *this process's* wall time, not at the time the message carries. That
+  message may be a tick redelivered from before the crash (its offset was not committed):
+  counted from its stamp, the next fresh tick would pass the whole downtime as idle event
+  time and close open impressions before the purchases waiting in the backlog are read,
+  which then come too late. So the downtime is not idle time: event time resumes where it
+  stopped, and the backlog moves it. A tick's stamp is also capped at this process's wall
+  time, so a tick older than the rebuild advances nothing, and one from a timer whose clock
+  runs ahead does not push event time past this process's.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -204,7 +215,8 @@ class FeedbackRecord(Struct, frozen=True, kw_only=True):
 
 
 class Tick(Struct, frozen=True, kw_only=True):
-    """Timer message telling partition ``partition`` that wall time is ``wall_ms``."""
+    """Timer message telling its partition that wall time was ``wall_ms`` when it was sent
+    (it may be read much later: a redelivery after a restart; see the module docstring)."""
 
     wall_ms: int
 
@@ -218,6 +230,9 @@ class RewardConfig:
     specs: tuple[WindowSpec, ...] = (WindowSpec(60_000, 60_000),
                                      WindowSpec(3_600_000, 300_000))
     ledger_lateness_ms: int = 60_000
+    #: Events further ahead than this of both their partition's clock and wall time are
+    #: refused (``too_early``; :mod:`streamer.rewards.attribution`); None: none are.
+    max_ahead_ms: int | None = 5 * 60_000
     by_anchor: bool = False
     by_segment: bool = False
     reward: RewardKind = "revenue"
@@ -262,6 +277,8 @@ class RewardTracker:
     tables live, dicts in tests); each partition owns the keys prefixed with its number. Call
     :meth:`reset` when partitions were reassigned: per-partition objects are rebuilt lazily
     from the (recovered) tables. Counts go to ``metrics``. Not thread-safe: one event loop.
+    ``wall_ms`` is this process's wall time as it handles the message (for :meth:`tick`, the
+    tick's stamp, beside ``now_ms``).
 
     >>> from streamer.events.models import Evidence, Variant
     >>> t = 1_700_000_000_000
@@ -322,14 +339,16 @@ class RewardTracker:
                     KeyPrefixView(self._sessions, f"{p}|"), self._offers,
                     window_ms=c.window_ms, allowed_lateness_ms=c.allowed_lateness_ms,
                     reward=c.reward, cost_ratio=c.cost_ratio,
-                    watermarks=KeyPrefixView(self._clocks, f"attribution:{p}|")),
+                    watermarks=KeyPrefixView(self._clocks, f"attribution:{p}|"),
+                    max_ahead_ms=c.max_ahead_ms),
                 ledger=RewardLedger(
                     KeyPrefixView(self._windows, f"{p}|"), specs=c.specs,
                     allowed_lateness_ms=c.ledger_lateness_ms, by_anchor=c.by_anchor,
                     by_segment=c.by_segment,
                     watermarks=KeyPrefixView(self._clocks, f"ledger:{p}|")),
             )
-            # A recovered clock resumes from where it was, as if just seen.
+            # A recovered clock resumes from where it was, as if just seen: at ``wall_ms``,
+            # this process's time now (module docstring: Restarts).
             if part.attributor.max_event_ts is not None:
                 part.attribution_clock.seen(part.attributor.max_event_ts, wall_ms)
             if part.ledger.watermark_ms is not None:
@@ -347,14 +366,15 @@ class RewardTracker:
                 wall_ms: int) -> list[ImpressionOutcome]:
         """Attribute one event; return the impressions whose windows closed meanwhile."""
         part = self._partition(partition, wall_ms)
-        status = part.attributor.observe(event)
+        status = part.attributor.observe(event, now_ms=wall_ms)
         counter = self._observed.get(status)
         if counter is None:
             counter = self._observed[status] = self.metrics.attribution_events.labels(status)
         counter.inc()
         if status in ("late_applied", "too_late"):
             self.metrics.late_events.labels("attribution", status).inc()
-        part.attribution_clock.seen(event.ts, wall_ms)
+        if status != "too_early":  # else the next tick would move the clock there after all
+            part.attribution_clock.seen(event.ts, wall_ms)
         return part.attributor.advance()
 
     # -- the ledger (outcomes agent, partition = the policy version's) ---------------------
@@ -382,13 +402,20 @@ class RewardTracker:
         return self._published(part.ledger.advance())
 
     # -- the timer's tick (ticks agent, partition = the tick's) ----------------------------
-    def tick(self, partition: int, *, wall_ms: int
+    def tick(self, partition: int, *, wall_ms: int, now_ms: int | None = None
              ) -> tuple[list[ImpressionOutcome], list[RewardWindow]]:
-        """Move partition ``partition``'s clocks to their idle estimates; return what closed."""
-        part = self._partition(partition, wall_ms)
-        outcomes = part.attributor.advance(part.attribution_clock.estimate(wall_ms))
-        now = part.ledger_clock.estimate(wall_ms)
-        windows = part.ledger.advance(now) if now is not None else []
+        """Move partition ``partition``'s clocks to their idle estimates; return what closed.
+
+        ``wall_ms`` is the tick's stamp (when its timer fired), ``now_ms`` this process's wall
+        time (default: the system clock's). A partition rebuilt by this tick counts from
+        ``now_ms``, and the stamp counts up to ``now_ms`` at most (module docstring: Restarts).
+        """
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        part = self._partition(partition, now)
+        stamp = min(wall_ms, now)
+        outcomes = part.attributor.advance(part.attribution_clock.estimate(stamp))
+        ledger_now = part.ledger_clock.estimate(stamp)
+        windows = part.ledger.advance(ledger_now) if ledger_now is not None else []
         return outcomes, self._published(windows)
 
     def _published(self, windows: list[RewardWindow]) -> list[RewardWindow]:

@@ -98,6 +98,7 @@ def reward_config(settings: Settings) -> RewardConfig:
         allowed_lateness_ms=int(r.allowed_lateness_s * 1000),
         specs=tuple(WindowSpec(size, step) for size, step in r.window_specs_ms()),
         ledger_lateness_ms=int(r.ledger_lateness_s * 1000),
+        max_ahead_ms=int(r.max_event_ahead_s * 1000),
         by_anchor=r.by_anchor,
         by_segment=r.by_segment,
         reward=r.reward,
@@ -244,7 +245,10 @@ def install_reward_tracking(
                 await offers_ready.wait()
             with buffer.holding() as hold:
                 buffer.partition = event.message.partition
-                outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms)
+                # This process's time besides the tick's stamp: a tick redelivered after a
+                # restart was stamped before the crash (RewardTracker.tick).
+                outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms,
+                                                 now_ms=int(time.time() * 1000))
                 if outcomes or windows:
                     hold.hold()
                 await publish_outcomes(outcomes)

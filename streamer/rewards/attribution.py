@@ -42,6 +42,20 @@ Contract
   ``"too_late"`` and changes nothing. An impression closes when the watermark reaches
   ``ts + window_ms``; :meth:`Attributor.advance` returns the closed records, reward 0 when
   nothing was bought.
+- **Events from the future.** One event stamped far ahead (a host with a broken clock; any ts
+  up to the year 2100 passes validation) would move the clock there for good: every open
+  impression would close without its purchases, and every later event of the stream would
+  be ``"too_late"``. With ``max_ahead_ms`` set, an event more than that ahead of the clock
+  *and* of ``now_ms`` (the caller's wall time, when it passes one) is ``"too_early"``:
+  counted and reported, not applied, and the clock does not move. Both references, because
+  neither alone tells a bad clock from real time: a replay of history runs event time far
+  faster than wall time, so a gap in its traffic (a night, a weekend) puts the next event
+  hours ahead of the clock, yet behind wall time; a storefront whose clock runs a little
+  ahead of the worker's stays within reach of the clock its own events moved. Without
+  ``now_ms`` only the clock judges (a gap wider than ``max_ahead_ms`` is then refused too),
+  so a caller replaying history without one leaves ``max_ahead_ms`` unset (the default).
+  The first event, before there is a clock, is not judged. Keep ``max_ahead_ms`` within
+  ``allowed_lateness_ms``: an event that far ahead then makes no on-time event late.
 - **State.** ``sessions`` maps session_id to a :class:`SessionState` (a faust Table live, a
   dict in tests). The class only assigns or deletes keys, never mutates a value it read.
   Everything older than the watermark minus the window is deleted, so state is bounded by the
@@ -107,6 +121,7 @@ Observation = Literal[
     "applied",  # on time (possibly out of order within the allowed lateness)
     "late_applied",  # behind the watermark but an impression window it can reach is open
     "too_late",  # behind every window it could reach: counted and reported, not applied
+    "too_early",  # more than max_ahead_ms ahead of the clock and of now: not applied
     "duplicate",  # event_id already seen
     "ignored",  # not an offer event (view, click, add_to_cart)
     "invalid",  # offer event without offer_id/variant/propensity, or a variant the offer lacks
@@ -365,6 +380,7 @@ class Attributor:
         max_session_events: int = DEFAULT_MAX_SESSION_EVENTS,
         max_session_lines: int = DEFAULT_MAX_SESSION_LINES,
         watermarks: MutableMapping[str, int] | None = None,
+        max_ahead_ms: int | None = None,
     ) -> None:
         if window_ms <= 0:
             raise ValueError(f"window_ms must be positive, got {window_ms}")
@@ -378,6 +394,8 @@ class Attributor:
             raise ValueError(f"max_session_events must be positive, got {max_session_events}")
         if max_session_lines <= 0:
             raise ValueError(f"max_session_lines must be positive, got {max_session_lines}")
+        if max_ahead_ms is not None and max_ahead_ms < 0:
+            raise ValueError(f"max_ahead_ms must be >= 0, got {max_ahead_ms}")
         self._sessions = sessions
         self._lookup = _lookup_function(offers)
         self.window_ms = window_ms
@@ -386,6 +404,7 @@ class Attributor:
         self.cost_ratio = cost_ratio
         self.max_session_events = max_session_events
         self.max_session_lines = max_session_lines
+        self.max_ahead_ms = max_ahead_ms
         self._clock: MutableMapping[str, int] = {} if watermarks is None else watermarks
         # The clock's value, read from ``watermarks`` on first use and written through (this
         # class owns the mapping): every event reads it twice and may raise it.
@@ -426,16 +445,30 @@ class Attributor:
             self._clock[WATERMARK_KEY] = self._max_ts = ts
 
     # -- input ----------------------------------------------------------------------------
-    def observe(self, event: ClickEvent | PurchaseEvent) -> Observation:
+    def observe(self, event: ClickEvent | PurchaseEvent, *,
+                now_ms: int | None = None) -> Observation:
         """Take one click or purchase event; return what was done with it (and count it).
 
-        Never closes anything: call :meth:`advance` for that.
+        ``now_ms`` is the caller's wall time, which lets an event ahead of the clock but not
+        of the present through (module docstring: Events from the future). Never closes
+        anything: call :meth:`advance` for that.
         """
+        if self._too_early(event.ts, now_ms):
+            self.counts["too_early"] += 1
+            return "too_early"
         status = self._observe(event)
         self.counts[status] += 1
         # Every event, offer-related or not, is evidence of how far event time has got.
         self._raise_clock(event.ts)
         return status
+
+    def _too_early(self, ts: int, now_ms: int | None) -> bool:
+        ahead = self.max_ahead_ms
+        if ahead is None:
+            return False
+        clock = self.max_event_ts
+        return (clock is not None and ts > clock + ahead
+                and (now_ms is None or ts > now_ms + ahead))
 
     def _observe(self, event: ClickEvent | PurchaseEvent) -> Observation:
         item: PendingImpression | PendingClick | PendingPurchase

@@ -488,6 +488,34 @@ def test_restart_on_the_same_state_gives_the_same_records() -> None:
     assert sessions == {}
 
 
+def test_an_event_from_the_far_future_is_refused_and_leaves_the_clock_alone() -> None:
+    clock: dict[str, int] = {}
+    att = Attributor({}, OFFERS, window_ms=WINDOW, allowed_lateness_ms=LATENESS,
+                     watermarks=clock, max_ahead_ms=5 * MIN)
+    now = T0 + 10 * 365 * 24 * 60 * MIN  # wall time: events replayed from years before
+    assert att.observe(imp("i1", 0), now_ms=T0) == "applied"
+    # A host with a broken clock: ahead of the clock and of wall time.
+    bogus = view("bot", 80 * 365 * 24 * 60, s="bot")
+    assert att.observe(bogus, now_ms=T0) == "too_early"
+    assert att.observe(bogus) == "too_early"  # without a wall time, the clock alone judges
+    assert clock == {"max_event_ts": T0} and att.counts["too_early"] == 2
+    assert att.advance() == []
+    assert att.observe(buy("p1", 2, "ab"), now_ms=T0) == "applied"
+    assert att.observe(imp("i2", 4.9, s="s2"), now_ms=T0) == "applied"  # within 5 min
+    # A replay's gap (a night without traffic): far ahead of the clock, behind wall time.
+    assert att.observe(imp("i3", 12 * 60, s="s3"), now_ms=now) == "applied"
+    assert att.max_event_ts == T0 + 12 * 60 * MIN
+    closed = att.advance()
+    assert [(r.impression_id, r.converted) for r in closed] == [("i1", True), ("i2", False)]
+
+
+def test_without_max_ahead_an_event_moves_the_clock_wherever_it_says() -> None:
+    att = Attributor({}, OFFERS, window_ms=WINDOW, allowed_lateness_ms=LATENESS)
+    att.observe(imp("i1", 0))
+    assert att.observe(view("v", 24 * 60), now_ms=T0) == "ignored"
+    assert att.max_event_ts == T0 + 24 * 60 * MIN
+
+
 def _stream(rng: random.Random, sessions: int) -> list[Any]:
     events: list[Any] = []
     for n in range(sessions):

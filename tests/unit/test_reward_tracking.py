@@ -65,6 +65,57 @@ def test_a_redelivered_outcome_counts_once_and_windows_expire() -> None:
     assert t.metrics.reward_impressions.labels("v1")._value.get() == 1
 
 
+def test_an_event_from_the_far_future_is_counted_too_early_and_moves_no_clock() -> None:
+    from streamer.events.models import TS_MAX_MS
+
+    t, (_, _, clocks, _) = tracker()
+    wall = T + 1_000
+    t.observe(imp("i1", "s1"), partition=0, wall_ms=wall)
+    bogus = ClickEvent(event_id="x", ts=TS_MAX_MS - 1, user_id="bot", session_id="bot",
+                       item_id="a", kind="view")
+    assert t.observe(bogus, partition=0, wall_ms=wall) == []
+    assert t.metrics.attribution_events.labels("too_early")._value.get() == 1
+    assert clocks["attribution:0|max_event_ts"] == T
+    # Neither does the next tick move event time there: it moves at wall speed, as before.
+    assert t.tick(0, wall_ms=wall + 500) == ([], [])
+    assert clocks["attribution:0|max_event_ts"] == T + 500
+
+
+def test_a_stale_tick_after_a_restart_does_not_pass_the_downtime_as_idle_time() -> None:
+    from streamer.events import OrderLine, PurchaseEvent
+
+    config = RewardConfig(window_ms=60_000, allowed_lateness_ms=0,
+                          specs=(WindowSpec(10_000, 10_000),), ledger_lateness_ms=0)
+    offers = {"o1": make_offer("o1", "v1")}
+    crash, down = T + 1_000, 40 * 60_000
+
+    def restarted() -> tuple[RewardTracker, dict[str, Any]]:
+        tables: tuple[dict[str, Any], ...] = ({}, {}, {}, {})
+        first = RewardTracker(*tables, offers=offers, config=config, metrics=Metrics())
+        first.observe(imp("i1", "s1"), partition=0, wall_ms=crash)
+        return RewardTracker(*tables, offers=offers, config=config, metrics=Metrics()), tables[2]
+
+    t, _ = restarted()
+    back = crash + down
+    # The first message after the restart: a tick sent just before the crash, redelivered.
+    assert t.tick(0, wall_ms=crash - 500, now_ms=back) == ([], [])
+    # The timer's next tick, a second later: a second of idle time, not forty minutes.
+    assert t.tick(0, wall_ms=back + 1_000, now_ms=back + 1_000) == ([], [])
+    # So the backlog's purchase, made during the downtime, still reaches its impression...
+    purchase = PurchaseEvent(event_id="p1", ts=T + 30_000, user_id="u", session_id="s1",
+                             order_id="r1", offer_id="o1",
+                             items=[OrderLine(item_id="a", quantity=1, unit_price=18.0),
+                                    OrderLine(item_id="b", quantity=1, unit_price=9.0)])
+    assert t.observe(purchase, partition=0, wall_ms=back + 1_100) == []
+    # ...and ticks still close an idle partition's impressions as wall time passes.
+    outcomes, _ = t.tick(0, wall_ms=back + 61_000, now_ms=back + 61_000)
+    assert [(o.impression_id, o.converted) for o in outcomes] == [("i1", True)]
+    # A tick stamped ahead of this process's clock moves event time no further than it.
+    t, clocks = restarted()
+    assert t.tick(0, wall_ms=back + 600_000, now_ms=back) == ([], [])
+    assert clocks["attribution:0|max_event_ts"] == T
+
+
 def window(version: str, start: int, n: int, rate: float) -> RewardWindow:
     return RewardWindow(window_start=start, window_end=start + 60_000, policy_version=version,
                         impressions=n, offer_clicks=0, conversions=n // 20, revenue=rate * n,
@@ -81,6 +132,83 @@ def test_board_alarms_on_a_sample_ratio_mismatch_only_when_versions_share_traffi
     split = RewardBoard(min_impressions=100, expected_split={"v1": 5, "v2": 4})
     split.add_all([window("v1", T, 5_000, 1.0), window("v2", T, 4_000, 1.0)])
     assert not split.guardrails().srm_alarm
+
+
+def test_board_srm_tests_only_a_current_shared_span() -> None:
+    board = RewardBoard(min_impressions=100, min_conversions=1)
+    # v1 hands over to v2 at T + 90 s: the straddling span holds both, unevenly.
+    board.add_all([window("v1", T, 5_000, 1.0), window("v1", T + 60_000, 2_500, 1.0),
+                   window("v2", T + 60_000, 2_500, 1.0), window("v2", T + 120_000, 5_000, 1.0)])
+    # One step later the shared span still counts: another version's newer window may not
+    # have arrived yet.
+    assert board.guardrails().srm is not None
+    board.add_all([window("v1", T + 180_000, 4_000, 1.0), window("v2", T + 180_000, 5_000, 1.0)])
+    g = board.guardrails()
+    assert g.srm is not None and g.srm.observed == {"v1": 4_000, "v2": 5_000} and g.srm_alarm
+    # v1 stops; once v2 has run alone for more than a step, there is nothing to compare.
+    board.add_all([window("v2", T + k * 60_000, 5_000, 1.0) for k in (4, 5)])
+    g = board.guardrails()
+    assert g.srm is None and not g.srm_alarm
+
+
+def test_board_live_version_is_the_one_with_the_newest_windows_after_a_rollback() -> None:
+    board = RewardBoard(min_impressions=1_000, min_conversions=20)
+    board.add_all(window("v1", T + k * 60_000, 5_000, 1.0) for k in range(3))
+    board.add_all(window("v2", T + k * 60_000, 5_000, 0.2) for k in range(3, 6))
+    assert board.versions() == ["v1", "v2"] and board.guardrails().regression_alarm
+    board.add_all(window("v1", T + k * 60_000, 5_000, 1.0) for k in range(6, 9))  # rolled back
+    assert board.versions() == ["v2", "v1"]
+    g = board.guardrails()
+    assert g.regression is not None and g.regression.live_version == "v1"
+    assert not g.regression_alarm
+
+
+def test_board_regression_compares_with_the_previous_versions_last_window_with_enough_data(
+) -> None:
+    board = RewardBoard(min_impressions=1_000, min_conversions=20)
+    # v1's last window is the thin tail of the span v2 took over in.
+    board.add_all([window("v1", T, 5_000, 2.0), window("v1", T + 60_000, 5_000, 2.0),
+                   window("v1", T + 120_000, 200, 2.0), window("v2", T + 120_000, 4_800, 0.5),
+                   window("v2", T + 180_000, 5_000, 0.5)])
+    g = board.guardrails()
+    assert g.regression is not None and g.regression.previous_impressions == 5_000
+    assert g.regression_alarm
+
+
+def test_board_guardrails_through_a_promotion_and_a_rollback_on_ledger_output() -> None:
+    """A sequential switch v1 -> v2 -> v1 as the ledger reports it, hourly-style windows
+    (10 min every minute) besides tumbling minutes: the regression alarm rings while the bad
+    v2 is live and not after the rollback; the SRM alarm of the straddling spans clears."""
+    import random
+
+    from streamer.rewards import ImpressionOutcome, RewardLedger
+
+    rng = random.Random(1)
+    minute = 60_000
+    promote, rollback, end = T + 10 * minute + 30_000, T + 40 * minute, T + 70 * minute
+    ledger = RewardLedger({}, specs=(WindowSpec(minute, minute), WindowSpec(10 * minute, minute)),
+                          allowed_lateness_ms=0)
+    board = RewardBoard(min_impressions=200, min_conversions=5)
+    alarm_while_v2_live = False
+    for ts in range(T, end, 1_000):
+        version = "v2" if promote <= ts < rollback else "v1"
+        reward = 30.0 if rng.random() < (0.3 if version == "v1" else 0.05) else 0.0
+        ledger.add(ImpressionOutcome(
+            impression_id=f"i{ts}", ts=ts, session_id="s", user_id="u", offer_id="o",
+            variant=0, propensity=1.0, policy_version=version, anchor_item_id="a",
+            segment="all", items=("a", "b"), discount_pct=10.0, clicked=reward > 0,
+            converted=reward > 0, revenue=reward, reward=reward, purchase_ids=(),
+            attributed_at=ts, late=False))
+        board.add_all(ledger.advance())
+        if promote + 12 * minute <= ts < rollback:
+            assert board.versions()[-1] == "v2"
+            alarm_while_v2_live |= board.guardrails().regression_alarm
+        if ts == rollback - 1_000:
+            assert board.guardrails().srm is None
+    assert alarm_while_v2_live
+    g = board.guardrails()
+    assert board.versions()[-1] == "v1"
+    assert not g.regression_alarm and g.srm is None
 
 
 def test_dashboard_data_and_report_show_the_windows() -> None:
