@@ -22,8 +22,11 @@ MAX_VARIANTS = 8
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 #: An item id also keys the co-purchase state, whose internal keys use control characters
-#: (``copurchase.stats.TOTAL_KEY``, ``TRIPLE_SEPARATOR``): an item id has none.
-ITEM_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: (``copurchase.stats.TOTAL_KEY``, ``TRIPLE_SEPARATOR``): an item id has none. The end is a
+#: lookahead for "no character left", not ``$``: in Python's ``re`` (msgspec, the jsonschema
+#: package) ``$`` also matches before a final newline, in ECMA-262 (JSON Schema's dialect)
+#: only at the end, so ``"sku\n"`` passed here and failed other validators of the schema.
+ITEM_ID_PATTERN = r"^[^\x00-\x1f\x7f]+(?![\s\S])"
 ItemId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN, pattern=ITEM_ID_PATTERN)]
 TimestampMs = Annotated[int, Meta(ge=TS_MIN_MS, le=TS_MAX_MS)]
 Price = Annotated[float, Meta(ge=0.0, le=MAX_PRICE)]

@@ -224,6 +224,8 @@ def _click(**changes: Any) -> bytes:
         # Control characters: the co-purchase state's own keys use them (ITEM_ID_PATTERN).
         (_click(item_id="\u0000orders"), "$.item_id"),
         (_click(item_id="tea\u001fcup"), "$.item_id"),
+        # A final newline too: Python's `$` matched before it, ECMA-262's (JSON Schema's) not.
+        (_click(item_id="sku\n"), "$.item_id"),
         (_click(price=-0.01), "$.price"),
         (_click(price="1.0"), "$.price"),
         (_click(propensity=0.0), "$.propensity"),
