@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from streamer.events import (
@@ -257,6 +258,30 @@ def test_an_item_id_with_a_control_character_is_rejected_in_orders_too() -> None
         assert "item_id" in reject(CODEC.decode_purchase, json.dumps(doc).encode()).reason
     doc["items"][0]["item_id"] = "Tee-Kanne 1,5 l (\u00e9dition sp\u00e9ciale)"  # printable: fine
     CODEC.decode_purchase(json.dumps(doc).encode())
+
+
+def test_the_dearest_bundles_the_engine_builds_pass_its_own_codec() -> None:
+    """Every unit price may reach MAX_PRICE, so a bundle costs up to three of them: the
+    engine's offer must not be one the codec (and every reader of ``offers``) rejects."""
+    from streamer.engine import Engine
+    from streamer.events.models import MAX_BUNDLE_PRICE, MAX_PRICE
+
+    engine = Engine.in_memory()
+    for n in range(3):
+        engine.handle_purchase(PurchaseEvent(
+            event_id=f"p{n}", ts=TS + n * 10_000, user_id="u", session_id=f"s{n}",
+            order_id=f"o{n}", items=[OrderLine(item_id=i, quantity=1, unit_price=MAX_PRICE)
+                                     for i in ("a", "b", "c")]))
+    offer = engine.live_offer("a")
+    assert offer is not None
+    prices = sorted(v.bundle_price for v in offer.variants)
+    assert prices[0] > MAX_PRICE and prices[-1] <= MAX_BUNDLE_PRICE
+    assert len(max((v.items for v in offer.variants), key=len)) == 3  # a triple among them
+    assert CODEC.decode_offer(CODEC.encode(offer)) == offer
+    undiscounted = msgspec.structs.replace(
+        offer.variants[0], items=["a", "b", "c"], discount_pct=0.0, bundle_price=MAX_BUNDLE_PRICE)
+    CODEC.decode_offer(CODEC.encode(msgspec.structs.replace(offer, variants=[
+        msgspec.structs.replace(undiscounted, probability=1.0)])))
 
 
 def test_an_order_of_201_lines_is_rejected() -> None:
