@@ -131,7 +131,8 @@ class RewardWindow(
     offer_clicks: Count
     conversions: Count
     revenue: Annotated[float, Meta(ge=0.0, le=1e15)]
-    reward_rate: Annotated[float, Meta(ge=0.0, le=1e12)]
+    #: Negative when rewards are margins and the window's offers lost money.
+    reward_rate: Annotated[float, Meta(ge=-1e12, le=1e12)]
     ci95: Annotated[
         list[Annotated[float, Meta(ge=-1e12, le=1e12)]], Meta(min_length=2, max_length=2)
     ]

@@ -284,6 +284,15 @@ def test_the_dearest_bundles_the_engine_builds_pass_its_own_codec() -> None:
         msgspec.structs.replace(undiscounted, probability=1.0)])))
 
 
+def test_a_window_of_offers_that_lost_money_is_a_valid_reward_window() -> None:
+    """With ``rewards.reward=margin`` a discount deeper than the margin loses money: readers of
+    ``rewards`` decoded such a window as invalid and dropped it."""
+    window = RewardWindow(window_start=TS, window_end=TS + 60_000, policy_version="v2",
+                          impressions=1, offer_clicks=1, conversions=1, revenue=14.0,
+                          reward_rate=-2.0, ci95=[-2.5, -1.5])
+    assert CODEC.decode_reward(CODEC.encode(window)) == window
+
+
 def test_an_order_of_201_lines_is_rejected() -> None:
     doc = json.loads(CODEC.encode(PURCHASE))
     doc["items"] = [{"item_id": f"i{n}", "quantity": 1, "unit_price": 1.0} for n in range(201)]
