@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import math
 import signal
 import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from streamer.replay.pacing import parse_since
 from streamer.replay.readers import FORMATS, InvalidRecord, ReaderFormat, detect_format
 from streamer.settings import Settings
 
@@ -103,30 +107,75 @@ def _format_of(path: Path, fmt: ReaderFormat | None) -> ReaderFormat:
 
 
 @contextlib.contextmanager
-def _reading() -> Iterator[None]:
-    """A file that does not hold what its format says ends the command with its error (file,
-    line or row, reason) and status 1, not a traceback."""
+def _reading(path: Path) -> Iterator[None]:
+    """A file that does not hold what its format says, or cannot be read or written, ends the
+    command with one line (file, line or row if known, reason) and status 1, not a traceback.
+
+    A gzip cut short raises EOFError, which click would turn into a bare "Aborted!".
+    """
     try:
         yield
     except InvalidRecord as e:
-        console.print(f"[red]{escape(str(e))}[/red]")
-        raise typer.Exit(1) from e
+        _fail(str(e))
+    except OSError as e:  # also gzip.BadGzipFile; the file named is the one that failed
+        _fail(f"{e.filename or path}: {e.strerror or e}")
+    except (EOFError, zlib.error) as e:
+        _fail(f"{path}: cut short or corrupt: {e}")
+    except (csv.Error, UnicodeError) as e:
+        _fail(f"{path}: unreadable: {e}")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _check_speed(value: str) -> str:
+    if value != "max":
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if not (math.isfinite(factor) and factor > 0):
+            raise typer.BadParameter(f"a positive multiple of real time or 'max', not {value!r}")
+    return value
+
+
+def _check_since(value: str | None) -> str | None:
+    try:
+        parse_since(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"epoch ms or an ISO date/time, not {value!r}") from e
+    return value
+
+
+def _check_output(value: Path | None) -> Path | None:
+    # Before the work, not after: an evaluation's results lost for a typo in a directory.
+    if value is not None and value.is_dir():
+        raise typer.BadParameter(f"{value} is a directory")
+    if value is not None and not value.parent.is_dir():
+        raise typer.BadParameter(f"no directory {value.parent} to write {value.name} in")
+    return value
 
 
 @app.command()
 def convert(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Output path: schema JSONL (.jsonl, .jsonl.gz) or .parquet.")],
+        "--output", "-o", help="Output path: schema JSONL (.jsonl, .jsonl.gz) or .parquet.",
+        callback=_check_output)],
     format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
     = None,
-    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Stop after this many events.")]
+    = None,
 ) -> None:
     """Convert a supported historical format to schema JSONL (one event per line) or
     Parquet (one event per row)."""
     from streamer.replay.convert import convert as run_convert
 
-    with _reading():
+    if output.exists() and output.resolve() == path.resolve():
+        raise typer.BadParameter("is the input file", param_hint="'--output'")
+    with _reading(path):
         stats = run_convert(path, _format_of(path, format), output, limit=limit)
     console.print(stats.summary())
 
@@ -137,12 +186,16 @@ def replay(
     format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
     = None,
     speed: Annotated[str, typer.Option(
-        help="Replay speed: a multiple of real time (60 = an hour per minute) or 'max'.")]
+        help="Replay speed: a multiple of real time (60 = an hour per minute) or 'max'.",
+        callback=_check_speed)]
     = "max",
-    skip: Annotated[int, typer.Option(help="Skip the first N events (resume).")] = 0,
+    skip: Annotated[int, typer.Option(min=0, help="Skip the first N events (resume).")] = 0,
     since: Annotated[str | None, typer.Option(
-        help="Skip events before this time (epoch ms or ISO date/time, UTC).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Read at most this many events.")] = None,
+        help="Skip events before this time (epoch ms or ISO date/time, UTC).",
+        callback=_check_since)] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=0, help="Send at most this many events, counted after --skip and --since (so "
+        "`--skip 1000 --limit 1000` sends events 1,001 to 2,000).")] = None,
 ) -> None:
     """Produce historical events to the clicks / purchases topics in event-time order, with
     their original timestamps, at a chosen speed; shows progress and a summary."""
@@ -157,14 +210,13 @@ def replay(
     from streamer.app.replay import replay_events
     from streamer.events import Event
     from streamer.replay import read_events
-    from streamer.replay.pacing import parse_since, resume
+    from streamer.replay.pacing import resume
 
-    fmt = _format_of(path, format)
     factor = None if speed == "max" else float(speed)
     settings = Settings()
-    with _reading():
-        events = list(resume(read_events(path, fmt, limit=limit),
-                             skip=skip, since_ms=parse_since(since)))
+    with _reading(path):
+        events = list(resume(read_events(path, _format_of(path, format)),
+                             skip=skip, since_ms=parse_since(since), limit=limit))
     with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[when]}"), TimeRemainingColumn(),
                   console=console) as progress:
@@ -185,13 +237,14 @@ def evaluate(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
     format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
     = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Write the results here.", callback=_check_output)] = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="Write the hit-rate-over-time plot (PNG).", callback=_check_output)] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Read at most this many events.")]
     = None,
-    plot: Annotated[Path | None, typer.Option(help="Write the hit-rate-over-time plot (PNG).")]
-    = None,
-    limit: Annotated[int | None, typer.Option(help="Read at most this many events.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates for the intervals.")]
-    = 1000,
+    bootstrap: Annotated[int, typer.Option(
+        min=0, help="Bootstrap replicates for the intervals.")] = 1000,
     co_view_weight: Annotated[float, typer.Option(
         min=0.0, help="Weight of a session's co-viewed items as a pseudo-order (0: off).")] = 0.0,
     co_cart_weight: Annotated[float, typer.Option(
@@ -202,19 +255,22 @@ def evaluate(
     streamer against popularity, co-count, lift, frozen-rules and random baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from streamer.replay.baselines import CatalogueTooLarge
     from streamer.replay.evaluate import run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
-    fmt = _format_of(path, format)
-    with _reading(), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("evaluate", total=None)
-        result = run_evaluation(
-            path, fmt, json_path=json_path, plot_path=plot, limit=limit,
-            bootstrap=bootstrap,
-            config=with_engine_config(co_view_weight=co_view_weight,
-                                      co_cart_weight=co_cart_weight),
-            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    try:
+        with _reading(path), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("evaluate", total=None)
+            result = run_evaluation(
+                path, _format_of(path, format), json_path=json_path, plot_path=plot,
+                limit=limit, bootstrap=bootstrap,
+                config=with_engine_config(co_view_weight=co_view_weight,
+                                          co_cart_weight=co_cart_weight),
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except CatalogueTooLarge as e:
+        _fail(f"{path}: {e} (--limit N reads the first N events)")
     console.print(result_table(result))
     for label, target in (("results", json_path), ("plot", plot)):
         if target is not None:

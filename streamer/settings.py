@@ -4,6 +4,10 @@ Every field can be set from the environment as ``STREAMER__SECTION__FIELD`` (for
 ``STREAMER__KAFKA__BOOTSTRAP_SERVERS=kafka:9092``) or from a ``.env`` file. Domain classes never
 see this object: the composition root (``streamer.app``) hands them plain values.
 
+A ``STREAMER__`` variable that names no setting is an error, wherever it comes from: a typo
+silently ignored runs a worker on a default nobody chose. Variables without the prefix are
+other tools' business (a ``.env`` is often shared with docker compose) and are ignored.
+
 >>> s = Settings(kafka={"bootstrap_servers": "127.0.0.1:9092"})
 >>> s.kafka.bootstrap_servers, s.topics.offers
 ('127.0.0.1:9092', 'offers')
@@ -12,10 +16,15 @@ see this object: the composition root (``streamer.app``) hands them plain values
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class _Section(BaseModel):
@@ -495,7 +504,13 @@ class Settings(BaseSettings):
         env_prefix="STREAMER__",
         env_nested_delimiter="__",
         env_file=".env",
+        # Only the .env lines with our prefix are ours (by default every line reaches the
+        # model, and extra="forbid" rejected a shared .env's COMPOSE_PROJECT_NAME); those that
+        # name no setting still reach it, and fail below.
+        dotenv_filtering="match_prefix",
         extra="forbid",
+        # An error about the whole tree would print every value set, secrets included.
+        hide_input_in_errors=True,
         frozen=True,
     )
 
@@ -508,6 +523,53 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     trainer: TrainerSettings = TrainerSettings()
     demo: DemoSettings = DemoSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _PrefixedEnvSource(settings_cls), dotenv_settings,
+                file_secret_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_sections(cls, data: Any) -> Any:
+        # pydantic's own "Extra inputs are not permitted" would name `offer__ttl_s`, neither
+        # the variable that was set nor what it should have been.
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(
+                        f"unknown setting STREAMER__{key.upper()}: variables are "
+                        "STREAMER__SECTION__FIELD, the sections "
+                        f"{', '.join(s.upper() for s in cls.model_fields)}")
+        return data
+
+
+class _PrefixedEnvSource(EnvSettingsSource):
+    """The environment, with the ``STREAMER__`` variables of no section passed on too.
+
+    pydantic-settings looks up the variables of the fields it knows, so a misspelt section
+    (``STREAMER__OFFER__TTL_S``) was never read, and never an error; this hands such a
+    variable to the model under its name without the prefix, as ``dotenv_filtering=
+    "match_prefix"`` does for a ``.env``, where ``Settings`` rejects it.
+    """
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        prefix = self._apply_case_sensitive(self.env_prefix)
+        for name, value in self.env_vars.items():
+            if name.startswith(prefix):
+                key = name[len(prefix):]
+                section = key.partition(self.env_nested_delimiter or "__")[0]
+                if section not in self.settings_cls.model_fields:
+                    data[key] = value
+        return data
 
 
 def reference_markdown() -> str:

@@ -19,14 +19,22 @@ MAX_ORDER_LINES = 200
 MAX_PRICE = 1_000_000.0
 MAX_QUANTITY = 100_000
 MAX_VARIANTS = 8
+MAX_BUNDLE_ITEMS = 3
+#: The dearest bundle: one of each item at the highest unit price, no discount. Capped like a
+#: unit price, the engine could build offers (two items at 900,000) its own codec rejects.
+MAX_BUNDLE_PRICE = MAX_BUNDLE_ITEMS * MAX_PRICE
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 #: An item id also keys the co-purchase state, whose internal keys use control characters
-#: (``copurchase.stats.TOTAL_KEY``, ``TRIPLE_SEPARATOR``): an item id has none.
-ITEM_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: (``copurchase.stats.TOTAL_KEY``, ``TRIPLE_SEPARATOR``): an item id has none. The end is a
+#: lookahead for "no character left", not ``$``: in Python's ``re`` (msgspec, the jsonschema
+#: package) ``$`` also matches before a final newline, in ECMA-262 (JSON Schema's dialect)
+#: only at the end, so ``"sku\n"`` passed here and failed other validators of the schema.
+ITEM_ID_PATTERN = r"^[^\x00-\x1f\x7f]+(?![\s\S])"
 ItemId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN, pattern=ITEM_ID_PATTERN)]
 TimestampMs = Annotated[int, Meta(ge=TS_MIN_MS, le=TS_MAX_MS)]
 Price = Annotated[float, Meta(ge=0.0, le=MAX_PRICE)]
+BundlePrice = Annotated[float, Meta(ge=0.0, le=MAX_BUNDLE_PRICE)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Propensity = Annotated[float, Meta(gt=0.0, le=1.0)]
 Count = Annotated[int, Meta(ge=0)]
@@ -91,9 +99,9 @@ class Evidence(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 class Variant(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One bundle (anchor first) with a discount, and the probability the storefront shows it."""
 
-    items: Annotated[list[Id], Meta(min_length=2, max_length=3)]
+    items: Annotated[list[Id], Meta(min_length=2, max_length=MAX_BUNDLE_ITEMS)]
     discount_pct: Annotated[float, Meta(ge=0.0, le=90.0)]
-    bundle_price: Price
+    bundle_price: BundlePrice
     probability: Probability
     score: Annotated[float, Meta(ge=-1e12, le=1e12)]
     evidence: Evidence
@@ -123,7 +131,8 @@ class RewardWindow(
     offer_clicks: Count
     conversions: Count
     revenue: Annotated[float, Meta(ge=0.0, le=1e15)]
-    reward_rate: Annotated[float, Meta(ge=0.0, le=1e12)]
+    #: Negative when rewards are margins and the window's offers lost money.
+    reward_rate: Annotated[float, Meta(ge=-1e12, le=1e12)]
     ci95: Annotated[
         list[Annotated[float, Meta(ge=-1e12, le=1e12)]], Meta(min_length=2, max_length=2)
     ]

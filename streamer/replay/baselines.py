@@ -43,7 +43,9 @@ import numpy.typing as npt
 from streamer.events import PurchaseEvent
 
 __all__ = [
+    "MAX_ITEMS",
     "BundleMethod",
+    "CatalogueTooLarge",
     "CoCountBaseline",
     "CoLiftBaseline",
     "CoOccurrence",
@@ -107,6 +109,14 @@ class BundleMethod(Protocol):
         ...
 
 
+#: Distinct items a :class:`CoOccurrence` holds by default: its int32 matrix is then 1 GiB.
+MAX_ITEMS = 16_384
+
+
+class CatalogueTooLarge(ValueError):
+    """More distinct items bought than a :class:`CoOccurrence` holds."""
+
+
 class CoOccurrence:
     """Undecayed order counts per item and co-counts per item pair, as a dense matrix.
 
@@ -124,7 +134,7 @@ class CoOccurrence:
     (2, 1, 2, 0)
     """
 
-    def __init__(self, *, capacity: int = 1024, max_items: int = 16_384) -> None:
+    def __init__(self, *, capacity: int = 1024, max_items: int = MAX_ITEMS) -> None:
         self.index: dict[str, int] = {}
         self.names: list[str] = []
         self.pairs: npt.NDArray[np.int32] = np.zeros((capacity, capacity), dtype=np.int32)
@@ -154,7 +164,7 @@ class CoOccurrence:
         if i is None:
             i = len(self.names)
             if i >= self.max_items:
-                raise ValueError(
+                raise CatalogueTooLarge(
                     f"more than {self.max_items} distinct items bought: the dense baseline "
                     "co-count table would not fit; evaluate a shorter slice (limit=)"
                 )

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
@@ -60,17 +61,25 @@ def parse_since(value: str | None) -> int | None:
 
 
 def resume(
-    events: Iterable[Event], *, skip: int = 0, since_ms: int | None = None
+    events: Iterable[Event], *, skip: int = 0, since_ms: int | None = None,
+    limit: int | None = None,
 ) -> Iterator[Event]:
-    """Drop the first ``skip`` events, then every event older than ``since_ms``.
+    """Drop the first ``skip`` events, then every event older than ``since_ms``, and yield at
+    most ``limit`` of the rest.
+
+    The limit counts what is left, as SQL's LIMIT after OFFSET: an interrupted replay of
+    ``--limit N`` resumes with ``--skip`` and the same limit for the next N events.
 
     >>> from types import SimpleNamespace as E
     >>> [e.ts for e in resume([E(ts=t) for t in (1, 2, 3, 4)], skip=1, since_ms=3)]
     [3, 4]
+    >>> [e.ts for e in resume([E(ts=t) for t in (1, 2, 3, 4)], skip=1, limit=2)]
+    [2, 3]
     """
     if skip < 0:
         raise ValueError("skip must be >= 0")
-    for i, event in enumerate(events):
-        if i < skip or (since_ms is not None and event.ts < since_ms):
-            continue
-        yield event
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    kept = (event for i, event in enumerate(events)
+            if i >= skip and (since_ms is None or event.ts >= since_ms))
+    return itertools.islice(kept, limit)

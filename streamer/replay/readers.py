@@ -9,6 +9,13 @@ To order by event time a reader holds the whole file's events in memory before y
 first one (about 100 bytes per click and per order line): fine for the datasets below, not for
 the full 100M-row Taobao file. Plain and gzip files are both accepted (detected by magic bytes).
 
+The CSV formats are read as UTF-8 (with or without a byte-order mark) or, when a file is not
+UTF-8, as a whole as Windows-1252: the widely circulated CSV export of UCI Online Retail is
+ISO-8859-1 (``CAF\xc9`` in a description), which Windows-1252 reads alike except for bytes
+0x80-0x9F, control codes in ISO-8859-1 and quotes and dashes in a spreadsheet's export. A file
+that is neither is an :class:`InvalidRecord` naming its first undecodable line: text is never
+guessed at, since item ids come from it. Schema JSONL is UTF-8, as JSON is.
+
 Formats (:data:`ReaderFormat`):
 
 ``jsonl``
@@ -57,7 +64,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache, partial
+from functools import lru_cache, partial, wraps
 from pathlib import Path
 from typing import Literal, TextIO, get_args
 from zoneinfo import ZoneInfo
@@ -205,14 +212,15 @@ def read_events(
     Rows of the same StockCode are summed into one line whose unit price is the quantity-
     weighted mean (rounded to 4 decimals), so the line's revenue is preserved. Skipped rows:
     ``cancellation`` (InvoiceNo starting with ``C``: a cancellation is not a purchase, and
-    crediting it against an earlier invoice is not attempted), ``non_positive_quantity``,
-    ``non_positive_price`` (stock adjustments, bad-debt ``A`` invoices, free samples),
-    ``out_of_bounds`` (a line over the model's quantity or price limits), ``malformed``, and
-    ``over_line_limit`` (rows of StockCodes beyond the 200th of an invoice: the first 200
-    distinct codes in file order are kept; see ``max_order_lines``). Non-product codes
-    (``POST``, ``M``, ``DOT``, ...) are kept as items: they are in the data. Dropped invoices:
-    ``cancellation``, ``no_positive_quantity``, ``no_positive_price`` (it had units but none
-    with a price).
+    crediting it against an earlier invoice is not attempted), ``adjustment`` (InvoiceNo
+    starting with ``A``: the bookkeeping entries ``Adjust bad debt`` of StockCode ``B``, one
+    of them at a positive price, GBP 11,062.06, that no customer paid), ``non_positive_quantity``,
+    ``non_positive_price`` (stock adjustments, free samples), ``out_of_bounds`` (a line over
+    the model's quantity or price limits), ``malformed``, and ``over_line_limit`` (rows of
+    StockCodes beyond the 200th of an invoice: the first 200 distinct codes in file order are
+    kept; see ``max_order_lines``). Non-product codes (``POST``, ``M``, ``DOT``, ...) are kept
+    as items: they are in the data. Dropped invoices: ``cancellation``, ``adjustment``,
+    ``no_positive_quantity``, ``no_positive_price`` (it had units but none with a price).
 
     ``taobao``: ``pv`` -> ``view``, ``fav`` -> ``click``, ``cart`` -> ``add_to_cart`` (see
     :data:`TAOBAO_CLICK_KINDS`), with ``event_id`` ``tb-<user>-<item>-<behavior>-<unix_s>``
@@ -247,8 +255,10 @@ def detect_format(path: PathLike) -> ReaderFormat:
     with Path(path).open("rb") as f:
         if f.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC:
             return "parquet"
-    with _open_text(Path(path)) as f:
-        first = f.readline().strip()
+    with _open_binary(Path(path)) as raw:
+        # Only ASCII names tell a format, so bytes of another encoding cannot mislead here
+        # (and the reader decides the file's encoding from all of it).
+        first = raw.readline().decode("utf-8-sig", errors="replace").strip()
     if first.startswith("{"):
         return "jsonl"
     header = [c.strip() for c in first.split(",")]
@@ -291,11 +301,52 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")
 
 
-def _open_text(path: Path) -> TextIO:
-    # newline="" as the csv module requires; utf-8-sig drops a spreadsheet's byte-order mark.
+def _open_text(path: Path, encoding: str) -> TextIO:
+    # newline="" as the csv module requires.
     if _is_gzip(path):
-        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+        return gzip.open(path, "rt", encoding=encoding, newline="")
+    return path.open(encoding=encoding, newline="")
+
+
+#: The encodings a CSV file is read in, in turn (see the module's docstring); utf-8-sig drops a
+#: spreadsheet's byte-order mark.
+_CSV_ENCODINGS = ("utf-8-sig", "cp1252")
+
+
+def _any_encoding(read: Callable[..., list[Event]]) -> Callable[..., list[Event]]:
+    """``read`` (a CSV reader taking ``encoding``) tried in each of :data:`_CSV_ENCODINGS`.
+
+    A file is read again from the start in the next encoding: a file has one encoding, and
+    its first byte that is not UTF-8 may come after many rows already read as UTF-8.
+    """
+
+    @wraps(read)
+    def read_any(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
+        for encoding in _CSV_ENCODINGS:
+            trial = ReaderStats()
+            try:
+                events = read(path, trial, max_lines=max_lines, encoding=encoding)
+            except UnicodeDecodeError:
+                continue
+            for name in ReaderStats.__slots__:
+                setattr(stats, name, getattr(trial, name))
+            return events
+        raise _undecodable(path)
+
+    return read_any
+
+
+def _undecodable(path: Path) -> InvalidRecord:
+    """The error naming the first line of ``path`` that no encoding of :data:`_CSV_ENCODINGS`
+    reads (Windows-1252 leaves five bytes undefined, and reads every line UTF-8 does)."""
+    with _open_binary(path) as raw:
+        for number, line in enumerate(raw, start=1):
+            try:
+                line.decode(_CSV_ENCODINGS[-1])
+            except UnicodeDecodeError as e:
+                return InvalidRecord(path, number, f"neither UTF-8 nor Windows-1252 text "
+                                     f"(byte {line[e.start]:#04x} at column {e.start + 1})")
+    return InvalidRecord(path, 1, "neither UTF-8 nor Windows-1252 text")
 
 
 def _columns(path: Path, header: list[str], wanted: Iterable[str]) -> dict[str, int]:
@@ -438,12 +489,15 @@ def _read_parquet(path: Path, stats: ReaderStats, *, max_lines: int | None) -> l
 # --- UCI Online Retail ---------------------------------------------------------------------
 
 
-def _read_online_retail(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
+def _read_online_retail(
+    path: Path, stats: ReaderStats, *, max_lines: int | None, encoding: str
+) -> list[Event]:
     invoices: dict[str, _Basket] = {}
     cancelled: set[str] = set()
+    adjustments: set[str] = set()
     has_units: set[str] = set()  # invoices with a row of positive quantity
     customers: dict[str, str] = {}
-    with _open_text(path) as f:
+    with _open_text(path, encoding) as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None:
@@ -464,6 +518,10 @@ def _read_online_retail(path: Path, stats: ReaderStats, *, max_lines: int | None
                 if invoice.startswith("C"):
                     cancelled.add(invoice)
                     stats.skipped_rows["cancellation"] += 1
+                    continue
+                if invoice.startswith("A"):
+                    adjustments.add(invoice)
+                    stats.skipped_rows["adjustment"] += 1
                     continue
                 quantity, unit_price = int(row[i_qty]), float(row[i_price])
                 ts = _uk_local_ms(row[i_date].strip())
@@ -496,6 +554,8 @@ def _read_online_retail(path: Path, stats: ReaderStats, *, max_lines: int | None
             reason = (
                 "cancellation"
                 if invoice in cancelled
+                else "adjustment"
+                if invoice in adjustments
                 else "no_positive_price"
                 if invoice in has_units
                 else "no_positive_quantity"
@@ -518,10 +578,12 @@ def _read_online_retail(path: Path, stats: ReaderStats, *, max_lines: int | None
 # --- Taobao UserBehavior -------------------------------------------------------------------
 
 
-def _read_taobao(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
+def _read_taobao(
+    path: Path, stats: ReaderStats, *, max_lines: int | None, encoding: str
+) -> list[Event]:
     events: list[Event] = []
     days: dict[tuple[str, str], _Basket] = {}
-    with _open_text(path) as f:
+    with _open_text(path, encoding) as f:
         for row in csv.reader(f):
             stats.rows += 1
             try:
@@ -575,9 +637,11 @@ def _read_taobao(path: Path, stats: ReaderStats, *, max_lines: int | None) -> li
 # --- bakery --------------------------------------------------------------------------------
 
 
-def _read_bakery(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
+def _read_bakery(
+    path: Path, stats: ReaderStats, *, max_lines: int | None, encoding: str
+) -> list[Event]:
     baskets: dict[str, _Basket] = {}
-    with _open_text(path) as f:
+    with _open_text(path, encoding) as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None:
@@ -628,9 +692,9 @@ def _read_bakery(path: Path, stats: ReaderStats, *, max_lines: int | None) -> li
 
 _READERS: dict[ReaderFormat, Callable[..., list[Event]]] = {
     "jsonl": _read_jsonl,
-    "online-retail": _read_online_retail,
-    "taobao": _read_taobao,
-    "bakery": _read_bakery,
+    "online-retail": _any_encoding(_read_online_retail),
+    "taobao": _any_encoding(_read_taobao),
+    "bakery": _any_encoding(_read_bakery),
     "parquet": _read_parquet,
 }
 

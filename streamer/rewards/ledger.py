@@ -23,7 +23,8 @@ Contract
   see that module for why), ``revenue`` the summed bundle revenue; ``direct_conversions`` and
   ``direct_revenue`` count only what was bought through the offer (outcomes whose
   ``attribution`` is ``"offer"``, and their ``direct_revenue``). With margin rewards
-  ``reward_rate`` may be negative, which the ``rewards`` schema does not allow yet.
+  ``reward_rate`` and its interval may be negative (a discount deeper than the margin), and
+  the ``rewards`` schema allows it, so readers of the topic keep such windows.
 - State: ``windows`` maps a key to a :class:`WindowAggregate` (a faust Table live, a dict in
   tests); values are only ever assigned or deleted. At most
   ``sum(ceil((size + lateness) / step) + 1)`` windows per group are open, however long it runs.

@@ -131,3 +131,93 @@ def test_the_trainer_stops_its_consumer_when_its_producer_fails_to_start(
     with pytest.raises(ConnectionError):
         asyncio.run(trainer.run_trainer(Settings()))
     assert sorted(stopped) == ["consumer", "producer"]
+
+
+BAKERY = ("Date,Time,Transaction,Item\n"
+          + "".join(f"2016-10-30,{9 + n // 60:02d}:{n % 60:02d}:00,{n},Bread\n" for n in range(10)))
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["replay", "{f}", "--speed", "10x"], "--speed"),
+    (["replay", "{f}", "--speed", "0"], "--speed"),
+    (["replay", "{f}", "--speed", "nan"], "--speed"),
+    (["replay", "{f}", "--since", "yesterday"], "--since"),
+    (["replay", "{f}", "--skip", "-1"], "--skip"),
+    (["replay", "{f}", "--limit", "-1"], "--limit"),
+    (["evaluate", "{f}", "--limit", "-1"], "--limit"),
+    (["evaluate", "{f}", "--json", "{tmp}/no/such/dir/r.json"], "--json"),
+    (["convert", "{f}", "-o", "{tmp}/o.jsonl", "--limit", "-1"], "--limit"),
+    (["convert", "{f}", "-o", "{f}"], "--output"),
+    (["convert", "{f}", "-o", "{tmp}/no/such/dir/o.jsonl"], "--output"),
+    (["convert", "{f}", "-o", "{tmp}"], "--output"),
+])
+def test_a_bad_option_value_is_a_usage_error_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str) -> None:
+    """Status 2 and the option named, as click does for a value of the wrong type; never a
+    traceback, and the input is left as it was."""
+    monkeypatch.setenv("COLUMNS", "200")
+    f = tmp_path / "b.csv"
+    f.write_text(BAKERY)
+    result = CliRunner().invoke(
+        app, [a.format(f=f, tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output
+    assert f.read_text() == BAKERY
+
+
+def test_a_file_cut_short_or_unwritable_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    monkeypatch.setenv("COLUMNS", "400")
+    whole = gzip.compress(BAKERY.encode() * 500)  # a download interrupted half-way
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    runner = CliRunner()
+    for command in (["evaluate", str(cut), "-f", "bakery"],
+                    ["convert", str(cut), "-f", "bakery", "-o", str(tmp_path / "o.jsonl")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines()[-1] == (  # after evaluate's progress bar
+            f"{cut}: cut short or corrupt: Compressed file ended before the end-of-stream "
+            "marker was reached"), result.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+    import importlib
+
+    def unwritable(*_: object, **__: object) -> None:  # as root, chmod cannot make one
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".o.jsonl.partial"))
+
+    # (streamer.replay.convert is the function, the package re-exports it)
+    monkeypatch.setattr(importlib.import_module("streamer.replay.convert"), "convert",
+                        unwritable)
+    src = tmp_path / "b.csv"
+    src.write_text(BAKERY)
+    result = runner.invoke(app, ["convert", str(src), "-o", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == f"{tmp_path / '.o.jsonl.partial'}: Permission denied"
+
+
+def test_replay_limit_counts_the_events_left_after_skip_and_since(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--skip 3 --limit 4`` sends events 4 to 7, as OFFSET/LIMIT would: the way to resume a
+    replay of ``--limit N`` is ``--skip N`` with the same limit."""
+    import streamer.app.replay as replay
+
+    sent: list[list[str]] = []
+
+    async def fake_replay(settings: object, events: list[object], **_: object) -> object:
+        sent.append([e.event_id for e in events])  # type: ignore[attr-defined]
+        return replay.ReplaySummary()
+
+    monkeypatch.setattr(replay, "replay_events", fake_replay)
+    f = tmp_path / "b.csv"
+    f.write_text(BAKERY)
+    runner = CliRunner()
+    for extra in (["--skip", "3", "--limit", "4"],
+                  ["--since", "2016-10-30T09:02:00", "--limit", "4"],
+                  ["--skip", "3", "--since", "2016-10-30T09:05:00", "--limit", "4"]):
+        result = runner.invoke(app, ["replay", str(f), *extra])
+        assert result.exit_code == 0, result.output
+    assert sent == [[f"bk-{n}" for n in range(3, 7)], [f"bk-{n}" for n in range(2, 6)],
+                    [f"bk-{n}" for n in range(5, 9)]]

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from streamer.events import (
@@ -225,6 +226,8 @@ def _click(**changes: Any) -> bytes:
         # Control characters: the co-purchase state's own keys use them (ITEM_ID_PATTERN).
         (_click(item_id="\u0000orders"), "$.item_id"),
         (_click(item_id="tea\u001fcup"), "$.item_id"),
+        # A final newline too: Python's `$` matched before it, ECMA-262's (JSON Schema's) not.
+        (_click(item_id="sku\n"), "$.item_id"),
         (_click(price=-0.01), "$.price"),
         (_click(price="1.0"), "$.price"),
         (_click(propensity=0.0), "$.propensity"),
@@ -256,6 +259,39 @@ def test_an_item_id_with_a_control_character_is_rejected_in_orders_too() -> None
         assert "item_id" in reject(CODEC.decode_purchase, json.dumps(doc).encode()).reason
     doc["items"][0]["item_id"] = "Tee-Kanne 1,5 l (\u00e9dition sp\u00e9ciale)"  # printable: fine
     CODEC.decode_purchase(json.dumps(doc).encode())
+
+
+def test_the_dearest_bundles_the_engine_builds_pass_its_own_codec() -> None:
+    """Every unit price may reach MAX_PRICE, so a bundle costs up to three of them: the
+    engine's offer must not be one the codec (and every reader of ``offers``) rejects."""
+    from streamer.engine import Engine
+    from streamer.events.models import MAX_BUNDLE_PRICE, MAX_PRICE
+
+    engine = Engine.in_memory()
+    for n in range(3):
+        engine.handle_purchase(PurchaseEvent(
+            event_id=f"p{n}", ts=TS + n * 10_000, user_id="u", session_id=f"s{n}",
+            order_id=f"o{n}", items=[OrderLine(item_id=i, quantity=1, unit_price=MAX_PRICE)
+                                     for i in ("a", "b", "c")]))
+    offer = engine.live_offer("a")
+    assert offer is not None
+    prices = sorted(v.bundle_price for v in offer.variants)
+    assert prices[0] > MAX_PRICE and prices[-1] <= MAX_BUNDLE_PRICE
+    assert len(max((v.items for v in offer.variants), key=len)) == 3  # a triple among them
+    assert CODEC.decode_offer(CODEC.encode(offer)) == offer
+    undiscounted = msgspec.structs.replace(
+        offer.variants[0], items=["a", "b", "c"], discount_pct=0.0, bundle_price=MAX_BUNDLE_PRICE)
+    CODEC.decode_offer(CODEC.encode(msgspec.structs.replace(offer, variants=[
+        msgspec.structs.replace(undiscounted, probability=1.0)])))
+
+
+def test_a_window_of_offers_that_lost_money_is_a_valid_reward_window() -> None:
+    """With ``rewards.reward=margin`` a discount deeper than the margin loses money: readers of
+    ``rewards`` decoded such a window as invalid and dropped it."""
+    window = RewardWindow(window_start=TS, window_end=TS + 60_000, policy_version="v2",
+                          impressions=1, offer_clicks=1, conversions=1, revenue=14.0,
+                          reward_rate=-2.0, ci95=[-2.5, -1.5])
+    assert CODEC.decode_reward(CODEC.encode(window)) == window
 
 
 def test_an_order_of_201_lines_is_rejected() -> None:

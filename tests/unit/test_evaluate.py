@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from streamer.events import ClickEvent, OrderLine, PurchaseEvent
@@ -250,3 +251,42 @@ def test_evaluate_file_reads_whole_orders(tmp_path: Path) -> None:
     assert (cut.orders, cut.anchors, cut.max_order_lines) == (3, 12, 4)
     # The first order cannot hit; the next two do, for every anchor.
     assert whole.methods["cooc_count"].pair.bundle_hit_rate == pytest.approx(2 / 3)
+
+
+def test_a_catalogue_the_baselines_cannot_hold_is_refused_before_any_work() -> None:
+    """16,385 distinct items bought: refused at once, not after the baselines' co-count table
+    has grown to its 1 GiB cap (a traceback ~1.3 GB of memory later, before)."""
+    import time
+    import tracemalloc
+
+    from streamer.replay.baselines import MAX_ITEMS, CatalogueTooLarge
+
+    orders = [purchase(n, [f"sku{2 * n}", f"sku{2 * n + 1}"]) for n in range(MAX_ITEMS // 2 + 1)]
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(CatalogueTooLarge, match="16,386 distinct items bought"):
+            evaluate(orders, dataset="big", bootstrap=0)
+        assert tracemalloc.get_traced_memory()[1] < 100 * 2**20
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 10
+
+
+def test_the_cli_names_limit_for_a_catalogue_too_large(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import streamer.replay.evaluate as evaluation
+    from streamer.cli import app
+
+    monkeypatch.setattr(evaluation, "MAX_ITEMS", 2)
+    monkeypatch.setenv("COLUMNS", "300")
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b"".join(
+        msgspec.json.encode(purchase(n, items)) + b"\n"
+        for n, items in enumerate([["a", "b"], ["a", "c"]])))
+    result = CliRunner().invoke(app, ["evaluate", str(path)])
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"{path}: 3 distinct items bought") and "--limit N" in last

@@ -129,7 +129,9 @@ RETAIL_ROWS = (
     + "C536379,D,Discount,-1,2010-12-01 09:41:00,27.5,14527.0,United Kingdom\n"
     + "536380,22000,damaged,-5,2010-12-01 09:45:00,0,,United Kingdom\n"
     + "536381,22001,,3,2010-12-01 09:46:00,0,,United Kingdom\n"
-    + "A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,-11062.06,,United Kingdom\n"
+    # Bookkeeping, not sales: UCI's A563185 has a positive price, A563186 a negative one.
+    + "A563185,B,Adjust bad debt,1,2011-08-12 14:50:00,11062.06,,United Kingdom\n"
+    + "A563186,B,Adjust bad debt,1,2011-08-12 14:51:00,-11062.06,,United Kingdom\n"
     + "536382,22002,LINE WITH A GIFT,1,2010-12-01 09:47:00,0.0,13047.0,United Kingdom\n"
     + "536382,22003,PAID LINE,1,2010-12-01 09:47:00,1.25,13047.0,United Kingdom\n"
     + "536383,22004,BAD QUANTITY,x,2010-12-01 09:48:00,1.25,13047.0,United Kingdom\n"
@@ -153,15 +155,53 @@ def test_online_retail_invoices_become_purchases(tmp_path: Path, name: str) -> N
     assert summer.user_id == "guest-536400"
     assert isinstance(gift, PurchaseEvent)
     assert [x.item_id for x in gift.items] == ["22003"]
-    assert (stats.rows, stats.orders_seen) == (11, 8)
+    assert (stats.rows, stats.orders_seen) == (12, 9)
     assert stats.skipped_rows == Counter(
-        cancellation=1, non_positive_quantity=1, non_positive_price=3, malformed=1
+        cancellation=1, adjustment=2, non_positive_quantity=1, non_positive_price=2, malformed=1
     )
     assert stats.dropped_orders == Counter(
-        cancellation=1, no_positive_quantity=2, no_positive_price=2
+        cancellation=1, adjustment=2, no_positive_quantity=2, no_positive_price=1
     )
     assert stats.purchases + sum(stats.dropped_orders.values()) == stats.orders_seen
     assert_schema_valid(events)
+
+
+@pytest.mark.parametrize("name", ["retail.csv", "retail.csv.gz"])
+def test_an_iso_8859_1_export_reads_as_its_utf_8_twin(tmp_path: Path, name: str) -> None:
+    """The common CSV export of UCI Online Retail is ISO-8859-1 (a description ``CAF\xc9``)."""
+    text = (RETAIL_HEADER + "536365,85123A,WHITE HANGING HEART,6,12/1/2010 8:26,2.55,17850,UK\n"
+            + "536365,71053,CAFÉ LANTERN,6,12/1/2010 8:26,3.39,17850,UK\n" * 3
+            + "536366,22633,HAND WARMER ÉTOILE,6,12/1/2010 8:28,1.85,17850,UK\n")
+    latin1 = tmp_path / f"latin1-{name}"
+    data = text.encode("latin-1")
+    latin1.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    assert detect_format(latin1) == "online-retail"
+    events, stats = read(latin1, "online-retail")
+    assert (events, stats) == read(write(tmp_path / name, text), "online-retail")
+    assert stats.rows == 5  # counted once, though read twice
+
+
+def test_a_windows_1252_export_keeps_its_item_names(tmp_path: Path) -> None:
+    """Item ids come from the text: bytes 0x80-0x9F are a spreadsheet's quotes and dashes."""
+    tea = "Tea \u2013 Earl Grey"  # an en dash, 0x96 in Windows-1252
+    path = tmp_path / "bakery.csv"
+    path.write_bytes((BAKERY_HEADER + "2016-10-30,09:58:11,1,Café crème\n"
+                      f"2016-10-30,09:58:11,1,{tea}\n").encode("cp1252"))
+    (order,), _ = read(path, "bakery")
+    assert isinstance(order, PurchaseEvent)
+    assert [line.item_id for line in order.items] == ["Café crème", tea]
+    # ... while UTF-8 stays UTF-8, not read as Windows-1252 mojibake.
+    (order,), _ = read(write(path, BAKERY_HEADER + f"2016-10-30,09:58:11,1,{tea}\n"), "bakery")
+    assert isinstance(order, PurchaseEvent)
+    assert [line.item_id for line in order.items] == [tea]
+
+
+def test_a_csv_in_neither_encoding_raises_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "bakery.csv"
+    path.write_bytes(BAKERY_HEADER.encode() + b"2016-10-30,09:58:11,1,Bread\n"
+                     b"2016-10-30,09:58:11,1,Caf\xe9\x81\n")  # 0x81: undefined in both
+    with pytest.raises(InvalidRecord, match=r"bakery.csv:3: neither UTF-8 nor Windows-1252"):
+        read(path, "bakery")
 
 
 def test_online_retail_keeps_the_first_200_items_of_a_huge_invoice(tmp_path: Path) -> None:
@@ -571,8 +611,12 @@ def test_real_online_retail_counts_match_provenance(
     assert stats.rows == 541_909
     assert stats.orders_seen == 25_900
     assert stats.skipped_rows["cancellation"] == 9_288
-    # Every non-cancelled invoice with units is a purchase unless none of its lines had a price.
-    assert stats.purchases + stats.dropped_orders["no_positive_price"] == 20_728
+    # Every non-cancelled invoice with units is a purchase unless none of its lines had a price
+    # or it is one of the three bad-debt adjustments (A563185-A563187, one at a positive price).
+    assert stats.dropped_orders["adjustment"] == stats.skipped_rows["adjustment"] == 3
+    assert (stats.purchases + stats.dropped_orders["no_positive_price"]
+            + stats.dropped_orders["adjustment"]) == 20_728
+    assert not any(e.order_id.startswith("A") for e in events if isinstance(e, PurchaseEvent))
     assert stats.purchases + sum(stats.dropped_orders.values()) == 25_900
     # Rows with UnitPrice <= 0 outside cancellations are all skipped for quantity or price.
     assert stats.skipped_rows["non_positive_price"] <= 2_517

@@ -241,6 +241,25 @@ def test_schema_is_valid_draft_2020_12_with_id_title_and_descriptions(name: str)
         assert undescribed == [], f"{obj['title']}: properties without a description"
 
 
+def _patterns(schema: Json) -> Iterator[str]:
+    if isinstance(schema, dict):
+        if isinstance(schema.get("pattern"), str):
+            yield schema["pattern"]
+        for child in schema.values():
+            yield from _patterns(child)
+    elif isinstance(schema, list):
+        for child in schema:
+            yield from _patterns(child)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_patterns_mean_the_same_in_python_and_ecma_262(name: str) -> None:
+    """Both judges here use Python's ``re``; other validators use ECMA-262, where ``$`` (no
+    multiline flag) matches only at the very end and ``\\Z`` / ``\\A`` do not exist."""
+    for pattern in _patterns(SCHEMAS[name]):
+        assert not re.search(r"(?<!\\)\$|\\[AZz]", pattern), pattern
+
+
 def _object_schemas(name: str) -> Iterator[tuple[type[msgspec.Struct], dict[str, Any]]]:
     """(model, its object schema) for the top-level model and every nested Struct."""
     root = SCHEMAS[name]
@@ -352,6 +371,10 @@ def _value_mutations(
             yield "too long string", "x" * (schema["maxLength"] + 1)
             # Length counts code points, not UTF-8 bytes or UTF-16 units, on both sides.
             yield "too long astral string", "\U0001f600" * (schema["maxLength"] + 1)
+        if "pattern" in schema and isinstance(value, str):
+            # Python's `$` (both judges here) matches before a final newline; ECMA-262's, the
+            # dialect JSON Schema specifies, does not: a pattern must not leave it to `$`.
+            yield "valid string and a final newline", value + "\n"
     numeric = "integer" in allowed or "number" in allowed
     if numeric:
         yield "NaN token", _Token("NaN")
