@@ -146,7 +146,17 @@ class Metrics:
         )
         self.reward_sum = Counter(
             "streamer_reward_sum",
-            "Summed reward of closed impressions, per policy version (divide by impressions).",
+            "Summed positive reward of closed impressions, per policy version (mean reward: "
+            "(streamer_reward_sum - streamer_reward_loss) / impressions).",
+            ["policy_version"],
+            registry=self.registry,
+        )
+        # A counter only goes up, and a margin reward can be negative (an offer whose discount
+        # cost more than its margin): the losses are counted apart, not clipped to 0.
+        self.reward_loss = Counter(
+            "streamer_reward_loss",
+            "Summed magnitude of the negative rewards of closed impressions (margin rewards), "
+            "per policy version.",
             ["policy_version"],
             registry=self.registry,
         )

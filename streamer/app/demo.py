@@ -264,7 +264,9 @@ def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
     impressions = _by_topic(s, "streamer_reward_impressions_total")
     conversions = _by_topic(s, "streamer_reward_conversions_total")
     revenue = _by_topic(s, "streamer_reward_revenue_total")
-    reward = _by_topic(s, "streamer_reward_sum_total")
+    gain = _by_topic(s, "streamer_reward_sum_total")
+    loss = _by_topic(s, "streamer_reward_loss_total")
+    reward = {v: gain[v] - loss.get(v, 0.0) for v in gain}
     newest = {series["policy_version"]: series["points"][-1]
               for series in result.rewards.get("series", []) if series["points"]}
     rows: list[tuple[str, ...]] = []

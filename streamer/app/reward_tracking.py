@@ -395,7 +395,11 @@ class RewardTracker:
         m.reward_offer_clicks.labels(version).inc(outcome.clicked)
         m.reward_conversions.labels(version).inc(outcome.converted)
         m.reward_revenue.labels(version).inc(outcome.revenue)
-        m.reward_sum.labels(version).inc(max(outcome.reward, 0.0))
+        gain, loss = m.reward_sum.labels(version), m.reward_loss.labels(version)  # both exist
+        if outcome.reward >= 0:
+            gain.inc(outcome.reward)
+        else:
+            loss.inc(-outcome.reward)
         if not part.ledger.add(outcome):
             m.late_events.labels("ledger", "missed_window").inc()
         part.ledger_clock.seen(outcome.ts, wall_ms)

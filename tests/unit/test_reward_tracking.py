@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
+
 from streamer.app.dashboard import dashboard_data
 from streamer.app.offer_index import OfferIndex
 from streamer.app.report import render_report
@@ -63,6 +65,21 @@ def test_a_redelivered_outcome_counts_once_and_windows_expire() -> None:
     assert [(w.policy_version, w.impressions) for w in closed] == [("v1", 1)]
     assert t.open_state() == (0, 0)
     assert t.metrics.reward_impressions.labels("v1")._value.get() == 1
+
+
+def test_a_negative_reward_is_counted_as_a_loss_not_clipped() -> None:
+    """Margin rewards go negative when a discount costs more than the margin: /metrics must
+    let the mean reward be computed, (sum - loss) / impressions, not clip losses to 0."""
+    t, _ = tracker()
+    t.observe(imp("i1", "s1"), partition=0, wall_ms=0)
+    (outcome,), _ = t.tick(0, wall_ms=1_000)
+    t.record(msgspec.structs.replace(outcome, impression_id="a", reward=3.0), partition=3,
+             wall_ms=1_000)
+    t.record(msgspec.structs.replace(outcome, impression_id="b", reward=-2.0), partition=3,
+             wall_ms=1_000)
+    m = t.metrics
+    assert m.reward_sum.labels("v1")._value.get() == 3.0
+    assert m.reward_loss.labels("v1")._value.get() == 2.0
 
 
 def test_an_event_from_the_far_future_is_counted_too_early_and_moves_no_clock() -> None:
