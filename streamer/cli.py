@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -52,7 +53,7 @@ def demo(
     version; stops all of it at the end."""
     from streamer.app.demo import run_demo
 
-    settings = Settings()
+    settings = _settings()
     if rate is not None:
         settings = settings.model_copy(
             update={"demo": settings.demo.model_copy(update={"shoppers_per_s": rate})})
@@ -69,7 +70,7 @@ def worker() -> None:
     """Run a worker against the Kafka in the settings (STREAMER__KAFKA__BOOTSTRAP_SERVERS...)."""
     from streamer.app.worker import run_worker
 
-    run_worker(Settings())
+    run_worker(_settings())
 
 
 @app.command()
@@ -104,6 +105,21 @@ def _format_of(path: Path, fmt: ReaderFormat | None) -> ReaderFormat:
     except ValueError as e:
         raise typer.BadParameter(f"{e}: one of {', '.join(FORMATS)}",
                                  param_hint="'--format'") from e
+
+
+def _settings() -> Settings:
+    """The settings from the environment and ``.env``; a variable that is misspelt or out of
+    range ends the command with what is wrong with which (status 2, as a bad option), not a
+    traceback. Values are not echoed: one may be a secret."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        for error in e.errors(include_url=False):
+            where = "__".join(str(part).upper() for part in error["loc"])
+            name = f"STREAMER__{where}: " if where else ""
+            message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+            console.print(f"[red]{escape(name + message)}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @contextlib.contextmanager
@@ -213,7 +229,7 @@ def replay(
     from streamer.replay.pacing import resume
 
     factor = None if speed == "max" else float(speed)
-    settings = Settings()
+    settings = _settings()
     with _reading(path):
         events = list(resume(read_events(path, _format_of(path, format)),
                              skip=skip, since_ms=parse_since(since), limit=limit))
@@ -287,7 +303,7 @@ def simulate(
     storefront with a hidden ground truth; reward and regret against the oracle per version."""
     from streamer.app.simulate import run_simulation
 
-    settings = Settings()
+    settings = _settings()
     if rate is not None:
         settings = settings.model_copy(
             update={"demo": settings.demo.model_copy(update={"shoppers_per_s": rate})})
@@ -303,7 +319,7 @@ def trainer() -> None:
     CPU with capped threads), publish promoted versions to policy-updates."""
     from streamer.app.trainer import main as run_trainer
 
-    run_trainer(Settings())
+    run_trainer(_settings())
 
 
 policy_app = typer.Typer(help="Policy versions on policy-updates: list them, roll back.",
@@ -318,7 +334,7 @@ def policy_list() -> None:
 
     from streamer.app.policy_updates import read_versions
 
-    versions = asyncio.run(read_versions(Settings()))
+    versions = asyncio.run(read_versions(_settings()))
     table = Table(title="policy versions (oldest first)")
     for column in ("live", "version", "parent", "estimate [interval]", "live estimate",
                    "train size", "device", "seconds"):
@@ -350,7 +366,7 @@ def policy_rollback(
     from streamer.app.policy_updates import publish_rollback
 
     try:
-        asyncio.run(publish_rollback(Settings(), version, reason=reason))
+        asyncio.run(publish_rollback(_settings(), version, reason=reason))
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
@@ -400,7 +416,7 @@ def rewards(
 
     from streamer.app.reward_board import read_reward_windows
 
-    settings = Settings()
+    settings = _settings()
     topic = settings.topics.rewards
     seen: list[object] = []
     out = jsonl.open("wb") if jsonl else None
@@ -448,7 +464,7 @@ def report(
     if input is not None:
         windows = read_jsonl(input.read_text().splitlines())
     else:
-        settings = Settings()
+        settings = _settings()
         windows = asyncio.run(read_reward_windows(settings.kafka, settings.topics.rewards,
                                                   follow=False))
     output.write_text(render_report(windows, title=title))
@@ -468,7 +484,7 @@ def main() -> None:
 
         if not isinstance(e, KafkaConnectionError):
             raise
-        bootstrap = Settings().kafka.bootstrap_servers
+        bootstrap = _settings().kafka.bootstrap_servers
         console.print(f"[red]cannot reach Kafka at {escape(bootstrap)}: {escape(str(e))}[/red]\n"
                       "Set STREAMER__KAFKA__BOOTSTRAP_SERVERS to your brokers, or run "
                       "`streamer broker` for a local one (`streamer demo` starts its own).")

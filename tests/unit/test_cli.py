@@ -221,3 +221,18 @@ def test_replay_limit_counts_the_events_left_after_skip_and_since(
         assert result.exit_code == 0, result.output
     assert sent == [[f"bk-{n}" for n in range(3, 7)], [f"bk-{n}" for n in range(2, 6)],
                     [f"bk-{n}" for n in range(5, 9)]]
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("STREAMER__OFFER__TTL_S", "60", "unknown setting STREAMER__OFFER__TTL_S"),
+    ("STREAMER__OFFERS__TTL", "60", "STREAMER__OFFERS__TTL: Extra inputs are not permitted"),
+    ("STREAMER__WORKER__WEB_PORT", "70000", "STREAMER__WORKER__WEB_PORT: Input should be less"),
+])
+def test_a_bad_setting_is_one_line_naming_the_variable_not_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, says: str) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv(variable, value)
+    done = CliRunner().invoke(app, ["worker"])
+    assert done.exit_code == 2, done.output
+    assert says in done.output and "Traceback" not in done.output
+    assert value not in done.output.replace(variable, "")  # values are not echoed
