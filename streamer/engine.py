@@ -348,6 +348,10 @@ class Engine:
         # memory only: a lost entry costs one evaluation).
         self._unchanged_at: dict[str, tuple[int, int]] = {}
         self._unchanged_purge = _UNCHANGED_PURGE_MIN
+        # The newest event time of the baskets learned before this batch (see learn_baskets;
+        # in memory only: after a restart, until the first batch, a late basket's anchor is
+        # revised at its own time, as before).
+        self._event_clock = 0
         # The signature of the last offer compared, per offer key (see _signature).
         self._signatures: dict[str, tuple[BundleOffer, Signature]] = {}
         self.dedup = Deduplicator(
@@ -526,6 +530,11 @@ class Engine:
         each anchor's offer once, at the event time of its last basket; returns the offers
         that should go out and how many baskets were learned already (redelivered).
 
+        A late basket (older than what the batches before it held) revises its anchor at the
+        newest event time learned so far instead: an offer is made as of now, not as of a past
+        moment, which published offers stamped (and expiring) in the past, built from
+        statistics read back before what they had learned.
+
         A basket at or below its anchor's mark for its purchases partition was learned already
         (the purchase was redelivered and fanned out again): the record and the mark are one
         value, so a crash cannot separate them (see the module doc). Such a duplicate changes
@@ -548,6 +557,12 @@ class Engine:
                     duplicates += 1
         finally:  # what was learned is written whatever happens to the rest
             self._write_learned(learned)
+        clock = self._event_clock
+        if touched:
+            self._event_clock = max(clock, *touched.values())
+            for anchor, ts in touched.items():
+                if ts < clock:
+                    touched[anchor] = clock
         return self._revise_anchors(touched), duplicates
 
     def _revise_anchors(self, touched: dict[str, int]) -> list[BundleOffer]:

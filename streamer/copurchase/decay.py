@@ -84,9 +84,14 @@ def add_weight(current: Decayed | None, weight: float, ts_ms: int, half_life_ms:
 def value_at(current: Decayed | None, now_ms: int, half_life_ms: float) -> float:
     """The decayed value of ``current`` at ``now_ms`` (0.0 for ``None``).
 
-    Reading at a time before the landmark extrapolates with the same exponential (values are
-    then slightly larger than the raw sum); it never changes what is stored.
+    Read at a time before the landmark (a late event's), it is the value at the landmark: not
+    extrapolated back, which grew without bound (a purchase stamped 2000-01-01 read a count of
+    ~1e58, and overflowed at a 7-day half-life). It never changes what is stored.
+
+    >>> value_at(Decayed(2.0, 1000), 0, 1000.0)
+    2.0
     """
     if current is None:
         return 0.0
-    return current.value * forward_factor(current.landmark_ms, now_ms, half_life_ms)
+    landmark = current.landmark_ms
+    return current.value * forward_factor(landmark, max(now_ms, landmark), half_life_ms)

@@ -534,7 +534,7 @@ class CoPurchaseStats:
             # floats): two calls fewer per partner, on every revision's dozen partners.
             count = counts.get(partner)
             base = 0.0 if count is None else (
-                count.value * exp((count.landmark_ms - now_ms) * ln2_per_ms) / total)
+                count.value * exp(min(count.landmark_ms - now_ms, 0) * ln2_per_ms) / total)
             score = (support + m * base) / denominator
             pair_score[partner] = (support, base, score)
         ranked = sorted(pair_score.items(), key=lambda kv: kv[1][2], reverse=True)
@@ -605,7 +605,8 @@ class CoPurchaseStats:
         ]
 
     def _to_now(self, stats: ItemStats, now_ms: int) -> float:
-        return math.exp((stats.landmark_ms - now_ms) * self._ln2_per_ms)
+        # Not extrapolated back before the landmark (a late event's time): see value_at.
+        return math.exp(min(stats.landmark_ms - now_ms, 0) * self._ln2_per_ms)
 
 
 def _writable(

@@ -80,6 +80,30 @@ def test_offers_follow_the_best_partner_and_are_valid() -> None:
         assert codec.decode_offer(codec.encode(o)) == o  # schema-valid
 
 
+def test_a_late_purchase_makes_its_anchors_offers_as_of_now() -> None:
+    """A purchase delivered late (older than what was learned before it) revises its anchors
+    at the newest event time learned, not at its own: an offer made then was stamped, and
+    expired, in the past."""
+    day = 86_400_000
+    e = Engine.in_memory(EngineConfig(min_support=1.5))
+    e.handle_purchase(order(1, ["jam", "pot"], ts=T0))
+    offers = e.handle_purchase(order(2, ["jam", "pot"], ts=T0 - 2 * day))
+    assert {o.anchor_item_id for o in offers} == {"jam", "pot"}
+    assert {o.ts for o in offers} == {T0} and all(o.expires_at > T0 for o in offers)
+
+
+def test_a_purchase_from_long_ago_neither_overflows_nor_inflates_the_statistics() -> None:
+    """Statistics read before their landmark are not extrapolated back: a purchase stamped
+    2000-01-01 (the schema's floor) read counts of ~1e58, overflowed at a 7-day half-life
+    (the worker's agent crashed, again on every redelivery) or made offers the codec
+    refused (support over 1e12)."""
+    e = Engine.in_memory(EngineConfig(half_life_s=7 * 86_400.0, min_support=1.0))
+    e.handle_purchase(order(1, ["tea", "cup"], ts=T0))
+    e.handle_purchase(order(2, ["tea", "cup"], ts=946_684_800_000))
+    assert e.stats.item_count("tea", 946_684_800_000) == pytest.approx(1.0)
+    assert e.stats.pair_count("tea", "cup", 946_684_800_000) == pytest.approx(1.0)
+
+
 def test_rate_limit_in_event_time() -> None:
     engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000))
     out = [engine.handle_purchase(order(n, ["tea", "cup" if n < 2 else "scone"], ts=T0 + n * 100))
