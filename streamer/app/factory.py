@@ -75,9 +75,11 @@ from streamer.engine import (
 )
 from streamer.events import (
     BundleOffer,
+    ClickEvent,
     DeadLetter,
     EventCodec,
     InvalidEvent,
+    check_click,
     check_not_ahead,
     internal_decoder,
 )
@@ -386,6 +388,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
 
     max_ahead_ms = round(w.max_event_ahead_s * 1000)
 
+    def decode_click(data: bytes) -> ClickEvent:
+        click = codec.decode_click(data)
+        check_click(click)  # an offer event without what attribution needs is dead-lettered
+        return click
+
     async def decoded(events: list[Any], decode: Any,
                       now_ms: int | None = None) -> AsyncIterator[tuple[Any, Any]]:
         """``(message, decoded event)`` for each valid event; invalid ones dead-lettered, and
@@ -476,7 +483,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, click in decoded(events, codec.decode_click, wall_ms):
+                async for message, click in decoded(events, decode_click, wall_ms):
                     buffer.partition = source = message.partition
                     # As for purchases: this very message redelivered is let through, and
                     # what it adds to its session is recognised downstream by its offset.

@@ -3,6 +3,7 @@
 from streamer.events.codec import (
     EventCodec,
     InvalidEvent,
+    check_click,
     check_not_ahead,
     check_offer,
     internal_decoder,
@@ -37,6 +38,7 @@ __all__ = [
     "PurchaseEvent",
     "RewardWindow",
     "Variant",
+    "check_click",
     "check_not_ahead",
     "check_offer",
     "internal_decoder",

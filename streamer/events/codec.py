@@ -113,6 +113,28 @@ class EventCodec:
         return self._encoder.encode(model)
 
 
+def check_click(click: ClickEvent) -> None:
+    """What the schema leaves optional but an offer event needs: an impression its
+    ``offer_id``, ``variant`` and ``propensity`` (attribution credits the variant shown, and
+    off-policy evaluation weighs the impression by the propensity it was shown with), an offer
+    click its ``offer_id``. Without them an offer event could only be dropped unseen.
+
+    >>> click = ClickEvent(event_id="e", ts=1_700_000_000_000, user_id="u", session_id="s",
+    ...                    item_id="tea", kind="offer_impression", offer_id="of-1", variant=0)
+    >>> check_click(click)
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: semantic: an offer_impression needs propensity
+    """
+    if click.kind == "offer_impression":
+        missing = [name for name in ("offer_id", "variant", "propensity")
+                   if getattr(click, name) is None]
+        if missing:
+            raise InvalidEvent("semantic", f"an offer_impression needs {', '.join(missing)}")
+    elif click.kind == "offer_click" and click.offer_id is None:
+        raise InvalidEvent("semantic", "an offer_click needs offer_id")
+
+
 def check_not_ahead(ts_ms: int, *, now_ms: int, max_ahead_ms: int) -> None:
     """Refuse an event stamped more than ``max_ahead_ms`` after ``now_ms`` (the reader's
     clock). Why: event time only moves forward, so one event from a host whose clock is years

@@ -21,6 +21,7 @@ from streamer.events import (
     PurchaseEvent,
     RewardWindow,
     Variant,
+    check_click,
     check_not_ahead,
     check_offer,
 )
@@ -373,3 +374,19 @@ def test_an_event_stamped_too_far_ahead_of_the_readers_clock_is_semantic() -> No
     with pytest.raises(InvalidEvent) as e:
         check_not_ahead(now + hour + 1, now_ms=now, max_ahead_ms=hour)
     assert e.value.kind == "semantic" and "3600 s" in e.value.reason
+
+
+@pytest.mark.parametrize(("fields", "missing"), [
+    ({"kind": "offer_impression"}, "offer_id, variant, propensity"),
+    ({"kind": "offer_impression", "offer_id": "of-1", "propensity": 0.5}, "variant"),
+    ({"kind": "offer_click"}, "offer_id"),
+])
+def test_an_offer_event_without_what_attribution_needs_is_semantic(
+        fields: dict[str, Any], missing: str) -> None:
+    click = ClickEvent(event_id="e", ts=1_700_000_000_000, user_id="u", session_id="s",
+                       item_id="tea", **fields)
+    with pytest.raises(InvalidEvent) as e:
+        check_click(click)
+    assert e.value.kind == "semantic" and e.value.reason.endswith(f"needs {missing}")
+    check_click(msgspec.structs.replace(click, offer_id="of-1", variant=0, propensity=0.5))
+    check_click(msgspec.structs.replace(click, kind="view", offer_id=None))
