@@ -129,7 +129,9 @@ class ItemStats(Struct, frozen=True, array_like=True, gc=False):
     A value ``v`` here is worth ``v * 2 ** (-(t - landmark_ms) / half_life)`` at time ``t``.
     ``partners`` maps partner id -> decayed co-count (a heavy-hitter lower bound, short by at
     most ``partner_offset``); ``triples`` maps ``"b<SEP>c"`` (``b < c``) -> decayed count of
-    orders holding the anchor, b and c, short by at most ``triple_offset``.
+    the orders holding the anchor, b and c *since b and c were both strong partners* (the
+    module doc: earlier ones are not counted), a heavy-hitter lower bound of that, short by at
+    most ``triple_offset``.
 
     Treat an instance as immutable: :class:`CoPurchaseStats` builds a new one per update (its
     dicts are shared between versions and never modified, except by an instance learning
