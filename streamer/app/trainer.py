@@ -17,7 +17,8 @@ Its own process, never a worker's event loop. Two parts:
   trainer rebuilds its buffer from what the topics retain instead of resuming from committed
   offsets: the buffer is the state, and it is cheaper to re-read than to checkpoint.
   Fine-tunes run in a worker thread (torch releases the GIL in its kernels) so consuming goes
-  on meanwhile; one at a time.
+  on meanwhile; one at a time. A finished one whose live version was replaced meanwhile (an
+  operator's rollback) is discarded, never published (:func:`stale_result`).
 """
 
 from __future__ import annotations
@@ -356,7 +357,7 @@ async def run_trainer(
                     log.info("fine-tune of %s on %d records (%s)", job.start.version,
                              len(job.batch), job.reason)
                     running = loop.run_in_executor(executor, core.run, job)
-            elif running.done():
+            elif running.done() and await _read_to_end(consumer, t.policy_updates):
                 assert job is not None
                 result = running.result()
                 running = None
@@ -396,9 +397,36 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
         log.warning("skipped %s[%d]@%d: %s", topic, record.partition, record.offset, e)
 
 
+async def _read_to_end(consumer: AIOKafkaConsumer, topic: str) -> bool:
+    """True once the consumer has dispatched every record ``topic`` held when asked.
+
+    Why: a finished fine-tune is published only if the version it was judged against is
+    still live (:func:`_publish`); a rollback an operator published a moment ago must have
+    been read for that check to see it, and the consumer may still be busy with a backlog of
+    feedback. The window between this check and the send stays (Kafka has no conditional
+    write); it is a round trip instead of a fine-tune's length.
+    """
+    partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+    ends = await consumer.end_offsets(partitions)
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+
+def stale_result(core: FeedbackTrainer, result: FineTuneResult) -> bool:
+    """True when the version ``result`` was started from and judged against is no longer
+    live (an operator's rollback, or another publisher, while it trained): publishing it
+    would undo that change, and its figures compare it with a version nobody serves."""
+    return result.live_version != core.versions.live_version
+
+
 async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str,
                    result: FineTuneResult, metrics: TrainerMetrics) -> None:
     figures = json.dumps(result.metadata(), sort_keys=True)
+    if stale_result(core, result):
+        metrics.trainer_rejections.labels("stale").inc()
+        log.warning("candidate %s discarded: it was judged against %s, but %s went live while "
+                    "it trained: %s", result.candidate.version, result.live_version,
+                    core.versions.live_version, figures)
+        return
     if result.difference is not None and math.isfinite(result.difference.lower):
         metrics.trainer_gate_margin.set(result.difference.lower)
     if not result.promoted:

@@ -3,6 +3,7 @@ gate, refusing non-finite versions, rollbacks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from typing import Any
@@ -11,15 +12,16 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 from safetensors.torch import load, save
 
 from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
-from streamer.app.trainer import FeedbackTrainer, feedback_fields
+from streamer.app.trainer import FeedbackTrainer, _publish, _read_to_end, feedback_fields
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import PurchaseEvent
-from streamer.observability import Metrics
+from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES
 from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
 from streamer.policy import (
@@ -424,3 +426,59 @@ def test_versions_are_bounded_but_keep_the_live_one() -> None:
         versions.apply(policy_to_bytes(p))
     assert versions.live_version == policies[3].version
     assert len(versions.versions()) == 3  # base + 2
+
+
+class SentRecords:
+    """A producer that keeps what it was asked to send (policy-updates, in order)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, data: bytes, key: bytes | None = None) -> None:
+        self.sent.append(data)
+
+
+def test_a_fine_tune_finishing_after_a_rollback_is_discarded_not_published() -> None:
+    core = trainer_with_feedback(max_threads=1)
+    v1, v2 = torch_policy(1), torch_policy(2)
+    for record in (policy_to_bytes(v1), policy_to_bytes(v2)):
+        core.observe_policy_update(record)
+    job = core.next_job(now_s=0.0)
+    assert job is not None and job.live_version == v2.version
+    # While it trains, an operator rolls back to v1 and the consumer loop reads it.
+    core.observe_policy_update(rollback_record(v1.version, reason="v2 loses money"))
+    result = core.run(job)
+    core.finish(job, result, now_s=1.0)
+    assert result.promoted, result.reason  # the gate passed it, against v2
+    producer, metrics = SentRecords(), TrainerMetrics()
+    asyncio.run(_publish(core, producer, "policy-updates", result, metrics))  # type: ignore[arg-type]
+    assert producer.sent == [] and core.versions.live_version == v1.version
+    snap = metrics.snapshot()
+    assert snap["streamer_trainer_rejections_total"] == {"stale": 1.0}
+    assert snap["streamer_trainer_promotions_total"] == 0.0
+    # With the version it was judged against live again, the same result is published.
+    core.observe_policy_update(rollback_record(v2.version))
+    asyncio.run(_publish(core, producer, "policy-updates", result, metrics))  # type: ignore[arg-type]
+    assert len(producer.sent) == 1 and core.versions.live_version == result.candidate.version
+
+
+def test_the_trainer_decides_on_a_finished_fine_tune_only_once_policy_updates_is_read() -> None:
+    topic = TopicPartition("policy-updates", 0)
+
+    class Consumer:
+        position_now = 3
+
+        def assignment(self) -> set[TopicPartition]:
+            return {topic, TopicPartition("feedback", 0)}
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            assert tps == [topic]  # the other topics' backlogs do not hold it up
+            return {topic: 4}
+
+        async def position(self, tp: TopicPartition) -> int:
+            return self.position_now
+
+    consumer = Consumer()
+    assert not asyncio.run(_read_to_end(consumer, "policy-updates"))  # type: ignore[arg-type]
+    consumer.position_now = 4
+    assert asyncio.run(_read_to_end(consumer, "policy-updates"))  # type: ignore[arg-type]
