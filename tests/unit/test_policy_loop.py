@@ -482,3 +482,21 @@ def test_the_trainer_decides_on_a_finished_fine_tune_only_once_policy_updates_is
     assert not asyncio.run(_read_to_end(consumer, "policy-updates"))  # type: ignore[arg-type]
     consumer.position_now = 4
     assert asyncio.run(_read_to_end(consumer, "policy-updates"))  # type: ignore[arg-type]
+
+
+def test_a_version_needing_features_the_worker_lacks_is_refused_and_never_adopted() -> None:
+    engine = Engine.in_memory(CONFIG)
+    metrics = Metrics()
+    follower = PolicyFollower(Settings(), engine, metrics)
+    newer = TorchPolicy.initial((*FEATURE_NAMES, "feature_of_next_release"), seed=1)
+    assert follower.apply(policy_to_bytes(newer)) is None
+    assert follower.apply(rollback_record(newer.version)) is None  # nor by a rollback
+    assert engine.policy.version == "v0-greedy"
+    assert metrics.snapshot()["streamer_policy_refused_total"] == 2.0
+    assert sum(len(engine.handle_purchase(e)) for e in orders(50)) > 0  # still serving
+    # A version of the features it computes, in another order, is one it can serve.
+    shuffled = TorchPolicy.initial(tuple(reversed(FEATURE_NAMES)), seed=1)
+    fresh = Engine.in_memory(CONFIG)
+    assert PolicyFollower(Settings(), fresh, Metrics()).apply(policy_to_bytes(shuffled))
+    assert fresh.policy.version == shuffled.version
+    assert sum(len(fresh.handle_purchase(e)) for e in orders(50)) > 0

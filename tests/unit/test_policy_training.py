@@ -149,6 +149,44 @@ def test_tampered_truncated_or_oversized_checkpoints_are_refused() -> None:
             policy_from_bytes(bad)
 
 
+def with_shape(data: bytes, **fields: object) -> bytes:
+    """``data`` re-saved with shape fields replaced (weights and version untouched)."""
+    header_len = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_len])["__metadata__"]
+    shape = json.loads(metadata["streamer.shape"])
+    shape.update(fields)
+    metadata["streamer.shape"] = json.dumps(shape)
+    policy, _ = policy_from_bytes(data)
+    return save({k: v.clone() for k, v in policy.scorer.state_dict().items()},
+                metadata=metadata)
+
+
+@pytest.mark.parametrize("fields", [
+    {"max_variants": 2.5},
+    {"max_variants": "8"},
+    {"max_variants": True},
+    {"hidden": 8.0},
+    {"hidden": "8"},
+    {"hidden": 10**6},  # more than the tensors hold: refused before building it
+    {"temperature": float("inf")},
+    {"temperature": "1"},
+    {"floor": None},
+    {"prior_scale": float("nan")},
+    {"discount_levels": [0.0, "5"]},
+    {"discount_levels": "0"},
+    {"feature_names": ["v0", "v1", "v2", "v3", 4]},
+    {"feature_names": ["v0", "v1", "v2", "v3", "v3"]},
+    {"value_prior": ["v0"]},
+])
+def test_a_checkpoint_whose_shape_fields_have_the_wrong_type_is_refused(
+    fields: dict[str, object],
+) -> None:
+    good = policy_to_bytes(fresh_policy())
+    assert policy_from_bytes(with_shape(good))[0].version == fresh_policy().version
+    with pytest.raises(UnsafeCheckpointError, match="malformed"):
+        policy_from_bytes(with_shape(good, **fields))
+
+
 def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
     result = fine_tune(fresh_policy(), bandit(1500, seed=4), CONFIG)
     data = result.checkpoint()
