@@ -245,7 +245,7 @@ class FeedbackTrainer:
         embedded = record.get("offer")
         if isinstance(embedded, Mapping):
             try:
-                return EventCodec().decode_offer(json.dumps(embedded).encode())
+                return EventCodec().decode_coherent_offer(json.dumps(embedded).encode())
             except InvalidEvent:
                 return None
         return self.offers.get(str(record.get("offer_id", "")))
@@ -381,7 +381,7 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
         if topic == t.policy_updates:
             core.observe_policy_update(value)
         elif topic == t.offers:
-            core.observe_offer(codec.decode_offer(value))
+            core.observe_offer(codec.decode_coherent_offer(value))
         elif topic == t.purchases:
             core.observe_purchase(codec.decode_purchase(value))
         elif topic == t.feedback:
