@@ -240,6 +240,10 @@ class FineTuneResult:
     objective: ObjectiveName
     #: Candidate minus live, paired on the holdout (what the gate decides on).
     difference: Estimate | None = None
+    #: The version whose weights were fine-tuned: the parent, except while the live policy
+    #: is not a torch one (:func:`gate_against_logged`), when it is a fresh initial policy
+    #: that was never published. None: the parent.
+    started_from: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """What goes with the weights on ``policy-updates`` (and into the rejection log):
@@ -249,6 +253,7 @@ class FineTuneResult:
             {
                 "version": self.candidate.version,
                 "parent": self.candidate.parent,
+                "started_from": self.started_from or self.candidate.parent,
                 "live_version": self.live_version,
                 "promoted": self.promoted,
                 "reason": self.reason,
@@ -352,7 +357,11 @@ def gate_against_logged(
     for when the live policy is not a ``TorchPolicy`` (the v0 epsilon-greedy policy, whose
     logs are on-policy). Its value on the same holdout ``fine_tune`` used is the mean logged
     reward (IPS with the target's probabilities equal to the logged ones); the gate is then
-    applied as usual. ``live_evaluation`` holds that on-policy estimate under every name."""
+    applied as usual. ``live_evaluation`` holds that on-policy estimate under every name.
+
+    The candidate's ``parent`` becomes ``live_version``, the version it would replace on
+    ``policy-updates`` (what ``streamer policy list`` shows and a rollback can name); the
+    fresh policy it was fine-tuned from, never published, is kept as ``started_from``."""
     _, holdout = batch.split(config.holdout_fraction)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
@@ -365,8 +374,12 @@ def gate_against_logged(
     difference = compare(result.candidate_evaluation, live_eval, confidence=config.confidence)
     promoted, reason = _verdict(result.candidate, result.candidate_evaluation, live_eval,
                                 difference)
+    candidate = result.candidate
     return dataclasses.replace(
         result,
+        candidate=TorchPolicy(candidate.scorer, candidate.shape, version=candidate.version,
+                              parent=live_version),
+        started_from=result.started_from or candidate.parent,
         live_evaluation=live_eval,
         live_version=live_version,
         promoted=promoted,

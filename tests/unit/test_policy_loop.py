@@ -500,3 +500,26 @@ def test_a_version_needing_features_the_worker_lacks_is_refused_and_never_adopte
     assert PolicyFollower(Settings(), fresh, Metrics()).apply(policy_to_bytes(shuffled))
     assert fresh.policy.version == shuffled.version
     assert sum(len(fresh.handle_purchase(e)) for e in orders(50)) > 0
+
+
+def test_a_promoted_versions_parent_is_the_version_it_replaced_on_the_topic() -> None:
+    core = trainer_with_feedback(max_threads=1)
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    first = core.run(job)
+    assert first.promoted, first.reason
+    meta = first.metadata()
+    assert meta["parent"] == first.candidate.parent == "v0-greedy" == meta["live_version"]
+    assert meta["started_from"] == core.initial.version  # the weights' origin, never published
+    topic = PolicyVersions(base_version="v0-greedy")
+    change = topic.apply(first.checkpoint())
+    assert change.metadata["parent"] == "v0-greedy" and topic.knows(change.metadata["parent"])
+    assert change.policy is not None and change.policy.parent == "v0-greedy"
+    # With a torch version live, it is both the parent and where the weights started.
+    core.observe_policy_update(first.checkpoint())
+    core.finish(job, first, now_s=1.0)
+    core.trainer.request_fine_tune("test")
+    second_job = core.next_job(now_s=2.0)
+    assert second_job is not None and second_job.live_version == first.candidate.version
+    second = core.run(second_job).metadata()
+    assert second["parent"] == second["started_from"] == first.candidate.version
