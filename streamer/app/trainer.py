@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ from streamer.policy import (
     fine_tune,
     gate_against_logged,
 )
+from streamer.policy.training import TOO_FEW_LIVE
 from streamer.rewards import REWARD_ATTRIBUTIONS, RewardAttribution
 from streamer.settings import Settings, TrainerSettings
 
@@ -214,10 +216,14 @@ class FeedbackTrainer:
             self.duplicates += 1
             return False
         source = "logged" if logged else "rebuilt"
+        logged_by = (record.get("policy_version")
+                     or (offer.policy_version if offer is not None
+                         else _decision_field(record, "policy_version")))
         try:
             decision = logged_decision(record, offer, prices=self.catalog,
                                        conversion=self.conversion, segments=self.segments)
-            self.trainer.add(decision)
+            self.trainer.add(dataclasses.replace(
+                decision, policy_version=str(logged_by) if logged_by else None))
         except ValueError as e:
             self.invalid += 1
             log.warning("feedback record of offer %s dropped: %s", record.get("offer_id"), e)
@@ -229,9 +235,7 @@ class FeedbackTrainer:
         clicked = record.get("clicked")
         self.conversion.learn_one(decision.variant_features[decision.chosen], converted,
                                   None if clicked is None else bool(clicked))
-        version = str(record.get("policy_version")
-                      or (offer.policy_version if offer is not None
-                          else _decision_field(record, "policy_version")))
+        version = str(logged_by)
         if self.drift.observe_reward(version, decision.reward):
             # As the workers' models do on the same stream (Engine.learn_conversion).
             self.conversion.forget_bundles()
@@ -276,11 +280,15 @@ class FeedbackTrainer:
 
     def run(self, job: FineTuneJob) -> FineTuneResult:
         """Fine-tune and gate (blocks for seconds: call it in an executor). While v0 is live
-        the candidate is judged against the rewards v0 actually logged."""
+        the candidate is judged against the rewards v0 actually logged: on the holdout's
+        records of v0 only (after a rollback to v0 the newest are the rolled-back version's),
+        and rejected while they are fewer than a holdout of ``min_records`` would be."""
         result = fine_tune(job.start, job.batch, self.fine_tune_config)
         if not job.live_is_torch:
+            min_live = max(2, round(self.settings.min_records
+                                    * self.fine_tune_config.holdout_fraction))
             result = gate_against_logged(result, job.batch, self.fine_tune_config,
-                                         live_version=job.live_version)
+                                         live_version=job.live_version, min_live=min_live)
         return result
 
     def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> None:
@@ -294,7 +302,9 @@ def _int_or_zero(value: Any) -> int:
 
 def rejection_label(result: FineTuneResult) -> str:
     """A bounded label for the rejections counter."""
-    return "non_finite" if "non-finite" in result.reason else "gate"
+    if "non-finite" in result.reason:
+        return "non_finite"
+    return "too_few_live" if TOO_FEW_LIVE in result.reason else "gate"
 
 
 async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:

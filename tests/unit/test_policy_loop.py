@@ -18,7 +18,13 @@ from safetensors.torch import load, save
 
 from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
-from streamer.app.trainer import FeedbackTrainer, _publish, _read_to_end, feedback_fields
+from streamer.app.trainer import (
+    FeedbackTrainer,
+    _publish,
+    _read_to_end,
+    feedback_fields,
+    rejection_label,
+)
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import PurchaseEvent
 from streamer.observability import Metrics, TrainerMetrics
@@ -523,3 +529,52 @@ def test_a_promoted_versions_parent_is_the_version_it_replaced_on_the_topic() ->
     assert second_job is not None and second_job.live_version == first.candidate.version
     second = core.run(second_job).metadata()
     assert second["parent"] == second["started_from"] == first.candidate.version
+
+
+def logged_records(n: int, logging: list[float], version: str, seed: int) -> list[dict[str, Any]]:
+    """bandit_records' bandit, logged by ``version`` showing action a with ``logging[a]``."""
+    rng = np.random.default_rng(seed)
+    p = np.array([0.05, 0.1, 0.4, 0.1])
+    out = []
+    for _ in range(n):
+        rows = [dict.fromkeys(FEATURE_NAMES, 0.0) for _ in range(4)]
+        for a, row in enumerate(rows):
+            row["confidence"], row["discount"] = float(a == 2), 0.05 * a
+        chosen = int(rng.choice(4, p=logging))
+        out.append({"offer_id": "o", "variant": 0, "propensity": logging[chosen],
+                    "reward": 10.0 if rng.random() < p[chosen] else 0.0,
+                    "policy_version": version, "variant_features": rows, "chosen": chosen,
+                    "expected_rewards": [float(x) for x in p * 10]})
+    return out
+
+
+def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> None:
+    def trainer(records: list[dict[str, Any]]) -> FeedbackTrainer:
+        core = FeedbackTrainer(TrainerSettings(min_records=100, every_records=len(records),
+                                               epochs=2, max_threads=1),
+                               base_version="v0-greedy")
+        for record in records:
+            assert core.observe_feedback(record)
+        return core
+
+    v0 = logged_records(480, [0.25] * 4, "v0-greedy", seed=1)
+    bad = logged_records(120, [0.85, 0.05, 0.05, 0.05], "torch-bad", seed=2)
+    # The newest fifth (the holdout) all logged by the version rolled back from: no v0 value.
+    core = trainer(v0 + bad)
+    assert core.versions.live_version == "v0-greedy"
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    result = core.run(job)
+    assert not result.promoted and "too few records logged by v0-greedy" in result.reason
+    assert rejection_label(result) == "too_few_live" and result.holdout_size == 0
+    # Some of the holdout logged by v0: its value is their mean reward, not the holdout's.
+    mixed = v0 + bad[:60]
+    core = trainer(mixed)
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    result = core.run(job)
+    holdout = mixed[-round(len(mixed) * 0.2):]  # the newest 108: 48 of v0's, 60 of bad's
+    v0_rewards = [r["reward"] for r in holdout if r["policy_version"] == "v0-greedy"]
+    assert result.holdout_size == len(v0_rewards) == 48
+    assert result.live_evaluation.primary.value == pytest.approx(np.mean(v0_rewards))
+    assert result.candidate_evaluation.primary.n == 48  # the candidate judged on the same
