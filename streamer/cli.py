@@ -349,8 +349,8 @@ def policy_list() -> None:
                       str(m.get("device", "")), _fmt(m.get("seconds")))
     console.print(table)
     if versions.rejected:
-        console.print(f"{versions.rejected} record(s) refused (untrusted weights or rollbacks "
-                      "to unknown versions)")
+        console.print(f"{versions.rejected} record(s) refused (untrusted weights, features "
+                      "workers do not compute, or rollbacks to unknown versions)")
 
 
 def _fmt(x: object) -> str:

@@ -226,7 +226,8 @@ class Metrics:
         )
         self.policy_refused = Counter(
             "streamer_policy_refused",
-            "policy-updates records refused (untrusted weights, rollback to an unknown version).",
+            "policy-updates records refused (untrusted weights, features the worker does not "
+            "compute, rollback to an unknown version).",
             registry=self.registry,
         )
         for guardrail in ("srm", "reward_regression"):

@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -171,15 +171,20 @@ async def create_topics(
     *,
     partitions: int,
     replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
     **client_kwargs: Any,
 ) -> None:
-    """Create topics that do not exist yet (existing ones are left as they are)."""
+    """Create topics that do not exist yet (existing ones are left as they are, their
+    configuration too); ``configs``: topic name -> topic configuration to create it with
+    (e.g. ``{"retention.ms": "-1"}``), broker defaults for the others."""
+    configs = configs or {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     await start_client(admin)
     try:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor)
+            NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor,
+                     topic_configs=dict(configs.get(n, {})))
             for n in names
             if n not in existing
         ]

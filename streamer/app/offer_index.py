@@ -142,7 +142,8 @@ class OfferIndexFeed:
     :attr:`caught_up` is set (and stays set) once every partition was read up to its high
     watermark: the offers published before the worker started are in the index. ``decode``
     turns a message's bytes into what ``index.add`` takes, raising ``InvalidEvent`` (default:
-    an offer, validated by the codec).
+    an offer, validated by the codec and ``check_offer``, as the storefront's ``OfferCache``
+    does: an offer it would not show is none an impression can be of).
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, index: Index, *,
@@ -153,7 +154,7 @@ class OfferIndexFeed:
         self.index = index
         self.lookback_ms = lookback_ms
         self.invalid = 0
-        self._decode = decode or EventCodec(kafka.max_message_bytes).decode_offer
+        self._decode = decode or EventCodec(kafka.max_message_bytes).decode_coherent_offer
         self._on_change = on_change
         self.caught_up = asyncio.Event()
 

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.engine import Engine
 from streamer.observability import Metrics
+from streamer.online import FEATURE_NAMES
 from streamer.settings import Settings
 
 if TYPE_CHECKING:
@@ -55,12 +56,14 @@ class PolicyFollower:
             # where a second OpenMP thread spin-waiting on a busy core made each forward pass
             # ~100x slower.
             select_device("cpu", max_threads=1)
-            self._versions = PolicyVersions(base_version=self.base.version)
+            self._versions = PolicyVersions(base_version=self.base.version,
+                                            features=FEATURE_NAMES)
         return self._versions
 
     def apply(self, data: bytes) -> PolicyChange | None:
         """Adopt the version a record makes live (None, and nothing changes, when refused:
-        non-finite or tampered weights, a rollback to an unknown version)."""
+        non-finite or tampered weights, features the engine's featurizer does not provide,
+        a rollback to an unknown version)."""
         try:
             change = self.versions.apply(data)
         except ValueError as e:
@@ -117,7 +120,8 @@ async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> Polic
     from streamer.policy import PolicyVersions
 
     topic = settings.topics.policy_updates
-    versions = PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version)
+    versions = PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version,
+                              features=FEATURE_NAMES)
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings.kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await start_client(consumer)

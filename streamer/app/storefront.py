@@ -38,6 +38,9 @@ class OfferCache:
 
     Runs a background task while entered; :meth:`choose` never blocks. ``default_segment`` is
     the workers' ``offers.segment``: its offers are shown to shoppers whose segment has none.
+    An offer that fails decoding or :func:`~streamer.events.check_offer` (probabilities not
+    summing to 1, a variant not led by the anchor) is logged, counted in :attr:`invalid` and
+    never shown: its logged propensities would not be the ones sampled with.
     """
 
     def __init__(self, kafka: KafkaSettings, *, topic: str = "offers",
@@ -89,7 +92,7 @@ class OfferCache:
             for records in batch.values():
                 for record in records:
                     try:
-                        offer = self._codec.decode_offer(record.value or b"")
+                        offer = self._codec.decode_coherent_offer(record.value or b"")
                     except InvalidEvent as e:
                         self.invalid += 1
                         log.warning("invalid offer at %s[%d]@%d: %s", record.topic,

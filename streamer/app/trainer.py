@@ -17,7 +17,8 @@ Its own process, never a worker's event loop. Two parts:
   trainer rebuilds its buffer from what the topics retain instead of resuming from committed
   offsets: the buffer is the state, and it is cheaper to re-read than to checkpoint.
   Fine-tunes run in a worker thread (torch releases the GIL in its kernels) so consuming goes
-  on meanwhile; one at a time.
+  on meanwhile; one at a time. A finished one whose live version was replaced meanwhile (an
+  operator's rollback) is discarded, never published (:func:`stale_result`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -53,6 +55,7 @@ from streamer.policy import (
     fine_tune,
     gate_against_logged,
 )
+from streamer.policy.training import TOO_FEW_LIVE
 from streamer.rewards import REWARD_ATTRIBUTIONS, RewardAttribution
 from streamer.settings import Settings, TrainerSettings
 
@@ -213,10 +216,14 @@ class FeedbackTrainer:
             self.duplicates += 1
             return False
         source = "logged" if logged else "rebuilt"
+        logged_by = (record.get("policy_version")
+                     or (offer.policy_version if offer is not None
+                         else _decision_field(record, "policy_version")))
         try:
             decision = logged_decision(record, offer, prices=self.catalog,
                                        conversion=self.conversion, segments=self.segments)
-            self.trainer.add(decision)
+            self.trainer.add(dataclasses.replace(
+                decision, policy_version=str(logged_by) if logged_by else None))
         except ValueError as e:
             self.invalid += 1
             log.warning("feedback record of offer %s dropped: %s", record.get("offer_id"), e)
@@ -228,9 +235,7 @@ class FeedbackTrainer:
         clicked = record.get("clicked")
         self.conversion.learn_one(decision.variant_features[decision.chosen], converted,
                                   None if clicked is None else bool(clicked))
-        version = str(record.get("policy_version")
-                      or (offer.policy_version if offer is not None
-                          else _decision_field(record, "policy_version")))
+        version = str(logged_by)
         if self.drift.observe_reward(version, decision.reward):
             # As the workers' models do on the same stream (Engine.learn_conversion).
             self.conversion.forget_bundles()
@@ -244,7 +249,7 @@ class FeedbackTrainer:
         embedded = record.get("offer")
         if isinstance(embedded, Mapping):
             try:
-                return EventCodec().decode_offer(json.dumps(embedded).encode())
+                return EventCodec().decode_coherent_offer(json.dumps(embedded).encode())
             except InvalidEvent:
                 return None
         return self.offers.get(str(record.get("offer_id", "")))
@@ -275,11 +280,15 @@ class FeedbackTrainer:
 
     def run(self, job: FineTuneJob) -> FineTuneResult:
         """Fine-tune and gate (blocks for seconds: call it in an executor). While v0 is live
-        the candidate is judged against the rewards v0 actually logged."""
+        the candidate is judged against the rewards v0 actually logged: on the holdout's
+        records of v0 only (after a rollback to v0 the newest are the rolled-back version's),
+        and rejected while they are fewer than a holdout of ``min_records`` would be."""
         result = fine_tune(job.start, job.batch, self.fine_tune_config)
         if not job.live_is_torch:
+            min_live = max(2, round(self.settings.min_records
+                                    * self.fine_tune_config.holdout_fraction))
             result = gate_against_logged(result, job.batch, self.fine_tune_config,
-                                         live_version=job.live_version)
+                                         live_version=job.live_version, min_live=min_live)
         return result
 
     def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> None:
@@ -293,7 +302,9 @@ def _int_or_zero(value: Any) -> int:
 
 def rejection_label(result: FineTuneResult) -> str:
     """A bounded label for the rejections counter."""
-    return "non_finite" if "non-finite" in result.reason else "gate"
+    if "non-finite" in result.reason:
+        return "non_finite"
+    return "too_few_live" if TOO_FEW_LIVE in result.reason else "gate"
 
 
 async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
@@ -356,7 +367,7 @@ async def run_trainer(
                     log.info("fine-tune of %s on %d records (%s)", job.start.version,
                              len(job.batch), job.reason)
                     running = loop.run_in_executor(executor, core.run, job)
-            elif running.done():
+            elif running.done() and await _read_to_end(consumer, t.policy_updates):
                 assert job is not None
                 result = running.result()
                 running = None
@@ -380,7 +391,7 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
         if topic == t.policy_updates:
             core.observe_policy_update(value)
         elif topic == t.offers:
-            core.observe_offer(codec.decode_offer(value))
+            core.observe_offer(codec.decode_coherent_offer(value))
         elif topic == t.purchases:
             core.observe_purchase(codec.decode_purchase(value))
         elif topic == t.feedback:
@@ -396,9 +407,36 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
         log.warning("skipped %s[%d]@%d: %s", topic, record.partition, record.offset, e)
 
 
+async def _read_to_end(consumer: AIOKafkaConsumer, topic: str) -> bool:
+    """True once the consumer has dispatched every record ``topic`` held when asked.
+
+    Why: a finished fine-tune is published only if the version it was judged against is
+    still live (:func:`_publish`); a rollback an operator published a moment ago must have
+    been read for that check to see it, and the consumer may still be busy with a backlog of
+    feedback. The window between this check and the send stays (Kafka has no conditional
+    write); it is a round trip instead of a fine-tune's length.
+    """
+    partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+    ends = await consumer.end_offsets(partitions)
+    return all([await consumer.position(tp) >= end for tp, end in ends.items()])
+
+
+def stale_result(core: FeedbackTrainer, result: FineTuneResult) -> bool:
+    """True when the version ``result`` was started from and judged against is no longer
+    live (an operator's rollback, or another publisher, while it trained): publishing it
+    would undo that change, and its figures compare it with a version nobody serves."""
+    return result.live_version != core.versions.live_version
+
+
 async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str,
                    result: FineTuneResult, metrics: TrainerMetrics) -> None:
     figures = json.dumps(result.metadata(), sort_keys=True)
+    if stale_result(core, result):
+        metrics.trainer_rejections.labels("stale").inc()
+        log.warning("candidate %s discarded: it was judged against %s, but %s went live while "
+                    "it trained: %s", result.candidate.version, result.live_version,
+                    core.versions.live_version, figures)
+        return
     if result.difference is not None and math.isfinite(result.difference.lower):
         metrics.trainer_gate_margin.set(result.difference.lower)
     if not result.promoted:

@@ -26,14 +26,30 @@ def topic_names(settings: Settings) -> list[str]:
             t.dead_letters]
 
 
+#: What ``policy-updates`` is created with: kept forever, by time and by size. Workers, the
+#: trainer and ``streamer policy`` rebuild the versions and the live one by replaying it from
+#: the beginning; under the broker's default retention (7 days) a version's record ages out,
+#: and a restarted worker then refuses a rollback to it and serves another version than the
+#: workers that kept running. It holds one record per promotion or rollback (tens of KB).
+#: docker-compose.yml's ``topics`` service creates it with the same (tests/unit/test_compose).
+KEEP_FOREVER: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic configuration of the public topics that must not get the broker's defaults."""
+    return {settings.topics.policy_updates: dict(KEEP_FOREVER)}
+
+
 async def ensure_topics(settings: Settings) -> None:
-    """Create missing public topics with the configured partitions."""
+    """Create missing public topics with the configured partitions (and
+    :func:`topic_configs`); an existing topic is left as it is."""
     kw = aiokafka_kwargs(settings.kafka)
     await create_topics(
         kw.pop("bootstrap_servers"),
         topic_names(settings),
         partitions=settings.topics.partitions,
         replication_factor=settings.topics.replication_factor,
+        configs=topic_configs(settings),
         **kw,
     )
 

@@ -112,6 +112,17 @@ class EventCodec:
         """Encode any wire model (or plain JSON-able value) to compact JSON bytes."""
         return self._encoder.encode(model)
 
+    def decode_coherent_offer(self, data: bytes | bytearray | memoryview | None) -> BundleOffer:
+        """:attr:`decode_offer`, then :func:`check_offer`: what every reader of ``offers``
+        uses. Why both: the schema accepts an offer whose probabilities sum to 0.8, which a
+        storefront would sample renormalised while reporting the raw propensities (biasing
+        every off-policy estimate), or to 0 (impressions the workers' codec then rejects).
+        ``decode_offer`` alone stays the schema's mirror (the property tests compare them).
+        Raises :class:`InvalidEvent` (``semantic`` for the coherence checks)."""
+        offer = self.decode_offer(data)
+        check_offer(offer)
+        return offer
+
 
 def check_click(click: ClickEvent) -> None:
     """What the schema leaves optional but an offer event needs: an impression its

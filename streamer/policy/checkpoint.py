@@ -3,8 +3,9 @@
 What travels on ``policy-updates``: the scorer's tensors, the :class:`PolicyShape` that fixes
 how they are used (feature order, discounts, temperature, floor, ...), and promotion metadata
 (version, parent, OPE estimates and interval, training size, device, seconds). Loading
-refuses anything it cannot trust: oversized input, non-finite weights, tensors that do not
-match the shape, or weights whose hash is not the version they claim.
+refuses anything it cannot trust: oversized input, non-finite weights, a shape field of the
+wrong type (``max_variants`` 2.5, a non-finite temperature), tensors that do not match the
+shape, or weights whose hash is not the version they claim.
 
 >>> policy = TorchPolicy.initial(("score", "discount"), seed=1)
 >>> data = policy_to_bytes(policy, {"train_size": 10})
@@ -16,6 +17,7 @@ match the shape, or weights whose hash is not the version they claim.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, NoReturn
@@ -69,21 +71,13 @@ def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
     try:
         tensors = load(data)
         header = _header_metadata(data)
-        raw_shape = json.loads(header[_SHAPE_KEY])
-        shape = PolicyShape(
-            feature_names=tuple(raw_shape["feature_names"]),
-            hidden=int(raw_shape["hidden"]),
-            discount_levels=tuple(float(d) for d in raw_shape["discount_levels"]),
-            temperature=float(raw_shape["temperature"]),
-            floor=float(raw_shape["floor"]),
-            max_variants=raw_shape["max_variants"],
-            # Absent from checkpoints written before the prior existed: a plain MLP.
-            value_prior=(None if raw_shape.get("value_prior") is None
-                         else (str(raw_shape["value_prior"][0]),
-                               str(raw_shape["value_prior"][1]))),
-            prior_scale=float(raw_shape.get("prior_scale", 1.0)),
-        )
+        shape = _shape_from_json(header[_SHAPE_KEY])
         meta = json.loads(header[_META_KEY], parse_constant=_refuse_constant)
+        # A fresh scorer of the claimed size is built before the tensors are compared with
+        # it: a claimed size the tensors could not hold is refused first, not allocated.
+        weights = sum(t.numel() for t in tensors.values())
+        if shape.hidden * (shape.hidden + len(shape.feature_names)) > weights:
+            raise ValueError(f"hidden size {shape.hidden} does not fit the tensors")
         scorer = shape.scorer()
         scorer.load_state_dict(tensors, strict=True)
     except (SafetensorError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
@@ -94,6 +88,54 @@ def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
     if not isinstance(version, str) or version_of(scorer, version.rsplit("-", 1)[0]) != version:
         raise UnsafeCheckpointError(f"weights do not match the version they claim: {version}")
     return TorchPolicy(scorer, shape, version=version, parent=meta.get("parent")), meta
+
+
+def _shape_from_json(text: str) -> PolicyShape:
+    """The :class:`PolicyShape` a checkpoint claims, every field of exactly its type.
+
+    Why strict: a field of the wrong type (``max_variants`` 2.5, a feature name that is a
+    number) builds a scorer and loads its weights fine, then makes every decision raise on
+    the worker that adopted it, which would crash, restart, replay the topic and adopt it
+    again. ``ValueError`` / ``TypeError`` / ``KeyError`` on anything else.
+    """
+    raw = json.loads(text, parse_constant=_refuse_constant)
+    if not isinstance(raw, dict):
+        raise TypeError("shape is not a JSON object")
+    names = raw["feature_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TypeError("feature_names must be a list of strings")
+    if len(set(names)) != len(names):
+        raise ValueError("feature_names repeat a name")
+    prior = raw.get("value_prior")  # absent before the prior existed: a plain MLP
+    if prior is not None and not (isinstance(prior, list) and len(prior) == 2
+                                  and all(isinstance(n, str) for n in prior)):
+        raise TypeError("value_prior must be null or two feature names")
+    levels = raw["discount_levels"]
+    if not isinstance(levels, list):
+        raise TypeError("discount_levels must be a list of numbers")
+    max_variants = raw["max_variants"]
+    return PolicyShape(
+        feature_names=tuple(names),
+        hidden=_integer(raw["hidden"], "hidden"),
+        discount_levels=tuple(_number(d, "discount_levels") for d in levels),
+        temperature=_number(raw["temperature"], "temperature"),
+        floor=_number(raw["floor"], "floor"),
+        max_variants=None if max_variants is None else _integer(max_variants, "max_variants"),
+        value_prior=None if prior is None else (prior[0], prior[1]),
+        prior_scale=_number(raw.get("prior_scale", 1.0), "prior_scale"),
+    )
+
+
+def _integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _header_metadata(data: bytes) -> dict[str, str]:

@@ -14,7 +14,9 @@ order they were published in):
 
 Nothing is ever unpickled, and a record that cannot be trusted (non-finite weights, a
 tampered or malformed checkpoint, a rollback to a version never seen) changes nothing:
-:meth:`PolicyVersions.apply` raises and the live version stays.
+:meth:`PolicyVersions.apply` raises and the live version stays. Neither does a version this
+process could not serve: one whose features are not all among the ``features`` it computes
+(a trainer of a newer release during a rolling upgrade): adopted, every decision would raise.
 
 >>> from streamer.policy.torch_policy import TorchPolicy
 >>> versions = PolicyVersions(base_version="v0-greedy")
@@ -26,6 +28,12 @@ tampered or malformed checkpoint, a rollback to a version never seen) changes no
 True
 >>> [(v.version == p.version, v.live) for v in versions.versions()]
 [(False, True), (True, False)]
+>>> serving = PolicyVersions(base_version="v0-greedy", features=("y",))
+>>> try:
+...     serving.apply(policy_to_bytes(p))
+... except UnsafeCheckpointError as e:  # needs "x", which this process does not compute
+...     print(str(e).rsplit(": ", 1)[1], serving.live_version, serving.rejected)
+x v0-greedy 1
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,13 +99,20 @@ def rollback_record(version: str, *, reason: str = "", ts_ms: int | None = None)
 
 class PolicyVersions:
     """Versions read from ``policy-updates`` (the newest ``max_versions`` kept, plus the
-    base), and the live one. Pure and not thread-safe: feed it records in topic order."""
+    base), and the live one. Pure and not thread-safe: feed it records in topic order.
 
-    def __init__(self, *, base_version: str, max_versions: int = 50) -> None:
+    ``features``: the feature names this process's featurizer provides (a worker's
+    ``streamer.online.FEATURE_NAMES``); a version needing any other is refused like an
+    untrusted one, so it is never live here and a rollback to it is to an unknown version.
+    None: any (a reader that only lists versions)."""
+
+    def __init__(self, *, base_version: str, max_versions: int = 50,
+                 features: Iterable[str] | None = None) -> None:
         if max_versions <= 0:
             raise ValueError("max_versions must be positive")
         self.base_version = base_version
         self.max_versions = max_versions
+        self.features = None if features is None else frozenset(features)
         self._known: OrderedDict[str, tuple[TorchPolicy, dict[str, Any]]] = OrderedDict()
         self._live = base_version
         self.rejected = 0
@@ -141,6 +157,12 @@ class PolicyVersions:
             policy, _ = self._known[target]
             return PolicyChange("rollback", target, policy, body)
         policy, meta = policy_from_bytes(data)
+        if self.features is not None:
+            missing = [f for f in policy.shape.feature_names if f not in self.features]
+            if missing:
+                raise UnsafeCheckpointError(
+                    f"policy {policy.version} needs features this process does not compute: "
+                    + ", ".join(missing[:10]))
         self._known.pop(policy.version, None)
         self._known[policy.version] = (policy, meta)
         while len(self._known) > self.max_versions:

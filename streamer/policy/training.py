@@ -240,6 +240,10 @@ class FineTuneResult:
     objective: ObjectiveName
     #: Candidate minus live, paired on the holdout (what the gate decides on).
     difference: Estimate | None = None
+    #: The version whose weights were fine-tuned: the parent, except while the live policy
+    #: is not a torch one (:func:`gate_against_logged`), when it is a fresh initial policy
+    #: that was never published. None: the parent.
+    started_from: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """What goes with the weights on ``policy-updates`` (and into the rejection log):
@@ -249,6 +253,7 @@ class FineTuneResult:
             {
                 "version": self.candidate.version,
                 "parent": self.candidate.parent,
+                "started_from": self.started_from or self.candidate.parent,
                 "live_version": self.live_version,
                 "promoted": self.promoted,
                 "reason": self.reason,
@@ -345,30 +350,72 @@ def fine_tune(
     )
 
 
+#: In the reason of a candidate :func:`gate_against_logged` could not judge.
+TOO_FEW_LIVE = "too few records logged by"
+
+
 def gate_against_logged(
-    result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str
+    result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
+    min_live: int = 2,
 ) -> FineTuneResult:
     """``result`` judged against the policy that logged ``batch`` instead of a torch policy:
     for when the live policy is not a ``TorchPolicy`` (the v0 epsilon-greedy policy, whose
     logs are on-policy). Its value on the same holdout ``fine_tune`` used is the mean logged
     reward (IPS with the target's probabilities equal to the logged ones); the gate is then
-    applied as usual. ``live_evaluation`` holds that on-policy estimate under every name."""
+    applied as usual. ``live_evaluation`` holds that on-policy estimate under every name.
+
+    Only the holdout's records ``live_version`` logged count (when the batch says who logged
+    them, ``logged_by``; records naming no version then do not count), the candidate
+    re-evaluated on those: the mean reward of another
+    policy's records (the rolled-back version's, newest after a rollback to v0) is not v0's
+    value. With fewer than ``min_live`` of them the candidate is rejected (:data:`TOO_FEW_LIVE`).
+
+    The candidate's ``parent`` becomes ``live_version``, the version it would replace on
+    ``policy-updates`` (what ``streamer policy list`` shows and a rollback can name); the
+    fresh policy it was fine-tuned from, never published, is kept as ``started_from``."""
     _, holdout = batch.split(config.holdout_fraction)
+    candidate = result.candidate
+    judged = dataclasses.replace(
+        result,
+        candidate=TorchPolicy(candidate.scorer, candidate.shape, version=candidate.version,
+                              parent=live_version),
+        started_from=result.started_from or candidate.parent,
+        live_version=live_version,
+    )
+    candidate_eval = result.candidate_evaluation
+    # Records that do not say who logged them (a batch built without versions) leave the
+    # holdout as it is: nothing tells them apart.
+    if holdout.logged_by is not None and any(v is not None for v in holdout.logged_by):
+        live_only = np.flatnonzero(holdout.logged_by == live_version)
+        if len(live_only) < max(2, min_live):
+            nan = math.nan
+            missing = {name: Estimate(e.estimator, nan, nan, nan, nan, config.confidence, 0, 0.0)
+                       for name, e in candidate_eval.estimates.items()}
+            return dataclasses.replace(
+                judged, promoted=False, difference=None, holdout_size=len(live_only),
+                live_evaluation=PolicyEvaluation(estimates=missing, outputs_finite=True),
+                reason=(f"rejected: {TOO_FEW_LIVE} {live_version} in the holdout "
+                        f"({len(live_only)} of {len(holdout)}, at least {min_live} needed)"))
+        if len(live_only) < len(holdout):
+            holdout = holdout.take(live_only)
+            candidate_eval = evaluate_scorer(candidate.scorer, candidate.shape, holdout,
+                                             confidence=config.confidence,
+                                             chunk=config.eval_chunk)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
-    names = result.candidate_evaluation.estimates
+    names = candidate_eval.estimates
     live_eval = PolicyEvaluation(
         estimates={name: logged for name in names},
         outputs_finite=True,
         terms={name: np.asarray(holdout.reward, dtype=np.float64) for name in names},
     )
-    difference = compare(result.candidate_evaluation, live_eval, confidence=config.confidence)
-    promoted, reason = _verdict(result.candidate, result.candidate_evaluation, live_eval,
-                                difference)
+    difference = compare(candidate_eval, live_eval, confidence=config.confidence)
+    promoted, reason = _verdict(candidate, candidate_eval, live_eval, difference)
     return dataclasses.replace(
-        result,
+        judged,
+        candidate_evaluation=candidate_eval,
+        holdout_size=len(holdout),
         live_evaluation=live_eval,
-        live_version=live_version,
         promoted=promoted,
         reason=reason,
         difference=difference,

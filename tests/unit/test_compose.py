@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiokafka.admin import NewTopic
 
-from streamer.app.worker import topic_names
+from streamer.app import broker
+from streamer.app.worker import ensure_topics, topic_configs, topic_names
 from streamer.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +42,46 @@ def test_created_topics_are_the_ones_the_code_uses(compose: dict[str, Any]) -> N
     assert env["STREAMER_TOPICS"].split() == topic_names(Settings())
     worker_env = compose["services"]["worker"]["environment"]
     assert env["STREAMER_PARTITIONS"] == worker_env["STREAMER__TOPICS__PARTITIONS"]
+
+
+def test_policy_updates_is_kept_forever_by_the_code_and_by_compose(
+        compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers and the trainer replay policy-updates from its beginning to rebuild versions and
+    rollbacks: it must never lose a record to retention, however it was created."""
+    forever = {"retention.ms": "-1", "retention.bytes": "-1"}
+    settings = Settings()
+    assert topic_configs(settings) == {settings.topics.policy_updates: forever}
+    created: list[NewTopic] = []
+
+    class Admin:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        async def start(self) -> None:
+            pass
+
+        async def list_topics(self) -> list[str]:
+            return [settings.topics.clicks]  # existing: left as it is
+
+        async def create_topics(self, topics: list[NewTopic]) -> None:
+            created.extend(topics)
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(broker, "AIOKafkaAdminClient", Admin)
+    asyncio.run(ensure_topics(settings))
+    configs = {t.name: t.topic_configs for t in created}
+    assert set(configs) == set(topic_names(settings)) - {settings.topics.clicks}
+    assert configs.pop(settings.topics.policy_updates) == forever
+    assert all(c == {} for c in configs.values())  # the others: the broker's defaults
+    env = compose["services"]["topics"]["environment"]
+    assert env["STREAMER_KEEP_FOREVER_TOPICS"].split() == list(topic_configs(settings))
+    assert dict(kv.split("=") for kv in env["STREAMER_KEEP_FOREVER_CONFIG"].split(",")) == forever
+    (script,) = compose["services"]["topics"]["command"]
+    assert "set -e" in script  # a failed creation or setting stops the workers from starting
+    assert ('--entity-name "$$t" --add-config "$$STREAMER_KEEP_FOREVER_CONFIG"' in script
+            and "for t in $$STREAMER_KEEP_FOREVER_TOPICS" in script)
 
 
 def settings_of(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 
 from streamer.events import BundleOffer, check_offer
@@ -152,3 +154,69 @@ def test_offer_cache_chooses_by_segment() -> None:
     assert cache.choose("a").offer is default
     shown = cache.impression("a", user_id="u", session_id="s", segment="bargain")
     assert shown is not None and shown.offer_id == bargain.offer_id
+
+
+def incoherent_offers(now: int) -> dict[str, BundleOffer]:
+    """Offers the schema accepts and check_offer refuses, each newer than build([...], now)."""
+    good = build([0.75, 0.25], ts=now)
+    def with_probs(probs: list[float]) -> BundleOffer:
+        variants = [msgspec.structs.replace(v, probability=p)
+                    for v, p in zip(good.variants, probs, strict=True)]
+        return msgspec.structs.replace(good, offer_id=f"bad{probs}", ts=now + 1,
+                                       variants=variants)
+    return {"sum 0.8": with_probs([0.5, 0.3]), "sum 0": with_probs([0.0, 0.0]),
+            "anchor not first": msgspec.structs.replace(
+                good, offer_id="bad-anchor", ts=now + 1, anchor_item_id="b0")}
+
+
+def test_offer_cache_drops_and_counts_an_offer_failing_check_offer() -> None:
+    from streamer.app.storefront import OfferCache
+    from streamer.events import EventCodec
+    from streamer.settings import KafkaSettings
+
+    now = 1_900_000_000_000
+    good = build([0.75, 0.25], ts=now)
+    codec = EventCodec()
+    records = [SimpleNamespace(topic="offers", partition=0, offset=i, value=codec.encode(o))
+               for i, o in enumerate([good, *incoherent_offers(now).values()])]
+
+    class Consumer:
+        calls = 0
+
+        async def getmany(self, timeout_ms: int) -> dict[str, list[SimpleNamespace]]:
+            self.calls += 1
+            if self.calls > 1:
+                raise asyncio.CancelledError  # one batch, then the cache is closed
+            return {"offers-0": records}
+
+    cache = OfferCache(KafkaSettings(), rng=random.Random(0))
+    cache._consumer = Consumer()  # type: ignore[assignment]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cache._run())
+    assert cache.invalid == 3
+    shown = cache.impression("a", user_id="u", session_id="s")
+    assert shown is not None and shown.offer_id == good.offer_id
+    assert cache.book.choose("b0", random.Random(0), now_ms=now + 2) is None
+
+
+@pytest.mark.parametrize("case", ["sum 0.8", "sum 0", "anchor not first"])
+def test_the_workers_offer_index_and_the_trainer_refuse_an_offer_failing_check_offer(
+    case: str,
+) -> None:
+    from streamer.app.offer_index import OfferIndexFeed
+    from streamer.app.trainer import FeedbackTrainer, _dispatch
+    from streamer.events import EventCodec, InvalidEvent
+    from streamer.observability import Metrics
+    from streamer.settings import KafkaSettings, Settings, TrainerSettings
+
+    bad = incoherent_offers(1_900_000_000_000)[case]
+    data = EventCodec().encode(bad)
+    assert EventCodec().decode_offer(data) == bad  # the schema alone accepts it
+    feed = OfferIndexFeed(KafkaSettings(), "offers", index=[], lookback_ms=0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent, match="semantic"):
+        feed._decode(data)
+    core = FeedbackTrainer(TrainerSettings(), base_version="v0-greedy")
+    record = SimpleNamespace(value=data, partition=0, offset=7)
+    _dispatch(core, EventCodec(), "offers", record, Settings(), Metrics())
+    assert core.invalid == 1 and bad.offer_id not in core.offers
+    assert core._offer_of({"offer": msgspec.to_builtins(bad)}) is None  # embedded: the same

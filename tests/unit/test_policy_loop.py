@@ -3,6 +3,7 @@ gate, refusing non-finite versions, rollbacks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from typing import Any
@@ -11,15 +12,22 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from aiokafka import TopicPartition
 from pydantic import ValidationError
 from safetensors.torch import load, save
 
 from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
-from streamer.app.trainer import FeedbackTrainer, feedback_fields
+from streamer.app.trainer import (
+    FeedbackTrainer,
+    _publish,
+    _read_to_end,
+    feedback_fields,
+    rejection_label,
+)
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import PurchaseEvent
-from streamer.observability import Metrics
+from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES
 from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
 from streamer.policy import (
@@ -424,3 +432,149 @@ def test_versions_are_bounded_but_keep_the_live_one() -> None:
         versions.apply(policy_to_bytes(p))
     assert versions.live_version == policies[3].version
     assert len(versions.versions()) == 3  # base + 2
+
+
+class SentRecords:
+    """A producer that keeps what it was asked to send (policy-updates, in order)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, data: bytes, key: bytes | None = None) -> None:
+        self.sent.append(data)
+
+
+def test_a_fine_tune_finishing_after_a_rollback_is_discarded_not_published() -> None:
+    core = trainer_with_feedback(max_threads=1)
+    v1, v2 = torch_policy(1), torch_policy(2)
+    for record in (policy_to_bytes(v1), policy_to_bytes(v2)):
+        core.observe_policy_update(record)
+    job = core.next_job(now_s=0.0)
+    assert job is not None and job.live_version == v2.version
+    # While it trains, an operator rolls back to v1 and the consumer loop reads it.
+    core.observe_policy_update(rollback_record(v1.version, reason="v2 loses money"))
+    result = core.run(job)
+    core.finish(job, result, now_s=1.0)
+    assert result.promoted, result.reason  # the gate passed it, against v2
+    producer, metrics = SentRecords(), TrainerMetrics()
+    asyncio.run(_publish(core, producer, "policy-updates", result, metrics))  # type: ignore[arg-type]
+    assert producer.sent == [] and core.versions.live_version == v1.version
+    snap = metrics.snapshot()
+    assert snap["streamer_trainer_rejections_total"] == {"stale": 1.0}
+    assert snap["streamer_trainer_promotions_total"] == 0.0
+    # With the version it was judged against live again, the same result is published.
+    core.observe_policy_update(rollback_record(v2.version))
+    asyncio.run(_publish(core, producer, "policy-updates", result, metrics))  # type: ignore[arg-type]
+    assert len(producer.sent) == 1 and core.versions.live_version == result.candidate.version
+
+
+def test_the_trainer_decides_on_a_finished_fine_tune_only_once_policy_updates_is_read() -> None:
+    topic = TopicPartition("policy-updates", 0)
+
+    class Consumer:
+        position_now = 3
+
+        def assignment(self) -> set[TopicPartition]:
+            return {topic, TopicPartition("feedback", 0)}
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            assert tps == [topic]  # the other topics' backlogs do not hold it up
+            return {topic: 4}
+
+        async def position(self, tp: TopicPartition) -> int:
+            return self.position_now
+
+    consumer = Consumer()
+    assert not asyncio.run(_read_to_end(consumer, "policy-updates"))  # type: ignore[arg-type]
+    consumer.position_now = 4
+    assert asyncio.run(_read_to_end(consumer, "policy-updates"))  # type: ignore[arg-type]
+
+
+def test_a_version_needing_features_the_worker_lacks_is_refused_and_never_adopted() -> None:
+    engine = Engine.in_memory(CONFIG)
+    metrics = Metrics()
+    follower = PolicyFollower(Settings(), engine, metrics)
+    newer = TorchPolicy.initial((*FEATURE_NAMES, "feature_of_next_release"), seed=1)
+    assert follower.apply(policy_to_bytes(newer)) is None
+    assert follower.apply(rollback_record(newer.version)) is None  # nor by a rollback
+    assert engine.policy.version == "v0-greedy"
+    assert metrics.snapshot()["streamer_policy_refused_total"] == 2.0
+    assert sum(len(engine.handle_purchase(e)) for e in orders(50)) > 0  # still serving
+    # A version of the features it computes, in another order, is one it can serve.
+    shuffled = TorchPolicy.initial(tuple(reversed(FEATURE_NAMES)), seed=1)
+    fresh = Engine.in_memory(CONFIG)
+    assert PolicyFollower(Settings(), fresh, Metrics()).apply(policy_to_bytes(shuffled))
+    assert fresh.policy.version == shuffled.version
+    assert sum(len(fresh.handle_purchase(e)) for e in orders(50)) > 0
+
+
+def test_a_promoted_versions_parent_is_the_version_it_replaced_on_the_topic() -> None:
+    core = trainer_with_feedback(max_threads=1)
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    first = core.run(job)
+    assert first.promoted, first.reason
+    meta = first.metadata()
+    assert meta["parent"] == first.candidate.parent == "v0-greedy" == meta["live_version"]
+    assert meta["started_from"] == core.initial.version  # the weights' origin, never published
+    topic = PolicyVersions(base_version="v0-greedy")
+    change = topic.apply(first.checkpoint())
+    assert change.metadata["parent"] == "v0-greedy" and topic.knows(change.metadata["parent"])
+    assert change.policy is not None and change.policy.parent == "v0-greedy"
+    # With a torch version live, it is both the parent and where the weights started.
+    core.observe_policy_update(first.checkpoint())
+    core.finish(job, first, now_s=1.0)
+    core.trainer.request_fine_tune("test")
+    second_job = core.next_job(now_s=2.0)
+    assert second_job is not None and second_job.live_version == first.candidate.version
+    second = core.run(second_job).metadata()
+    assert second["parent"] == second["started_from"] == first.candidate.version
+
+
+def logged_records(n: int, logging: list[float], version: str, seed: int) -> list[dict[str, Any]]:
+    """bandit_records' bandit, logged by ``version`` showing action a with ``logging[a]``."""
+    rng = np.random.default_rng(seed)
+    p = np.array([0.05, 0.1, 0.4, 0.1])
+    out = []
+    for _ in range(n):
+        rows = [dict.fromkeys(FEATURE_NAMES, 0.0) for _ in range(4)]
+        for a, row in enumerate(rows):
+            row["confidence"], row["discount"] = float(a == 2), 0.05 * a
+        chosen = int(rng.choice(4, p=logging))
+        out.append({"offer_id": "o", "variant": 0, "propensity": logging[chosen],
+                    "reward": 10.0 if rng.random() < p[chosen] else 0.0,
+                    "policy_version": version, "variant_features": rows, "chosen": chosen,
+                    "expected_rewards": [float(x) for x in p * 10]})
+    return out
+
+
+def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> None:
+    def trainer(records: list[dict[str, Any]]) -> FeedbackTrainer:
+        core = FeedbackTrainer(TrainerSettings(min_records=100, every_records=len(records),
+                                               epochs=2, max_threads=1),
+                               base_version="v0-greedy")
+        for record in records:
+            assert core.observe_feedback(record)
+        return core
+
+    v0 = logged_records(480, [0.25] * 4, "v0-greedy", seed=1)
+    bad = logged_records(120, [0.85, 0.05, 0.05, 0.05], "torch-bad", seed=2)
+    # The newest fifth (the holdout) all logged by the version rolled back from: no v0 value.
+    core = trainer(v0 + bad)
+    assert core.versions.live_version == "v0-greedy"
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    result = core.run(job)
+    assert not result.promoted and "too few records logged by v0-greedy" in result.reason
+    assert rejection_label(result) == "too_few_live" and result.holdout_size == 0
+    # Some of the holdout logged by v0: its value is their mean reward, not the holdout's.
+    mixed = v0 + bad[:60]
+    core = trainer(mixed)
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    result = core.run(job)
+    holdout = mixed[-round(len(mixed) * 0.2):]  # the newest 108: 48 of v0's, 60 of bad's
+    v0_rewards = [r["reward"] for r in holdout if r["policy_version"] == "v0-greedy"]
+    assert result.holdout_size == len(v0_rewards) == 48
+    assert result.live_evaluation.primary.value == pytest.approx(np.mean(v0_rewards))
+    assert result.candidate_evaluation.primary.n == 48  # the candidate judged on the same

@@ -149,6 +149,44 @@ def test_tampered_truncated_or_oversized_checkpoints_are_refused() -> None:
             policy_from_bytes(bad)
 
 
+def with_shape(data: bytes, **fields: object) -> bytes:
+    """``data`` re-saved with shape fields replaced (weights and version untouched)."""
+    header_len = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_len])["__metadata__"]
+    shape = json.loads(metadata["streamer.shape"])
+    shape.update(fields)
+    metadata["streamer.shape"] = json.dumps(shape)
+    policy, _ = policy_from_bytes(data)
+    return save({k: v.clone() for k, v in policy.scorer.state_dict().items()},
+                metadata=metadata)
+
+
+@pytest.mark.parametrize("fields", [
+    {"max_variants": 2.5},
+    {"max_variants": "8"},
+    {"max_variants": True},
+    {"hidden": 8.0},
+    {"hidden": "8"},
+    {"hidden": 10**6},  # more than the tensors hold: refused before building it
+    {"temperature": float("inf")},
+    {"temperature": "1"},
+    {"floor": None},
+    {"prior_scale": float("nan")},
+    {"discount_levels": [0.0, "5"]},
+    {"discount_levels": "0"},
+    {"feature_names": ["v0", "v1", "v2", "v3", 4]},
+    {"feature_names": ["v0", "v1", "v2", "v3", "v3"]},
+    {"value_prior": ["v0"]},
+])
+def test_a_checkpoint_whose_shape_fields_have_the_wrong_type_is_refused(
+    fields: dict[str, object],
+) -> None:
+    good = policy_to_bytes(fresh_policy())
+    assert policy_from_bytes(with_shape(good))[0].version == fresh_policy().version
+    with pytest.raises(UnsafeCheckpointError, match="malformed"):
+        policy_from_bytes(with_shape(good, **fields))
+
+
 def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
     result = fine_tune(fresh_policy(), bandit(1500, seed=4), CONFIG)
     data = result.checkpoint()
@@ -205,6 +243,24 @@ def test_buffer_keeps_the_newest_records_oldest_first() -> None:
     assert batch.expected_reward is not None and len(buffer) == 3
     buffer.extend(bandit(4, seed=9))  # wraps; the array path keeps the order too
     assert buffer.total_added == 9 and len(buffer.snapshot()) == 3
+
+
+def test_buffer_remembers_which_version_logged_each_record_within_bounded_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buffer = FeedbackBuffer(NAMES, capacity=4, max_actions=4)
+    for i, version in enumerate(["v0", None, "v1", "v0", "v2"]):
+        buffer.append(dataclasses.replace(decision(float(i)), policy_version=version))
+    batch = buffer.snapshot()  # the ring wrapped: the oldest "v0" is gone
+    assert batch.logged_by is not None and batch.logged_by.tolist() == [None, "v1", "v0", "v2"]
+    assert batch.split(0.5)[1].logged_by.tolist() == ["v0", "v2"]  # type: ignore[union-attr]
+    buffer.extend(batch.take(slice(1, 3)))  # the array path keeps them too
+    assert buffer.snapshot().logged_by.tolist() == ["v0", "v2", "v1", "v0"]  # type: ignore[union-attr]
+    monkeypatch.setattr("streamer.policy.feedback.MAX_VERSION_NAMES", 3)
+    for k in range(20):  # versions no record holds any more are forgotten
+        buffer.append(dataclasses.replace(decision(0.0), policy_version=f"x{k}"))
+    assert len(buffer._version_names) <= 6  # unknown + the 4 held + the one being added
+    assert buffer.snapshot().logged_by.tolist() == ["x16", "x17", "x18", "x19"]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
