@@ -291,9 +291,17 @@ class FeedbackTrainer:
                                          live_version=job.live_version, min_live=min_live)
         return result
 
-    def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> None:
-        """Reset the triggers and remember the outcome (call on the consumer's thread)."""
+    def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> FineTuneResult:
+        """Reset the triggers and remember the outcome (call on the consumer's thread); returns
+        it, turned down when it is stale (:func:`stale_result`): the history then says it was
+        not published, and why."""
+        if stale_result(self, result):
+            result = dataclasses.replace(
+                result, promoted=False,
+                reason=f"stale: judged against {result.live_version}, but "
+                       f"{self.versions.live_version} went live while it trained")
         self.trainer.record(result, now_s, records_at_start=job.records_at_start)
+        return result
 
 
 def _int_or_zero(value: Any) -> int:
@@ -371,7 +379,7 @@ async def run_trainer(
                 assert job is not None
                 result = running.result()
                 running = None
-                core.finish(job, result, time.monotonic())
+                result = core.finish(job, result, time.monotonic())
                 await _publish(core, producer, t.policy_updates, result, metrics)
     finally:
         if running is not None:

@@ -454,8 +454,10 @@ def test_a_fine_tune_finishing_after_a_rollback_is_discarded_not_published() -> 
     # While it trains, an operator rolls back to v1 and the consumer loop reads it.
     core.observe_policy_update(rollback_record(v1.version, reason="v2 loses money"))
     result = core.run(job)
-    core.finish(job, result, now_s=1.0)
     assert result.promoted, result.reason  # the gate passed it, against v2
+    finished = core.finish(job, result, now_s=1.0)
+    assert not finished.promoted and finished.reason.startswith("stale: judged against")
+    assert core.trainer.history[-1]["promoted"] is False  # as the history tells it
     producer, metrics = SentRecords(), TrainerMetrics()
     asyncio.run(_publish(core, producer, "policy-updates", result, metrics))  # type: ignore[arg-type]
     assert producer.sent == [] and core.versions.live_version == v1.version
