@@ -271,22 +271,18 @@ def evaluate(
     streamer against popularity, co-count, lift, frozen-rules and random baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from streamer.replay.baselines import CatalogueTooLarge
     from streamer.replay.evaluate import run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
-    try:
-        with _reading(path), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("evaluate", total=None)
-            result = run_evaluation(
-                path, _format_of(path, format), json_path=json_path, plot_path=plot,
-                limit=limit, bootstrap=bootstrap,
-                config=with_engine_config(co_view_weight=co_view_weight,
-                                          co_cart_weight=co_cart_weight),
-                progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except CatalogueTooLarge as e:
-        _fail(f"{path}: {e} (--limit N reads the first N events)")
+    with _reading(path), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("evaluate", total=None)
+        result = run_evaluation(
+            path, _format_of(path, format), json_path=json_path, plot_path=plot,
+            limit=limit, bootstrap=bootstrap,
+            config=with_engine_config(co_view_weight=co_view_weight,
+                                      co_cart_weight=co_cart_weight),
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(result_table(result))
     for label, target in (("results", json_path), ("plot", plot)):
         if target is not None:

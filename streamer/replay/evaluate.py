@@ -57,10 +57,8 @@ import numpy.typing as npt
 from streamer.engine import Engine, EngineConfig
 from streamer.events import ClickEvent, PurchaseEvent
 from streamer.replay.baselines import (
-    MAX_ITEMS,
     NO_OFFER,
     BundleMethod,
-    CatalogueTooLarge,
     CoCountBaseline,
     CoLiftBaseline,
     CoOccurrence,
@@ -325,12 +323,6 @@ def evaluate(
     if engine is None:
         engine = Engine.in_memory(config or EVALUATION_CONFIG)
     if methods is None:
-        # Checked before the baselines' table grows towards its 1 GiB cap, not when it is full.
-        bought = {line.item_id for e in stream if isinstance(e, PurchaseEvent) for line in e.items}
-        if len(bought) > MAX_ITEMS:
-            raise CatalogueTooLarge(
-                f"{len(bought):,} distinct items bought, more than the {MAX_ITEMS:,} the "
-                "baselines' dense co-count table holds; evaluate a shorter slice")
         methods = default_methods(
             engine=engine, train_orders=train_orders, lift_min_support=lift_min_support, seed=seed
         )
