@@ -130,7 +130,10 @@ def test_logged_decision_rebuilds_the_features_the_engine_served() -> None:
                          "reward": 1.0}, offer)
 
 
-def bandit_records(n: int, offer_id: str, seed: int = 0) -> list[dict[str, Any]]:
+def bandit_records(n: int, offer_id: str, seed: int = 0, *, logging: list[float] | None = None,
+                   version: str | None = None) -> list[dict[str, Any]]:
+    """Feedback of a 4-action bandit (action 2 converts best), shown uniformly, or action a
+    with probability ``logging[a]``; logged by ``version`` when given."""
     rng = np.random.default_rng(seed)
     p = np.array([0.05, 0.1, 0.4, 0.1])
     out = []
@@ -138,11 +141,18 @@ def bandit_records(n: int, offer_id: str, seed: int = 0) -> list[dict[str, Any]]
         rows = [dict.fromkeys(FEATURE_NAMES, 0.0) for _ in range(4)]
         for a, row in enumerate(rows):
             row["confidence"], row["discount"] = float(a == 2), 0.05 * a
-        chosen = int(rng.integers(0, 4))
+        if logging is None:
+            chosen, propensity = int(rng.integers(0, 4)), 0.25
+        else:
+            chosen = int(rng.choice(4, p=logging))
+            propensity = logging[chosen]
         reward = 10.0 if rng.random() < p[chosen] else 0.0
-        out.append({"offer_id": offer_id, "variant": 0, "propensity": 0.25, "reward": reward,
-                    "variant_features": rows, "chosen": chosen,
-                    "expected_rewards": [float(x) for x in p * 10]})
+        record = {"offer_id": offer_id, "variant": 0, "propensity": propensity,
+                  "reward": reward, "variant_features": rows, "chosen": chosen,
+                  "expected_rewards": [float(x) for x in p * 10]}
+        if version is not None:
+            record["policy_version"] = version
+        out.append(record)
     return out
 
 
@@ -533,23 +543,6 @@ def test_a_promoted_versions_parent_is_the_version_it_replaced_on_the_topic() ->
     assert second["parent"] == second["started_from"] == first.candidate.version
 
 
-def logged_records(n: int, logging: list[float], version: str, seed: int) -> list[dict[str, Any]]:
-    """bandit_records' bandit, logged by ``version`` showing action a with ``logging[a]``."""
-    rng = np.random.default_rng(seed)
-    p = np.array([0.05, 0.1, 0.4, 0.1])
-    out = []
-    for _ in range(n):
-        rows = [dict.fromkeys(FEATURE_NAMES, 0.0) for _ in range(4)]
-        for a, row in enumerate(rows):
-            row["confidence"], row["discount"] = float(a == 2), 0.05 * a
-        chosen = int(rng.choice(4, p=logging))
-        out.append({"offer_id": "o", "variant": 0, "propensity": logging[chosen],
-                    "reward": 10.0 if rng.random() < p[chosen] else 0.0,
-                    "policy_version": version, "variant_features": rows, "chosen": chosen,
-                    "expected_rewards": [float(x) for x in p * 10]})
-    return out
-
-
 def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> None:
     def trainer(records: list[dict[str, Any]]) -> FeedbackTrainer:
         core = FeedbackTrainer(TrainerSettings(min_records=100, every_records=len(records),
@@ -559,8 +552,9 @@ def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> 
             assert core.observe_feedback(record)
         return core
 
-    v0 = logged_records(480, [0.25] * 4, "v0-greedy", seed=1)
-    bad = logged_records(120, [0.85, 0.05, 0.05, 0.05], "torch-bad", seed=2)
+    v0 = bandit_records(480, "o", 1, logging=[0.25] * 4, version="v0-greedy")
+    bad = bandit_records(120, "o", 2, logging=[0.85, 0.05, 0.05, 0.05],
+                         version="torch-bad")
     # The newest fifth (the holdout) all logged by the version rolled back from: no v0 value.
     core = trainer(v0 + bad)
     assert core.versions.live_version == "v0-greedy"
