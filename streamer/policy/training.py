@@ -366,9 +366,9 @@ def gate_against_logged(
 
     Only the holdout's records ``live_version`` logged count (when the batch says who logged
     them, ``logged_by``; records naming no version then do not count), the candidate
-    re-evaluated on those: the mean reward of another
-    policy's records (the rolled-back version's, newest after a rollback to v0) is not v0's
-    value. With fewer than ``min_live`` of them the candidate is rejected (:data:`TOO_FEW_LIVE`).
+    re-evaluated on those: the mean reward of another policy's records (the rolled-back
+    version's, newest after a rollback to v0) is not v0's value. With fewer than ``min_live``
+    of them the candidate is rejected (:data:`TOO_FEW_LIVE`).
 
     The candidate's ``parent`` becomes ``live_version``, the version it would replace on
     ``policy-updates`` (what ``streamer policy list`` shows and a rollback can name); the
