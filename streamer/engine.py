@@ -167,7 +167,9 @@ class ItemRecord(msgspec.Struct, array_like=True, frozen=True):
     ``count`` is the anchor's decayed order count (the order total for the counter), which the
     engine mirrors into ``counts`` for readers of any item. ``sources`` maps a purchases
     partition to the highest offset learned from it (one entry per partition: bounded).
-    Immutable, like its parts.
+    ``price_ts`` is the event time of the purchase the anchor's price in ``catalog`` comes
+    from (-1: unknown, a record written before it was kept): a purchase delivered late must
+    not replace a newer price with its older one. Immutable, like its parts.
 
     >>> r = ItemRecord(None, Decayed(1.0, 5), {0: 41, 3: 7})
     >>> msgspec.json.decode(msgspec.json.encode(r), type=ItemRecord) == r
@@ -177,6 +179,7 @@ class ItemRecord(msgspec.Struct, array_like=True, frozen=True):
     stats: ItemStats | None
     count: Decayed
     sources: dict[int, int] = {}
+    price_ts: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +336,7 @@ class Engine:
         # budget counts the anchors in the records.
         self._scratch_items: dict[str, ItemStats] = {}
         self._scratch_counts: dict[str, Decayed] = {}
+        self._scratch_price_ts: dict[str, int] = {}  # ItemRecord.price_ts, likewise
         self._learner = CoPurchaseStats(
             self._scratch_items, self._scratch_counts, half_life_s=config.half_life_s,
             top_k=config.top_k, top_k_triples=config.top_k_triples,
@@ -626,6 +630,7 @@ class Engine:
                 if record.stats is not None:
                     self._scratch_items[anchor] = record.stats
                 self._scratch_counts[anchor] = record.count
+                self._scratch_price_ts[anchor] = record.price_ts
                 sources = dict(record.sources)  # the record is immutable, its dict too
             else:
                 sources = {}
@@ -642,8 +647,11 @@ class Engine:
         if anchor == TOTAL_KEY:
             return True
         catalog = self.state.catalog
-        if basket.price >= 0 and catalog.get(anchor) != basket.price:
-            catalog[anchor] = basket.price
+        # The price of the newest purchase, whatever the order they arrive in.
+        if basket.price >= 0 and basket.ts >= self._scratch_price_ts.get(anchor, -1):
+            self._scratch_price_ts[anchor] = basket.ts
+            if catalog.get(anchor) != basket.price:
+                catalog[anchor] = basket.price
         # A partner's price is its own anchor's business (kept current there); here it is only
         # filled in when still unknown, so the first offers already carry right bundle prices
         # even when the partner's own slice of the order has not been learned yet.
@@ -658,12 +666,15 @@ class Engine:
         ``counts``; then empty the scratch mappings."""
         items, counts = self.state.items, self.state.counts
         scratch_items, scratch_counts = self._scratch_items, self._scratch_counts
+        price_ts = self._scratch_price_ts
         for anchor, sources in learned.items():
-            record = ItemRecord(scratch_items.get(anchor), scratch_counts[anchor], sources)
+            record = ItemRecord(scratch_items.get(anchor), scratch_counts[anchor], sources,
+                                price_ts.get(anchor, -1))
             items[anchor] = record
             counts[anchor] = record.count
         scratch_items.clear()
         scratch_counts.clear()
+        price_ts.clear()
 
     def revise_offers(self, anchor: str, now_ms: int) -> list[BundleOffer]:
         """:meth:`revise_offer` for each of the anchor's segments (``offer_segments``, the

@@ -104,6 +104,24 @@ def test_a_purchase_from_long_ago_neither_overflows_nor_inflates_the_statistics(
     assert e.stats.pair_count("tea", "cup", 946_684_800_000) == pytest.approx(1.0)
 
 
+def test_an_items_price_is_its_newest_purchases_whatever_the_arrival_order() -> None:
+    """A purchase delivered late must not roll a newer price back to its older one (the
+    catalogue used to keep whichever arrived last: the bundle priced 6.3 instead of 7.2)."""
+    def run(order_of: list[int]) -> tuple[float, float]:
+        e = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=0))
+        events = [order(1, ["tea", "cup"], ts=T0), order(2, ["tea", "cup"], ts=T0 + 1_000),
+                  order(3, ["tea", "cup"], ts=T0 + 60_000, price=3.0)]  # tea went up
+        for offset, k in enumerate(order_of):  # the offsets they arrive at
+            e.handle_purchase(events[k], offset=offset)
+        (cup,) = [o for o in e.handle_purchase(order(9, ["cup", "jam"], ts=T0 + 120_000,
+                                                     price=5.0), offset=9)
+                  if o.anchor_item_id == "cup"]
+        return e.state.catalog["tea"], next(v.bundle_price for v in cup.variants
+                                            if v.items == ["cup", "tea"])
+
+    assert run([0, 1, 2]) == run([0, 2, 1]) == (3.0, round((3.0 + 5.0) * 0.9, 2))
+
+
 def test_rate_limit_in_event_time() -> None:
     engine = Engine.in_memory(EngineConfig(min_support=1.0, min_interval_ms=1000))
     out = [engine.handle_purchase(order(n, ["tea", "cup" if n < 2 else "scone"], ts=T0 + n * 100))
