@@ -244,6 +244,14 @@ def replay(
 
         summary = asyncio.run(replay_events(settings, events, speed=factor, on_sent=advance))
     console.print(summary.text())
+    if summary.undelivered is not None:
+        # --skip counts file positions before --since filters; with --since, resume by time
+        # (events of that instant already delivered are de-duplicated downstream).
+        again = (f"--since {summary.undelivered_ts}" if since is not None
+                 else f"--skip {skip + summary.undelivered}")
+        if limit is not None:
+            again += f" --limit {limit - summary.undelivered}"
+        console.print(f"to resume: streamer replay {escape(str(path))} {again}", soft_wrap=True)
     if summary.errors:
         raise typer.Exit(1)
 

@@ -3,7 +3,12 @@
 Events go out in event-time order (the readers sort them), keyed by session id like a live
 storefront's, with their original timestamps as Kafka timestamps, at ``speed`` x real time or
 as fast as possible. Sends are pipelined (bounded in flight) and every delivery is confirmed
-before the summary is printed; a failed send is counted and reported, never ignored.
+before the summary is printed; a failed send is counted and reported, never ignored. The
+summary counts acknowledged events only, and when some were not acknowledged it names the
+first of them (its position and event time), from which a replay resumes without a gap (later
+events that did get through are sent again and de-duplicated downstream by ``event_id``). A
+send the producer refuses (``KafkaError``: the broker unreachable past the request timeout)
+ends the replay there, with its summary.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.events import Event, PurchaseEvent
@@ -26,7 +32,9 @@ MAX_IN_FLIGHT = 5_000
 
 @dataclass
 class ReplaySummary:
-    """What a replay sent."""
+    """What a replay sent: ``sent`` counts acknowledged events per topic; ``undelivered``
+    is the position (0-based, among the events given) of the first event not acknowledged,
+    failed or never sent, and ``undelivered_ts`` its event time (None: all got through)."""
 
     sent: dict[str, int] = field(default_factory=dict)
     errors: int = 0
@@ -34,6 +42,8 @@ class ReplaySummary:
     seconds: float = 0.0
     first_ts: int | None = None
     last_ts: int | None = None
+    undelivered: int | None = None
+    undelivered_ts: int | None = None
 
     @property
     def events(self) -> int:
@@ -46,8 +56,16 @@ class ReplaySummary:
     def text(self) -> str:
         per_topic = ", ".join(f"{t}: {n:,}" for t, n in sorted(self.sent.items()))
         first = f" (first: {self.first_error})" if self.first_error else ""
-        return (f"{self.events:,} events in {self.seconds:.1f} s ({self.rate:,.0f}/s): "
+        text = (f"{self.events:,} events in {self.seconds:.1f} s ({self.rate:,.0f}/s): "
                 f"{per_topic}\nerrors: {self.errors}{first}")
+        if self.undelivered is not None:
+            text += (f"\nnot delivered from event #{self.undelivered + 1:,} on "
+                     f"(event time {self.undelivered_ts})")
+        return text
+
+    def _undelivered(self, position: int, ts: int) -> None:
+        if self.undelivered is None or position < self.undelivered:
+            self.undelivered, self.undelivered_ts = position, ts
 
 
 async def replay_events(
@@ -65,34 +83,44 @@ async def replay_events(
     producer = AIOKafkaProducer(**aiokafka_kwargs(settings.kafka), linger_ms=20,
                                 max_batch_size=256 * 1024)
     await start_client(producer)
-    pending: set[asyncio.Future[object]] = set()
+    # Each delivery's future -> (position, topic, event time), to count it once acknowledged.
+    pending: dict[asyncio.Future[object], tuple[int, str, int]] = {}
+
+    def failed(position: int, ts: int, error: BaseException) -> None:
+        summary.errors += 1
+        summary.first_error = summary.first_error or repr(error)
+        summary._undelivered(position, ts)
 
     def settle(done: Iterable[asyncio.Future[object]]) -> None:
         for f in done:
-            if f.exception() is not None:
-                summary.errors += 1
-                summary.first_error = summary.first_error or repr(f.exception())
+            position, topic, ts = pending.pop(f)
+            error = f.exception()
+            if error is not None:
+                failed(position, ts, error)
+            else:
+                summary.sent[topic] = summary.sent.get(topic, 0) + 1
 
     start = time.monotonic()
     try:
-        for event in events:
+        for position, event in enumerate(events):
             delay = pacer.delay_s(event_ts_ms=event.ts, elapsed_s=time.monotonic() - start)
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing history at the requested speed
             topic = t.purchases if isinstance(event, PurchaseEvent) else t.clicks
-            fut = await producer.send(topic, encode(event), key=event.session_id.encode(),
-                                      timestamp_ms=event.ts)
-            pending.add(fut)
-            summary.sent[topic] = summary.sent.get(topic, 0) + 1
+            try:
+                fut = await producer.send(topic, encode(event), key=event.session_id.encode(),
+                                          timestamp_ms=event.ts)
+            except KafkaError as e:  # nothing later can go out in order: stop here
+                failed(position, event.ts, e)
+                break
+            pending[fut] = (position, topic, event.ts)
             summary.first_ts = summary.first_ts if summary.first_ts is not None else event.ts
             summary.last_ts = event.ts
             if on_sent is not None:
                 on_sent(event)
             if len(pending) >= MAX_IN_FLIGHT:
-                done, pending_left = await asyncio.wait(pending,
-                                                        return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 settle(done)
-                pending = set(pending_left)
         if pending:
             done, _ = await asyncio.wait(pending)
             settle(done)

@@ -28,7 +28,8 @@ partition the least recently active, are deleted.
 Redelivery: each item remembers the offset of the message it joined with, so the very message
 delivered again (a retry after a crash) returns the same join again, and downstream state
 recognises it by that offset (see ``streamer.engine``); any other click of an item already in
-the session changes nothing.
+the session changes nothing, and neither does a redelivered click read before the session's
+newest item that is not in it (it belonged to an earlier pseudo-order, over by now).
 
 >>> s = SessionItemsTracker({}, gap_ms=1_000, max_items=3, capacity=100)
 >>> s.observe("s1", "cart", "tea", ts_ms=0, offset=10)
@@ -156,7 +157,11 @@ class SessionItemsTracker:
                     return Joined(item, earlier[:position], position == 0)
                 items = old.items
                 joined = None
-            elif len(old.items) >= self.max_items:
+            elif len(old.items) >= self.max_items or (
+                    0 <= offset < max(old.items.values()) and ts_ms <= old.last_ts):
+                # Full; or a message read before one that joined (offsets are read in order)
+                # yet not in the session: a redelivery whose click belonged to an earlier
+                # pseudo-order, closed by the gap since, or changed nothing then.
                 items = old.items
                 joined = None
             else:

@@ -236,3 +236,21 @@ def test_a_bad_setting_is_one_line_naming_the_variable_not_a_traceback(
     assert done.exit_code == 2, done.output
     assert says in done.output and "Traceback" not in done.output
     assert value not in done.output.replace(variable, "")  # values are not echoed
+
+
+def test_replay_with_undelivered_events_says_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first event not acknowledged is where a resumed replay starts: ``--skip`` counts
+    from the file's start (the original skip added), ``--limit`` what is left of the limit."""
+    import streamer.app.replay as replay
+
+    async def fake_replay(settings: object, events: list[object], **_: object) -> object:
+        return replay.ReplaySummary(sent={"clicks": 1}, errors=1, undelivered=1,
+                                    undelivered_ts=events[1].ts)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(replay, "replay_events", fake_replay)
+    f = tmp_path / "b.csv"
+    f.write_text(BAKERY)
+    result = CliRunner().invoke(app, ["replay", str(f), "--skip", "3", "--limit", "4"])
+    assert result.exit_code == 1, result.output
+    assert f"to resume: streamer replay {f} --skip 4 --limit 3" in result.output

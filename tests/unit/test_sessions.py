@@ -63,6 +63,18 @@ def test_a_pause_longer_than_the_gap_starts_another_pseudo_order() -> None:
     assert t.observe("s", "cart", "a", ts_ms=T0 + 2_001) == ("a", [], True)
 
 
+def test_a_redelivered_click_of_an_earlier_pseudo_order_does_not_join_the_newer_one() -> None:
+    """After a crash, clicks are read again from the committed offset while the table already
+    holds what came after: ``a`` (offset 10) belonged to a pseudo-order the gap closed before
+    ``b`` (offset 11) opened this one, so it joins nothing and ``c`` never pairs with it."""
+    t = tracker(gap_ms=1_000)
+    t.observe("s", "cart", "a", ts_ms=T0, offset=10)
+    t.observe("s", "cart", "b", ts_ms=T0 + 5_000, offset=11)
+    assert t.observe("s", "cart", "a", ts_ms=T0, offset=10) is None
+    assert t.observe("s", "cart", "c", ts_ms=T0 + 5_100, offset=12) == ("c", ["b"], False)
+    assert list(t.sessions[session_key("s", "cart")].items) == ["b", "c"]
+
+
 def test_signals_and_sessions_are_kept_apart() -> None:
     t = tracker()
     t.observe("s", "view", "a", ts_ms=T0)
