@@ -171,21 +171,26 @@ function drawChart(data) {
     legend.appendChild(span);
   });
 }
+function status(cls, id, label, rest) {
+  // Text nodes only: version names come from the rewards stream, never parsed as HTML.
+  const s = document.createElement("span");
+  s.className = cls; s.id = id; s.textContent = label;
+  return [s, document.createTextNode(rest)];
+}
 function drawGuardrails(g) {
   const div = document.getElementById("guardrails");
-  const parts = [];
-  if (g.srm) parts.push("<span class='" + (g.srm_alarm ? "alarm" : "ok") + "' id='srm'>SRM " +
-    (g.srm_alarm ? "ALARM" : "ok") + "</span> p = " + Number(g.srm.p_value).toPrecision(3) +
-    " over " + g.srm.total + " impressions");
-  else parts.push("<span class='muted' id='srm'>SRM: one version only</span>");
-  if (g.regression) parts.push("<span class='" + (g.regression_alarm ? "alarm" : "ok") +
-    "' id='regression'>reward regression " + (g.regression_alarm ? "ALARM" : "ok") + "</span> " +
+  const srm = g.srm ? status(g.srm_alarm ? "alarm" : "ok", "srm",
+    "SRM " + (g.srm_alarm ? "ALARM" : "ok"), " p = " + Number(g.srm.p_value).toPrecision(3) +
+    " over " + g.srm.total + " impressions")
+    : status("muted", "srm", "SRM: one version only", "");
+  const reg = g.regression ? status(g.regression_alarm ? "alarm" : "ok", "regression",
+    "reward regression " + (g.regression_alarm ? "ALARM" : "ok"), " " +
     g.regression.live_version + " " + fmt(g.regression.live_rate) + " vs " +
     g.regression.previous_version + " lower bound " + fmt(g.regression.previous_lower) +
-    (g.regression.enough_data ? "" : " (not enough data)"));
-  else parts.push("<span class='muted' id='regression'>regression: no previous version</span>");
+    (g.regression.enough_data ? "" : " (not enough data)"))
+    : status("muted", "regression", "regression: no previous version", "");
   div.className = "";
-  div.innerHTML = parts.join("<br>");
+  div.replaceChildren(...srm, document.createElement("br"), ...reg);
 }
 async function refresh() {
   try {

@@ -147,16 +147,27 @@ def segment_slot(segment: str, segments: Sequence[str] = ()) -> int | None:
         return None
 
 
+def _key_part(item: str) -> str:
+    # Item ids may hold "+" (the schema forbids only control characters): escaped, so the
+    # key joins its items unambiguously and splits back into them (``item_set_key``).
+    return item.replace("%", "%25").replace("+", "%2B") if "+" in item or "%" in item else item
+
+
 def bundle_key(items: Sequence[str]) -> str:
     """The identity key of a bundle: the anchor, then the partners in sorted order (the same
-    bundle gets the same key whatever order the candidates listed its partners in).
+    bundle gets the same key whatever order the candidates listed its partners in), joined by
+    ``+``; a ``+`` or ``%`` inside an item id is percent-escaped, so different bundles never
+    share a key.
 
     >>> bundle_key(("tea", "jam", "cup")) == bundle_key(("tea", "cup", "jam"))
     True
     >>> bundle_key(("tea", "cup"))
     'bundle:tea+cup'
+    >>> bundle_key(("tea", "milk+sugar")) == bundle_key(("tea", "milk", "sugar"))
+    False
     """
-    return BUNDLE_KEY_PREFIX + "+".join((items[0], *sorted(items[1:])))
+    return BUNDLE_KEY_PREFIX + "+".join(
+        (_key_part(items[0]), *sorted(map(_key_part, items[1:]))))
 
 
 def bundle_of(features: Mapping[str, float]) -> str | None:

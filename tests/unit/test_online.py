@@ -538,3 +538,25 @@ def test_the_regressions_answer_for_one_variant_holds_steady_on_a_stationary_str
             if i >= 3000:
                 answers.append(model.predict_one(rows[0]))
         assert min(answers) > 0.08 and max(answers) < 0.25, (seed, min(answers), max(answers))
+
+
+def test_a_plus_in_an_item_id_does_not_merge_two_bundles_outcomes() -> None:
+    # Item ids may hold "+": the pair (tea, milk+sugar) and the triple (tea, milk, sugar) had
+    # one key, so the triple, never shown, was rated by the pair's outcomes (ratio 1.88).
+    prices = {"tea": 5.0, "milk+sugar": 3.0, "milk": 1.5, "sugar": 1.5, "cup": 3.0}
+    context = DecisionContext(segment="all", ts_ms=0, prices=prices)
+    model = ConversionModel(warmup=10)
+    pair = variant_features(candidate(("tea", "milk+sugar")), 10.0, context)
+    other = variant_features(candidate(("tea", "cup")), 10.0, context)
+    for k in range(3000):
+        model.learn_one(pair, k % 5 < 2)
+        model.learn_one(other, k % 50 == 0)
+    assert model.bundle_ratio(pair) > 1.5
+    triple = variant_features(candidate(("tea", "milk", "sugar")), 10.0, context)
+    assert model.bundle_ratio(triple) == 1.0   # never shown, nor its item set
+    # Escaped ids still pool by item set: the same items on another anchor's page.
+    odd = DecisionContext("all", 0, {"x+y": 1.0, "z": 1.0, "50%": 1.0})
+    a = variant_features(candidate(("x+y", "z", "50%")), 0.0, odd)
+    b = variant_features(candidate(("z", "50%", "x+y")), 0.0, odd)
+    model.learn_one(a, True)
+    assert model.bundle_posterior(b)[0] > model.bundle_prior

@@ -4,11 +4,14 @@ partitions, outcomes count once, the board's guardrails, the dashboard data and 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 from typing import Any
 
 import msgspec
 
-from streamer.app.dashboard import dashboard_data
+from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.offer_index import OfferIndex
 from streamer.app.report import render_report
 from streamer.app.reward_board import RewardBoard
@@ -240,6 +243,36 @@ def test_dashboard_data_and_report_show_the_windows() -> None:
     assert data["offers"][0]["offer_id"] == "o1" and data["lag"] == {"clicks": 3.0}
     page = render_report(ws)
     assert page.count("data:image/png;base64,") == 1 and "<td>v1</td><td>3</td>" in page
+
+
+def test_the_dashboard_shows_version_names_as_text_not_html() -> None:
+    # A version name reached drawGuardrails' innerHTML unescaped: an <img onerror> named
+    # version ran script on the page (the guardrails line printed the tag itself).
+    evil = "<img src=x onerror=alert(1)>"
+    board = RewardBoard(min_impressions=1, min_conversions=0)
+    board.add_all([window("v1", T, 500, 2.0), window(evil, T + 60_000, 500, 1.0)])
+    data = dashboard_data(board, OfferIndex(retention_ms=0), {})
+    assert data["guardrails"]["regression"]["live_version"] == evil
+    script = DASHBOARD_HTML.split("<script>")[1].split("</script>")[0]
+    assert ".innerHTML" not in script and "insertAdjacentHTML" not in script
+    if shutil.which("node") is None:
+        return
+    start = script.index("function status(")
+    functions = script[start:script.index("async function refresh()")]
+    js = functions + """
+class Node { constructor(tag, text) { this.tag = tag; this.textContent = text ?? "";
+  this.children = []; } replaceChildren(...c) { this.children = c; } }
+const div = new Node("div");
+globalThis.document = {getElementById: () => div, createElement: t => new Node(t),
+  createTextNode: t => new Node("#text", t)};
+function fmt(x) { return String(x); }
+drawGuardrails(""" + json.dumps(data["guardrails"]) + """);
+console.log(JSON.stringify(div.children.map(c => [c.tag, c.id ?? null, c.textContent])));
+"""
+    out = subprocess.run(["node", "-e", js], capture_output=True, text=True, check=True)
+    nodes = json.loads(out.stdout)
+    assert [tag for tag, _, _ in nodes] == ["span", "#text", "br", "span", "#text"]
+    assert nodes[3][1] == "regression" and evil in nodes[4][2]  # as text
 
 
 def test_the_offer_feed_is_caught_up_once_every_partition_reached_its_high_watermark() -> None:
