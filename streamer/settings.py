@@ -240,7 +240,12 @@ class CoPurchaseSettings(_Section):
 class OfferSettings(_Section):
     """How offers are built and when they are republished."""
 
-    max_variants: int = Field(4, ge=1, le=8, description="Variants per offer.")
+    max_variants: int = Field(
+        4, ge=1, le=8,
+        description="Variants per offer of the v0 policy (its pairs and triples). A learned "
+        "version shows at most the variants its checkpoint says (the trainer's: 8, bundles at "
+        "several discounts).",
+    )
     discount_pct: float = Field(10.0, ge=0, le=90, description="Discount of the v0 policy.")
     epsilon: float = Field(
         0.1, ge=0, le=1, description="Exploration mass spread uniformly over the variants."

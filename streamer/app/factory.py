@@ -138,12 +138,15 @@ def _on_baskets_sent(route: LocalBaskets, partition: int, generation: int, barri
 def engine_config(settings: Settings) -> EngineConfig:
     """Map the settings tree onto the engine's plain values."""
     o, w, c = settings.offers, settings.worker, settings.copurchase
+    # v0 shows its pairs and triples (max_pairs + max_triples): at most offers.max_variants,
+    # a pair among them (max_variants 1 with a triple each used to show 2).
+    triples = min(c.max_triples, o.max_variants - 1)
     return EngineConfig(
         half_life_s=c.half_life_days * 86_400.0,
         top_k=c.top_k,
         max_partner_entries=c.max_partner_entries,
-        max_pairs=max(1, o.max_variants - c.max_triples),
-        max_triples=c.max_triples,
+        max_pairs=o.max_variants - triples,
+        max_triples=triples,
         top_k_triples=c.top_k_triples,
         triple_partners=c.triple_partners,
         min_support=o.min_support,

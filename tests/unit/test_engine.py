@@ -726,3 +726,16 @@ def test_a_basket_that_fails_leaves_what_its_batch_learned_before_it() -> None:
         engine.learn_baskets([basket("cup", n), basket("tea", n + 10)])
         reference.learn_baskets([basket("cup", n), basket("tea", n + 10)])
     assert _state(engine) == _state(reference)
+
+
+@pytest.mark.parametrize("max_variants", [1, 2, 4, 8])
+@pytest.mark.parametrize("max_triples", [0, 1, 4])
+def test_v0_shows_at_most_offers_max_variants(max_variants: int, max_triples: int) -> None:
+    from streamer.app.factory import engine_config
+    from streamer.settings import Settings
+
+    settings = Settings(offers={"max_variants": max_variants},
+                        copurchase={"max_triples": max_triples})
+    config = engine_config(settings)
+    assert config.max_pairs >= 1 and config.max_triples <= max_triples
+    assert Engine.v0_policy(config).max_variants == max_variants  # type: ignore[attr-defined]
