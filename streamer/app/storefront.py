@@ -40,8 +40,14 @@ class OfferCache:
     the workers' ``offers.segment``: its offers are shown to shoppers whose segment has none.
     An offer that fails decoding or :func:`~streamer.events.check_offer` (probabilities not
     summing to 1, a variant not led by the anchor) is logged, counted in :attr:`invalid` and
-    never shown: its logged propensities would not be the ones sampled with.
+    never shown: its logged propensities would not be the ones sampled with. A failed fetch
+    (a broker error aiokafka gives up on) is logged and counted in :attr:`errors`, and the
+    task tries again after :attr:`RETRY_S`: the book keeps serving meanwhile, and a task that
+    ended on the first error left it serving offers frozen until they expired, silently.
     """
+
+    #: Seconds between a failed fetch and the next try.
+    RETRY_S = 2.0
 
     def __init__(self, kafka: KafkaSettings, *, topic: str = "offers",
                  rng: random.Random | None = None, default_segment: str = "all") -> None:
@@ -50,6 +56,7 @@ class OfferCache:
         self.book = OfferBook(default_segment=default_segment)
         self.rng = rng or random.Random()
         self.invalid = 0
+        self.errors = 0
         self._codec = EventCodec(kafka.max_message_bytes)
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -87,7 +94,14 @@ class OfferCache:
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200)
+            except Exception:  # not CancelledError (a BaseException): that is the exit
+                self.errors += 1
+                log.exception("fetching %s failed; trying again in %.0f s", self.topic,
+                              self.RETRY_S)
+                await asyncio.sleep(self.RETRY_S)
+                continue
             changed = False
             for records in batch.values():
                 for record in records:

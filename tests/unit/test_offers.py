@@ -199,6 +199,40 @@ def test_offer_cache_drops_and_counts_an_offer_failing_check_offer() -> None:
     assert cache.book.choose("b0", random.Random(0), now_ms=now + 2) is None
 
 
+def test_offer_cache_goes_on_after_a_failed_fetch() -> None:
+    """A fetch that fails (a broker error aiokafka gives up on) is counted and tried again;
+    the task used to end there, and the storefront served a frozen book until it expired."""
+    from aiokafka.errors import KafkaError
+
+    from streamer.app.storefront import OfferCache
+    from streamer.events import EventCodec
+    from streamer.settings import KafkaSettings
+
+    offer = build([0.75, 0.25], ts=1_900_000_000_000)
+    record = SimpleNamespace(topic="offers", partition=0, offset=0,
+                             value=EventCodec().encode(offer))
+
+    class Consumer:
+        calls = 0
+
+        async def getmany(self, timeout_ms: int) -> dict[str, list[SimpleNamespace]]:
+            self.calls += 1
+            if self.calls == 1:
+                raise KafkaError("fetch failed")
+            if self.calls > 2:
+                raise asyncio.CancelledError  # the cache is closed
+            return {"offers-0": [record]}
+
+    cache = OfferCache(KafkaSettings(), rng=random.Random(0))
+    cache.RETRY_S = 0.0
+    cache._consumer = Consumer()  # type: ignore[assignment]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cache._run())
+    assert cache.errors == 1
+    shown = cache.impression("a", user_id="u", session_id="s")
+    assert shown is not None and shown.offer_id == offer.offer_id
+
+
 @pytest.mark.parametrize("case", ["sum 0.8", "sum 0", "anchor not first"])
 def test_the_workers_offer_index_and_the_trainer_refuse_an_offer_failing_check_offer(
     case: str,
