@@ -4,6 +4,7 @@ import asyncio
 import random
 from collections import Counter
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
@@ -11,6 +12,9 @@ import pytest
 from streamer.events import BundleOffer, check_offer
 from streamer.offers import OfferBook, OfferBuilder, offer_signature, same_offer
 from streamer.policy import EpsilonGreedyPolicy, Proposal
+
+if TYPE_CHECKING:
+    from streamer.app.storefront import OfferCache
 
 
 def cand(items: tuple[str, ...], score: float) -> SimpleNamespace:
@@ -169,30 +173,44 @@ def incoherent_offers(now: int) -> dict[str, BundleOffer]:
                 good, offer_id="bad-anchor", ts=now + 1, anchor_item_id="b0")}
 
 
-def test_offer_cache_drops_and_counts_an_offer_failing_check_offer() -> None:
-    from streamer.app.storefront import OfferCache
+def offer_records(offers: list[BundleOffer]) -> list[SimpleNamespace]:
+    """``offers`` as the records of one fetch of partition 0 of ``offers``."""
     from streamer.events import EventCodec
+
+    codec = EventCodec()
+    return [SimpleNamespace(topic="offers", partition=0, offset=i, value=codec.encode(o))
+            for i, o in enumerate(offers)]
+
+
+def cache_fed(*fetches: list[SimpleNamespace] | BaseException) -> OfferCache:
+    """An OfferCache whose consumer answers its fetches with ``fetches`` in turn (records, or
+    an error to raise), its task run until it is closed after the last one."""
+    from streamer.app.storefront import OfferCache
     from streamer.settings import KafkaSettings
 
-    now = 1_900_000_000_000
-    good = build([0.75, 0.25], ts=now)
-    codec = EventCodec()
-    records = [SimpleNamespace(topic="offers", partition=0, offset=i, value=codec.encode(o))
-               for i, o in enumerate([good, *incoherent_offers(now).values()])]
-
     class Consumer:
-        calls = 0
+        left = list(fetches)
 
         async def getmany(self, timeout_ms: int) -> dict[str, list[SimpleNamespace]]:
-            self.calls += 1
-            if self.calls > 1:
-                raise asyncio.CancelledError  # one batch, then the cache is closed
-            return {"offers-0": records}
+            if not self.left:
+                raise asyncio.CancelledError  # the cache is closed
+            fetched = self.left.pop(0)
+            if isinstance(fetched, BaseException):
+                raise fetched
+            return {"offers-0": fetched}
 
     cache = OfferCache(KafkaSettings(), rng=random.Random(0))
+    cache.RETRY_S = 0.0
     cache._consumer = Consumer()  # type: ignore[assignment]
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(cache._run())
+    return cache
+
+
+def test_offer_cache_drops_and_counts_an_offer_failing_check_offer() -> None:
+    now = 1_900_000_000_000
+    good = build([0.75, 0.25], ts=now)
+    cache = cache_fed(offer_records([good, *incoherent_offers(now).values()]))
     assert cache.invalid == 3
     shown = cache.impression("a", user_id="u", session_id="s")
     assert shown is not None and shown.offer_id == good.offer_id
@@ -204,31 +222,9 @@ def test_offer_cache_goes_on_after_a_failed_fetch() -> None:
     the task used to end there, and the storefront served a frozen book until it expired."""
     from aiokafka.errors import KafkaError
 
-    from streamer.app.storefront import OfferCache
-    from streamer.events import EventCodec
-    from streamer.settings import KafkaSettings
-
     offer = build([0.75, 0.25], ts=1_900_000_000_000)
-    record = SimpleNamespace(topic="offers", partition=0, offset=0,
-                             value=EventCodec().encode(offer))
-
-    class Consumer:
-        calls = 0
-
-        async def getmany(self, timeout_ms: int) -> dict[str, list[SimpleNamespace]]:
-            self.calls += 1
-            if self.calls == 1:
-                raise KafkaError("fetch failed")
-            if self.calls > 2:
-                raise asyncio.CancelledError  # the cache is closed
-            return {"offers-0": [record]}
-
-    cache = OfferCache(KafkaSettings(), rng=random.Random(0))
-    cache.RETRY_S = 0.0
-    cache._consumer = Consumer()  # type: ignore[assignment]
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(cache._run())
-    assert cache.errors == 1
+    cache = cache_fed(KafkaError("fetch failed"), offer_records([offer]))
+    assert cache.errors == 1 and cache.invalid == 0
     shown = cache.impression("a", user_id="u", session_id="s")
     assert shown is not None and shown.offer_id == offer.offer_id
 
