@@ -17,6 +17,7 @@ without copying record by record.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,9 +29,6 @@ DoubleArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 ObjectArray = npt.NDArray[np.object_]
-
-#: Distinct policy versions a buffer names before it forgets those no record holds any more.
-MAX_VERSION_NAMES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +119,9 @@ class FeedbackBuffer:
         self._reward = np.zeros(capacity, dtype=np.float64)
         self._dm = np.zeros((capacity, max_actions), dtype=np.float32)
         self._has_dm = np.zeros(capacity, dtype=np.bool_)
-        # Each record's policy version as a code into _version_names (0: unknown): 4 bytes a
-        # record instead of a string object each.
-        self._version = np.zeros(capacity, dtype=np.int32)
-        self._version_names: list[str | None] = [None]
-        self._version_codes: dict[str, int] = {}
+        # Each record's policy version (None: unknown), interned: one string per version
+        # however many records name it, freed with the last record that does.
+        self._version = np.full(capacity, None, dtype=object)
         self._next = 0
         self._size = 0
         self.total_added = 0
@@ -171,31 +167,8 @@ class FeedbackBuffer:
         self._reward[i] = decision.reward
         self._dm[i] = dm_row
         self._has_dm[i] = dm is not None
-        self._version[i] = self._code(decision.policy_version)
+        self._version[i] = _interned(decision.policy_version)
         self._advance(1)
-
-    def _code(self, version: str | None, *, may_forget: bool = True) -> int:
-        if version is None:
-            return 0
-        code = self._version_codes.get(version)
-        if code is None:
-            if may_forget and len(self._version_names) > MAX_VERSION_NAMES:
-                self._forget_versions()
-            code = self._version_codes[version] = len(self._version_names)
-            self._version_names.append(version)
-        return code
-
-    def _forget_versions(self) -> None:
-        """Renumber the versions records still hold, forgetting the others (bounds the
-        names a stream of distinct versions could make the buffer keep)."""
-        held = np.unique(self._version[: self._size])
-        names = [self._version_names[c] for c in held if c != 0]
-        remap = np.zeros(len(self._version_names), dtype=np.int32)
-        for new, old in enumerate((c for c in held if c != 0), start=1):
-            remap[old] = new
-        self._version[: self._size] = remap[self._version[: self._size]]
-        self._version_names = [None, *names]
-        self._version_codes = {n: i for i, n in enumerate(self._version_names) if n is not None}
 
     def extend(self, batch: FeedbackBatch) -> None:
         """Add records already in array form (same feature order; ``A <= max_actions``)."""
@@ -221,11 +194,8 @@ class FeedbackBuffer:
                 if part.expected_reward is not None:
                     self._dm[rows, :actions] = part.expected_reward[lo:hi]
                 self._has_dm[rows] = part.expected_reward is not None
-                versions = [] if part.logged_by is None else list(part.logged_by[lo:hi])
-                if len(self._version_names) + len(set(versions)) > MAX_VERSION_NAMES:
-                    self._forget_versions()  # first: codes taken below stay valid
-                self._version[rows] = ([self._code(v, may_forget=False) for v in versions]
-                                       if versions else 0)
+                self._version[rows] = (None if part.logged_by is None else
+                                       [_interned(v) for v in part.logged_by[lo:hi]])
             self._advance(m)
 
     def _advance(self, n: int) -> None:
@@ -252,5 +222,9 @@ class FeedbackBuffer:
             propensity=copy(self._propensity),  # type: ignore[arg-type]
             reward=copy(self._reward),  # type: ignore[arg-type]
             expected_reward=copy(self._dm) if has_dm else None,  # type: ignore[arg-type]
-            logged_by=np.array(self._version_names, dtype=object)[self._version[order]],
+            logged_by=copy(self._version),  # type: ignore[arg-type]
         )
+
+
+def _interned(version: str | None) -> str | None:
+    return None if version is None else sys.intern(version)
