@@ -17,11 +17,11 @@ shape, or weights whose hash is not the version they claim.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any, NoReturn
 
+import msgspec
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
@@ -90,52 +90,40 @@ def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
     return TorchPolicy(scorer, shape, version=version, parent=meta.get("parent")), meta
 
 
+class _ShapeDoc(msgspec.Struct):
+    """A checkpoint's :class:`PolicyShape` as written, each field of exactly its type: msgspec
+    decodes strictly (2.5 is no ``int``, ``true`` no ``int``, ``"1"`` no number) and JSON has
+    no NaN or Infinity. Why strict: a field of the wrong type (``max_variants`` 2.5, a feature
+    name that is a number) builds a scorer and loads its weights fine, then makes every
+    decision raise on the worker that adopted it, which would crash, restart, replay the topic
+    and adopt it again."""
+
+    feature_names: list[str]
+    hidden: int
+    discount_levels: list[float]
+    temperature: float
+    floor: float
+    max_variants: int | None
+    value_prior: tuple[str, str] | None = None  # absent before the prior existed: a plain MLP
+    prior_scale: float = 1.0
+
+
 def _shape_from_json(text: str) -> PolicyShape:
-    """The :class:`PolicyShape` a checkpoint claims, every field of exactly its type.
-
-    Why strict: a field of the wrong type (``max_variants`` 2.5, a feature name that is a
-    number) builds a scorer and loads its weights fine, then makes every decision raise on
-    the worker that adopted it, which would crash, restart, replay the topic and adopt it
-    again. ``ValueError`` / ``TypeError`` / ``KeyError`` on anything else.
-    """
-    raw = json.loads(text, parse_constant=_refuse_constant)
-    if not isinstance(raw, dict):
-        raise TypeError("shape is not a JSON object")
-    names = raw["feature_names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise TypeError("feature_names must be a list of strings")
-    if len(set(names)) != len(names):
+    """The :class:`PolicyShape` a checkpoint claims (:class:`_ShapeDoc`); ``ValueError`` on
+    anything else, feature names that repeat included."""
+    doc = msgspec.json.decode(text, type=_ShapeDoc)
+    if len(set(doc.feature_names)) != len(doc.feature_names):
         raise ValueError("feature_names repeat a name")
-    prior = raw.get("value_prior")  # absent before the prior existed: a plain MLP
-    if prior is not None and not (isinstance(prior, list) and len(prior) == 2
-                                  and all(isinstance(n, str) for n in prior)):
-        raise TypeError("value_prior must be null or two feature names")
-    levels = raw["discount_levels"]
-    if not isinstance(levels, list):
-        raise TypeError("discount_levels must be a list of numbers")
-    max_variants = raw["max_variants"]
     return PolicyShape(
-        feature_names=tuple(names),
-        hidden=_integer(raw["hidden"], "hidden"),
-        discount_levels=tuple(_number(d, "discount_levels") for d in levels),
-        temperature=_number(raw["temperature"], "temperature"),
-        floor=_number(raw["floor"], "floor"),
-        max_variants=None if max_variants is None else _integer(max_variants, "max_variants"),
-        value_prior=None if prior is None else (prior[0], prior[1]),
-        prior_scale=_number(raw.get("prior_scale", 1.0), "prior_scale"),
+        feature_names=tuple(doc.feature_names),
+        hidden=doc.hidden,
+        discount_levels=tuple(doc.discount_levels),
+        temperature=doc.temperature,
+        floor=doc.floor,
+        max_variants=doc.max_variants,
+        value_prior=doc.value_prior,
+        prior_scale=doc.prior_scale,
     )
-
-
-def _integer(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    return value
-
-
-def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _header_metadata(data: bytes) -> dict[str, str]:
