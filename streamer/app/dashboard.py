@@ -182,7 +182,7 @@ function drawGuardrails(g) {
   const srm = g.srm ? status(g.srm_alarm ? "alarm" : "ok", "srm",
     "SRM " + (g.srm_alarm ? "ALARM" : "ok"), " p = " + Number(g.srm.p_value).toPrecision(3) +
     " over " + g.srm.total + " impressions")
-    : status("muted", "srm", "SRM: one version only", "");
+    : status("muted", "srm", "SRM: one version serving", "");
   const reg = g.regression ? status(g.regression_alarm ? "alarm" : "ok", "regression",
     "reward regression " + (g.regression_alarm ? "ALARM" : "ok"), " " +
     g.regression.live_version + " " + fmt(g.regression.live_rate) + " vs " +
