@@ -47,6 +47,16 @@ class Guardrails:
     def regression_alarm(self) -> bool:
         return self.regression is not None and self.regression.alarm
 
+    @property
+    def srm_status(self) -> str:
+        """The SRM line in words: ``ALARM``, ``ok``, ``too little data`` or ``not tested`` (no
+        designed split, or one version serving: see :class:`RewardBoard`)."""
+        if self.srm is None:
+            return "not tested"
+        if not self.srm.enough_data:
+            return "too little data"
+        return "ALARM" if self.srm.mismatch else "ok"
+
 
 @dataclass(frozen=True)
 class SideBySide:
@@ -71,16 +81,20 @@ class RewardBoard:
     by first window instead, and a rollback to an older version would leave the version rolled
     back from "live" for good.
 
-    - SRM: while several versions serve side by side (:meth:`side_by_side`, read from the
-      finest windows: a canary, an A/B split, a worker left on an old version), their
-      impressions in the finest windows of that period, over the last largest window size
-      of it (an hour by default), against ``expected_split`` (equal shares when None). Not
-      while one version serves: a switch from one version to another (a promotion, a
-      rollback) is no split, yet leaves both in every coarse window straddling it, unevenly,
-      for as long as those windows last: tested, the alarm would ring for an hour after
-      every promotion, and operators would learn to ignore it. For the same reason neither
-      versions switched off nor the time before the versions came side by side count.
-      With nobody side by side there is nothing to test (``None``).
+    - SRM: against a designed split only (``expected_split``), while several versions serve
+      side by side (:meth:`side_by_side`, read from the finest windows: a canary, an A/B
+      split), their impressions in the finest windows of that period, over the last largest
+      window size of it (an hour by default). Not while one version serves: a switch from one
+      version to another (a promotion, a rollback) is no split, yet leaves both in every
+      coarse window straddling it, unevenly, for as long as those windows last: tested, the
+      alarm would ring for an hour after every promotion, and operators would learn to
+      ignore it. For the same reason neither versions switched off nor the time before the
+      versions came side by side count. Without a designed split there are no shares to test
+      against: versions side by side are then a promotion's tail (the storefront keeps
+      showing the old version's offers of anchors not revised since, for up to half an
+      offer's life, in a share that shrinks as they are) or a worker left on an old version
+      (the policy metrics show it: ``streamer_policy_refused``), and equal shares, assumed,
+      would call every promotion a mismatch. With nothing to test: ``None``.
     - Regression: the live version's newest window of the largest size against the previous
       version's newest window, not newer than it, holding ``min_impressions``: the same span
       while both share traffic; after a switch, the previous version's last window with that
@@ -91,7 +105,8 @@ class RewardBoard:
     ...     return RewardWindow(window_start=start, window_end=start + 60_000,
     ...         policy_version=version, impressions=n, offer_clicks=0, conversions=n // 10,
     ...         revenue=rate * n, reward_rate=rate, ci95=[lo, rate * 2])
-    >>> board = RewardBoard(min_impressions=100, min_conversions=5)
+    >>> board = RewardBoard(min_impressions=100, min_conversions=5,
+    ...                     expected_split={"v1": 1, "v2": 1})  # an even A/B split
     >>> t = 1_700_000_040_000
     >>> for window in (w("v1", t, 500, 2.0, 1.5), w("v2", t + 60_000, 500, 1.0),
     ...                w("v1", t + 60_000, 500, 2.0, 1.6)):
@@ -211,6 +226,8 @@ class RewardBoard:
         return None
 
     def _srm(self) -> SrmResult | None:
+        if self.expected_split is None:
+            return None  # no designed split, no shares to test (see the class doc)
         side = self.side_by_side()
         if side is None:
             return None  # one version at a time: a switch, not a split
@@ -224,8 +241,7 @@ class RewardBoard:
                 taken.append(start)
         observed = {v: sum(self._windows[(v, size)][s].impressions for s in taken)
                     for v in sorted(side.versions)}
-        split = self.expected_split or dict.fromkeys(observed, 1.0)
-        return sample_ratio_mismatch(observed, split, alpha=self.srm_alpha)
+        return sample_ratio_mismatch(observed, self.expected_split, alpha=self.srm_alpha)
 
     def _regression(self, series: dict[str, list[RewardWindow]]) -> RegressionCheck | None:
         versions = [v for v in self.versions() if v in series]

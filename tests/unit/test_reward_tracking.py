@@ -144,13 +144,15 @@ def window(version: str, start: int, n: int, rate: float) -> RewardWindow:
 
 
 def test_board_alarms_on_a_sample_ratio_mismatch_only_when_versions_share_traffic() -> None:
-    board = RewardBoard(min_impressions=100, min_conversions=1)
+    board = RewardBoard(min_impressions=100, min_conversions=1,
+                        expected_split={"v1": 1, "v2": 1})
     board.add_all(window("v1", T + k * 60_000, 5_000, 1.0) for k in range(2))
-    assert board.guardrails().srm is None
+    assert board.guardrails().srm is None and board.guardrails().srm_status == "not tested"
     # 5,000 vs 4,000 a minute against an equal split
     board.add_all(window("v2", T + k * 60_000, 4_000, 1.0) for k in range(2))
     g = board.guardrails()
     assert g.srm is not None and g.srm_alarm and g.srm.p_value < 1e-6
+    assert g.srm_status == "ALARM"
     split = RewardBoard(min_impressions=100, expected_split={"v1": 5, "v2": 4})
     split.add_all(window(v, T + k * 60_000, n, 1.0)
                   for k in range(2) for v, n in (("v1", 5_000), ("v2", 4_000)))
@@ -158,7 +160,8 @@ def test_board_alarms_on_a_sample_ratio_mismatch_only_when_versions_share_traffi
 
 
 def test_board_srm_tests_only_while_versions_serve_side_by_side() -> None:
-    board = RewardBoard(min_impressions=100, min_conversions=1)
+    board = RewardBoard(min_impressions=100, min_conversions=1,
+                        expected_split={"v1": 1, "v2": 1})
     board.add_all(window(v, T + k * 60_000, n, 1.0)
                   for k in range(3) for v, n in (("v1", 5_000), ("v2", 4_000)))
     assert board.guardrails().srm_alarm
@@ -255,13 +258,14 @@ def guardrails_by_minute(serve: Callable[[int], str], minutes: int,
 def test_board_srm_does_not_alarm_after_a_promotion_or_a_rollback() -> None:
     """v1 -> v2 -> v1, each switch mid-minute: the hourly windows hold both versions for an
     hour after each (unevenly: an SRM against equal shares), the 1-minute windows one minute
-    only. A switch is not a split: SRM is never tested."""
+    only. A switch is not a split: SRM is never tested, even with an even split of the two
+    configured."""
     promote, rollback = 70 * 60 + 30, 160 * 60 + 30
 
     def serve(n: int) -> str:
         return "v2" if promote <= n < rollback else "v1"
 
-    seen = guardrails_by_minute(serve, 240)
+    seen = guardrails_by_minute(serve, 240, expected_split={"v1": 1, "v2": 1})
     assert [m for m, g in enumerate(seen) if g.srm is not None] == []
 
 
@@ -272,7 +276,7 @@ def test_board_srm_alarms_on_a_real_split_with_a_mismatch() -> None:
     def serve(n: int) -> str:
         return "v1" if n % 5 < 3 else "v2"
 
-    seen = guardrails_by_minute(serve, 90)
+    seen = guardrails_by_minute(serve, 90, expected_split={"v1": 1, "v2": 1})
     assert all(g.srm_alarm for g in seen[10:])
     assert seen[-1].srm is not None and seen[-1].srm.observed == {"v1": 2_160, "v2": 1_440}
     fair = guardrails_by_minute(serve, 90, expected_split={"v1": 3, "v2": 2})
@@ -292,19 +296,39 @@ def test_board_srm_does_not_count_the_time_before_a_canary_started() -> None:
     assert all(g.srm is not None for g in seen[73:])
 
 
-def test_board_srm_alarms_on_a_worker_left_on_the_old_version_after_a_promotion() -> None:
-    """One worker of five misses the promotion and keeps serving v1: both versions have
-    impressions in every minute, a split nobody intended (a fifth against the equal shares
-    assumed without srm_expected_split). The alarm rings within three minutes of the
-    promotion and does not stop."""
+def test_board_srm_alarms_on_a_worker_left_on_an_old_version_of_a_designed_split() -> None:
+    """An even A/B split of v1 and v2; v2 is replaced by v3, and one worker of five misses
+    it and keeps serving v2: the three versions have impressions in every minute, v2 with no
+    share of the split. The alarm rings within three minutes and does not stop."""
     promote = 70 * 60 + 30
 
     def serve(n: int) -> str:
-        return "v1" if n < promote or n % 5 == 0 else "v2"
+        if n % 2 == 0:
+            return "v1"
+        return "v2" if n < promote or n % 5 == 1 else "v3"
+
+    seen = guardrails_by_minute(serve, 200, expected_split={"v1": 1, "v3": 1})
+    assert all(g.srm_alarm for g in seen[73:])
+    assert seen[-1].srm is not None and set(seen[-1].srm.observed) == {"v1", "v2", "v3"}
+
+
+def test_board_srm_is_not_tested_without_a_designed_split() -> None:
+    """A promotion's tail: after v2 is promoted the storefront keeps showing v1's offers of
+    the anchors not revised since, a share that shrinks over hours. Both versions serve in
+    every minute, in no designed proportion: without srm_expected_split nothing is tested
+    (equal shares, assumed, alarm on every such tail: shown with them configured)."""
+    promote = 70 * 60 + 30
+
+    def serve(n: int) -> str:
+        if n < promote:
+            return "v1"
+        tail = 0.4 * 0.5 ** ((n - promote) / 1_800)  # v1's share halves every half hour
+        return "v1" if (n * 0.618034) % 1.0 < tail else "v2"
 
     seen = guardrails_by_minute(serve, 200)
-    assert all(g.srm_alarm for g in seen[73:])
-    assert seen[-1].srm is not None and seen[-1].srm.observed == {"v1": 720, "v2": 2_880}
+    assert all(g.srm is None and g.srm_status == "not tested" for g in seen)
+    assumed = guardrails_by_minute(serve, 200, expected_split={"v1": 1, "v2": 1})
+    assert all(g.srm_alarm for g in assumed[75:])
 
 
 def test_board_srm_compares_only_the_versions_serving_side_by_side() -> None:
@@ -315,7 +339,7 @@ def test_board_srm_compares_only_the_versions_serving_side_by_side() -> None:
     def serve(n: int) -> str:
         return "v1" if n < start else ("v2", "v3")[n % 2]
 
-    seen = guardrails_by_minute(serve, 150)
+    seen = guardrails_by_minute(serve, 150, expected_split={"v2": 1, "v3": 1})
     assert not any(g.srm_alarm for g in seen)
     assert all(g.srm is not None and set(g.srm.observed) == {"v2", "v3"} for g in seen[73:])
 
