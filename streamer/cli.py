@@ -400,7 +400,7 @@ def _windows_table(windows: list[object], title: str) -> Table:
                           f"{w.offer_clicks:,}", f"{w.conversions:,}", f"{w.revenue:,.2f}",
                           f"{w.reward_rate:.4f}", f"[{w.ci95[0]:.4f}, {w.ci95[1]:.4f}]")
     guard = board.guardrails()
-    table.caption = (f"SRM: {'ALARM' if guard.srm_alarm else 'ok'} · reward regression: "
+    table.caption = (f"SRM: {guard.srm_status} · reward regression: "
                      f"{'ALARM' if guard.regression_alarm else 'ok'} · {board.received} windows")
     return table
 

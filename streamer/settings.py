@@ -375,7 +375,8 @@ class RewardSettings(_Section):
         0.0005, gt=0, lt=1, description="p-value below which a sample-ratio mismatch alarms."
     )
     srm_expected_split: str | None = Field(
-        None, description="Intended traffic shares, e.g. v1=0.9,v2=0.1; equal when unset."
+        None, description="Intended traffic shares of versions served side by side, e.g. "
+        "v1=0.9,v2=0.1; unset: no split designed, SRM not tested."
     )
     min_impressions: int = Field(
         1000, ge=1, description="Impressions both windows need before a regression alarm."

@@ -48,6 +48,7 @@ def dashboard_data(board: RewardBoard, offers: OfferIndex, stats: dict[str, Any]
             "regression": None if guard.regression is None
             else msgspec.to_builtins(guard.regression),
             "srm_alarm": guard.srm_alarm,
+            "srm_split": board.expected_split is not None,
             "regression_alarm": guard.regression_alarm,
         },
         "offers": [
@@ -182,7 +183,8 @@ function drawGuardrails(g) {
   const srm = g.srm ? status(g.srm_alarm ? "alarm" : "ok", "srm",
     "SRM " + (g.srm_alarm ? "ALARM" : "ok"), " p = " + Number(g.srm.p_value).toPrecision(3) +
     " over " + g.srm.total + " impressions")
-    : status("muted", "srm", "SRM: one version only", "");
+    : status("muted", "srm", g.srm_split ? "SRM: one version serving"
+      : "SRM: not tested (no rewards.srm_expected_split)", "");
   const reg = g.regression ? status(g.regression_alarm ? "alarm" : "ok", "regression",
     "reward regression " + (g.regression_alarm ? "ALARM" : "ok"), " " +
     g.regression.live_version + " " + fmt(g.regression.live_rate) + " vs " +

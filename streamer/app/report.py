@@ -92,7 +92,7 @@ td,th{{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{len(windows)} windows, {span}.
 Guardrails on the newest windows: sample-ratio mismatch
-{"<b>ALARM</b>" if guard.srm_alarm else "none"}; reward regression
+{"<b>ALARM</b>" if guard.srm_alarm else guard.srm_status}; reward regression
 {"<b>ALARM</b>" if guard.regression_alarm else "none"}.</p>
 <h2>Totals per policy version</h2>
 <table><tr><th>version</th><th>windows</th><th>impressions</th><th>conversions</th>

@@ -17,7 +17,6 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from itertools import pairwise
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -48,6 +47,27 @@ class Guardrails:
     def regression_alarm(self) -> bool:
         return self.regression is not None and self.regression.alarm
 
+    @property
+    def srm_status(self) -> str:
+        """The SRM line in words: ``ALARM``, ``ok``, ``too little data`` or ``not tested`` (no
+        designed split, or one version serving: see :class:`RewardBoard`)."""
+        if self.srm is None:
+            return "not tested"
+        if not self.srm.enough_data:
+            return "too little data"
+        return "ALARM" if self.srm.mismatch else "ok"
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Versions serving side by side, and the starts of the finest windows (``size_ms``,
+    oldest first) in which they did, every one of them in each: none straddles a change of
+    who serves."""
+
+    versions: frozenset[str]
+    size_ms: int
+    starts: tuple[int, ...]
+
 
 class RewardBoard:
     """The newest ``history`` windows per (version, window size); per-version rows only.
@@ -61,12 +81,20 @@ class RewardBoard:
     by first window instead, and a rollback to an older version would leave the version rolled
     back from "live" for good.
 
-    - SRM: over the *current* window span (same start and end) in which several versions have
-      impressions, impressions per version against ``expected_split`` (equal shares when
-      None). Current means no more than one step older than the newest span of that size: a
-      version's window may arrive a little after another's (another worker's ledger), but a
-      span shared only while one version took over from another must not keep the alarm on
-      once it is past. With no current shared span there is nothing to test (``None``).
+    - SRM: against a designed split only (``expected_split``), while several versions serve
+      side by side (:meth:`side_by_side`, read from the finest windows: a canary, an A/B
+      split), their impressions in the finest windows of that period, over the last largest
+      window size of it (an hour by default). Not while one version serves: a switch from one
+      version to another (a promotion, a rollback) is no split, yet leaves both in every
+      coarse window straddling it, unevenly, for as long as those windows last: tested, the
+      alarm would ring for an hour after every promotion, and operators would learn to
+      ignore it. For the same reason neither versions switched off nor the time before the
+      versions came side by side count. Without a designed split there are no shares to test
+      against: versions side by side are then a promotion's tail (the storefront keeps
+      showing the old version's offers of anchors not revised since, for up to half an
+      offer's life, in a share that shrinks as they are) or a worker left on an old version
+      (the policy metrics show it: ``streamer_policy_refused``), and equal shares, assumed,
+      would call every promotion a mismatch. With nothing to test: ``None``.
     - Regression: the live version's newest window of the largest size against the previous
       version's newest window, not newer than it, holding ``min_impressions``: the same span
       while both share traffic; after a switch, the previous version's last window with that
@@ -77,7 +105,8 @@ class RewardBoard:
     ...     return RewardWindow(window_start=start, window_end=start + 60_000,
     ...         policy_version=version, impressions=n, offer_clicks=0, conversions=n // 10,
     ...         revenue=rate * n, reward_rate=rate, ci95=[lo, rate * 2])
-    >>> board = RewardBoard(min_impressions=100, min_conversions=5)
+    >>> board = RewardBoard(min_impressions=100, min_conversions=5,
+    ...                     expected_split={"v1": 1, "v2": 1})  # an even A/B split
     >>> t = 1_700_000_040_000
     >>> for window in (w("v1", t, 500, 2.0, 1.5), w("v2", t + 60_000, 500, 1.0),
     ...                w("v1", t + 60_000, 500, 2.0, 1.6)):
@@ -85,8 +114,11 @@ class RewardBoard:
     >>> board.versions(), board.sizes()
     (['v1', 'v2'], [60000])
     >>> g = board.guardrails()
-    >>> g.regression_alarm, g.regression.previous_lower, g.srm.mismatch
-    (True, 1.6, False)
+    >>> g.regression_alarm, g.regression.previous_lower, g.srm  # one shared minute: a switch
+    (True, 1.6, None)
+    >>> board.add_all([w("v1", t + 120_000, 520, 2.0), w("v2", t + 120_000, 480, 1.0)])
+    >>> board.side_by_side().versions == {"v1", "v2"}, board.guardrails().srm.mismatch
+    (True, False)
     """
 
     def __init__(self, *, history: int = 500, srm_alpha: float = DEFAULT_SRM_ALPHA,
@@ -157,29 +189,59 @@ class RewardBoard:
         sizes = self.sizes()
         if not sizes:
             return Guardrails(None, None)
-        size = sizes[-1]  # the largest windows: most data per test
-        series = self.series(size)
-        return Guardrails(self._srm(series), self._regression(series))
+        series = self.series(sizes[-1])  # the largest windows: most data per test
+        return Guardrails(self._srm(), self._regression(series))
 
-    def _srm(self, series: dict[str, list[RewardWindow]]) -> SrmResult | None:
-        spans: dict[int, dict[str, int]] = {}
-        for version, windows in series.items():
-            for w in windows:
-                spans.setdefault(w.window_start, {})
-                if w.impressions > 0:
-                    spans[w.window_start][version] = w.impressions
-        shared = [start for start, counts in spans.items() if len(counts) >= 2]
-        if not shared:
+    def side_by_side(self) -> SideBySide | None:
+        """The versions serving side by side now, read from the finest windows; None while
+        one version serves alone, however many the coarser windows still hold.
+
+        Side by side means each has impressions in each of two consecutive finest windows
+        (the newest pair of the newest three): a switch from one version to another (a
+        promotion, a rollback) leaves both in the one window straddling it, while versions
+        sharing traffic fill every window together; one of the newest three, since a
+        version's window may arrive a little after another's (another worker's ledger). Their
+        windows: the unbroken run of finest windows holding them all, up to that pair, but its
+        oldest, which straddles the change that put them side by side. A version with so
+        little traffic that it misses whole windows breaks the run: the test then counts fewer
+        impressions, never mixed ones.
+        """
+        sizes = self.sizes()
+        if not sizes:
             return None
-        newest, current = max(spans), max(shared)
-        if current < newest:
-            starts = sorted(spans)
-            step = min(b - a for a, b in pairwise(starts))
-            if newest - current > step:
-                return None  # the versions shared traffic once, not now
-        observed = spans[current]
-        split = self.expected_split or dict.fromkeys(observed, 1.0)
-        return sample_ratio_mismatch(observed, split, alpha=self.srm_alpha)
+        size = sizes[0]
+        present: dict[int, set[str]] = {}
+        for version, windows in self.series(size).items():
+            for w in windows:
+                if w.impressions > 0:
+                    present.setdefault(w.window_start, set()).add(version)
+        starts = sorted(present)
+        for newer in range(len(starts) - 1, max(len(starts) - 3, 0), -1):
+            versions = present[starts[newer - 1]] & present[starts[newer]]
+            if len(versions) >= 2:
+                first = newer - 1
+                while first > 0 and present[starts[first - 1]] >= versions:
+                    first -= 1
+                return SideBySide(frozenset(versions), size, tuple(starts[first + 1:newer + 1]))
+        return None
+
+    def _srm(self) -> SrmResult | None:
+        if self.expected_split is None:
+            return None  # no designed split, no shares to test (see the class doc)
+        side = self.side_by_side()
+        if side is None:
+            return None  # one version at a time: a switch, not a split
+        # Finest windows, not the coarse ones: in the period's first hour every coarse window
+        # straddles its start, and one wholly inside holds the impressions of the finest
+        # windows it spans. The newest disjoint ones (should they hop) over a coarse window.
+        size, horizon = side.size_ms, side.starts[-1] + side.size_ms - self.sizes()[-1]
+        taken: list[int] = []
+        for start in reversed(side.starts):
+            if start >= horizon and (not taken or start + size <= taken[-1]):
+                taken.append(start)
+        observed = {v: sum(self._windows[(v, size)][s].impressions for s in taken)
+                    for v in sorted(side.versions)}
+        return sample_ratio_mismatch(observed, self.expected_split, alpha=self.srm_alpha)
 
     def _regression(self, series: dict[str, list[RewardWindow]]) -> RegressionCheck | None:
         versions = [v for v in self.versions() if v in series]

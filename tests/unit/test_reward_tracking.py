@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -14,11 +15,11 @@ import msgspec
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.offer_index import OfferIndex
 from streamer.app.report import render_report
-from streamer.app.reward_board import RewardBoard
+from streamer.app.reward_board import Guardrails, RewardBoard
 from streamer.app.reward_tracking import RewardConfig, RewardTracker
 from streamer.events import BundleOffer, ClickEvent, Evidence, RewardWindow, Variant
 from streamer.observability import Metrics
-from streamer.rewards import WindowSpec
+from streamer.rewards import DEFAULT_SPECS, ImpressionOutcome, RewardLedger, WindowSpec
 
 T = 1_700_000_040_000
 
@@ -143,32 +144,38 @@ def window(version: str, start: int, n: int, rate: float) -> RewardWindow:
 
 
 def test_board_alarms_on_a_sample_ratio_mismatch_only_when_versions_share_traffic() -> None:
-    board = RewardBoard(min_impressions=100, min_conversions=1)
-    board.add(window("v1", T, 5_000, 1.0))
-    assert board.guardrails().srm is None
-    board.add(window("v2", T, 4_000, 1.0))  # 5,000 vs 4,000 against an equal split
+    board = RewardBoard(min_impressions=100, min_conversions=1,
+                        expected_split={"v1": 1, "v2": 1})
+    board.add_all(window("v1", T + k * 60_000, 5_000, 1.0) for k in range(2))
+    assert board.guardrails().srm is None and board.guardrails().srm_status == "not tested"
+    # 5,000 vs 4,000 a minute against an equal split
+    board.add_all(window("v2", T + k * 60_000, 4_000, 1.0) for k in range(2))
     g = board.guardrails()
     assert g.srm is not None and g.srm_alarm and g.srm.p_value < 1e-6
+    assert g.srm_status == "ALARM"
     split = RewardBoard(min_impressions=100, expected_split={"v1": 5, "v2": 4})
-    split.add_all([window("v1", T, 5_000, 1.0), window("v2", T, 4_000, 1.0)])
+    split.add_all(window(v, T + k * 60_000, n, 1.0)
+                  for k in range(2) for v, n in (("v1", 5_000), ("v2", 4_000)))
     assert not split.guardrails().srm_alarm
 
 
-def test_board_srm_tests_only_a_current_shared_span() -> None:
-    board = RewardBoard(min_impressions=100, min_conversions=1)
-    # v1 hands over to v2 at T + 90 s: the straddling span holds both, unevenly.
-    board.add_all([window("v1", T, 5_000, 1.0), window("v1", T + 60_000, 2_500, 1.0),
-                   window("v2", T + 60_000, 2_500, 1.0), window("v2", T + 120_000, 5_000, 1.0)])
-    # One step later the shared span still counts: another version's newer window may not
-    # have arrived yet.
-    assert board.guardrails().srm is not None
-    board.add_all([window("v1", T + 180_000, 4_000, 1.0), window("v2", T + 180_000, 5_000, 1.0)])
+def test_board_srm_tests_only_while_versions_serve_side_by_side() -> None:
+    board = RewardBoard(min_impressions=100, min_conversions=1,
+                        expected_split={"v1": 1, "v2": 1})
+    board.add_all(window(v, T + k * 60_000, n, 1.0)
+                  for k in range(3) for v, n in (("v1", 5_000), ("v2", 4_000)))
+    assert board.guardrails().srm_alarm
+    # v2's next window is in, v1's not yet (another worker's ledger): still side by side.
+    board.add(window("v2", T + 180_000, 4_000, 1.0))
+    side = board.side_by_side()
+    assert side is not None and side.starts[-1] == T + 120_000 and board.guardrails().srm_alarm
+    board.add(window("v1", T + 180_000, 4_000, 1.0))
     g = board.guardrails()
-    assert g.srm is not None and g.srm.observed == {"v1": 4_000, "v2": 5_000} and g.srm_alarm
-    # v1 stops; once v2 has run alone for more than a step, there is nothing to compare.
+    assert g.srm is not None and g.srm.observed == {"v1": 4_000, "v2": 4_000}
+    assert not g.srm_alarm
+    # v1 stops; once v2 has served alone for two windows, there is nothing to compare.
     board.add_all([window("v2", T + k * 60_000, 5_000, 1.0) for k in (4, 5)])
-    g = board.guardrails()
-    assert g.srm is None and not g.srm_alarm
+    assert board.side_by_side() is None and board.guardrails().srm is None
 
 
 def test_board_live_version_is_the_one_with_the_newest_windows_after_a_rollback() -> None:
@@ -195,13 +202,19 @@ def test_board_regression_compares_with_the_previous_versions_last_window_with_e
     assert g.regression_alarm
 
 
+def outcome(ts: int, version: str, reward: float = 0.0) -> ImpressionOutcome:
+    return ImpressionOutcome(
+        impression_id=f"i{ts}", ts=ts, session_id="s", user_id="u", offer_id="o", variant=0,
+        propensity=1.0, policy_version=version, anchor_item_id="a", segment="all",
+        items=("a", "b"), discount_pct=10.0, clicked=reward > 0, converted=reward > 0,
+        revenue=reward, reward=reward, purchase_ids=(), attributed_at=ts, late=False)
+
+
 def test_board_guardrails_through_a_promotion_and_a_rollback_on_ledger_output() -> None:
     """A sequential switch v1 -> v2 -> v1 as the ledger reports it, hourly-style windows
     (10 min every minute) besides tumbling minutes: the regression alarm rings while the bad
     v2 is live and not after the rollback; the SRM alarm of the straddling spans clears."""
     import random
-
-    from streamer.rewards import ImpressionOutcome, RewardLedger
 
     rng = random.Random(1)
     minute = 60_000
@@ -213,12 +226,7 @@ def test_board_guardrails_through_a_promotion_and_a_rollback_on_ledger_output() 
     for ts in range(T, end, 1_000):
         version = "v2" if promote <= ts < rollback else "v1"
         reward = 30.0 if rng.random() < (0.3 if version == "v1" else 0.05) else 0.0
-        ledger.add(ImpressionOutcome(
-            impression_id=f"i{ts}", ts=ts, session_id="s", user_id="u", offer_id="o",
-            variant=0, propensity=1.0, policy_version=version, anchor_item_id="a",
-            segment="all", items=("a", "b"), discount_pct=10.0, clicked=reward > 0,
-            converted=reward > 0, revenue=reward, reward=reward, purchase_ids=(),
-            attributed_at=ts, late=False))
+        ledger.add(outcome(ts, version, reward))
         board.add_all(ledger.advance())
         if promote + 12 * minute <= ts < rollback:
             assert board.versions()[-1] == "v2"
@@ -229,6 +237,111 @@ def test_board_guardrails_through_a_promotion_and_a_rollback_on_ledger_output() 
     g = board.guardrails()
     assert board.versions()[-1] == "v1"
     assert not g.regression_alarm and g.srm is None
+
+
+def guardrails_by_minute(serve: Callable[[int], str], minutes: int,
+                         **board: Any) -> list[Guardrails]:
+    """The board's guardrails after each minute of traffic, one impression a second, as the
+    ledger reports it in the default windows (1m tumbling, 1h every 5 min); ``serve(n)``
+    names the version that served the ``n``-th impression."""
+    ledger = RewardLedger({}, specs=DEFAULT_SPECS, allowed_lateness_ms=0)
+    reward_board = RewardBoard(**board)
+    seen = []
+    for m in range(minutes):
+        for n in range(60 * m, 60 * (m + 1)):
+            ledger.add(outcome(T + n * 1_000, serve(n)))
+        reward_board.add_all(ledger.advance())
+        seen.append(reward_board.guardrails())
+    return seen
+
+
+def test_board_srm_does_not_alarm_after_a_promotion_or_a_rollback() -> None:
+    """v1 -> v2 -> v1, each switch mid-minute: the hourly windows hold both versions for an
+    hour after each (unevenly: an SRM against equal shares), the 1-minute windows one minute
+    only. A switch is not a split: SRM is never tested, even with an even split of the two
+    configured."""
+    promote, rollback = 70 * 60 + 30, 160 * 60 + 30
+
+    def serve(n: int) -> str:
+        return "v2" if promote <= n < rollback else "v1"
+
+    seen = guardrails_by_minute(serve, 240, expected_split={"v1": 1, "v2": 1})
+    assert [m for m, g in enumerate(seen) if g.srm is not None] == []
+
+
+def test_board_srm_alarms_on_a_real_split_with_a_mismatch() -> None:
+    """v1 and v2 side by side from the start, 3:2 against an equal split: the alarm rings
+    once a few minutes hold enough impressions, and stays on; against a 3:2 split it never
+    rings."""
+    def serve(n: int) -> str:
+        return "v1" if n % 5 < 3 else "v2"
+
+    seen = guardrails_by_minute(serve, 90, expected_split={"v1": 1, "v2": 1})
+    assert all(g.srm_alarm for g in seen[10:])
+    assert seen[-1].srm is not None and seen[-1].srm.observed == {"v1": 2_160, "v2": 1_440}
+    fair = guardrails_by_minute(serve, 90, expected_split={"v1": 3, "v2": 2})
+    assert all(g.srm is not None and not g.srm_alarm for g in fair[3:])
+
+
+def test_board_srm_does_not_count_the_time_before_a_canary_started() -> None:
+    """A 1-in-10 canary of v2 starts beside v1, as srm_expected_split says: for an hour the
+    hourly windows hold v1 alone before it started, and a tenth is not v2's share of them."""
+    start = 70 * 60 + 30
+
+    def serve(n: int) -> str:
+        return "v2" if n >= start and n % 10 == 0 else "v1"
+
+    seen = guardrails_by_minute(serve, 150, expected_split={"v1": 9, "v2": 1})
+    assert not any(g.srm_alarm for g in seen)
+    assert all(g.srm is not None for g in seen[73:])
+
+
+def test_board_srm_alarms_on_a_worker_left_on_an_old_version_of_a_designed_split() -> None:
+    """An even A/B split of v1 and v2; v2 is replaced by v3, and one worker of five misses
+    it and keeps serving v2: the three versions have impressions in every minute, v2 with no
+    share of the split. The alarm rings within three minutes and does not stop."""
+    promote = 70 * 60 + 30
+
+    def serve(n: int) -> str:
+        if n % 2 == 0:
+            return "v1"
+        return "v2" if n < promote or n % 5 == 1 else "v3"
+
+    seen = guardrails_by_minute(serve, 200, expected_split={"v1": 1, "v3": 1})
+    assert all(g.srm_alarm for g in seen[73:])
+    assert seen[-1].srm is not None and set(seen[-1].srm.observed) == {"v1", "v2", "v3"}
+
+
+def test_board_srm_is_not_tested_without_a_designed_split() -> None:
+    """A promotion's tail: after v2 is promoted the storefront keeps showing v1's offers of
+    the anchors not revised since, a share that shrinks over hours. Both versions serve in
+    every minute, in no designed proportion: without srm_expected_split nothing is tested
+    (equal shares, assumed, alarm on every such tail: shown with them configured)."""
+    promote = 70 * 60 + 30
+
+    def serve(n: int) -> str:
+        if n < promote:
+            return "v1"
+        tail = 0.4 * 0.5 ** ((n - promote) / 1_800)  # v1's share halves every half hour
+        return "v1" if (n * 0.618034) % 1.0 < tail else "v2"
+
+    seen = guardrails_by_minute(serve, 200)
+    assert all(g.srm is None and g.srm_status == "not tested" for g in seen)
+    assumed = guardrails_by_minute(serve, 200, expected_split={"v1": 1, "v2": 1})
+    assert all(g.srm_alarm for g in assumed[75:])
+
+
+def test_board_srm_compares_only_the_versions_serving_side_by_side() -> None:
+    """v1 is replaced by an even A/B split of v2 and v3: the hourly windows still hold v1's
+    tail for an hour, but only v2 and v3 serve, evenly; v1 is no share of their split."""
+    start = 70 * 60 + 30
+
+    def serve(n: int) -> str:
+        return "v1" if n < start else ("v2", "v3")[n % 2]
+
+    seen = guardrails_by_minute(serve, 150, expected_split={"v2": 1, "v3": 1})
+    assert not any(g.srm_alarm for g in seen)
+    assert all(g.srm is not None and set(g.srm.observed) == {"v2", "v3"} for g in seen[73:])
 
 
 def test_dashboard_data_and_report_show_the_windows() -> None:
