@@ -325,7 +325,8 @@ def fine_tune(
     scorer = copy.deepcopy(live.scorer).to(device).train().requires_grad_(True)
     _train(scorer, shape, train, config, device)
     scorer = scorer.to("cpu").eval()
-    candidate = TorchPolicy(scorer, shape, version=version_of(scorer, "torch"), parent=live.version)
+    candidate = TorchPolicy(scorer, shape, version=version_of(scorer, shape),
+                            parent=live.version)
     candidate_eval = evaluate_scorer(
         candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
     )
