@@ -253,6 +253,13 @@ def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
     )
 
 
+def test_fine_tune_refuses_a_batch_of_another_number_of_features() -> None:
+    # A clear error before training, not a shape error deep inside torch.
+    fewer = TorchPolicy.initial(NAMES[:-1], hidden=8, discount_levels=(0.0,), seed=0)
+    with pytest.raises(ValueError, match="the policy reads 4"):
+        fine_tune(fewer, bandit(100, seed=1), CONFIG)
+
+
 def test_cpu_is_picked_without_a_gpu_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert select_device("auto", max_threads=1).type == "cpu"
