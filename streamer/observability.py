@@ -267,6 +267,13 @@ class TrainerMetrics(Metrics):
             ["reason"],
             registry=self.registry,
         )
+        self.trainer_skips = Counter(
+            "streamer_trainer_skips",
+            "Fine-tune rounds the trainer skipped without training, per reason (features: the "
+            "live version reads features its feedback buffer does not hold).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.trainer_gate_margin = Gauge(
             "streamer_trainer_gate_margin",
             "The last judged candidate's paired lower bound of its reward per impression minus "

@@ -55,6 +55,7 @@ from streamer.policy import (
     fine_tune,
     gate_against_logged,
 )
+from streamer.policy.feedback import MissingFeaturesError
 from streamer.policy.training import TOO_FEW_LIVE
 from streamer.rewards import REWARD_ATTRIBUTIONS, RewardAttribution
 from streamer.settings import Settings, TrainerSettings
@@ -122,9 +123,9 @@ class FeedbackTrainer:
     def __init__(self, config: TrainerSettings, *, base_version: str,
                  segments: tuple[str, ...] = (),
                  reward_attribution: RewardAttribution = "offer",
-                 metrics: Metrics | None = None) -> None:
+                 metrics: TrainerMetrics | None = None) -> None:
         self.settings = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or TrainerMetrics()
         #: Records buffered by where their decision came from: ``logged`` (carried by the
         #: record, as the policy scored it) or ``rebuilt`` (from the offer, with this
         #: trainer's prices and conversion model: records of older workers, or whose decision
@@ -264,19 +265,40 @@ class FeedbackTrainer:
 
     # -- fine-tunes -----------------------------------------------------------------------
     def next_job(self, now_s: float) -> FineTuneJob | None:
-        """A fine-tune to run now, or None when none is due."""
+        """A fine-tune to run now, or None when none is due, or when this round is skipped:
+        the live version reads features the buffer does not hold (a version published by a
+        trainer of another release, during a rolling upgrade). Then nothing can train or
+        judge it: the round is logged once, counted (``streamer_trainer_skips{reason=
+        "features"}``) and kept in the history, and the next waits for the next trigger. The
+        buffer's columns are taken in the live version's order: one that reads the same
+        features in another order, or fewer of them, is fine-tuned on its own columns."""
         reason = self.trainer.due(now_s)
         if reason is None:
             return None
         live = self.versions.live_policy
+        start = live or self.initial
+        try:
+            batch = self.trainer.buffer.snapshot(start.shape.feature_names)
+        except MissingFeaturesError as e:
+            self._skip_round(now_s, e)
+            return None
         return FineTuneJob(
-            start=live or self.initial,
+            start=start,
             live_version=self.versions.live_version,
             live_is_torch=live is not None,
-            batch=self.trainer.buffer.snapshot(),
+            batch=batch,
             records_at_start=self.trainer.buffer.total_added,
             reason=reason,
         )
+
+    def _skip_round(self, now_s: float, error: MissingFeaturesError) -> None:
+        live = self.versions.live_version
+        reason = (f"skipped: live version {live} reads features the feedback buffer does not "
+                  f"hold ({', '.join(error.missing[:10])}); a trainer of the release that "
+                  "published it can fine-tune it")
+        self.trainer.skip(now_s, live_version=live, reason=reason)
+        self.metrics.trainer_skips.labels("features").inc()
+        log.warning("fine-tune round %s", reason)
 
     def run(self, job: FineTuneJob) -> FineTuneResult:
         """Fine-tune and gate (blocks for seconds: call it in an executor). While v0 is live

@@ -5,7 +5,10 @@ how they are used (feature order, discounts, temperature, floor, ...), and promo
 (version, parent, OPE estimates and interval, training size, device, seconds). Loading
 refuses anything it cannot trust: oversized input, non-finite weights, a shape field of the
 wrong type (``max_variants`` 2.5, a non-finite temperature), tensors that do not match the
-shape, or weights whose hash is not the version they claim.
+shape, or a shape and weights whose hash is not the version they claim
+(:func:`~streamer.policy.torch_policy.version_of`). A version published before its name
+covered the shape is named by its weights alone: it loads under that name, its weights
+checked (:func:`~streamer.policy.torch_policy.weights_version_of`), as it always did.
 
 >>> policy = TorchPolicy.initial(("score", "discount"), seed=1)
 >>> data = policy_to_bytes(policy, {"train_size": 10})
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict
 from typing import Any, NoReturn
 
 import msgspec
@@ -26,7 +28,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
+from streamer.policy.network import VariantScorer
+from streamer.policy.torch_policy import (
+    PolicyShape,
+    ShapeDocument,
+    TorchPolicy,
+    version_of,
+    weights_version_of,
+)
 
 #: Far above a small scorer's size (tens of KB), far below what could exhaust memory.
 MAX_CHECKPOINT_BYTES = 16 * 1024 * 1024
@@ -55,7 +64,7 @@ def policy_to_bytes(policy: TorchPolicy, metadata: Mapping[str, Any] | None = No
         tensors,
         metadata={
             "format": "pt",
-            _SHAPE_KEY: json.dumps(asdict(policy.shape)),
+            _SHAPE_KEY: policy.shape.document().decode(),
             _META_KEY: json.dumps(meta, allow_nan=False),
         },
     )
@@ -85,33 +94,25 @@ def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
         raise UnsafeCheckpointError(f"policy {meta.get('version')} has non-finite weights")
     version = meta.get("version")
-    if not isinstance(version, str) or version_of(scorer, version.rsplit("-", 1)[0]) != version:
-        raise UnsafeCheckpointError(f"weights do not match the version they claim: {version}")
+    if not isinstance(version, str) or not _names(version, scorer, shape):
+        raise UnsafeCheckpointError(
+            f"shape and weights do not match the version they claim: {version}")
     return TorchPolicy(scorer, shape, version=version, parent=meta.get("parent")), meta
 
 
-class _ShapeDoc(msgspec.Struct):
-    """A checkpoint's :class:`PolicyShape` as written, each field of exactly its type: msgspec
-    decodes strictly (2.5 is no ``int``, ``true`` no ``int``, ``"1"`` no number) and JSON has
-    no NaN or Infinity. Why strict: a field of the wrong type (``max_variants`` 2.5, a feature
-    name that is a number) builds a scorer and loads its weights fine, then makes every
-    decision raise on the worker that adopted it, which would crash, restart, replay the topic
-    and adopt it again."""
-
-    feature_names: list[str]
-    hidden: int
-    discount_levels: list[float]
-    temperature: float
-    floor: float
-    max_variants: int | None
-    value_prior: tuple[str, str] | None = None  # absent before the prior existed: a plain MLP
-    prior_scale: float = 1.0
+def _names(version: str, scorer: VariantScorer, shape: PolicyShape) -> bool:
+    """True when ``version`` is the name of this shape and these weights: their
+    :func:`version_of`, or for a record published before names covered the shape, the
+    weights' own (:func:`weights_version_of`; its shape was never part of its name)."""
+    prefix = version.rsplit("-", 1)[0]
+    return (version == version_of(scorer, shape, prefix)
+            or version == weights_version_of(scorer, prefix))
 
 
 def _shape_from_json(text: str) -> PolicyShape:
-    """The :class:`PolicyShape` a checkpoint claims (:class:`_ShapeDoc`); ``ValueError`` on
-    anything else, feature names that repeat included."""
-    doc = msgspec.json.decode(text, type=_ShapeDoc)
+    """The :class:`PolicyShape` a checkpoint claims (:class:`ShapeDocument`); ``ValueError``
+    on anything else, feature names that repeat included."""
+    doc = msgspec.json.decode(text, type=ShapeDocument)
     if len(set(doc.feature_names)) != len(doc.feature_names):
         raise ValueError("feature_names repeat a name")
     return PolicyShape(

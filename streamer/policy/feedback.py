@@ -92,6 +92,15 @@ class FeedbackBatch:
         return self.take(slice(0, cut)), self.take(slice(cut, len(self)))
 
 
+class MissingFeaturesError(ValueError):
+    """Records asked for in features the buffer does not hold (``missing``, in the order
+    asked): a policy of another feature set, which they cannot train or judge."""
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        super().__init__("the feedback buffer holds no feature " + ", ".join(self.missing))
+
+
 class FeedbackBuffer:
     """The newest ``capacity`` logged decisions in preallocated arrays (a ring). Owns them;
     not thread-safe.
@@ -203,9 +212,27 @@ class FeedbackBuffer:
         self._size = min(self.capacity, self._size + n)
         self.total_added += n
 
-    def snapshot(self) -> FeedbackBatch:
+    def snapshot(self, feature_names: Sequence[str] | None = None) -> FeedbackBatch:
         """A copy of the records held, oldest first. ``expected_reward`` is present only when
-        every record held has direct-method predictions."""
+        every record held has direct-method predictions.
+
+        ``feature_names``: the features to take, in that order (a policy's ``feature_names``:
+        the columns it reads); None: the buffer's own. Why: a policy packs its features in its
+        own order, and a version of another release may list the same features in another
+        order, or fewer of them; columns passed in the buffer's order would be read as other
+        features, silently. Raises :class:`MissingFeaturesError` when it names features the
+        buffer does not hold.
+
+        >>> buffer = FeedbackBuffer(("x", "y"), capacity=2)
+        >>> buffer.append(LoggedDecision(({"x": 1.0, "y": 2.0},), 0, 1.0, 0.0))
+        >>> buffer.snapshot(("y", "x")).features[0, 0].tolist()
+        [2.0, 1.0]
+        >>> buffer.snapshot(("x", "z"))
+        Traceback (most recent call last):
+        ...
+        streamer.policy.feedback.MissingFeaturesError: the feedback buffer holds no feature z
+        """
+        columns = self._columns(feature_names)
         if self._size < self.capacity:
             order: slice | IntArray = slice(0, self._size)
         else:
@@ -215,8 +242,10 @@ class FeedbackBuffer:
         def copy(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
             return np.array(a[order], copy=True)
 
+        features = copy(self._features) if columns is None else self._features[np.ix_(
+            np.arange(self.capacity)[order], np.arange(self.max_actions), columns)]
         return FeedbackBatch(
-            features=copy(self._features),  # type: ignore[arg-type]
+            features=features,  # type: ignore[arg-type]
             valid=copy(self._valid),  # type: ignore[arg-type]
             chosen=copy(self._chosen),  # type: ignore[arg-type]
             propensity=copy(self._propensity),  # type: ignore[arg-type]
@@ -224,6 +253,16 @@ class FeedbackBuffer:
             expected_reward=copy(self._dm) if has_dm else None,  # type: ignore[arg-type]
             logged_by=copy(self._version),  # type: ignore[arg-type]
         )
+
+    def _columns(self, feature_names: Sequence[str] | None) -> IntArray | None:
+        """The buffer's columns of ``feature_names`` (None: all of them, as they are)."""
+        if feature_names is None or tuple(feature_names) == self.feature_names:
+            return None
+        index = {name: i for i, name in enumerate(self.feature_names)}
+        missing = [name for name in feature_names if name not in index]
+        if missing:
+            raise MissingFeaturesError(missing)
+        return np.array([index[name] for name in feature_names], dtype=np.int64)
 
 
 def _interned(version: str | None) -> str | None:

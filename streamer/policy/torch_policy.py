@@ -19,9 +19,10 @@ import copy
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from operator import itemgetter
 
+import msgspec
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -55,6 +56,15 @@ class PolicyShape:
             len(self.feature_names), self.hidden, value_prior=prior, prior_scale=self.prior_scale
         )
 
+    def document(self) -> bytes:
+        """This shape as a checkpoint carries it and its version's name covers it: the JSON
+        of :class:`ShapeDocument`, each field of its declared type (``temperature=1`` and
+        ``1.0`` are the same document, as they are the same policy).
+
+        >>> PolicyShape(("x",), discount_levels=(0, 10), max_variants=4).document()[:60]
+        b'{"feature_names":["x"],"hidden":32,"discount_levels":[0.0,10'
+        """
+        return msgspec.json.encode(msgspec.convert(asdict(self), ShapeDocument))
 
     feature_names: tuple[str, ...]
     hidden: int = 32
@@ -80,6 +90,24 @@ class PolicyShape:
             raise ValueError(f"floor must be in [0, 1], got {self.floor}")
         if self.max_variants is not None and self.max_variants <= 0:
             raise ValueError("max_variants must be positive (or None: show every variant)")
+
+
+class ShapeDocument(msgspec.Struct):
+    """A :class:`PolicyShape` as written in a checkpoint, each field of exactly its type:
+    msgspec decodes strictly (2.5 is no ``int``, ``true`` no ``int``, ``"1"`` no number) and
+    JSON has no NaN or Infinity. Why strict: a field of the wrong type (``max_variants`` 2.5,
+    a feature name that is a number) builds a scorer and loads its weights fine, then makes
+    every decision raise on the worker that adopted it, which would crash, restart, replay
+    the topic and adopt it again."""
+
+    feature_names: list[str]
+    hidden: int
+    discount_levels: list[float]
+    temperature: float
+    floor: float
+    max_variants: int | None
+    value_prior: tuple[str, str] | None = None  # absent before the prior existed: a plain MLP
+    prior_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +176,7 @@ class TorchPolicy:
         with torch.random.fork_rng(devices=[]):  # seed locally, leave the global RNG alone
             torch.manual_seed(seed)
             scorer = shape.scorer()
-        return cls(scorer, shape, version=version_of(scorer, "torch"), parent=None)
+        return cls(scorer, shape, version=version_of(scorer, shape), parent=None)
 
     @property
     def version(self) -> str:
@@ -262,10 +290,31 @@ class TorchPolicy:
         return self.decide(anchor, candidates, featurizer).proposals
 
 
-def version_of(scorer: VariantScorer, prefix: str) -> str:
-    """A version id derived from the weights: the same weights always get the same id."""
-    digest = hashlib.sha256()
+def version_of(scorer: VariantScorer, shape: PolicyShape, prefix: str = "torch") -> str:
+    """A version id derived from everything that fixes the policy's behaviour: its shape's
+    :meth:`~PolicyShape.document` and its weights. The same policy always gets the same id,
+    and two policies that decide differently never share one, even with the same weights
+    (``max_variants`` 8 and 4): the reward ledger, the trainer's gate and a worker's
+    registry tell versions apart by this id alone.
+
+    >>> a = TorchPolicy.initial(("x",), max_variants=8, seed=1)
+    >>> b = TorchPolicy.initial(("x",), max_variants=4, seed=1)
+    >>> a.version == version_of(a.scorer, a.shape), a.version == b.version
+    (True, False)
+    """
+    digest = hashlib.sha256(shape.document())
+    return f"{prefix}-{_weights_digest(digest, scorer).hexdigest()[:12]}"
+
+
+def weights_version_of(scorer: VariantScorer, prefix: str) -> str:
+    """The id versions were named by before :func:`version_of` covered the shape: the weights
+    alone. Only to verify records published then, whose names stay what they were (offers,
+    reward windows and rollbacks name them)."""
+    return f"{prefix}-{_weights_digest(hashlib.sha256(), scorer).hexdigest()[:12]}"
+
+
+def _weights_digest(digest: hashlib._Hash, scorer: VariantScorer) -> hashlib._Hash:
     for name, tensor in sorted(scorer.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return f"{prefix}-{digest.hexdigest()[:12]}"
+    return digest

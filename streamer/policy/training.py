@@ -311,7 +311,8 @@ def fine_tune(
 
     Mixed precision (autocast, bf16 where supported, else fp16 with a grad scaler) on cuda
     only: CPU autocast would only slow a network this small. Raises ``ValueError`` for the
-    ``dr`` objective without model predictions, or a batch too small to split.
+    ``dr`` objective without model predictions, a batch too small to split, or one whose
+    number of features is not the policy's.
     """
     config = config or FineTuneConfig()
     started = time.perf_counter()
@@ -319,13 +320,18 @@ def fine_tune(
         raise ValueError("the dr objective needs expected_reward (direct-method predictions)")
     if len(batch) < 2:
         raise ValueError("fine-tuning needs at least two records (one to train, one to judge)")
+    if batch.features.shape[2] != len(live.shape.feature_names):
+        raise ValueError(f"the batch has {batch.features.shape[2]} features, the policy reads "
+                         f"{len(live.shape.feature_names)}: take it in the policy's "
+                         "(FeedbackBuffer.snapshot(policy.shape.feature_names))")
     device = select_device(config.device, max_threads=config.max_threads)
     train, holdout = batch.split(config.holdout_fraction)
     shape = live.shape
     scorer = copy.deepcopy(live.scorer).to(device).train().requires_grad_(True)
     _train(scorer, shape, train, config, device)
     scorer = scorer.to("cpu").eval()
-    candidate = TorchPolicy(scorer, shape, version=version_of(scorer, "torch"), parent=live.version)
+    candidate = TorchPolicy(scorer, shape, version=version_of(scorer, shape),
+                            parent=live.version)
     candidate_eval = evaluate_scorer(
         candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
     )
@@ -583,9 +589,12 @@ class PolicyTrainer:
 
     def fine_tune(self, live: TorchPolicy, now_s: float) -> FineTuneResult:
         """Fine-tune ``live`` on the buffer now (blocks; see :func:`fine_tune`), reset the
-        triggers, and record the outcome's metadata in :attr:`history`."""
+        triggers, and record the outcome's metadata in :attr:`history`. Raises
+        ``MissingFeaturesError`` (nothing trained, nothing reset) when ``live`` reads features
+        the buffer does not hold."""
         records = self.buffer.total_added
-        result = fine_tune(live, self.buffer.snapshot(), self.config)
+        batch = self.buffer.snapshot(live.shape.feature_names)
+        result = fine_tune(live, batch, self.config)
         self.record(result, now_s, records_at_start=records)
         return result
 
@@ -594,13 +603,26 @@ class PolicyTrainer:
         that run :func:`fine_tune` elsewhere (another thread) on a :meth:`FeedbackBuffer.snapshot`
         taken when ``total_added`` was ``records_at_start``; records added meanwhile still
         count as new."""
+        self._close_round(now_s, records_at_start, result.metadata())
+
+    def skip(self, now_s: float, *, live_version: str, reason: str) -> None:
+        """Reset the triggers as a fine-tune would, without one (``reason`` says why; kept in
+        :attr:`history` as a round that trained nothing): a round that cannot train (the
+        live version reads features the buffer does not hold) waits for the next trigger
+        instead of being due again at once, and again."""
+        self._close_round(now_s, self.buffer.total_added, {
+            "version": None, "live_version": live_version, "promoted": False, "skipped": True,
+            "reason": reason})
+
+    def _close_round(self, now_s: float, records_at: int, entry: dict[str, Any]) -> None:
         self._clock.last_s = now_s
-        self._clock.records_at_last = records_at_start
+        self._clock.records_at_last = records_at
         self._clock.requested = None
-        self._clock.history.append(result.metadata())
+        self._clock.history.append(entry)
         del self._clock.history[: -self.max_history]
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Metadata of recent fine-tunes, promoted or rejected, oldest first."""
+        """Metadata of recent fine-tunes, promoted or rejected, and of skipped rounds
+        (``skipped``: True, ``version`` None), oldest first."""
         return list(self._clock.history)

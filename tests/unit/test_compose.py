@@ -202,6 +202,6 @@ def test_only_the_trainer_exposes_the_trainers_metrics() -> None:
     from streamer.observability import Metrics, TrainerMetrics
 
     trainers = {"streamer_trainer_promotions_total", "streamer_trainer_rejections_total",
-                "streamer_trainer_gate_margin"}
+                "streamer_trainer_skips_total", "streamer_trainer_gate_margin"}
     assert trainers <= TrainerMetrics().exposed_names()
     assert not trainers & Metrics().exposed_names()

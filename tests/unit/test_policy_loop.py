@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from typing import Any
 
@@ -518,6 +519,53 @@ def test_a_version_needing_features_the_worker_lacks_is_refused_and_never_adopte
     assert PolicyFollower(Settings(), fresh, Metrics()).apply(policy_to_bytes(shuffled))
     assert fresh.policy.version == shuffled.version
     assert sum(len(fresh.handle_purchase(e)) for e in orders(50)) > 0
+
+
+@pytest.mark.parametrize("names", [
+    tuple(reversed(FEATURE_NAMES)),  # the same features in another order
+    FEATURE_NAMES[:-1],  # fewer: a version of a release before the last feature
+], ids=["reordered", "fewer"])
+def test_the_trainer_fine_tunes_a_live_version_on_its_own_features(
+    names: tuple[str, ...],
+) -> None:
+    # Workers serve such a version (it reads no feature they lack), packing its features in
+    # its order: the trainer must train it on the same columns, not the buffer's order.
+    core = trainer_with_feedback(max_threads=1)
+    live = TorchPolicy.initial(names, seed=1)
+    assert core.observe_policy_update(policy_to_bytes(live)) == live.version
+    job = core.next_job(now_s=0.0)
+    assert job is not None and job.start.version == live.version
+    result = core.run(job)
+    assert result.promoted, result.reason
+    candidate = result.candidate
+    served = bandit_records(1, "o")[0]["variant_features"]  # as a worker would pack them
+    with torch.no_grad():
+        probs = torch.softmax(candidate.scorer(candidate.pack(served)), -1).tolist()
+    assert candidate.shape.feature_names == names and probs[2] == max(probs) > 0.5, probs
+
+
+def test_a_live_version_reading_features_the_buffer_lacks_skips_the_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    core = trainer_with_feedback(max_threads=1)
+    newer = TorchPolicy.initial((*FEATURE_NAMES, "feature_of_next_release"), seed=1)
+    assert core.observe_policy_update(policy_to_bytes(newer)) == newer.version  # live
+    with caplog.at_level(logging.WARNING, logger="streamer.app.trainer"):
+        assert core.next_job(now_s=0.0) is None  # no fine-tune raising inside torch
+        assert core.next_job(now_s=0.1) is None  # nor the same round again at once
+    assert [r.getMessage() for r in caplog.records] == [
+        f"fine-tune round skipped: live version {newer.version} reads features the feedback "
+        "buffer does not hold (feature_of_next_release); a trainer of the release that "
+        "published it can fine-tune it"]
+    skipped = core.trainer.history[-1]
+    assert skipped["skipped"] and skipped["live_version"] == newer.version
+    assert not skipped["promoted"] and skipped["version"] is None
+    assert core.metrics.snapshot()["streamer_trainer_skips_total"] == {"features": 1.0}
+    # Once a version it can train is live again, the next trigger fine-tunes.
+    core.observe_policy_update(rollback_record("v0-greedy"))
+    core.trainer.request_fine_tune("test")
+    job = core.next_job(now_s=1.0)
+    assert job is not None and job.live_version == "v0-greedy"
 
 
 def test_a_promoted_versions_parent_is_the_version_it_replaced_on_the_topic() -> None:

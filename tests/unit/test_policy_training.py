@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -16,12 +17,14 @@ from streamer.policy import (
     FineTuneConfig,
     LoggedDecision,
     PolicyTrainer,
+    PolicyVersions,
     TorchPolicy,
     UnsafeCheckpointError,
     evaluate_policy,
     fine_tune,
     policy_from_bytes,
     policy_to_bytes,
+    rollback_record,
     select_device,
     should_promote,
 )
@@ -187,6 +190,51 @@ def test_a_checkpoint_whose_shape_fields_have_the_wrong_type_is_refused(
         policy_from_bytes(with_shape(good, **fields))
 
 
+@pytest.mark.parametrize("fields", [
+    {"max_variants": 4}, {"temperature": 0.5}, {"floor": 0.1}, {"discount_levels": (0.0, 5.0)},
+])
+def test_a_versions_name_covers_its_shape_not_only_its_weights(
+    fields: dict[str, object],
+) -> None:
+    # Same weights, another shape: another policy, so another name, on the topic and after.
+    policy = fresh_policy()
+    shape = dataclasses.replace(policy.shape, **fields)
+    other = TorchPolicy(policy.scorer, shape, version=version_of(policy.scorer, shape),
+                        parent=None)
+    assert other.version != policy.version
+    versions = PolicyVersions(base_version="v0")
+    for p in (policy, other):
+        assert versions.apply(policy_to_bytes(p)).version == p.version
+    assert [v.version for v in versions.versions()] == ["v0", policy.version, other.version]
+    back = versions.apply(rollback_record(policy.version)).policy
+    assert back is not None and back.shape == policy.shape
+    # A record whose shape was changed under its name is refused, as changed weights are.
+    with pytest.raises(UnsafeCheckpointError, match="version"):
+        policy_from_bytes(with_shape(policy_to_bytes(policy), **fields))
+
+
+def test_a_version_published_before_names_covered_the_shape_still_loads() -> None:
+    # As the previous release wrote it: the shape by json.dumps, the name of the weights alone.
+    policy = fresh_policy()
+    tensors = {k: v.clone() for k, v in policy.scorer.state_dict().items()}
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.to(torch.float32).contiguous().numpy().tobytes())
+    old_name = f"torch-{digest.hexdigest()[:12]}"
+    metadata = {"format": "pt", "streamer.shape": json.dumps(dataclasses.asdict(policy.shape)),
+                "streamer.meta": json.dumps({"version": old_name, "parent": None})}
+    old = save(tensors, metadata=metadata)
+    loaded, _ = policy_from_bytes(old)
+    assert loaded.version == old_name != policy.version and loaded.shape == policy.shape
+    versions = PolicyVersions(base_version="v0")
+    versions.apply(old)
+    assert versions.apply(rollback_record(old_name)).version == old_name  # still its name
+    tensors["layers.4.bias"] += 1.0  # its weights are still checked against it
+    with pytest.raises(UnsafeCheckpointError, match="version"):
+        policy_from_bytes(save(tensors, metadata=metadata))
+
+
 def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
     result = fine_tune(fresh_policy(), bandit(1500, seed=4), CONFIG)
     data = result.checkpoint()
@@ -194,7 +242,7 @@ def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
     x = torch.from_numpy(bandit(64, seed=5).features)
     with torch.no_grad():
         assert torch.equal(loaded.scorer(x), result.candidate.scorer(x))
-    assert loaded.version == result.candidate.version == version_of(loaded.scorer, "torch")
+    assert loaded.version == result.candidate.version == version_of(loaded.scorer, loaded.shape)
     assert loaded.shape == result.candidate.shape
     assert meta["parent"] == result.live_version
     assert meta["train_size"] == 1200 and meta["device"] == "cpu"
@@ -203,6 +251,13 @@ def test_safetensors_round_trip_preserves_outputs_exactly() -> None:
     assert evaluate_policy(loaded, bandit(500, seed=6)) == evaluate_policy(
         result.candidate, bandit(500, seed=6)
     )
+
+
+def test_fine_tune_refuses_a_batch_of_another_number_of_features() -> None:
+    # A clear error before training, not a shape error deep inside torch.
+    fewer = TorchPolicy.initial(NAMES[:-1], hidden=8, discount_levels=(0.0,), seed=0)
+    with pytest.raises(ValueError, match="the policy reads 4"):
+        fine_tune(fewer, bandit(100, seed=1), CONFIG)
 
 
 def test_cpu_is_picked_without_a_gpu_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
