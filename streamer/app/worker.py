@@ -26,13 +26,16 @@ def topic_names(settings: Settings) -> list[str]:
             t.dead_letters]
 
 
-#: What ``policy-updates`` is created with: kept forever, by time and by size. Workers, the
-#: trainer and ``streamer policy`` rebuild the versions and the live one by replaying it from
-#: the beginning; under the broker's default retention (7 days) a version's record ages out,
-#: and a restarted worker then refuses a rollback to it and serves another version than the
-#: workers that kept running. It holds one record per promotion or rollback (tens of KB).
-#: docker-compose.yml's ``topics`` service creates it with the same (tests/unit/test_compose).
-KEEP_FOREVER: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
+#: What ``policy-updates`` is created with: kept forever, by time and by size, and never
+#: compacted. Workers, the trainer and ``streamer policy`` rebuild the versions and the live
+#: one by replaying it from the beginning; under the broker's default retention (7 days) a
+#: version's record ages out, and a restarted worker then refuses a rollback to it and serves
+#: another version than the workers that kept running; compaction (a cluster whose default
+#: cleanup.policy is compact) would keep only the last record: every record has the key
+#: "policy". It holds one record per promotion or rollback (tens of KB). docker-compose.yml's
+#: ``topics`` service sets the same (tests/unit/test_compose).
+KEEP_FOREVER: dict[str, str] = {"cleanup.policy": "delete", "retention.ms": "-1",
+                                "retention.bytes": "-1"}
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:

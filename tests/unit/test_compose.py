@@ -48,7 +48,7 @@ def test_policy_updates_is_kept_forever_by_the_code_and_by_compose(
         compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers and the trainer replay policy-updates from its beginning to rebuild versions and
     rollbacks: it must never lose a record to retention, however it was created."""
-    forever = {"retention.ms": "-1", "retention.bytes": "-1"}
+    forever = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
     settings = Settings()
     assert topic_configs(settings) == {settings.topics.policy_updates: forever}
     created: list[NewTopic] = []
