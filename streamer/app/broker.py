@@ -175,24 +175,38 @@ async def create_topics(
     **client_kwargs: Any,
 ) -> None:
     """Create topics that do not exist yet (existing ones are left as they are, their
-    configuration too); ``configs``: topic name -> topic configuration to create it with
-    (e.g. ``{"retention.ms": "-1"}``), broker defaults for the others."""
-    configs = configs or {}
+    configuration too: :mod:`streamer.app.topics` checks them); ``configs``: topic name ->
+    topic configuration to create it with (e.g. ``{"retention.ms": "-1"}``), broker defaults
+    for the others."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     await start_client(admin)
     try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor,
-                     topic_configs=dict(configs.get(n, {})))
-            for n in names
-            if n not in existing
-        ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        await create_missing(admin, names, set(await admin.list_topics()), partitions=partitions,
+                             replication_factor=replication_factor, configs=configs)
     finally:
         await admin.close()
+
+
+async def create_missing(
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    existing: set[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Create the topics of ``names`` not in ``existing`` (see :func:`create_topics`)."""
+    configs = configs or {}
+    new = [
+        NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor,
+                 topic_configs=dict(configs.get(n, {})))
+        for n in names
+        if n not in existing
+    ]
+    if new:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
 
 
 class EmbeddedBroker:
