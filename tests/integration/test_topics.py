@@ -130,3 +130,11 @@ def test_a_broker_that_cannot_describe_configs_gets_a_warning(
     monkeypatch.undo()
     assert configs_of(settings, name) == WEEK  # not set blindly
 
+
+def test_workers_starting_together_both_create_and_check_the_topics(settings: Settings) -> None:
+    """The second creation of a topic answers "already exists": not a refusal."""
+    async def both() -> None:
+        await asyncio.gather(ensure_topics(settings), ensure_topics(settings))
+
+    asyncio.run(both())
+    assert set(topic_names(settings)) <= existing(settings)

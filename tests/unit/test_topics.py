@@ -182,3 +182,22 @@ def test_a_wrong_partition_count_refuses_before_anything_is_set() -> None:
         run(admin)
     assert admin.altered == []
 
+
+def test_a_topic_the_broker_refuses_to_create_refuses_the_start() -> None:
+    """aiokafka returns the broker's answer per topic and raises nothing: a refusal read from
+    it, and a topic another worker created meanwhile is not one."""
+    from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+
+    from streamer.app.broker import create_missing
+
+    class Creating:
+        async def create_topics(self, new: list[Any]) -> Any:
+            return SimpleNamespace(topic_errors=[
+                ("clicks", TopicAlreadyExistsError.errno, "exists"),
+                ("offers", InvalidReplicationFactorError.errno, "3 > 1 broker"),
+                ("rewards", 0, None)])
+
+    with pytest.raises(TopicSetupError) as e:
+        asyncio.run(create_missing(Creating(), ["clicks", "offers", "rewards"],  # type: ignore[arg-type]
+                                   set(), partitions=4, replication_factor=3))
+    assert str(e.value) == "could not create offers: InvalidReplicationFactorError: 3 > 1 broker"
