@@ -63,13 +63,13 @@ class TopicNeeds:
 
 @dataclass(frozen=True)
 class DescribedTopic:
-    """An existing topic as the broker described it; ``configs`` None: they could not be
-    described (``configs_error`` says why)."""
+    """An existing topic as the broker described it; ``partitions`` or ``configs`` None: they
+    could not be described (``error`` says why)."""
 
     name: str
-    partitions: int
+    partitions: int | None
     configs: Mapping[str, str] | None = None
-    configs_error: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -112,14 +112,18 @@ def plan(needs: Sequence[TopicNeeds], described: Mapping[str, DescribedTopic], *
         topic = described.get(need.name)
         if topic is None:
             continue
-        if need.partitions is not None and topic.partitions != need.partitions:
+        has, wanted = topic.partitions, need.partitions
+        if wanted is not None and has is None:
+            result.unchecked.append(f"{need.name}: could not describe its partitions "
+                                    f"({topic.error}); it needs {wanted} ({need.why})")
+        elif wanted is not None and has is not None and has != wanted:
             result.refusals.append(
-                _partitions_refusal(need, topic, need.partitions, counts, bootstrap))
+                _partitions_refusal(need, topic.name, has, wanted, counts, bootstrap))
         if not need.configs:
             continue
         if topic.configs is None:
             result.unchecked.append(
-                f"{need.name}: could not describe its configuration ({topic.configs_error}); "
+                f"{need.name}: could not describe its configuration ({topic.error}); "
                 f"it needs {_pairs(need.configs)} ({need.why}): check it, or set it with "
                 f"`{config_command(bootstrap, need.name, need.configs)}`")
             continue
@@ -129,20 +133,19 @@ def plan(needs: Sequence[TopicNeeds], described: Mapping[str, DescribedTopic], *
     return result
 
 
-def _partitions_refusal(need: TopicNeeds, topic: DescribedTopic, wanted: int,
-                        counts: Mapping[str, int], bootstrap: str) -> str:
+def _partitions_refusal(need: TopicNeeds, name: str, has: int, wanted: int,
+                        counts: Mapping[str, int | None], bootstrap: str) -> str:
     """Why ``topic``'s partition count refuses the start, and the ways out: recreate it, add
     partitions when it has fewer, or take the count it has when every such topic has it."""
-    has = topic.partitions
-    fixes = [f"recreate {topic.name} with {wanted} partitions"]
+    fixes = [f"recreate {name} with {wanted} partitions"]
     if has < wanted:
         fixes.append(f"add partitions (`kafka-topics.sh --bootstrap-server {bootstrap} --alter "
-                     f"--topic {topic.name} --partitions {wanted}`; a key written before may "
+                     f"--topic {name} --partitions {wanted}`; a key written before may "
                      f"then land on another partition)")
     if set(counts.values()) == {has}:
         fixes.append(f"set STREAMER__TOPICS__PARTITIONS={has}, what {' and '.join(counts)} "
                      f"have")
-    return (f"{topic.name} has {has} partitions, streamer needs {wanted} "
+    return (f"{name} has {has} partitions, streamer needs {wanted} "
             f"(STREAMER__TOPICS__PARTITIONS; {need.why}): " + ", or ".join(fixes))
 
 
@@ -158,10 +161,17 @@ async def describe(admin: AIOKafkaAdminClient, needs: Sequence[TopicNeeds],
     names = [n.name for n in needs if n.name in existing]
     if not names:
         return {}
-    partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
     configs, errors = await _describe_configs(
         admin, [n.name for n in needs if n.configs and n.name in existing])
-    return {n: DescribedTopic(n, partitions[n], configs.get(n), errors.get(n, ""))
+    partitions: dict[str, int] = {}
+    for t in await admin.describe_topics(names):
+        if t["error_code"]:  # e.g. no leader yet: nothing to count
+            errors[t["topic"]] = f"Metadata: {for_code(t['error_code']).__name__}"
+        else:
+            partitions[t["topic"]] = len(t["partitions"])
+    for n in set(names) - set(partitions) - set(errors):
+        errors[n] = "Metadata: not answered"
+    return {n: DescribedTopic(n, partitions.get(n), configs.get(n), errors.get(n, ""))
             for n in names}
 
 

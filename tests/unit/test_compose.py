@@ -66,7 +66,8 @@ def test_policy_updates_is_kept_forever_by_the_code_and_by_compose(
 
         async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
             assert names == [settings.topics.clicks]
-            return [{"topic": names[0], "partitions": [{}] * settings.topics.partitions}]
+            return [{"topic": names[0], "error_code": 0,
+                     "partitions": [{}] * settings.topics.partitions}]
 
         async def create_topics(self, topics: list[NewTopic]) -> Any:
             created.extend(topics)

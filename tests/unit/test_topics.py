@@ -67,6 +67,15 @@ def test_configs_that_keep_less_than_needed_are_set(
     assert result == TopicPlan(alter=alter)
 
 
+def test_partitions_that_could_not_be_described_are_a_warning() -> None:
+    described = {"clicks": DescribedTopic("clicks", None, None,
+                                          "Metadata: LeaderNotAvailableError")}
+    assert plan(NEEDS, described, bootstrap="k:9092") == TopicPlan(unchecked=[
+        "clicks: could not describe its partitions (Metadata: LeaderNotAvailableError); it needs "
+        "4 (partition p of clicks and purchases is joined on one worker with faust's internal "
+        "topics)"])
+
+
 def test_configs_that_could_not_be_described_are_a_warning_with_the_command() -> None:
     described = {"policy-updates": DescribedTopic(
         "policy-updates", 1, None, "DescribeConfigs: TopicAuthorizationFailedError: denied")}
@@ -117,7 +126,8 @@ class Admin:
         self.altered: list[Any] = []
 
     async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
-        return [{"topic": n, "partitions": [{}] * self.described[n].partitions} for n in names]
+        return [{"topic": n, "error_code": 0,
+                 "partitions": [{}] * (self.described[n].partitions or 0)} for n in names]
 
     async def describe_configs(self, resources: list[Any]) -> list[Any]:
         return [SimpleNamespace(resources=[
