@@ -135,7 +135,7 @@ def plan(needs: Sequence[TopicNeeds], described: Mapping[str, DescribedTopic], *
 
 def _partitions_refusal(need: TopicNeeds, name: str, has: int, wanted: int,
                         counts: Mapping[str, int | None], bootstrap: str) -> str:
-    """Why ``topic``'s partition count refuses the start, and the ways out: recreate it, add
+    """Why topic ``name``'s partition count refuses the start, and the ways out: recreate it, add
     partitions when it has fewer, or take the count it has when every such topic has it."""
     fixes = [f"recreate {name} with {wanted} partitions"]
     if has < wanted:
