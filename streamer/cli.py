@@ -482,10 +482,15 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:
-        # No broker at the configured address is a setting to fix, not a bug: say so and
-        # where it came from, without a traceback.
+        # No broker at the configured address, or topics that do not fit, are settings to
+        # fix, not bugs: say so, without a traceback.
         from aiokafka.errors import KafkaConnectionError
 
+        from streamer.app.topics import TopicSetupError
+
+        if isinstance(e, TopicSetupError):  # says what to fix, and how
+            console.print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
+            sys.exit(1)
         if not isinstance(e, KafkaConnectionError):
             raise
         bootstrap = _settings().kafka.bootstrap_servers

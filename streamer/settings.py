@@ -79,7 +79,9 @@ class TopicSettings(_Section):
     rewards: str = Field("rewards", description="Windowed reward aggregates (RewardWindow).")
     policy_updates: str = Field("policy-updates", description="Promoted policy versions.")
     dead_letters: str = Field("dead-letters", description="Messages that failed validation.")
-    partitions: int = Field(4, ge=1, description="Partitions of the topics streamer creates.")
+    partitions: int = Field(
+        4, ge=1, description="Partitions of the topics streamer creates. Existing clicks and "
+        "purchases must have as many: a worker refuses to start otherwise.")
     replication_factor: int = Field(1, ge=1, description="Replication of created topics.")
 
 

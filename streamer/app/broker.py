@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streamer.app.kafka import start_client
+from streamer.app.topics import TopicSetupError
 
 if TYPE_CHECKING:
     from streamer.settings import KafkaSettings, Settings
@@ -175,24 +176,46 @@ async def create_topics(
     **client_kwargs: Any,
 ) -> None:
     """Create topics that do not exist yet (existing ones are left as they are, their
-    configuration too); ``configs``: topic name -> topic configuration to create it with
-    (e.g. ``{"retention.ms": "-1"}``), broker defaults for the others."""
-    configs = configs or {}
+    configuration too: :mod:`streamer.app.topics` checks them); ``configs``: topic name ->
+    topic configuration to create it with (e.g. ``{"retention.ms": "-1"}``), broker defaults
+    for the others. Raises :class:`~streamer.app.topics.TopicSetupError` when the broker
+    refuses to create one."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs)
     await start_client(admin)
     try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor,
-                     topic_configs=dict(configs.get(n, {})))
-            for n in names
-            if n not in existing
-        ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        await create_missing(admin, names, set(await admin.list_topics()), partitions=partitions,
+                             replication_factor=replication_factor, configs=configs)
     finally:
         await admin.close()
+
+
+async def create_missing(
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    existing: set[str],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
+) -> None:
+    """Create the topics of ``names`` not in ``existing`` (see :func:`create_topics`). One
+    that another process created meanwhile is fine; any other refusal raises: aiokafka returns
+    the broker's answer per topic and raises nothing itself."""
+    configs = configs or {}
+    new = [
+        NewTopic(name=n, num_partitions=partitions, replication_factor=replication_factor,
+                 topic_configs=dict(configs.get(n, {})))
+        for n in names
+        if n not in existing
+    ]
+    if not new:
+        return
+    response = await admin.create_topics(new)
+    refused = [f"could not create {topic}: {for_code(code).__name__}: {(why or [''])[0]}"
+               for topic, code, *why in response.topic_errors  # why: the message (v1+)
+               if code and for_code(code) is not TopicAlreadyExistsError]
+    if refused:
+        raise TopicSetupError("\n".join(refused))
 
 
 class EmbeddedBroker:

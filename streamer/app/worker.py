@@ -9,11 +9,13 @@ import signal
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 
-from streamer.app.broker import create_topics
+from streamer.app.broker import create_missing
 from streamer.app.crashes import stop_process
 from streamer.app.factory import create_app
-from streamer.app.kafka import aiokafka_kwargs
+from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.topics import TopicNeeds, reconcile
 from streamer.settings import Settings, WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -26,13 +28,16 @@ def topic_names(settings: Settings) -> list[str]:
             t.dead_letters]
 
 
-#: What ``policy-updates`` is created with: kept forever, by time and by size. Workers, the
-#: trainer and ``streamer policy`` rebuild the versions and the live one by replaying it from
-#: the beginning; under the broker's default retention (7 days) a version's record ages out,
-#: and a restarted worker then refuses a rollback to it and serves another version than the
-#: workers that kept running. It holds one record per promotion or rollback (tens of KB).
-#: docker-compose.yml's ``topics`` service creates it with the same (tests/unit/test_compose).
-KEEP_FOREVER: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
+#: What ``policy-updates`` is created with, and set to on an existing one: kept forever, by
+#: time and by size, and never compacted. Workers, the trainer and ``streamer policy`` rebuild
+#: the versions and the live one by replaying it from the beginning; under the broker's default
+#: retention (7 days) a version's record ages out, and a restarted worker then refuses a
+#: rollback to it and serves another version than the workers that kept running; compaction
+#: would keep only the last record (every record has the key "policy"). It holds one record
+#: per promotion or rollback (tens of KB). docker-compose.yml's ``topics`` service sets the
+#: same (tests/unit/test_compose).
+KEEP_FOREVER: dict[str, str] = {"cleanup.policy": "delete", "retention.ms": "-1",
+                                "retention.bytes": "-1"}
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
@@ -40,18 +45,46 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     return {settings.topics.policy_updates: dict(KEEP_FOREVER)}
 
 
+def topic_needs(settings: Settings) -> list[TopicNeeds]:
+    """What streamer needs of each public topic, existing or not (see
+    :mod:`streamer.app.topics`): clicks and purchases have ``topics.partitions`` partitions,
+    policy-updates :data:`KEEP_FOREVER`; the others are written through the partitioner and
+    read in full, so any partition count works."""
+    t = settings.topics
+    joined = {t.clicks, t.purchases}
+    configs = topic_configs(settings)
+    return [
+        TopicNeeds(
+            name,
+            partitions=t.partitions if name in joined else None,
+            configs=configs.get(name, {}),
+            why=("partition p of clicks and purchases is joined on one worker with faust's "
+                 "internal topics" if name in joined else
+                 "kept forever: workers rebuild the live policy version and rollbacks by "
+                 "replaying it from its start" if name in configs else ""),
+        )
+        for name in topic_names(settings)
+    ]
+
+
 async def ensure_topics(settings: Settings) -> None:
-    """Create missing public topics with the configured partitions (and
-    :func:`topic_configs`); an existing topic is left as it is."""
+    """Check the public topics that exist (:mod:`streamer.app.topics`: set what is safe to
+    set, raise :class:`~streamer.app.topics.TopicSetupError` on what is not, before creating
+    anything), then create the missing ones with the configured partitions (and
+    :func:`topic_configs`)."""
     kw = aiokafka_kwargs(settings.kafka)
-    await create_topics(
-        kw.pop("bootstrap_servers"),
-        topic_names(settings),
-        partitions=settings.topics.partitions,
-        replication_factor=settings.topics.replication_factor,
-        configs=topic_configs(settings),
-        **kw,
-    )
+    bootstrap = kw.pop("bootstrap_servers")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kw)
+    await start_client(admin)
+    try:
+        existing = set(await admin.list_topics())
+        await reconcile(admin, topic_needs(settings), existing, bootstrap=bootstrap)
+        await create_missing(admin, topic_names(settings), existing,
+                             partitions=settings.topics.partitions,
+                             replication_factor=settings.topics.replication_factor,
+                             configs=topic_configs(settings))
+    finally:
+        await admin.close()
 
 
 def run_worker(settings: Settings) -> None:

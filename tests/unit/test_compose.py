@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from aiokafka.admin import NewTopic
 
-from streamer.app import broker
+from streamer.app import worker
 from streamer.app.worker import ensure_topics, topic_configs, topic_names
 from streamer.settings import Settings
 
@@ -48,7 +49,7 @@ def test_policy_updates_is_kept_forever_by_the_code_and_by_compose(
         compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers and the trainer replay policy-updates from its beginning to rebuild versions and
     rollbacks: it must never lose a record to retention, however it was created."""
-    forever = {"retention.ms": "-1", "retention.bytes": "-1"}
+    forever = {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"}
     settings = Settings()
     assert topic_configs(settings) == {settings.topics.policy_updates: forever}
     created: list[NewTopic] = []
@@ -63,13 +64,19 @@ def test_policy_updates_is_kept_forever_by_the_code_and_by_compose(
         async def list_topics(self) -> list[str]:
             return [settings.topics.clicks]  # existing: left as it is
 
-        async def create_topics(self, topics: list[NewTopic]) -> None:
+        async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+            assert names == [settings.topics.clicks]
+            return [{"topic": names[0], "error_code": 0,
+                     "partitions": [{}] * settings.topics.partitions}]
+
+        async def create_topics(self, topics: list[NewTopic]) -> Any:
             created.extend(topics)
+            return SimpleNamespace(topic_errors=[(t.name, 0, None) for t in topics])
 
         async def close(self) -> None:
             pass
 
-    monkeypatch.setattr(broker, "AIOKafkaAdminClient", Admin)
+    monkeypatch.setattr(worker, "AIOKafkaAdminClient", Admin)
     asyncio.run(ensure_topics(settings))
     configs = {t.name: t.topic_configs for t in created}
     assert set(configs) == set(topic_names(settings)) - {settings.topics.clicks}
