@@ -667,15 +667,18 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
     Appends the workers' CPU microseconds per such event over the same span to ``CPU_US``,
     and the cores the machine kept busy meanwhile to ``MACHINE_BUSY``.
 
-    The span starts at the first purchase consumed, or at ``started`` (``perf_counter``, the
-    workers' CPU seconds and :func:`machine_jiffies` then: :func:`wait_started`'s). Polls come
-    every 100 ms, every 20 ms once the rate so far says the end is near.
+    The span starts at ``started`` (``perf_counter``, the workers' CPU seconds and
+    :func:`machine_jiffies` then), by default :func:`wait_started`'s: right before the workers
+    took the first purchase after ``base``, read within 5 ms. Why not at the first 100 ms poll
+    that finds some taken: the work done before it was counted without its time (1.01-1.02x
+    the true rate of a simulated worker). Polls come every 100 ms, every 20 ms once the rate
+    so far says the end is near.
 
     Drained: the items agents took ``baskets`` item baskets when that is given. Else their
     item-baskets lag read zero twice; a stale high-water mark (the items consumer has not
     fetched since the purchases agent sent) reads zero too early, so that ended some runs
     before the items agent had done its work (a profile without it, ~95 us/event)."""
-    t0, cpu0, machine0 = started if started is not None else (0.0, 0.0, None)
+    t0, cpu0, machine0 = started if started is not None else wait_started(workers, base, t_limit)
     timed = n - base
 
     def done(now: float) -> float:
@@ -687,16 +690,12 @@ def wait_done(workers: list[StreamerWorker], n: int, t_limit: float,
         check_running(workers, t_limit)
         now = time.perf_counter()
         consumed = sum(w.consumed() for w in workers)
-        if consumed > base and not t0:
-            t0 = now
-            cpu0 = sum(w.cpu_s() for w in workers)
-            machine0 = machine_jiffies()
         if consumed >= n:
             break
         # Each poll costs the worker ~1 ms of CPU: every 100 ms while it works, every 20 ms
         # once at the rate so far less than 100 ms of work is left, so the end is read at
         # most ~20 ms late.
-        left = (n - consumed) * (now - t0) / max(consumed - base, 1) if t0 else 1.0
+        left = (n - consumed) * (now - t0) / max(consumed - base, 1)
         time.sleep(0.02 if left < 0.1 else 0.1)
     while baskets is not None:
         if time.monotonic() > t_limit:
