@@ -12,7 +12,10 @@ spread over all of them), the rate at which each consumer gets through the same 
   statistics, dedup, offers): streamer's own work without faust. It takes each fetch
   partition by partition, so its event time jumps back and forth and fewer offers are due
   (at 100 ms spacing, in process: 56-62 us per purchase so, 87-92 in event-time order);
-- ``faust_noop``: a faust agent that does nothing per event (faust's floor);
+- ``faust_noop``: a faust agent that does nothing per event (faust's floor), on ``--loop``
+  (asyncio, faust's default);
+- ``faust_noop_uvloop``: the same on uvloop, the event loop ``streamer worker`` installs: the
+  floor on equal terms (uvloop takes ~15-20 % off faust's CPU per event here);
 - ``naive_peer``: a faust agent with default settings decoding JSON and updating one Table
   per event;
 - ``streamer``: ``streamer worker`` as a subprocess doing its full work (decode, dead-letter
@@ -126,8 +129,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 TS0 = 1_700_000_000_000
-MODES = ("ceiling", "plain_loop", "engine_loop", "faust_noop", "naive_peer", "streamer",
-         "streamer_no_engine", "streamer_learned")
+MODES = ("ceiling", "plain_loop", "engine_loop", "faust_noop", "faust_noop_uvloop", "naive_peer",
+         "streamer", "streamer_no_engine", "streamer_learned")
 #: ``streamer_no_engine``'s worker: ``streamer worker`` with Engine.learn_baskets a no-op.
 NO_ENGINE = ("import sys; from streamer.engine import Engine; "
              "Engine.learn_baskets = lambda self, baskets: ([], 0); "
@@ -1024,6 +1027,11 @@ def main() -> None:
         elif mode in ("faust_noop", "naive_peer"):
             eps = run_faust_child(mode, broker.bootstrap, topic, total, workdir, args.loop,
                                   warm)
+        elif mode == "faust_noop_uvloop":
+            # The no-op agent on the worker's own event loop (run_worker installs uvloop):
+            # faust's floor on equal terms; faust_noop runs on --loop, faust's default.
+            eps = run_faust_child("faust_noop", broker.bootstrap, topic, total, workdir,
+                                  "uvloop", warm)
         else:
             profile = args.profile if rep == 0 and mode == "streamer" else None
             code = args.ref.resolve() if mode == "streamer_ref" else None
@@ -1108,7 +1116,8 @@ def main() -> None:
         runs = ", ".join(f"{x:,.0f}" for x in results[m])
         print(f"  {m:<18} {v:>11,.0f} events/s   (runs: {runs})")
     pairs = [("streamer", base) for base in ("streamer_ref", "naive_peer", "faust_noop",
-                                             "engine_loop", "plain_loop", "ceiling")]
+                                             "faust_noop_uvloop", "engine_loop", "plain_loop",
+                                             "ceiling")]
     pairs += [("streamer_learned", "streamer"), ("streamer_learned", "naive_peer"),
               ("streamer_no_engine", "naive_peer"), ("streamer_no_engine", "faust_noop"),
               ("naive_peer", "faust_noop")]
