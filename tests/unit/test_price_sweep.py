@@ -1,8 +1,11 @@
 """The price sweep: a partner's price change reaches the live offers that bundle it (in
-process, with the engine)."""
+process, with the engine; ``streamer.app.price_sweep``'s slicing without faust)."""
 
 from __future__ import annotations
 
+import pytest
+
+from streamer.app.price_sweep import PriceSweep
 from streamer.engine import Engine, EngineConfig, OfferDecision
 from streamer.events import BundleOffer, OrderLine, PurchaseEvent, check_offer
 
@@ -129,3 +132,36 @@ def test_every_segment_of_a_stale_anchor_is_revised() -> None:
     offers = engine.reprice(["tea"], T0 + 2 * HOUR)
     assert sorted((o.segment, bundle_prices(o)[0]) for o in offers) == [
         ("all", 9.0), ("loyal", 9.0)]
+
+
+@pytest.mark.parametrize(("offers", "steps", "slices"), [
+    (10, 4, [3, 3, 3, 1, 3]),  # a pass in 4 steps of at most 3, then a new pass
+    (2, 60, [1, 1, 1]),  # fewer offers than steps: one per step
+    (0, 5, [0, 0]),
+])
+def test_a_pass_checks_every_offer_once_in_steps_per_pass_slices(
+        offers: int, steps: int, slices: list[int]) -> None:
+    checked: list[str] = []
+
+    def stale(keys: object) -> list[str]:
+        checked.extend(keys)  # type: ignore[arg-type]
+        return []
+
+    keys = [f"k{i}" for i in range(offers)]
+    sweep = PriceSweep(keys=lambda: keys, stale=stale, partition_of=lambda a: 0,
+                       steps_per_pass=steps)
+    assert [sweep.step(owned={0}) for _ in slices] == slices
+    assert checked[:offers] == keys  # the first pass: each once, in order
+
+
+def test_stale_anchors_wait_for_their_own_partitions_tick() -> None:
+    partition = {"a": 0, "b": 1, "c": 2, "d": 0}
+    sweep = PriceSweep(keys=lambda: list(partition), stale=lambda keys: list(keys),
+                       partition_of=partition.__getitem__, steps_per_pass=1)
+    assert sweep.step(owned={0, 1}) == 4
+    assert sweep.take(2) == []  # not owned (a standby's copy): never this worker's to revise
+    assert sweep.take(0) == ["a", "d"] and sweep.take(0) == []
+    sweep.clear()  # a rebalance: what was found may be another worker's now
+    assert sweep.take(1) == []
+    with pytest.raises(ValueError, match="at least one step"):
+        PriceSweep(keys=list, stale=list, partition_of=len, steps_per_pass=0)
