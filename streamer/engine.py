@@ -795,25 +795,31 @@ class Engine:
         expired (``offer_ttl_ms``, a day by default)."""
         offers = self.state.offers
         stale: dict[str, None] = {}  # an ordered set
+        known: dict[str, float] = {}  # prices read in this call: offers share items
         for key in keys:
             offer = offers.get(key)
-            if offer is not None and self.quotes_stale_price(offer):
+            if offer is not None and self.quotes_stale_price(offer, known):
                 stale[offer.anchor_item_id] = None
         return list(stale)
 
-    def quotes_stale_price(self, offer: BundleOffer) -> bool:
+    def quotes_stale_price(self, offer: BundleOffer,
+                           known: dict[str, float] | None = None) -> bool:
         """Whether a variant of ``offer`` has a bundle price other than the one its items'
         list prices in the catalogue give now, to the cent (the arithmetic of its revision,
         :func:`~streamer.offers.builder.bundle_price`: the same floats for the same prices).
         Why to the cent, not a tolerance: a revision publishes any new bundle price
-        (:func:`~streamer.offers.same_offer`), and a storefront shows the cents. An item
-        missing from the catalogue (never the case for an offer's items: prices are never
-        deleted) leaves its variant as it is."""
+        (:func:`~streamer.offers.same_offer`), and a storefront shows the cents. An item the
+        catalogue lacks counts 0.0 there too (never the case: an offer is built from known
+        prices only, and prices are never deleted). ``known``: prices read already, by item
+        (read from the catalogue once each and added there)."""
+        known = {} if known is None else known
         catalog = self.state.catalog
-        price_of = catalog.get
         for v in offer.variants:
-            if (bundle_price(v.items, v.discount_pct, price_of) != v.bundle_price
-                    and all(i in catalog for i in v.items)):
+            items = v.items
+            for item in items:
+                if item not in known:
+                    known[item] = catalog.get(item, 0.0)
+            if bundle_price(items, v.discount_pct, known.get) != v.bundle_price:
                 return True
         return False
 
