@@ -66,7 +66,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,6 +88,7 @@ from streamer.offers import (
     MATERIAL_SHIFT,
     OfferBuilder,
     Signature,
+    bundle_price,
     offer_signature,
     proposals_signature,
     same_offer,
@@ -781,6 +782,71 @@ class Engine:
             return None
         candidates, prices = offerable
         return self._revise(anchor, segment, previous, candidates, prices, now_ms)
+
+    # -- the price sweep: partners' prices reach the offers that bundle them ---------------
+    def stale_anchors(self, keys: Iterable[str]) -> list[str]:
+        """The anchors of the live offers of ``keys`` (``offers`` keys, :func:`offer_key`)
+        that quote a stale bundle price (:meth:`quotes_stale_price`), each once, in order.
+        Reads only: any caller may check, the owner of the anchor revises (:meth:`reprice`).
+
+        Why a sweep: an anchor's offer is rebuilt from the catalogue only when the anchor is
+        revised (bought, co-viewed), while a partner's price is kept current by the partner's
+        own purchases. A cold anchor's offer went on quoting the partner's old price until it
+        expired (``offer_ttl_ms``, a day by default)."""
+        offers = self.state.offers
+        stale: dict[str, None] = {}  # an ordered set
+        known: dict[str, float] = {}  # prices read in this call: offers share items
+        for key in keys:
+            offer = offers.get(key)
+            if offer is not None and self.quotes_stale_price(offer, known):
+                stale[offer.anchor_item_id] = None
+        return list(stale)
+
+    def quotes_stale_price(self, offer: BundleOffer,
+                           known: dict[str, float] | None = None) -> bool:
+        """Whether a variant of ``offer`` has a bundle price other than the one its items'
+        list prices in the catalogue give now, to the cent (the arithmetic of its revision,
+        :func:`~streamer.offers.builder.bundle_price`: the same floats for the same prices).
+        Why to the cent, not a tolerance: a revision publishes any new bundle price
+        (:func:`~streamer.offers.same_offer`), and a storefront shows the cents. An item the
+        catalogue lacks counts 0.0 there too (never the case: an offer is built from known
+        prices only, and prices are never deleted). ``known``: prices read already, by item
+        (read from the catalogue once each and added there)."""
+        known = {} if known is None else known
+        catalog = self.state.catalog
+        for v in offer.variants:
+            items = v.items
+            for item in items:
+                if item not in known:
+                    known[item] = catalog.get(item, 0.0)
+            if bundle_price(items, v.discount_pct, known.get) != v.bundle_price:
+                return True
+        return False
+
+    def reprice(self, anchors: Iterable[str], now_ms: int) -> list[BundleOffer]:
+        """Revise each of ``anchors`` whose live offer (in some segment) still quotes a stale
+        bundle price and has not expired at ``now_ms``; returns the offers to publish.
+
+        A normal revision (:meth:`revise_offers`: the live policy decides, its decision is
+        logged, the offer replaces the last one in ``offers``), made as of ``now_ms``, or the
+        newest event time learned when that is later (a revision is never stamped before what
+        was learned, as in :meth:`learn_baskets`), and at once: the anchor's re-check wait
+        (an evaluation that changed nothing) no longer holds, a price did change. An offer
+        younger than ``min_interval_ms`` waits as any revision does: a later sweep finds it
+        again. An anchor that sells too little now to have candidates keeps its offer until
+        it expires. An expired offer is not revived."""
+        now_ms = max(now_ms, self._event_clock)
+        offers, default = self.state.offers, self.config.segment
+        touched: dict[str, int] = {}
+        for anchor in anchors:
+            for segment in self._segments:
+                offer = offers.get(offer_key(anchor, segment, default))
+                if (offer is not None and offer.expires_at > now_ms
+                        and self.quotes_stale_price(offer)):
+                    self._unchanged_at.pop(anchor, None)
+                    touched[anchor] = now_ms
+                    break
+        return self._revise_anchors(touched) if touched else []
 
     def _candidates(
         self, anchor: str, now_ms: int

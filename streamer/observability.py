@@ -65,6 +65,18 @@ class Metrics:
             "streamer_offers_published", "Offers published to the offers topic.",
             registry=self.registry,
         )
+        self.offer_price_checks = Counter(
+            "streamer_offer_price_checks",
+            "Live offers checked against the catalogue by the price sweep "
+            "(offers.price_check_interval_s).",
+            registry=self.registry,
+        )
+        self.offers_repriced = Counter(
+            "streamer_offers_repriced",
+            "Offers published because a live offer quoted a stale bundle price (a partner's "
+            "price changed); counted in streamer_offers_published too.",
+            registry=self.registry,
+        )
         self.tracked_items = Gauge(
             "streamer_tracked_items", "Items with co-purchase state on this worker.",
             registry=self.registry,

@@ -273,6 +273,13 @@ class OfferSettings(_Section):
         gt=0,
         description="Offers expire this long after publication; republished at half-life.",
     )
+    price_check_interval_s: float = Field(
+        60.0, ge=0, description="Each worker checks every live offer of its anchors against "
+        "the catalogue about once per this many seconds (a slice per rewards.tick_interval_s) "
+        "and revises an anchor whose offer quotes a stale bundle price (a partner's price "
+        "changed), at the partition's event time. 0: off (an offer then reprices only when its "
+        "anchor is revised, or expires)."
+    )
     min_support: float = Field(2.0, ge=0, description="Pairs seen fewer times are not offered.")
     segment: str = Field(
         "all",

@@ -59,9 +59,10 @@ from streamer.app.kafka import (
 )
 from streamer.app.local_baskets import LocalBaskets
 from streamer.app.policy_updates import install_policy_follower
+from streamer.app.price_sweep import PriceSweep
 from streamer.app.rewards_agents import RewardTracking, install_reward_tracking, update_lag
 from streamer.app.state_pages import install_state_pages
-from streamer.app.tables import ChangelogRecord, ChangelogSender, WriteBuffer
+from streamer.app.tables import ChangelogRecord, ChangelogSender, WriteBuffer, store_of
 from streamer.copurchase import Decayed, SessionItems
 from streamer.engine import (
     Engine,
@@ -373,9 +374,33 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     # An agent that raises stops the worker, which commits nothing more (streamer.app.crashes).
     crashes = AgentCrashes(metrics, refuse_commits=lambda exc: cast(
         FastConsumer, app.consumer).refuse_commits(exc))
+    # The price sweep (streamer.app.price_sweep): a timer checks a slice of this worker's live
+    # offers against the catalogue, and each partition's reward tick revises its anchors found
+    # quoting a stale bundle price, at the partition's event time.
+    price_check_s = settings.offers.price_check_interval_s
+    offers_store = store_of(offers_t)  # a snapshot per pass: list() of the store's dict
+    sweep = PriceSweep(keys=lambda: list(offers_store), stale=engine.stale_anchors,
+                       partition_of=lambda anchor: key_partition(anchor, t.partitions),
+                       steps_per_pass=max(1, round(price_check_s
+                                                   / settings.rewards.tick_interval_s)))
+
+    async def reprice(partition: int, event_ms: int | None) -> list[Any]:
+        """Revise the anchors of ``partition`` the sweep found stale (the partition's tick:
+        its table writes go to its changelog partition) and publish what changed as the items
+        agent does; returns the futures of the messages sent."""
+        anchors = sweep.take(partition)
+        if not anchors:
+            return []
+        buffer.partition = partition
+        offers = engine.reprice(anchors, -1 if event_ms is None else event_ms)
+        decisions = decision_outbox.take()  # before anything is awaited (see learn)
+        metrics.offers_repriced.inc(len(offers))
+        return await publish_offers(offers, decisions)
+
     rewards = install_reward_tracking(app, settings, metrics, table, buffer,
                                       on_outcome=learn_conversion, dead_letter=dead_letter,
-                                      guard=crashes.guard)
+                                      guard=crashes.guard,
+                                      after_tick=reprice if price_check_s else None)
     sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer,
                      crashes)
     install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
@@ -589,6 +614,15 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             # durable before the next offset commit (WriteBuffer).
             buffer.defer(*await publish_offers(offers, decisions))
 
+    if price_check_s:
+        @app.timer(settings.rewards.tick_interval_s)
+        async def check_prices() -> None:
+            if not sa.ready:  # tables not recovered yet
+                return
+            owned = {tp.partition for tp in app.consumer.assignment()
+                     if tp.topic == baskets_name}
+            metrics.offer_price_checks.inc(sweep.step(owned))
+
     @app.on_partitions_revoked.connect
     async def write_before_revoke(sender: Any, /, *args: Any, **kwargs: Any) -> None:
         await cast(FastConsumer, app.consumer).write_before_revoke()
@@ -599,6 +633,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         # in-memory only and must be recreated from them.
         click_dedup.rebuild()
         engine.rebuild_indexes()
+        sweep.clear()  # stale anchors found may be another worker's now
         rewards.tracker.reset()
         sa.ready = True
 

@@ -422,6 +422,15 @@ class RewardTracker:
         windows = part.ledger.advance(ledger_now) if ledger_now is not None else []
         return outcomes, self._published(windows)
 
+    def event_time(self, partition: int, *, wall_ms: int, now_ms: int | None = None
+                   ) -> int | None:
+        """Partition ``partition``'s event time as a :meth:`tick` with the same arguments
+        moves its attribution to (None: no event seen and no clock recovered yet): the
+        newest event time seen plus the idle wall time since. The worker revises offers at
+        it on a tick (``streamer.app.price_sweep``)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return self._partition(partition, now).attribution_clock.estimate(min(wall_ms, now))
+
     def _published(self, windows: list[RewardWindow]) -> list[RewardWindow]:
         for w in windows:
             self.metrics.reward_windows.labels(spec_label(w.window_end - w.window_start)).inc()

@@ -145,6 +145,7 @@ def install_reward_tracking(
                          None] | None = None,
     dead_letter: Callable[[Any, InvalidEvent], Awaitable[None]] | None = None,
     guard: Callable[[str], Callable[[AgentBody], AgentBody]] | None = None,
+    after_tick: Callable[[int, int | None], Awaitable[list[Any]]] | None = None,
 ) -> RewardTracking:
     """Add reward tracking's tables, topics, agents and timers to ``app``.
 
@@ -155,7 +156,11 @@ def install_reward_tracking(
     conversion model learns there). ``dead_letter(message, error)`` takes a message of an
     internal topic that does not decode (without it, the error is raised). ``guard(name)``
     decorates each agent's body (the worker's :meth:`~streamer.app.crashes.AgentCrashes.guard`:
-    a crash stops the worker; without it, faust restarts the agent). The clicks and
+    a crash stops the worker; without it, faust restarts the agent). ``after_tick(partition,
+    event_ms)`` runs after each tick of a partition, with its event time
+    (:meth:`RewardTracker.event_time`; None: unknown yet), and returns the futures of the
+    messages it sent, which the next offset commit waits for (the worker's price sweep:
+    :mod:`streamer.app.price_sweep`). The clicks and
     purchases agents call ``tracking.tracker.observe`` and ``tracking.publish_outcomes`` (which
     returns once the broker has the outcomes), holding ``buffer`` from the observation that
     closed impressions until then (:meth:`WriteBuffer.holding`); everything else runs here.
@@ -247,13 +252,15 @@ def install_reward_tracking(
                 buffer.partition = event.message.partition
                 # This process's time besides the tick's stamp: a tick redelivered after a
                 # restart was stamped before the crash (RewardTracker.tick).
-                outcomes, windows = tracker.tick(event.message.partition, wall_ms=tick.wall_ms,
-                                                 now_ms=int(time.time() * 1000))
+                partition, now_ms = event.message.partition, int(time.time() * 1000)
+                outcomes, windows = tracker.tick(partition, wall_ms=tick.wall_ms, now_ms=now_ms)
                 if outcomes or windows:
                     hold.hold()
                 await publish_outcomes(outcomes)
                 await publish_windows(windows)
-            buffer.defer()  # durable before the next offset commit
+            sent = [] if after_tick is None else await after_tick(
+                partition, tracker.event_time(partition, wall_ms=tick.wall_ms, now_ms=now_ms))
+            buffer.defer(*sent)  # durable before the next offset commit
 
     @app.agent(outcomes_topic, name="reward-ledger")
     @guarded("reward-ledger")

@@ -188,3 +188,30 @@ def test_offer_cache_sees_revisions(settings: Settings, start_worker: Any) -> No
             assert impression.propensity == pytest.approx(chosen.probability)
 
     asyncio.run(scenario())
+
+
+def test_a_partners_new_price_reaches_the_anchors_live_offer(
+    settings: Settings, start_worker: Any
+) -> None:
+    # Tea is never bought again: only the price sweep can bring the cup's new price to it.
+    settings = settings.model_copy(update={"offers": settings.offers.model_copy(
+        update={"price_check_interval_s": 1.0})})
+    worker = start_worker(settings)
+    produce(settings, settings.topics.purchases,
+            as_messages([purchase(n, ["tea", "cup"], price=4.0) for n in range(3)]))
+
+    def tea_prices(records: list[Any]) -> list[float]:
+        return [o.variants[0].bundle_price for o in decode_offers(records)
+                if o.anchor_item_id == "tea"]
+
+    first = consume(settings, settings.topics.offers, lambda rs: 7.2 in tea_prices(rs))
+    assert tea_prices(first)[-1] == pytest.approx(7.2)  # (4 + 4) * 0.9
+    produce(settings, settings.topics.purchases,
+            as_messages([purchase(10 + n, ["cup"], price=6.0) for n in range(2)]))
+    records = consume(settings, settings.topics.offers,
+                      lambda rs: 9.0 in tea_prices(rs), timeout_s=30)
+    teas = [o for o in decode_offers(records) if o.anchor_item_id == "tea"]
+    assert teas[-1].variants[0].bundle_price == pytest.approx(9.0)  # (4 + 6) * 0.9
+    assert teas[-1].policy_version == "v0-greedy" and teas[-1].ts > teas[0].ts
+    assert wait_for(lambda: worker.stats().get("streamer_offers_repriced_total", 0) >= 1,
+                    10, "the repriced offer to be counted")

@@ -137,6 +137,19 @@ def test_a_stale_tick_after_a_restart_does_not_pass_the_downtime_as_idle_time() 
     assert clocks["attribution:0|max_event_ts"] == T
 
 
+def test_a_partitions_event_time_moves_with_idle_ticks_and_resumes_after_a_restart() -> None:
+    # What the price sweep revises offers at (streamer.app.price_sweep).
+    t, tables = tracker()
+    assert t.event_time(0, wall_ms=0, now_ms=0) is None  # nothing seen yet
+    t.observe(imp("i1", "s1"), partition=0, wall_ms=100)
+    assert t.event_time(0, wall_ms=100, now_ms=100) == T
+    assert t.event_time(0, wall_ms=60_100, now_ms=60_100) == T + 60_000  # a minute idle
+    assert t.event_time(0, wall_ms=90_100, now_ms=60_100) == T + 60_000  # stamp capped
+    assert t.event_time(1, wall_ms=60_100, now_ms=60_100) is None  # its own clock
+    restarted = RewardTracker(*tables, offers={}, config=t.config, metrics=Metrics())
+    assert restarted.event_time(0, wall_ms=50, now_ms=999_000) == T  # no downtime counted
+
+
 def window(version: str, start: int, n: int, rate: float) -> RewardWindow:
     return RewardWindow(window_start=start, window_end=start + 60_000, policy_version=version,
                         impressions=n, offer_clicks=0, conversions=n // 20, revenue=rate * n,
