@@ -794,10 +794,12 @@ class Engine:
         own purchases. A cold anchor's offer went on quoting the partner's old price until it
         expired (``offer_ttl_ms``, a day by default)."""
         offers = self.state.offers
+        # A table's peek: read without filling its cache with every offer of the scan.
+        read = getattr(offers, "peek", offers.get)
         stale: dict[str, None] = {}  # an ordered set
         known: dict[str, float] = {}  # prices read in this call: offers share items
         for key in keys:
-            offer = offers.get(key)
+            offer = read(key)
             if offer is not None and self.quotes_stale_price(offer, known):
                 stale[offer.anchor_item_id] = None
         return list(stale)

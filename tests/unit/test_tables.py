@@ -163,6 +163,18 @@ def test_reads_after_a_flush_decode_nothing_again() -> None:
     assert table["e"] is value  # the cached value of those very bytes
 
 
+def test_a_peek_reads_without_evicting_what_the_cache_holds() -> None:
+    raw: dict[str, Any] = {f"k{i}": packed(SeenId(i, 0, 0)) for i in range(8)}
+    table = WriteBuffer(cache_size=4).table(raw, SeenId)
+    hot = table["k0"]
+    assert [table.peek(f"k{i}").ts for i in range(8)] == list(range(8))
+    assert table.peek("k0") is hot and table["k0"] is hot  # still the cached value
+    assert table.peek("absent", "none") == "none"
+    table["k1"] = pending = SeenId(1, 2, 3)
+    del table["k2"]
+    assert table.peek("k1") is pending and table.peek("k2") is None
+
+
 @pytest.mark.parametrize(("value_type", "value", "legacy"), [
     (float, 2.5, b"2.5"),
     (float, -0.0, b"-0.0"),
