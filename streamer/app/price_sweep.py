@@ -40,22 +40,26 @@ class PriceSweep:
     since wait for the next pass: they were built from current prices); ``stale(keys)`` gives
     the anchors among them whose offers quote a stale bundle price; ``partition_of(anchor)`` the
     partition that owns an anchor's state. A pass takes ``steps_per_pass`` steps, each checking
-    an equal slice, so a step's cost is bounded by the offers held over the steps per pass.
-    Not thread-safe: one event loop.
+    an equal slice, but no step more than ``max_per_step`` offers: a step holds the event loop
+    (~12 us per offer checked, so ~25 ms at the default 2,000), and a worker holding more
+    offers than ``steps_per_pass * max_per_step`` takes more steps per pass rather than longer
+    ones. Not thread-safe: one event loop.
     """
 
     __slots__ = ("_due", "_keys", "_partition_of", "_pass", "_position", "_slice", "_stale",
-                 "steps_per_pass")
+                 "max_per_step", "steps_per_pass")
 
     def __init__(self, *, keys: Callable[[], Sequence[str]],
                  stale: Callable[[Sequence[str]], list[str]],
-                 partition_of: Callable[[str], int], steps_per_pass: int) -> None:
-        if steps_per_pass < 1:
-            raise ValueError("a pass takes at least one step")
+                 partition_of: Callable[[str], int], steps_per_pass: int,
+                 max_per_step: int = 2_000) -> None:
+        if steps_per_pass < 1 or max_per_step < 1:
+            raise ValueError("a pass takes at least one step, and a step checks an offer")
         self._keys = keys
         self._stale = stale
         self._partition_of = partition_of
         self.steps_per_pass = steps_per_pass
+        self.max_per_step = max_per_step
         self._pass: Sequence[str] = ()
         self._position = 0
         self._slice = 0
@@ -70,7 +74,8 @@ class PriceSweep:
         if self._position >= len(self._pass):
             self._pass = self._keys()
             self._position = 0
-            self._slice = math.ceil(len(self._pass) / self.steps_per_pass)
+            self._slice = min(self.max_per_step,
+                              math.ceil(len(self._pass) / self.steps_per_pass))
         start = self._position
         keys = self._pass[start:start + self._slice]
         self._position = start + len(keys)

@@ -154,6 +154,13 @@ def test_a_pass_checks_every_offer_once_in_steps_per_pass_slices(
     assert checked[:offers] == keys  # the first pass: each once, in order
 
 
+def test_a_step_checks_at_most_max_per_step_offers_and_a_pass_takes_more_steps() -> None:
+    keys = [f"k{i}" for i in range(10)]
+    sweep = PriceSweep(keys=lambda: keys, stale=lambda ks: [], partition_of=lambda a: 0,
+                       steps_per_pass=2, max_per_step=3)
+    assert [sweep.step(owned={0}) for _ in range(5)] == [3, 3, 3, 1, 3]
+
+
 def test_stale_anchors_wait_for_their_own_partitions_tick() -> None:
     partition = {"a": 0, "b": 1, "c": 2, "d": 0}
     sweep = PriceSweep(keys=lambda: list(partition), stale=lambda keys: list(keys),
