@@ -175,6 +175,11 @@ class LearnedDecisions:
     ``"offer"`` (default) only purchases made through the offer; ``"any"`` also organic
     baskets that contained the bundle, which the simulated shop makes often and which the
     offer did not cause (:func:`streamer.rewards.learning_reward`).
+
+    ``max_variants`` (the ``offers.max_variants`` setting): the most variants an offer shows,
+    applied to the first version as the workers and the trainer apply it
+    (``TorchPolicy.capped``; the fine-tuned ones inherit its shape); None: as the first
+    version says (:func:`initial_policy`'s: 8).
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class LearnedDecisions:
         seed: int = 0,
         segments: Sequence[str] | None = None,
         reward_attribution: RewardAttribution = "offer",
+        max_variants: int | None = None,
     ) -> None:
         if reward_attribution not in REWARD_ATTRIBUTIONS:
             raise ValueError(f"reward_attribution must be one of {REWARD_ATTRIBUTIONS}")
@@ -213,7 +219,7 @@ class LearnedDecisions:
         # The engine watches each version's reward as its conversion model learns it (as a
         # worker's does); a drift makes the model forget and the trainer fine-tune early.
         self.engine = Engine.in_memory(config, decisions=self.decisions, drift=DriftMonitor())
-        self.live = policy or initial_policy(seed)
+        self.live = (policy or initial_policy(seed)).capped(max_variants)
         self.engine.set_policy(self.live)
         self.trainer = PolicyTrainer(
             FEATURE_NAMES,
@@ -269,5 +275,5 @@ class LearnedDecisions:
             result = self.trainer.fine_tune(self.live, latest / 1000)
             self.fine_tunes.append(result.metadata())
             if result.promoted:
-                self.live = result.candidate
+                self.live = result.candidate  # its shape is its parent's: capped already
                 self.engine.set_policy(self.live)
