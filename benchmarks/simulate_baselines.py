@@ -229,6 +229,9 @@ def main() -> None:
                         help="offers.min_change of both streamer methods (default: each one's, "
                         "0.05): the probability mass that must move for a changed offer to be "
                         "republished; 0 republishes every change")
+    parser.add_argument("--max-variants", type=int, default=None,
+                        help="offers.max_variants of streamer_learned: the most variants its "
+                        "offers show (default: its first policy's, 8)")
     parser.add_argument("--gate-confidence", type=float, default=None,
                         help="the learned loop's promotion gate: the confidence of the paired "
                              "lower bound a fine-tune must clear (default 0.95; near 0 promotes "
@@ -238,6 +241,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.gate_confidence is not None and not 0.0 < args.gate_confidence < 1.0:
         parser.error("--gate-confidence must be in (0, 1)")
+    if args.max_variants is not None and not 1 <= args.max_variants <= 8:
+        parser.error("--max-variants must be in [1, 8] (as offers.max_variants)")
 
     n, interval = args.impressions, args.session_interval_ms
     drift_at_ms = (DEFAULT_START_MS + round(args.drift_at * n) * interval
@@ -265,7 +270,8 @@ def main() -> None:
     if "streamer_learned" in factories:
         factories["streamer_learned"] = lambda cat, seed: LearnedDecisions(
             config=learned_config, seed=seed, segments=[s.name for s in cat.segments],
-            reward_attribution=args.reward_attribution, fine_tune=fine_tune_config(seed))
+            reward_attribution=args.reward_attribution, fine_tune=fine_tune_config(seed),
+            max_variants=args.max_variants)
     if args.diagnostics:
         # Not a method: streamer as it would do if stable offers did not lapse at the
         # storefront (see EngineDecisions.assume_refreshed).
@@ -274,7 +280,7 @@ def main() -> None:
         # The learned loop with one offer per anchor for every segment (as before segments).
         factories["streamer_learned_blind"] = lambda cat, seed: LearnedDecisions(
             config=learned_config, seed=seed, reward_attribution=args.reward_attribution,
-            fine_tune=fine_tune_config(seed))
+            fine_tune=fine_tune_config(seed), max_variants=args.max_variants)
     if args.with_oracle:
         factories["oracle"] = lambda cat, seed: OracleDecisions(cat)
 
@@ -289,6 +295,7 @@ def main() -> None:
                               "seed": args.seed, "drift_at_ms": drift_at_ms,
                               "reward_attribution": args.reward_attribution,
                               "gate_confidence": fine_tune_config(args.seed).confidence,
+                              "max_variants": args.max_variants,
                               "session_interval_ms": interval, "methods": {}}
     for name, factory in factories.items():
         if factory is None:

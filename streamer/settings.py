@@ -244,9 +244,11 @@ class OfferSettings(_Section):
 
     max_variants: int = Field(
         4, ge=1, le=8,
-        description="Variants per offer of the v0 policy (its pairs and triples). A learned "
-        "version shows at most the variants its checkpoint says (the trainer's: 8, bundles at "
-        "several discounts).",
+        description="Most variants an offer shows, whatever the policy: v0's pairs and "
+        "triples; a learned version's best-scored variants (bundles at several discounts; "
+        "fewer if its checkpoint says so), its probabilities renormalised over those shown. "
+        "The trainer creates its policies with this value, so what it evaluates offline is "
+        "what workers show.",
     )
     discount_pct: float = Field(10.0, ge=0, le=90, description="Discount of the v0 policy.")
     epsilon: float = Field(

@@ -56,8 +56,10 @@ class PolicyFollower:
             # where a second OpenMP thread spin-waiting on a busy core made each forward pass
             # ~100x slower.
             select_device("cpu", max_threads=1)
+            # offers.max_variants bounds every version served, not only v0's.
             self._versions = PolicyVersions(base_version=self.base.version,
-                                            features=FEATURE_NAMES)
+                                            features=FEATURE_NAMES,
+                                            max_variants=self.settings.offers.max_variants)
         return self._versions
 
     def apply(self, data: bytes) -> PolicyChange | None:

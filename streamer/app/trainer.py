@@ -118,11 +118,16 @@ class FineTuneJob:
 
 class FeedbackTrainer:
     """The trainer's logic without Kafka. Not thread-safe: call it from one thread, except
-    :meth:`run` (pure, for an executor)."""
+    :meth:`run` (pure, for an executor).
+
+    ``max_variants``: the workers' ceiling on shown variants (``offers.max_variants``), on its
+    fresh policy and on every version it reads (``PolicyVersions``); None: as each checkpoint
+    says, and the fresh policy's default."""
 
     def __init__(self, config: TrainerSettings, *, base_version: str,
                  segments: tuple[str, ...] = (),
                  reward_attribution: RewardAttribution = "offer",
+                 max_variants: int | None = None,
                  metrics: TrainerMetrics | None = None) -> None:
         self.settings = config
         self.metrics = metrics or TrainerMetrics()
@@ -157,8 +162,10 @@ class FeedbackTrainer:
             config=self.fine_tune_config,
             start_s=time.monotonic(),
         )
-        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed)
-        self.versions = PolicyVersions(base_version=base_version)
+        # The workers' ceiling (offers.max_variants), on the policies the trainer creates and
+        # on the live ones it fine-tunes and judges: what it evaluates is what they show.
+        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed).capped(max_variants)
+        self.versions = PolicyVersions(base_version=base_version, max_variants=max_variants)
         self.conversion = ConversionModel()
         self.drift = DriftMonitor()
         self.catalog: dict[str, float] = {}
@@ -354,6 +361,17 @@ async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
     await consumer.seek_to_beginning()
 
 
+def trainer_core(settings: Settings, metrics: Metrics | None = None) -> FeedbackTrainer:
+    """The trainer's core as ``settings`` configure it, with the workers' own settings where
+    they must agree: their segments (feature slots), the reward they learn from, and the most
+    variants an offer shows (``offers.max_variants``), so it evaluates what they serve."""
+    return FeedbackTrainer(settings.trainer,
+                           base_version=Engine.v0_policy(EngineConfig()).version,
+                           segments=settings.offers.segment_names,
+                           reward_attribution=settings.policy.reward_attribution,
+                           max_variants=settings.offers.max_variants, metrics=metrics)
+
+
 async def run_trainer(
     settings: Settings, *, stop: asyncio.Event | None = None,
     metrics: TrainerMetrics | None = None,
@@ -362,11 +380,7 @@ async def run_trainer(
     t = settings.topics
     metrics = metrics or TrainerMetrics()
     stop = stop or asyncio.Event()
-    base_version = Engine.v0_policy(EngineConfig()).version
-    core = FeedbackTrainer(settings.trainer, base_version=base_version,
-                           segments=settings.offers.segment_names,
-                           reward_attribution=settings.policy.reward_attribution,
-                           metrics=metrics)
+    core = trainer_core(settings, metrics)
     codec = EventCodec(settings.kafka.max_message_bytes)
     kw = aiokafka_kwargs(settings.kafka)
     consumer = AIOKafkaConsumer(**kw, enable_auto_commit=False, auto_offset_reset="earliest")

@@ -104,15 +104,25 @@ class PolicyVersions:
     ``features``: the feature names this process's featurizer provides (a worker's
     ``streamer.online.FEATURE_NAMES``); a version needing any other is refused like an
     untrusted one, so it is never live here and a rollback to it is to an unknown version.
-    None: any (a reader that only lists versions)."""
+    None: any (a reader that only lists versions).
+
+    ``max_variants``: the most variants this process shows per offer (``offers.max_variants``):
+    every version is kept :meth:`TorchPolicy.capped <streamer.policy.torch_policy.TorchPolicy.
+    capped>` to it, so a version whose checkpoint shows more is served (and, in the trainer,
+    evaluated and fine-tuned) showing that many; one showing fewer keeps its own. None: as
+    each checkpoint says."""
 
     def __init__(self, *, base_version: str, max_versions: int = 50,
-                 features: Iterable[str] | None = None) -> None:
+                 features: Iterable[str] | None = None,
+                 max_variants: int | None = None) -> None:
         if max_versions <= 0:
             raise ValueError("max_versions must be positive")
+        if max_variants is not None and max_variants <= 0:
+            raise ValueError("max_variants must be positive (or None: as each version says)")
         self.base_version = base_version
         self.max_versions = max_versions
         self.features = None if features is None else frozenset(features)
+        self.max_variants = max_variants
         self._known: OrderedDict[str, tuple[TorchPolicy, dict[str, Any]]] = OrderedDict()
         self._live = base_version
         self.rejected = 0
@@ -157,6 +167,7 @@ class PolicyVersions:
             policy, _ = self._known[target]
             return PolicyChange("rollback", target, policy, body)
         policy, meta = policy_from_bytes(data)
+        policy = policy.capped(self.max_variants)
         if self.features is not None:
             missing = [f for f in policy.shape.feature_names if f not in self.features]
             if missing:

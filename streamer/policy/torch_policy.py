@@ -19,7 +19,7 @@ import copy
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from operator import itemgetter
 
 import msgspec
@@ -181,6 +181,34 @@ class TorchPolicy:
     @property
     def version(self) -> str:
         return self._version
+
+    def capped(self, max_variants: int | None) -> TorchPolicy:
+        """This version showing at most ``max_variants`` variants per decision (None: as its
+        shape says): the same weights and version id, its shape's ``max_variants`` lowered to
+        the ceiling (a shape already at or under it is kept, and so is ``self``).
+
+        Why the shape and not the proposals: :func:`~streamer.policy.network.
+        variant_probabilities` is then what keeps the best-scored variants and spreads the
+        floor and the softmax over them, so the probabilities sum to 1 over what is shown, the
+        decision logged is the distribution the storefront draws from, and the trainer
+        evaluates and fine-tunes exactly what is served. Why the same version id: it names the
+        version as published (its weights and shape as its record carries them: what ``policy
+        list`` shows and a rollback names); the ceiling is the deployment's
+        (``offers.max_variants``), one value for its workers and trainer. So a capped policy is
+        never published as it is (its id would not name its shape: :func:`version_of`); a
+        fine-tune of it is, under a new id that covers the capped shape.
+
+        >>> policy = TorchPolicy.initial(("x",), seed=0)
+        >>> policy.capped(2).shape.max_variants, policy.capped(2).version == policy.version
+        (2, True)
+        >>> policy.capped(16) is policy, policy.capped(None) is policy
+        (True, True)
+        """
+        own = self.shape.max_variants
+        if max_variants is None or (own is not None and own <= max_variants):
+            return self
+        shape = replace(self.shape, max_variants=max_variants)
+        return TorchPolicy(self.scorer, shape, version=self.version, parent=self.parent)
 
     def pack(self, rows: Sequence[Mapping[str, float]]) -> torch.Tensor:
         """Feature dicts -> a float32 tensor ``[len(rows), n_features]`` in ``feature_names``

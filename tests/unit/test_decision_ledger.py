@@ -5,13 +5,16 @@ not a rebuild with the prices and conversion model of the moment the impression 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
+import torch
 
+from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import FeedbackTrainer
 from streamer.engine import (
@@ -24,11 +27,12 @@ from streamer.engine import (
 )
 from streamer.events import BundleOffer, PurchaseEvent
 from streamer.observability import Metrics
+from streamer.offers import OfferBook
 from streamer.online import FEATURE_NAMES, PROPENSITY_FEATURE
-from streamer.policy import TorchPolicy
-from streamer.policy.torch_policy import Decision
+from streamer.policy import TorchPolicy, evaluate_policy, policy_to_bytes
+from streamer.policy.torch_policy import Decision, version_of
 from streamer.rewards import ImpressionOutcome
-from streamer.settings import TrainerSettings
+from streamer.settings import Settings, TrainerSettings
 from tests.conftest import random_orders
 
 T0 = 1_700_000_000_000
@@ -269,3 +273,56 @@ def test_a_decision_on_the_topic_is_smaller_than_its_json() -> None:
     decisions = [log.get(oid) for oid in log.ids()]
     packed = sum(len(encode_decision(d)) for d in decisions)
     assert packed < 0.8 * sum(len(msgspec.json.encode(d)) for d in decisions)
+
+
+def scoring_policy(seed: int) -> TorchPolicy:
+    """A version as a trainer of an earlier release published it (8 variants shown), with
+    weights that score variants apart (a fresh one scores them all alike)."""
+    policy = TorchPolicy.initial(FEATURE_NAMES, seed=seed, floor=0.02)
+    assert policy.shape.max_variants == 8
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for p in policy.scorer.parameters():
+            p.normal_(0.0, 0.3)
+    return TorchPolicy(policy.scorer, policy.shape, version=version_of(policy.scorer, "torch"),
+                       parent=None)
+
+
+@pytest.mark.parametrize("ceiling", [1, 2, 4])
+def test_a_worker_shows_offers_max_variants_of_a_version_and_logs_what_it_drew_from(
+    ceiling: int,
+) -> None:
+    # offers.max_variants bounds a learned version as it bounds v0; what the offer publishes
+    # (and the storefront draws with) is what the decision logs, and the trainer, under the
+    # same setting, evaluates the live version with those very probabilities.
+    settings = Settings(offers={"max_variants": ceiling})
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    version = scoring_policy(1)
+    assert PolicyFollower(settings, engine, Metrics()).apply(policy_to_bytes(version))
+    assert engine.policy.version == version.version
+    offers = [o for e in orders(60) for o in engine.handle_purchase(e)]
+    assert max(len(o.variants) for o in offers) == ceiling
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy",
+                           max_variants=ceiling)
+    core.observe_policy_update(policy_to_bytes(version))
+    rng = random.Random(ceiling)
+    for offer in offers:
+        assert sum(v.probability for v in offer.variants) == pytest.approx(1.0, abs=1e-9)
+        logged = log.get(offer.offer_id)
+        assert logged is not None and len(logged.shown) == len(offer.variants)
+        book = OfferBook(default_segment=offer.segment)
+        book.update(offer)
+        choice = book.choose(offer.anchor_item_id, rng, now_ms=offer.ts)
+        assert choice is not None
+        drawn = logged.variant_features()[logged.shown[choice.variant]]
+        assert drawn["discount"] == pytest.approx(choice.bundle.discount_pct / 100)
+        record = FeedbackRecord.build(outcome_of(offer, choice.variant, 1.0), offer, logged)
+        assert core.observe_feedback(as_published(record))
+    live = core.versions.live_policy
+    assert live is not None and live.shape.max_variants == ceiling
+    batch = core.trainer.buffer.snapshot()
+    # Every reward 1: each IPS term is the live policy's probability of the variant drawn
+    # over the propensity logged for it; on its own logs, 1 for every impression.
+    terms = evaluate_policy(live, batch).terms["ips"]
+    np.testing.assert_allclose(terms, np.ones(len(offers)), rtol=1e-5)

@@ -25,6 +25,7 @@ from streamer.app.trainer import (
     _read_to_end,
     feedback_fields,
     rejection_label,
+    trainer_core,
 )
 from streamer.engine import Engine, EngineConfig, logged_decision
 from streamer.events import PurchaseEvent
@@ -38,7 +39,7 @@ from streamer.policy import (
     policy_to_bytes,
     rollback_record,
 )
-from streamer.policy.checkpoint import _header_metadata
+from streamer.policy.checkpoint import _header_metadata, policy_from_bytes
 from streamer.rewards import ImpressionOutcome
 from streamer.settings import Settings, TrainerSettings
 from tests.conftest import random_orders
@@ -157,10 +158,11 @@ def bandit_records(n: int, offer_id: str, seed: int = 0, *, logging: list[float]
     return out
 
 
-def trainer_with_feedback(n: int = 600, **overrides: Any) -> FeedbackTrainer:
+def trainer_with_feedback(n: int = 600, *, max_variants: int | None = None,
+                          **overrides: Any) -> FeedbackTrainer:
     config = TrainerSettings(min_records=100, every_records=n, epochs=6, batch_size=64,
                              learning_rate=0.02, device="auto", **overrides)
-    core = FeedbackTrainer(config, base_version="v0-greedy")
+    core = FeedbackTrainer(config, base_version="v0-greedy", max_variants=max_variants)
     engine = Engine.in_memory(CONFIG)
     offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
     core.observe_offer(offer)
@@ -622,3 +624,27 @@ def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> 
     assert result.holdout_size == len(v0_rewards) == 48
     assert result.live_evaluation.primary.value == pytest.approx(np.mean(v0_rewards))
     assert result.candidate_evaluation.primary.n == 48  # the candidate judged on the same
+
+
+def test_the_trainer_creates_judges_and_publishes_policies_within_offers_max_variants() -> None:
+    # What it evaluates offline is what the workers will show: its fresh policy, the live
+    # version it fine-tunes (one an earlier trainer published with 8) and the candidates it
+    # publishes all show at most offers.max_variants.
+    assert trainer_core(Settings(offers={"max_variants": 3})).initial.shape.max_variants == 3
+    assert trainer_core(Settings()).initial.shape.max_variants == Settings().offers.max_variants
+    core = trainer_with_feedback(max_threads=1, max_variants=3)
+    job = core.next_job(now_s=0.0)
+    assert job is not None and job.start.shape.max_variants == 3
+    first = core.run(job)
+    assert first.candidate.shape.max_variants == 3
+    published, _ = policy_from_bytes(first.checkpoint())
+    assert published.shape.max_variants == 3
+    earlier = torch_policy(1)
+    assert earlier.shape.max_variants == 8
+    core.observe_policy_update(policy_to_bytes(earlier))
+    core.finish(job, first, now_s=1.0)
+    core.trainer.request_fine_tune("test")
+    second = core.next_job(now_s=2.0)
+    assert second is not None and second.live_version == earlier.version
+    assert second.start.shape.max_variants == 3
+    assert core.run(second).candidate.shape.max_variants == 3

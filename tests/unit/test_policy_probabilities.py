@@ -164,3 +164,40 @@ def test_both_policies_fit_the_protocol_and_greedy_ignores_the_featurizer() -> N
         assert sum(p.probability for p in proposals) == pytest.approx(1.0)
     greedy = EpsilonGreedyPolicy(epsilon=0.2)
     assert greedy.propose("a", candidates()) == greedy.propose("a", candidates(), FEATURIZER)
+
+
+@pytest.mark.parametrize("ceiling", [1, 2, 4, 7])
+@pytest.mark.parametrize("seed", range(3))
+def test_a_capped_version_shows_its_best_variants_its_probabilities_renormalised(
+    seed: int, ceiling: int
+) -> None:
+    # offers.max_variants as a worker applies it to a version whose checkpoint shows 8: the
+    # best-scored `ceiling` of what it would have shown, floor and softmax spread over them.
+    policy = trained_like_policy(seed)
+    capped = policy.capped(ceiling)
+    assert capped.version == policy.version and capped.shape.max_variants == ceiling
+    full = policy.decide("a", candidates(), featurizer=FEATURIZER)
+    decision = capped.decide("a", candidates(), featurizer=FEATURIZER)
+    assert len(decision.proposals) == ceiling
+    score_of = {i: p.score for i, p in zip(full.shown, full.proposals, strict=True)}
+    assert set(decision.shown) == set(sorted(score_of, key=lambda i: -score_of[i])[:ceiling])
+    probs = [p.probability for p in decision.proposals]
+    assert sum(probs) == pytest.approx(1.0, abs=1e-12)
+    assert sum(decision.probabilities) == pytest.approx(1.0, abs=1e-12)  # 0 for the rest
+    assert [decision.probabilities[i] for i in decision.shown] == probs  # what is logged
+    floor = min(0.05, 1.0 / ceiling)
+    assert min(probs) >= floor - 1e-12
+    # Renormalised, not truncated: above the floor, the softmax of the scores kept.
+    softmax = torch.softmax(torch.tensor([p.score for p in decision.proposals],
+                                         dtype=torch.float64), 0).tolist()
+    assert probs == pytest.approx([floor + (1 - ceiling * floor) * s for s in softmax],
+                                  rel=1e-6, abs=1e-9)
+
+
+def test_a_ceiling_never_raises_a_versions_own_number_of_variants() -> None:
+    policy = trained_like_policy(0)
+    two = TorchPolicy(policy.scorer, policy.capped(2).shape, version="two", parent=None)
+    assert two.capped(4) is two and policy.capped(None) is policy and policy.capped(8) is policy
+    assert len(two.capped(4).propose("a", candidates(), featurizer=FEATURIZER)) == 2
+    with pytest.raises(ValueError, match="max_variants"):
+        policy.capped(0)

@@ -335,9 +335,12 @@ def test_decomposition_chain_adds_up_and_matches_the_report(catalogue: Catalogue
     assert math.isfinite(pre["served"]) and math.isfinite(post["served"])
 
 
-def test_the_learned_loop_logs_decisions_as_served(catalogue: Catalogue) -> None:
+@pytest.mark.parametrize("max_variants", [None, 3])
+def test_the_learned_loop_logs_decisions_as_served(catalogue: Catalogue,
+                                                   max_variants: int | None) -> None:
     # Re-run on the buffered records, the live policy gives each shown variant exactly the
-    # probability the storefront logged: the records are the decisions that were made.
+    # probability the storefront logged: the records are the decisions that were made; with
+    # offers.max_variants below the first policy's 8 too (what the benchmark compares).
     import numpy as np
     import torch
 
@@ -345,8 +348,12 @@ def test_the_learned_loop_logs_decisions_as_served(catalogue: Catalogue) -> None
     from streamer.simulation.learned import LearnedDecisions
 
     learned = LearnedDecisions(min_records=10**6, every_records=10**6,
-                               segments=[s.name for s in catalogue.segments])
+                               segments=[s.name for s in catalogue.segments],
+                               max_variants=max_variants)
     run_closed_loop(learned, SimulatedShop(catalogue, seed=5), impressions=1500)
+    shown = max_variants or 8
+    assert learned.live.shape.max_variants == shown
+    assert max(len(o.variants) for o in learned.offers.values()) == shown
     batch = learned.trainer.buffer.snapshot()
     assert len(batch) > 100 and batch.expected_reward is not None
     shape = learned.live.shape
