@@ -361,7 +361,7 @@ async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
     await consumer.seek_to_beginning()
 
 
-def trainer_core(settings: Settings, metrics: Metrics | None = None) -> FeedbackTrainer:
+def trainer_core(settings: Settings, metrics: TrainerMetrics | None = None) -> FeedbackTrainer:
     """The trainer's core as ``settings`` configure it, with the workers' own settings where
     they must agree: their segments (feature slots), the reward they learn from, and the most
     variants an offer shows (``offers.max_variants``), so it evaluates what they serve."""

@@ -284,7 +284,7 @@ def scoring_policy(seed: int) -> TorchPolicy:
         torch.manual_seed(seed)
         for p in policy.scorer.parameters():
             p.normal_(0.0, 0.3)
-    return TorchPolicy(policy.scorer, policy.shape, version=version_of(policy.scorer, "torch"),
+    return TorchPolicy(policy.scorer, policy.shape, version=version_of(policy.scorer, policy.shape),
                        parent=None)
 
 
