@@ -7,6 +7,7 @@ from streamer.events.codec import (
     check_not_ahead,
     check_offer,
     internal_decoder,
+    typed_decoder,
 )
 from streamer.events.models import (
     CLICK_KINDS,
@@ -42,4 +43,5 @@ __all__ = [
     "check_not_ahead",
     "check_offer",
     "internal_decoder",
+    "typed_decoder",
 ]

@@ -71,6 +71,34 @@ class _TypedDecoder(Generic[T]):
             raise InvalidEvent("not_json", str(e)) from e
         except UnicodeDecodeError as e:  # invalid UTF-8 inside a JSON string
             raise InvalidEvent("not_json", f"invalid UTF-8: {e.reason} at byte {e.start}") from e
+        except RecursionError as e:
+            # msgspec descends into nested arrays with the interpreter's recursion limit, also
+            # to skip a field the model does not know: ~2 bytes a level, so a 10 KB message of
+            # brackets is enough to raise this out of any decoder whose model allows unknown
+            # fields or ``Any``.
+            raise InvalidEvent("not_json", "nested too deeply") from e
+
+
+def typed_decoder(model: Any, max_message_bytes: int,
+                  ) -> Callable[[bytes | bytearray | memoryview | None], Any]:
+    """A decoder of ``model`` with the wire decoders' size limit first and their checks: it
+    raises nothing but :class:`InvalidEvent`, invalid UTF-8 and nesting too deep included. For
+    the formats streamer reads besides the wire models (``policy-updates`` rollbacks, the
+    ``feedback`` records the trainer reads).
+
+    >>> decode = typed_decoder(dict[str, int], 16)
+    >>> decode(b'{"a":1}')
+    {'a': 1}
+    >>> decode(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: too_large: message of 10006 bytes exceeds 16
+    >>> typed_decoder(dict[str, Any], 1 << 20)(b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: not_json: nested too deeply
+    """
+    return _TypedDecoder(model, max_message_bytes)
 
 
 def internal_decoder(model: Any) -> Callable[[bytes | bytearray | memoryview | None], Any]:
@@ -90,7 +118,7 @@ def internal_decoder(model: Any) -> Callable[[bytes | bytearray | memoryview | N
     ...
     streamer.events.codec.InvalidEvent: schema: Expected `int`, got `str` - at `$[0]`
     """
-    return _TypedDecoder(model, sys.maxsize)
+    return typed_decoder(model, sys.maxsize)
 
 
 class EventCodec:
