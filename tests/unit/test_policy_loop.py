@@ -434,6 +434,31 @@ def test_rollback_returns_to_an_earlier_version_and_refuses_unknown_ones() -> No
     assert offer.policy_version == "v0-greedy"
 
 
+@pytest.mark.parametrize("record", [
+    b'{"kind":' + b"[" * 5000 + b"]" * 5000 + b"}",  # 10 KB: under the size limit
+    b'{"kind":"rollback","version":"v0-greedy","note":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"kind":"rollback","version":"v0-gr\xffedy"}',  # invalid UTF-8
+    b'{"kind":"rollback","version":17}',
+    b'{"kind":"rollback","version":""}',
+    b'{"kind":"rollforward","version":"v0-greedy"}',
+    b'{"kind":"rollback","version":"v0-greedy","reason":"' + b"x" * 20_000 + b'"}',
+])
+def test_a_record_that_only_starts_like_a_rollback_is_refused_by_every_reader(
+        record: bytes) -> None:
+    # The topic is kept forever: anything raised here other than the refusal would stop
+    # every worker, the trainer and `streamer policy` on every start.
+    versions = PolicyVersions(base_version="v0-greedy")
+    versions.apply(policy_to_bytes(v1 := torch_policy(1)))
+    with pytest.raises(ValueError, match="malformed rollback record"):
+        versions.apply(record)
+    assert (versions.live_version, versions.rejected) == (v1.version, 1)
+    follower = PolicyFollower(Settings(), Engine.in_memory(CONFIG), Metrics())
+    assert follower.apply(record) is None
+    assert follower.metrics.snapshot()["streamer_policy_refused_total"] == 1.0
+    core = FeedbackTrainer(TrainerSettings(), base_version="v0-greedy")
+    assert core.observe_policy_update(record) is None
+
+
 def test_versions_are_bounded_but_keep_the_live_one() -> None:
     versions = PolicyVersions(base_version="v0", max_versions=2)
     policies = [torch_policy(k) for k in range(4)]
