@@ -68,7 +68,7 @@ import heapq
 import math
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -1318,6 +1318,37 @@ def _offer_items(offer: BundleOffer) -> set[str]:
     return {i for v in offer.variants for i in v.items}
 
 
+class _RecordFields(msgspec.Struct, frozen=True):
+    """The fields of a feedback record :func:`logged_decision` reads, typed. Converted loosely
+    (``"1"`` and ``1.0`` are the variant 1, as ``int()`` read them), but never a non-finite or
+    fractional variant, nor a value of another kind (an ``OverflowError`` or ``TypeError``
+    raised past the trainer's invalid-record path stopped it on every start)."""
+
+    variant: int
+    propensity: float
+    reward: float
+    ts: int | None = None
+    segment: str | None = None
+
+
+class _CarriedRows(msgspec.Struct, frozen=True):
+    """A decision a flat record carries itself (see :func:`logged_decision`), typed."""
+
+    variant_features: list[dict[str, float]]
+    chosen: int
+    expected_rewards: list[float] | None = None
+
+
+_Fields = TypeVar("_Fields", _RecordFields, _CarriedRows)
+
+
+def _fields(record: Mapping[str, Any], model: type[_Fields], what: str) -> _Fields:
+    try:
+        return msgspec.convert(record, model, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"feedback record lacks {what}: {e}") from e
+
+
 def carries_decision(record: Mapping[str, Any]) -> bool:
     """Whether :func:`logged_decision` takes ``record``'s decision as it is (else: rebuilt from
     the offer at the time it is called, what operators count as ``rebuilt``)."""
@@ -1366,12 +1397,8 @@ def logged_decision(
     >>> round(d.variant_features[d.chosen]["discount"], 2), round(d.expected_rewards[6], 3)
     (0.1, 0.18)
     """
-    try:
-        variant = int(record["variant"])
-        propensity = float(record["propensity"])
-        reward = float(record["reward"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"feedback record lacks variant/propensity/reward: {e}") from e
+    fields = _fields(record, _RecordFields, "variant/propensity/reward")
+    variant, propensity, reward = fields.variant, fields.propensity, fields.reward
     if offer is not None:
         if record.get("offer_id", offer.offer_id) != offer.offer_id:
             raise ValueError(
@@ -1395,17 +1422,15 @@ def logged_decision(
                              f"decision of {decision.offer_id!r}")
         return decision.logged(variant, propensity, reward)  # checks the variant
     if "variant_features" in record and "chosen" in record:
-        rows = [{str(k): float(x) for k, x in r.items()} for r in record["variant_features"]]
-        chosen = int(record["chosen"])
-        if not 0 <= chosen < len(rows):
-            raise ValueError(f"chosen row {chosen} out of range")
-        dm = record.get("expected_rewards")
+        carried = _fields(record, _CarriedRows, "a decision of the right types")
+        if not 0 <= carried.chosen < len(carried.variant_features):
+            raise ValueError(f"chosen row {carried.chosen} out of range")
         return LoggedDecision(
-            variant_features=rows,
-            chosen=chosen,
+            variant_features=carried.variant_features,
+            chosen=carried.chosen,
             propensity=propensity,
             reward=reward,
-            expected_rewards=None if dm is None else [float(x) for x in dm],
+            expected_rewards=carried.expected_rewards,
         )
     if offer is None:
         raise ValueError("a record without its decision is rebuilt from its offer: none given")
@@ -1421,8 +1446,8 @@ def logged_decision(
         levels.append(shown.discount_pct)
     actions = decision_actions(bundles.values(), [float(d) for d in levels])
     chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
-    ts = int(record.get("ts") or offer.ts)
-    segment = str(record.get("segment") or offer.segment)
+    ts = fields.ts or offer.ts
+    segment = fields.segment or offer.segment
     context = DecisionContext(segment, ts, offer_prices(offer, prices), segments)
     rows = []
     dm_rows: list[float] = []

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -21,13 +22,14 @@ from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import (
     FeedbackTrainer,
+    _dispatch,
     _publish,
     _read_to_end,
     feedback_fields,
     rejection_label,
 )
 from streamer.engine import Engine, EngineConfig, logged_decision
-from streamer.events import PurchaseEvent
+from streamer.events import EventCodec, PurchaseEvent
 from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES
 from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
@@ -291,6 +293,41 @@ def test_feedback_carrying_its_decision_needs_no_offer() -> None:
     # A record without its decision still needs its offer to be rebuilt.
     with pytest.raises(ValueError):
         logged_decision({k: v for k, v in record.items() if k != "decision"}, None)
+
+
+FLAT = b'"offer_id":"o","variant":0,"propensity":0.5,"reward":1.0'
+
+
+@pytest.mark.parametrize("value", [
+    b"[" * 50_000 + b"]" * 50_000,  # 100 KB, under kafka.max_message_bytes
+    b'{"offer_id":"o","decision":{},"variant":1e999,"propensity":0.5,"reward":1.0}',
+    b'{"offer_id":"\xff",' + FLAT[13:] + b"}",  # invalid UTF-8
+    b"{" + FLAT + b',"variant_features":[1],"chosen":0}',
+    b"{" + FLAT + b',"variant_features":[{"x":1.0}],"chosen":null}',
+    b"{" + FLAT + b',"variant_features":[{"x":1.0}],"chosen":0,"expected_rewards":[null]}',
+    b"{" + FLAT + b',"variant_features":[{"x":1.0}],"chosen":0,"expected_rewards":5}',
+    b"[1]",  # not an object
+    b'{"x":"' + b"y" * 300_000 + b'"}',
+])
+def test_a_malformed_feedback_record_is_skipped_and_counted(value: bytes) -> None:
+    # Raised out of _dispatch, it ended run_trainer; restarted, the trainer reads feedback
+    # from the beginning and met it again.
+    settings = Settings()
+    core = FeedbackTrainer(settings.trainer, base_version="v0-greedy")
+    record = SimpleNamespace(value=value, partition=0, offset=0)
+    _dispatch(core, EventCodec(settings.kafka.max_message_bytes), settings.topics.feedback,
+              record, settings, TrainerMetrics())
+    assert (core.invalid, core.buffered) == (1, 0)
+
+
+def test_an_embedded_offer_nested_deeper_than_json_encodes_is_no_offer() -> None:
+    core = FeedbackTrainer(TrainerSettings(), base_version="v0-greedy")
+    nested: list[Any] = []
+    for _ in range(2000):
+        nested = [nested]
+    record = {"offer_id": "o", "variant": 0, "propensity": 0.5, "reward": 1.0,
+              "offer": {"variants": nested}}
+    assert not core.observe_feedback(record) and core.n_pending == 1  # waits for its offer
 
 
 def test_an_impression_republished_after_a_crash_is_trained_on_once() -> None:
