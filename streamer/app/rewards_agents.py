@@ -343,7 +343,8 @@ def install_reward_tracking(
         while True:
             try:
                 await read_reward_windows(settings.kafka, t.rewards, follow=True,
-                                          on_batch=on_windows, lookback_ms=86_400_000)
+                                          on_batch=on_windows, lookback_ms=86_400_000,
+                                          on_invalid=board.skip)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a broker hiccup must not stop the worker's dashboard for good
