@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import faust
-import msgspec
 from aiokafka.partitioner import murmur2
 from faust.exceptions import KeyDecodeError
 
+from streamer.events import InvalidEvent, internal_decoder
 from streamer.settings import KafkaSettings
 
 
@@ -137,9 +137,12 @@ class TableSchema(faust.Schema):  # type: ignore[type-arg]
     changelog message a worker reads (recovering after a restart or a rebalance, keeping its
     global tables current with the other workers' writes) went through faust's registry for
     the key and the value: ~5 us per message in process, against ~1 us here. The key is the
-    JSON faust's serializer would have loaded (an invalid one raises faust's
-    ``KeyDecodeError``, which faust's conductor handles as before), the value the bytes; any
-    other serializers (never the worker's) take faust's own path.
+    JSON string faust's serializer would have loaded, the value the bytes; any other
+    serializers (never the worker's) take faust's own path. A key that is not a JSON string
+    (not JSON, not UTF-8, nested too deep, another type: never one a worker writes) raises
+    faust's ``KeyDecodeError``, which faust's conductor handles as before: it acknowledges the
+    message and goes on. Anything else raised here escaped the conductor and stopped the
+    worker, and again on every restart, recovering the table from that changelog.
 
     >>> import asyncio
     >>> from faust.types import Message
@@ -159,14 +162,14 @@ class TableSchema(faust.Schema):  # type: ignore[type-arg]
         if (self.key_type, self.key_serializer, self.value_serializer) != (str, "json", "raw"):
             return super().compile(app, **kwargs)
         event = app.conf.Event
-        load_key = msgspec.json.decode
+        load_key = internal_decoder(str)
 
         async def decode(message: Any, *, propagate: bool = False) -> Any:
             key = message.key
             if key is not None:
                 try:
                     key = load_key(key)
-                except msgspec.DecodeError as e:
+                except InvalidEvent as e:
                     raise KeyDecodeError(str(e)) from e
             return event(app, key, message.value, message.headers, message)
 

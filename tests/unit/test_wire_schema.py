@@ -93,6 +93,19 @@ def test_a_changelog_key_that_is_not_json_fails_as_in_faust() -> None:
             decode(table.changelog_topic, message(b"not json", b"v"))
 
 
+@pytest.mark.parametrize("key", [
+    b'"\xff"',  # not UTF-8: raised UnicodeDecodeError, past faust's conductor
+    b"[" * 5000 + b"]" * 5000,  # raised RecursionError
+    b"5", b'["tea"]', b"null",  # JSON, but no key a worker's str-keyed table writes
+])
+def test_a_changelog_key_that_is_no_json_string_is_a_key_decode_error(key: bytes) -> None:
+    # faust's conductor acknowledges a KeyDecodeError and goes on; anything else stopped the
+    # worker, and every restart recovering the table met the record again.
+    ours, _ = tables(app())
+    with pytest.raises(KeyDecodeError):
+        decode(ours.changelog_topic, message(key, b"v"))
+
+
 def test_other_serializers_take_fausts_path() -> None:
     schema = TableSchema()
     schema.update(key_serializer="raw")
