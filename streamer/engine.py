@@ -81,7 +81,7 @@ from streamer.copurchase import (
     SessionItems,
     SessionItemsTracker,
 )
-from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
+from streamer.events import BundleOffer, ClickEvent, InvalidEvent, PurchaseEvent, internal_decoder
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.offers import (
@@ -1143,10 +1143,13 @@ class DecisionHeader(msgspec.Struct, frozen=True, kw_only=True):
 #: of 10.8 us, a header decoded in 1.2 instead of 2.8 us and a whole decision in 5.2 instead
 #: of 7.6 us. Feedback records, which users and the trainer read, stay JSON.
 encode_decision = msgspec.msgpack.Encoder().encode
-_decode_header = msgspec.msgpack.Decoder(DecisionHeader).decode
-_decode_decision = msgspec.msgpack.Decoder(OfferDecision).decode
-_decode_header_json = msgspec.json.Decoder(DecisionHeader).decode
-_decode_decision_json = msgspec.json.Decoder(OfferDecision).decode
+# Decoders raising nothing but InvalidEvent: a message of the topic that does not decode
+# (invalid UTF-8 in a string, nesting too deep) must not stop the feed or the agent closing
+# an impression of its offer.
+_decode_header = internal_decoder(DecisionHeader, msgpack=True)
+_decode_decision = internal_decoder(OfferDecision, msgpack=True)
+_decode_header_json = internal_decoder(DecisionHeader)
+_decode_decision_json = internal_decoder(OfferDecision)
 
 
 def _is_json(data: bytes) -> bool:
@@ -1218,7 +1221,7 @@ class DecisionLog:
     def add_encoded(self, value: bytes) -> None:
         """:meth:`add` for an encoded decision (a message of the decisions topic:
         :data:`encode_decision`'s, or JSON from a worker of an earlier version), decoding only
-        its header. Raises ``msgspec.DecodeError`` when it is not one."""
+        its header. Raises :class:`~streamer.events.InvalidEvent` when it is not one."""
         decode = _decode_header_json if _is_json(value) else _decode_header
         self._keep(decode(value), value)
 
@@ -1263,9 +1266,11 @@ class DecisionLog:
             return None
         try:
             data = held[2]
-            return (_decode_decision_json if _is_json(data) else _decode_decision)(data)
-        except msgspec.DecodeError:  # ValidationError included
+            decision: OfferDecision = (_decode_decision_json if _is_json(data)
+                                       else _decode_decision)(data)
+        except InvalidEvent:
             return None
+        return decision
 
     def ids(self) -> list[str]:
         """The offer ids held, oldest first."""

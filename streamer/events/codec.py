@@ -54,8 +54,9 @@ class InvalidEvent(ValueError):
 class _TypedDecoder(Generic[T]):
     __slots__ = ("_decoder", "_max")
 
-    def __init__(self, model: type[T], max_message_bytes: int) -> None:
-        self._decoder = msgspec.json.Decoder(model)
+    def __init__(self, model: type[T], max_message_bytes: int, *, msgpack: bool = False) -> None:
+        self._decoder: msgspec.json.Decoder[T] | msgspec.msgpack.Decoder[T] = (
+            msgspec.msgpack.Decoder(model) if msgpack else msgspec.json.Decoder(model))
         self._max = max_message_bytes
 
     def __call__(self, data: bytes | bytearray | memoryview | None) -> T:
@@ -69,7 +70,7 @@ class _TypedDecoder(Generic[T]):
             raise InvalidEvent("schema", str(e)) from e
         except msgspec.DecodeError as e:
             raise InvalidEvent("not_json", str(e)) from e
-        except UnicodeDecodeError as e:  # invalid UTF-8 inside a JSON string
+        except UnicodeDecodeError as e:  # invalid UTF-8 inside a string
             raise InvalidEvent("not_json", f"invalid UTF-8: {e.reason} at byte {e.start}") from e
         except RecursionError as e:
             # msgspec descends into nested arrays with the interpreter's recursion limit, also
@@ -79,12 +80,13 @@ class _TypedDecoder(Generic[T]):
             raise InvalidEvent("not_json", "nested too deeply") from e
 
 
-def typed_decoder(model: Any, max_message_bytes: int,
+def typed_decoder(model: Any, max_message_bytes: int, *, msgpack: bool = False,
                   ) -> Callable[[bytes | bytearray | memoryview | None], Any]:
     """A decoder of ``model`` with the wire decoders' size limit first and their checks: it
     raises nothing but :class:`InvalidEvent`, invalid UTF-8 and nesting too deep included. For
     the formats streamer reads besides the wire models (``policy-updates`` rollbacks, the
-    ``feedback`` records the trainer reads).
+    ``feedback`` records the trainer reads). ``msgpack``: MessagePack instead of JSON (the
+    kinds stay the JSON decoders': bytes that do not decode are ``not_json``).
 
     >>> decode = typed_decoder(dict[str, int], 16)
     >>> decode(b'{"a":1}')
@@ -98,10 +100,11 @@ def typed_decoder(model: Any, max_message_bytes: int,
     ...
     streamer.events.codec.InvalidEvent: not_json: nested too deeply
     """
-    return _TypedDecoder(model, max_message_bytes)
+    return _TypedDecoder(model, max_message_bytes, msgpack=msgpack)
 
 
-def internal_decoder(model: Any) -> Callable[[bytes | bytearray | memoryview | None], Any]:
+def internal_decoder(model: Any, *, msgpack: bool = False,
+                     ) -> Callable[[bytes | bytearray | memoryview | None], Any]:
     """A decoder of ``model`` for messages workers wrote themselves (internal topics): the
     checks and :class:`InvalidEvent` kinds of the wire decoders, without their size limit (an
     internal message is bounded by its writer, item-basket messages at 512 KiB).
@@ -118,7 +121,7 @@ def internal_decoder(model: Any) -> Callable[[bytes | bytearray | memoryview | N
     ...
     streamer.events.codec.InvalidEvent: schema: Expected `int`, got `str` - at `$[0]`
     """
-    return typed_decoder(model, sys.maxsize)
+    return typed_decoder(model, sys.maxsize, msgpack=msgpack)
 
 
 class EventCodec:
