@@ -1,6 +1,7 @@
 """Wire contracts: typed models mirroring ``schemas/`` and the codec that validates bytes."""
 
 from streamer.events.codec import (
+    DECODE_ERRORS,
     EventCodec,
     InvalidEvent,
     check_click,
@@ -26,6 +27,7 @@ from streamer.events.models import (
 
 __all__ = [
     "CLICK_KINDS",
+    "DECODE_ERRORS",
     "BundleOffer",
     "ClickEvent",
     "ClickKind",
