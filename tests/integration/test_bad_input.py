@@ -198,3 +198,19 @@ def test_the_rewards_reader_skips_and_counts_what_is_no_window(settings: Setting
                                               on_invalid=board.skip, idle_timeout_s=10))
     assert [w.window_start for w in windows] == [start, start + 60_000]
     assert board.invalid == 2
+
+
+@pytest.mark.parametrize("key", [b'"\xff"', b"not json"])
+def test_a_changelog_record_whose_key_does_not_decode_lets_a_worker_restart(
+        settings: Settings, start_worker: Any, key: bytes) -> None:
+    # The last record of a global table's changelog partition (every worker recovers all of
+    # them): its key not UTF-8 stopped the restarted worker; not JSON, the worker waited for
+    # its offset for good and never became ready.
+    first = start_worker()
+    produce(settings, f"{settings.worker.app_id}-catalog-changelog", [(key, b"1.5")])
+    first.process.stop()
+    again = start_worker(ready_timeout_s=60)
+    good = purchase(0, ["tea", "cup"], ts=int(time.time() * 1000))
+    produce(settings, settings.topics.purchases,
+            [(good.session_id.encode(), msgspec.json.encode(good))])
+    wait_for(lambda: item_view(again, "tea")["count"] > 0.99, 30, "a purchase learned")
