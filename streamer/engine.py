@@ -68,7 +68,7 @@ import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -81,7 +81,7 @@ from streamer.copurchase import (
     SessionItems,
     SessionItemsTracker,
 )
-from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
+from streamer.events import BundleOffer, ClickEvent, InvalidEvent, PurchaseEvent, internal_decoder
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
 from streamer.offers import (
@@ -1211,10 +1211,13 @@ class DecisionHeader(msgspec.Struct, frozen=True, kw_only=True):
 #: of 10.8 us, a header decoded in 1.2 instead of 2.8 us and a whole decision in 5.2 instead
 #: of 7.6 us. Feedback records, which users and the trainer read, stay JSON.
 encode_decision = msgspec.msgpack.Encoder().encode
-_decode_header = msgspec.msgpack.Decoder(DecisionHeader).decode
-_decode_decision = msgspec.msgpack.Decoder(OfferDecision).decode
-_decode_header_json = msgspec.json.Decoder(DecisionHeader).decode
-_decode_decision_json = msgspec.json.Decoder(OfferDecision).decode
+# Decoders raising nothing but InvalidEvent: a message of the topic that does not decode
+# (invalid UTF-8 in a string, nesting too deep) must not stop the feed or the agent closing
+# an impression of its offer.
+_decode_header = internal_decoder(DecisionHeader, msgpack=True)
+_decode_decision = internal_decoder(OfferDecision, msgpack=True)
+_decode_header_json = internal_decoder(DecisionHeader)
+_decode_decision_json = internal_decoder(OfferDecision)
 
 
 def _is_json(data: bytes) -> bool:
@@ -1286,7 +1289,7 @@ class DecisionLog:
     def add_encoded(self, value: bytes) -> None:
         """:meth:`add` for an encoded decision (a message of the decisions topic:
         :data:`encode_decision`'s, or JSON from a worker of an earlier version), decoding only
-        its header. Raises ``msgspec.DecodeError`` when it is not one."""
+        its header. Raises :class:`~streamer.events.InvalidEvent` when it is not one."""
         decode = _decode_header_json if _is_json(value) else _decode_header
         self._keep(decode(value), value)
 
@@ -1331,9 +1334,11 @@ class DecisionLog:
             return None
         try:
             data = held[2]
-            return (_decode_decision_json if _is_json(data) else _decode_decision)(data)
-        except msgspec.DecodeError:  # ValidationError included
+            decision: OfferDecision = (_decode_decision_json if _is_json(data)
+                                       else _decode_decision)(data)
+        except InvalidEvent:
             return None
+        return decision
 
     def ids(self) -> list[str]:
         """The offer ids held, oldest first."""
@@ -1386,6 +1391,37 @@ def _offer_items(offer: BundleOffer) -> set[str]:
     return {i for v in offer.variants for i in v.items}
 
 
+class _RecordFields(msgspec.Struct, frozen=True):
+    """The fields of a feedback record :func:`logged_decision` reads, typed. Converted loosely
+    (``"1"`` and ``1.0`` are the variant 1, as ``int()`` read them), but never a non-finite or
+    fractional variant, nor a value of another kind (an ``OverflowError`` or ``TypeError``
+    raised past the trainer's invalid-record path stopped it on every start)."""
+
+    variant: int
+    propensity: float
+    reward: float
+    ts: int | None = None
+    segment: str | None = None
+
+
+class _CarriedRows(msgspec.Struct, frozen=True):
+    """A decision a flat record carries itself (see :func:`logged_decision`), typed."""
+
+    variant_features: list[dict[str, float]]
+    chosen: int
+    expected_rewards: list[float] | None = None
+
+
+_Fields = TypeVar("_Fields", _RecordFields, _CarriedRows)
+
+
+def _fields(record: Mapping[str, Any], model: type[_Fields], what: str) -> _Fields:
+    try:
+        return msgspec.convert(record, model, strict=False)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"feedback record lacks {what}: {e}") from e
+
+
 def carries_decision(record: Mapping[str, Any]) -> bool:
     """Whether :func:`logged_decision` takes ``record``'s decision as it is (else: rebuilt from
     the offer at the time it is called, what operators count as ``rebuilt``)."""
@@ -1434,12 +1470,8 @@ def logged_decision(
     >>> round(d.variant_features[d.chosen]["discount"], 2), round(d.expected_rewards[6], 3)
     (0.1, 0.18)
     """
-    try:
-        variant = int(record["variant"])
-        propensity = float(record["propensity"])
-        reward = float(record["reward"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"feedback record lacks variant/propensity/reward: {e}") from e
+    fields = _fields(record, _RecordFields, "variant/propensity/reward")
+    variant, propensity, reward = fields.variant, fields.propensity, fields.reward
     if offer is not None:
         if record.get("offer_id", offer.offer_id) != offer.offer_id:
             raise ValueError(
@@ -1463,17 +1495,15 @@ def logged_decision(
                              f"decision of {decision.offer_id!r}")
         return decision.logged(variant, propensity, reward)  # checks the variant
     if "variant_features" in record and "chosen" in record:
-        rows = [{str(k): float(x) for k, x in r.items()} for r in record["variant_features"]]
-        chosen = int(record["chosen"])
-        if not 0 <= chosen < len(rows):
-            raise ValueError(f"chosen row {chosen} out of range")
-        dm = record.get("expected_rewards")
+        carried = _fields(record, _CarriedRows, "a decision of the right types")
+        if not 0 <= carried.chosen < len(carried.variant_features):
+            raise ValueError(f"chosen row {carried.chosen} out of range")
         return LoggedDecision(
-            variant_features=rows,
-            chosen=chosen,
+            variant_features=carried.variant_features,
+            chosen=carried.chosen,
             propensity=propensity,
             reward=reward,
-            expected_rewards=None if dm is None else [float(x) for x in dm],
+            expected_rewards=carried.expected_rewards,
         )
     if offer is None:
         raise ValueError("a record without its decision is rebuilt from its offer: none given")
@@ -1489,8 +1519,8 @@ def logged_decision(
         levels.append(shown.discount_pct)
     actions = decision_actions(bundles.values(), [float(d) for d in levels])
     chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
-    ts = int(record.get("ts") or offer.ts)
-    segment = str(record.get("segment") or offer.segment)
+    ts = fields.ts or offer.ts
+    segment = fields.segment or offer.segment
     context = DecisionContext(segment, ts, offer_prices(offer, prices), segments)
     rows = []
     dm_rows: list[float] = []

@@ -47,27 +47,31 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     board = RewardBoard(history=1_000_000, min_impressions=1, min_conversions=0)
     board.add_all(windows)
     sections: list[str] = []
-    for size in board.sizes():
-        series = board.series(size)
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
-                                          gridspec_kw={"height_ratios": [2, 1]})
-        for version, rows in series.items():
-            x = [_when(w.window_end) for w in rows]
-            line, = top.plot(x, [w.reward_rate for w in rows], marker="o", markersize=3,
-                             label=version)
-            top.fill_between(x, [w.ci95[0] for w in rows], [w.ci95[1] for w in rows],
-                             color=line.get_color(), alpha=0.15)
-            bottom.plot(x, [w.impressions for w in rows], color=line.get_color())
-        top.set_ylabel("reward per impression")
-        top.set_title(f"{spec_label(size)} windows (band: 95% interval)")
-        top.legend(loc="best")
-        bottom.set_ylabel("impressions")
-        bottom.set_xlabel("window end (UTC)")
-        fig.autofmt_xdate()
-        sections.append(f"<h2>{spec_label(size)} windows</h2>"
-                        f'<img alt="reward per impression, {spec_label(size)} windows" '
-                        f'src="data:image/png;base64,{_png(fig)}">')
-        plt.close(fig)
+    # Version names are text from the rewards topic (any 1-200 characters): matplotlib would
+    # read one with "$" as mathtext, and an unbalanced one ("$\frac{$") failed the report.
+    # Scoped to these figures, not set for the process.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for size in board.sizes():
+            series = board.series(size)
+            fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+                                              gridspec_kw={"height_ratios": [2, 1]})
+            for version, rows in series.items():
+                x = [_when(w.window_end) for w in rows]
+                line, = top.plot(x, [w.reward_rate for w in rows], marker="o", markersize=3,
+                                 label=version)
+                top.fill_between(x, [w.ci95[0] for w in rows], [w.ci95[1] for w in rows],
+                                 color=line.get_color(), alpha=0.15)
+                bottom.plot(x, [w.impressions for w in rows], color=line.get_color())
+            top.set_ylabel("reward per impression")
+            top.set_title(f"{spec_label(size)} windows (band: 95% interval)")
+            top.legend(loc="best")
+            bottom.set_ylabel("impressions")
+            bottom.set_xlabel("window end (UTC)")
+            fig.autofmt_xdate()
+            sections.append(f"<h2>{spec_label(size)} windows</h2>"
+                            f'<img alt="reward per impression, {spec_label(size)} windows" '
+                            f'src="data:image/png;base64,{_png(fig)}">')
+            plt.close(fig)
     rows_html = []
     sizes = board.sizes()
     if sizes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.app.offer_index import assign_all_partitions
 from streamer.app.reward_tracking import spec_label
-from streamer.events import RewardWindow
+from streamer.events import EventCodec, InvalidEvent, RewardWindow
 from streamer.rewards import RegressionCheck, SrmResult, reward_regression, sample_ratio_mismatch
 from streamer.rewards.guardrails import DEFAULT_SRM_ALPHA
 from streamer.settings import KafkaSettings, RewardSettings
+
+log = logging.getLogger(__name__)
 
 _decode_window = msgspec.json.Decoder(RewardWindow).decode
 
@@ -132,12 +135,18 @@ class RewardBoard:
         self._windows: dict[tuple[str, int], dict[int, RewardWindow]] = {}
         self._first_seen: dict[str, tuple[int, int]] = {}
         self.received = 0
+        #: Messages of the rewards topic skipped as no window (see read_reward_windows).
+        self.invalid = 0
 
     @classmethod
     def from_settings(cls, r: RewardSettings) -> RewardBoard:
         return cls(history=r.history_windows, srm_alpha=r.srm_alpha,
                    expected_split=r.expected_split(), min_impressions=r.min_impressions,
                    min_conversions=r.min_conversions)
+
+    def skip(self, error: InvalidEvent) -> None:
+        """Count a message of the rewards topic that is no window (``on_invalid``)."""
+        self.invalid += 1
 
     def add(self, window: RewardWindow) -> None:
         """Keep one closed window (breakdown rows per anchor/segment are ignored)."""
@@ -278,13 +287,19 @@ async def read_reward_windows(
     kafka: KafkaSettings, topic: str, *, follow: bool,
     on_batch: Callable[[list[RewardWindow]], Awaitable[None] | None] | None = None,
     lookback_ms: int | None = None, idle_timeout_s: float = 30.0,
+    on_invalid: Callable[[InvalidEvent], None] | None = None,
 ) -> list[RewardWindow]:
     """Read ``topic`` from the start (or ``lookback_ms`` ago); return every valid window.
 
     Without ``follow`` it stops at the end offsets seen when it started (or after
     ``idle_timeout_s`` without progress); with ``follow`` it runs until cancelled, calling
-    ``on_batch`` with each batch. Invalid messages are skipped (the rewards topic is ours).
+    ``on_batch`` with each batch. A message that is not a window (``EventCodec``: larger than
+    ``kafka.max_message_bytes``, undecoded; invalid UTF-8; any other reason) is logged, passed
+    to ``on_invalid`` and skipped, never raised: the worker's reader restarts from its
+    lookback after an error, so one bad record raised would freeze the dashboard and the
+    guardrail gauges for as long as the topic keeps it.
     """
+    decode = EventCodec(kafka.max_message_bytes).decode_reward
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await start_client(consumer)
@@ -305,8 +320,13 @@ async def read_reward_windows(
             got: list[RewardWindow] = []
             for records in batch.values():
                 for record in records:
-                    with contextlib.suppress(msgspec.DecodeError):
-                        got.append(_decode_window(record.value or b""))
+                    try:
+                        got.append(decode(record.value))
+                    except InvalidEvent as e:
+                        log.warning("skipped %s[%d]@%d: %s", record.topic, record.partition,
+                                    record.offset, e)
+                        if on_invalid is not None:
+                            on_invalid(e)
             if batch:
                 last_progress = time.monotonic()
             if got:

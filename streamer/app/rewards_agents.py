@@ -76,7 +76,9 @@ _decode_tick = internal_decoder(Tick)
 class EncodedDecisions:
     """The feed's view of a :class:`DecisionLog`: it adds each message as it came
     (:data:`streamer.engine.encode_decision`'s MessagePack, or an earlier worker's JSON),
-    decoding only its header (``InvalidEvent`` when it is not a logged decision)."""
+    decoding only its header (``InvalidEvent`` when it is not a logged decision, whatever
+    the reason: the feed counts and skips those, and anything else it raises restarts it from
+    its lookback, where it would meet the message again)."""
 
     __slots__ = ("log",)
 
@@ -84,10 +86,7 @@ class EncodedDecisions:
         self.log = log
 
     def add(self, value: bytes, /) -> None:
-        try:
-            self.log.add_encoded(value)
-        except msgspec.DecodeError as e:  # ValidationError included
-            raise InvalidEvent("schema", f"not a logged decision: {e}") from e
+        self.log.add_encoded(value)
 
 
 def reward_config(settings: Settings) -> RewardConfig:
@@ -350,7 +349,8 @@ def install_reward_tracking(
         while True:
             try:
                 await read_reward_windows(settings.kafka, t.rewards, follow=True,
-                                          on_batch=on_windows, lookback_ms=86_400_000)
+                                          on_batch=on_windows, lookback_ms=86_400_000,
+                                          on_invalid=board.skip)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a broker hiccup must not stop the worker's dashboard for good

@@ -31,11 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+import logging
+from collections.abc import (
+    Awaitable,
+    Callable,
+    ItemsView,
+    Iterator,
+    MutableMapping,
+    ValuesView,
+)
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
 import msgspec
+
+from streamer.events import DECODE_ERRORS
+
+log = logging.getLogger(__name__)
 
 V = TypeVar("V")
 
@@ -90,9 +102,20 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
 
     ``value_type`` must be immutable (a frozen Struct or a scalar): decoded values are shared
     between reads. At most ``cache_size`` decoded values are kept (0: no cache).
+
+    A stored value that does not decode as ``value_type`` (a changelog record of a stray
+    producer: recovery stores values undecoded) is logged, counted in :attr:`undecodable` and
+    dropped from the store when it is read: the key reads as absent, and its next write
+    replaces the record. Raised, it crashed the agent reading the key, and every restart
+    recovered the record and met it again.
+
+    >>> table = EncodedTable({"tea": b"not json", "cup": b"1.5"}, float)
+    >>> table.get("tea"), "tea" in table, dict(table.items()), table.undecodable
+    (None, False, {'cup': 1.5}, 1)
     """
 
-    __slots__ = ("_cache", "_cache_size", "_decode_value", "_encode", "_raw", "_read")
+    __slots__ = ("_cache", "_cache_size", "_decode_value", "_encode", "_raw", "_read",
+                 "undecodable")
 
     def __init__(self, raw: MutableMapping[Any, Any], value_type: type[V], *,
                  cache_size: int = 1024) -> None:
@@ -103,12 +126,20 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         self._encode, self._decode_value = value_codec(value_type)
         self._cache: dict[Any, tuple[bytes, V]] = {}
         self._cache_size = cache_size
+        self.undecodable = 0
 
-    def _decode(self, key: Any, raw: bytes) -> V:
+    def _decode(self, key: Any, raw: bytes) -> Any:
+        """The value of ``raw``, or :data:`_ABSENT` when it does not decode (dropped)."""
         hit = self._cache.get(key)
         if hit is not None and hit[0] is raw:  # the very bytes decoded before: same value
             return hit[1]
-        value: V = self._decode_value(raw)
+        try:
+            value: V = self._decode_value(raw)
+        except DECODE_ERRORS as e:  # not the codec's typed decoders: a hot path
+            self.undecodable += 1
+            log.warning("dropped the value of %r, which does not decode: %s", key, e)
+            self._read.pop(key, None)
+            return _ABSENT
         self._remember(key, raw, value)
         return value
 
@@ -124,11 +155,23 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         cache[key] = (raw, value)
 
     def __getitem__(self, key: str) -> V:
-        return self._decode(key, self._read[key])
+        value = self._decode(key, self._read[key])
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._read.get(key)
-        return default if raw is None else self._decode(key, raw)
+        if raw is None:
+            return default
+        value = self._decode(key, raw)
+        return default if value is _ABSENT else value
+
+    def items(self) -> ItemsView[str, V]:
+        return _ReadableItems(self)
+
+    def values(self) -> ValuesView[V]:
+        return _ReadableValues(self)
 
     def peek(self, key: str, default: Any = None) -> Any:
         """:meth:`get` without keeping the decoded value in the cache (a cached one is used):
@@ -156,11 +199,38 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         del self._raw[key]
 
     def __iter__(self) -> Iterator[str]:
-        for k in self._raw:
+        for k in list(self._raw):  # a snapshot: reading a value may drop it (_decode)
             yield k.decode() if isinstance(k, bytes) else k
 
     def __len__(self) -> int:
         return len(self._raw)
+
+
+#: What EncodedTable._decode returns for a value that does not decode.
+_ABSENT: Any = object()
+
+
+class _ReadableItems(ItemsView[str, V]):
+    """Items of an :class:`EncodedTable` without those whose value does not decode (the
+    mapping's own view would raise ``KeyError`` for them, mid-iteration)."""
+
+    _mapping: EncodedTable[V]
+
+    def __iter__(self) -> Iterator[tuple[str, V]]:
+        for key in self._mapping:
+            value = self._mapping.get(key, _ABSENT)
+            if value is not _ABSENT:
+                yield key, value
+
+
+class _ReadableValues(ValuesView[V]):
+    """Values of an :class:`EncodedTable`, as :class:`_ReadableItems`."""
+
+    _mapping: EncodedTable[V]
+
+    def __iter__(self) -> Iterator[V]:
+        for _, value in _ReadableItems(self._mapping):
+            yield value
 
 
 _DELETED: Any = object()
@@ -459,7 +529,8 @@ class BufferedTable(EncodedTable[V]):
             hit = self._cache.get(key)
             if hit is not None and hit[0] is raw:
                 return hit[1]
-            return self._decode(key, raw)
+            value = self._decode(key, raw)
+            return default if value is _ABSENT else value
         return default if pending[1] is _DELETED else pending[1]
 
     def peek(self, key: str, default: Any = None) -> Any:

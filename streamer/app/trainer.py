@@ -27,20 +27,29 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamer.app.kafka import aiokafka_kwargs, start_client
 from streamer.engine import Engine, EngineConfig, carries_decision, logged_decision
-from streamer.events import BundleOffer, EventCodec, InvalidEvent, PurchaseEvent
+from streamer.events import (
+    BundleOffer,
+    EventCodec,
+    InvalidEvent,
+    PurchaseEvent,
+    check_offer,
+    typed_decoder,
+)
 from streamer.events.dedup import Deduplicator
 from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES, ConversionModel, DriftMonitor
@@ -256,10 +265,14 @@ class FeedbackTrainer:
         """The record's offer: embedded, else indexed from ``offers`` (None: not seen)."""
         embedded = record.get("offer")
         if isinstance(embedded, Mapping):
+            # Converted as it is, not encoded again to decode: json.dumps of a value nested
+            # just below the limit the record was decoded with raised RecursionError.
             try:
-                return EventCodec().decode_coherent_offer(json.dumps(embedded).encode())
-            except InvalidEvent:
+                offer = msgspec.convert(embedded, BundleOffer)
+                check_offer(offer)
+            except (msgspec.ValidationError, InvalidEvent):
                 return None
+            return offer
         return self.offers.get(str(record.get("offer_id", "")))
 
     def observe_policy_update(self, data: bytes) -> str | None:
@@ -439,16 +452,21 @@ def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,
         elif topic == t.purchases:
             core.observe_purchase(codec.decode_purchase(value))
         elif topic == t.feedback:
-            if len(value) > settings.kafka.max_message_bytes:
-                raise InvalidEvent("too_large", f"{len(value)} bytes")
-            body = json.loads(value)
-            if not isinstance(body, dict):
-                raise InvalidEvent("schema", "a feedback record is a JSON object")
-            core.observe_feedback(body)
+            core.observe_feedback(_feedback_decoder(codec.max_message_bytes)(value))
         metrics.events_consumed.labels(topic).inc()
     except (InvalidEvent, ValueError) as e:
         core.invalid += 1
         log.warning("skipped %s[%d]@%d: %s", topic, record.partition, record.offset, e)
+
+
+@functools.cache
+def _feedback_decoder(max_message_bytes: int) -> Callable[[bytes], dict[str, Any]]:
+    """Feedback records as JSON objects, through the codec's checks (size first; invalid
+    UTF-8, nesting too deep for the interpreter and numbers out of range, such as ``1e999``,
+    are ``InvalidEvent``): the fields :func:`feedback_fields` and
+    :func:`streamer.engine.logged_decision` read are typed there, since both formats (the
+    workers' nested one and flat ones) go through them."""
+    return typed_decoder(dict[str, Any], max_message_bytes)
 
 
 async def _read_to_end(consumer: AIOKafkaConsumer, topic: str) -> bool:

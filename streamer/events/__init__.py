@@ -1,12 +1,14 @@
 """Wire contracts: typed models mirroring ``schemas/`` and the codec that validates bytes."""
 
 from streamer.events.codec import (
+    DECODE_ERRORS,
     EventCodec,
     InvalidEvent,
     check_click,
     check_not_ahead,
     check_offer,
     internal_decoder,
+    typed_decoder,
 )
 from streamer.events.models import (
     CLICK_KINDS,
@@ -25,6 +27,7 @@ from streamer.events.models import (
 
 __all__ = [
     "CLICK_KINDS",
+    "DECODE_ERRORS",
     "BundleOffer",
     "ClickEvent",
     "ClickKind",
@@ -42,4 +45,5 @@ __all__ = [
     "check_not_ahead",
     "check_offer",
     "internal_decoder",
+    "typed_decoder",
 ]

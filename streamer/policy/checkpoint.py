@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import msgspec
 import torch
@@ -41,6 +41,10 @@ from streamer.policy.torch_policy import (
 MAX_CHECKPOINT_BYTES = 16 * 1024 * 1024
 _SHAPE_KEY = "streamer.shape"
 _META_KEY = "streamer.meta"
+#: The metadata, typed: a JSON object (json.loads gave any value, and a string or a list
+#: raised AttributeError past every reader of the topic), without NaN, Infinity or 1e999
+#: (which json.loads read as infinity). Its errors are ValueErrors.
+_decode_meta = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class UnsafeCheckpointError(ValueError):
@@ -81,7 +85,7 @@ def policy_from_bytes(data: bytes) -> tuple[TorchPolicy, dict[str, Any]]:
         tensors = load(data)
         header = _header_metadata(data)
         shape = _shape_from_json(header[_SHAPE_KEY])
-        meta = json.loads(header[_META_KEY], parse_constant=_refuse_constant)
+        meta = _decode_meta(header[_META_KEY])
         # A fresh scorer of the claimed size is built before the tensors are compared with
         # it: a claimed size the tensors could not hold is refused first, not allocated.
         weights = sum(t.numel() for t in tensors.values())
@@ -140,8 +144,3 @@ def _header_metadata(data: bytes) -> dict[str, str]:
     if not isinstance(meta, dict):
         raise ValueError("no metadata")
     return {str(k): str(v) for k, v in meta.items()}
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    # json accepts NaN/Infinity by default; metadata with them is not ours.
-    raise ValueError(f"non-finite number {name} in metadata")

@@ -6,11 +6,11 @@ order they were published in):
 
 - a **version**: safetensors bytes from :func:`~streamer.policy.checkpoint.policy_to_bytes`
   (weights, shape and promotion metadata). It becomes live.
-- a **rollback**: JSON ``{"kind": "rollback", "version": V, ...}`` (:func:`rollback_record`).
-  The earlier version ``V`` becomes live again (``V`` may be the base policy's version, the
-  v0 policy every worker starts with). Told apart from a checkpoint by its first bytes: a
-  checkpoint starts with an 8-byte little-endian header length, which would have to exceed
-  2**40 to read as ``{"kind"``.
+- a **rollback**: JSON ``{"kind": "rollback", "version": V, ...}`` (:func:`rollback_record`,
+  :class:`RollbackRecord`). The earlier version ``V`` becomes live again (``V`` may be the base
+  policy's version, the v0 policy every worker starts with). Told apart from a checkpoint by its
+  first bytes: a checkpoint starts with an 8-byte little-endian header length, which would have
+  to exceed 2**40 to read as ``{"kind"``.
 
 Nothing is ever unpickled, and a record that cannot be trusted (non-finite weights, a
 tampered or malformed checkpoint, a rollback to a version never seen) changes nothing:
@@ -38,13 +38,15 @@ x v0-greedy 1
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
+
+from streamer.events import typed_decoder
 from streamer.policy.checkpoint import UnsafeCheckpointError, policy_from_bytes, policy_to_bytes
 from streamer.policy.torch_policy import TorchPolicy
 
@@ -57,6 +59,7 @@ ChangeKind = Literal["version", "rollback"]
 __all__ = [
     "PolicyChange",
     "PolicyVersions",
+    "RollbackRecord",
     "UnsafeCheckpointError",
     "VersionInfo",
     "policy_to_bytes",
@@ -84,6 +87,22 @@ class VersionInfo:
     live: bool
 
 
+class RollbackRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollback record as it is on the topic. Decoded typed, so that a record that only
+    starts like one (deeply nested JSON, invalid UTF-8, a version of another type) is refused
+    like any malformed one, never raised past the readers of the topic, which keeps it forever.
+    """
+
+    kind: Literal["rollback"]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    ts: int | None = None
+
+
+#: Raises InvalidEvent (a ValueError) for anything but a RollbackRecord.
+_decode_rollback = typed_decoder(RollbackRecord, _MAX_ROLLBACK_BYTES)
+
+
 def rollback_record(version: str, *, reason: str = "", ts_ms: int | None = None) -> bytes:
     """The bytes of a rollback to ``version`` (see the module doc).
 
@@ -93,8 +112,8 @@ def rollback_record(version: str, *, reason: str = "", ts_ms: int | None = None)
     if not version or len(version) > 200:
         raise ValueError("a rollback needs a version id of 1-200 characters")
     ts = int(time.time() * 1000) if ts_ms is None else ts_ms
-    body = {"kind": "rollback", "version": version, "reason": reason[:1000], "ts": ts}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return msgspec.json.encode(RollbackRecord(kind="rollback", version=version,
+                                              reason=reason[:1000], ts=ts))
 
 
 class PolicyVersions:
@@ -151,15 +170,11 @@ class PolicyVersions:
 
     def _apply(self, data: bytes) -> PolicyChange:
         if data.startswith(_ROLLBACK_PREFIX):
-            if len(data) > _MAX_ROLLBACK_BYTES:
-                raise ValueError("rollback record too large")
             try:
-                body = json.loads(data)
-                target = str(body["version"])
-            except (ValueError, KeyError, TypeError) as e:
+                record = _decode_rollback(data)
+            except ValueError as e:  # InvalidEvent: too large, not JSON, not a rollback
                 raise ValueError(f"malformed rollback record: {e}") from e
-            if body.get("kind") != "rollback":
-                raise ValueError(f"unknown record kind {body.get('kind')!r}")
+            target, body = record.version, msgspec.structs.asdict(record)
             if target == self.base_version:
                 return PolicyChange("rollback", target, None, body)
             if target not in self._known:

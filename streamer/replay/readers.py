@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache, partial, wraps
 from pathlib import Path
-from typing import Literal, TextIO, get_args
+from typing import Any, Literal, TextIO, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -78,6 +78,7 @@ from streamer.events import (
     InvalidEvent,
     OrderLine,
     PurchaseEvent,
+    internal_decoder,
 )
 from streamer.events.models import (
     MAX_ID_LEN,
@@ -431,6 +432,7 @@ class _Basket:
 # --- jsonl ---------------------------------------------------------------------------------
 
 _CODEC = EventCodec()
+_decode_json = internal_decoder(Any)  # a line's shape, to tell purchases from clicks
 
 
 def _read_jsonl(path: Path, stats: ReaderStats, *, max_lines: int | None) -> list[Event]:
@@ -452,9 +454,9 @@ def _decode_line(path: Path, number: int, line: bytes, shape: object = None) -> 
     """The event of one JSON record (``shape``: the record decoded already, if it is)."""
     if shape is None:
         try:
-            shape = msgspec.json.decode(line)
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-            raise InvalidRecord(path, number, f"not_json: {e}") from e
+            shape = _decode_json(line)
+        except InvalidEvent as e:  # nesting too deep for the interpreter included
+            raise InvalidRecord(path, number, str(e)) from e
     try:
         if isinstance(shape, dict) and "items" in shape:
             return _CODEC.decode_purchase(line)

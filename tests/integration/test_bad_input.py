@@ -3,6 +3,7 @@ dead-letters with a reason, every good one is processed."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import time
@@ -168,3 +169,48 @@ def test_the_largest_valid_orders_are_learned(settings: Settings, start_worker: 
                         f"the large orders learned for {item}")
         assert view["count"] == pytest.approx(3, rel=1e-4)
 
+
+
+def test_the_rewards_reader_skips_and_counts_what_is_no_window(settings: Settings) -> None:
+    # The worker's dashboard reader restarts from its one-day lookback after an error: one
+    # record raised out of it (invalid UTF-8 was) froze the dashboard and guardrail gauges.
+    from streamer.app.broker import create_topics
+    from streamer.app.reward_board import RewardBoard, read_reward_windows
+    from streamer.events import RewardWindow
+
+    start = int(time.time() * 1000) // 60_000 * 60_000 - 3_600_000
+
+    def window(at: int) -> bytes:
+        return msgspec.json.encode(RewardWindow(
+            window_start=at, window_end=at + 60_000, policy_version="v1", impressions=10,
+            offer_clicks=1, conversions=1, revenue=5.0, reward_rate=0.5, ci95=[0.1, 0.9]))
+
+    topic = settings.topics.rewards
+    asyncio.run(create_topics(settings.kafka.bootstrap_servers, [topic], partitions=1))
+    produce(settings, topic, [
+        (b"v1", window(start)),
+        (b"v1", window(start).replace(b'"v1"', b'"v\xff"')),  # invalid UTF-8
+        (b"v1", window(start)[:-1] + b" " * settings.kafka.max_message_bytes + b"}"),
+        (b"v1", window(start + 60_000)),
+    ])
+    board = RewardBoard()
+    windows = asyncio.run(read_reward_windows(settings.kafka, topic, follow=False,
+                                              on_invalid=board.skip, idle_timeout_s=10))
+    assert [w.window_start for w in windows] == [start, start + 60_000]
+    assert board.invalid == 2
+
+
+@pytest.mark.parametrize("key", [b'"\xff"', b"not json"])
+def test_a_changelog_record_whose_key_does_not_decode_lets_a_worker_restart(
+        settings: Settings, start_worker: Any, key: bytes) -> None:
+    # The last record of a global table's changelog partition (every worker recovers all of
+    # them): its key not UTF-8 stopped the restarted worker; not JSON, the worker waited for
+    # its offset for good and never became ready.
+    first = start_worker()
+    produce(settings, f"{settings.worker.app_id}-catalog-changelog", [(key, b"1.5")])
+    first.process.stop()
+    again = start_worker(ready_timeout_s=60)
+    good = purchase(0, ["tea", "cup"], ts=int(time.time() * 1000))
+    produce(settings, settings.topics.purchases,
+            [(good.session_id.encode(), msgspec.json.encode(good))])
+    wait_for(lambda: item_view(again, "tea")["count"] > 0.99, 30, "a purchase learned")

@@ -24,8 +24,11 @@ from streamer.events import (
     check_click,
     check_not_ahead,
     check_offer,
+    internal_decoder,
+    typed_decoder,
 )
 from streamer.events.codec import DEFAULT_MAX_MESSAGE_BYTES
+from streamer.rewards import ImpressionOutcome
 
 CODEC = EventCodec()
 TS = 1_700_000_000_000
@@ -390,3 +393,25 @@ def test_an_offer_event_without_what_attribution_needs_is_semantic(
     assert e.value.kind == "semantic" and e.value.reason.endswith(f"needs {missing}")
     check_click(msgspec.structs.replace(click, offer_id="of-1", variant=0, propensity=0.5))
     check_click(msgspec.structs.replace(click, kind="view", offer_id=None))
+
+
+NESTED = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(("model", "raw"), [
+    (Any, NESTED),
+    (list[Any], NESTED),
+    (dict[str, Any], b'{"a":' + NESTED + b"}"),
+    (ImpressionOutcome, b'{"unknown":' + NESTED + b"}"),  # a field skipped, not decoded
+])
+def test_nesting_too_deep_for_the_interpreter_is_not_json(model: Any, raw: bytes) -> None:
+    # msgspec descends with the recursion limit, also to skip an unknown field: a
+    # RecursionError escaping a decoder of an internal topic stopped the agent reading it.
+    assert reject(internal_decoder(model), raw).kind == "not_json"
+
+
+def test_a_typed_decoder_checks_the_size_before_decoding() -> None:
+    decode = typed_decoder(dict[str, Any], 64)
+    assert decode(b'{"a":1}') == {"a": 1}
+    assert reject(decode, b'{"a":"' + b"x" * 64 + b'"}').kind == "too_large"
+    assert reject(decode, b'{"a":"\xff"}').kind == "not_json"

@@ -263,6 +263,38 @@ def test_a_worker_keeps_the_decisions_it_reads_as_they_came(wire: str) -> None:
     assert "bad" in read.ids() and read.get("bad") is None
 
 
+@pytest.mark.parametrize("wire", ["msgpack", "json"])
+def test_a_decision_message_that_does_not_decode_is_invalid_whatever_the_reason(
+        wire: str) -> None:
+    # The feed counts and skips InvalidEvent; anything else restarted it from its lookback,
+    # where it met the message again: the decision log stopped and caught_up never came.
+    from streamer.app.rewards_agents import EncodedDecisions
+    from streamer.events import InvalidEvent
+
+    encode = encode_decision if wire == "msgpack" else msgspec.json.encode
+    made = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=made)
+    for e in orders(60):
+        engine.handle_purchase(e)
+    decision = made.get(made.ids()[0])
+    assert decision is not None and decision.offer_id.isascii() and decision.bundles[0]
+    good = encode(decision)
+    feed = EncodedDecisions(DecisionLog(retention_ms=3_600_000))
+    pack = msgspec.msgpack.encode
+    too_deep = (  # an unknown field nested 5000 deep (0x91: an array of one, 0x90: empty)
+        b"\x82" + pack("offer_id") + pack("o") + pack("deep") + b"\x91" * 5000 + b"\x90"
+        if wire == "msgpack" else b'{"offer_id":"o","deep":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    for bad in (good.replace(decision.offer_id.encode(), b"\xff" * len(decision.offer_id)),
+                too_deep):
+        with pytest.raises(InvalidEvent):
+            feed.add(bad)
+    # A header that decodes over rows that do not (invalid UTF-8 in a bundle key): kept by
+    # its header, never given back, so its feedback is rebuilt from the offer.
+    bundle = decision.bundles[0].encode()
+    feed.add(good.replace(bundle, bundle[:-1] + b"\xff"))
+    assert feed.log.get(decision.offer_id) is None
+
+
 def test_a_decision_on_the_topic_is_smaller_than_its_json() -> None:
     # Mostly floats: MessagePack copies each as 9 bytes; JSON writes up to ~20 characters
     # (0.6931471805599453), though only 3 for 0.0 or 1.0. Measured here: 0.72x.

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import (
     FeedbackTrainer,
+    _dispatch,
     _publish,
     _read_to_end,
     feedback_fields,
@@ -28,7 +30,7 @@ from streamer.app.trainer import (
     trainer_core,
 )
 from streamer.engine import Engine, EngineConfig, logged_decision
-from streamer.events import PurchaseEvent
+from streamer.events import EventCodec, PurchaseEvent
 from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES
 from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
@@ -295,6 +297,41 @@ def test_feedback_carrying_its_decision_needs_no_offer() -> None:
         logged_decision({k: v for k, v in record.items() if k != "decision"}, None)
 
 
+FLAT = b'"offer_id":"o","variant":0,"propensity":0.5,"reward":1.0'
+
+
+@pytest.mark.parametrize("value", [
+    b"[" * 50_000 + b"]" * 50_000,  # 100 KB, under kafka.max_message_bytes
+    b'{"offer_id":"o","decision":{},"variant":1e999,"propensity":0.5,"reward":1.0}',
+    b'{"offer_id":"\xff",' + FLAT[13:] + b"}",  # invalid UTF-8
+    b"{" + FLAT + b',"variant_features":[1],"chosen":0}',
+    b"{" + FLAT + b',"variant_features":[{"x":1.0}],"chosen":null}',
+    b"{" + FLAT + b',"variant_features":[{"x":1.0}],"chosen":0,"expected_rewards":[null]}',
+    b"{" + FLAT + b',"variant_features":[{"x":1.0}],"chosen":0,"expected_rewards":5}',
+    b"[1]",  # not an object
+    b'{"x":"' + b"y" * 300_000 + b'"}',
+])
+def test_a_malformed_feedback_record_is_skipped_and_counted(value: bytes) -> None:
+    # Raised out of _dispatch, it ended run_trainer; restarted, the trainer reads feedback
+    # from the beginning and met it again.
+    settings = Settings()
+    core = FeedbackTrainer(settings.trainer, base_version="v0-greedy")
+    record = SimpleNamespace(value=value, partition=0, offset=0)
+    _dispatch(core, EventCodec(settings.kafka.max_message_bytes), settings.topics.feedback,
+              record, settings, TrainerMetrics())
+    assert (core.invalid, core.buffered) == (1, 0)
+
+
+def test_an_embedded_offer_nested_deeper_than_json_encodes_is_no_offer() -> None:
+    core = FeedbackTrainer(TrainerSettings(), base_version="v0-greedy")
+    nested: list[Any] = []
+    for _ in range(2000):
+        nested = [nested]
+    record = {"offer_id": "o", "variant": 0, "propensity": 0.5, "reward": 1.0,
+              "offer": {"variants": nested}}
+    assert not core.observe_feedback(record) and core.n_pending == 1  # waits for its offer
+
+
 def test_an_impression_republished_after_a_crash_is_trained_on_once() -> None:
     core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
     engine = Engine.in_memory(CONFIG)
@@ -434,6 +471,31 @@ def test_rollback_returns_to_an_earlier_version_and_refuses_unknown_ones() -> No
         ("v0-greedy", True), (v1.version, False), (v2.version, False)]
     offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
     assert offer.policy_version == "v0-greedy"
+
+
+@pytest.mark.parametrize("record", [
+    b'{"kind":' + b"[" * 5000 + b"]" * 5000 + b"}",  # 10 KB: under the size limit
+    b'{"kind":"rollback","version":"v0-greedy","note":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"kind":"rollback","version":"v0-gr\xffedy"}',  # invalid UTF-8
+    b'{"kind":"rollback","version":17}',
+    b'{"kind":"rollback","version":""}',
+    b'{"kind":"rollforward","version":"v0-greedy"}',
+    b'{"kind":"rollback","version":"v0-greedy","reason":"' + b"x" * 20_000 + b'"}',
+])
+def test_a_record_that_only_starts_like_a_rollback_is_refused_by_every_reader(
+        record: bytes) -> None:
+    # The topic is kept forever: anything raised here other than the refusal would stop
+    # every worker, the trainer and `streamer policy` on every start.
+    versions = PolicyVersions(base_version="v0-greedy")
+    versions.apply(policy_to_bytes(v1 := torch_policy(1)))
+    with pytest.raises(ValueError, match="malformed rollback record"):
+        versions.apply(record)
+    assert (versions.live_version, versions.rejected) == (v1.version, 1)
+    follower = PolicyFollower(Settings(), Engine.in_memory(CONFIG), Metrics())
+    assert follower.apply(record) is None
+    assert follower.metrics.snapshot()["streamer_policy_refused_total"] == 1.0
+    core = FeedbackTrainer(TrainerSettings(), base_version="v0-greedy")
+    assert core.observe_policy_update(record) is None
 
 
 def test_versions_are_bounded_but_keep_the_live_one() -> None:

@@ -213,6 +213,22 @@ def test_a_versions_name_covers_its_shape_not_only_its_weights(
         policy_from_bytes(with_shape(policy_to_bytes(policy), **fields))
 
 
+@pytest.mark.parametrize("meta", [
+    '"a string"', "[]", "null",  # raised AttributeError out of every reader of the topic
+    '{"version": 1e999}', '{"version": NaN}', "[" * 5000 + "]" * 5000,
+])
+def test_a_checkpoint_whose_metadata_is_no_json_object_is_refused(meta: str) -> None:
+    policy = fresh_policy()
+    data = policy_to_bytes(policy)
+    header_len = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + header_len])["__metadata__"] | {"streamer.meta": meta}
+    bad = save({k: v.clone() for k, v in policy.scorer.state_dict().items()}, metadata=metadata)
+    versions = PolicyVersions(base_version="v0")
+    with pytest.raises(UnsafeCheckpointError):
+        versions.apply(bad)
+    assert (versions.live_version, versions.rejected) == ("v0", 1)
+
+
 def test_a_version_published_before_names_covered_the_shape_still_loads() -> None:
     # As the previous release wrote it: the shape by json.dumps, the name of the weights alone.
     policy = fresh_policy()

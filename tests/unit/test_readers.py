@@ -360,6 +360,7 @@ def test_jsonl_is_ordered_by_time_and_skips_blank_lines(tmp_path: Path) -> None:
         ("[1, 2]", "neither a purchase"),
         ('{"event_id": ', "not_json"),
         ('{"event_id": "\xff"}', "not_json"),
+        ("[" * 5000 + "]" * 5000, "not_json"),  # raised RecursionError, naming no line
     ],
 )
 def test_an_invalid_jsonl_line_raises_naming_its_line_number(

@@ -371,6 +371,16 @@ def test_dashboard_data_and_report_show_the_windows() -> None:
     assert page.count("data:image/png;base64,") == 1 and "<td>v1</td><td>3</td>" in page
 
 
+def test_the_report_draws_version_names_as_text_not_mathtext() -> None:
+    # matplotlib read a name with "$" as mathtext: an unbalanced one failed the whole report.
+    import matplotlib
+
+    odd = ["$\\frac{$", "a$x^2$b", "v1"]
+    page = render_report([window(v, T + k * 60_000, 100, 1.0) for k, v in enumerate(odd)])
+    assert page.count("data:image/png;base64,") == 1
+    assert matplotlib.rcParams["text.parse_math"]  # only the report's figures, not the process
+
+
 def test_the_dashboard_shows_version_names_as_text_not_html() -> None:
     # A version name reached drawGuardrails' innerHTML unescaped: an <img onerror> named
     # version ran script on the page (the guardrails line printed the tag itself).

@@ -575,3 +575,33 @@ def test_the_workers_engine_learns_in_place_only_what_no_flush_has_handed_out() 
     buy(3, "b")
     assert msgspec.json.encode(flushed) == encoded
     assert items["a"].stats.partners == {"b": 2.0, "c": 1.0, "d": 1.0}
+
+
+@pytest.mark.parametrize("bad", [b"not json", b'"\xff"', b"\xa1\xff", b"[" * 5000 + b"]" * 5000])
+def test_a_stored_value_that_does_not_decode_reads_as_absent_and_is_counted(bad: bytes) -> None:
+    # Recovery stores changelog values undecoded: one a stray producer wrote raised out of
+    # the agent that read its key (the worker stopped), and every restart met it again.
+    from streamer.events.dedup import Deduplicator
+
+    buffer = WriteBuffer()
+    raw = {"e1": bad, "e2": msgspec.msgpack.encode(SeenId(5, 0, 1))}
+    seen = buffer.table(raw, SeenId)
+    dedup = Deduplicator(seen, ttl_ms=1_000, capacity=10)  # rebuilds from items()
+    assert seen.undecodable == 1 and "e1" not in seen and list(seen) == ["e2"]
+    assert dedup.first_time("e1", ts_ms=6) and not dedup.first_time("e2", ts_ms=6)
+    buffer.flush()
+    assert msgspec.msgpack.decode(raw["e1"], type=SeenId) == SeenId(6, 0, -1)  # healed
+    prices = EncodedTable({"tea": bad}, float)
+    with pytest.raises(KeyError):
+        prices["tea"]
+    assert prices.get("tea", 0.0) == 0.0 and list(prices.values()) == []
+
+
+@pytest.mark.parametrize(("value_type", "bad"), [
+    (str, b"\xa1\xff"),  # MessagePack: invalid UTF-8 raises UnicodeDecodeError
+    (dict[str, Any], b"\x81\xa1k" + b"\x91" * 5000 + b"\x90"),  # RecursionError
+])
+def test_a_value_that_does_not_decode_for_any_reason_reads_as_absent(
+        value_type: Any, bad: bytes) -> None:
+    table = EncodedTable({"k": bad}, value_type)
+    assert table.get("k") is None and table.undecodable == 1
