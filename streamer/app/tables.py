@@ -182,7 +182,13 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         if raw is None:
             return default
         hit = self._cache.get(key)
-        return hit[1] if hit is not None and hit[0] is raw else self._decode_value(raw)
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        try:
+            return self._decode_value(raw)
+        except DECODE_ERRORS:
+            value = self._decode(key, raw)  # logged, counted, dropped: as a read would
+            return default if value is _ABSENT else value
 
     def __contains__(self, key: object) -> bool:
         return key in self._read

@@ -173,6 +173,8 @@ def test_a_peek_reads_without_evicting_what_the_cache_holds() -> None:
     table["k1"] = pending = SeenId(1, 2, 3)
     del table["k2"]
     assert table.peek("k1") is pending and table.peek("k2") is None
+    raw["bad"] = b"not json"
+    assert table.peek("bad", "none") == "none" and "bad" not in raw and table.undecodable == 1
 
 
 @pytest.mark.parametrize(("value_type", "value", "legacy"), [
