@@ -481,9 +481,9 @@ class TrainerSettings(_Section):
         0.95,
         gt=0,
         lt=1,
-        description="Promotion gate: confidence of the paired lower bound of a candidate's "
-        "reward over the live policy's that must be above 0 (lower: promotes more often, on "
-        "weaker evidence).",
+        description="Promotion gate: confidence of the paired interval of a candidate's reward "
+        "over the live policy's, whose lower end must be above 0 (two-sided: 0.95 is a one-sided "
+        "bound at 0.975; lower: promotes more often, on weaker evidence).",
     )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Where to fine-tune: cuda when available (auto), else the CPU."

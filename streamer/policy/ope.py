@@ -11,8 +11,17 @@ reward estimate of the shown variant ``q_i`` and its expectation under the targe
   may show a positive probability (the exploration floor guarantees it on shown variants).
 - **SNIPS** ``sum(w r) / sum(w)``: slightly biased, much lower variance, invariant to a
   constant added to rewards.
-- **DR**  ``mean(v + w (r - q))``: unbiased if either the propensities or the model are right;
-  the model explains what it can, the weights only correct its residuals.
+- **DR**  ``mean(v + w (r - q))``: unbiased if the model is right, or if the propensities are
+  and the logging policy could show every variant the target may; the model explains what it
+  can, the weights only correct its residuals.
+
+**Support.** Every estimate speaks only for the variants the logging policy could show. A
+variant it never showed was logged with probability 0, yet a record keeps only the shown
+variant's propensity, so nothing here tells such variants apart: on them IPS drops the
+target's probability, SNIPS averages over the variants the logs cover, and DR rests on the
+model alone, whose error no interval below includes. A target that moves its probability to
+such variants (v0 shows one discount, a learned version its top few variants) is judged by
+the model's extrapolation there (README, *The learning loop*: a known limitation).
 
 Intervals are **CLT (normal) intervals**, not bootstrap: every estimator is a mean (SNIPS a
 ratio of means, linearised by the delta method) of independent per-impression terms, and the
