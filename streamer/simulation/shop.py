@@ -5,8 +5,10 @@ The :class:`Catalogue` is the ground truth the policy never sees:
 - **Complementarity.** Items come in *kits* of ``kit_size`` items that go together (strong
   pairwise affinity in ``[0.5, 1]``), and each item also has ``weak_complements`` loose partners
   (affinity in ``[0.1, 0.3]``). A pair's appeal grows with the pair's affinity; a 3-item
-  bundle's with the anchor's affinity to both partners *and* the partners' affinity to each
-  other, so a whole kit beats two unrelated complements.
+  bundle's with the anchor's affinity to both partners *and*, when the anchor goes with both,
+  the partners' affinity to each other, so a whole kit beats two unrelated complements. The
+  shopper came for the anchor: two partners that go with each other but not both with it are
+  no kit of the anchor's, and add nothing beyond their own affinity to it.
 - **Price sensitivity per segment.** A shopper belongs to a :class:`Segment`; a discount of
   ``d`` percent multiplies the take-rate by ``exp(price_sensitivity * d)``. Revenue
   ``(1 - d/100) * exp(s * d)`` peaks at ``d = 100 - 1/s``: loyal shoppers (``s = 0.002``) are
@@ -48,7 +50,8 @@ Event = ClickEvent | PurchaseEvent
 BASE_APPEAL = 0.01
 #: Take-rate added per unit of affinity between the anchor and a partner.
 AFFINITY_GAIN = 0.30
-#: Take-rate added to a 3-item bundle per unit of affinity between its two partners.
+#: Take-rate added to a 3-item bundle per unit of affinity between its two partners, when both
+#: go with the anchor (a kit around the anchor, not one beside it).
 TRIPLE_SYNERGY = 0.15
 #: A 3-item bundle is a bigger commitment: its appeal is scaled down by this factor. At 0.45 a
 #: whole kit earns about as much as the kit's best pair on average (three prices, fewer takers),
@@ -206,7 +209,7 @@ class Catalogue:
             return BASE_APPEAL + AFFINITY_GAIN * anchor.get(items[1], 0.0)
         b, c = items[1], items[2]
         pairs = (anchor.get(b, 0.0) + anchor.get(c, 0.0)) / 2.0
-        synergy = row.get(b, {}).get(c, 0.0)
+        synergy = row.get(b, {}).get(c, 0.0) if b in anchor and c in anchor else 0.0
         return TRIPLE_FACTOR * (BASE_APPEAL + AFFINITY_GAIN * pairs + TRIPLE_SYNERGY * synergy)
 
     def take_probability(

@@ -78,6 +78,30 @@ def test_ground_truth_shape(catalogue: Catalogue) -> None:
     assert margin.value((a, best), 10) == pytest.approx(catalogue.value((a, best), 10) * 0.3 / 0.9)
 
 
+def test_partners_that_go_together_but_not_with_the_anchor_are_no_kit_of_its(
+    catalogue: Catalogue,
+) -> None:
+    """The partners' affinity to each other adds to a triple only around the anchor: the
+    anchor with a kit it does not belong to is worth what it is with two unrelated items."""
+    anchor = catalogue.items[0]
+    mine = catalogue.complements(anchor, T0)
+    kit = next(
+        (x, y)
+        for x, y in itertools.combinations(catalogue.items, 2)
+        if anchor not in (x, y) and not {x, y} & set(mine) and catalogue.affinity(x, y, T0) >= 0.5
+    )
+    strangers = next(
+        (x, y)
+        for x, y in itertools.combinations(catalogue.items, 2)
+        if anchor not in (x, y) and not {x, y} & set(mine) and catalogue.affinity(x, y, T0) == 0
+    )
+    assert catalogue.appeal((anchor, *kit), T0) == catalogue.appeal((anchor, *strangers), T0)
+    one = next(b for b in mine if catalogue.affinity(b, kit[0], T0) == 0)
+    assert catalogue.appeal((anchor, one, kit[0]), T0) == catalogue.appeal(
+        (anchor, one, strangers[0]), T0
+    )
+
+
 # -- oracle ------------------------------------------------------------------------------------
 def test_oracle_expected_reward_at_least_any_candidate(catalogue: Catalogue) -> None:
     oracle = Oracle(catalogue)
