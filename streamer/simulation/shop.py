@@ -194,6 +194,27 @@ class Catalogue:
         row = self.seasons[self.season_at(now_ms)].affinity.get(anchor, {})
         return tuple(sorted(row, key=lambda b: (-row[b], b)))
 
+    def contenders(self, anchor: str, now_ms: int) -> list[tuple[str, ...]]:
+        """Every bundle of ``anchor`` that can earn the most at some discount for some segment.
+
+        The anchor with one or two of its complements, and with the dearest and the cheapest
+        items that are not its complements in their place: :meth:`appeal` reads a partner
+        only through its affinities, and one that does not go with the anchor adds nothing
+        there (nor does its affinity to the other partner), so all such partners give the
+        same take-rate and the dearest the most reward (the cheapest the least loss, at a
+        discount deeper than the margin). A test checks this against every bundle.
+        """
+        partners = self.complements(anchor, now_ms)
+        related = {anchor, *partners}
+        others = [i for i in self.items if i not in related]
+        by_price = sorted(others, key=lambda i: (self.prices[i], i))
+        extremes = list(dict.fromkeys(by_price[-2:] + by_price[:2]))
+        bundles: list[tuple[str, ...]] = [(anchor, b) for b in (*partners, *extremes)]
+        bundles += [(anchor, *bc) for bc in itertools.combinations(partners, 2)]
+        bundles += [(anchor, b, x) for b in partners for x in extremes]
+        bundles += [(anchor, *xy) for xy in itertools.combinations(extremes, 2)]
+        return bundles
+
     def appeal(self, items: Sequence[str], now_ms: int) -> float:
         """Take-rate of a bundle (anchor first) at full price, before any segment effect.
 

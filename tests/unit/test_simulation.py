@@ -14,6 +14,7 @@ from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.offers import OfferBook
 from streamer.simulation import (
     DEFAULT_START_MS,
+    DISCOUNTS,
     NO_OFFER,
     Action,
     Catalogue,
@@ -103,6 +104,24 @@ def test_partners_that_go_together_but_not_with_the_anchor_are_no_kit_of_its(
 
 
 # -- oracle ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("cost_ratio", "discounts"), [(0.0, DISCOUNTS), (0.6, (60.0,))])
+def test_oracle_is_the_best_of_every_bundle(
+    cost_ratio: float, discounts: tuple[float, ...]
+) -> None:
+    """Against every 2- and 3-item bundle of the anchor with any items, at every discount, for
+    every segment and season; also at a discount deeper than the margin, where every bundle
+    loses and the cheapest least."""
+    cat = Catalogue.generate(24, seed=4, drift_at_ms=DRIFT_MS, cost_ratio=cost_ratio)
+    oracle = Oracle(cat, discounts=discounts)
+    for anchor, now in itertools.product(cat.items, (T0, DRIFT_MS)):
+        others = [i for i in cat.items if i != anchor]
+        bundles = [(anchor, b) for b in others]
+        bundles += [(anchor, *bc) for bc in itertools.combinations(others, 2)]
+        for segment in cat.segments:
+            best = max(cat.expected_reward(b, d, segment, now) for b in bundles for d in discounts)
+            assert oracle.best(anchor, segment, now).expected_reward == pytest.approx(best)
+
+
 def test_oracle_expected_reward_at_least_any_candidate(catalogue: Catalogue) -> None:
     oracle = Oracle(catalogue)
     rng = random.Random(5)
