@@ -5,10 +5,10 @@ The :class:`Catalogue` is the ground truth the policy never sees:
 - **Complementarity.** Items come in *kits* of ``kit_size`` items that go together (strong
   pairwise affinity in ``[0.5, 1]``), and each item also has ``weak_complements`` loose partners
   (affinity in ``[0.1, 0.3]``). A pair's appeal grows with the pair's affinity; a 3-item
-  bundle's with the anchor's affinity to both partners *and*, when the anchor goes with both,
-  the partners' affinity to each other, so a whole kit beats two unrelated complements. The
-  shopper came for the anchor: two partners that go with each other but not both with it are
-  no kit of the anchor's, and add nothing beyond their own affinity to it.
+  bundle's with the anchor's affinity to both partners *and* the partners' affinity to each
+  other, so a whole kit beats two unrelated complements. The shopper came for the anchor: a
+  triple with a partner that does not go with it is no kit of the anchor's, whatever that
+  partner goes with, and appeals as an impulse buy does (as a pair of unrelated items does).
 - **Price sensitivity per segment.** A shopper belongs to a :class:`Segment`; a discount of
   ``d`` percent multiplies the take-rate by ``exp(price_sensitivity * d)``. Revenue
   ``(1 - d/100) * exp(s * d)`` peaks at ``d = 100 - 1/s``: loyal shoppers (``s = 0.002``) are
@@ -50,8 +50,8 @@ Event = ClickEvent | PurchaseEvent
 BASE_APPEAL = 0.01
 #: Take-rate added per unit of affinity between the anchor and a partner.
 AFFINITY_GAIN = 0.30
-#: Take-rate added to a 3-item bundle per unit of affinity between its two partners, when both
-#: go with the anchor (a kit around the anchor, not one beside it).
+#: Take-rate added to a 3-item bundle per unit of affinity between its two partners (both of
+#: which go with the anchor: a kit around the anchor, not one beside it).
 TRIPLE_SYNERGY = 0.15
 #: A 3-item bundle is a bigger commitment: its appeal is scaled down by this factor. At 0.45 a
 #: whole kit earns about as much as the kit's best pair on average (three prices, fewer takers),
@@ -198,11 +198,10 @@ class Catalogue:
         """Every bundle of ``anchor`` that can earn the most at some discount for some segment.
 
         The anchor with one or two of its complements, and with the dearest and the cheapest
-        items that are not its complements in their place: :meth:`appeal` reads a partner
-        only through its affinities, and one that does not go with the anchor adds nothing
-        there (nor does its affinity to the other partner), so all such partners give the
-        same take-rate and the dearest the most reward (the cheapest the least loss, at a
-        discount deeper than the margin). A test checks this against every bundle.
+        items that are not its complements in their place: a bundle with such a partner is an
+        impulse buy to :meth:`appeal`, the same take-rate whichever items it holds, so the
+        dearest give the most reward (the cheapest the least loss, at a discount deeper than
+        the margin). A test checks this against every bundle.
         """
         partners = self.complements(anchor, now_ms)
         related = {anchor, *partners}
@@ -229,8 +228,10 @@ class Catalogue:
         if len(items) == 2:
             return BASE_APPEAL + AFFINITY_GAIN * anchor.get(items[1], 0.0)
         b, c = items[1], items[2]
-        pairs = (anchor.get(b, 0.0) + anchor.get(c, 0.0)) / 2.0
-        synergy = row.get(b, {}).get(c, 0.0) if b in anchor and c in anchor else 0.0
+        if b not in anchor or c not in anchor:
+            return TRIPLE_FACTOR * BASE_APPEAL  # no kit of the anchor's: an impulse buy
+        pairs = (anchor[b] + anchor[c]) / 2.0
+        synergy = row.get(b, {}).get(c, 0.0)
         return TRIPLE_FACTOR * (BASE_APPEAL + AFFINITY_GAIN * pairs + TRIPLE_SYNERGY * synergy)
 
     def take_probability(

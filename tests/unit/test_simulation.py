@@ -82,8 +82,9 @@ def test_ground_truth_shape(catalogue: Catalogue) -> None:
 def test_partners_that_go_together_but_not_with_the_anchor_are_no_kit_of_its(
     catalogue: Catalogue,
 ) -> None:
-    """The partners' affinity to each other adds to a triple only around the anchor: the
-    anchor with a kit it does not belong to is worth what it is with two unrelated items."""
+    """A triple appeals through what goes with the anchor: the anchor with a kit it does not
+    belong to, or with a complement and an item it does not go with, is an impulse buy, as
+    the anchor with two unrelated items is."""
     anchor = catalogue.items[0]
     mine = catalogue.complements(anchor, T0)
     kit = next(
@@ -97,10 +98,11 @@ def test_partners_that_go_together_but_not_with_the_anchor_are_no_kit_of_its(
         if anchor not in (x, y) and not {x, y} & set(mine) and catalogue.affinity(x, y, T0) == 0
     )
     assert catalogue.appeal((anchor, *kit), T0) == catalogue.appeal((anchor, *strangers), T0)
-    one = next(b for b in mine if catalogue.affinity(b, kit[0], T0) == 0)
-    assert catalogue.appeal((anchor, one, kit[0]), T0) == catalogue.appeal(
-        (anchor, one, strangers[0]), T0
-    )
+    impulse = catalogue.appeal((anchor, *strangers), T0)
+    for one in mine:
+        assert catalogue.appeal((anchor, one, kit[0]), T0) == impulse
+        assert catalogue.appeal((anchor, kit[0], one), T0) == impulse
+        assert catalogue.appeal((anchor, one), T0) > catalogue.appeal((anchor, kit[0]), T0)
 
 
 # -- oracle ------------------------------------------------------------------------------------
