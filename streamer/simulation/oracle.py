@@ -66,9 +66,9 @@ def offer_actions(offer: BundleOffer | None) -> list[Action]:
 class Oracle:
     """Knows the ground truth; answers the best variant among the candidates (module doc).
 
-    Caches the best of the anchor's own bundles per ``(anchor, segment, season)``, and the
-    best of each offer's bundles per ``(offer_id, segment, season)`` (bounded: cleared past
-    ``cache_size`` entries). Not thread-safe.
+    Caches the anchor's contenders per ``(anchor, season)``, the best of them per ``(anchor,
+    segment, season)``, and the best of each offer's bundles per ``(offer_id, segment,
+    season)`` (bounded: cleared past ``cache_size`` entries). Not thread-safe.
     """
 
     def __init__(
@@ -83,6 +83,7 @@ class Oracle:
         self.catalogue = catalogue
         self.discounts = tuple(discounts)
         self._cache_size = cache_size
+        self._contenders: dict[tuple[str, int], list[tuple[str, ...]]] = {}
         self._truth: dict[tuple[str, str, int], OracleAnswer | None] = {}
         self._offers: dict[tuple[str, str, int], OracleAnswer | None] = {}
 
@@ -90,12 +91,20 @@ class Oracle:
         """Expected reward of one impression of ``action`` under the truth at ``now_ms``."""
         return self.catalogue.expected_reward(action.items, action.discount_pct, segment, now_ms)
 
+    def contenders(self, anchor: str, now_ms: int) -> list[tuple[str, ...]]:
+        """The anchor's bundles that can be its best (:meth:`Catalogue.contenders`), cached."""
+        key = (anchor, self.catalogue.season_at(now_ms))
+        if key not in self._contenders:
+            if len(self._contenders) >= self._cache_size:
+                self._contenders.clear()
+            self._contenders[key] = self.catalogue.contenders(anchor, now_ms)
+        return self._contenders[key]
+
     def candidates(
         self, anchor: str, now_ms: int, offer: BundleOffer | None = None
     ) -> list[Action]:
         """Every action the oracle considers (see the module doc), without duplicates."""
-        bundles = self.catalogue.contenders(anchor, now_ms)
-        bundles += [a.items for a in offer_actions(offer)]
+        bundles = self.contenders(anchor, now_ms) + [a.items for a in offer_actions(offer)]
         grid = [Action(b, d) for b in dict.fromkeys(bundles) for d in self.discounts]
         return list(dict.fromkeys(grid + offer_actions(offer)))
 
@@ -110,7 +119,7 @@ class Oracle:
         if key in self._truth:
             truth = self._truth[key]
         else:
-            bundles = self.catalogue.contenders(anchor, now_ms)
+            bundles = self.contenders(anchor, now_ms)
             truth = self._argmax(
                 [Action(b, d) for b in bundles for d in self.discounts], segment, now_ms
             )
