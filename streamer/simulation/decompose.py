@@ -36,8 +36,8 @@ expected rewards under the truth, each level an upper bound of the next on avera
     average shown variant).
 
 Besides the chain, ``oracle_blind`` is the ceiling of any segment-blind policy: the oracle's
-candidates (true bundles and the live offer's, at every discount) ranked by their reward
-averaged over the segments, evaluated for the shopper's segment, on every slot.
+candidates (the anchor's contenders and the live offer's bundles, at every discount) ranked by
+their reward averaged over the segments, evaluated for the shopper's segment, on every slot.
 
 Shares are sums over slots divided by the oracle's sum, so the steps add up exactly:
 ``1 - served/oracle`` is the sum of the six losses. Steps can be slightly negative on a
