@@ -19,10 +19,11 @@ Contract
   :class:`~streamer.events.RewardWindow` and deletes it. A record reaching a window that has
   already closed is not added there; it is counted as ``"late"`` (and ``add`` returns False).
 - ``reward_rate`` is the mean reward per impression, ``ci95`` its interval from
-  :meth:`~streamer.rewards.reward_stats.RewardMoments.interval` (log-scale delta method,
-  see that module for why), ``revenue`` the summed bundle revenue; ``direct_conversions`` and
-  ``direct_revenue`` count only what was bought through the offer (outcomes whose
-  ``attribution`` is ``"offer"``, and their ``direct_revenue``). With margin rewards
+  :meth:`~streamer.rewards.reward_stats.RewardMoments.interval` (Wilson x Student t on the
+  log scale; that module says why, and how often it covers by conversion count),
+  ``revenue`` the summed bundle revenue; ``direct_conversions`` and ``direct_revenue`` count
+  only what was bought through the offer (outcomes whose ``attribution`` is ``"offer"``, and
+  their ``direct_revenue``). With margin rewards
   ``reward_rate`` and its interval may be negative (a discount deeper than the margin), and
   the ``rewards`` schema allows it, so readers of the topic keep such windows.
 - State: ``windows`` maps a key to a :class:`WindowAggregate` (a faust Table live, a dict in

@@ -36,8 +36,8 @@ expected rewards under the truth, each level an upper bound of the next on avera
     average shown variant).
 
 Besides the chain, ``oracle_blind`` is the ceiling of any segment-blind policy: the oracle's
-candidates (true bundles and the live offer's, at every discount) ranked by their reward
-averaged over the segments, evaluated for the shopper's segment, on every slot.
+candidates (the anchor's contenders and the live offer's bundles, at every discount) ranked by
+their reward averaged over the segments, evaluated for the shopper's segment, on every slot.
 
 Shares are sums over slots divided by the oracle's sum, so the steps add up exactly:
 ``1 - served/oracle`` is the sum of the six losses. Steps can be slightly negative on a
@@ -105,13 +105,20 @@ class OracleShareChain:
         self.candidates = candidates
         self.discounts = tuple(discounts)
         self.split_at = split_at
+        # Rewards per segment by (season, action): the oracle's candidates repeat per anchor.
+        self._table: dict[tuple[int, Action], list[float]] = {}
         self._sums = [dict.fromkeys(FIGURES, 0.0), dict.fromkeys(FIGURES, 0.0)]
         self._counts = [0, 0]
 
     def _rewards(self, action: Action, now_ms: int) -> list[float]:
         cat = self.catalogue
-        return [cat.expected_reward(action.items, action.discount_pct, s, now_ms)
-                for s in cat.segments]
+        key = (cat.season_at(now_ms), action)
+        if key not in self._table:
+            if len(self._table) >= 1_000_000:
+                self._table.clear()  # a bound, not an LRU: misses only cost recomputation
+            self._table[key] = [cat.expected_reward(action.items, action.discount_pct, s, now_ms)
+                                for s in cat.segments]
+        return self._table[key]
 
     def on_visit(self, index: int, shopper: Shopper, choice: Choice | None) -> None:
         """The ``on_visit`` hook of ``run_closed_loop``."""

@@ -2,13 +2,15 @@
 
 For an anchor, a segment and a time (the truth drifts), the oracle's candidates are
 
-- every true bundle of the anchor at that time: the anchor with one of its complements, and
-  with two of them (:meth:`Catalogue.complements`), and
+- every bundle of the anchor that can be its best at that time: the anchor with one or two
+  of its complements, and with the dearest or cheapest of the other items in their place
+  (:meth:`Catalogue.contenders`, which says why no other bundle can do better), and
 - every bundle of the offer that was live (when one is given), so the oracle always knows at
   least what the policy knew,
 
 each at every discount of the grid (0/5/10/15 % by default), plus each offered variant at its
-own discount. Its answer is the candidate of highest *expected* reward. Because the shown
+own discount. Its answer is the candidate of highest *expected* reward: the best of every
+2- and 3-item bundle of the anchor at a discount of the grid. Because the shown
 variant is always among the candidates, regret (oracle's expected reward minus the shown
 variant's) is never negative, and expected values keep it free of purchase noise.
 
@@ -28,7 +30,6 @@ variant's) is never negative, and expected values keep it free of purchase noise
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,9 +66,9 @@ def offer_actions(offer: BundleOffer | None) -> list[Action]:
 class Oracle:
     """Knows the ground truth; answers the best variant among the candidates (module doc).
 
-    Caches the best true bundle per ``(anchor, segment, season)``, and the best of each
-    offer's bundles per ``(offer_id, segment, season)`` (bounded: cleared past
-    ``cache_size`` entries). Not thread-safe.
+    Caches the anchor's contenders per ``(anchor, season)``, the best of them per ``(anchor,
+    segment, season)``, and the best of each offer's bundles per ``(offer_id, segment,
+    season)`` (bounded: cleared past ``cache_size`` entries). Not thread-safe.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Oracle:
         self.catalogue = catalogue
         self.discounts = tuple(discounts)
         self._cache_size = cache_size
+        self._contenders: dict[tuple[str, int], list[tuple[str, ...]]] = {}
         self._truth: dict[tuple[str, str, int], OracleAnswer | None] = {}
         self._offers: dict[tuple[str, str, int], OracleAnswer | None] = {}
 
@@ -89,18 +91,20 @@ class Oracle:
         """Expected reward of one impression of ``action`` under the truth at ``now_ms``."""
         return self.catalogue.expected_reward(action.items, action.discount_pct, segment, now_ms)
 
-    def true_bundles(self, anchor: str, now_ms: int) -> list[tuple[str, ...]]:
-        """The anchor with each true complement, and with each two of them."""
-        partners = self.catalogue.complements(anchor, now_ms)
-        bundles: list[tuple[str, ...]] = [(anchor, b) for b in partners]
-        bundles += [(anchor, *bc) for bc in itertools.combinations(partners, 2)]
-        return bundles
+    def contenders(self, anchor: str, now_ms: int) -> list[tuple[str, ...]]:
+        """The anchor's bundles that can be its best (:meth:`Catalogue.contenders`), cached."""
+        key = (anchor, self.catalogue.season_at(now_ms))
+        if key not in self._contenders:
+            if len(self._contenders) >= self._cache_size:
+                self._contenders.clear()
+            self._contenders[key] = self.catalogue.contenders(anchor, now_ms)
+        return self._contenders[key]
 
     def candidates(
         self, anchor: str, now_ms: int, offer: BundleOffer | None = None
     ) -> list[Action]:
         """Every action the oracle considers (see the module doc), without duplicates."""
-        bundles = self.true_bundles(anchor, now_ms) + [a.items for a in offer_actions(offer)]
+        bundles = self.contenders(anchor, now_ms) + [a.items for a in offer_actions(offer)]
         grid = [Action(b, d) for b in dict.fromkeys(bundles) for d in self.discounts]
         return list(dict.fromkeys(grid + offer_actions(offer)))
 
@@ -108,14 +112,14 @@ class Oracle:
         self, anchor: str, segment: Segment, now_ms: int, offer: BundleOffer | None = None
     ) -> OracleAnswer:
         """The candidate of highest expected reward (ties: smaller discount, then bundle), and its
-        expected reward. Raises ``ValueError`` when there is no candidate at all (an anchor
-        without complements and no offer)."""
+        expected reward. Raises ``ValueError`` when there is no candidate at all (a catalogue
+        of the anchor alone and no offer)."""
         season = self.catalogue.season_at(now_ms)
         key = (anchor, segment.name, season)
         if key in self._truth:
             truth = self._truth[key]
         else:
-            bundles = self.true_bundles(anchor, now_ms)
+            bundles = self.contenders(anchor, now_ms)
             truth = self._argmax(
                 [Action(b, d) for b in bundles for d in self.discounts], segment, now_ms
             )

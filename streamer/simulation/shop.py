@@ -6,7 +6,9 @@ The :class:`Catalogue` is the ground truth the policy never sees:
   pairwise affinity in ``[0.5, 1]``), and each item also has ``weak_complements`` loose partners
   (affinity in ``[0.1, 0.3]``). A pair's appeal grows with the pair's affinity; a 3-item
   bundle's with the anchor's affinity to both partners *and* the partners' affinity to each
-  other, so a whole kit beats two unrelated complements.
+  other, so a whole kit beats two unrelated complements. The shopper came for the anchor: a
+  triple with a partner that does not go with it is no kit of the anchor's, whatever that
+  partner goes with, and appeals as an impulse buy does (as a pair of unrelated items does).
 - **Price sensitivity per segment.** A shopper belongs to a :class:`Segment`; a discount of
   ``d`` percent multiplies the take-rate by ``exp(price_sensitivity * d)``. Revenue
   ``(1 - d/100) * exp(s * d)`` peaks at ``d = 100 - 1/s``: loyal shoppers (``s = 0.002``) are
@@ -48,7 +50,8 @@ Event = ClickEvent | PurchaseEvent
 BASE_APPEAL = 0.01
 #: Take-rate added per unit of affinity between the anchor and a partner.
 AFFINITY_GAIN = 0.30
-#: Take-rate added to a 3-item bundle per unit of affinity between its two partners.
+#: Take-rate added to a 3-item bundle per unit of affinity between its two partners (both of
+#: which go with the anchor: a kit around the anchor, not one beside it).
 TRIPLE_SYNERGY = 0.15
 #: A 3-item bundle is a bigger commitment: its appeal is scaled down by this factor. At 0.45 a
 #: whole kit earns about as much as the kit's best pair on average (three prices, fewer takers),
@@ -191,6 +194,26 @@ class Catalogue:
         row = self.seasons[self.season_at(now_ms)].affinity.get(anchor, {})
         return tuple(sorted(row, key=lambda b: (-row[b], b)))
 
+    def contenders(self, anchor: str, now_ms: int) -> list[tuple[str, ...]]:
+        """Every bundle of ``anchor`` that can earn the most at some discount for some segment.
+
+        The anchor with one or two of its complements, and with the dearest and the cheapest
+        items that are not its complements in their place: a bundle with such a partner is an
+        impulse buy to :meth:`appeal`, the same take-rate whichever items it holds, so the
+        dearest give the most reward (the cheapest the least loss, at a discount deeper than
+        the margin). A test checks this against every bundle.
+        """
+        partners = self.complements(anchor, now_ms)
+        related = {anchor, *partners}
+        others = [i for i in self.items if i not in related]
+        by_price = sorted(others, key=lambda i: (self.prices[i], i))
+        extremes = list(dict.fromkeys(by_price[-2:] + by_price[:2]))
+        bundles: list[tuple[str, ...]] = [(anchor, b) for b in (*partners, *extremes)]
+        bundles += [(anchor, *bc) for bc in itertools.combinations(partners, 2)]
+        bundles += [(anchor, b, x) for b in partners for x in extremes]
+        bundles += [(anchor, *xy) for xy in itertools.combinations(extremes, 2)]
+        return bundles
+
     def appeal(self, items: Sequence[str], now_ms: int) -> float:
         """Take-rate of a bundle (anchor first) at full price, before any segment effect.
 
@@ -205,7 +228,9 @@ class Catalogue:
         if len(items) == 2:
             return BASE_APPEAL + AFFINITY_GAIN * anchor.get(items[1], 0.0)
         b, c = items[1], items[2]
-        pairs = (anchor.get(b, 0.0) + anchor.get(c, 0.0)) / 2.0
+        if b not in anchor or c not in anchor:
+            return TRIPLE_FACTOR * BASE_APPEAL  # no kit of the anchor's: an impulse buy
+        pairs = (anchor[b] + anchor[c]) / 2.0
         synergy = row.get(b, {}).get(c, 0.0)
         return TRIPLE_FACTOR * (BASE_APPEAL + AFFINITY_GAIN * pairs + TRIPLE_SYNERGY * synergy)
 

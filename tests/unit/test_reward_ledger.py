@@ -8,6 +8,7 @@ import random
 import msgspec
 import numpy as np
 import pytest
+from scipy import stats
 
 from streamer.events import EventCodec, RewardWindow
 from streamer.rewards import (
@@ -19,6 +20,7 @@ from streamer.rewards import (
     WindowAggregate,
     WindowSpec,
 )
+from streamer.rewards.reward_stats import t_score
 
 MIN = 60_000
 T0 = 1_700_002_800_000  # on an hour boundary
@@ -248,6 +250,33 @@ def test_interval_coverage_on_mostly_zero_heavy_tailed_rewards() -> None:
         naive_covered += m.mean - half <= true_mean <= m.mean + half
     assert 0.90 <= covered / reps <= 0.99
     assert covered >= naive_covered
+
+
+def test_interval_coverage_at_a_handful_of_conversions() -> None:
+    """At 5 % conversion over 100 impressions (5 conversions expected, runs with fewer than 2
+    included) the interval still covers about 92 % of the time; the log-scale delta method
+    covered 87 % here, nearly all its misses below the true mean."""
+    rng = np.random.default_rng(7)
+    p, sigma, n, reps = 0.05, 1.0, 100, 1_500
+    true_mean = p * math.exp(3.0 + sigma**2 / 2)
+    covered = 0
+    for _ in range(reps):
+        rewards = np.where(rng.random(n) < p, rng.lognormal(3.0, sigma, n), 0.0)
+        m = RewardMoments()
+        for r in rewards.tolist():
+            m = m.add(r)
+        lo, hi = m.interval()
+        covered += lo <= true_mean <= hi
+    assert covered / reps >= 0.89
+
+
+@pytest.mark.parametrize("confidence", [0.5, 0.9, 0.95, 0.99, 0.999])
+def test_t_score_matches_scipy(confidence: float) -> None:
+    for dof in [*range(1, 41), 100, 1_000, 1_000_000]:
+        want = float(stats.t.ppf(0.5 + confidence / 2, dof))
+        assert t_score(confidence, dof) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError):
+        t_score(0.95, 0)
 
 
 def test_few_conversions_fall_back_to_a_normal_interval() -> None:

@@ -14,6 +14,7 @@ from streamer.events import BundleOffer, ClickEvent, PurchaseEvent
 from streamer.offers import OfferBook
 from streamer.simulation import (
     DEFAULT_START_MS,
+    DISCOUNTS,
     NO_OFFER,
     Action,
     Catalogue,
@@ -78,7 +79,51 @@ def test_ground_truth_shape(catalogue: Catalogue) -> None:
     assert margin.value((a, best), 10) == pytest.approx(catalogue.value((a, best), 10) * 0.3 / 0.9)
 
 
+def test_partners_that_go_together_but_not_with_the_anchor_are_no_kit_of_its(
+    catalogue: Catalogue,
+) -> None:
+    """A triple appeals through what goes with the anchor: the anchor with a kit it does not
+    belong to, or with a complement and an item it does not go with, is an impulse buy, as
+    the anchor with two unrelated items is."""
+    anchor = catalogue.items[0]
+    mine = catalogue.complements(anchor, T0)
+    kit = next(
+        (x, y)
+        for x, y in itertools.combinations(catalogue.items, 2)
+        if anchor not in (x, y) and not {x, y} & set(mine) and catalogue.affinity(x, y, T0) >= 0.5
+    )
+    strangers = next(
+        (x, y)
+        for x, y in itertools.combinations(catalogue.items, 2)
+        if anchor not in (x, y) and not {x, y} & set(mine) and catalogue.affinity(x, y, T0) == 0
+    )
+    assert catalogue.appeal((anchor, *kit), T0) == catalogue.appeal((anchor, *strangers), T0)
+    impulse = catalogue.appeal((anchor, *strangers), T0)
+    for one in mine:
+        assert catalogue.appeal((anchor, one, kit[0]), T0) == impulse
+        assert catalogue.appeal((anchor, kit[0], one), T0) == impulse
+        assert catalogue.appeal((anchor, one), T0) > catalogue.appeal((anchor, kit[0]), T0)
+
+
 # -- oracle ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("cost_ratio", "discounts"), [(0.0, DISCOUNTS), (0.6, (60.0,))])
+def test_oracle_is_the_best_of_every_bundle(
+    cost_ratio: float, discounts: tuple[float, ...]
+) -> None:
+    """Against every 2- and 3-item bundle of the anchor with any items, at every discount, for
+    every segment and season; also at a discount deeper than the margin, where every bundle
+    loses and the cheapest least."""
+    cat = Catalogue.generate(24, seed=4, drift_at_ms=DRIFT_MS, cost_ratio=cost_ratio)
+    oracle = Oracle(cat, discounts=discounts)
+    for anchor, now in itertools.product(cat.items, (T0, DRIFT_MS)):
+        others = [i for i in cat.items if i != anchor]
+        bundles = [(anchor, b) for b in others]
+        bundles += [(anchor, *bc) for bc in itertools.combinations(others, 2)]
+        for segment in cat.segments:
+            best = max(cat.expected_reward(b, d, segment, now) for b in bundles for d in discounts)
+            assert oracle.best(anchor, segment, now).expected_reward == pytest.approx(best)
+
+
 def test_oracle_expected_reward_at_least_any_candidate(catalogue: Catalogue) -> None:
     oracle = Oracle(catalogue)
     rng = random.Random(5)
