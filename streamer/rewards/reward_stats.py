@@ -58,6 +58,7 @@ import math
 from statistics import NormalDist
 
 from msgspec import Struct
+from scipy.stats import t as student_t
 
 
 def z_score(confidence: float) -> float:
@@ -72,51 +73,15 @@ def z_score(confidence: float) -> float:
 
 
 def t_score(confidence: float, dof: int) -> float:
-    """Two-sided Student t quantile for ``confidence`` and integer ``dof >= 1`` (0.95, 4 ->
-    2.776).
-
-    Below 20 degrees of freedom, by bisection on the closed-form distribution function for an
-    integer ``dof`` (Abramowitz & Stegun 26.7.3-4); from 20 on, their Cornish-Fisher expansion
-    (26.7.5), within 1e-5 of the exact quantile there. Closed form rather than scipy, which is
-    not a dependency of streamer; the tests check it against ``scipy.stats.t.ppf``.
+    """Two-sided Student t quantile for ``confidence`` and ``dof >= 1`` degrees of freedom
+    (0.95, 4 -> 2.776): scipy's (a dependency of River's, and imported by the worker already).
 
     >>> round(t_score(0.95, 4), 3), round(t_score(0.95, 1), 2), round(t_score(0.95, 30), 4)
     (2.776, 12.71, 2.0423)
     """
-    if dof < 1 or int(dof) != dof:
-        raise ValueError(f"dof must be a positive integer, got {dof}")
-    z = z_score(confidence)
-    if dof >= 20:
-        z2 = z * z
-        terms = (
-            z * (z2 + 1) / 4,
-            z * (z2 * (5 * z2 + 16) + 3) / 96,
-            z * (z2 * (z2 * (3 * z2 + 19) + 17) - 15) / 384,
-            z * (z2 * (z2 * (z2 * (79 * z2 + 776) + 1482) - 1920) - 945) / 92160,
-        )
-        return z + sum(g / float(dof) ** (i + 1) for i, g in enumerate(terms))
-    lo, hi = 0.0, z
-    while _t_central(hi, dof) < confidence:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(60):
-        mid = (lo + hi) / 2.0
-        lo, hi = (mid, hi) if _t_central(mid, dof) < confidence else (lo, mid)
-    return (lo + hi) / 2.0
-
-
-def _t_central(t: float, dof: int) -> float:
-    # P(|T| <= t) for T ~ Student t(dof): A&S 26.7.3 (odd dof) and 26.7.4 (even dof).
-    theta = math.atan(t / math.sqrt(dof))
-    c2 = math.cos(theta) ** 2
-    term, total = 1.0, 1.0
-    for j in range(1, (dof - 1) // 2 + (dof % 2 == 0)):
-        term *= c2 * ((2 * j - 1) / (2 * j) if dof % 2 == 0 else (2 * j) / (2 * j + 1))
-        total += term
-    if dof % 2 == 0:
-        return math.sin(theta) * total
-    if dof == 1:
-        return 2.0 * theta / math.pi
-    return 2.0 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    if dof < 1:
+        raise ValueError(f"dof must be at least 1, got {dof}")
+    return float(student_t.ppf(0.5 + confidence / 2.0, dof))
 
 
 def wilson(k: int, n: int, z: float) -> tuple[float, float]:
