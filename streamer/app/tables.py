@@ -128,8 +128,9 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         self._cache_size = cache_size
         self.undecodable = 0
 
-    def _decode(self, key: Any, raw: bytes) -> Any:
-        """The value of ``raw``, or :data:`_ABSENT` when it does not decode (dropped)."""
+    def _decode(self, key: Any, raw: bytes, remember: bool = True) -> Any:
+        """The value of ``raw``, or :data:`_ABSENT` when it does not decode (dropped); kept
+        in the cache unless ``remember`` is false (a cached one is used either way)."""
         hit = self._cache.get(key)
         if hit is not None and hit[0] is raw:  # the very bytes decoded before: same value
             return hit[1]
@@ -140,7 +141,8 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
             log.warning("dropped the value of %r, which does not decode: %s", key, e)
             self._read.pop(key, None)
             return _ABSENT
-        self._remember(key, raw, value)
+        if remember:
+            self._remember(key, raw, value)
         return value
 
     def _remember(self, key: Any, raw: bytes, value: V) -> None:
@@ -181,14 +183,8 @@ class EncodedTable(MutableMapping[str, V], Generic[V]):
         raw = self._read.get(key)
         if raw is None:
             return default
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] is raw:
-            return hit[1]
-        try:
-            return self._decode_value(raw)
-        except DECODE_ERRORS:
-            value = self._decode(key, raw)  # logged, counted, dropped: as a read would
-            return default if value is _ABSENT else value
+        value = self._decode(key, raw, remember=False)
+        return default if value is _ABSENT else value
 
     def __contains__(self, key: object) -> bool:
         return key in self._read
