@@ -240,7 +240,8 @@ class FeedbackBuffer:
         has_dm = bool(self._has_dm[order].all()) and self._size > 0
 
         def copy(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-            return np.array(a[order], copy=True)
+            # A slice is a view: copied; an index array (a full ring) copies by itself.
+            return a[order].copy() if isinstance(order, slice) else a[order]
 
         features = copy(self._features) if columns is None else self._features[np.ix_(
             np.arange(self.capacity)[order], np.arange(self.max_actions), columns)]

@@ -450,3 +450,25 @@ def test_a_gate_confidence_outside_0_1_is_refused_when_configured(confidence: fl
     # Not at the first gate, after a whole fine-tune (or, in the simulator, minutes of run).
     with pytest.raises(ValueError, match="confidence"):
         FineTuneConfig(confidence=confidence)
+
+
+@pytest.mark.parametrize("appended", [3, 7])  # the ring not yet full, and wrapped around
+def test_a_snapshot_does_not_change_as_the_buffer_goes_on(appended: int) -> None:
+    """A fine-tune trains on a snapshot in another thread while records keep coming."""
+    buffer = FeedbackBuffer(("x", "y"), capacity=5, max_actions=2)
+
+    def add(i: int) -> None:
+        rows = ({"x": float(i), "y": 0.0}, {"x": float(i), "y": 1.0})
+        buffer.append(LoggedDecision(rows, 0, 0.5, float(i), (0.1, 0.2), f"v{i}"))
+
+    for i in range(appended):
+        add(i)
+    snap = buffer.snapshot()
+    reordered = buffer.snapshot(("y", "x"))
+    before = [a.copy() for a in (snap.features, snap.reward, snap.expected_reward,
+                                 snap.logged_by, reordered.features)]
+    for i in range(appended, appended + 5):
+        add(i)
+    after = (snap.features, snap.reward, snap.expected_reward, snap.logged_by,
+             reordered.features)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
