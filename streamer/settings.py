@@ -485,6 +485,12 @@ class TrainerSettings(_Section):
         "over the live policy's, whose lower end must be above 0 (two-sided: 0.95 is a one-sided "
         "bound at 0.975; lower: promotes more often, on weaker evidence).",
     )
+    unsupported_reward: float = Field(
+        0.0,
+        description="What the gate and the fine-tune take a variant the logging policy could "
+        "not show to earn per impression: the least any variant can earn (0 for revenue; for "
+        "margin rewards with discounts above the margin, the most negative margin).",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Where to fine-tune: cuda when available (auto), else the CPU."
     )

@@ -157,6 +157,7 @@ class FeedbackTrainer:
             learning_rate=config.learning_rate,
             holdout_fraction=config.holdout_fraction,
             confidence=config.gate_confidence,
+            unsupported_reward=config.unsupported_reward,
             device=config.device,
             max_threads=config.max_threads,
             seed=config.seed,
@@ -501,6 +502,7 @@ async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str
         return
     if result.difference is not None and math.isfinite(result.difference.lower):
         metrics.trainer_gate_margin.set(result.difference.lower)
+    metrics.trainer_unsupported_mass.set(result.candidate_evaluation.unsupported_mass)
     if not result.promoted:
         metrics.trainer_rejections.labels(rejection_label(result)).inc()
         log.info("candidate %s rejected: %s", result.candidate.version, figures)

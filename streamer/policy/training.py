@@ -12,17 +12,26 @@ reward (a baseline: same expected gradient, less variance); its gradient is the 
 gradient ``w (r - b) grad log pi``. ``"dr"``: ``mean(sum_a pi(a|x) q(x, a) + min(w, c) (r -
 q(x, a_logged)))``, the doubly robust value with the direct-method model ``q``: the model
 carries the signal for variants the logs rarely show, the weights correct its bias. Clipping
-at ``c`` bounds the variance a few tiny logging propensities would cause.
+at ``c`` bounds the variance a few tiny logging propensities would cause. Both value the
+policy's probability on variants the logging policy could not show (outside each record's
+``support``) at ``unsupported_reward`` instead (the model's ``q`` is never checked there), as
+the gate does: training is pulled towards what the logs can vouch for, not towards the
+variants the model over-rates where no reward ever corrected it.
 
 Promotion: the candidate's lower confidence bound must beat the live policy's point estimate,
 both on the newest feedback neither was trained on (doubly robust when the records carry model
-predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. The
-lower bound is the *paired* one: the live estimate plus the lower bound of the candidate-minus-
-live difference estimated impression by impression (:func:`~streamer.policy.ope.
-paired_difference`). Both policies are judged on the same rewards, so the difference's
-interval is several times narrower than either policy's own; comparing the two unpaired
-intervals (:func:`should_promote`, kept for callers holding two separate estimates) rejected
-a candidate truly 15 % better on a holdout of a few thousand records.
+predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. Each
+estimate values a policy's probability on variants its records' logging policy never could
+show at ``unsupported_reward`` (the least a variant earns: :mod:`~streamer.policy.ope`), so a
+candidate is promoted only when it beats the live policy even if its untried variants earn
+the worst; its share of such probability is reported (``unsupported_mass``). The lower bound
+is the *paired* one: the live estimate plus the lower bound of
+the candidate-minus-live difference estimated impression by impression
+(:func:`~streamer.policy.ope.paired_difference`). Both policies are judged on the same
+rewards, so the difference's interval is several times narrower than either policy's own;
+comparing the two unpaired intervals (:func:`should_promote`, kept for callers holding two
+separate estimates) rejected a candidate truly 15 % better on a holdout of a few thousand
+records.
 """
 
 from __future__ import annotations
@@ -85,7 +94,11 @@ class FineTuneConfig:
     learning_rate: float = 3e-3
     weight_clip: float = 10.0
     holdout_fraction: float = 0.2
+    #: The confidence of the gate's paired interval (two-sided: its lower end at 0.975).
     confidence: float = 0.95
+    #: What a variant the logging policy could not show is taken to earn per impression, in
+    #: the gate's estimates and the objective: the least any variant can (0 for revenue).
+    unsupported_reward: float = 0.0
     device: DevicePreference = "auto"
     # One thread by default: on a shared 2-core host, 2 OpenMP threads made these small
     # kernels 10-300x slower (spin-waiting on a busy core), not faster.
@@ -104,17 +117,22 @@ class FineTuneConfig:
             raise ValueError("learning_rate and weight_clip must be positive")
         if not 0.0 < self.confidence < 1.0:  # else the first gate, minutes later, would raise
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not math.isfinite(self.unsupported_reward):
+            raise ValueError("unsupported_reward must be finite")
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyEvaluation:
     """Off-policy estimates of one policy on one batch (``ips``, ``snips``, and ``dr`` when the
     records carry model predictions); ``outputs_finite`` is False if any score was not.
-    ``terms`` holds each estimate's per-impression terms (for paired comparisons)."""
+    ``terms`` holds each estimate's per-impression terms (for paired comparisons);
+    ``unsupported_mass`` the policy's mean probability on variants the records' logging
+    policy could not show (valued at the worst in every estimate)."""
 
     estimates: dict[str, Estimate]
     outputs_finite: bool
     terms: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    unsupported_mass: float = 0.0
 
     @property
     def primary(self) -> Estimate:
@@ -128,10 +146,13 @@ def _target_probabilities(
     batch: FeedbackBatch,
     device: torch.device,
     chunk: int,
-) -> tuple[np.ndarray, np.ndarray | None, bool]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, bool]:
     """The target's probability of each logged variant, its model value ``sum_a pi(a) q(a)``
-    (when the batch has predictions) and whether every score was finite."""
+    over the supported variants (when the batch has predictions), its probability on the
+    unsupported ones, and whether every score was finite."""
     p_chosen = np.empty(len(batch), dtype=np.float64)
+    unsupported = np.empty(len(batch), dtype=np.float64)
+    support = batch.support()
     value = None if batch.expected_reward is None else np.empty(len(batch), dtype=np.float64)
     finite = True
     was_training = scorer.training
@@ -150,12 +171,14 @@ def _target_probabilities(
             )
             chosen = torch.from_numpy(part.chosen).to(device)
             stop = start + len(part)
+            supported = torch.from_numpy(support[start:stop]).to(device)
             p_chosen[start:stop] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
+            unsupported[start:stop] = (probs * ~supported).sum(1).cpu().numpy()
             if value is not None and part.expected_reward is not None:
                 q = torch.from_numpy(part.expected_reward).to(device).double()
-                value[start:stop] = (probs * q).sum(1).cpu().numpy()
+                value[start:stop] = (probs * q * supported).sum(1).cpu().numpy()
     scorer.train(was_training)
-    return p_chosen, value, finite
+    return p_chosen, value, unsupported, finite
 
 
 def evaluate_scorer(
@@ -166,22 +189,30 @@ def evaluate_scorer(
     confidence: float = 0.95,
     device: torch.device | None = None,
     chunk: int = 65_536,
+    worst_reward: float = 0.0,
 ) -> PolicyEvaluation:
     """IPS, SNIPS and (with model predictions) DR estimates of the scorer's policy on
-    ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`)."""
+    ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`). Its
+    probability on variants outside the records' support (``batch.support()``) is valued at
+    ``worst_reward`` in each."""
     device = device or next(scorer.parameters()).device
-    p1, value, finite = _target_probabilities(scorer, shape, batch, device, chunk)
+    p1, value, u, finite = _target_probabilities(scorer, shape, batch, device, chunk)
     p0, r = batch.propensity, batch.reward
+    bound = {"unsupported": u, "worst_reward": worst_reward}
     estimates = {
-        "ips": ips(p0, r, p1, confidence=confidence),
-        "snips": snips(p0, r, p1, confidence=confidence),
+        "ips": ips(p0, r, p1, confidence=confidence, **bound),  # type: ignore[arg-type]
+        "snips": snips(p0, r, p1, confidence=confidence, **bound),  # type: ignore[arg-type]
     }
-    terms = {name: estimator_terms(name, p0, r, p1) for name in ("ips", "snips")}
+    terms = {name: estimator_terms(name, p0, r, p1, unsupported=u, worst_reward=worst_reward)
+             for name in ("ips", "snips")}
     if value is not None and batch.expected_reward is not None:
         q = np.take_along_axis(batch.expected_reward, batch.chosen[:, None], axis=1)[:, 0]
-        estimates["dr"] = doubly_robust(p0, r, p1, q, value, confidence=confidence)
-        terms["dr"] = estimator_terms("dr", p0, r, p1, q, value)
-    return PolicyEvaluation(estimates=estimates, outputs_finite=finite, terms=terms)
+        estimates["dr"] = doubly_robust(p0, r, p1, q, value, confidence=confidence,
+                                        unsupported=u, worst_reward=worst_reward)
+        terms["dr"] = estimator_terms("dr", p0, r, p1, q, value, unsupported=u,
+                                      worst_reward=worst_reward)
+    return PolicyEvaluation(estimates=estimates, outputs_finite=finite, terms=terms,
+                            unsupported_mass=float(u.mean()) if len(u) else 0.0)
 
 
 def compare(
@@ -198,10 +229,12 @@ def compare(
 
 
 def evaluate_policy(
-    policy: TorchPolicy, batch: FeedbackBatch, *, confidence: float = 0.95
+    policy: TorchPolicy, batch: FeedbackBatch, *, confidence: float = 0.95,
+    worst_reward: float = 0.0,
 ) -> PolicyEvaluation:
     """:func:`evaluate_scorer` for a served policy (on the CPU, where it lives)."""
-    return evaluate_scorer(policy.scorer, policy.shape, batch, confidence=confidence)
+    return evaluate_scorer(policy.scorer, policy.shape, batch, confidence=confidence,
+                           worst_reward=worst_reward)
 
 
 def should_promote(candidate_estimate: Estimate, live_estimate: Estimate) -> bool:
@@ -263,6 +296,8 @@ class FineTuneResult:
                 "live_estimate": self.live_evaluation.primary.value,
                 "difference": None if self.difference is None else self.difference.as_dict(),
                 "gate_lower_bound": self.gate_lower_bound,
+                "unsupported_mass": self.candidate_evaluation.unsupported_mass,
+                "live_unsupported_mass": self.live_evaluation.unsupported_mass,
                 "estimates": {
                     k: v.as_dict() for k, v in self.candidate_evaluation.estimates.items()
                 },
@@ -333,10 +368,12 @@ def fine_tune(
     candidate = TorchPolicy(scorer, shape, version=version_of(scorer, shape),
                             parent=live.version)
     candidate_eval = evaluate_scorer(
-        candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
+        candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk,
+        worst_reward=config.unsupported_reward,
     )
     live_eval = evaluate_scorer(
-        live.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
+        live.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk,
+        worst_reward=config.unsupported_reward,
     )
     difference = compare(candidate_eval, live_eval, confidence=config.confidence)
     promoted, reason = _verdict(candidate, candidate_eval, live_eval, difference)
@@ -406,7 +443,8 @@ def gate_against_logged(
             holdout = holdout.take(live_only)
             candidate_eval = evaluate_scorer(candidate.scorer, candidate.shape, holdout,
                                              confidence=config.confidence,
-                                             chunk=config.eval_chunk)
+                                             chunk=config.eval_chunk,
+                                             worst_reward=config.unsupported_reward)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
     names = candidate_eval.estimates
@@ -443,14 +481,15 @@ def _verdict(
         return False, "rejected: non-finite live estimate or difference"
     # Paired lower bound (module doc): live estimate + lower bound of candidate - live.
     lower = live.value + difference.lower
+    unsupported = f" ({candidate_eval.unsupported_mass:.3g} of its probability unsupported)"
     if not lower > live.value:
         return False, (
             f"rejected: {c.estimator} paired lower bound {lower:.6g} "
-            f"does not beat live estimate {live.value:.6g}"
+            f"does not beat live estimate {live.value:.6g}{unsupported}"
         )
     return True, (
         f"promoted: {c.estimator} paired lower bound {lower:.6g} beats live estimate "
-        f"{live.value:.6g}"
+        f"{live.value:.6g}{unsupported}"
     )
 
 
@@ -475,6 +514,8 @@ def _train(
     propensity = torch.from_numpy(train.propensity).float()
     reward = torch.from_numpy(train.reward).float()
     dm = None if train.expected_reward is None else torch.from_numpy(train.expected_reward)
+    support = torch.from_numpy(train.support())
+    worst = config.unsupported_reward
     baseline = float(reward.mean())
     steps_per_epoch = math.ceil(n / config.batch_size)
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
@@ -497,12 +538,14 @@ def _train(
             )
             p_chosen = probs.gather(1, a[:, None]).squeeze(1)
             w = torch.clamp(p_chosen / p0, max=config.weight_clip)
+            supported = support[idx].to(device)
+            unsupported = (probs * ~supported).sum(1)
             if config.objective == "dr" and dm is not None:
                 q = dm[idx].to(device)
                 q_chosen = q.gather(1, a[:, None]).squeeze(1)
-                value = (probs * q).sum(1) + w * (r - q_chosen)
+                value = (probs * q * supported).sum(1) + w * (r - q_chosen) + worst * unsupported
             else:
-                value = w * (r - baseline)
+                value = w * (r - baseline) + (worst - baseline) * unsupported
             loss = -value.mean()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
