@@ -162,7 +162,8 @@ def estimator_terms(
     if estimator == "snips":
         mean_w = float(w.mean())
         if mean_w == 0.0:
-            return np.full_like(w, np.nan)
+            # Nothing on the logged variants: known only when it is all on unsupported ones.
+            return worst_reward * u if bool((u >= 1.0 - 1e-9).all()) else np.full_like(w, np.nan)
         value = float((w * r).sum() / w.sum())
         # The supported mean reward per unit of supported mass, times each impression's
         # supported mass; the linearised weight terms carry its spread (mean zero).
@@ -226,13 +227,13 @@ def snips(
 ) -> Estimate:
     """Self-normalised IPS: ``sum(w r) / sum(w)``, times the supported mass plus
     ``worst_reward`` times the unsupported mass (module doc); its standard error by the delta
-    method (terms ``w (r - value) / mean(w)``). All-zero weights give NaN (nothing to go on)."""
+    method (terms ``w (r - value) / mean(w)``). All-zero weights give NaN (nothing to go on),
+    except when all of the target's probability is unsupported: then it is ``worst_reward``."""
     p0, _, p1 = _arrays(propensity, reward, target_probability)
     w = p1 / p0
     terms = estimator_terms("snips", propensity, reward, target_probability,
                             unsupported=unsupported, worst_reward=worst_reward)
-    value = math.nan if float(w.mean()) == 0.0 else float(terms.mean())
-    return _estimate("snips", value, terms, w, confidence)
+    return _estimate("snips", float(terms.mean()), terms, w, confidence)
 
 
 def doubly_robust(

@@ -8,6 +8,8 @@ A candidate putting its probability there is much worse than the live policy, an
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,12 @@ def test_torch_live_a_candidate_on_rows_the_live_policy_never_shows_is_not_promo
         promoted, reason = _verdict(candidate, cand, base, compare(cand, base))
         assert not promoted, reason
         assert cand.unsupported_mass == pytest.approx(1.0) and base.unsupported_mass == 0.0
+        without_model = dataclasses.replace(batch, expected_reward=None)  # judged by SNIPS
+        cand = evaluate_scorer(candidate.scorer, candidate.shape, without_model)
+        base = evaluate_scorer(live.scorer, live.shape, without_model)
+        assert cand.primary.estimator == "snips" and cand.primary.value == pytest.approx(0.0)
+        promoted, reason = _verdict(candidate, cand, base, compare(cand, base))
+        assert not promoted and "unsupported" in reason, reason
 
 
 def test_a_better_candidate_on_supported_rows_is_still_promoted() -> None:
