@@ -158,6 +158,7 @@ class FeedbackTrainer:
             holdout_fraction=config.holdout_fraction,
             confidence=config.gate_confidence,
             unsupported_reward=config.unsupported_reward,
+            exploration_allowance=config.exploration_allowance,
             device=config.device,
             max_threads=config.max_threads,
             seed=config.seed,

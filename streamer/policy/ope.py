@@ -199,6 +199,33 @@ def paired_difference(
     return _estimate(estimator, float(diff.mean()), diff, np.ones_like(diff), confidence)
 
 
+def within_allowance(
+    terms: ArrayLike,
+    unsupported: ArrayLike,
+    allowance: ArrayLike,
+    baseline_terms: ArrayLike,
+    *,
+    worst_reward: float = 0.0,
+) -> npt.NDArray[np.float64]:
+    """A target's per-impression ``terms`` (its unsupported mass valued at ``worst_reward``)
+    with each impression's unsupported mass up to ``allowance`` valued at ``baseline_terms``
+    instead: the baseline policy's own estimate on that impression (the live policy's, in a
+    promotion gate), and only the excess over the allowance at the worst. Why: a policy that
+    explores by design (its floor) puts that much on variants no log tried whatever it learned;
+    an operator accepts that bounded cost, and it is worth what the baseline earns there, not
+    the worst, as long as it stays within the design. Paired with ``baseline_terms``, the
+    difference then says: better on everything the logs vouch for, with at most
+    ``allowance`` of the traffic on untried variants.
+
+    >>> within_allowance([1.0, 0.5], [0.1, 0.5], [0.1, 0.1], [2.0, 2.0]).tolist()
+    [1.2, 0.7]
+    """
+    t = np.asarray(terms, dtype=np.float64).reshape(-1)
+    u, a, b = (np.broadcast_to(np.asarray(x, dtype=np.float64), t.shape)
+               for x in (unsupported, allowance, baseline_terms))
+    return t + np.minimum(u, a) * (b - worst_reward)
+
+
 def ips(
     propensity: ArrayLike,
     reward: ArrayLike,

@@ -130,6 +130,48 @@ def test_a_better_candidate_on_supported_rows_is_still_promoted() -> None:
     assert result.candidate_evaluation.unsupported_mass == 0.0
 
 
+@pytest.mark.parametrize("objective", ["dr", "ips"])
+def test_a_candidate_better_on_the_support_exploring_within_its_allowance_is_promoted(
+        objective: str) -> None:
+    # Its floor (0.1 on each of 4 variants: an allowance of 0.4) puts 0.2 on the 0 % rows v0
+    # never showed; on the rows v0 showed it earns 0.75, plus those 0.2 at v0's own 0.9 makes
+    # 0.93 > 0.9. Valued at the worst reward (0), as before the allowance, it was refused.
+    logging = np.array([0.0, 0.8, 0.0, 0.2])
+    candidate = policy(+300.0, -30.0, floor=0.1, max_variants=None)
+    p1 = probabilities(candidate)
+    assert p1[logging == 0].sum() == pytest.approx(0.2, abs=1e-6)
+    assert p1[logging > 0] @ TRUE[logging > 0] < logging @ TRUE
+    config = FineTuneConfig(objective=objective, epochs=0, device="cpu",  # type: ignore[arg-type]
+                            holdout_fraction=0.2)
+    for seed in range(3):
+        batch = logs(logging, 50_000, seed, with_model=objective == "dr")
+        result = gate_against_logged(fine_tune(candidate, batch, config), batch, config,
+                                     live_version="v0-greedy")
+        assert result.promoted, result.reason
+        evaluation = result.candidate_evaluation
+        assert evaluation.allowed_mass == pytest.approx(0.2, abs=1e-6)
+        assert result.metadata()["allowed_mass"] == evaluation.allowed_mass
+        # ...and not with no allowance: the same 0.2 at the worst.
+        strict = dataclasses.replace(config, exploration_allowance=0.0)
+        refused = gate_against_logged(fine_tune(candidate, batch, strict), batch, strict,
+                                      live_version="v0-greedy")
+        assert not refused.promoted, refused.reason
+
+
+def test_only_the_excess_over_the_allowance_is_valued_at_the_worst() -> None:
+    candidate = policy(-30.0, -3.0, floor=0.02, max_variants=None)
+    batch = logs(V0, 2_000, 0)
+    live = np.full(len(batch), 0.9)  # the live policy's per-impression estimate
+    for allowance in (0.0, 0.05, 1.0):
+        ev = evaluate_scorer(candidate.scorer, candidate.shape, batch, allowance=allowance)
+        base = PolicyEvaluation({"dr": ev.primary}, True, {"dr": live})
+        u = ev.unsupported_mass
+        assert ev.allowed_mass == pytest.approx(min(u, allowance))
+        difference = compare(ev, base)
+        expected = ev.terms["dr"].mean() + min(u, allowance) * 0.9 - 0.9
+        assert difference.value == pytest.approx(expected)
+
+
 def test_unsupported_mass_is_valued_at_the_worst_reward() -> None:
     # Margin rewards can be negative: the untried rows are charged the configured worst.
     candidate = policy(-30.0, -3.0, floor=0.02, max_variants=None)
