@@ -175,7 +175,10 @@ class FeedbackTrainer:
         )
         # The workers' ceiling (offers.max_variants), on the policies the trainer creates and
         # on the live ones it fine-tunes and judges: what it evaluates is what they show.
-        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed).capped(max_variants)
+        # The discount's level one-hot: without it the first candidate kept most of its
+        # probability on discounts v0 never showed (VariantScorer's one_hot).
+        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed,
+                                           discount_one_hot=True).capped(max_variants)
         self.versions = PolicyVersions(base_version=base_version, max_variants=max_variants)
         self.conversion = ConversionModel()
         self.drift = DriftMonitor()
