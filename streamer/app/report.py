@@ -13,7 +13,7 @@ import io
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from streamer.app.reward_board import RewardBoard
+from streamer.app.reward_board import RewardBoard, skipped_note
 from streamer.app.reward_tracking import spec_label
 from streamer.events import RewardWindow
 
@@ -28,9 +28,12 @@ def _when(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rewards") -> str:
+def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rewards",
+                  skipped: int = 0) -> str:
     """The report as HTML: per window size, reward per impression (with 95% intervals) and
     impressions per window over time per policy version, and a totals table per version.
+    ``skipped``: messages of the rewards topic read as no window (said next to the count of
+    windows: the totals lack whatever they held).
 
     >>> w = RewardWindow(window_start=1_700_000_040_000, window_end=1_700_000_100_000,
     ...     policy_version="v1", impressions=10, offer_clicks=2, conversions=1, revenue=30.0,
@@ -89,12 +92,14 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     span = (f"{_when(min(w.window_start for w in windows)):%Y-%m-%d %H:%M} to "
             f"{_when(max(w.window_end for w in windows)):%Y-%m-%d %H:%M} UTC"
             if windows else "no windows")
+    note = skipped_note(skipped)
+    skipped_html = f"; <b>{html.escape(note)}</b>" if note else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title>
 <style>body{{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1100px}}
 td,th{{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}}
 table{{border-collapse:collapse}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>{len(windows)} windows, {span}.
+<h1>{html.escape(title)}</h1><p>{len(windows)} windows, {span}{skipped_html}.
 Guardrails on the newest windows: sample-ratio mismatch
 {"<b>ALARM</b>" if guard.srm_alarm else guard.srm_status}; reward regression
 {"<b>ALARM</b>" if guard.regression_alarm else "none"}.</p>
