@@ -10,22 +10,58 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from streamer.app.reward_board import RewardBoard, skipped_note
 from streamer.app.reward_tracking import spec_label
 from streamer.events import RewardWindow
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _png(fig: object) -> str:
+
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _when(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def reward_figure(size: int, series: Mapping[str, Sequence[RewardWindow]]) -> Figure:
+    """Reward per impression (95% band) and impressions per window over time, per policy
+    version, of the windows of ``size`` ms (:meth:`RewardBoard.series`). On matplotlib's Agg
+    canvas, not pyplot: nothing global is switched or kept (as ``streamer.replay.report``).
+
+    The legend is given its lines and their labels, not left to find them: matplotlib leaves
+    out of a legend it assembles itself every artist whose label starts with "_" (its
+    documented way to hide one), and a version name is any text an operator chose."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    lines = []
+    for version, rows in series.items():
+        x = [_when(w.window_end) for w in rows]
+        line, = top.plot(x, [w.reward_rate for w in rows], marker="o", markersize=3,
+                         label=version)
+        lines.append(line)
+        top.fill_between(x, [w.ci95[0] for w in rows], [w.ci95[1] for w in rows],
+                         color=line.get_color(), alpha=0.15)
+        bottom.plot(x, [w.impressions for w in rows], color=line.get_color())
+    top.set_ylabel("reward per impression")
+    top.set_title(f"{spec_label(size)} windows (band: 95% interval)")
+    top.legend(lines, list(series), loc="best")
+    bottom.set_ylabel("impressions")
+    bottom.set_xlabel("window end (UTC)")
+    fig.autofmt_xdate()
+    return fig
 
 
 def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rewards",
@@ -44,9 +80,6 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     board = RewardBoard(history=1_000_000, min_impressions=1, min_conversions=0)
     board.add_all(windows)
     sections: list[str] = []
@@ -55,26 +88,10 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     # Scoped to these figures, not set for the process.
     with matplotlib.rc_context({"text.parse_math": False}):
         for size in board.sizes():
-            series = board.series(size)
-            fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
-                                              gridspec_kw={"height_ratios": [2, 1]})
-            for version, rows in series.items():
-                x = [_when(w.window_end) for w in rows]
-                line, = top.plot(x, [w.reward_rate for w in rows], marker="o", markersize=3,
-                                 label=version)
-                top.fill_between(x, [w.ci95[0] for w in rows], [w.ci95[1] for w in rows],
-                                 color=line.get_color(), alpha=0.15)
-                bottom.plot(x, [w.impressions for w in rows], color=line.get_color())
-            top.set_ylabel("reward per impression")
-            top.set_title(f"{spec_label(size)} windows (band: 95% interval)")
-            top.legend(loc="best")
-            bottom.set_ylabel("impressions")
-            bottom.set_xlabel("window end (UTC)")
-            fig.autofmt_xdate()
+            fig = reward_figure(size, board.series(size))
             sections.append(f"<h2>{spec_label(size)} windows</h2>"
                             f'<img alt="reward per impression, {spec_label(size)} windows" '
                             f'src="data:image/png;base64,{_png(fig)}">')
-            plt.close(fig)
     rows_html = []
     sizes = board.sizes()
     if sizes:
