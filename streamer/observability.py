@@ -67,8 +67,8 @@ class Metrics:
         )
         self.offer_price_checks = Counter(
             "streamer_offer_price_checks",
-            "Live offers checked against the catalogue by the price sweep "
-            "(offers.price_check_interval_s).",
+            "Offers the price sweep went through (offers.price_check_interval_s): live ones "
+            "checked against the catalogue, expired ones passed over.",
             registry=self.registry,
         )
         self.offers_repriced = Counter(

@@ -357,6 +357,20 @@ async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
             consumer.seek(tp, at.offset)
 
 
+def skipped_note(skipped: int) -> str:
+    """What a reader of the rewards topic tells its user of the messages it skipped as no
+    window (:func:`read_reward_windows` logs each, with its offset and reason); empty for none.
+
+    >>> skipped_note(0), skipped_note(1)
+    ('', '1 window skipped (undecodable, see the log)')
+    >>> skipped_note(1200)
+    '1,200 windows skipped (undecodable, see the log)'
+    """
+    if not skipped:
+        return ""
+    return f"{skipped:,} window{'s' if skipped != 1 else ''} skipped (undecodable, see the log)"
+
+
 def window_label(window: RewardWindow) -> str:
     """The size of a window as in the settings (``1m``, ``1h``)."""
     return spec_label(window.window_end - window.window_start)
