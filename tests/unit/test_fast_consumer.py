@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ from mode import Service
 
 from streamer.app import fast_consumer
 from streamer.app.fast_consumer import (
+    DroppedByGroup,
     FastConsumer,
     FastConsumerUnsupported,
     _Continuation,
@@ -155,6 +158,7 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
 
 
 def test_the_copied_commit_differs_from_fausts_only_by_refusal_and_before_commit() -> None:
+    """Refusal includes the membership check (:meth:`FastConsumer._still_member`)."""
     stock = inspect.getsource(faust_consumer.Consumer._commit_tps).splitlines()
     ours = inspect.getsource(FastConsumer._commit_tps).splitlines()
     diff = difflib.unified_diff(stock, ours, lineterm="", n=0)
@@ -162,7 +166,8 @@ def test_the_copied_commit_differs_from_fausts_only_by_refusal_and_before_commit
                if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     docstring = inspect.getdoc(FastConsumer._commit_tps) or ""
     code = [line for line in changed if line[1:].strip('"') not in docstring]
-    assert code == ["+if self.commits_refused is not None:", "+return False",
+    assert code == ["+if self.commits_refused is not None or not self._still_member():",
+                    "+return False",
                     "+if self.before_commit is not None:", "+await self.before_commit()"]
 
 
@@ -194,6 +199,7 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
     consumer = SimpleNamespace(
         before_commit=before_commit,
         commits_refused=None,
+        _still_member=lambda: True,
         _filter_committable_offsets=lambda tps: {t: acked[t] for t in tps},
         _handle_attached=handle_attached,
         crash=None,
@@ -237,12 +243,49 @@ def test_a_revoke_writes_the_buffer_unless_commits_are_refused() -> None:
     async def before_commit() -> None:
         written.append("write")
 
-    consumer = SimpleNamespace(before_commit=before_commit, commits_refused=None)
+    consumer = SimpleNamespace(before_commit=before_commit, commits_refused=None,
+                               _still_member=lambda: True)
     asyncio.run(FastConsumer.write_before_revoke(consumer))  # type: ignore[arg-type]
     assert written == ["write"]
     FastConsumer.refuse_commits(consumer, RuntimeError("a bug"))  # type: ignore[arg-type]
     asyncio.run(FastConsumer.write_before_revoke(consumer))  # type: ignore[arg-type]
     assert written == ["write"]
+
+
+def test_a_consumer_the_group_dropped_writes_and_commits_nothing_more() -> None:
+    """aiokafka resets its generation when the coordinator no longer knows the consumer (its
+    session or a rebalance timed out, e.g. while a batch held the loop): its partitions are
+    another worker's, and its pending changes would land in their changelogs after the new
+    owner's. Neither the revoke nor a commit writes them; the worker is told once (it stops).
+    Before the first assignment, with no generation yet, there is nothing to fence."""
+    tp = TP("purchases", 0)
+    written: list[str] = []
+    dropped: list[BaseException] = []
+    assigned: set[TP] = set()
+
+    async def before_commit() -> None:
+        written.append("write")
+
+    coordinator = SimpleNamespace(generation=-1)  # aiokafka's, before the first join
+    consumer: Any = SimpleNamespace(
+        before_commit=before_commit, commits_refused=None, on_dropped=dropped.append,
+        _thread=SimpleNamespace(_consumer=SimpleNamespace(_coordinator=coordinator)),
+        app=SimpleNamespace(should_stop=False), assignment=lambda: assigned,
+        log=logging.getLogger(__name__))
+    consumer.refuse_commits = functools.partial(FastConsumer.refuse_commits, consumer)
+    consumer._still_member = functools.partial(FastConsumer._still_member, consumer)
+    asyncio.run(FastConsumer.write_before_revoke(consumer))
+    assigned.add(tp)
+    coordinator.generation = 3
+    asyncio.run(FastConsumer.write_before_revoke(consumer))  # a rebalance: still the owner
+    assert written == ["write", "write"] and not dropped
+
+    coordinator.generation = -1  # reset_generation: dropped
+    asyncio.run(FastConsumer.write_before_revoke(consumer))
+    assert not asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))
+    assert written == ["write", "write"]
+    assert len(dropped) == 1 and isinstance(dropped[0], DroppedByGroup)
+    assert consumer.commits_refused is dropped[0]
 
 
 def test_fausts_commit_skips_a_one_offset_gap_at_the_head() -> None:
