@@ -281,8 +281,9 @@ class TrainerMetrics(Metrics):
         )
         self.trainer_skips = Counter(
             "streamer_trainer_skips",
-            "Fine-tune rounds the trainer skipped without training, per reason (features: the "
-            "live version reads features its feedback buffer does not hold).",
+            "Fine-tune rounds the trainer ended without a candidate, per reason (features: "
+            "skipped, the live version reads features its feedback buffer does not hold; "
+            "shutdown: abandoned mid-fine-tune because the trainer was asked to stop).",
             ["reason"],
             registry=self.registry,
         )

@@ -4,7 +4,10 @@ that decides whether it replaces the live one.
 Pure logic, no Kafka: the trainer process (``streamer trainer``) feeds a
 :class:`PolicyTrainer`, asks it whether a fine-tune is :meth:`~PolicyTrainer.due`, runs
 :meth:`~PolicyTrainer.fine_tune` (CPU-bound for seconds: never on a worker's event loop) and
-publishes :meth:`FineTuneResult.checkpoint` when the result says ``promoted``.
+publishes :meth:`FineTuneResult.checkpoint` when the result says ``promoted``. A fine-tune
+given a ``stop`` event checks it between mini-batches and between evaluation chunks, and raises
+:class:`FineTuneAbandoned` once it is set: the trainer stops within a step of being asked, and
+a half-trained candidate is never judged.
 
 Objective: the clipped importance-weighted value of the policy being trained, maximised by
 gradient ascent. ``"ips"``: ``mean(min(w, c) (r - b))`` with ``w = pi(a|x) / p0``, ``b`` the mean
@@ -30,6 +33,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +56,18 @@ from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
 
 ObjectiveName = Literal["ips", "dr"]
 DevicePreference = Literal["auto", "cuda", "cpu"]
+
+
+class FineTuneAbandoned(Exception):
+    """A fine-tune stopped because its ``stop`` event was set: there is no candidate.
+
+    Why an exception: training cannot be interrupted from outside its thread (torch kernels
+    hold it), so the fine-tune polls the event and unwinds itself from wherever it was."""
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise FineTuneAbandoned("stop requested")
 
 
 def select_device(prefer: DevicePreference = "auto", *, max_threads: int = 1) -> torch.device:
@@ -128,33 +144,38 @@ def _target_probabilities(
     batch: FeedbackBatch,
     device: torch.device,
     chunk: int,
+    stop: threading.Event | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """The target's probability of each logged variant, its model value ``sum_a pi(a) q(a)``
-    (when the batch has predictions) and whether every score was finite."""
+    (when the batch has predictions) and whether every score was finite. Raises
+    :class:`FineTuneAbandoned` between chunks once ``stop`` is set."""
     p_chosen = np.empty(len(batch), dtype=np.float64)
     value = None if batch.expected_reward is None else np.empty(len(batch), dtype=np.float64)
     finite = True
     was_training = scorer.training
     scorer.eval()
-    with torch.inference_mode():
-        for start in range(0, len(batch), chunk):
-            part = batch.take(slice(start, start + chunk))
-            scores = scorer(torch.from_numpy(part.features).to(device)).double()
-            finite = finite and bool(torch.isfinite(scores).all())
-            probs = variant_probabilities(
-                scores,
-                torch.from_numpy(part.valid).to(device),
-                temperature=shape.temperature,
-                floor=shape.floor,
-                max_shown=shape.max_variants,
-            )
-            chosen = torch.from_numpy(part.chosen).to(device)
-            stop = start + len(part)
-            p_chosen[start:stop] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
-            if value is not None and part.expected_reward is not None:
-                q = torch.from_numpy(part.expected_reward).to(device).double()
-                value[start:stop] = (probs * q).sum(1).cpu().numpy()
-    scorer.train(was_training)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(batch), chunk):
+                _check_stop(stop)
+                part = batch.take(slice(start, start + chunk))
+                scores = scorer(torch.from_numpy(part.features).to(device)).double()
+                finite = finite and bool(torch.isfinite(scores).all())
+                probs = variant_probabilities(
+                    scores,
+                    torch.from_numpy(part.valid).to(device),
+                    temperature=shape.temperature,
+                    floor=shape.floor,
+                    max_shown=shape.max_variants,
+                )
+                chosen = torch.from_numpy(part.chosen).to(device)
+                end = start + len(part)
+                p_chosen[start:end] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
+                if value is not None and part.expected_reward is not None:
+                    q = torch.from_numpy(part.expected_reward).to(device).double()
+                    value[start:end] = (probs * q).sum(1).cpu().numpy()
+    finally:
+        scorer.train(was_training)
     return p_chosen, value, finite
 
 
@@ -166,11 +187,13 @@ def evaluate_scorer(
     confidence: float = 0.95,
     device: torch.device | None = None,
     chunk: int = 65_536,
+    stop: threading.Event | None = None,
 ) -> PolicyEvaluation:
     """IPS, SNIPS and (with model predictions) DR estimates of the scorer's policy on
-    ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`)."""
+    ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`). Raises
+    :class:`FineTuneAbandoned` between chunks of ``chunk`` records once ``stop`` is set."""
     device = device or next(scorer.parameters()).device
-    p1, value, finite = _target_probabilities(scorer, shape, batch, device, chunk)
+    p1, value, finite = _target_probabilities(scorer, shape, batch, device, chunk, stop)
     p0, r = batch.propensity, batch.reward
     estimates = {
         "ips": ips(p0, r, p1, confidence=confidence),
@@ -303,7 +326,8 @@ def _finite_json(value: Any) -> Any:
 
 
 def fine_tune(
-    live: TorchPolicy, batch: FeedbackBatch, config: FineTuneConfig | None = None
+    live: TorchPolicy, batch: FeedbackBatch, config: FineTuneConfig | None = None, *,
+    stop: threading.Event | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of ``live`` on the older part of ``batch``, evaluate both on the newest
     ``holdout_fraction``, and apply the gate. Blocks for the whole run (seconds to a minute
@@ -312,7 +336,9 @@ def fine_tune(
     Mixed precision (autocast, bf16 where supported, else fp16 with a grad scaler) on cuda
     only: CPU autocast would only slow a network this small. Raises ``ValueError`` for the
     ``dr`` objective without model predictions, a batch too small to split, or one whose
-    number of features is not the policy's.
+    number of features is not the policy's; :class:`FineTuneAbandoned` within a gradient
+    step (or an evaluation chunk) of ``stop`` being set, from another thread: the trainer's
+    shutdown does not wait for the rest of the epochs.
     """
     config = config or FineTuneConfig()
     started = time.perf_counter()
@@ -328,16 +354,15 @@ def fine_tune(
     train, holdout = batch.split(config.holdout_fraction)
     shape = live.shape
     scorer = copy.deepcopy(live.scorer).to(device).train().requires_grad_(True)
-    _train(scorer, shape, train, config, device)
+    _train(scorer, shape, train, config, device, stop)
     scorer = scorer.to("cpu").eval()
     candidate = TorchPolicy(scorer, shape, version=version_of(scorer, shape),
                             parent=live.version)
-    candidate_eval = evaluate_scorer(
-        candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
-    )
-    live_eval = evaluate_scorer(
-        live.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk
-    )
+    candidate_eval = evaluate_scorer(candidate.scorer, shape, holdout,
+                                     confidence=config.confidence, chunk=config.eval_chunk,
+                                     stop=stop)
+    live_eval = evaluate_scorer(live.scorer, shape, holdout, confidence=config.confidence,
+                                chunk=config.eval_chunk, stop=stop)
     difference = compare(candidate_eval, live_eval, confidence=config.confidence)
     promoted, reason = _verdict(candidate, candidate_eval, live_eval, difference)
     return FineTuneResult(
@@ -362,7 +387,7 @@ TOO_FEW_LIVE = "too few records logged by"
 
 def gate_against_logged(
     result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
-    min_live: int = 2,
+    min_live: int = 2, stop: threading.Event | None = None,
 ) -> FineTuneResult:
     """``result`` judged against the policy that logged ``batch`` instead of a torch policy:
     for when the live policy is not a ``TorchPolicy`` (the v0 epsilon-greedy policy, whose
@@ -378,7 +403,8 @@ def gate_against_logged(
 
     The candidate's ``parent`` becomes ``live_version``, the version it would replace on
     ``policy-updates`` (what ``streamer policy list`` shows and a rollback can name); the
-    fresh policy it was fine-tuned from, never published, is kept as ``started_from``."""
+    fresh policy it was fine-tuned from, never published, is kept as ``started_from``.
+    ``stop``: as :func:`fine_tune`'s (the re-evaluation on v0's records is checked too)."""
     _, holdout = batch.split(config.holdout_fraction)
     candidate = result.candidate
     judged = dataclasses.replace(
@@ -406,7 +432,7 @@ def gate_against_logged(
             holdout = holdout.take(live_only)
             candidate_eval = evaluate_scorer(candidate.scorer, candidate.shape, holdout,
                                              confidence=config.confidence,
-                                             chunk=config.eval_chunk)
+                                             chunk=config.eval_chunk, stop=stop)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
     names = candidate_eval.estimates
@@ -460,6 +486,7 @@ def _train(
     train: FeedbackBatch,
     config: FineTuneConfig,
     device: torch.device,
+    stop: threading.Event | None = None,
 ) -> None:
     n = len(train)
     if n == 0 or config.epochs == 0:
@@ -481,6 +508,7 @@ def _train(
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
+            _check_stop(stop)  # a step is milliseconds to a fraction of a second
             idx = order[start : start + config.batch_size]
             x = features[idx].to(device, non_blocking=True)
             a = chosen[idx].to(device)

@@ -35,6 +35,7 @@ from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES
 from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
 from streamer.policy import (
+    FineTuneAbandoned,
     PolicyVersions,
     TorchPolicy,
     UnsafeCheckpointError,
@@ -606,6 +607,17 @@ def test_the_trainer_fine_tunes_a_live_version_on_its_own_features(
     with torch.no_grad():
         probs = torch.softmax(candidate.scorer(candidate.pack(served)), -1).tolist()
     assert candidate.shape.feature_names == names and probs[2] == max(probs) > 0.5, probs
+
+
+def test_a_round_asked_to_stop_is_abandoned_without_a_candidate() -> None:
+    # The trainer's shutdown sets the event its running round was given.
+    core = trainer_with_feedback(max_threads=1)
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(FineTuneAbandoned):
+        core.run(job, stop)
 
 
 def test_a_live_version_reading_features_the_buffer_lacks_skips_the_round(
