@@ -275,9 +275,9 @@ def storefront_consumed(stats: dict[str, Any], sent: dict[str, int]) -> dict[str
 
 
 def stopped(name: str, code: int | None, timeout_s: float = STOP_TIMEOUT_S) -> str:
-    """What the end of a child process says (:func:`stop_process_group`'s exit code). Killed,
-    the trainer was finishing a fine-tune: it stops once the one running is done (it cannot
-    be interrupted), and that candidate would not have been published anyway.
+    """What the end of a child process says (:func:`stop_process_group`'s exit code): a
+    child killed after ``timeout_s`` told apart from one that stopped or crashed. (The trainer
+    abandons a running fine-tune within a step when asked to stop; killed, it was stuck.)
 
     >>> stopped("worker", 0)
     'worker stopped'
@@ -287,9 +287,8 @@ def stopped(name: str, code: int | None, timeout_s: float = STOP_TIMEOUT_S) -> s
     if code == 0:
         return f"{name} stopped"
     if code == -signal.SIGKILL:
-        why = ("a fine-tune in progress runs to its end; its candidate would not have been "
-               "published" if name == "trainer" else f"see its log, {name}.log")
-        return f"{name} killed: still running {timeout_s:.0f} s after it was asked to stop ({why})"
+        return (f"{name} killed: still running {timeout_s:.0f} s after it was asked to stop "
+                f"(see its log, {name}.log)")
     return f"{name} stopped with exit code {code} (see its log, {name}.log)"
 
 

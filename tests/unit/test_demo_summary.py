@@ -113,10 +113,10 @@ def test_the_summary_says_what_its_numbers_are_and_where_to_look_next() -> None:
 
 
 def test_a_child_killed_at_the_end_is_told_apart_from_one_that_stopped() -> None:
-    # "trainer stopped (exit code -9)" read as a crash: it was finishing a fine-tune.
+    # "trainer stopped (exit code -9)" read like any other exit code.
     assert stopped("worker", 0) == "worker stopped"
-    assert stopped("trainer", -signal.SIGKILL).startswith(
-        "trainer killed: still running 15 s after it was asked to stop (a fine-tune")
+    assert stopped("trainer", -signal.SIGKILL) == (
+        "trainer killed: still running 15 s after it was asked to stop (see its log, trainer.log)")
     assert stopped("worker", 1) == "worker stopped with exit code 1 (see its log, worker.log)"
 
 
