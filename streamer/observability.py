@@ -61,6 +61,13 @@ class Metrics:
             ["agent"],
             registry=self.registry,
         )
+        self.group_drops = Counter(
+            "streamer_group_drops",
+            "Times the consumer group dropped this worker while it held partitions (its "
+            "session or a rebalance timed out): it then writes and commits nothing more, stops "
+            "and exits with status 1 (streamer.app.fast_consumer.FastConsumer._still_member).",
+            registry=self.registry,
+        )
         self.offers_published = Counter(
             "streamer_offers_published", "Offers published to the offers topic.",
             registry=self.registry,

@@ -288,6 +288,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     def stop_when_dropped(exc: BaseException) -> None:
         # Dropped by the group, the worker stops as after an agent crash and recovers its
         # tables when restarted (FastConsumer._still_member).
+        metrics.group_drops.inc()
         if crashes.on_crash is not None:
             crashes.on_crash("consumer", exc)
 

@@ -227,6 +227,11 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: agent crash. None: it only commits nothing more.
     on_dropped: Callable[[BaseException], Any] | None = None
 
+    #: The group member id this consumer's partitions were last assigned to (None: none held
+    #: yet, or the last assignment was empty): a rejoin as another member means the group
+    #: dropped this one in between (:meth:`_still_member`).
+    _assigned_as: str | None = None
+
     #: Whether the drain loop also commits once ``broker_commit_every`` events were acked
     #: since the last commit, as stock faust's does. False: commits come from faust's commit
     #: timer only (every ``broker_commit_interval``), as Kafka's own consumers and Kafka
@@ -324,11 +329,31 @@ class FastConsumer(faust_aiokafka.Consumer):
                 and self._still_member()):
             await self.before_commit()
 
+    def _coordinator(self) -> Any:
+        """aiokafka's group coordinator of this consumer (None before the consumer starts)."""
+        return getattr(getattr(self._thread, "_consumer", None), "_coordinator", None)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """faust's, after noting the member the partitions are assigned to: partitions held
+        and then assigned to another member id mean the group dropped this consumer in between
+        (aiokafka rejoins as a new member at once, and runs no second revoke), which
+        :meth:`_still_member` may not have seen (no commit fell in between)."""
+        self._note_assignment(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def _note_assignment(self, assigned: set[TP]) -> None:
+        coordinator = self._coordinator()
+        if coordinator is not None:
+            if self._assigned_as not in (None, coordinator.member_id):
+                self._dropped()
+            self._assigned_as = coordinator.member_id if assigned else None
+
     def _still_member(self) -> bool:
         """False, after refusing commits and calling :attr:`on_dropped`, when the group
         coordinator dropped this consumer while it held partitions: aiokafka reset its
         generation (a heartbeat, a commit or a join was refused: its session or a rebalance
-        timed out, e.g. while a batch held the event loop longer than that). Its partitions
+        timed out, e.g. while a batch held the event loop longer than that), or it rejoined
+        as another member since its partitions were assigned. Its partitions
         are another worker's by now, which may have recovered their tables already: the
         changes pending here, made from this worker's older state, must never reach their
         changelogs, where they would land after the new owner's and replace them on the
@@ -336,15 +361,25 @@ class FastConsumer(faust_aiokafka.Consumer):
         events since the last commit are delivered again to the new owner. The worker stops
         (its state is behind its tables' changelogs now) and recovers them when restarted.
 
-        A drop the consumer has not heard of yet (no heartbeat answered since, at most
-        ``broker_heartbeat_interval``) goes unseen: fencing that too takes transactions."""
+        Not fenced (that takes transactions, which the embedded broker lacks): a drop the
+        consumer has not heard of yet (no heartbeat answered since: at most
+        ``broker_heartbeat_interval`` while the broker answers; a commit meanwhile does not
+        write while the coordinator is unknown, :meth:`_commit_tps`), and table writes already
+        in flight when the consumer was dropped, which may land after the new owner's."""
         if self.commits_refused is not None:
             return False
-        aio = getattr(self._thread, "_consumer", None)
-        coordinator = getattr(aio, "_coordinator", None)
-        if (coordinator is None or not self.assignment()
-                or coordinator.generation != OffsetCommitRequest.DEFAULT_GENERATION_ID):
+        coordinator = self._coordinator()
+        if coordinator is None or not self.assignment() or (
+                coordinator.generation != OffsetCommitRequest.DEFAULT_GENERATION_ID
+                and self._assigned_as in (None, coordinator.member_id)):
             return True
+        self._dropped()
+        return False
+
+    def _dropped(self) -> None:
+        """Refuse commits for good and tell :attr:`on_dropped` (once)."""
+        if self.commits_refused is not None:
+            return
         dropped = DroppedByGroup(
             "the consumer group dropped this worker (its session or a rebalance timed out) "
             "while it held partitions: it writes and commits nothing more and stops; the "
@@ -354,7 +389,12 @@ class FastConsumer(faust_aiokafka.Consumer):
             self.log.error("%s", dropped)
             if self.on_dropped is not None:
                 self.on_dropped(dropped)
-        return False
+
+    def _coordinator_known(self) -> bool:
+        """Whether aiokafka knows the group's coordinator now (it forgets it when a request
+        to it fails: the broker is unreachable, or the coordinator moved)."""
+        coordinator = self._coordinator()
+        return coordinator is None or coordinator.coordinator_id is not None
 
     # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._commit_tps; the
     # change is the ``before_commit`` call, on every commit, even one with nothing to commit.
@@ -368,8 +408,11 @@ class FastConsumer(faust_aiokafka.Consumer):
         updates are idempotent). A ``before_commit`` that raises fails the commit: nothing is
         committed, the events are delivered again. After :meth:`refuse_commits`, nothing is
         committed (False), ``before_commit`` not called; nor once the group dropped this
-        consumer (:meth:`_still_member`)."""
-        if self.commits_refused is not None or not self._still_member():
+        consumer (:meth:`_still_member`), nor while the group's coordinator is unknown (cut off
+        from the broker, a write begun now could land after the group handed the partitions
+        on: False, the changes stay pending for the next commit)."""
+        if (self.commits_refused is not None or not self._still_member()
+                or not self._coordinator_known()):
             return False
         commit_offsets = self._filter_committable_offsets(tps)
         if self.before_commit is not None:
