@@ -212,6 +212,33 @@ def test_the_rewards_reader_skips_and_counts_what_is_no_window(settings: Setting
     assert board.invalid == 2
 
 
+def test_a_followed_batch_of_skipped_records_only_is_passed_on(settings: Settings) -> None:
+    # `streamer rewards --follow` refreshes its table (and its count of skipped records) in
+    # on_batch: a batch holding nothing but skipped records left the count stale.
+    from streamer.app.broker import create_topics
+    from streamer.app.reward_board import read_reward_windows
+
+    topic = settings.topics.rewards
+    asyncio.run(create_topics(settings.kafka.bootstrap_servers, [topic], partitions=1))
+    produce(settings, topic, [(b"v1", b"\xff not a window")])
+    batches: list[list[Any]] = []
+    skipped: list[Exception] = []
+
+    async def follow() -> None:
+        reading = asyncio.create_task(read_reward_windows(
+            settings.kafka, topic, follow=True, on_batch=batches.append,
+            on_invalid=skipped.append))
+        try:
+            async with asyncio.timeout(30):
+                while not batches:
+                    await asyncio.sleep(0.05)  # polling a condition, with a timeout
+        finally:
+            reading.cancel()
+
+    asyncio.run(follow())
+    assert batches[0] == [] and len(skipped) == 1
+
+
 def test_the_rewards_and_report_commands_say_how_many_records_they_skipped(
         settings: Settings, tmp_path: Path) -> None:
     # They logged each record skipped, and their output counted only the windows read: a
