@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import json
@@ -451,16 +450,23 @@ async def run_trainer(
 
 async def _abandon(running: asyncio.Future[FineTuneResult], job: FineTuneJob,
                    metrics: TrainerMetrics) -> None:
-    """Wait for the fine-tune ``running``, asked to stop, to end. A result it finished before
-    the request is dropped unpublished, as before; one that ends abandoned is logged and
-    counted (``streamer_trainer_skips{reason="shutdown"}``)."""
-    with contextlib.suppress(Exception):  # its own error: the loop raised it, or we stop
-        try:
-            await running
-        except FineTuneAbandoned:
-            metrics.trainer_skips.labels("shutdown").inc()
-            log.info("fine-tune abandoned: shutting down (%s on %d records)",
-                     job.start.version, len(job.batch))
+    """Wait for the fine-tune ``running``, asked to stop, to end. One that ends abandoned is
+    logged and counted (``streamer_trainer_skips{reason="shutdown"}``); a result it finished
+    before the request is dropped unpublished, and an error it ended with is not raised (the
+    trainer is stopping, perhaps for that very error): both are logged."""
+    try:
+        result = await running
+    except FineTuneAbandoned:
+        metrics.trainer_skips.labels("shutdown").inc()
+        log.info("fine-tune abandoned: shutting down (%s on %d records)",
+                 job.start.version, len(job.batch))
+    except Exception:
+        log.warning("fine-tune of %s ended with an error as the trainer stopped",
+                    job.start.version, exc_info=True)
+    else:
+        verdict = "the gate passed it" if result.promoted else "the gate rejected it"
+        log.info("fine-tune of %s finished as the trainer stopped: not published (%s)",
+                 job.start.version, verdict)
 
 
 def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,

@@ -22,6 +22,7 @@ from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import (
     FeedbackTrainer,
+    _abandon,
     _dispatch,
     _publish,
     _read_to_end,
@@ -722,3 +723,31 @@ def test_the_trainer_creates_judges_and_publishes_policies_within_offers_max_var
     assert second is not None and second.live_version == earlier.version
     assert second.start.shape.max_variants == 3
     assert core.run(second).candidate.shape.max_variants == 3
+
+
+def test_a_fine_tune_ending_as_the_trainer_stops_is_never_dropped_without_a_word(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Stopping, the trainer waits for its running fine-tune and publishes nothing: one
+    abandoned is counted, and one that raised or finished meanwhile is logged (both were
+    dropped without a trace)."""
+    job: Any = SimpleNamespace(start=SimpleNamespace(version="v1"), batch=[0] * 10)
+    metrics = TrainerMetrics()
+
+    async def end_with(outcome: Any) -> None:
+        running = asyncio.get_running_loop().create_future()
+        if isinstance(outcome, BaseException):
+            running.set_exception(outcome)
+        else:
+            running.set_result(outcome)
+        await _abandon(running, job, metrics)
+
+    with caplog.at_level(logging.INFO, logger="streamer.app.trainer"):
+        asyncio.run(end_with(FineTuneAbandoned("stop requested")))
+        asyncio.run(end_with(ValueError("a bug in the fine-tune")))
+        asyncio.run(end_with(SimpleNamespace(promoted=True)))
+    assert metrics.trainer_skips.labels("shutdown")._value.get() == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("fine-tune abandoned: shutting down")
+    assert "ended with an error" in messages[1] and caplog.records[1].exc_info
+    assert messages[2] == ("fine-tune of v1 finished as the trainer stopped: not published "
+                           "(the gate passed it)")
