@@ -428,7 +428,8 @@ def summary(result: DemoResult) -> str:
     lines += trainer_lines(result.trainer_stats, len(adopted))
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
     if result.workdir is not None:
-        lines.append(f"logs: {result.workdir} (broker.log, worker.log, trainer.log)")
+        logs = ", ".join(sorted(p.name for p in result.workdir.glob("*.log")))
+        lines.append(f"logs: {result.workdir} ({logs})")
     lines.append("next: `streamer simulate` scores the policies against the simulator's "
                  "oracle; `streamer worker` and `streamer trainer` run them on your own Kafka "
                  "(README: *Command line*)")

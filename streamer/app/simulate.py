@@ -137,6 +137,7 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
                 trainer.stop()
             worker.stop()
     console.print(report_table(report))
-    console.print(f"logs: {workdir} (broker.log, worker.log, trainer.log); the README's *How "
+    logs = ", ".join(sorted(p.name for p in workdir.glob("*.log")))
+    console.print(f"logs: {workdir} ({logs}); the README's *How "
                   "well it learns* says what to expect and how to read a longer run")
     return report

@@ -70,7 +70,7 @@ def test_without_the_trainers_metrics_nothing_is_said() -> None:
     assert trainer_lines({}, adopted=0) == []
 
 
-def demo_result(reward: str = "revenue") -> DemoResult:
+def demo_result(reward: str = "revenue", workdir: Path | None = None) -> DemoResult:
     """A demo's end: 1,000 clicks and 200 purchases sent (+5 malformed), all consumed; v0
     closed 400 of 450 impressions shown."""
     stats = {
@@ -85,7 +85,7 @@ def demo_result(reward: str = "revenue") -> DemoResult:
     }
     return DemoResult(worker_stats=stats, sent={"clicks": 1_000, "purchases": 200},
                       malformed_sent=5, impressions=450, worker_ready_s=3.0, reward=reward,
-                      workdir=Path("/tmp/streamer-demo-x"))
+                      workdir=workdir)
 
 
 def test_the_summary_counts_the_storefronts_events_not_the_workers_internal_messages() -> None:
@@ -97,8 +97,10 @@ def test_the_summary_counts_the_storefronts_events_not_the_workers_internal_mess
     assert "item-baskets" not in text
 
 
-def test_the_summary_says_what_its_numbers_are_and_where_to_look_next() -> None:
-    lines = summary(demo_result()).splitlines()
+def test_the_summary_says_what_its_numbers_are_and_where_to_look_next(tmp_path: Path) -> None:
+    for log in ("worker.log", "broker.log"):  # --no-trainer: no trainer.log
+        (tmp_path / log).touch()
+    lines = summary(demo_result(workdir=tmp_path)).splitlines()
     assert "dead letters: 5 (the malformed events: set aside with their reason, the worker " \
            "went on)" in lines
     assert ("offer impressions shown: 450, 400 of them closed (their attribution window over: "
@@ -106,7 +108,7 @@ def test_the_summary_says_what_its_numbers_are_and_where_to_look_next() -> None:
             ) in lines
     assert ("v0-greedy: 10.000 revenue per closed impression (4,000.00 of bundle revenue from "
             "150 conversions over 400 impressions)") in lines
-    assert "logs: /tmp/streamer-demo-x (broker.log, worker.log, trainer.log)" in lines
+    assert f"logs: {tmp_path} (broker.log, worker.log)" in lines
     assert lines[-1].startswith("next: `streamer simulate`")
     margin = summary(demo_result(reward="margin"))
     assert "v0-greedy: 10.000 margin per closed impression" in margin
