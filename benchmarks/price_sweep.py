@@ -1,16 +1,18 @@
-"""What the price sweep costs a worker: CPU per live offer checked, and per step (timer tick).
+"""What the price sweep costs a worker: CPU per offer checked, and per step (timer tick).
 
-In process, no broker: ``--offers`` live offers (4 variants each, 3 pairs and a triple, from a
+In process, no broker: ``--offers`` offers (4 variants each, 3 pairs and a triple, from a
 catalogue of ``--items`` items) held as the worker holds them (MessagePack bytes behind the
 write-back's typed view, ``worker.table_cache_size`` decoded values kept), the catalogue
 likewise; then one whole pass of ``streamer.app.price_sweep.PriceSweep`` (``--steps`` steps,
 ``offers.price_check_interval_s / rewards.tick_interval_s``: 60 by default), checking every
 offer with ``Engine.stale_anchors``, with ``--stale`` of the partners' prices changed
-beforehand. Reports microseconds per offer checked (median of ``--repeats`` passes) and the
-slowest step in milliseconds (the first of a pass snapshots the keys too): how long one tick
-holds the event loop. CPU time (``time.process_time``), with the worker's garbage-collector
-settings (``streamer.app.worker.tune_gc``). Revising the stale anchors is an ordinary
-revision each, on the tick (not measured here).
+beforehand and ``--expired`` of the offers expired (their anchors last revised more than
+``offers.ttl_s`` before: an expired offer stays in the table as its anchor's last one).
+Reports microseconds per offer checked (median of ``--repeats`` passes) and the slowest step
+in milliseconds (the first of a pass snapshots the keys too): how long one tick holds the
+event loop. CPU time (``time.process_time``), with the worker's garbage-collector settings
+(``streamer.app.worker.tune_gc``). Revising the stale anchors is an ordinary revision each, on
+the tick (not measured here).
 
     python benchmarks/price_sweep.py --offers 100000
 """
@@ -26,17 +28,20 @@ from collections.abc import MutableMapping
 from streamer.app.price_sweep import PriceSweep
 from streamer.app.tables import WriteBuffer
 from streamer.app.worker import tune_gc
-from streamer.engine import Engine, EngineConfig, EngineState
+from streamer.engine import Engine, EngineConfig, EngineState, ItemBasket
 from streamer.events import BundleOffer, Evidence, Variant
 from streamer.offers import OfferBuilder, bundle_price
 from streamer.settings import WorkerSettings
 
 T0 = 1_700_000_000_000
+DAY_MS = 86_400_000
 
 
 def add_live_offers(offers: MutableMapping[str, BundleOffer], n: int, items: int,
-                    rng: random.Random, prices: dict[str, float]) -> None:
-    builder = OfferBuilder(segment="all", ttl_ms=86_400_000)
+                    rng: random.Random, prices: dict[str, float], expired: float = 0.0) -> None:
+    """``n`` offers, made at ``T0`` on, except an ``expired`` share made two days before
+    (expired at ``T0``)."""
+    builder = OfferBuilder(segment="all", ttl_ms=DAY_MS)
     evidence = Evidence(support=3.0, confidence=0.5, lift=2.0)
     for a in range(n):
         anchor = f"SKU{a:07d}"
@@ -45,8 +50,9 @@ def add_live_offers(offers: MutableMapping[str, BundleOffer], n: int, items: int
         variants = [Variant(items=b, discount_pct=10.0,
                             bundle_price=bundle_price(b, 10.0, prices.get),
                             probability=0.25, score=0.5, evidence=evidence) for b in bundles]
+        made = T0 + a - (2 * DAY_MS if expired and rng.random() < expired else 0)
         offers[anchor] = builder.offer(anchor, variants, policy_version="v0-greedy",
-                                       now_ms=T0 + a)
+                                       now_ms=made)
 
 
 def main() -> None:
@@ -56,6 +62,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--stale", type=float, default=0.01,
                         help="share of the items whose price changed before the pass")
+    parser.add_argument("--expired", type=float, default=0.5,
+                        help="share of the offers expired before the pass")
     parser.add_argument("--cache-size", type=int, default=4096,
                         help="decoded values each table keeps (worker.table_cache_size)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -72,12 +80,15 @@ def main() -> None:
               for i in range(max(args.items, args.offers))}
     for item, price in prices.items():
         state.catalog[item] = price
-    add_live_offers(state.offers, args.offers, args.items, rng, prices)
+    add_live_offers(state.offers, args.offers, args.items, rng, prices, args.expired)
     for item in rng.sample(sorted(prices), int(args.stale * len(prices))):
         state.catalog[item] = prices[item] + 1.0
+    engine = Engine(EngineConfig(), state, Engine.v0_policy(EngineConfig()))
+    # The worker has learned up to the pass: its event clock, by which offers expire.
+    engine.learn_baskets([ItemBasket(anchor="SKU-clock", partners=[], ts=T0 + args.offers,
+                                     event_id="clock")])
     buffer.flush()  # as in the worker between commits: the values are in the stores
     tune_gc(WorkerSettings())  # the worker's collector settings (streamer.app.worker)
-    engine = Engine(EngineConfig(), state, Engine.v0_policy(EngineConfig()))
     found: list[str] = []
 
     def stale(keys: list[str]) -> list[str]:
@@ -99,7 +110,8 @@ def main() -> None:
         assert checked == args.offers, checked
         per_offer.append(sum(steps) / checked * 1e6)
         slowest.append(max(steps) * 1e3)
-    print(f"{args.offers:,} live offers, {args.steps} steps per pass, "
+    print(f"{args.offers:,} offers ({args.expired:.0%} of them expired), "
+          f"{args.steps} steps per pass, "
           f"{len(found):,} found stale ({args.stale:.0%} of the prices changed), "
           f"cache {args.cache_size}")
     print(f"per offer checked: {statistics.median(per_offer):.2f} us "

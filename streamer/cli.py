@@ -28,6 +28,9 @@ from streamer.settings import Settings
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from streamer.app.reward_board import RewardBoard
+    from streamer.events import InvalidEvent, RewardWindow
+
 app = typer.Typer(
     help="Keeps a storefront's bundle offers up to date from the live Kafka event stream.",
     no_args_is_help=True,
@@ -377,15 +380,14 @@ def policy_rollback(
     console.print(f"rollback to {version} published")
 
 
-def _windows_table(windows: list[object], title: str) -> Table:
-    """The newest window per (version, size) as a rich table."""
+def _windows_table(board: RewardBoard, title: str) -> Table:
+    """The newest window per (version, size) of ``board`` as a rich table; the caption counts
+    the windows read and the messages skipped as no window (:meth:`RewardBoard.skip`)."""
     from rich.table import Table
 
-    from streamer.app.reward_board import RewardBoard
+    from streamer.app.reward_board import skipped_note
     from streamer.app.reward_tracking import spec_label
 
-    board = RewardBoard(min_impressions=1, min_conversions=0)
-    board.add_all(windows)  # type: ignore[arg-type]
     table = Table(title=title)
     for name in ("version", "window", "ends (UTC)", "impressions", "clicks", "conversions",
                  "revenue", "reward / impression", "95% interval"):
@@ -400,8 +402,10 @@ def _windows_table(windows: list[object], title: str) -> Table:
                           f"{w.offer_clicks:,}", f"{w.conversions:,}", f"{w.revenue:,.2f}",
                           f"{w.reward_rate:.4f}", f"[{w.ci95[0]:.4f}, {w.ci95[1]:.4f}]")
     guard = board.guardrails()
+    skipped = skipped_note(board.invalid)
     table.caption = (f"SRM: {guard.srm_status} · reward regression: "
-                     f"{'ALARM' if guard.regression_alarm else 'ok'} · {board.received} windows")
+                     f"{'ALARM' if guard.regression_alarm else 'ok'} · {board.received} windows"
+                     + (f" · {skipped}" if skipped else ""))
     return table
 
 
@@ -418,34 +422,36 @@ def rewards(
     import msgspec
     from rich.live import Live
 
-    from streamer.app.reward_board import read_reward_windows
+    from streamer.app.reward_board import RewardBoard, read_reward_windows
 
     settings = _settings()
     topic = settings.topics.rewards
-    seen: list[object] = []
+    board = RewardBoard(min_impressions=1, min_conversions=0)
     out = jsonl.open("wb") if jsonl else None
     try:
         if not follow:
-            windows = asyncio.run(read_reward_windows(settings.kafka, topic, follow=False))
+            windows = asyncio.run(read_reward_windows(settings.kafka, topic, follow=False,
+                                                      on_invalid=board.skip))
             for w in windows:
                 if out:
                     out.write(msgspec.json.encode(w) + b"\n")
-            console.print(_windows_table(list(windows), f"rewards ({topic})"))
+            board.add_all(windows)
+            console.print(_windows_table(board, f"rewards ({topic})"))
             return
-        with Live(_windows_table(seen, f"rewards ({topic}) — following"), console=console,
+        with Live(_windows_table(board, f"rewards ({topic}) — following"), console=console,
                   auto_refresh=False) as live:
 
-            def on_batch(batch: list[object]) -> None:
-                seen.extend(batch)
+            def on_batch(batch: list[RewardWindow]) -> None:
+                board.add_all(batch)
                 for w in batch:
                     if out:
                         out.write(msgspec.json.encode(w) + b"\n")
                         out.flush()
-                live.update(_windows_table(seen, f"rewards ({topic}) — following"),
+                live.update(_windows_table(board, f"rewards ({topic}) — following"),
                             refresh=True)
 
             asyncio.run(read_reward_windows(settings.kafka, topic, follow=True,
-                                            on_batch=on_batch))  # type: ignore[arg-type]
+                                            on_batch=on_batch, on_invalid=board.skip))
     finally:
         if out:
             out.close()
@@ -463,16 +469,18 @@ def report(
     """Write an HTML report with plots (reward per impression per policy version over time,
     impressions, totals, guardrails) from the rewards topic or a JSONL of RewardWindows."""
     from streamer.app.report import render_report
-    from streamer.app.reward_board import read_jsonl, read_reward_windows
+    from streamer.app.reward_board import read_jsonl, read_reward_windows, skipped_note
 
+    skipped: list[InvalidEvent] = []  # messages of the topic that are no window
     if input is not None:
         windows = read_jsonl(input.read_text().splitlines())
     else:
         settings = _settings()
         windows = asyncio.run(read_reward_windows(settings.kafka, settings.topics.rewards,
-                                                  follow=False))
-    output.write_text(render_report(windows, title=title))
-    console.print(f"{len(windows)} windows -> {output}")
+                                                  follow=False, on_invalid=skipped.append))
+    output.write_text(render_report(windows, title=title, skipped=len(skipped)))
+    note = skipped_note(len(skipped))
+    console.print(f"{len(windows)} windows -> {output}" + (f" ({note})" if note else ""))
 
 
 def main() -> None:

@@ -61,14 +61,21 @@ class Metrics:
             ["agent"],
             registry=self.registry,
         )
+        self.group_drops = Counter(
+            "streamer_group_drops",
+            "Times the consumer group dropped this worker while it held partitions (its "
+            "session or a rebalance timed out): it then writes and commits nothing more, stops "
+            "and exits with status 1 (streamer.app.fast_consumer.FastConsumer._still_member).",
+            registry=self.registry,
+        )
         self.offers_published = Counter(
             "streamer_offers_published", "Offers published to the offers topic.",
             registry=self.registry,
         )
         self.offer_price_checks = Counter(
             "streamer_offer_price_checks",
-            "Live offers checked against the catalogue by the price sweep "
-            "(offers.price_check_interval_s).",
+            "Offers the price sweep went through (offers.price_check_interval_s): live ones "
+            "checked against the catalogue, expired ones passed over.",
             registry=self.registry,
         )
         self.offers_repriced = Counter(
@@ -281,8 +288,9 @@ class TrainerMetrics(Metrics):
         )
         self.trainer_skips = Counter(
             "streamer_trainer_skips",
-            "Fine-tune rounds the trainer skipped without training, per reason (features: the "
-            "live version reads features its feedback buffer does not hold).",
+            "Fine-tune rounds the trainer ended without a candidate, per reason (features: "
+            "skipped, the live version reads features its feedback buffer does not hold; "
+            "shutdown: abandoned mid-fine-tune because the trainer was asked to stop).",
             ["reason"],
             registry=self.registry,
         )

@@ -49,9 +49,14 @@ class KafkaSettings(_Section):
     ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
     ssl_keyfile: str | None = Field(None, description="Client private key (mutual TLS).")
     session_timeout_s: float = Field(
-        6.0, gt=0, description="Consumer group session timeout; low values join groups fast."
+        6.0, gt=0, description="Consumer group session timeout; low values join groups fast and "
+        "hand a dead worker's partitions on sooner, but a worker cut off from the broker for "
+        "longer is dropped by the group and restarts (Apache Kafka's default: 45 s)."
     )
-    rebalance_timeout_s: float = Field(6.0, gt=0, description="Consumer group rebalance timeout.")
+    rebalance_timeout_s: float = Field(
+        6.0, gt=0, description="Consumer group rebalance timeout; a worker whose batch holds it "
+        "past this during a rebalance is dropped by the group and restarts."
+    )
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Consumer heartbeat interval.")
     fetch_max_wait_ms: int = Field(
         500, ge=1, le=10_000,

@@ -385,10 +385,12 @@ def get_json(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
 class Worker:
     """A ``streamer worker`` process of a crash trial."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """Start the worker; ``env`` (optional) is added to its environment."""
         self.settings = settings
         self.url = f"http://127.0.0.1:{settings.worker.web_port}"
-        self.process = WorkerProcess(settings_env(settings), log_path)
+        self.process = WorkerProcess(settings_env(settings) | (env or {}), log_path)
 
     @property
     def alive(self) -> bool:

@@ -17,8 +17,9 @@ client down on an uncaught exception by default; a worker here does the same:
    last commit, the crashed agent's batch included, is delivered again after the restart
    (state updates are idempotent: nothing counts twice);
 3. the worker stops as on SIGTERM (it leaves its consumer group, so its partitions move at
-   once) and exits with status 1, for its supervisor to restart it (docker compose's
-   ``restart: unless-stopped``, Kubernetes).
+   once; aiokafka sends no LeaveGroup for a generation 0, the embedded broker's first, and
+   there they move when its session times out) and exits with status 1, for its supervisor to
+   restart it (docker compose's ``restart: unless-stopped``, Kubernetes).
 
 A bug that every restart meets again (an event that always raises) makes the worker restart in
 a loop and commit nothing past that event: visible (restarts, the metric, the log), never

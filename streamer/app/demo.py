@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,14 @@ class DemoResult:
     rewards: dict[str, Any] = field(default_factory=dict)
     #: The trainer's metrics (``Metrics.snapshot`` shape); empty without a trainer.
     trainer_stats: dict[str, Any] = field(default_factory=dict)
+    #: What a conversion is worth (``rewards.reward``: revenue or margin).
+    reward: str = "revenue"
+    #: Where the broker's, the worker's and the trainer's logs are.
+    workdir: Path | None = None
+
+
+#: Seconds a child process has to stop after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 15.0
 
 
 class StreamerProcess:
@@ -65,7 +74,7 @@ class StreamerProcess:
                 start_new_session=True,
             )
 
-    def stop(self, timeout_s: float = 15.0) -> int | None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         return stop_process_group(self.proc, timeout_s)
 
 
@@ -174,7 +183,7 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
     counts = Table(title=f"streamer demo — {remaining:4.0f} s left", expand=False)
     counts.add_column("what")
     counts.add_column("value", justify="right")
-    for topic, n in sorted(_by_topic(s, "streamer_events_consumed_total").items()):
+    for topic, n in storefront_consumed(s, driver.sent).items():
         counts.add_row(f"consumed from {topic}", f"{n:,.0f}")
     counts.add_row("offers published", f"{s.get('streamer_offers_published_total', 0):,.0f}")
     dead = sum(_by_topic(s, "streamer_dead_letters_total").values())
@@ -190,7 +199,7 @@ def render(result: DemoResult, driver: StorefrontDriver, remaining: float) -> Gr
             counts.add_row("last candidate's margin at the gate", f"{judged.margin:+.3f}")
     rewards = Table(title="reward per impression by policy version", expand=False)
     for name in ("version", "impressions", "conversions", "revenue", "overall",
-                 "newest 5s window"):
+                 "newest 5s window (impressions)"):
         rewards.add_column(name, justify="left" if name == "version" else "right")
     for row in reward_rows(result):
         rewards.add_row(*row)
@@ -257,6 +266,32 @@ def trainer_lines(stats: dict[str, Any], adopted: int) -> list[str]:
     return lines
 
 
+def storefront_consumed(stats: dict[str, Any], sent: dict[str, int]) -> dict[str, float]:
+    """Events the worker consumed from the topics the storefront sends to (``sent``'s), by
+    topic: not its internal topics, whose messages are batches of its own making (the
+    item-baskets repartition), no events a user sent."""
+    consumed = _by_topic(stats, "streamer_events_consumed_total")
+    return {topic: consumed.get(topic, 0.0) for topic in sorted(sent)}
+
+
+def stopped(name: str, code: int | None, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """What the end of a child process says (:func:`stop_process_group`'s exit code): a
+    child killed after ``timeout_s`` told apart from one that stopped or crashed. (The trainer
+    abandons a running fine-tune within a step when asked to stop; killed, it was stuck.)
+
+    >>> stopped("worker", 0)
+    'worker stopped'
+    >>> stopped("trainer", -9)  # doctest: +ELLIPSIS
+    'trainer killed: still running 15 s after it was asked to stop (...)'
+    """
+    if code == 0:
+        return f"{name} stopped"
+    if code == -signal.SIGKILL:
+        return (f"{name} killed: still running {timeout_s:.0f} s after it was asked to stop "
+                f"(see its log, {name}.log)")
+    return f"{name} stopped with exit code {code} (see its log, {name}.log)"
+
+
 def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
     """Per policy version: closed impressions, conversions, revenue, reward per impression
     overall (from the worker's counters) and in the newest closed window (the dashboard's)."""
@@ -285,8 +320,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
     """Run the whole loop for ``duration_s`` seconds and return its figures; with the trainer
     (``streamer trainer``, at the demo's cadence: :data:`DEMO_TRAINER_ENV`) the workers adopt
     the torch versions it promotes, and the reward table shows them beside v0."""
-    result = DemoResult()
     workdir = Path(tempfile.mkdtemp(prefix="streamer-demo-"))
+    result = DemoResult(reward=settings.rewards.reward, workdir=workdir)
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         web_port = free_port()
         app_id = f"streamer-demo-{os.getpid()}"
@@ -359,26 +394,43 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             result.offers_seen = driver.cache.book.revisions if driver.cache else 0
         finally:
             if trainer is not None:
-                console.print(f"trainer stopped (exit code {trainer.stop()})")
-            code = worker.stop()
-            console.print(f"worker stopped (exit code {code})")
+                console.print(stopped("trainer", trainer.stop()))
+            console.print(stopped("worker", worker.stop()))
     console.print(Panel(summary(result), title="demo summary"))
     return result
 
 
 def summary(result: DemoResult) -> str:
+    """The demo's end summary: what was sent and consumed, what the offers earned per policy
+    version (and what that figure is), what the trainer did, and where to look next."""
     s = result.worker_stats
-    consumed = _by_topic(s, "streamer_events_consumed_total")
-    lines = [f"events sent: {sum(result.sent.values()):,} (+{result.malformed_sent} malformed)"]
-    lines += [f"events consumed from {k}: {v:,.0f}" for k, v in sorted(consumed.items())]
+    malformed = result.malformed_sent
+    lines = [f"events sent by the simulated storefront: {sum(result.sent.values()):,} "
+             f"(+{malformed:,} malformed on purpose)"]
+    lines += [f"events consumed from {k}: {v:,.0f}"
+              for k, v in storefront_consumed(s, result.sent).items()]
     lines.append(f"offers published: {s.get('streamer_offers_published_total', 0):,.0f}")
-    lines.append(f"dead letters: {sum(_by_topic(s, 'streamer_dead_letters_total').values()):,.0f}")
-    lines.append(f"offer impressions: {result.impressions:,}")
-    lines += [f"reward per impression of {row[0]}: {row[4]} over {row[1]} closed impressions"
-              for row in reward_rows(result)]
+    dead = sum(_by_topic(s, "streamer_dead_letters_total").values())
+    lines.append(f"dead letters: {dead:,.0f}" + (
+        " (the malformed events: set aside with their reason, the worker went on)"
+        if dead == malformed else f" ({malformed:,} malformed events were sent)"))
+    rows = reward_rows(result)
+    closed = sum(int(row[1].replace(",", "")) for row in rows)
+    lines.append(f"offer impressions shown: {result.impressions:,}, {closed:,} of them closed "
+                 "(their attribution window over: bought with the offer or not); the rest "
+                 "were still open when the demo ended")
+    lines += [f"{row[0]}: {row[4]} {result.reward} per closed impression ({row[3]} of "
+              f"bundle revenue from {row[2]} conversions over {row[1]} impressions)"
+              for row in rows]
     adopted = adopted_versions(s)
     lines.append(f"policy versions adopted: {len(adopted)}"
                  + (f" ({', '.join(adopted)})" if adopted else ""))
     lines += trainer_lines(result.trainer_stats, len(adopted))
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
+    if result.workdir is not None:
+        logs = ", ".join(sorted(p.name for p in result.workdir.glob("*.log")))
+        lines.append(f"logs: {result.workdir} ({logs})")
+    lines.append("next: `streamer simulate` scores the policies against the simulator's "
+                 "oracle; `streamer worker` and `streamer trainer` run them on your own Kafka "
+                 "(README: *Command line*)")
     return "\n".join(lines)

@@ -284,9 +284,18 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     sender = ChangelogSender(app)  # changelog records and offers, in batches
     buffer = WriteBuffer(sender, cache_size=w.table_cache_size)
     metrics = metrics or Metrics()
+
+    def stop_when_dropped(exc: BaseException) -> None:
+        # Dropped by the group, the worker stops as after an agent crash and recovers its
+        # tables when restarted (FastConsumer._still_member).
+        metrics.group_drops.inc()
+        if crashes.on_crash is not None:
+            crashes.on_crash("consumer", exc)
+
     install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
                           fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write,
                           on_suspended=metrics.suspended_deliveries.inc,
+                          on_dropped=stop_when_dropped,
                           # Commits every commit_interval_s only, not also every 10,000 events
                           # (faust's broker_commit_every): FastConsumer.count_commits.
                           count_commits=False)

@@ -90,6 +90,7 @@ from collections.abc import (
 from typing import Any, cast
 
 import faust
+from aiokafka.protocol.commit import OffsetCommitRequest
 from faust.exceptions import ProducerSendError
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -98,7 +99,8 @@ from faust.types import TP, Message
 from faust.types.transports import ConsumerCallback
 from mode import Service, ServiceT
 
-__all__ = ["FAUST_VERSION", "FastConsumer", "FastConsumerUnsupported", "install_fast_consumer"]
+__all__ = ["FAUST_VERSION", "DroppedByGroup", "FastConsumer", "FastConsumerUnsupported",
+           "install_fast_consumer"]
 
 #: The faust-streaming release whose drain loop :meth:`FastConsumer._drain_messages` copies.
 FAUST_VERSION = "0.15.3"
@@ -121,6 +123,11 @@ PRODUCER_BUFFER_SIZE_SHA256 = "b543a978fdece62e7d7c434eea6e842995d67cc1d3288434f
 
 class FastConsumerUnsupported(RuntimeError):
     """faust's internals are not the ones :class:`FastConsumer` was written against."""
+
+
+class DroppedByGroup(RuntimeError):
+    """The consumer group no longer counts this worker in (see
+    :meth:`FastConsumer._still_member`)."""
 
 
 class _Continuation(Coroutine[Any, Any, Any]):
@@ -215,6 +222,16 @@ class FastConsumer(faust_aiokafka.Consumer):
     #: Why this consumer commits nothing more (:meth:`refuse_commits`); None: it commits.
     commits_refused: BaseException | None = None
 
+    #: Called once with a :class:`DroppedByGroup` when the group turns out to have dropped
+    #: this consumer before it wrote (:meth:`_still_member`): the worker stops, as after an
+    #: agent crash. None: it only commits nothing more.
+    on_dropped: Callable[[BaseException], Any] | None = None
+
+    #: The group member id this consumer's partitions were last assigned to (None: none held
+    #: yet, or the last assignment was empty): a rejoin as another member means the group
+    #: dropped this one in between (:meth:`_still_member`).
+    _assigned_as: str | None = None
+
     #: Whether the drain loop also commits once ``broker_commit_every`` events were acked
     #: since the last commit, as stock faust's does. False: commits come from faust's commit
     #: timer only (every ``broker_commit_interval``), as Kafka's own consumers and Kafka
@@ -306,9 +323,78 @@ class FastConsumer(faust_aiokafka.Consumer):
         (faust has waited for the agents' batches; a commit racing this one may have skipped
         it). Not once commits are refused: the changes of events never acknowledged (a crashed
         agent's: e.g. impressions closed whose outcomes were never published) must not become
-        durable without them; the next owner gets those events again."""
-        if self.commits_refused is None and self.before_commit is not None:
+        durable without them; the next owner gets those events again. Nor when the group
+        dropped this consumer meanwhile (:meth:`_still_member`)."""
+        if (self.commits_refused is None and self.before_commit is not None
+                and self._still_member()):
             await self.before_commit()
+
+    def _coordinator(self) -> Any:
+        """aiokafka's group coordinator of this consumer (None before the consumer starts)."""
+        return getattr(getattr(self._thread, "_consumer", None), "_coordinator", None)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """faust's, after noting the member the partitions are assigned to: partitions held
+        and then assigned to another member id mean the group dropped this consumer in between
+        (aiokafka rejoins as a new member at once, and runs no second revoke), which
+        :meth:`_still_member` may not have seen (no commit fell in between)."""
+        self._note_assignment(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def _note_assignment(self, assigned: set[TP]) -> None:
+        coordinator = self._coordinator()
+        if coordinator is not None:
+            if self._assigned_as not in (None, coordinator.member_id):
+                self._dropped()
+            self._assigned_as = coordinator.member_id if assigned else None
+
+    def _still_member(self) -> bool:
+        """False, after refusing commits and calling :attr:`on_dropped`, when the group
+        coordinator dropped this consumer while it held partitions: aiokafka reset its
+        generation (a heartbeat, a commit or a join was refused: its session or a rebalance
+        timed out, e.g. while a batch held the event loop longer than that), or it rejoined
+        as another member since its partitions were assigned. Its partitions
+        are another worker's by now, which may have recovered their tables already: the
+        changes pending here, made from this worker's older state, must never reach their
+        changelogs, where they would land after the new owner's and replace them on the
+        next recovery (``tests/integration/test_rebalance.py``: 1,040 co-counts lost). Its
+        events since the last commit are delivered again to the new owner. The worker stops
+        (its state is behind its tables' changelogs now) and recovers them when restarted.
+
+        Not fenced (that takes transactions, which the embedded broker lacks): a drop the
+        consumer has not heard of yet (no heartbeat answered since: at most
+        ``broker_heartbeat_interval`` while the broker answers; a commit meanwhile does not
+        write while the coordinator is unknown, :meth:`_commit_tps`), and table writes already
+        in flight when the consumer was dropped, which may land after the new owner's."""
+        if self.commits_refused is not None:
+            return False
+        coordinator = self._coordinator()
+        if coordinator is None or not self.assignment() or (
+                coordinator.generation != OffsetCommitRequest.DEFAULT_GENERATION_ID
+                and self._assigned_as in (None, coordinator.member_id)):
+            return True
+        self._dropped()
+        return False
+
+    def _dropped(self) -> None:
+        """Refuse commits for good and tell :attr:`on_dropped` (once)."""
+        if self.commits_refused is not None:
+            return
+        dropped = DroppedByGroup(
+            "the consumer group dropped this worker (its session or a rebalance timed out) "
+            "while it held partitions: it writes and commits nothing more and stops; the "
+            "events after its last commit go to the partitions' new owners")
+        self.refuse_commits(dropped)
+        if not self.app.should_stop:  # stopping, it may have left the group itself
+            self.log.error("%s", dropped)
+            if self.on_dropped is not None:
+                self.on_dropped(dropped)
+
+    def _coordinator_known(self) -> bool:
+        """Whether aiokafka knows the group's coordinator now (it forgets it when a request
+        to it fails: the broker is unreachable, or the coordinator moved)."""
+        coordinator = self._coordinator()
+        return coordinator is None or coordinator.coordinator_id is not None
 
     # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._commit_tps; the
     # change is the ``before_commit`` call, on every commit, even one with nothing to commit.
@@ -321,8 +407,12 @@ class FastConsumer(faust_aiokafka.Consumer):
         state. Changes of events acked meanwhile go out too (durable early: harmless, state
         updates are idempotent). A ``before_commit`` that raises fails the commit: nothing is
         committed, the events are delivered again. After :meth:`refuse_commits`, nothing is
-        committed (False), ``before_commit`` not called."""
-        if self.commits_refused is not None:
+        committed (False), ``before_commit`` not called; nor once the group dropped this
+        consumer (:meth:`_still_member`), nor while the group's coordinator is unknown (cut off
+        from the broker, a write begun now could land after the group handed the partitions
+        on: False, the changes stay pending for the next commit)."""
+        if (self.commits_refused is not None or not self._still_member()
+                or not self._coordinator_known()):
             return False
         commit_offsets = self._filter_committable_offsets(tps)
         if self.before_commit is not None:
@@ -626,11 +716,13 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         fetch_max_wait_ms: int | None = None,
         before_commit: Callable[[], Awaitable[Any]] | None = None,
         on_suspended: Callable[[], Any] | None = None,
+        on_dropped: Callable[[BaseException], Any] | None = None,
         count_commits: bool = True) -> None:
     """Make ``app`` consume with :class:`FastConsumer`; call before the worker starts.
     ``before_commit`` is awaited by every commit before it commits
     (:meth:`FastConsumer._commit_tps`); ``on_suspended`` is called for every delivery that
-    had to wait (:attr:`FastConsumer.on_suspended`); ``count_commits=False``: commits on
+    had to wait (:attr:`FastConsumer.on_suspended`); ``on_dropped`` is called when the group
+    dropped the consumer (:attr:`FastConsumer.on_dropped`); ``count_commits=False``: commits on
     faust's interval only (:attr:`FastConsumer.count_commits`).
 
     Sets the consumer class on this app's transport only (other apps keep faust's). Idempotent.
@@ -651,7 +743,7 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
                                       "consumer before the worker starts")
     consumer: type[FastConsumer] = FastConsumer
     hooks = {"end_offsets_check": end_offsets_check, "before_commit": before_commit,
-             "on_suspended": on_suspended}
+             "on_suspended": on_suspended, "on_dropped": on_dropped}
     if (fetch_max_wait_ms is not None or not count_commits
             or any(h is not None for h in hooks.values())):
         # Functions as class attributes: staticmethod, or they would bind as methods.

@@ -43,7 +43,9 @@ class PriceSweep:
     an equal slice, but no step more than ``max_per_step`` offers: a step holds the event loop
     (~12 us per offer checked, so ~25 ms at the default 2,000), and a worker holding more
     offers than ``steps_per_pass * max_per_step`` takes more steps per pass rather than longer
-    ones. Not thread-safe: one event loop.
+    ones. An expired offer counts as checked too (the engine reads it and passes it over for
+    ~3 us, :meth:`~streamer.engine.Engine.stale_anchors`): the cap bounds the step either way.
+    Not thread-safe: one event loop.
     """
 
     __slots__ = ("_due", "_keys", "_partition_of", "_pass", "_position", "_slice", "_stale",

@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from streamer.app.reward_board import RewardBoard
+from streamer.app.reward_board import RewardBoard, skipped_note
 from streamer.app.reward_tracking import spec_label
 from streamer.events import RewardWindow
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _png(fig: object) -> str:
+
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -28,9 +32,44 @@ def _when(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rewards") -> str:
+def reward_figure(size: int, series: Mapping[str, Sequence[RewardWindow]]) -> Figure:
+    """Reward per impression (95% band) and impressions per window over time, per policy
+    version, of the windows of ``size`` ms (:meth:`RewardBoard.series`). On matplotlib's Agg
+    canvas, not pyplot: nothing global is switched or kept (as ``streamer.replay.report``).
+
+    The legend is given its lines and their labels, not left to find them: matplotlib leaves
+    out of a legend it assembles itself every artist whose label starts with "_" (its
+    documented way to hide one), and a version name is any text an operator chose."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    lines = []
+    for version, rows in series.items():
+        x = [_when(w.window_end) for w in rows]
+        line, = top.plot(x, [w.reward_rate for w in rows], marker="o", markersize=3,
+                         label=version)
+        lines.append(line)
+        top.fill_between(x, [w.ci95[0] for w in rows], [w.ci95[1] for w in rows],
+                         color=line.get_color(), alpha=0.15)
+        bottom.plot(x, [w.impressions for w in rows], color=line.get_color())
+    top.set_ylabel("reward per impression")
+    top.set_title(f"{spec_label(size)} windows (band: 95% interval)")
+    top.legend(lines, list(series), loc="best")
+    bottom.set_ylabel("impressions")
+    bottom.set_xlabel("window end (UTC)")
+    fig.autofmt_xdate()
+    return fig
+
+
+def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rewards",
+                  skipped: int = 0) -> str:
     """The report as HTML: per window size, reward per impression (with 95% intervals) and
     impressions per window over time per policy version, and a totals table per version.
+    ``skipped``: messages of the rewards topic read as no window (said next to the count of
+    windows: the totals lack whatever they held).
 
     >>> w = RewardWindow(window_start=1_700_000_040_000, window_end=1_700_000_100_000,
     ...     policy_version="v1", impressions=10, offer_clicks=2, conversions=1, revenue=30.0,
@@ -41,9 +80,6 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     board = RewardBoard(history=1_000_000, min_impressions=1, min_conversions=0)
     board.add_all(windows)
     sections: list[str] = []
@@ -52,26 +88,10 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     # Scoped to these figures, not set for the process.
     with matplotlib.rc_context({"text.parse_math": False}):
         for size in board.sizes():
-            series = board.series(size)
-            fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
-                                              gridspec_kw={"height_ratios": [2, 1]})
-            for version, rows in series.items():
-                x = [_when(w.window_end) for w in rows]
-                line, = top.plot(x, [w.reward_rate for w in rows], marker="o", markersize=3,
-                                 label=version)
-                top.fill_between(x, [w.ci95[0] for w in rows], [w.ci95[1] for w in rows],
-                                 color=line.get_color(), alpha=0.15)
-                bottom.plot(x, [w.impressions for w in rows], color=line.get_color())
-            top.set_ylabel("reward per impression")
-            top.set_title(f"{spec_label(size)} windows (band: 95% interval)")
-            top.legend(loc="best")
-            bottom.set_ylabel("impressions")
-            bottom.set_xlabel("window end (UTC)")
-            fig.autofmt_xdate()
+            fig = reward_figure(size, board.series(size))
             sections.append(f"<h2>{spec_label(size)} windows</h2>"
                             f'<img alt="reward per impression, {spec_label(size)} windows" '
                             f'src="data:image/png;base64,{_png(fig)}">')
-            plt.close(fig)
     rows_html = []
     sizes = board.sizes()
     if sizes:
@@ -89,12 +109,14 @@ def render_report(windows: Sequence[RewardWindow], *, title: str = "streamer rew
     span = (f"{_when(min(w.window_start for w in windows)):%Y-%m-%d %H:%M} to "
             f"{_when(max(w.window_end for w in windows)):%Y-%m-%d %H:%M} UTC"
             if windows else "no windows")
+    note = skipped_note(skipped)
+    skipped_html = f"; <b>{html.escape(note)}</b>" if note else ""
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>{html.escape(title)}</title>
 <style>body{{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1100px}}
 td,th{{padding:2px 10px;text-align:left;border-bottom:1px solid #ddd}}
 table{{border-collapse:collapse}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>{len(windows)} windows, {span}.
+<h1>{html.escape(title)}</h1><p>{len(windows)} windows, {span}{skipped_html}.
 Guardrails on the newest windows: sample-ratio mismatch
 {"<b>ALARM</b>" if guard.srm_alarm else guard.srm_status}; reward regression
 {"<b>ALARM</b>" if guard.regression_alarm else "none"}.</p>

@@ -293,7 +293,8 @@ async def read_reward_windows(
 
     Without ``follow`` it stops at the end offsets seen when it started (or after
     ``idle_timeout_s`` without progress); with ``follow`` it runs until cancelled, calling
-    ``on_batch`` with each batch. A message that is not a window (``EventCodec``: larger than
+    ``on_batch`` with each batch's windows (none, when it held only skipped messages, so a
+    count of them shown is refreshed). A message that is not a window (``EventCodec``: larger than
     ``kafka.max_message_bytes``, undecoded; invalid UTF-8; any other reason) is logged, passed
     to ``on_invalid`` and skipped, never raised: the worker's reader restarts from its
     lookback after an error, so one bad record raised would freeze the dashboard and the
@@ -318,6 +319,7 @@ async def read_reward_windows(
                     break
             batch = await consumer.getmany(timeout_ms=300)
             got: list[RewardWindow] = []
+            skipped = False
             for records in batch.values():
                 for record in records:
                     try:
@@ -325,17 +327,19 @@ async def read_reward_windows(
                     except InvalidEvent as e:
                         log.warning("skipped %s[%d]@%d: %s", record.topic, record.partition,
                                     record.offset, e)
+                        skipped = True
                         if on_invalid is not None:
                             on_invalid(e)
             if batch:
                 last_progress = time.monotonic()
-            if got:
-                if not follow:
-                    windows.extend(got)
-                if on_batch is not None:
-                    result = on_batch(got)
-                    if asyncio.iscoroutine(result):
-                        await result
+            if not follow:
+                windows.extend(got)
+            # A batch of skipped messages only is passed on too (empty): what shows the
+            # count of skipped ones is refreshed.
+            if (got or skipped) and on_batch is not None:
+                result = on_batch(got)
+                if asyncio.iscoroutine(result):
+                    await result
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
@@ -355,6 +359,21 @@ async def _seek(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
             await consumer.seek_to_end(tp)
         else:
             consumer.seek(tp, at.offset)
+
+
+def skipped_note(skipped: int) -> str:
+    """What a reader of the rewards topic tells its user of the messages it skipped as no
+    window (:func:`read_reward_windows` logs each, with its offset and reason); empty for none.
+
+    >>> skipped_note(0), skipped_note(1)
+    ('', '1 window skipped (undecodable: each reported on stderr)')
+    >>> skipped_note(1200)
+    '1,200 windows skipped (undecodable: each reported on stderr)'
+    """
+    if not skipped:
+        return ""
+    plural = "s" if skipped != 1 else ""
+    return f"{skipped:,} window{plural} skipped (undecodable: each reported on stderr)"
 
 
 def window_label(window: RewardWindow) -> str:

@@ -80,10 +80,12 @@ class SimulatingStorefront:
 
 
 def report_table(report: SimulationReport) -> Table:
-    """Cumulative reward, regret and share of the oracle per policy version."""
+    """Cumulative reward, regret and share of the oracle per policy version (and the sessions
+    shown no offer), with a caption saying what each figure is: the rewards are the
+    simulator's expected ones, not the purchases it happened to draw."""
     table = Table(title="closed loop through Kafka: per policy version")
-    for column in ("policy version", "impressions", "reward", "regret", "share of oracle",
-                   "95% interval"):
+    for column in ("policy version", "sessions", "expected reward", "regret",
+                   "share of oracle", "95% interval"):
         table.add_column(column, justify="right")
     total = report.share_of_oracle()
     for version, v in report.by_version().items():
@@ -93,6 +95,12 @@ def report_table(report: SimulationReport) -> Table:
     table.add_row("all", f"{len(report):,}", f"{report.cumulative_reward:,.1f}",
                   f"{report.cumulative_regret:,.1f}", f"{total.share:.1%}",
                   f"[{total.ci95[0]:.1%}, {total.ci95[1]:.1%}]")
+    table.caption = (
+        "sessions: each shown one variant of an offer of that version, or none; expected "
+        "reward: the margin the simulator's hidden model expects of what was shown (take rate "
+        "x price paid less cost), summed; regret: what the oracle's best variant would have "
+        "earned on top; share of oracle: expected reward / the oracle's, with its 95% interval")
+    table.caption_justify = "left"
     return table
 
 
@@ -129,4 +137,7 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
                 trainer.stop()
             worker.stop()
     console.print(report_table(report))
+    logs = ", ".join(sorted(p.name for p in workdir.glob("*.log")))
+    console.print(f"logs: {workdir} ({logs}); the README's *How "
+                  "well it learns* says what to expect and how to read a longer run")
     return report

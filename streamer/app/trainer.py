@@ -18,19 +18,22 @@ Its own process, never a worker's event loop. Two parts:
   offsets: the buffer is the state, and it is cheaper to re-read than to checkpoint.
   Fine-tunes run in a worker thread (torch releases the GIL in its kernels) so consuming goes
   on meanwhile; one at a time. A finished one whose live version was replaced meanwhile (an
-  operator's rollback) is discarded, never published (:func:`stale_result`).
+  operator's rollback) is discarded, never published (:func:`stale_result`). Asked to stop
+  (SIGTERM), it asks the running fine-tune to stop too (a ``threading.Event`` the fine-tune
+  checks between mini-batches and evaluation chunks), which ends within a step, publishing
+  nothing: the process exits in about a second, not after the rest of the fine-tune.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -55,6 +58,7 @@ from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES, ConversionModel, DriftMonitor
 from streamer.policy import (
     FeedbackBatch,
+    FineTuneAbandoned,
     FineTuneConfig,
     FineTuneResult,
     PolicyTrainer,
@@ -325,17 +329,19 @@ class FeedbackTrainer:
         self.metrics.trainer_skips.labels("features").inc()
         log.warning("fine-tune round %s", reason)
 
-    def run(self, job: FineTuneJob) -> FineTuneResult:
+    def run(self, job: FineTuneJob, stop: threading.Event | None = None) -> FineTuneResult:
         """Fine-tune and gate (blocks for seconds: call it in an executor). While v0 is live
         the candidate is judged against the rewards v0 actually logged: on the holdout's
         records of v0 only (after a rollback to v0 the newest are the rolled-back version's),
-        and rejected while they are fewer than a holdout of ``min_records`` would be."""
-        result = fine_tune(job.start, job.batch, self.fine_tune_config)
+        and rejected while they are fewer than a holdout of ``min_records`` would be. Raises
+        ``FineTuneAbandoned`` soon after ``stop`` is set (the trainer is shutting down)."""
+        result = fine_tune(job.start, job.batch, self.fine_tune_config, stop=stop)
         if not job.live_is_torch:
             min_live = max(2, round(self.settings.min_records
                                     * self.fine_tune_config.holdout_fraction))
             result = gate_against_logged(result, job.batch, self.fine_tune_config,
-                                         live_version=job.live_version, min_live=min_live)
+                                         live_version=job.live_version, min_live=min_live,
+                                         stop=stop)
         return result
 
     def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> FineTuneResult:
@@ -411,6 +417,8 @@ async def run_trainer(
         raise
     # One thread: fine-tunes are CPU-bound for seconds and must not stall consuming.
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fine-tune")
+    # Set on the way out: the running fine-tune polls it (a thread cannot be cancelled).
+    abandon = threading.Event()
     loop = asyncio.get_running_loop()
     job: FineTuneJob | None = None
     running: asyncio.Future[FineTuneResult] | None = None
@@ -428,7 +436,7 @@ async def run_trainer(
                 if job is not None:
                     log.info("fine-tune of %s on %d records (%s)", job.start.version,
                              len(job.batch), job.reason)
-                    running = loop.run_in_executor(executor, core.run, job)
+                    running = loop.run_in_executor(executor, core.run, job, abandon)
             elif running.done() and await _read_to_end(consumer, t.policy_updates):
                 assert job is not None
                 result = running.result()
@@ -436,13 +444,34 @@ async def run_trainer(
                 result = core.finish(job, result, time.monotonic())
                 await _publish(core, producer, t.policy_updates, result, metrics)
     finally:
-        if running is not None:
-            with contextlib.suppress(Exception):
-                await running
+        abandon.set()
+        if running is not None and job is not None:
+            await _abandon(running, job, metrics)
         executor.shutdown(wait=True)
         await consumer.stop()
         await producer.stop()
     return core
+
+
+async def _abandon(running: asyncio.Future[FineTuneResult], job: FineTuneJob,
+                   metrics: TrainerMetrics) -> None:
+    """Wait for the fine-tune ``running``, asked to stop, to end. One that ends abandoned is
+    logged and counted (``streamer_trainer_skips{reason="shutdown"}``); a result it finished
+    before the request is dropped unpublished, and an error it ended with is not raised (the
+    trainer is stopping, perhaps for that very error): both are logged."""
+    try:
+        result = await running
+    except FineTuneAbandoned:
+        metrics.trainer_skips.labels("shutdown").inc()
+        log.info("fine-tune abandoned: shutting down (%s on %d records)",
+                 job.start.version, len(job.batch))
+    except Exception:
+        log.warning("fine-tune of %s ended with an error as the trainer stopped",
+                    job.start.version, exc_info=True)
+    else:
+        verdict = "the gate passed it" if result.promoted else "the gate rejected it"
+        log.info("fine-tune of %s finished as the trainer stopped: not published (%s)",
+                 job.start.version, verdict)
 
 
 def _dispatch(core: FeedbackTrainer, codec: EventCodec, topic: str, record: Any,

@@ -150,12 +150,14 @@ class HeaviestCache:
         floor = -negs[-1]  # the lightest weight in the top
         for key in keys:
             weight = new[key]
+            if not whole and weight < floor:
+                # Below the cut: stays out. Not in the top either (a key of the top weighed
+                # at least the floor, and grew): most keys, so this test before the scan.
+                continue
             if key in names:  # moves up (or stays): out of its old place first
                 i = names.index(key)
                 del names[i], negs[i]
                 existing, added = True, False
-            elif not whole and weight < floor:
-                continue  # below the cut: stays out
             else:
                 existing = key in old if new_keys is None else key not in new_keys
                 added = True

@@ -96,7 +96,7 @@ import math
 from collections.abc import Iterable, MutableMapping, Sized
 from heapq import nlargest
 from itertools import combinations
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 import numpy as np
 from msgspec import Struct
@@ -119,6 +119,7 @@ TOTAL_KEY = "\x00orders"
 TRIPLE_SEPARATOR = "\x1f"
 
 _FIRST = itemgetter(0)
+_SCORE = attrgetter("score")
 #: From this many weights on, :func:`_strongest` finds its cut with numpy's O(n) selection.
 _NUMPY_FROM = 64
 
@@ -458,7 +459,11 @@ class CoPurchaseStats:
 
     def item_count(self, item: str, now_ms: int) -> float:
         """Decayed number of orders holding ``item`` at ``now_ms`` (0.0 if never seen)."""
-        return value_at(self._counts.get(item), now_ms, self._half_life_ms)
+        # value_at, inlined (the same floats, as in candidates): every evaluation asks this.
+        count = self._counts.get(item)
+        if count is None:
+            return 0.0
+        return count.value * math.exp(min(count.landmark_ms - now_ms, 0) * self._ln2_per_ms)
 
     def order_total(self, now_ms: int) -> float:
         """Decayed number of orders at ``now_ms``."""
@@ -519,44 +524,50 @@ class CoPurchaseStats:
                 heaviest = max(partners.values())
             if heaviest * to_now < min_support:
                 return []
-        total = max(self.order_total(now_ms), n_anchor)
+        count_of = self._counts.get
+        ln2_per_ms = self._ln2_per_ms
+        exp = math.exp
+        # order_total(now_ms), inlined as the partners' counts below.
+        count = count_of(TOTAL_KEY)
+        total = 0.0 if count is None else (
+            count.value * exp(min(count.landmark_ms - now_ms, 0) * ln2_per_ms))
+        if total < n_anchor:
+            total = n_anchor
         m = self._prior_strength
         denominator = n_anchor + m
         pool_size = max(4 * max_pairs, 3 + max_triples, 8)
         pool = self._partner_ranks.heaviest(anchor, stats.partners, pool_size)
         pair_score: dict[str, tuple[float, float, float]] = {}
-        counts = self._counts
-        ln2_per_ms = self._ln2_per_ms
-        exp = math.exp
+        scores: dict[str, float] = {}
         for partner, raw in pool:
             support = raw * to_now
             if support < min_support:
-                continue
+                # The pool is heaviest first, and scaling by to_now keeps that order: every
+                # partner after this one falls short too (about half of the dozen, in steady
+                # state on throughput.py's purchases).
+                break
             # value_at(count, now_ms) / total, inlined (the same arithmetic, so the same
             # floats): two calls fewer per partner, on every revision's dozen partners.
-            count = counts.get(partner)
+            count = count_of(partner)
             base = 0.0 if count is None else (
                 count.value * exp(min(count.landmark_ms - now_ms, 0) * ln2_per_ms) / total)
             score = (support + m * base) / denominator
             pair_score[partner] = (support, base, score)
-        ranked = sorted(pair_score.items(), key=lambda kv: kv[1][2], reverse=True)
-        out = [
-            Candidate(
-                (anchor, partner),
-                support,
-                min(support / n_anchor, 1.0),
-                support / n_anchor / base if base > 0.0 else 0.0,
-                score,
-            )
-            for partner, (support, base, score) in ranked[:max_pairs]
-        ]
+            scores[partner] = score
+        # By score, ties in pool order (a stable sort); the key a C method, not a lambda.
+        ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+        out = []
+        for partner in ranked[:max_pairs]:
+            support, base, score = pair_score[partner]
+            out.append(Candidate((anchor, partner), support, min(support / n_anchor, 1.0),
+                                 support / n_anchor / base if base > 0.0 else 0.0, score))
         if max_triples > 0 and len(pair_score) >= 2:
             out.extend(
                 self._triple_candidates(
                     anchor, stats, pair_score, ranked, to_now, n_anchor, max_triples
                 )
             )
-        out.sort(key=_by_score, reverse=True)
+        out.sort(key=_SCORE, reverse=True)
         return out
 
     def _triple_candidates(
@@ -564,7 +575,7 @@ class CoPurchaseStats:
         anchor: str,
         stats: ItemStats,
         pair_score: dict[str, tuple[float, float, float]],
-        ranked: list[tuple[str, tuple[float, float, float]]],
+        ranked: list[str],
         to_now: float,
         n_anchor: float,
         max_triples: int,
@@ -577,34 +588,25 @@ class CoPurchaseStats:
             b, _, c = key.partition(TRIPLE_SEPARATOR)
             if b in pair_score and c in pair_score:
                 keys.add((b, c))
-        best = sorted(p for p, _ in ranked[: 2 + max_triples])
+        best = sorted(ranked[: 2 + max_triples])
         keys.update(combinations(best, 2))
         m = self._prior_strength
         denominator = n_anchor + m
         triples = stats.triples
         # Scored first, Candidates built for the winners only. Ties as before: nlargest is
         # stable.
-        scored: list[tuple[float, str, str, float, float, float]] = []
+        scored: list[tuple[float, str, str, float]] = []
         for b, c in sorted(keys):  # sets iterate in salted-hash order; ties must not
             support = triples.get(b + TRIPLE_SEPARATOR + c, 0.0) * to_now
-            _, base_b, score_b = pair_score[b]
-            _, base_c, score_c = pair_score[c]
+            scored.append(((support + m * pair_score[b][2] * pair_score[c][2]) / denominator,
+                           b, c, support))
+        out = []
+        for score, b, c, support in nlargest(max_triples, scored, key=_FIRST):
             confidence = min(support / n_anchor, 1.0)
-            scored.append((
-                (support + m * score_b * score_c) / denominator, b, c, support, confidence,
-                base_b * base_c,
-            ))
-        return [
-            Candidate(
-                (anchor, b, c),
-                support,
-                confidence,
-                confidence / independent if independent > 0.0 else 0.0,
-                score,
-            )
-            for score, b, c, support, confidence, independent in nlargest(
-                max_triples, scored, key=_FIRST)
-        ]
+            independent = pair_score[b][1] * pair_score[c][1]
+            out.append(Candidate((anchor, b, c), support, confidence,
+                                 confidence / independent if independent > 0.0 else 0.0, score))
+        return out
 
     def _to_now(self, stats: ItemStats, now_ms: int) -> float:
         # Not extrapolated back before the landmark (a late event's time): see value_at.
@@ -657,10 +659,6 @@ def _strongest(
         ties = [p for p, w in zip(partners, weights, strict=True) if w == cut]
         strong += ties[: most - len(strong)]
     return strong
-
-
-def _by_score(candidate: Candidate) -> float:
-    return candidate.score
 
 
 def _check_weight(weight: float) -> None:

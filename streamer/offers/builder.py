@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
@@ -67,7 +68,19 @@ def bundle_price(items: Sequence[str], discount_pct: float,
     >>> bundle_price(("a", "b"), 10.0, {"a": 5.0, "b": 4.99}.get)
     8.99
     """
-    return round(sum(map(price_of, items, _UNKNOWN)) * (1.0 - discount_pct / 100.0), 2)
+    price = sum(map(price_of, items, _UNKNOWN)) * (1.0 - discount_pct / 100.0)
+    # A positive price only: 0.0 and -0.0 are one key of the cache, and round() keeps the sign.
+    return _to_the_cent(price) if price > 0.0 else round(price, 2)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _to_the_cent(price: float) -> float:
+    """``round(price, 2)``, remembered. Why: round() to a number of digits converts through
+    the decimal digits (~0.4 us, more than the rest of :func:`bundle_price`), every evaluation
+    of an offer prices its variants again (~4 per evaluation, ~0.8 evaluations per purchase in
+    steady state), and the same bundles at the same prices come back: a cache hit costs a
+    tenth of that."""
+    return round(price, 2)
 
 
 def offer_signature(offer: BundleOffer) -> Signature:

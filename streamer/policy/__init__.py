@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         TorchPolicy,
     )
     from streamer.policy.training import (
+        FineTuneAbandoned,
         FineTuneConfig,
         FineTuneResult,
         PolicyEvaluation,
@@ -99,6 +100,7 @@ _EXPORTS = {
     "Decision": "streamer.policy.torch_policy",
     "PolicyShape": "streamer.policy.torch_policy",
     "TorchPolicy": "streamer.policy.torch_policy",
+    "FineTuneAbandoned": "streamer.policy.training",
     "FineTuneConfig": "streamer.policy.training",
     "FineTuneResult": "streamer.policy.training",
     "PolicyEvaluation": "streamer.policy.training",
@@ -120,6 +122,7 @@ __all__ = [
     "Estimate",
     "FeedbackBatch",
     "FeedbackBuffer",
+    "FineTuneAbandoned",
     "FineTuneConfig",
     "FineTuneResult",
     "LoggedDecision",

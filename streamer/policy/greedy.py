@@ -22,6 +22,10 @@ class EpsilonGreedyPolicy:
     [(('a', 'b'), 0.9), (('a', 'c'), 0.1)]
     """
 
+    #: Reads no features: the engine builds a decision's featurizer only for policies that
+    #: do (a policy without this attribute is taken to read them).
+    uses_features = False
+
     def __init__(
         self,
         *,

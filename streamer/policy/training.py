@@ -4,7 +4,10 @@ that decides whether it replaces the live one.
 Pure logic, no Kafka: the trainer process (``streamer trainer``) feeds a
 :class:`PolicyTrainer`, asks it whether a fine-tune is :meth:`~PolicyTrainer.due`, runs
 :meth:`~PolicyTrainer.fine_tune` (CPU-bound for seconds: never on a worker's event loop) and
-publishes :meth:`FineTuneResult.checkpoint` when the result says ``promoted``.
+publishes :meth:`FineTuneResult.checkpoint` when the result says ``promoted``. A fine-tune
+given a ``stop`` event checks it between mini-batches and between evaluation chunks, and raises
+:class:`FineTuneAbandoned` once it is set: the trainer stops within a step of being asked, and
+a half-trained candidate is never judged.
 
 Objective: the clipped importance-weighted value of the policy being trained, maximised by
 gradient ascent. ``"ips"``: ``mean(min(w, c) (r - b))`` with ``w = pi(a|x) / p0``, ``b`` the mean
@@ -46,6 +49,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -69,6 +73,18 @@ from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
 
 ObjectiveName = Literal["ips", "dr"]
 DevicePreference = Literal["auto", "cuda", "cpu"]
+
+
+class FineTuneAbandoned(Exception):
+    """A fine-tune stopped because its ``stop`` event was set: there is no candidate.
+
+    Why an exception: training cannot be interrupted from outside its thread (torch kernels
+    hold it), so the fine-tune polls the event and unwinds itself from wherever it was."""
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise FineTuneAbandoned("stop requested")
 
 
 def select_device(prefer: DevicePreference = "auto", *, max_threads: int = 1) -> torch.device:
@@ -189,11 +205,13 @@ def _target_probabilities(
     device: torch.device,
     chunk: int,
     allowance: float | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, bool]:
     """The target's probability of each logged variant, its model value ``sum_a pi(a) q(a)``
     over the supported variants (when the batch has predictions), its probability on the
     unsupported ones and the part of that within its :func:`exploration_allowance`, and
-    whether every score was finite."""
+    whether every score was finite. Raises :class:`FineTuneAbandoned` between chunks once
+    ``stop`` is set."""
     p_chosen = np.empty(len(batch), dtype=np.float64)
     unsupported = np.empty(len(batch), dtype=np.float64)
     allowed = np.empty(len(batch), dtype=np.float64)
@@ -202,31 +220,34 @@ def _target_probabilities(
     finite = True
     was_training = scorer.training
     scorer.eval()
-    with torch.inference_mode():
-        for start in range(0, len(batch), chunk):
-            part = batch.take(slice(start, start + chunk))
-            scores = scorer(torch.from_numpy(part.features).to(device)).double()
-            finite = finite and bool(torch.isfinite(scores).all())
-            probs = variant_probabilities(
-                scores,
-                torch.from_numpy(part.valid).to(device),
-                temperature=shape.temperature,
-                floor=shape.floor,
-                max_shown=shape.max_variants,
-            )
-            chosen = torch.from_numpy(part.chosen).to(device)
-            stop = start + len(part)
-            supported = torch.from_numpy(support[start:stop]).to(device)
-            p_chosen[start:stop] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
-            off = (probs * ~supported).sum(1)
-            unsupported[start:stop] = off.cpu().numpy()
-            valid = torch.from_numpy(part.valid).to(device)
-            allowed[start:stop] = torch.minimum(
-                off, exploration_allowance(shape, valid, allowance)).cpu().numpy()
-            if value is not None and part.expected_reward is not None:
-                q = torch.from_numpy(part.expected_reward).to(device).double()
-                value[start:stop] = (probs * q * supported).sum(1).cpu().numpy()
-    scorer.train(was_training)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(batch), chunk):
+                _check_stop(stop)
+                part = batch.take(slice(start, start + chunk))
+                scores = scorer(torch.from_numpy(part.features).to(device)).double()
+                finite = finite and bool(torch.isfinite(scores).all())
+                valid = torch.from_numpy(part.valid).to(device)
+                probs = variant_probabilities(
+                    scores,
+                    valid,
+                    temperature=shape.temperature,
+                    floor=shape.floor,
+                    max_shown=shape.max_variants,
+                )
+                chosen = torch.from_numpy(part.chosen).to(device)
+                end = start + len(part)
+                supported = torch.from_numpy(support[start:end]).to(device)
+                p_chosen[start:end] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
+                off = (probs * ~supported).sum(1)
+                unsupported[start:end] = off.cpu().numpy()
+                allowed[start:end] = torch.minimum(
+                    off, exploration_allowance(shape, valid, allowance)).cpu().numpy()
+                if value is not None and part.expected_reward is not None:
+                    q = torch.from_numpy(part.expected_reward).to(device).double()
+                    value[start:end] = (probs * q * supported).sum(1).cpu().numpy()
+    finally:
+        scorer.train(was_training)
     return p_chosen, value, unsupported, allowed, finite
 
 
@@ -240,15 +261,17 @@ def evaluate_scorer(
     chunk: int = 65_536,
     worst_reward: float = 0.0,
     allowance: float | None = None,
+    stop: threading.Event | None = None,
 ) -> PolicyEvaluation:
     """IPS, SNIPS and (with model predictions) DR estimates of the scorer's policy on
     ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`). Its
     probability on variants outside the records' support (``batch.support()``) is valued at
     ``worst_reward`` in each; the part of it within ``allowance``
-    (:func:`exploration_allowance`) is kept for :func:`compare`."""
+    (:func:`exploration_allowance`) is kept for :func:`compare`. Raises
+    :class:`FineTuneAbandoned` between chunks of ``chunk`` records once ``stop`` is set."""
     device = device or next(scorer.parameters()).device
     p1, value, u, allowed, finite = _target_probabilities(scorer, shape, batch, device, chunk,
-                                                          allowance)
+                                                          allowance, stop)
     p0, r = batch.propensity, batch.reward
     bound = {"unsupported": u, "worst_reward": worst_reward}
     estimates = {
@@ -398,7 +421,8 @@ def _finite_json(value: Any) -> Any:
 
 
 def fine_tune(
-    live: TorchPolicy, batch: FeedbackBatch, config: FineTuneConfig | None = None
+    live: TorchPolicy, batch: FeedbackBatch, config: FineTuneConfig | None = None, *,
+    stop: threading.Event | None = None,
 ) -> FineTuneResult:
     """Fine-tune a copy of ``live`` on the older part of ``batch``, evaluate both on the newest
     ``holdout_fraction``, and apply the gate. Blocks for the whole run (seconds to a minute
@@ -407,7 +431,9 @@ def fine_tune(
     Mixed precision (autocast, bf16 where supported, else fp16 with a grad scaler) on cuda
     only: CPU autocast would only slow a network this small. Raises ``ValueError`` for the
     ``dr`` objective without model predictions, a batch too small to split, or one whose
-    number of features is not the policy's.
+    number of features is not the policy's; :class:`FineTuneAbandoned` within a gradient
+    step (or an evaluation chunk) of ``stop`` being set, from another thread: the trainer's
+    shutdown does not wait for the rest of the epochs.
     """
     config = config or FineTuneConfig()
     started = time.perf_counter()
@@ -423,17 +449,18 @@ def fine_tune(
     train, holdout = batch.split(config.holdout_fraction)
     shape = live.shape
     scorer = copy.deepcopy(live.scorer).to(device).train().requires_grad_(True)
-    _train(scorer, shape, train, config, device)
+    _train(scorer, shape, train, config, device, stop)
     scorer = scorer.to("cpu").eval()
     candidate = TorchPolicy(scorer, shape, version=version_of(scorer, shape),
                             parent=live.version)
     candidate_eval = evaluate_scorer(
         candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk,
         worst_reward=config.unsupported_reward, allowance=config.exploration_allowance,
+        stop=stop,
     )
     live_eval = evaluate_scorer(
         live.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk,
-        worst_reward=config.unsupported_reward,
+        worst_reward=config.unsupported_reward, stop=stop,
     )
     difference = compare(candidate_eval, live_eval, confidence=config.confidence)
     promoted, reason = _verdict(candidate, candidate_eval, live_eval, difference)
@@ -459,7 +486,7 @@ TOO_FEW_LIVE = "too few records logged by"
 
 def gate_against_logged(
     result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
-    min_live: int = 2,
+    min_live: int = 2, stop: threading.Event | None = None,
 ) -> FineTuneResult:
     """``result`` judged against the policy that logged ``batch`` instead of a torch policy:
     for when the live policy is not a ``TorchPolicy`` (the v0 epsilon-greedy policy, whose
@@ -475,7 +502,8 @@ def gate_against_logged(
 
     The candidate's ``parent`` becomes ``live_version``, the version it would replace on
     ``policy-updates`` (what ``streamer policy list`` shows and a rollback can name); the
-    fresh policy it was fine-tuned from, never published, is kept as ``started_from``."""
+    fresh policy it was fine-tuned from, never published, is kept as ``started_from``.
+    ``stop``: as :func:`fine_tune`'s (the re-evaluation on v0's records is checked too)."""
     _, holdout = batch.split(config.holdout_fraction)
     candidate = result.candidate
     judged = dataclasses.replace(
@@ -505,7 +533,8 @@ def gate_against_logged(
                                              confidence=config.confidence,
                                              chunk=config.eval_chunk,
                                              worst_reward=config.unsupported_reward,
-                                             allowance=config.exploration_allowance)
+                                             allowance=config.exploration_allowance,
+                                             stop=stop)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
     names = candidate_eval.estimates
@@ -561,6 +590,7 @@ def _train(
     train: FeedbackBatch,
     config: FineTuneConfig,
     device: torch.device,
+    stop: threading.Event | None = None,
 ) -> None:
     n = len(train)
     if n == 0 or config.epochs == 0:
@@ -584,6 +614,7 @@ def _train(
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
+            _check_stop(stop)  # a step is milliseconds to a fraction of a second
             idx = order[start : start + config.batch_size]
             x = features[idx].to(device, non_blocking=True)
             a = chosen[idx].to(device)

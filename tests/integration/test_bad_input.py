@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -14,7 +17,7 @@ import pytest
 
 from streamer.events import DeadLetter
 from streamer.settings import Settings
-from tests.conftest import consume, item_view, produce, wait_for
+from tests.conftest import consume, item_view, produce, settings_env, wait_for
 from tests.integration.test_pipeline import purchase
 
 pytestmark = pytest.mark.integration
@@ -171,11 +174,10 @@ def test_the_largest_valid_orders_are_learned(settings: Settings, start_worker: 
 
 
 
-def test_the_rewards_reader_skips_and_counts_what_is_no_window(settings: Settings) -> None:
-    # The worker's dashboard reader restarts from its one-day lookback after an error: one
-    # record raised out of it (invalid UTF-8 was) froze the dashboard and guardrail gauges.
+def rewards_with_two_bad_records(settings: Settings) -> int:
+    """The rewards topic with two windows of v1 and, between them, two records that are no
+    window (invalid UTF-8, and one over the size limit); returns the first window's start."""
     from streamer.app.broker import create_topics
-    from streamer.app.reward_board import RewardBoard, read_reward_windows
     from streamer.events import RewardWindow
 
     start = int(time.time() * 1000) // 60_000 * 60_000 - 3_600_000
@@ -193,11 +195,67 @@ def test_the_rewards_reader_skips_and_counts_what_is_no_window(settings: Setting
         (b"v1", window(start)[:-1] + b" " * settings.kafka.max_message_bytes + b"}"),
         (b"v1", window(start + 60_000)),
     ])
+    return start
+
+
+def test_the_rewards_reader_skips_and_counts_what_is_no_window(settings: Settings) -> None:
+    # The worker's dashboard reader restarts from its one-day lookback after an error: one
+    # record raised out of it (invalid UTF-8 was) froze the dashboard and guardrail gauges.
+    from streamer.app.reward_board import RewardBoard, read_reward_windows
+
+    start = rewards_with_two_bad_records(settings)
     board = RewardBoard()
-    windows = asyncio.run(read_reward_windows(settings.kafka, topic, follow=False,
-                                              on_invalid=board.skip, idle_timeout_s=10))
+    windows = asyncio.run(read_reward_windows(settings.kafka, settings.topics.rewards,
+                                              follow=False, on_invalid=board.skip,
+                                              idle_timeout_s=10))
     assert [w.window_start for w in windows] == [start, start + 60_000]
     assert board.invalid == 2
+
+
+def test_a_followed_batch_of_skipped_records_only_is_passed_on(settings: Settings) -> None:
+    # `streamer rewards --follow` refreshes its table (and its count of skipped records) in
+    # on_batch: a batch holding nothing but skipped records left the count stale.
+    from streamer.app.broker import create_topics
+    from streamer.app.reward_board import read_reward_windows
+
+    topic = settings.topics.rewards
+    asyncio.run(create_topics(settings.kafka.bootstrap_servers, [topic], partitions=1))
+    produce(settings, topic, [(b"v1", b"\xff not a window")])
+    batches: list[list[Any]] = []
+    skipped: list[Exception] = []
+
+    async def follow() -> None:
+        reading = asyncio.create_task(read_reward_windows(
+            settings.kafka, topic, follow=True, on_batch=batches.append,
+            on_invalid=skipped.append))
+        try:
+            async with asyncio.timeout(30):
+                while not batches:
+                    await asyncio.sleep(0.05)  # polling a condition, with a timeout
+        finally:
+            reading.cancel()
+
+    asyncio.run(follow())
+    assert batches[0] == [] and len(skipped) == 1
+
+
+def test_the_rewards_and_report_commands_say_how_many_records_they_skipped(
+        settings: Settings, tmp_path: Path) -> None:
+    # They logged each record skipped, and their output counted only the windows read: a
+    # table or a report short of windows looked complete.
+    rewards_with_two_bad_records(settings)
+    env = settings_env(settings) | {"COLUMNS": "200"}
+    shown = subprocess.run([sys.executable, "-m", "streamer", "rewards"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "2 windows · 2 windows skipped (undecodable" in shown.stdout, shown.stdout
+    report = tmp_path / "report.html"
+    made = subprocess.run([sys.executable, "-m", "streamer", "report", "-o", str(report)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert "2 windows -> " in made.stdout and "(2 windows skipped (undecodable" in made.stdout
+    assert "2 windows, " in report.read_text()
+    assert "<b>2 windows skipped (undecodable" in report.read_text()
 
 
 @pytest.mark.parametrize("key", [b'"\xff"', b"not json"])

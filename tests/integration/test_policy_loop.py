@@ -4,6 +4,8 @@ the worker adopts it (new offers carry it) -> a rollback returns the worker to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -138,3 +140,41 @@ def test_feedback_to_promotion_to_adoption_to_rollback(
         stop_process_group(trainer)
         log.close()
     assert trainer.returncode == 0, (tmp_path / "trainer.log").read_text()[-3000:]
+
+
+def test_a_trainer_asked_to_stop_mid_fine_tune_exits_0_within_seconds(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # Epochs for half an hour: the fine-tune is surely running when SIGTERM comes, and only the
+    # stop request can end it in time (Kubernetes allows 30 s, the demo 15 s).
+    settings = settings.model_copy(update={"trainer": TrainerSettings(
+        min_records=1000, every_records=1000, buffer_records=10_000, epochs=100_000,
+        batch_size=128, device="cpu", offer_index_size=1000)})
+    log_path = tmp_path / "trainer.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - closed in finally
+    trainer = subprocess.Popen([sys.executable, "-m", "streamer", "trainer"],
+                               env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: "trainer consuming" in log_path.read_text(), 60,
+                 "the trainer to start", explain=lambda: log_path.read_text()[-3000:])
+        produce(settings, settings.topics.feedback, feedback("an-offer", 1000))
+        wait_for(lambda: "fine-tune of" in log_path.read_text(), 60, "a fine-tune to start",
+                 explain=lambda: log_path.read_text()[-3000:])
+        asked = time.monotonic()
+        trainer.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            trainer.wait(10)
+        stopped_in = time.monotonic() - asked
+    finally:
+        stop_process_group(trainer)
+        log.close()
+    out = log_path.read_text()
+    assert trainer.returncode == 0, out[-3000:]
+    # About 4 s here: the abandonment within a step, but also, once per process, the first
+    # optimizer's import of torch._dynamo (~2 s, not interruptible) and the interpreter's
+    # exit with torch loaded (~2 s). The fine-tune itself had hours to go.
+    assert stopped_in < 10, (stopped_in, out[-3000:])
+    assert "fine-tune abandoned: shutting down" in out, out[-3000:]
+    # Nothing published: the half-trained candidate was never judged.
+    assert asyncio.run(read_versions(settings)).live_version == "v0-greedy"

@@ -1,12 +1,26 @@
-"""What the demo says about the trainer: its candidates, the gate's last margin, and why no
-learned version went live when none did."""
+"""What the demo says at its end: what it sent and what the worker consumed, what the offers
+earned and what that figure is, the trainer's candidates, the gate's last margin and why no
+learned version went live when none did, and how its processes stopped; and what
+``streamer simulate``'s table says its figures are."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 from prometheus_client import generate_latest
 
-from streamer.app.demo import Candidates, trainer_candidates, trainer_lines
+from streamer.app.demo import (
+    Candidates,
+    DemoResult,
+    stopped,
+    summary,
+    trainer_candidates,
+    trainer_lines,
+)
+from streamer.app.simulate import report_table
 from streamer.observability import TrainerMetrics, parse_snapshot
+from streamer.simulation import SimulationReport
 
 
 def trainer_metrics(promoted: int = 0, rejected: int = 0, margin: float | None = None,
@@ -54,3 +68,70 @@ def test_no_candidate_yet_and_a_live_version() -> None:
 
 def test_without_the_trainers_metrics_nothing_is_said() -> None:
     assert trainer_lines({}, adopted=0) == []
+
+
+def demo_result(reward: str = "revenue", workdir: Path | None = None) -> DemoResult:
+    """A demo's end: 1,000 clicks and 200 purchases sent (+5 malformed), all consumed; v0
+    closed 400 of 450 impressions shown."""
+    stats = {
+        "streamer_events_consumed_total": {"clicks": 1_003.0, "purchases": 202.0,
+                                           "streamer-demo-1-item-baskets": 52.0},
+        "streamer_offers_published_total": 70.0,
+        "streamer_dead_letters_total": {"clicks": 3.0, "purchases": 2.0},
+        "streamer_reward_impressions_total": {"v0-greedy": 400.0},
+        "streamer_reward_conversions_total": {"v0-greedy": 150.0},
+        "streamer_reward_revenue_total": {"v0-greedy": 4_000.0},
+        "streamer_reward_sum_total": {"v0-greedy": 4_000.0},
+    }
+    return DemoResult(worker_stats=stats, sent={"clicks": 1_000, "purchases": 200},
+                      malformed_sent=5, impressions=450, worker_ready_s=3.0, reward=reward,
+                      workdir=workdir)
+
+
+def test_the_summary_counts_the_storefronts_events_not_the_workers_internal_messages() -> None:
+    # The item-baskets repartition's 52 messages (batches of the worker's own) read as
+    # "events consumed" beside the clicks and purchases sent.
+    text = summary(demo_result())
+    assert "events consumed from clicks: 1,003" in text
+    assert "events consumed from purchases: 202" in text
+    assert "item-baskets" not in text
+
+
+def test_the_summary_says_what_its_numbers_are_and_where_to_look_next(tmp_path: Path) -> None:
+    for log in ("worker.log", "broker.log"):  # --no-trainer: no trainer.log
+        (tmp_path / log).touch()
+    lines = summary(demo_result(workdir=tmp_path)).splitlines()
+    assert "dead letters: 5 (the malformed events: set aside with their reason, the worker " \
+           "went on)" in lines
+    assert ("offer impressions shown: 450, 400 of them closed (their attribution window over: "
+            "bought with the offer or not); the rest were still open when the demo ended"
+            ) in lines
+    assert ("v0-greedy: 10.000 revenue per closed impression (4,000.00 of bundle revenue from "
+            "150 conversions over 400 impressions)") in lines
+    assert f"logs: {tmp_path} (broker.log, worker.log)" in lines
+    assert lines[-1].startswith("next: `streamer simulate`")
+    margin = summary(demo_result(reward="margin"))
+    assert "v0-greedy: 10.000 margin per closed impression" in margin
+
+
+def test_a_child_killed_at_the_end_is_told_apart_from_one_that_stopped() -> None:
+    # "trainer stopped (exit code -9)" read like any other exit code.
+    assert stopped("worker", 0) == "worker stopped"
+    assert stopped("trainer", -signal.SIGKILL) == (
+        "trainer killed: still running 15 s after it was asked to stop (see its log, trainer.log)")
+    assert stopped("worker", 1) == "worker stopped with exit code 1 (see its log, worker.log)"
+
+
+def test_the_simulation_table_counts_sessions_and_says_what_its_rewards_are() -> None:
+    # Its "impressions" column counted the sessions shown no offer too, and nothing said
+    # that the rewards are the simulator's expected margins, nor what regret is.
+    report = SimulationReport()
+    report.record(ts_ms=1, policy_version=None, expected_reward=0.0, oracle_reward=2.0)
+    report.record(ts_ms=2, policy_version="v0-greedy", expected_reward=1.5, oracle_reward=2.0)
+    table = report_table(report)
+    assert [c.header for c in table.columns] == [
+        "policy version", "sessions", "expected reward", "regret", "share of oracle",
+        "95% interval"]
+    caption = str(table.caption)
+    assert "the margin the simulator's hidden model expects" in caption
+    assert "regret: what the oracle's best variant would have earned on top" in caption

@@ -739,3 +739,44 @@ def test_v0_shows_at_most_offers_max_variants(max_variants: int, max_triples: in
     config = engine_config(settings)
     assert config.max_pairs >= 1 and config.max_triples <= max_triples
     assert Engine.v0_policy(config).max_variants == max_variants  # type: ignore[attr-defined]
+
+
+def test_v0_builds_a_featurizer_only_for_the_decisions_it_logs() -> None:
+    # v0 reads no features: an evaluation that leaves the offer as it was builds none, a
+    # published offer builds one for its logged decision; the offers and decisions are those
+    # of an engine building one for every revision (a policy taken to read features).
+    from streamer.policy import EpsilonGreedyPolicy
+
+    class Reading(EpsilonGreedyPolicy):
+        uses_features = True
+
+    rng = random.Random(3)
+    items = [f"i{k:02d}" for k in range(12)]
+    orders = [order(n, rng.sample(items, rng.randint(2, 4)), ts=T0 + n * 700)
+              for n in range(1_500)]
+    config = EngineConfig(min_interval_ms=1_000, max_recheck_interval_ms=8_000)
+    runs: dict[str, tuple[list[Any], list[bytes], list[int]]] = {}
+    for name, policy in (("v0", Engine.v0_policy(config)),
+                         ("reading", Reading(max_variants=config.max_pairs
+                                             + config.max_triples))):
+        logged: list[Any] = []
+        engine = Engine(config, EngineState.in_memory(), policy,
+                        decisions=SimpleNamespace(add=logged.append))
+        built = [0]
+        featurizer = engine.featurizer
+
+        def counting(now_ms: int, segment: str | None = None, *, _f: Any = featurizer,
+                     _b: list[int] = built) -> Any:
+            _b[0] += 1
+            return _f(now_ms, segment)
+
+        engine.featurizer = counting  # type: ignore[method-assign]
+        offers = [o for p in orders for o in engine.handle_purchase(p)]
+        runs[name] = (offers, [msgspec.json.encode(d) for d in logged], built)
+    offers, decisions, built = runs["v0"]
+    assert len(offers) > 100 and len(decisions) == len(offers)
+    assert built[0] == len(offers)
+    assert runs["reading"][2][0] > 2 * len(offers)  # every revision, most changing nothing
+    assert [msgspec.json.encode(o) for o in offers] == [
+        msgspec.json.encode(o) for o in runs["reading"][0]]
+    assert decisions == runs["reading"][1]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ from mode import Service
 
 from streamer.app import fast_consumer
 from streamer.app.fast_consumer import (
+    DroppedByGroup,
     FastConsumer,
     FastConsumerUnsupported,
     _Continuation,
@@ -155,6 +158,7 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
 
 
 def test_the_copied_commit_differs_from_fausts_only_by_refusal_and_before_commit() -> None:
+    """Refusal includes the membership check (:meth:`FastConsumer._still_member`)."""
     stock = inspect.getsource(faust_consumer.Consumer._commit_tps).splitlines()
     ours = inspect.getsource(FastConsumer._commit_tps).splitlines()
     diff = difflib.unified_diff(stock, ours, lineterm="", n=0)
@@ -162,7 +166,9 @@ def test_the_copied_commit_differs_from_fausts_only_by_refusal_and_before_commit
                if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     docstring = inspect.getdoc(FastConsumer._commit_tps) or ""
     code = [line for line in changed if line[1:].strip('"') not in docstring]
-    assert code == ["+if self.commits_refused is not None:", "+return False",
+    assert code == ["+if (self.commits_refused is not None or not self._still_member()",
+                    "+or not self._coordinator_known()):",
+                    "+return False",
                     "+if self.before_commit is not None:", "+await self.before_commit()"]
 
 
@@ -194,6 +200,7 @@ def test_a_commit_awaits_before_commit_after_choosing_its_offsets_and_before_com
     consumer = SimpleNamespace(
         before_commit=before_commit,
         commits_refused=None,
+        _still_member=lambda: True, _coordinator_known=lambda: True,
         _filter_committable_offsets=lambda tps: {t: acked[t] for t in tps},
         _handle_attached=handle_attached,
         crash=None,
@@ -237,11 +244,120 @@ def test_a_revoke_writes_the_buffer_unless_commits_are_refused() -> None:
     async def before_commit() -> None:
         written.append("write")
 
-    consumer = SimpleNamespace(before_commit=before_commit, commits_refused=None)
+    consumer = SimpleNamespace(before_commit=before_commit, commits_refused=None,
+                               _still_member=lambda: True)
     asyncio.run(FastConsumer.write_before_revoke(consumer))  # type: ignore[arg-type]
     assert written == ["write"]
     FastConsumer.refuse_commits(consumer, RuntimeError("a bug"))  # type: ignore[arg-type]
     asyncio.run(FastConsumer.write_before_revoke(consumer))  # type: ignore[arg-type]
+    assert written == ["write"]
+
+
+def test_a_consumer_the_group_dropped_writes_and_commits_nothing_more() -> None:
+    """aiokafka resets its generation when the coordinator no longer knows the consumer (its
+    session or a rebalance timed out, e.g. while a batch held the loop): its partitions are
+    another worker's, and its pending changes would land in their changelogs after the new
+    owner's. Neither the revoke nor a commit writes them; the worker is told once (it stops).
+    Before the first assignment, with no generation yet, there is nothing to fence."""
+    tp = TP("purchases", 0)
+    written: list[str] = []
+    dropped: list[BaseException] = []
+    assigned: set[TP] = set()
+
+    async def before_commit() -> None:
+        written.append("write")
+
+    # aiokafka's, before the first join
+    coordinator = SimpleNamespace(generation=-1, member_id="", coordinator_id=0)
+    consumer = _member(coordinator, before_commit, dropped, assigned)
+    asyncio.run(FastConsumer.write_before_revoke(consumer))
+    assigned.add(tp)
+    coordinator.generation, coordinator.member_id = 3, "m-1"
+    consumer._note_assignment(assigned)
+    asyncio.run(FastConsumer.write_before_revoke(consumer))  # a rebalance: still the owner
+    assert written == ["write", "write"] and not dropped
+
+    coordinator.generation = -1  # reset_generation: dropped
+    asyncio.run(FastConsumer.write_before_revoke(consumer))
+    assert not asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))
+    assert written == ["write", "write"]
+    assert len(dropped) == 1 and isinstance(dropped[0], DroppedByGroup)
+    assert consumer.commits_refused is dropped[0]
+
+
+def _member(coordinator: Any, before_commit: Callable[[], Awaitable[None]],
+            dropped: list[BaseException], assigned: set[TP]) -> Any:
+    """A stand-in FastConsumer with ``coordinator`` as its aiokafka group coordinator and the
+    real membership methods."""
+    consumer: Any = SimpleNamespace(
+        before_commit=before_commit, commits_refused=None, on_dropped=dropped.append,
+        _assigned_as=None, _coordinator=lambda: coordinator,
+        app=SimpleNamespace(should_stop=False), assignment=lambda: assigned,
+        log=logging.getLogger(__name__))
+    for name in ("refuse_commits", "_still_member", "_dropped", "_note_assignment",
+                 "_coordinator_known"):
+        setattr(consumer, name, functools.partial(getattr(FastConsumer, name), consumer))
+    return consumer
+
+
+def test_a_consumer_that_rejoined_as_another_member_is_dropped_too() -> None:
+    """Dropped while it rejoins (its JoinGroup answered "unknown member"), aiokafka rejoins at
+    once as a new member and runs no second revoke: its generation is valid again before any
+    commit could see -1. Its partitions were held by another member meanwhile, so what it has
+    pending (and what it holds) is behind their changelogs. A new member id where its
+    partitions were assigned to another one gives it away, at the assignment or a commit; a
+    rebalance that keeps the member id does not."""
+    tp = TP("purchases", 0)
+    written: list[str] = []
+    dropped: list[BaseException] = []
+    assigned = {tp}
+
+    async def before_commit() -> None:
+        written.append("write")
+
+    coordinator = SimpleNamespace(generation=3, member_id="m-1", coordinator_id=0)
+    consumer = _member(coordinator, before_commit, dropped, assigned)
+    consumer._note_assignment(assigned)
+    coordinator.generation = 4  # an ordinary rebalance: same member
+    consumer._note_assignment(assigned)
+    asyncio.run(FastConsumer.write_before_revoke(consumer))
+    assert written == ["write"] and not dropped
+
+    coordinator.generation, coordinator.member_id = 5, "m-2"  # rejoined as a new member
+    asyncio.run(FastConsumer.write_before_revoke(consumer))  # a commit before the assignment
+    assert written == ["write"] and len(dropped) == 1
+
+    again = _member(coordinator, before_commit, dropped := [], assigned)
+    coordinator.member_id = "m-1"
+    again._note_assignment(assigned)
+    coordinator.member_id = "m-2"
+    again._note_assignment(assigned)  # no commit in between: the assignment tells
+    assert len(dropped) == 1 and again.commits_refused is dropped[0]
+
+    idle = _member(coordinator, before_commit, dropped := [], set())
+    idle._note_assignment(set())  # held nothing: a new member id is no drop to fence
+    coordinator.member_id = "m-3"
+    idle._note_assignment({tp})
+    assert not dropped
+
+
+def test_a_commit_while_the_coordinator_is_unknown_writes_nothing_and_waits() -> None:
+    """Cut off from the broker (aiokafka forgets the coordinator when a request to it fails),
+    a write begun now could reach the changelogs after the group handed the partitions on;
+    the commit is skipped, not refused for good: the changes stay pending for the next one."""
+    tp = TP("purchases", 0)
+    written: list[str] = []
+    coordinator = SimpleNamespace(generation=3, member_id="m-1", coordinator_id=None)
+
+    async def before_commit() -> None:
+        written.append("write")
+
+    consumer = _member(coordinator, before_commit, [], {tp})
+    consumer._filter_committable_offsets = lambda tps: {}
+    assert not asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))
+    assert written == [] and consumer.commits_refused is None
+    coordinator.coordinator_id = 1  # found again
+    asyncio.run(FastConsumer._commit_tps(consumer, [tp], True))
     assert written == ["write"]
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter
 from types import SimpleNamespace
@@ -250,3 +251,25 @@ def test_the_workers_offer_index_and_the_trainer_refuse_an_offer_failing_check_o
     _dispatch(core, EventCodec(), "offers", record, Settings(), Metrics())
     assert core.invalid == 1 and bad.offer_id not in core.offers
     assert core._offer_of({"offer": msgspec.to_builtins(bad)}) is None  # embedded: the same
+
+
+def test_bundle_prices_are_round_s_and_remembered() -> None:
+    # round() to the cent, remembered per price before rounding: the same floats as round(),
+    # a zero or negative price (a discount past 100 %) included, and a bundle priced again
+    # (every evaluation of an offer prices its variants) is a hit.
+    from streamer.offers.builder import _to_the_cent, bundle_price
+
+    rng = random.Random(2)
+    prices = {f"i{k}": round(rng.uniform(0, 200), 2) for k in range(50)} | {"free": 0.0}
+    for _ in range(2_000):
+        items = rng.sample(sorted(prices), rng.randint(2, 3))
+        discount = rng.choice([0.0, 5.0, 10.0, 12.5, 100.0, 150.0])
+        raw = sum(prices[i] for i in items) * (1.0 - discount / 100.0)
+        price = bundle_price(items, discount, prices.get)
+        assert price == round(raw, 2) and math.copysign(1.0, price) == math.copysign(
+            1.0, round(raw, 2))
+    assert math.copysign(1.0, bundle_price(["free"], 150.0, prices.get)) == -1.0
+    hits = _to_the_cent.cache_info().hits
+    bundle_price(["i1", "i2"], 10.0, prices.get)
+    bundle_price(["i1", "i2"], 10.0, prices.get)
+    assert _to_the_cent.cache_info().hits == hits + 1

@@ -22,6 +22,7 @@ from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import (
     FeedbackTrainer,
+    _abandon,
     _dispatch,
     _publish,
     _read_to_end,
@@ -35,6 +36,7 @@ from streamer.observability import Metrics, TrainerMetrics
 from streamer.online import FEATURE_NAMES
 from streamer.online.propensity import AFTER_CLICK_PRIOR_WEIGHT
 from streamer.policy import (
+    FineTuneAbandoned,
     PolicyVersions,
     TorchPolicy,
     UnsafeCheckpointError,
@@ -609,6 +611,17 @@ def test_the_trainer_fine_tunes_a_live_version_on_its_own_features(
     assert candidate.shape.feature_names == names and probs[2] == max(probs) > 0.5, probs
 
 
+def test_a_round_asked_to_stop_is_abandoned_without_a_candidate() -> None:
+    # The trainer's shutdown sets the event its running round was given.
+    core = trainer_with_feedback(max_threads=1)
+    job = core.next_job(now_s=0.0)
+    assert job is not None
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(FineTuneAbandoned):
+        core.run(job, stop)
+
+
 def test_a_live_version_reading_features_the_buffer_lacks_skips_the_round(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -711,3 +724,31 @@ def test_the_trainer_creates_judges_and_publishes_policies_within_offers_max_var
     assert second is not None and second.live_version == earlier.version
     assert second.start.shape.max_variants == 3
     assert core.run(second).candidate.shape.max_variants == 3
+
+
+def test_a_fine_tune_ending_as_the_trainer_stops_is_never_dropped_without_a_word(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Stopping, the trainer waits for its running fine-tune and publishes nothing: one
+    abandoned is counted, and one that raised or finished meanwhile is logged (both were
+    dropped without a trace)."""
+    job: Any = SimpleNamespace(start=SimpleNamespace(version="v1"), batch=[0] * 10)
+    metrics = TrainerMetrics()
+
+    async def end_with(outcome: Any) -> None:
+        running = asyncio.get_running_loop().create_future()
+        if isinstance(outcome, BaseException):
+            running.set_exception(outcome)
+        else:
+            running.set_result(outcome)
+        await _abandon(running, job, metrics)
+
+    with caplog.at_level(logging.INFO, logger="streamer.app.trainer"):
+        asyncio.run(end_with(FineTuneAbandoned("stop requested")))
+        asyncio.run(end_with(ValueError("a bug in the fine-tune")))
+        asyncio.run(end_with(SimpleNamespace(promoted=True)))
+    assert metrics.trainer_skips.labels("shutdown")._value.get() == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("fine-tune abandoned: shutting down")
+    assert "ended with an error" in messages[1] and caplog.records[1].exc_info
+    assert messages[2] == ("fine-tune of v1 finished as the trainer stopped: not published "
+                           "(the gate passed it)")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from safetensors.torch import save
 from streamer.policy import (
     FeedbackBatch,
     FeedbackBuffer,
+    FineTuneAbandoned,
     FineTuneConfig,
     LoggedDecision,
     PolicyTrainer,
@@ -30,6 +34,7 @@ from streamer.policy import (
 )
 from streamer.policy.ope import ips
 from streamer.policy.torch_policy import version_of
+from streamer.policy.training import evaluate_scorer
 
 torch.set_num_threads(1)
 
@@ -434,6 +439,34 @@ def test_a_value_prior_policy_round_trips_and_starts_from_the_prior() -> None:
     assert loaded.shape == policy.shape and loaded.version == policy.version
     with pytest.raises(ValueError, match="unknown features"):
         TorchPolicy.initial(names, value_prior=("p", "nope"))
+
+
+def test_a_fine_tune_asked_to_stop_ends_within_a_second_without_a_candidate() -> None:
+    # A thousand epochs (a minute here): only the stop request ends it within the test, as
+    # the trainer's shutdown (SIGTERM) asks from its event loop's thread.
+    config = dataclasses.replace(CONFIG, epochs=1_000)
+    stop = threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(fine_tune, fresh_policy(), bandit(3000, seed=1), config, stop=stop)
+        with pytest.raises(TimeoutError):
+            running.result(timeout=0.5)  # still training
+        asked = time.perf_counter()
+        stop.set()
+        with pytest.raises(FineTuneAbandoned):
+            running.result(timeout=5)
+        assert time.perf_counter() - asked < 1.0
+
+
+def test_an_evaluation_asked_to_stop_ends_between_chunks() -> None:
+    # The gate's evaluation of a large holdout takes seconds too: it stops as training does,
+    # and leaves the scorer's mode as it found it.
+    policy = fresh_policy()
+    stop = threading.Event()
+    stop.set()
+    was_training = policy.scorer.training
+    with pytest.raises(FineTuneAbandoned):
+        evaluate_scorer(policy.scorer, policy.shape, bandit(100, seed=1), chunk=10, stop=stop)
+    assert policy.scorer.training == was_training
 
 
 def test_a_small_buffer_still_gets_min_steps_of_training() -> None:

@@ -3,6 +3,8 @@ process, with the engine; ``streamer.app.price_sweep``'s slicing without faust).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from streamer.app.price_sweep import PriceSweep
@@ -51,6 +53,32 @@ def test_a_partners_new_price_never_reaches_a_cold_anchors_offer_by_itself() -> 
         engine.handle_purchase(order(100 + hours, {"jam": 1.0}, T0 + hours * HOUR))
         assert bundle_prices(engine.live_offer("tea")) == [7.2]
     assert engine.stale_anchors(list(engine.state.offers)) == ["tea"]
+
+
+class CountedReads(dict[str, float]):
+    def __init__(self, prices: dict[str, float]) -> None:
+        super().__init__(prices)
+        self.read: list[str] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.append(key)
+        return super().get(key, default)
+
+
+def test_an_expired_offer_is_passed_over_without_reading_its_prices() -> None:
+    # Tea's offer (stale: the cup costs more) expired, and stays in the table as tea's last
+    # offer; a day later jam + bread sell, then bread costs more: jam's live offer is stale.
+    engine, _ = tea_with_cup()
+    day = T0 + engine.config.offer_ttl_ms + HOUR
+    for n in range(3):
+        engine.handle_purchase(order(200 + n, {"jam": 2.0, "bread": 3.0}, day + n))
+    engine.handle_purchase(order(210, {"bread": 5.0}, day + HOUR))
+    offer = engine.live_offer("tea")
+    assert offer is not None and offer.expires_at < day  # expired, still there
+    catalog = CountedReads(dict(engine.state.catalog))
+    engine.state.catalog = catalog
+    assert engine.stale_anchors(list(engine.state.offers)) == ["jam"]
+    assert {"tea", "cup"}.isdisjoint(catalog.read)  # the expired offer cost no price read
 
 
 def test_a_sweep_revises_the_anchor_at_the_given_event_time() -> None:

@@ -14,7 +14,7 @@ import msgspec
 
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.offer_index import OfferIndex
-from streamer.app.report import render_report
+from streamer.app.report import render_report, reward_figure
 from streamer.app.reward_board import Guardrails, RewardBoard
 from streamer.app.reward_tracking import RewardConfig, RewardTracker
 from streamer.events import BundleOffer, ClickEvent, Evidence, RewardWindow, Variant
@@ -379,6 +379,16 @@ def test_the_report_draws_version_names_as_text_not_mathtext() -> None:
     page = render_report([window(v, T + k * 60_000, 100, 1.0) for k, v in enumerate(odd)])
     assert page.count("data:image/png;base64,") == 1
     assert matplotlib.rcParams["text.parse_math"]  # only the report's figures, not the process
+
+
+def test_the_report_shows_a_version_whose_name_starts_with_an_underscore_in_its_legend(
+        ) -> None:
+    # matplotlib leaves an artist labelled "_..." out of a legend it assembles itself.
+    board = RewardBoard()
+    board.add_all(window(v, T + k * 60_000, 100, 1.0) for k, v in enumerate(["_canary", "v1"]))
+    fig = reward_figure(60_000, board.series(60_000))
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["_canary", "v1"]
 
 
 def test_the_dashboard_shows_version_names_as_text_not_html() -> None:
