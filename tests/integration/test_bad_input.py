@@ -225,13 +225,16 @@ def test_a_followed_batch_of_skipped_records_only_is_passed_on(settings: Setting
     skipped: list[Exception] = []
 
     async def follow() -> None:
+        passed_on = asyncio.Event()
+
+        def on_batch(batch: list[Any]) -> None:
+            batches.append(batch)
+            passed_on.set()
+
         reading = asyncio.create_task(read_reward_windows(
-            settings.kafka, topic, follow=True, on_batch=batches.append,
-            on_invalid=skipped.append))
+            settings.kafka, topic, follow=True, on_batch=on_batch, on_invalid=skipped.append))
         try:
-            async with asyncio.timeout(30):
-                while not batches:
-                    await asyncio.sleep(0.05)  # polling a condition, with a timeout
+            await asyncio.wait_for(passed_on.wait(), 30)
         finally:
             reading.cancel()
 
