@@ -981,7 +981,8 @@ class Engine:
         (v0) logs what the learned policy would have scored in its place, featurized now: every
         candidate at every discount level (the shown discounts added when off the grid), in
         ``TorchPolicy.decide``'s order, so the trainer learns from this moment's prices and
-        conversion propensities, not those of the moment the impression closes."""
+        conversion propensities, not those of the moment the impression closes. The support
+        (rows it could show) is the shown rows of a positive probability."""
         if scored is not None:
             rows: Sequence[Mapping[str, float]] = scored.variant_features
             shown: Sequence[int] = scored.shown
@@ -997,7 +998,10 @@ class Engine:
             dm = [r[PROPENSITY_FEATURE] * variant_value(r, reward=model.reward,
                                                         cost_ratio=model.cost_ratio)
                   for r in rows]
-            decision = OfferDecision.of(offer, rows, shown=shown, expected_rewards=dm)
+            support = [row for row, p in zip(shown, proposals, strict=True)
+                       if p.probability > 0]
+            decision = OfferDecision.of(offer, rows, shown=shown, expected_rewards=dm,
+                                        support=support)
         except (KeyError, ValueError):
             # Rows without the engine's features (a policy of another featurizer): its
             # feedback falls back to the rebuild (counted there).
@@ -1112,7 +1116,11 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
     (the context, catalogue prices and conversion propensity of that moment), which row each
     offer variant is (``shown[i]``: the row of ``offer.variants[i]``), and the direct-method
     expected reward of every row (the conversion propensity of the row times its value, what
-    ``ConversionModel.expected_reward`` gave at that moment), for doubly robust estimates.
+    ``ConversionModel.expected_reward`` gave at that moment), for doubly robust estimates;
+    ``support``: the rows the policy could show (probability > 0: the offer's variants, less
+    any of probability 0), which off-policy evaluation must know (``LoggedDecision.support``).
+    None in a decision logged by an older release: then the offer's probabilities tell, when
+    the offer is known (:func:`logged_decision`).
 
     Rows are stored as columns ``names`` and float rows (a feature dict repeats every name per
     row; this form is about half the bytes) plus each row's bundle identity key
@@ -1124,7 +1132,8 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
     >>> offer = C(offer_id="o", ts=5, expires_at=9, policy_version="v", anchor_item_id="a",
     ...           segment="all")
     >>> rows = [{"x": 0.5, "bundle:a+b": 1.0}, {"x": 1.5, "bundle:a+c": 1.0}]
-    >>> d = OfferDecision.of(offer, rows, shown=(1,), expected_rewards=(0.0, 2.0))
+    >>> d = OfferDecision.of(offer, rows, shown=(1,), expected_rewards=(0.0, 2.0),
+    ...                      support=(1,))
     >>> d.variant_features() == rows, d.bundles
     (True, ('bundle:a+b', 'bundle:a+c'))
     >>> d.logged(variant=0, propensity=1.0, reward=3.0).chosen
@@ -1144,12 +1153,15 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
     bundles: tuple[str, ...]
     shown: tuple[int, ...]
     expected_rewards: tuple[float, ...] | None = None
+    support: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, offer: Any, rows: Sequence[Mapping[str, float]], *, shown: Sequence[int],
-           expected_rewards: Sequence[float] | None = None) -> OfferDecision:
+           expected_rewards: Sequence[float] | None = None,
+           support: Sequence[int] | None = None) -> OfferDecision:
         """``offer``'s decision from feature dicts sharing one set of names (besides their
-        bundle key). Raises ``ValueError`` when they do not, or ``shown`` is out of range."""
+        bundle key). Raises ``ValueError`` when they do not, or ``shown`` or ``support`` is out
+        of range."""
         if not rows:
             raise ValueError("a decision needs at least one row")
         first = rows[0]
@@ -1165,8 +1177,8 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
             except KeyError as e:
                 raise ValueError(f"a decision row lacks feature {e.args[0]!r}") from e
             bundles.append(bundle)
-        if not all(0 <= i < len(rows) for i in shown):
-            raise ValueError("shown rows out of range")
+        if not all(0 <= i < len(rows) for i in (*shown, *(support or ()))):
+            raise ValueError("shown or support rows out of range")
         if expected_rewards is not None and len(expected_rewards) != len(rows):
             raise ValueError("expected_rewards must have one value per row")
         return cls(
@@ -1175,6 +1187,7 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
             policy_version=offer.policy_version, names=names, rows=tuple(values),
             bundles=tuple(bundles), shown=tuple(shown),
             expected_rewards=None if expected_rewards is None else tuple(expected_rewards),
+            support=None if support is None else tuple(support),
         )
 
     def variant_features(self) -> list[dict[str, float]]:
@@ -1187,9 +1200,11 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
             out.append(row)
         return out
 
-    def logged(self, variant: int, propensity: float, reward: float) -> LoggedDecision:
-        """The training record of an impression of offer variant ``variant``. Raises
-        ``ValueError`` when the offer has no such variant."""
+    def logged(self, variant: int, propensity: float, reward: float,
+               offer: BundleOffer | None = None) -> LoggedDecision:
+        """The training record of an impression of offer variant ``variant``, its support
+        :meth:`support_of` ``offer``. Raises ``ValueError`` when the offer has no such
+        variant."""
         if not 0 <= variant < len(self.shown):
             raise ValueError(f"variant {variant} out of range for offer {self.offer_id}")
         return LoggedDecision(
@@ -1198,15 +1213,28 @@ class OfferDecision(msgspec.Struct, frozen=True, kw_only=True):
             propensity=propensity,
             reward=reward,
             expected_rewards=self.expected_rewards,
+            support=self.support_of(offer),
         )
+
+    def support_of(self, offer: BundleOffer | None = None) -> tuple[int, ...] | None:
+        """The rows the policy could show: :attr:`support` as logged; for a decision of an
+        older release (None), the shown rows whose variant in ``offer`` (this decision's) has
+        a positive probability; None (unknown) without either."""
+        if self.support is not None:
+            return self.support
+        if offer is None or len(offer.variants) != len(self.shown):
+            return None
+        return tuple(row for row, v in zip(self.shown, offer.variants, strict=True)
+                     if v.probability > 0)
 
     def record_fields(self, variant: int) -> dict[str, Any]:
         """The fields :func:`logged_decision` takes as they are (``variant_features``,
-        ``chosen``, ``expected_rewards``) for an impression of offer variant ``variant``."""
+        ``chosen``, ``expected_rewards``, ``support``) for an impression of offer variant
+        ``variant``."""
         if not 0 <= variant < len(self.shown):
             raise ValueError(f"variant {variant} out of range for offer {self.offer_id}")
         return {"variant_features": self.variant_features(), "chosen": self.shown[variant],
-                "expected_rewards": self.expected_rewards}
+                "expected_rewards": self.expected_rewards, "support": self.support}
 
 
 class DecisionHeader(msgspec.Struct, frozen=True, kw_only=True):
@@ -1427,6 +1455,7 @@ class _CarriedRows(msgspec.Struct, frozen=True):
     variant_features: list[dict[str, float]]
     chosen: int
     expected_rewards: list[float] | None = None
+    support: list[int] | None = None
 
 
 _Fields = TypeVar("_Fields", _RecordFields, _CarriedRows)
@@ -1463,8 +1492,12 @@ def logged_decision(
     ``reward``, and optionally ``ts`` (event time; else the offer's) and ``segment``. When the
     record carries the decision logged when the offer was made (``decision``: an
     :class:`OfferDecision` or its decoded JSON, as a worker's ``FeedbackRecord`` does), or the
-    decision itself (``variant_features``, ``chosen`` and optionally ``expected_rewards``),
-    those are used as they are (:func:`carries_decision`). Otherwise the decision is rebuilt: the
+    decision itself (``variant_features``, ``chosen`` and optionally ``expected_rewards`` and
+    ``support``), those are used as they are (:func:`carries_decision`); the support of a
+    decision that does not say it is the offer's variants of a positive probability, when the
+    offer is known, else unknown (``LoggedDecision.support`` None: the chosen row only).
+    Otherwise the decision is rebuilt (its support: the offer's variants of a positive
+    probability): the
     actions are the offer's distinct bundles (evidence and co-purchase score from their
     variants) at every ``discount_levels`` (plus the shown discount if off the grid), in the
     order ``TorchPolicy.decide`` uses; features as the engine computes them, with ``prices``
@@ -1510,7 +1543,7 @@ def logged_decision(
         if record.get("offer_id", decision.offer_id) != decision.offer_id:
             raise ValueError(f"record of offer {record.get('offer_id')!r} carries the "
                              f"decision of {decision.offer_id!r}")
-        return decision.logged(variant, propensity, reward)  # checks the variant
+        return decision.logged(variant, propensity, reward, offer)  # checks the variant
     if "variant_features" in record and "chosen" in record:
         carried = _fields(record, _CarriedRows, "a decision of the right types")
         if not 0 <= carried.chosen < len(carried.variant_features):
@@ -1521,6 +1554,7 @@ def logged_decision(
             propensity=propensity,
             reward=reward,
             expected_rewards=carried.expected_rewards,
+            support=carried.support,
         )
     if offer is None:
         raise ValueError("a record without its decision is rebuilt from its offer: none given")
@@ -1536,6 +1570,9 @@ def logged_decision(
         levels.append(shown.discount_pct)
     actions = decision_actions(bundles.values(), [float(d) for d in levels])
     chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
+    rows_of = {(tuple(c.items), d): i for i, (c, d) in enumerate(actions)}
+    keys = [(tuple(v.items), v.discount_pct) for v in offer.variants if v.probability > 0]
+    support = sorted({rows_of[k] for k in keys if k in rows_of})
     ts = fields.ts or offer.ts
     segment = fields.segment or offer.segment
     context = DecisionContext(segment, ts, offer_prices(offer, prices), segments)
@@ -1553,4 +1590,5 @@ def logged_decision(
         propensity=propensity,
         reward=reward,
         expected_rewards=dm_rows if conversion is not None else None,
+        support=support,
     )

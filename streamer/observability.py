@@ -300,6 +300,12 @@ class TrainerMetrics(Metrics):
             "the live policy's: promoted above 0 (0 before the first candidate).",
             registry=self.registry,
         )
+        self.trainer_unsupported_mass = Gauge(
+            "streamer_trainer_unsupported_mass",
+            "The last judged candidate's mean probability on variants its holdout's logging "
+            "policy could not show (valued at trainer.unsupported_reward by the gate).",
+            registry=self.registry,
+        )
 
 
 def parse_snapshot(text: str) -> dict[str, object]:

@@ -490,6 +490,22 @@ class TrainerSettings(_Section):
         "over the live policy's, whose lower end must be above 0 (two-sided: 0.95 is a one-sided "
         "bound at 0.975; lower: promotes more often, on weaker evidence).",
     )
+    unsupported_reward: float = Field(
+        0.0,
+        description="What the gate and the fine-tune take a variant the logging policy could "
+        "not show to earn per impression: the least any variant can earn (0 for revenue; for "
+        "margin rewards with discounts above the margin, the most negative margin).",
+    )
+    exploration_allowance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Promotion gate: share of a candidate's probability per decision on "
+        "variants the logs never tried that is valued at the live policy's own estimate "
+        "instead of unsupported_reward (its designed exploration; the excess is valued at the "
+        "worst). Unset: the candidate's floor times the variants it shows (0.08 at a floor of "
+        "0.02 and 4 variants).",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Where to fine-tune: cuda when available (auto), else the CPU."
     )

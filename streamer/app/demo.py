@@ -102,9 +102,16 @@ DEMO_TRAINER_ENV = {
 #: another moves 2.5 % of the mass, under the 5 % that counts), and the trainer's candidates,
 #: learned and judged on those impressions, never passed its gate (no promotion in the 3
 #: demos; with this cadence, in 3 of 4: the first at 50, 55 and 93 s).
+#: And v0 exploring 0.3 of each offer's mass (``offers.epsilon``; 0.1 by default): the gate
+#: judges a candidate only on what v0's logs can vouch for, so its paired interval narrows with
+#: v0's probability of the variants the candidate prefers. At 0.1 (0.025 for each variant v0
+#: does not favour) one 600 s ``streamer simulate`` promoted at ~290 s and another never; at 0.3
+#: a 300 s one promoted at 103 s, and three 180 s demos at ~117 s, ~172 s and never (README,
+#: "What the gate vouches for").
 DEMO_OFFERS_ENV = {
     "STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S": "0",
     "STREAMER__OFFERS__MIN_CHANGE": "0",
+    "STREAMER__OFFERS__EPSILON": "0.3",
 }
 
 #: Where the demo's trainer serves /metrics (a free port unless the environment sets one):

@@ -161,6 +161,8 @@ class FeedbackTrainer:
             learning_rate=config.learning_rate,
             holdout_fraction=config.holdout_fraction,
             confidence=config.gate_confidence,
+            unsupported_reward=config.unsupported_reward,
+            exploration_allowance=config.exploration_allowance,
             device=config.device,
             max_threads=config.max_threads,
             seed=config.seed,
@@ -177,7 +179,10 @@ class FeedbackTrainer:
         )
         # The workers' ceiling (offers.max_variants), on the policies the trainer creates and
         # on the live ones it fine-tunes and judges: what it evaluates is what they show.
-        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed).capped(max_variants)
+        # The discount's level one-hot: without it the first candidate kept most of its
+        # probability on discounts v0 never showed (VariantScorer's one_hot).
+        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed,
+                                           discount_one_hot=True).capped(max_variants)
         self.versions = PolicyVersions(base_version=base_version, max_variants=max_variants)
         self.conversion = ConversionModel()
         self.drift = DriftMonitor()
@@ -530,6 +535,7 @@ async def _publish(core: FeedbackTrainer, producer: AIOKafkaProducer, topic: str
         return
     if result.difference is not None and math.isfinite(result.difference.lower):
         metrics.trainer_gate_margin.set(result.difference.lower)
+    metrics.trainer_unsupported_mass.set(result.candidate_evaluation.unsupported_mass)
     if not result.promoted:
         metrics.trainer_rejections.labels(rejection_label(result)).inc()
         log.info("candidate %s rejected: %s", result.candidate.version, figures)

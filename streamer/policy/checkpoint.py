@@ -128,6 +128,7 @@ def _shape_from_json(text: str) -> PolicyShape:
         max_variants=doc.max_variants,
         value_prior=doc.value_prior,
         prior_scale=doc.prior_scale,
+        discount_one_hot=doc.discount_one_hot,
     )
 
 

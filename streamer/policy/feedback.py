@@ -41,7 +41,13 @@ class LoggedDecision:
     ``expected_rewards``: the direct-method model's reward estimate for every variant
     (``ConversionModel.expected_reward``), needed for doubly robust estimates;
     ``policy_version``: the version that made the decision (None: unknown), so that a gate
-    judging the live policy by the rewards it logged takes only its records.
+    judging the live policy by the rewards it logged takes only its records;
+    ``support``: the indexes of the variants the logging policy could show (probability > 0;
+    the chosen one is taken as one in any case). Why: off-policy estimates learn nothing about
+    a variant that was never shown, and a record keeps only its chosen variant's propensity,
+    so without this a variant shown with probability 0 looks like any other. None: unknown
+    (a record of an older release), and then only the chosen variant is known to have been
+    possible.
     """
 
     variant_features: Sequence[Mapping[str, float]]
@@ -50,14 +56,17 @@ class LoggedDecision:
     reward: float
     expected_rewards: Sequence[float] | None = None
     policy_version: str | None = None
+    support: Sequence[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class FeedbackBatch:
     """Logged decisions as arrays, oldest first: ``features [N, A, F]`` (0 where invalid),
     ``valid [N, A]``, ``chosen [N]``, ``propensity [N]``, ``reward [N]`` and optionally
-    ``expected_reward [N, A]`` (direct-method predictions) and ``logged_by [N]`` (each
-    record's policy version, a ``str`` or None when unknown)."""
+    ``expected_reward [N, A]`` (direct-method predictions), ``logged_by [N]`` (each
+    record's policy version, a ``str`` or None when unknown) and ``supported [N, A]`` (the
+    variants the logging policy could show, :attr:`LoggedDecision.support`; None: unknown,
+    only the chosen ones: see :meth:`support`)."""
 
     features: FloatArray
     valid: BoolArray
@@ -66,6 +75,7 @@ class FeedbackBatch:
     reward: DoubleArray
     expected_reward: FloatArray | None = None
     logged_by: ObjectArray | None = None
+    supported: BoolArray | None = None
 
     def __len__(self) -> int:
         return int(self.chosen.shape[0])
@@ -81,7 +91,27 @@ class FeedbackBatch:
             reward=self.reward[index],
             expected_reward=dm,
             logged_by=None if self.logged_by is None else self.logged_by[index],
+            supported=None if self.supported is None else self.supported[index],
         )
+
+    def support(self) -> BoolArray:
+        """``[N, A]``: the variants each record's logging policy could show, as far as known:
+        :attr:`supported` and the chosen variants (shown, so possible) within ``valid``; only
+        the chosen ones when it is None.
+        Why the chosen ones only: claiming support for a variant that was never possible would
+        let a candidate be judged on actions no log speaks for; claiming too little only
+        makes the gate more cautious.
+
+        >>> b = FeedbackBatch(np.zeros((1, 3, 1), np.float32), np.ones((1, 3), bool),
+        ...                   np.array([1]), np.ones(1), np.zeros(1))
+        >>> b.support().tolist()
+        [[False, True, False]]
+        """
+        chosen = np.zeros(self.valid.shape, dtype=np.bool_)
+        chosen[np.arange(len(self)), self.chosen] = True
+        if self.supported is not None:
+            chosen |= self.supported
+        return chosen & self.valid
 
     def split(self, holdout_fraction: float) -> tuple[FeedbackBatch, FeedbackBatch]:
         """``(train, holdout)``: the holdout is the newest ``holdout_fraction`` of records, so
@@ -128,6 +158,7 @@ class FeedbackBuffer:
         self._reward = np.zeros(capacity, dtype=np.float64)
         self._dm = np.zeros((capacity, max_actions), dtype=np.float32)
         self._has_dm = np.zeros(capacity, dtype=np.bool_)
+        self._supported = np.zeros((capacity, max_actions), dtype=np.bool_)
         # Each record's policy version (None: unknown), interned: one string per version
         # however many records name it, freed with the last record that does.
         self._version = np.full(capacity, None, dtype=object)
@@ -141,7 +172,8 @@ class FeedbackBuffer:
     def append(self, decision: LoggedDecision) -> None:
         """Add one record. Raises ``ValueError`` (nothing stored) when it is malformed: no
         variants or more than ``max_actions``, ``chosen`` out of range, propensity outside
-        (0, 1], a non-finite reward, feature or prediction, or a missing feature."""
+        (0, 1], a non-finite reward, feature or prediction, a missing feature, or a
+        ``support`` out of range."""
         rows = decision.variant_features
         n = len(rows)
         if not 0 < n <= self.max_actions:
@@ -166,6 +198,10 @@ class FeedbackBuffer:
             dm_row[:n] = dm
         if not (np.isfinite(matrix).all() and np.isfinite(dm_row).all()):
             raise ValueError("features and expected rewards must be finite")
+        # The chosen variant was shown, so it was possible, whatever the record says.
+        support = [decision.chosen, *(decision.support or ())]
+        if not all(0 <= j < n for j in support):
+            raise ValueError(f"support rows out of range for {n} variants")
         i = self._next
         self._features[i] = 0.0
         self._features[i, :n] = matrix
@@ -176,6 +212,8 @@ class FeedbackBuffer:
         self._reward[i] = decision.reward
         self._dm[i] = dm_row
         self._has_dm[i] = dm is not None
+        self._supported[i] = False
+        self._supported[i, support] = True
         self._version[i] = _interned(decision.policy_version)
         self._advance(1)
 
@@ -203,6 +241,8 @@ class FeedbackBuffer:
                 if part.expected_reward is not None:
                     self._dm[rows, :actions] = part.expected_reward[lo:hi]
                 self._has_dm[rows] = part.expected_reward is not None
+                self._supported[rows] = False
+                self._supported[rows, :actions] = part.support()[lo:hi]
                 self._version[rows] = (None if part.logged_by is None else
                                        [_interned(v) for v in part.logged_by[lo:hi]])
             self._advance(m)
@@ -253,6 +293,7 @@ class FeedbackBuffer:
             reward=copy(self._reward),  # type: ignore[arg-type]
             expected_reward=copy(self._dm) if has_dm else None,  # type: ignore[arg-type]
             logged_by=copy(self._version),  # type: ignore[arg-type]
+            supported=copy(self._supported),  # type: ignore[arg-type]
         )
 
     def _columns(self, feature_names: Sequence[str] | None) -> IntArray | None:

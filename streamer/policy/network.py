@@ -30,6 +30,11 @@ class VariantScorer(nn.Module):
     model expects to earn most" and the network learns corrections to it. ``prior_scale`` is a
     trained parameter (starting at ``prior_scale``): training sharpens or flattens the prior.
 
+    With ``one_hot = (i, levels)`` the network also reads which of ``levels`` feature ``i``
+    equals, one input each: the discount's own scale (0 to 0.15) is too small for 200 steps
+    to single out one level (the score came out nearly linear in it), so the first
+    candidate kept most of its probability on discounts v0 never showed.
+
     >>> import math
     >>> scorer = VariantScorer(2, 4, value_prior=(0, 1), prior_scale=2.0)
     >>> x = torch.tensor([[0.1, math.log1p(10.0)], [0.1, math.log1p(20.0)]])
@@ -45,6 +50,7 @@ class VariantScorer(nn.Module):
         *,
         value_prior: tuple[int, int] | None = None,
         prior_scale: float = 1.0,
+        one_hot: tuple[int, tuple[float, ...]] | None = None,
     ) -> None:
         super().__init__()
         if n_features <= 0 or hidden <= 0:
@@ -54,10 +60,12 @@ class VariantScorer(nn.Module):
         self.n_features = n_features
         self.hidden = hidden
         self.value_prior = value_prior
+        self.one_hot = one_hot
+        extra = 0 if one_hot is None else len(one_hot[1])
         if value_prior is not None:
             self.prior_scale = nn.Parameter(torch.tensor(float(prior_scale)))
         self.layers = nn.Sequential(
-            nn.Linear(n_features, hidden),
+            nn.Linear(n_features + extra, hidden),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
             nn.ReLU(),
@@ -69,7 +77,13 @@ class VariantScorer(nn.Module):
         nn.init.zeros_(last.bias)
 
     def forward(self, features: Tensor) -> Tensor:
-        scores: Tensor = self.layers(features).squeeze(-1)
+        inputs = features
+        if self.one_hot is not None:
+            i, levels = self.one_hot
+            at = torch.tensor(levels, dtype=features.dtype, device=features.device)
+            hot = torch.isclose(features[..., i, None], at, atol=1e-6).to(features.dtype)
+            inputs = torch.cat((features, hot), dim=-1)
+        scores: Tensor = self.layers(inputs).squeeze(-1)
         if self.value_prior is not None:
             p, price = self.value_prior
             value = features[..., p].clamp(min=0.0) * torch.expm1(features[..., price]).clamp(

@@ -5,23 +5,27 @@ Inputs per logged impression ``i``: the logging propensity ``p0_i`` of the shown
 (``> 0``), its reward ``r_i``, the target policy's probability ``p1_i`` of that same variant
 (importance weight ``w_i = p1_i / p0_i``); for doubly robust also the direct-method model's
 reward estimate of the shown variant ``q_i`` and its expectation under the target
-``v_i = sum_a p1(a) q(a)``.
+``v_i = sum_a p1(a) q(a)`` over the supported variants; optionally the target's unsupported
+mass ``u_i`` (below).
 
-- **IPS**  ``mean(w r)``: unbiased whenever the logging policy gave every variant the target
-  may show a positive probability (the exploration floor guarantees it on shown variants).
+- **IPS**  ``mean(w r)``: unbiased for the target's value on the variants the logging policy
+  could show (its *support*); a variant it never showed (probability 0) never appears in the
+  logs, so IPS counts the target's probability there as earning nothing.
 - **SNIPS** ``sum(w r) / sum(w)``: slightly biased, much lower variance, invariant to a
-  constant added to rewards.
-- **DR**  ``mean(v + w (r - q))``: unbiased if the model is right, or if the propensities are
-  and the logging policy could show every variant the target may; the model explains what it
-  can, the weights only correct its residuals.
+  constant added to rewards; it is the target's mean reward *per unit of its supported
+  probability*, so on its own it credits unsupported probability with the supported average.
+- **DR**  ``mean(v + w (r - q))``: unbiased if either the propensities or the model are right
+  *on the support*; the model explains what it can, the weights only correct its residuals.
+  Outside the support no weight corrects anything: there ``v`` is the model alone, which was
+  never checked against a reward, and its error is in no interval.
 
-**Support.** Every estimate speaks only for the variants the logging policy could show. A
-variant it never showed was logged with probability 0, yet a record keeps only the shown
-variant's propensity, so nothing here tells such variants apart: on them IPS drops the
-target's probability, SNIPS averages over the variants the logs cover, and DR rests on the
-model alone, whose error no interval below includes. A target that moves its probability to
-such variants (v0 shows one discount, a learned version its top few variants) is judged by
-the model's extrapolation there (README, *The learning loop*: a known limitation).
+So none of them says anything about a variant the logs never tried. Given each impression's
+``unsupported`` mass (the target's probability on variants the logging policy could not show:
+``LoggedDecision.support``), every estimator here values that mass at ``worst_reward``, the
+least a variant can earn (0 for revenue): IPS and DR add ``worst_reward x unsupported`` (DR's
+``v`` then sums over the supported variants only), SNIPS scales its supported average by the
+supported mass first. The estimate is then a lower bound of the target's value (up to its
+interval), whatever the untried variants earn; with no unsupported mass it is the usual one.
 
 Intervals are **CLT (normal) intervals**, not bootstrap: every estimator is a mean (SNIPS a
 ratio of means, linearised by the delta method) of independent per-impression terms, and the
@@ -91,6 +95,16 @@ def _arrays(*xs: ArrayLike) -> list[npt.NDArray[np.float64]]:
     return arrays
 
 
+def _unsupported(unsupported: ArrayLike | None, n: int) -> npt.NDArray[np.float64]:
+    """Each impression's unsupported mass (zeros when not given)."""
+    if unsupported is None:
+        return np.zeros(n, dtype=np.float64)
+    u = np.asarray(unsupported, dtype=np.float64).reshape(-1)
+    if u.shape[0] != n:
+        raise ValueError("unsupported needs one value per impression")
+    return u
+
+
 def _estimate(
     estimator: EstimatorName,
     value: float,
@@ -125,27 +139,41 @@ def estimator_terms(
     target_probability: ArrayLike,
     model_reward: ArrayLike | None = None,
     model_target_value: ArrayLike | None = None,
+    *,
+    unsupported: ArrayLike | None = None,
+    worst_reward: float = 0.0,
 ) -> npt.NDArray[np.float64]:
     """The per-impression terms whose mean is ``estimator``'s value (SNIPS: its linearised
-    terms shifted by the value, as its interval uses). ``dr`` needs the model arrays.
+    terms shifted by the value, as its interval uses). ``dr`` needs the model arrays (``v``
+    over the supported variants). ``unsupported``: the target's probability on variants the
+    logging policy could not show, per impression, valued at ``worst_reward`` (module doc).
 
     >>> estimator_terms("ips", [0.5, 0.5], [1.0, 0.0], [1.0, 0.0]).tolist()
     [2.0, 0.0]
+    >>> estimator_terms("snips", [0.5, 0.5], [1.0, 0.0], [0.5, 0.5],
+    ...                 unsupported=[0.5, 0.5], worst_reward=-1.0).tolist()
+    [0.0, -0.5]
     """
     p0, r, p1 = _arrays(propensity, reward, target_probability)
+    u = _unsupported(unsupported, p0.shape[0])
     w = p1 / p0
     if estimator == "ips":
-        return w * r
+        return w * r + worst_reward * u
     if estimator == "snips":
         mean_w = float(w.mean())
         if mean_w == 0.0:
-            return np.full_like(w, np.nan)
+            # Nothing on the logged variants: known only when it is all on unsupported ones.
+            return worst_reward * u if bool((u >= 1.0 - 1e-9).all()) else np.full_like(w, np.nan)
         value = float((w * r).sum() / w.sum())
-        return w * (r - value) / mean_w + value
+        # The supported mean reward per unit of supported mass, times each impression's
+        # supported mass; the linearised weight terms carry its spread (mean zero).
+        supported = 1.0 - u
+        spread = w * (r - value) * (float(supported.mean()) / mean_w)
+        return supported * value + spread + worst_reward * u
     if model_reward is None or model_target_value is None:
         raise ValueError("dr terms need model_reward and model_target_value")
     q, v = _arrays(propensity, model_reward, model_target_value)[1:]
-    return v + w * (r - q)
+    return v + w * (r - q) + worst_reward * u
 
 
 def paired_difference(
@@ -171,18 +199,48 @@ def paired_difference(
     return _estimate(estimator, float(diff.mean()), diff, np.ones_like(diff), confidence)
 
 
+def within_allowance(
+    terms: ArrayLike,
+    unsupported: ArrayLike,
+    allowance: ArrayLike,
+    baseline_terms: ArrayLike,
+    *,
+    worst_reward: float = 0.0,
+) -> npt.NDArray[np.float64]:
+    """A target's per-impression ``terms`` (its unsupported mass valued at ``worst_reward``)
+    with each impression's unsupported mass up to ``allowance`` valued at ``baseline_terms``
+    instead: the baseline policy's own estimate on that impression (the live policy's, in a
+    promotion gate), and only the excess over the allowance at the worst. Why: a policy that
+    explores by design (its floor) puts that much on variants no log tried whatever it learned;
+    an operator accepts that bounded cost, and it is worth what the baseline earns there, not
+    the worst, as long as it stays within the design. Paired with ``baseline_terms``, the
+    difference then says: better on everything the logs vouch for, with at most
+    ``allowance`` of the traffic on untried variants.
+
+    >>> within_allowance([1.0, 0.5], [0.1, 0.5], [0.1, 0.1], [2.0, 2.0]).tolist()
+    [1.2, 0.7]
+    """
+    t = np.asarray(terms, dtype=np.float64).reshape(-1)
+    u, a, b = (np.broadcast_to(np.asarray(x, dtype=np.float64), t.shape)
+               for x in (unsupported, allowance, baseline_terms))
+    return t + np.minimum(u, a) * (b - worst_reward)
+
+
 def ips(
     propensity: ArrayLike,
     reward: ArrayLike,
     target_probability: ArrayLike,
     *,
     confidence: float = 0.95,
+    unsupported: ArrayLike | None = None,
+    worst_reward: float = 0.0,
 ) -> Estimate:
-    """Inverse propensity scoring: ``mean(w r)``."""
-    p0, r, p1 = _arrays(propensity, reward, target_probability)
-    w = p1 / p0
-    terms = w * r
-    return _estimate("ips", float(terms.mean()), terms, w, confidence)
+    """Inverse propensity scoring: ``mean(w r)`` (plus ``worst_reward`` times the unsupported
+    mass: module doc)."""
+    p0, _, p1 = _arrays(propensity, reward, target_probability)
+    terms = estimator_terms("ips", propensity, reward, target_probability,
+                            unsupported=unsupported, worst_reward=worst_reward)
+    return _estimate("ips", float(terms.mean()), terms, p1 / p0, confidence)
 
 
 def snips(
@@ -191,19 +249,18 @@ def snips(
     target_probability: ArrayLike,
     *,
     confidence: float = 0.95,
+    unsupported: ArrayLike | None = None,
+    worst_reward: float = 0.0,
 ) -> Estimate:
-    """Self-normalised IPS: ``sum(w r) / sum(w)``; its standard error by the delta method
-    (terms ``w (r - value) / mean(w)``). All-zero weights give NaN (nothing to go on)."""
-    p0, r, p1 = _arrays(propensity, reward, target_probability)
+    """Self-normalised IPS: ``sum(w r) / sum(w)``, times the supported mass plus
+    ``worst_reward`` times the unsupported mass (module doc); its standard error by the delta
+    method (terms ``w (r - value) / mean(w)``). All-zero weights give NaN (nothing to go on),
+    except when all of the target's probability is unsupported: then it is ``worst_reward``."""
+    p0, _, p1 = _arrays(propensity, reward, target_probability)
     w = p1 / p0
-    mean_w = float(w.mean())
-    if mean_w == 0.0:
-        nan = np.full_like(w, np.nan)
-        return _estimate("snips", math.nan, nan, w, confidence)
-    value = float((w * r).sum() / w.sum())
-    terms = w * (r - value) / mean_w
-    # The linearised terms have mean zero; shifting by the value keeps std and reads naturally.
-    return _estimate("snips", value, terms + value, w, confidence)
+    terms = estimator_terms("snips", propensity, reward, target_probability,
+                            unsupported=unsupported, worst_reward=worst_reward)
+    return _estimate("snips", float(terms.mean()), terms, w, confidence)
 
 
 def doubly_robust(
@@ -214,12 +271,15 @@ def doubly_robust(
     model_target_value: ArrayLike,
     *,
     confidence: float = 0.95,
+    unsupported: ArrayLike | None = None,
+    worst_reward: float = 0.0,
 ) -> Estimate:
     """Doubly robust: ``mean(v + w (r - q))`` with ``q`` the model's estimate for the shown
-    variant and ``v`` the model's value of the target policy on that impression's context."""
-    p0, r, p1, q, v = _arrays(
-        propensity, reward, target_probability, model_reward, model_target_value
-    )
-    w = p1 / p0
-    terms = v + w * (r - q)
-    return _estimate("dr", float(terms.mean()), terms, w, confidence)
+    variant and ``v`` the model's value of the target policy on that impression's context
+    (over the supported variants when ``unsupported`` is given: that mass is valued at
+    ``worst_reward`` instead, module doc)."""
+    p0, _, p1 = _arrays(propensity, reward, target_probability)
+    terms = estimator_terms("dr", propensity, reward, target_probability, model_reward,
+                            model_target_value, unsupported=unsupported,
+                            worst_reward=worst_reward)
+    return _estimate("dr", float(terms.mean()), terms, p1 / p0, confidence)

@@ -38,6 +38,8 @@ from streamer.policy.network import VariantScorer, variant_probabilities
 
 #: The default discount levels (percent); the same values as ``streamer.online``'s.
 DEFAULT_DISCOUNT_LEVELS: tuple[float, ...] = (0.0, 5.0, 10.0, 15.0)
+#: The feature holding a variant's discount (a fraction): ``streamer.online``'s name for it.
+DISCOUNT_FEATURE = "discount"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,13 @@ class PolicyShape:
                 self.feature_names.index(self.value_prior[0]),
                 self.feature_names.index(self.value_prior[1]),
             )
+        one_hot = None
+        if self.discount_one_hot:
+            one_hot = (self.feature_names.index(DISCOUNT_FEATURE),
+                       tuple(d / 100.0 for d in self.discount_levels))
         return VariantScorer(
-            len(self.feature_names), self.hidden, value_prior=prior, prior_scale=self.prior_scale
+            len(self.feature_names), self.hidden, value_prior=prior, prior_scale=self.prior_scale,
+            one_hot=one_hot,
         )
 
     def document(self) -> bytes:
@@ -64,7 +71,10 @@ class PolicyShape:
         >>> PolicyShape(("x",), discount_levels=(0, 10), max_variants=4).document()[:60]
         b'{"feature_names":["x"],"hidden":32,"discount_levels":[0.0,10'
         """
-        return msgspec.json.encode(msgspec.convert(asdict(self), ShapeDocument))
+        document = msgspec.to_builtins(msgspec.convert(asdict(self), ShapeDocument))
+        if not self.discount_one_hot:  # absent, so versions named before it keep their names
+            del document["discount_one_hot"]
+        return msgspec.json.encode(document)
 
     feature_names: tuple[str, ...]
     hidden: int = 32
@@ -76,12 +86,17 @@ class PolicyShape:
     #: (``VariantScorer``'s ``value_prior``); None: a plain MLP.
     value_prior: tuple[str, str] | None = None
     prior_scale: float = 1.0
+    #: The scorer also reads which of ``discount_levels`` the ``discount`` feature is
+    #: (``VariantScorer``'s ``one_hot``); False: the discount as a number only.
+    discount_one_hot: bool = False
 
     def __post_init__(self) -> None:
         if not self.feature_names:
             raise ValueError("a policy needs at least one feature")
         if self.value_prior is not None and not set(self.value_prior) <= set(self.feature_names):
             raise ValueError(f"value_prior {self.value_prior} names unknown features")
+        if self.discount_one_hot and DISCOUNT_FEATURE not in self.feature_names:
+            raise ValueError(f"discount_one_hot needs the feature {DISCOUNT_FEATURE!r}")
         if not self.discount_levels or any(not 0 <= d < 100 for d in self.discount_levels):
             raise ValueError("discount levels must be in [0, 100)")
         if not self.temperature > 0:
@@ -108,6 +123,7 @@ class ShapeDocument(msgspec.Struct):
     max_variants: int | None
     value_prior: tuple[str, str] | None = None  # absent before the prior existed: a plain MLP
     prior_scale: float = 1.0
+    discount_one_hot: bool = False  # absent before the one-hot existed: the number only
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +174,7 @@ class TorchPolicy:
         max_variants: int | None = 8,
         value_prior: tuple[str, str] | None = None,
         prior_scale: float = 1.0,
+        discount_one_hot: bool = False,
         seed: int = 0,
     ) -> TorchPolicy:
         """A fresh policy: uniform over its shown variants, or with ``value_prior`` the
@@ -172,6 +189,7 @@ class TorchPolicy:
             max_variants=max_variants,
             value_prior=None if value_prior is None else (value_prior[0], value_prior[1]),
             prior_scale=prior_scale,
+            discount_one_hot=discount_one_hot,
         )
         with torch.random.fork_rng(devices=[]):  # seed locally, leave the global RNG alone
             torch.manual_seed(seed)

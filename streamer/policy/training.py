@@ -15,17 +15,33 @@ reward (a baseline: same expected gradient, less variance); its gradient is the 
 gradient ``w (r - b) grad log pi``. ``"dr"``: ``mean(sum_a pi(a|x) q(x, a) + min(w, c) (r -
 q(x, a_logged)))``, the doubly robust value with the direct-method model ``q``: the model
 carries the signal for variants the logs rarely show, the weights correct its bias. Clipping
-at ``c`` bounds the variance a few tiny logging propensities would cause.
+at ``c`` bounds the variance a few tiny logging propensities would cause. Both value the
+policy's probability on variants the logging policy could not show (outside each record's
+``support``) as the gate does: up to its exploration allowance at ``b`` (what the logged
+policy earns), beyond it at ``unsupported_reward`` (the model's ``q`` is never checked there):
+training is pulled towards what the logs can vouch for, not towards the variants the model
+over-rates where no reward ever corrected it.
 
 Promotion: the candidate's lower confidence bound must beat the live policy's point estimate,
 both on the newest feedback neither was trained on (doubly robust when the records carry model
-predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. The
-lower bound is the *paired* one: the live estimate plus the lower bound of the candidate-minus-
-live difference estimated impression by impression (:func:`~streamer.policy.ope.
-paired_difference`). Both policies are judged on the same rewards, so the difference's
-interval is several times narrower than either policy's own; comparing the two unpaired
-intervals (:func:`should_promote`, kept for callers holding two separate estimates) rejected
-a candidate truly 15 % better on a holdout of a few thousand records.
+predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. Each
+estimate values a policy's probability on variants its records' logging policy never could
+show at ``unsupported_reward`` (the least a variant earns: :mod:`~streamer.policy.ope`), so a
+candidate is promoted only when it beats the live policy even if its untried variants earn
+the worst, except its *exploration allowance* (``exploration_allowance``: by default its
+floor on the variants it shows, what it explores by design): that much of its unsupported
+probability per decision is valued at the live policy's own estimate on that impression
+(:func:`~streamer.policy.ope.within_allowance`). So a promoted candidate beats the live
+policy on everything the logs vouch for and risks at most its allowance of its traffic on
+variants no log tried. Its share of unsupported probability, and of it within the allowance,
+is reported (``unsupported_mass``, ``allowed_mass``). The lower bound
+is the *paired* one: the live estimate plus the lower bound of
+the candidate-minus-live difference estimated impression by impression
+(:func:`~streamer.policy.ope.paired_difference`). Both policies are judged on the same
+rewards, so the difference's interval is several times narrower than either policy's own;
+comparing the two unpaired intervals (:func:`should_promote`, kept for callers holding two
+separate estimates) rejected a candidate truly 15 % better on a holdout of a few thousand
+records.
 """
 
 from __future__ import annotations
@@ -51,6 +67,7 @@ from streamer.policy.ope import (
     ips,
     paired_difference,
     snips,
+    within_allowance,
 )
 from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
 
@@ -101,7 +118,16 @@ class FineTuneConfig:
     learning_rate: float = 3e-3
     weight_clip: float = 10.0
     holdout_fraction: float = 0.2
+    #: The confidence of the gate's paired interval (two-sided: its lower end at 0.975).
     confidence: float = 0.95
+    #: What a variant the logging policy could not show is taken to earn per impression, in
+    #: the gate's estimates and the objective: the least any variant can (0 for revenue).
+    unsupported_reward: float = 0.0
+    #: The share of a candidate's probability on variants the logs never tried that the gate
+    #: and the objective value at the live policy's own estimate, not the worst: its designed
+    #: exploration. None: its floor on the variants it shows (``floor x shown``, 0.08 with
+    #: the floor 0.02 and 4 variants), per decision.
+    exploration_allowance: float | None = None
     device: DevicePreference = "auto"
     # One thread by default: on a shared 2-core host, 2 OpenMP threads made these small
     # kernels 10-300x slower (spin-waiting on a busy core), not faster.
@@ -120,22 +146,56 @@ class FineTuneConfig:
             raise ValueError("learning_rate and weight_clip must be positive")
         if not 0.0 < self.confidence < 1.0:  # else the first gate, minutes later, would raise
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not math.isfinite(self.unsupported_reward):
+            raise ValueError("unsupported_reward must be finite")
+        if self.exploration_allowance is not None and not 0.0 <= self.exploration_allowance <= 1:
+            raise ValueError("exploration_allowance must be in [0, 1] (or None: the floor)")
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyEvaluation:
     """Off-policy estimates of one policy on one batch (``ips``, ``snips``, and ``dr`` when the
     records carry model predictions); ``outputs_finite`` is False if any score was not.
-    ``terms`` holds each estimate's per-impression terms (for paired comparisons)."""
+    ``terms`` holds each estimate's per-impression terms (for paired comparisons);
+    ``unsupported_mass`` the policy's mean probability on variants the records' logging
+    policy could not show (valued at ``worst_reward`` in every estimate), ``allowed`` each
+    impression's part of it within the exploration allowance (which :func:`compare` values at
+    the live policy's estimate instead)."""
 
     estimates: dict[str, Estimate]
     outputs_finite: bool
     terms: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    unsupported_mass: float = 0.0
+    allowed: np.ndarray | None = field(default=None, compare=False, repr=False)
+    worst_reward: float = 0.0
+
+    @property
+    def allowed_mass(self) -> float:
+        """The mean unsupported probability within the exploration allowance."""
+        return float(self.allowed.mean()) if self.allowed is not None and self.allowed.size else 0.0
 
     @property
     def primary(self) -> Estimate:
         """The estimate promotion is decided on: doubly robust if available, else SNIPS."""
         return self.estimates.get("dr", self.estimates["snips"])
+
+
+def exploration_allowance(shape: PolicyShape, valid: torch.Tensor,
+                          allowance: float | None) -> torch.Tensor:
+    """Each decision's allowance of unsupported probability (:class:`FineTuneConfig`):
+    ``allowance``, or when None the policy's floor over the variants it shows there (the
+    most its floor puts on variants it explores by design, whatever it learned).
+
+    >>> shape = PolicyShape(("x",), floor=0.02, max_variants=4)
+    >>> exploration_allowance(shape, torch.tensor([[True] * 6, [True, False]*3]), None).tolist()
+    [0.08, 0.06]
+    """
+    if allowance is not None:
+        return torch.full(valid.shape[:-1], allowance, dtype=torch.float64, device=valid.device)
+    shown = valid.sum(-1).double()
+    if shape.max_variants is not None:
+        shown = shown.clamp(max=shape.max_variants)
+    return (shown * shape.floor).clamp(max=1.0)
 
 
 def _target_probabilities(
@@ -144,12 +204,18 @@ def _target_probabilities(
     batch: FeedbackBatch,
     device: torch.device,
     chunk: int,
+    allowance: float | None = None,
     stop: threading.Event | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, bool]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, bool]:
     """The target's probability of each logged variant, its model value ``sum_a pi(a) q(a)``
-    (when the batch has predictions) and whether every score was finite. Raises
-    :class:`FineTuneAbandoned` between chunks once ``stop`` is set."""
+    over the supported variants (when the batch has predictions), its probability on the
+    unsupported ones and the part of that within its :func:`exploration_allowance`, and
+    whether every score was finite. Raises :class:`FineTuneAbandoned` between chunks once
+    ``stop`` is set."""
     p_chosen = np.empty(len(batch), dtype=np.float64)
+    unsupported = np.empty(len(batch), dtype=np.float64)
+    allowed = np.empty(len(batch), dtype=np.float64)
+    support = batch.support()
     value = None if batch.expected_reward is None else np.empty(len(batch), dtype=np.float64)
     finite = True
     was_training = scorer.training
@@ -161,22 +227,28 @@ def _target_probabilities(
                 part = batch.take(slice(start, start + chunk))
                 scores = scorer(torch.from_numpy(part.features).to(device)).double()
                 finite = finite and bool(torch.isfinite(scores).all())
+                valid = torch.from_numpy(part.valid).to(device)
                 probs = variant_probabilities(
                     scores,
-                    torch.from_numpy(part.valid).to(device),
+                    valid,
                     temperature=shape.temperature,
                     floor=shape.floor,
                     max_shown=shape.max_variants,
                 )
                 chosen = torch.from_numpy(part.chosen).to(device)
                 end = start + len(part)
+                supported = torch.from_numpy(support[start:end]).to(device)
                 p_chosen[start:end] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
+                off = (probs * ~supported).sum(1)
+                unsupported[start:end] = off.cpu().numpy()
+                allowed[start:end] = torch.minimum(
+                    off, exploration_allowance(shape, valid, allowance)).cpu().numpy()
                 if value is not None and part.expected_reward is not None:
                     q = torch.from_numpy(part.expected_reward).to(device).double()
-                    value[start:end] = (probs * q).sum(1).cpu().numpy()
+                    value[start:end] = (probs * q * supported).sum(1).cpu().numpy()
     finally:
         scorer.train(was_training)
-    return p_chosen, value, finite
+    return p_chosen, value, unsupported, allowed, finite
 
 
 def evaluate_scorer(
@@ -187,44 +259,64 @@ def evaluate_scorer(
     confidence: float = 0.95,
     device: torch.device | None = None,
     chunk: int = 65_536,
+    worst_reward: float = 0.0,
+    allowance: float | None = None,
     stop: threading.Event | None = None,
 ) -> PolicyEvaluation:
     """IPS, SNIPS and (with model predictions) DR estimates of the scorer's policy on
-    ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`). Raises
+    ``batch``; CLT intervals at ``confidence`` (see :mod:`~streamer.policy.ope`). Its
+    probability on variants outside the records' support (``batch.support()``) is valued at
+    ``worst_reward`` in each; the part of it within ``allowance``
+    (:func:`exploration_allowance`) is kept for :func:`compare`. Raises
     :class:`FineTuneAbandoned` between chunks of ``chunk`` records once ``stop`` is set."""
     device = device or next(scorer.parameters()).device
-    p1, value, finite = _target_probabilities(scorer, shape, batch, device, chunk, stop)
+    p1, value, u, allowed, finite = _target_probabilities(scorer, shape, batch, device, chunk,
+                                                          allowance, stop)
     p0, r = batch.propensity, batch.reward
+    bound = {"unsupported": u, "worst_reward": worst_reward}
     estimates = {
-        "ips": ips(p0, r, p1, confidence=confidence),
-        "snips": snips(p0, r, p1, confidence=confidence),
+        "ips": ips(p0, r, p1, confidence=confidence, **bound),  # type: ignore[arg-type]
+        "snips": snips(p0, r, p1, confidence=confidence, **bound),  # type: ignore[arg-type]
     }
-    terms = {name: estimator_terms(name, p0, r, p1) for name in ("ips", "snips")}
+    terms = {name: estimator_terms(name, p0, r, p1, unsupported=u, worst_reward=worst_reward)
+             for name in ("ips", "snips")}
     if value is not None and batch.expected_reward is not None:
         q = np.take_along_axis(batch.expected_reward, batch.chosen[:, None], axis=1)[:, 0]
-        estimates["dr"] = doubly_robust(p0, r, p1, q, value, confidence=confidence)
-        terms["dr"] = estimator_terms("dr", p0, r, p1, q, value)
-    return PolicyEvaluation(estimates=estimates, outputs_finite=finite, terms=terms)
+        estimates["dr"] = doubly_robust(p0, r, p1, q, value, confidence=confidence,
+                                        unsupported=u, worst_reward=worst_reward)
+        terms["dr"] = estimator_terms("dr", p0, r, p1, q, value, unsupported=u,
+                                      worst_reward=worst_reward)
+    return PolicyEvaluation(estimates=estimates, outputs_finite=finite, terms=terms,
+                            unsupported_mass=float(u.mean()) if len(u) else 0.0,
+                            allowed=allowed, worst_reward=worst_reward)
 
 
 def compare(
     candidate: PolicyEvaluation, live: PolicyEvaluation, *, confidence: float = 0.95
 ) -> Estimate:
     """Candidate minus live on the same impressions, by the candidate's primary estimator
-    (:func:`~streamer.policy.ope.paired_difference`); NaN when either lacks its terms."""
+    (:func:`~streamer.policy.ope.paired_difference`), the candidate's unsupported probability
+    within its allowance (``allowed``) valued at the live policy's estimate on each impression
+    (:func:`~streamer.policy.ope.within_allowance`), the rest at the worst; NaN when either
+    lacks its terms."""
     name = candidate.primary.estimator
     a, b = candidate.terms.get(name), live.terms.get(name)
     if a is None or b is None or a.shape != b.shape or a.size == 0:
         nan = math.nan
         return Estimate(name, nan, nan, nan, nan, confidence, 0, 0.0)
+    if candidate.allowed is not None and candidate.allowed.shape == a.shape:
+        a = within_allowance(a, candidate.allowed, candidate.allowed, b,
+                             worst_reward=candidate.worst_reward)
     return paired_difference(name, a, b, confidence=confidence)
 
 
 def evaluate_policy(
-    policy: TorchPolicy, batch: FeedbackBatch, *, confidence: float = 0.95
+    policy: TorchPolicy, batch: FeedbackBatch, *, confidence: float = 0.95,
+    worst_reward: float = 0.0,
 ) -> PolicyEvaluation:
     """:func:`evaluate_scorer` for a served policy (on the CPU, where it lives)."""
-    return evaluate_scorer(policy.scorer, policy.shape, batch, confidence=confidence)
+    return evaluate_scorer(policy.scorer, policy.shape, batch, confidence=confidence,
+                           worst_reward=worst_reward)
 
 
 def should_promote(candidate_estimate: Estimate, live_estimate: Estimate) -> bool:
@@ -286,6 +378,9 @@ class FineTuneResult:
                 "live_estimate": self.live_evaluation.primary.value,
                 "difference": None if self.difference is None else self.difference.as_dict(),
                 "gate_lower_bound": self.gate_lower_bound,
+                "unsupported_mass": self.candidate_evaluation.unsupported_mass,
+                "allowed_mass": self.candidate_evaluation.allowed_mass,
+                "live_unsupported_mass": self.live_evaluation.unsupported_mass,
                 "estimates": {
                     k: v.as_dict() for k, v in self.candidate_evaluation.estimates.items()
                 },
@@ -358,11 +453,15 @@ def fine_tune(
     scorer = scorer.to("cpu").eval()
     candidate = TorchPolicy(scorer, shape, version=version_of(scorer, shape),
                             parent=live.version)
-    candidate_eval = evaluate_scorer(candidate.scorer, shape, holdout,
-                                     confidence=config.confidence, chunk=config.eval_chunk,
-                                     stop=stop)
-    live_eval = evaluate_scorer(live.scorer, shape, holdout, confidence=config.confidence,
-                                chunk=config.eval_chunk, stop=stop)
+    candidate_eval = evaluate_scorer(
+        candidate.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk,
+        worst_reward=config.unsupported_reward, allowance=config.exploration_allowance,
+        stop=stop,
+    )
+    live_eval = evaluate_scorer(
+        live.scorer, shape, holdout, confidence=config.confidence, chunk=config.eval_chunk,
+        worst_reward=config.unsupported_reward, stop=stop,
+    )
     difference = compare(candidate_eval, live_eval, confidence=config.confidence)
     promoted, reason = _verdict(candidate, candidate_eval, live_eval, difference)
     return FineTuneResult(
@@ -432,7 +531,10 @@ def gate_against_logged(
             holdout = holdout.take(live_only)
             candidate_eval = evaluate_scorer(candidate.scorer, candidate.shape, holdout,
                                              confidence=config.confidence,
-                                             chunk=config.eval_chunk, stop=stop)
+                                             chunk=config.eval_chunk,
+                                             worst_reward=config.unsupported_reward,
+                                             allowance=config.exploration_allowance,
+                                             stop=stop)
     logged = ips(holdout.propensity, holdout.reward, holdout.propensity,
                  confidence=config.confidence)
     names = candidate_eval.estimates
@@ -469,14 +571,16 @@ def _verdict(
         return False, "rejected: non-finite live estimate or difference"
     # Paired lower bound (module doc): live estimate + lower bound of candidate - live.
     lower = live.value + difference.lower
+    unsupported = (f" ({candidate_eval.unsupported_mass:.3g} of its probability unsupported, "
+                   f"{candidate_eval.allowed_mass:.3g} of it within the exploration allowance)")
     if not lower > live.value:
         return False, (
             f"rejected: {c.estimator} paired lower bound {lower:.6g} "
-            f"does not beat live estimate {live.value:.6g}"
+            f"does not beat live estimate {live.value:.6g}{unsupported}"
         )
     return True, (
         f"promoted: {c.estimator} paired lower bound {lower:.6g} beats live estimate "
-        f"{live.value:.6g}"
+        f"{live.value:.6g}{unsupported}"
     )
 
 
@@ -502,6 +606,8 @@ def _train(
     propensity = torch.from_numpy(train.propensity).float()
     reward = torch.from_numpy(train.reward).float()
     dm = None if train.expected_reward is None else torch.from_numpy(train.expected_reward)
+    support = torch.from_numpy(train.support())
+    worst = config.unsupported_reward
     baseline = float(reward.mean())
     steps_per_epoch = math.ceil(n / config.batch_size)
     epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
@@ -525,12 +631,19 @@ def _train(
             )
             p_chosen = probs.gather(1, a[:, None]).squeeze(1)
             w = torch.clamp(p_chosen / p0, max=config.weight_clip)
+            supported = support[idx].to(device)
+            mask = valid[idx].to(device)
+            unsupported = (probs * ~supported).sum(1)
+            excess = torch.relu(unsupported - exploration_allowance(
+                shape, mask, config.exploration_allowance).float())
+            allowed = unsupported - excess
             if config.objective == "dr" and dm is not None:
                 q = dm[idx].to(device)
                 q_chosen = q.gather(1, a[:, None]).squeeze(1)
-                value = (probs * q).sum(1) + w * (r - q_chosen)
+                value = ((probs * q * supported).sum(1) + w * (r - q_chosen)
+                         + baseline * allowed + worst * excess)
             else:
-                value = w * (r - baseline)
+                value = w * (r - baseline) + (worst - baseline) * excess
             loss = -value.mean()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]

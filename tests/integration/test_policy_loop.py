@@ -45,8 +45,9 @@ def purchases(tag: str, n: int) -> list[tuple[bytes | None, bytes]]:
 
 def feedback(offer_id: str, n: int, seed: int = 0) -> list[tuple[bytes | None, bytes]]:
     """A 4-variant bandit logged uniformly: variant 2 converts far more often. Records carry
-    their decision (``variant_features``, ``chosen``, ``expected_rewards``), as the decision
-    ledger may; the offer they belong to is a real one the worker published."""
+    their decision (``variant_features``, ``chosen``, ``expected_rewards``, ``support``: every
+    variant, logged uniformly), as the decision ledger may; the offer they belong to is a real
+    one the worker published."""
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n):
@@ -62,7 +63,8 @@ def feedback(offer_id: str, n: int, seed: int = 0) -> list[tuple[bytes | None, b
         record = {"impression_id": f"i-{k}", "offer_id": offer_id, "variant": 0,
                   "propensity": 0.25, "reward": reward, "converted": reward > 0,
                   "policy_version": "v0-greedy", "variant_features": rows, "chosen": chosen,
-                  "expected_rewards": [float(x) for x in P_CONVERT * VALUE]}
+                  "expected_rewards": [float(x) for x in P_CONVERT * VALUE],
+                  "support": [0, 1, 2, 3]}
         out.append((offer_id.encode(), msgspec.json.encode(record)))
     return out
 

@@ -4,6 +4,7 @@ not a rebuild with the prices and conversion model of the moment the impression 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Sequence
@@ -358,3 +359,74 @@ def test_a_worker_shows_offers_max_variants_of_a_version_and_logs_what_it_drew_f
     # over the propensity logged for it; on its own logs, 1 for every impression.
     terms = evaluate_policy(live, batch).terms["ips"]
     np.testing.assert_allclose(terms, np.ones(len(offers)), rtol=1e-5)
+
+
+# -- the logging support: which rows the policy could show --------------------------------
+def positive_rows(offer: BundleOffer, decision: OfferDecision) -> list[int]:
+    return sorted(row for row, v in zip(decision.shown, offer.variants, strict=True)
+                  if v.probability > 0)
+
+
+@pytest.mark.parametrize("learned", [True, False], ids=["torch", "v0"])
+def test_a_decision_records_the_rows_its_policy_could_show(learned: bool) -> None:
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    if learned:
+        engine.set_policy(spy_policy())
+    offers = [o for e in orders(40) for o in engine.handle_purchase(e)]
+    offer = max(offers, key=lambda o: (len(o.variants), o.ts))
+    logged = log.get(offer.offer_id)
+    assert logged is not None and logged.support is not None
+    assert sorted(logged.support) == positive_rows(offer, logged)
+    assert len(logged.support) < len(logged.rows)  # some rows were never possible
+    # ...and the trainer's buffer holds it, from the record that carries the decision.
+    core = FeedbackTrainer(TrainerSettings(min_records=2), base_version="v0-greedy")
+    record = FeedbackRecord.build(outcome_of(offer, 0, 1.0), offer, logged)
+    assert core.observe_feedback(as_published(record))
+    supported = core.trainer.buffer.snapshot().supported
+    assert supported is not None
+    assert np.flatnonzero(supported[0]).tolist() == sorted(logged.support)
+
+
+def test_the_support_of_a_record_without_it_is_what_its_offer_says_or_the_chosen_row() -> None:
+    log = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=log)
+    offer = max((o for e in orders(40) for o in engine.handle_purchase(e)),
+                key=lambda o: (len(o.variants), o.ts))
+    logged = log.get(offer.offer_id)
+    assert logged is not None
+    wire = msgspec.json.decode(msgspec.json.encode(logged))
+    del wire["support"]  # a decision of an older release
+    older = msgspec.convert(wire, OfferDecision)
+    assert older.support is None
+    fields = {"offer_id": offer.offer_id, "variant": 1, "propensity": 0.1, "reward": 0.0}
+    with_offer = logged_decision({**fields, "decision": older}, offer)
+    assert sorted(with_offer.support or ()) == positive_rows(offer, logged)
+    assert logged_decision({**fields, "decision": older}, None).support is None
+    rebuilt = logged_decision(fields, offer)  # from the offer: its variants' rows
+    assert rebuilt.support is not None and len(rebuilt.support) == len(offer.variants)
+    assert rebuilt.chosen in rebuilt.support
+    flat = {**fields, **older.record_fields(1)}
+    assert logged_decision(flat, None).support is None
+    assert logged_decision({**flat, "support": [1, 3]}, None).support == [1, 3]
+
+
+def test_the_buffer_keeps_the_support_and_knows_only_the_chosen_row_without_it() -> None:
+    from streamer.policy.feedback import FeedbackBuffer, LoggedDecision
+
+    rows = [{"x": float(i)} for i in range(4)]
+    buffer = FeedbackBuffer(("x",), capacity=3, max_actions=5)
+    buffer.append(LoggedDecision(rows, chosen=2, propensity=0.5, reward=1.0, support=(0, 2)))
+    buffer.append(LoggedDecision(rows, chosen=1, propensity=0.5, reward=1.0))  # unknown
+    buffer.append(LoggedDecision(rows, chosen=3, propensity=0.5, reward=1.0, support=(0,)))
+    with pytest.raises(ValueError, match="support"):
+        buffer.append(LoggedDecision(rows, chosen=0, propensity=0.5, reward=1.0, support=(4,)))
+    batch = buffer.snapshot()
+    expected = [[True, False, True, False, False], [False, True, False, False, False],
+                [True, False, False, True, False]]  # the chosen row is always possible
+    assert batch.supported is not None and batch.supported.tolist() == expected
+    again = FeedbackBuffer(("x",), capacity=3, max_actions=5)
+    again.extend(batch)
+    assert again.snapshot().support().tolist() == expected
+    unknown = dataclasses.replace(batch, supported=None)
+    assert unknown.support().sum(axis=1).tolist() == [1, 1, 1]

@@ -35,6 +35,7 @@ def test_the_demo_sets_its_broker_windows_and_the_trainers_and_offers_cadence(
     assert settings.rewards.attribution_window_s == 5
     # Offers reconsidered every min_interval_s, every change republished.
     assert settings.offers.max_recheck_interval_s == 0 and settings.offers.min_change == 0
+    assert settings.offers.epsilon == 0.3  # v0 explores enough for the gate to judge in minutes
 
 
 def test_a_cadence_set_in_the_environment_is_kept(

@@ -155,7 +155,8 @@ def bandit_records(n: int, offer_id: str, seed: int = 0, *, logging: list[float]
         reward = 10.0 if rng.random() < p[chosen] else 0.0
         record = {"offer_id": offer_id, "variant": 0, "propensity": propensity,
                   "reward": reward, "variant_features": rows, "chosen": chosen,
-                  "expected_rewards": [float(x) for x in p * 10]}
+                  "expected_rewards": [float(x) for x in p * 10],
+                  "support": [a for a in range(4) if logging is None or logging[a] > 0]}
         if version is not None:
             record["policy_version"] = version
         out.append(record)

@@ -60,6 +60,7 @@ def bandit(n: int, seed: int) -> FeedbackBatch:
         propensity=np.full(n, 0.25),
         reward=reward,
         expected_reward=np.tile(P_CONVERT * VALUE, (n, 1)).astype(np.float32),
+        supported=np.ones((n, 4), dtype=np.bool_),  # uniform logging: every variant possible
     )
 
 
@@ -294,7 +295,8 @@ def test_cpu_is_picked_without_a_gpu_and_recorded(monkeypatch: pytest.MonkeyPatc
 def test_dr_objective_needs_model_predictions() -> None:
     batch = bandit(100, seed=8)
     without = FeedbackBatch(
-        batch.features, batch.valid, batch.chosen, batch.propensity, batch.reward, None
+        batch.features, batch.valid, batch.chosen, batch.propensity, batch.reward, None,
+        supported=batch.supported,
     )
     with pytest.raises(ValueError, match="expected_reward"):
         fine_tune(fresh_policy(), without, FineTuneConfig(objective="dr"))
@@ -408,7 +410,8 @@ def test_the_paired_gate_promotes_a_real_improvement_the_unpaired_comparison_mis
     b = bandit(500, seed=4)
     scale = np.random.default_rng(104).lognormal(0.0, 1.0, size=500)
     batch = FeedbackBatch(b.features, b.valid, b.chosen, b.propensity, b.reward * scale,
-                          (b.expected_reward * scale[:, None]).astype(np.float32))
+                          (b.expected_reward * scale[:, None]).astype(np.float32),
+                          supported=b.supported)
     live = fresh_policy()
     result = fine_tune(live, batch, FineTuneConfig(**{**_fields(CONFIG), "epochs": 1,
                                                       "min_steps": 0}))
