@@ -66,6 +66,7 @@ class StreamerProcess:
     """A ``streamer COMMAND`` child process in its own process group, logging to a file."""
 
     def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+        self.command = command
         self.log_path = log_path
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -74,8 +75,13 @@ class StreamerProcess:
                 start_new_session=True,
             )
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        return stop_process_group(self.proc, timeout_s)
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> str:
+        """Stop it (:func:`stop_process_group`: SIGTERM, SIGKILL after ``timeout_s``) and say
+        how it ended (:func:`stopped`), an end that came before it was asked told apart."""
+        ended_before = self.proc.poll() is not None
+        code = stop_process_group(self.proc, timeout_s)
+        return stopped(self.command, code, timeout_s, ended_before=ended_before,
+                       log=self.log_path.name)
 
 
 class WorkerProcess(StreamerProcess):
@@ -281,22 +287,34 @@ def storefront_consumed(stats: dict[str, Any], sent: dict[str, int]) -> dict[str
     return {topic: consumed.get(topic, 0.0) for topic in sorted(sent)}
 
 
-def stopped(name: str, code: int | None, timeout_s: float = STOP_TIMEOUT_S) -> str:
+def stopped(name: str, code: int | None, timeout_s: float = STOP_TIMEOUT_S, *,
+            ended_before: bool = False, log: str | None = None) -> str:
     """What the end of a child process says (:func:`stop_process_group`'s exit code): a
-    child killed after ``timeout_s`` told apart from one that stopped or crashed. (The trainer
-    abandons a running fine-tune within a step when asked to stop; killed, it was stuck.)
+    child killed after ``timeout_s`` told apart from one that stopped or crashed, and one that
+    had ended before it was asked to stop (``ended_before``) from both. (The trainer abandons a
+    running fine-tune within a step when asked to stop; killed, it was stuck. Killed before it
+    was asked, something else killed it: the kernel's out-of-memory killer, say.) ``log``:
+    its log file's name (``{name}.log`` by default).
 
     >>> stopped("worker", 0)
     'worker stopped'
     >>> stopped("trainer", -9)  # doctest: +ELLIPSIS
     'trainer killed: still running 15 s after it was asked to stop (...)'
+    >>> print(stopped("worker", -9, ended_before=True))  # doctest: +ELLIPSIS
+    worker had ended before the run did: killed by SIGKILL, not by this command (the ...
     """
+    log = f"see its log, {log or f'{name}.log'}"
+    if ended_before:
+        how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               and -code in signal.valid_signals() else f"exit code {code}")
+        by = (", not by this command (the kernel's out-of-memory killer, say)"
+              if code == -signal.SIGKILL else "")
+        return f"{name} had ended before the run did: {how}{by} ({log})"
     if code == 0:
         return f"{name} stopped"
     if code == -signal.SIGKILL:
-        return (f"{name} killed: still running {timeout_s:.0f} s after it was asked to stop "
-                f"(see its log, {name}.log)")
-    return f"{name} stopped with exit code {code} (see its log, {name}.log)"
+        return f"{name} killed: still running {timeout_s:.0f} s after it was asked to stop ({log})"
+    return f"{name} stopped with exit code {code} ({log})"
 
 
 def reward_rows(result: DemoResult) -> list[tuple[str, ...]]:
@@ -401,8 +419,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             result.offers_seen = driver.cache.book.revisions if driver.cache else 0
         finally:
             if trainer is not None:
-                console.print(stopped("trainer", trainer.stop()))
-            console.print(stopped("worker", worker.stop()))
+                console.print(trainer.stop())
+            console.print(worker.stop())
     console.print(Panel(summary(result), title="demo summary"))
     return result
 

@@ -5,6 +5,7 @@ learned version went live when none did, and how its processes stopped; and what
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from prometheus_client import generate_latest
 from streamer.app.demo import (
     Candidates,
     DemoResult,
+    StreamerProcess,
     stopped,
     summary,
     trainer_candidates,
@@ -120,6 +122,26 @@ def test_a_child_killed_at_the_end_is_told_apart_from_one_that_stopped() -> None
     assert stopped("trainer", -signal.SIGKILL) == (
         "trainer killed: still running 15 s after it was asked to stop (see its log, trainer.log)")
     assert stopped("worker", 1) == "worker stopped with exit code 1 (see its log, worker.log)"
+
+
+def test_a_child_that_ended_before_it_was_asked_to_stop_is_told_apart() -> None:
+    # A worker killed by the out-of-memory killer mid-run read "killed: still running 15 s
+    # after it was asked to stop", as if the demo had had to kill it.
+    assert stopped("worker", -signal.SIGKILL, ended_before=True) == (
+        "worker had ended before the run did: killed by SIGKILL, not by this command (the "
+        "kernel's out-of-memory killer, say) (see its log, worker.log)")
+    assert stopped("trainer", -signal.SIGSEGV, ended_before=True) == (
+        "trainer had ended before the run did: killed by SIGSEGV (see its log, trainer.log)")
+    assert stopped("worker", 1, ended_before=True) == (
+        "worker had ended before the run did: exit code 1 (see its log, worker.log)")
+
+
+def test_stopping_a_child_says_whether_it_had_already_ended(tmp_path: Path) -> None:
+    # `python -m streamer no-such-command` exits 2 at once, before anyone asks it to stop.
+    child = StreamerProcess("no-such-command", dict(os.environ), tmp_path / "child.log")
+    child.proc.wait(timeout=60)
+    assert child.stop(timeout_s=5) == (
+        "no-such-command had ended before the run did: exit code 2 (see its log, child.log)")
 
 
 def test_the_simulation_table_counts_sessions_and_says_what_its_rewards_are() -> None:
