@@ -255,6 +255,13 @@ async def fetched_end_offsets(k: KafkaSettings, reported: Mapping[TPLike, int], 
                     result[wanted[tp]] = max(result[wanted[tp]], end)
                     pending.discard(tp)
             await asyncio.sleep(0)
+        if pending:
+            # The reported ends are kept for these: recovery may stop short of their last
+            # batch (on the embedded broker), which the operator must be able to see.
+            log.warning("no fetch answered within %.0f s for %d partition(s) (%s): their "
+                        "reported end offsets are kept, and a table recovered from them may "
+                        "miss their last record batch", timeout_s, len(pending),
+                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(pending)))
     finally:
         await consumer.stop()
     return result

@@ -29,6 +29,7 @@ from streamer.app.broker import EmbeddedBroker
 from streamer.app.kafka import fetched_end_offsets
 from streamer.app.worker import ensure_topics
 from streamer.settings import Settings
+from tests.conftest import produce
 from tests.crash_harness import (
     Worker,
     compare,
@@ -89,3 +90,23 @@ def test_a_restarted_worker_recovers_every_changelog_record(
         assert diff.equal, f"recovered state differs from the reference: {diff}"
     finally:
         worker.stop()
+
+
+def test_a_partition_no_fetch_answers_for_keeps_its_reported_end_and_is_named(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    # The correction's fallback used to be silent: a recovery stopping short of a last batch
+    # left no trace. (A partition the topic does not have: no fetch ever answers for it.)
+    from aiokafka import TopicPartition
+
+    asyncio.run(ensure_topics(settings))
+    topic = settings.topics.purchases
+    produce(settings, topic, [(b"k", b"v")] * 3)
+    reported = {TopicPartition(topic, p): 1 for p in (0, 1, 99)}
+    with caplog.at_level("WARNING", logger="streamer.app.kafka"):
+        ends = asyncio.run(fetched_end_offsets(settings.kafka, reported, timeout_s=2))
+    assert ends[TopicPartition(topic, 99)] == 1  # kept as reported
+    assert all(ends[tp] >= 1 for tp in reported)  # never lower than reported
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert f"within 2 s for 1 partition(s) ({topic}[99])" in warnings[0]
+    assert "may miss their last record batch" in warnings[0]
