@@ -151,12 +151,15 @@ class TorchPolicy:
     def __init__(
         self, scorer: VariantScorer, shape: PolicyShape, *, version: str, parent: str | None
     ) -> None:
+        expected = shape.scorer()
         if (
             scorer.n_features != len(shape.feature_names)
             or scorer.hidden != shape.hidden
-            or scorer.value_prior != shape.scorer().value_prior
+            or scorer.value_prior != expected.value_prior
+            or scorer.one_hot != expected.one_hot  # else published, then refused by loaders
         ):
-            raise ValueError("scorer and shape disagree on features, hidden size or prior")
+            raise ValueError("scorer and shape disagree on features, hidden size, prior or "
+                             "discount one-hot")
         self.scorer = copy.deepcopy(scorer).to("cpu").eval().requires_grad_(False)
         self.shape = shape
         self._version = version

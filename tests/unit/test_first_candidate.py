@@ -12,6 +12,7 @@ import math
 
 import msgspec
 import numpy as np
+import pytest
 import torch
 
 from streamer.app.trainer import FeedbackTrainer
@@ -96,3 +97,13 @@ def test_a_one_hot_policy_round_trips_and_reads_the_level() -> None:
     x = torch.tensor([[0.5, 0.05], [0.5, 0.10], [0.5, 0.15]])
     assert torch.equal(loaded.scorer(x), policy.scorer(x))
     assert policy.version != TorchPolicy.initial(("score", "discount"), seed=3).version
+
+
+def test_a_scorer_and_shape_that_disagree_on_the_one_hot_are_refused() -> None:
+    # Accepted, such a policy was published and then refused by every loader (its weights'
+    # input size is not its shape's).
+    with_it = TorchPolicy.initial(("score", "discount"), discount_one_hot=True, seed=3)
+    without = TorchPolicy.initial(("score", "discount"), seed=3)
+    for scorer, shape in ((with_it.scorer, without.shape), (without.scorer, with_it.shape)):
+        with pytest.raises(ValueError, match="discount one-hot"):
+            TorchPolicy(scorer, shape, version="v", parent=None)
