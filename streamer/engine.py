@@ -1488,24 +1488,24 @@ def logged_decision(
     was an impression of -> the trainer's :class:`~streamer.policy.LoggedDecision`. Pure given
     ``conversion``'s state (it is read, not trained).
 
-    Read from the record: ``variant`` (index into ``offer.variants``), ``propensity``,
-    ``reward``, and optionally ``ts`` (event time; else the offer's) and ``segment``. When the
-    record carries the decision logged when the offer was made (``decision``: an
-    :class:`OfferDecision` or its decoded JSON, as a worker's ``FeedbackRecord`` does), or the
-    decision itself (``variant_features``, ``chosen`` and optionally ``expected_rewards`` and
-    ``support``), those are used as they are (:func:`carries_decision`); the support of a
-    decision that does not say it is the offer's variants of a positive probability, when the
-    offer is known, else unknown (``LoggedDecision.support`` None: the chosen row only).
-    Otherwise the decision is rebuilt (its support: the offer's variants of a positive
-    probability): the
-    actions are the offer's distinct bundles (evidence and co-purchase score from their
-    variants) at every ``discount_levels`` (plus the shown discount if off the grid), in the
-    order ``TorchPolicy.decide`` uses; features as the engine computes them, with ``prices``
-    (the catalogue, else :func:`offer_prices`) and ``conversion``'s propensity, which also gives
-    the direct-method ``expected_rewards``; ``segments``: the engine's configured segments
-    (``EngineConfig.segments``, for the segment slots). Raises ``ValueError`` for a record that
-    does not fit the offer. ``offer`` may be None for a record that carries its decision
-    (checked against the decision then); rebuilding one that does not needs it.
+    Read from the record: ``variant`` (index into ``offer.variants``), ``propensity``, ``reward``,
+    and optionally ``ts`` (event time; else the offer's) and ``segment``. When the record carries
+    the decision logged when the offer was made (``decision``: an :class:`OfferDecision` or its
+    decoded JSON, as a worker's ``FeedbackRecord`` does), or the decision itself
+    (``variant_features``, ``chosen`` and optionally ``expected_rewards`` and ``support``), those
+    are used as they are (:func:`carries_decision`). The support of a carried :class:`OfferDecision`
+    that does not say it (an older release's) is the offer's variants of a positive probability,
+    when the offer is known; that of flat rows without one is unknown (``LoggedDecision.support``
+    None: the chosen row only, the cautious side). Otherwise the decision is rebuilt (its support:
+    the offer's variants of a positive probability): the actions are the offer's distinct bundles
+    (evidence and co-purchase score from their variants) at every ``discount_levels`` (plus the
+    shown discount if off the grid), in the order ``TorchPolicy.decide`` uses; features as the
+    engine computes them, with ``prices`` (the catalogue, else :func:`offer_prices`) and
+    ``conversion``'s propensity, which also gives the direct-method ``expected_rewards``;
+    ``segments``: the engine's configured segments (``EngineConfig.segments``, for the segment
+    slots). Raises ``ValueError`` for a record that does not fit the offer. ``offer`` may be None
+    for a record that carries its decision (checked against the decision then); rebuilding one that
+    does not needs it.
 
     >>> from streamer.events import Evidence, Variant
     >>> ev = Evidence(support=3.0, confidence=0.5, lift=2.0)

@@ -500,11 +500,12 @@ class TrainerSettings(_Section):
         None,
         ge=0,
         le=1,
-        description="Promotion gate: share of a candidate's probability per decision on "
-        "variants the logs never tried that is valued at the live policy's own estimate "
-        "instead of unsupported_reward (its designed exploration; the excess is valued at the "
-        "worst). Unset: the candidate's floor times the variants it shows (0.08 at a floor of "
-        "0.02 and 4 variants).",
+        description="Promotion gate and fine-tune objective: share of a candidate's "
+        "probability per decision on variants the logs never tried that is valued at the live "
+        "policy's own estimate (the objective: its mean logged reward) instead of "
+        "unsupported_reward; the excess is valued at the worst. Unset: what the candidate's "
+        "floor forces there, the floor times the variants it shows beyond those the logs "
+        "tried (0 where they tried as many as it shows).",
     )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="Where to fine-tune: cuda when available (auto), else the CPU."

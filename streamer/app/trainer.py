@@ -9,8 +9,7 @@ Its own process, never a worker's event loop. Two parts:
   the worker's policy scored it when it made the offer; rebuilt from the offer, and counted,
   only for records without one), feeds the River conversion model,
   the drift monitor and :class:`~streamer.policy.PolicyTrainer`'s bounded buffer, and applies
-  the promotion gate (against the live torch version, or against the logged rewards while the
-  v0 policy is live).
+  the promotion gate (against the rewards the live version, v0 or torch, logged).
 - :func:`run_trainer`: one aiokafka consumer without a group reading every partition of
   ``offers`` (to index offers by id), ``purchases`` (list prices, as the engine's catalogue),
   ``feedback`` and ``policy-updates`` (which version is live) from the beginning. A restarted
@@ -330,19 +329,17 @@ class FeedbackTrainer:
         log.warning("fine-tune round %s", reason)
 
     def run(self, job: FineTuneJob, stop: threading.Event | None = None) -> FineTuneResult:
-        """Fine-tune and gate (blocks for seconds: call it in an executor). While v0 is live
-        the candidate is judged against the rewards v0 actually logged: on the holdout's
-        records of v0 only (after a rollback to v0 the newest are the rolled-back version's),
-        and rejected while they are fewer than a holdout of ``min_records`` would be. Raises
+        """Fine-tune and gate (blocks for seconds: call it in an executor). The candidate is
+        judged against the rewards the live version actually logged, v0 or torch: on the
+        holdout's records of the live version only (after a promotion or a rollback the
+        newest are partly another version's), and rejected while they are fewer than a
+        holdout of ``min_records`` would be (:func:`gate_against_logged`). Raises
         ``FineTuneAbandoned`` soon after ``stop`` is set (the trainer is shutting down)."""
         result = fine_tune(job.start, job.batch, self.fine_tune_config, stop=stop)
-        if not job.live_is_torch:
-            min_live = max(2, round(self.settings.min_records
-                                    * self.fine_tune_config.holdout_fraction))
-            result = gate_against_logged(result, job.batch, self.fine_tune_config,
-                                         live_version=job.live_version, min_live=min_live,
-                                         stop=stop)
-        return result
+        min_live = max(2, round(self.settings.min_records
+                                * self.fine_tune_config.holdout_fraction))
+        return gate_against_logged(result, job.batch, self.fine_tune_config,
+                                   live_version=job.live_version, min_live=min_live, stop=stop)
 
     def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> FineTuneResult:
         """Reset the triggers and remember the outcome (call on the consumer's thread); returns

@@ -24,21 +24,24 @@ over-rates where no reward ever corrected it.
 
 Promotion: the candidate's lower confidence bound must beat the live policy's point estimate,
 both on the newest feedback neither was trained on (doubly robust when the records carry model
-predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. Each
-estimate values a policy's probability on variants its records' logging policy never could
+predictions, SNIPS otherwise), and the candidate's weights and outputs must be finite. The live
+policy's estimate is the mean reward it logged on its own records in that holdout
+(:func:`gate_against_logged`: v0's or a torch version's; judged off-policy on another version's
+records, its own untried variants would be valued at the worst and a copy of it would beat it).
+Each estimate values a policy's probability on variants its records' logging policy never could
 show at ``unsupported_reward`` (the least a variant earns: :mod:`~streamer.policy.ope`), so a
-candidate is promoted only when it beats the live policy even if its untried variants earn
-the worst, except its *exploration allowance* (``exploration_allowance``: by default its
-floor on the variants it shows, what it explores by design): that much of its unsupported
+candidate is promoted only when it beats the live policy even if its untried variants earn the
+worst, except its *exploration allowance* (:func:`exploration_allowance`: by default what its
+floor forces onto untried variants, whatever it learned): that much of its unsupported
 probability per decision is valued at the live policy's own estimate on that impression
-(:func:`~streamer.policy.ope.within_allowance`). So a promoted candidate beats the live
-policy on everything the logs vouch for and risks at most its allowance of its traffic on
-variants no log tried. Its share of unsupported probability, and of it within the allowance,
-is reported (``unsupported_mass``, ``allowed_mass``). The lower bound
-is the *paired* one: the live estimate plus the lower bound of
-the candidate-minus-live difference estimated impression by impression
-(:func:`~streamer.policy.ope.paired_difference`). Both policies are judged on the same
-rewards, so the difference's interval is several times narrower than either policy's own;
+(:func:`~streamer.policy.ope.within_allowance`). So a promoted candidate beats the live policy
+on everything the logs vouch for, and its forced exploration costs at most its allowance times
+the live value. Rows at a discount the policy never serves are not credited to it
+(:func:`served_rows`). Its share of unsupported probability, and of it within the allowance, is
+reported (``unsupported_mass``, ``allowed_mass``). The lower bound is the *paired* one: the live
+estimate plus the lower bound of the candidate-minus-live difference estimated impression by
+impression (:func:`~streamer.policy.ope.paired_difference`). Both policies are judged on the
+same rewards, so the difference's interval is several times narrower than either policy's own;
 comparing the two unpaired intervals (:func:`should_promote`, kept for callers holding two
 separate estimates) rejected a candidate truly 15 % better on a holdout of a few thousand
 records.
@@ -69,7 +72,12 @@ from streamer.policy.ope import (
     snips,
     within_allowance,
 )
-from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
+from streamer.policy.torch_policy import (
+    DISCOUNT_FEATURE,
+    PolicyShape,
+    TorchPolicy,
+    version_of,
+)
 
 ObjectiveName = Literal["ips", "dr"]
 DevicePreference = Literal["auto", "cuda", "cpu"]
@@ -124,9 +132,9 @@ class FineTuneConfig:
     #: the gate's estimates and the objective: the least any variant can (0 for revenue).
     unsupported_reward: float = 0.0
     #: The share of a candidate's probability on variants the logs never tried that the gate
-    #: and the objective value at the live policy's own estimate, not the worst: its designed
-    #: exploration. None: its floor on the variants it shows (``floor x shown``, 0.08 with
-    #: the floor 0.02 and 4 variants), per decision.
+    #: and the objective value at the live policy's own estimate, not the worst: exploration
+    #: it cannot avoid. None: what its floor forces there, per decision (the floor times the
+    #: variants it shows beyond those the logs tried: :func:`exploration_allowance`).
     exploration_allowance: float | None = None
     device: DevicePreference = "auto"
     # One thread by default: on a shared 2-core host, 2 OpenMP threads made these small
@@ -180,22 +188,51 @@ class PolicyEvaluation:
         return self.estimates.get("dr", self.estimates["snips"])
 
 
-def exploration_allowance(shape: PolicyShape, valid: torch.Tensor,
+def exploration_allowance(shape: PolicyShape, valid: torch.Tensor, supported: torch.Tensor,
                           allowance: float | None) -> torch.Tensor:
     """Each decision's allowance of unsupported probability (:class:`FineTuneConfig`):
-    ``allowance``, or when None the policy's floor over the variants it shows there (the
-    most its floor puts on variants it explores by design, whatever it learned).
+    ``allowance``, or when None what the policy's floor forces onto variants the logs never
+    tried there: it shows ``min(max_variants, valid)`` variants, each at least at the floor,
+    and at most the ``supported`` ones of them were tried, so the floor puts at least
+    ``floor x (shown - supported)`` on untried ones, whatever the policy learned. Only that
+    much is excused: a policy that ranks an untried variant into its top few by choice is
+    judged on it at the worst.
 
     >>> shape = PolicyShape(("x",), floor=0.02, max_variants=4)
-    >>> exploration_allowance(shape, torch.tensor([[True] * 6, [True, False]*3]), None).tolist()
-    [0.08, 0.06]
+    >>> valid = torch.tensor([[True] * 6, [True, False] * 3, [True] * 6])
+    >>> supported = torch.tensor([[True] * 4 + [False] * 2, [True] + [False] * 5,
+    ...                           [True, False] * 3])
+    >>> [round(x, 6) for x in exploration_allowance(shape, valid, supported, None).tolist()]
+    [0.0, 0.04, 0.02]
     """
     if allowance is not None:
         return torch.full(valid.shape[:-1], allowance, dtype=torch.float64, device=valid.device)
     shown = valid.sum(-1).double()
     if shape.max_variants is not None:
         shown = shown.clamp(max=shape.max_variants)
-    return (shown * shape.floor).clamp(max=1.0)
+    tried = (supported & valid).sum(-1).double()
+    return ((shown - tried).clamp(min=0.0) * shape.floor).clamp(max=1.0)
+
+
+def served_rows(shape: PolicyShape, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``valid`` less the rows the policy would never serve: those whose discount is not one
+    of its ``discount_levels`` (``TorchPolicy.decide`` offers those only). Why: v0 at a
+    discount off that grid logs its own discount's rows beside the grid's, the only rows it
+    tried; judged and trained on them, a candidate would be credited for a discount it never
+    shows once live. Without a ``discount`` feature, ``valid`` as it is.
+
+    >>> shape = PolicyShape(("discount",), discount_levels=(0.0, 10.0))
+    >>> x = torch.tensor([[[0.0], [0.1], [0.2]]])
+    >>> served_rows(shape, x, torch.ones(1, 3, dtype=torch.bool))
+    tensor([[ True,  True, False]])
+    """
+    if DISCOUNT_FEATURE not in shape.feature_names:
+        return valid
+    i = shape.feature_names.index(DISCOUNT_FEATURE)
+    levels = torch.tensor([d / 100.0 for d in shape.discount_levels], dtype=features.dtype,
+                          device=features.device)
+    on_grid = torch.isclose(features[..., i, None], levels, atol=1e-6).any(-1)
+    return valid & on_grid
 
 
 def _target_probabilities(
@@ -225,9 +262,10 @@ def _target_probabilities(
             for start in range(0, len(batch), chunk):
                 _check_stop(stop)
                 part = batch.take(slice(start, start + chunk))
-                scores = scorer(torch.from_numpy(part.features).to(device)).double()
+                x = torch.from_numpy(part.features).to(device)
+                scores = scorer(x).double()
                 finite = finite and bool(torch.isfinite(scores).all())
-                valid = torch.from_numpy(part.valid).to(device)
+                valid = served_rows(shape, x, torch.from_numpy(part.valid).to(device))
                 probs = variant_probabilities(
                     scores,
                     valid,
@@ -242,7 +280,7 @@ def _target_probabilities(
                 off = (probs * ~supported).sum(1)
                 unsupported[start:end] = off.cpu().numpy()
                 allowed[start:end] = torch.minimum(
-                    off, exploration_allowance(shape, valid, allowance)).cpu().numpy()
+                    off, exploration_allowance(shape, valid, supported, allowance)).cpu().numpy()
                 if value is not None and part.expected_reward is not None:
                     q = torch.from_numpy(part.expected_reward).to(device).double()
                     value[start:end] = (probs * q * supported).sum(1).cpu().numpy()
@@ -488,11 +526,17 @@ def gate_against_logged(
     result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
     min_live: int = 2, stop: threading.Event | None = None,
 ) -> FineTuneResult:
-    """``result`` judged against the policy that logged ``batch`` instead of a torch policy:
-    for when the live policy is not a ``TorchPolicy`` (the v0 epsilon-greedy policy, whose
-    logs are on-policy). Its value on the same holdout ``fine_tune`` used is the mean logged
+    """``result`` judged against the rewards the live policy logged, instead of an off-policy
+    estimate of it: the v0 epsilon-greedy policy (not a ``TorchPolicy``), or a torch version
+    on its own records. Its value on the same holdout ``fine_tune`` used is the mean logged
     reward (IPS with the target's probabilities equal to the logged ones); the gate is then
     applied as usual. ``live_evaluation`` holds that on-policy estimate under every name.
+    Why for a torch version too: :func:`fine_tune` estimates both policies on the whole
+    holdout, and on records another version logged (the newest after a promotion or a
+    rollback) the live version's probability on variants those never showed is valued at
+    the worst, while the candidate's allowance is valued at that deflated estimate: a copy
+    of the live version then beat it (+0.07 per impression, promoted 5 of 5 times), and a
+    worse candidate too. On its own records the live version has no unsupported mass.
 
     Only the holdout's records ``live_version`` logged count (when the batch says who logged
     them, ``logged_by``; records naming no version then do not count), the candidate
@@ -622,9 +666,10 @@ def _train(
             r = reward[idx].to(device)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 scores = scorer(x)
+            mask = served_rows(shape, x, valid[idx].to(device))
             probs = variant_probabilities(
                 scores.float(),
-                valid[idx].to(device),
+                mask,
                 temperature=shape.temperature,
                 floor=shape.floor,
                 max_shown=shape.max_variants,
@@ -632,10 +677,9 @@ def _train(
             p_chosen = probs.gather(1, a[:, None]).squeeze(1)
             w = torch.clamp(p_chosen / p0, max=config.weight_clip)
             supported = support[idx].to(device)
-            mask = valid[idx].to(device)
             unsupported = (probs * ~supported).sum(1)
             excess = torch.relu(unsupported - exploration_allowance(
-                shape, mask, config.exploration_allowance).float())
+                shape, mask, supported, config.exploration_allowance).float())
             allowed = unsupported - excess
             if config.objective == "dr" and dm is not None:
                 q = dm[idx].to(device)
@@ -729,13 +773,16 @@ class PolicyTrainer:
         return None
 
     def fine_tune(self, live: TorchPolicy, now_s: float) -> FineTuneResult:
-        """Fine-tune ``live`` on the buffer now (blocks; see :func:`fine_tune`), reset the
-        triggers, and record the outcome's metadata in :attr:`history`. Raises
+        """Fine-tune ``live`` on the buffer now (blocks; see :func:`fine_tune`), judged against
+        the rewards ``live`` logged (:func:`gate_against_logged`), reset the triggers, and
+        record the outcome's metadata in :attr:`history`. Raises
         ``MissingFeaturesError`` (nothing trained, nothing reset) when ``live`` reads features
         the buffer does not hold."""
         records = self.buffer.total_added
         batch = self.buffer.snapshot(live.shape.feature_names)
-        result = fine_tune(live, batch, self.config)
+        result = gate_against_logged(
+            fine_tune(live, batch, self.config), batch, self.config, live_version=live.version,
+            min_live=max(2, round(self.min_records * self.config.holdout_fraction)))
         self.record(result, now_s, records_at_start=records)
         return result
 

@@ -21,6 +21,7 @@ from streamer.policy.torch_policy import PolicyShape, TorchPolicy, version_of
 from streamer.policy.training import (
     FineTuneConfig,
     PolicyEvaluation,
+    PolicyTrainer,
     _verdict,
     compare,
     evaluate_scorer,
@@ -133,9 +134,12 @@ def test_a_better_candidate_on_supported_rows_is_still_promoted() -> None:
 @pytest.mark.parametrize("objective", ["dr", "ips"])
 def test_a_candidate_better_on_the_support_exploring_within_its_allowance_is_promoted(
         objective: str) -> None:
-    # Its floor (0.1 on each of 4 variants: an allowance of 0.4) puts 0.2 on the 0 % rows v0
-    # never showed; on the rows v0 showed it earns 0.75, plus those 0.2 at v0's own 0.9 makes
-    # 0.93 > 0.9. Valued at the worst reward (0), as before the allowance, it was refused.
+    # It shows all 4 rows, v0 tried 2: its floor (0.1 a row) forces 0.2 onto the 0 % rows v0
+    # never showed, its allowance. On the rows v0 showed it earns 0.75 with its other 0.8,
+    # 0.94 per unit against v0's 0.9; those 0.2 valued at v0's own 0.9 make 0.93 > 0.9, so
+    # it is promoted. In truth it earns 0.80, its forced exploration 0.05 of it: the cost
+    # the allowance accepts (at most the allowance times the live value, README). Valued at
+    # the worst reward (0), as before the allowance, it was refused.
     logging = np.array([0.0, 0.8, 0.0, 0.2])
     candidate = policy(+300.0, -30.0, floor=0.1, max_variants=None)
     p1 = probabilities(candidate)
@@ -198,3 +202,69 @@ def test_an_equal_candidate_passes_the_gate_in_half_of_one_minus_confidence_of_r
                       for p in (candidate, live))
         promoted += compare(cand, base, confidence=0.95).lower > 0
     assert 0.015 < promoted / rounds < 0.035
+
+
+def interleaved(a: FeedbackBatch, b: FeedbackBatch) -> FeedbackBatch:
+    """``a``'s and ``b``'s records alternating (so both are in any holdout of the newest)."""
+    order = np.argsort(np.r_[np.arange(len(a)) * 2, np.arange(len(b)) * 2 + 1], kind="stable")
+    fields = {f.name: np.concatenate([getattr(a, f.name), getattr(b, f.name)])[order]
+              for f in dataclasses.fields(FeedbackBatch)}
+    return FeedbackBatch(**fields)
+
+
+def test_a_torch_live_version_is_judged_on_the_records_it_logged() -> None:
+    # After a promotion (or a rollback) the holdout also holds another version's records: on
+    # those the live version's probability on rows they never showed was valued at the worst,
+    # while the candidate's allowance was valued at that deflated estimate, so a copy of the
+    # live version beat it (promoted 5 of 5 runs in review) and so did a worse candidate.
+    live = policy(+30.0, -3.0, floor=0.02, max_variants=None)
+    p_live = probabilities(live)
+    p_live /= p_live.sum()
+    worse = policy(+30.0, -1.5, floor=0.02, max_variants=None)
+    assert probabilities(worse) @ TRUE < p_live @ TRUE and p_live[V0 == 0].sum() > 0.05
+    config = FineTuneConfig(epochs=0, device="cpu", holdout_fraction=0.5)
+    for seed in range(3):
+        own = dataclasses.replace(logs(p_live, 20_000, seed + 100),
+                                  logged_by=np.array([live.version] * 20_000, dtype=object))
+        batch = interleaved(logs(V0, 20_000, seed), own)
+        # The trainer's round (no epochs: the candidate is a copy of the live version).
+        trainer = PolicyTrainer(("discount", "is_b"), max_actions=4, min_records=100,
+                                config=config)
+        trainer.extend(batch)
+        result = trainer.fine_tune(live, now_s=0.0)
+        assert not result.promoted, result.reason
+        assert result.holdout_size == 10_000  # the live version's own records only
+        assert result.live_evaluation.unsupported_mass == 0.0
+        judged = gate_against_logged(fine_tune(worse, batch, config), batch, config,
+                                     live_version=live.version)
+        assert not judged.promoted, judged.reason
+
+
+def test_only_the_exploration_the_floor_forces_is_excused() -> None:
+    # The allowance was the floor times the variants shown (0.04 here) even where the logs
+    # had tried as many variants as the policy shows: then nothing forces it onto untried
+    # ones, and a candidate that ranks one into its top two by choice is judged on it at the
+    # worst. Where v0 tried fewer, the floor's share on the others is excused.
+    candidate = policy(+5.0, -30.0, floor=0.02, max_variants=2)  # shows A@10 and A@0
+    p1 = probabilities(candidate)
+    assert p1[0] > 0.3 and p1[2] == p1[3] == 0.0
+    tried_two = evaluate_scorer(candidate.scorer, candidate.shape, logs(V0, 2_000, 0))
+    assert tried_two.unsupported_mass == pytest.approx(p1[0], abs=1e-6)
+    assert tried_two.allowed_mass == 0.0
+    a_only = np.array([0.0, 1.0, 0.0, 0.0])  # v0 tried A@10 alone: one of the two shown
+    tried_one = evaluate_scorer(candidate.scorer, candidate.shape, logs(a_only, 2_000, 0))
+    assert tried_one.allowed_mass == pytest.approx(0.02)
+
+
+def test_rows_at_a_discount_the_policy_never_serves_are_not_credited_to_it() -> None:
+    # v0 at 20 %, off the learned policy's grid (0 and 10 % here): its logs hold its 20 % rows
+    # (the only ones it tried) beside the grid's. A candidate scoring the 20 % rows highest
+    # was judged on them, yet served it can only show 0 or 10 %: none of it tried.
+    candidate = policy(+30.0, -3.0, floor=0.02, max_variants=None)
+    batch = logs(V0, 5_000, 0)
+    off_grid = batch.features.copy()
+    off_grid[..., 0][off_grid[..., 0] > 0] = 0.2  # the 10 % rows become v0's 20 %
+    batch = dataclasses.replace(batch, features=off_grid)
+    evaluation = evaluate_scorer(candidate.scorer, candidate.shape, batch)
+    assert evaluation.unsupported_mass == pytest.approx(1.0)
+    assert evaluation.primary.value == pytest.approx(0.0)  # all of it at the worst

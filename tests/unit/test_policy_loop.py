@@ -44,6 +44,7 @@ from streamer.policy import (
     rollback_record,
 )
 from streamer.policy.checkpoint import _header_metadata, policy_from_bytes
+from streamer.policy.training import TOO_FEW_LIVE
 from streamer.rewards import ImpressionOutcome
 from streamer.settings import Settings, TrainerSettings
 from tests.conftest import random_orders
@@ -164,14 +165,14 @@ def bandit_records(n: int, offer_id: str, seed: int = 0, *, logging: list[float]
 
 
 def trainer_with_feedback(n: int = 600, *, max_variants: int | None = None,
-                          **overrides: Any) -> FeedbackTrainer:
+                          version: str | None = None, **overrides: Any) -> FeedbackTrainer:
     config = TrainerSettings(min_records=100, every_records=n, epochs=6, batch_size=64,
                              learning_rate=0.02, device="auto", **overrides)
     core = FeedbackTrainer(config, base_version="v0-greedy", max_variants=max_variants)
     engine = Engine.in_memory(CONFIG)
     offer = next(o for e in orders(50) for o in engine.handle_purchase(e))
     core.observe_offer(offer)
-    for record in bandit_records(n, offer.offer_id):
+    for record in bandit_records(n, offer.offer_id, version=version):
         assert core.observe_feedback(record)
     return core
 
@@ -501,6 +502,20 @@ def test_a_record_that_only_starts_like_a_rollback_is_refused_by_every_reader(
     assert core.observe_policy_update(record) is None
 
 
+def test_a_torch_live_version_is_judged_on_its_own_impressions_only() -> None:
+    # Judged off-policy on v0's impressions, the live version's probability on variants v0
+    # never showed was valued at the worst while the candidate's allowance was valued at that
+    # deflated estimate: candidates beat it that were no better.
+    live = torch_policy(2)
+    core = trainer_with_feedback(max_threads=1, version="v0-greedy")
+    core.observe_policy_update(policy_to_bytes(live))
+    job = core.next_job(now_s=0.0)
+    assert job is not None and job.live_version == live.version
+    result = core.run(job)
+    assert not result.promoted
+    assert result.reason.startswith(f"rejected: {TOO_FEW_LIVE} {live.version}"), result.reason
+
+
 def test_versions_are_bounded_but_keep_the_live_one() -> None:
     versions = PolicyVersions(base_version="v0", max_versions=2)
     policies = [torch_policy(k) for k in range(4)]
@@ -523,8 +538,8 @@ class SentRecords:
 
 
 def test_a_fine_tune_finishing_after_a_rollback_is_discarded_not_published() -> None:
-    core = trainer_with_feedback(max_threads=1)
     v1, v2 = torch_policy(1), torch_policy(2)
+    core = trainer_with_feedback(max_threads=1, version=v2.version)  # v2's impressions
     for record in (policy_to_bytes(v1), policy_to_bytes(v2)):
         core.observe_policy_update(record)
     job = core.next_job(now_s=0.0)
@@ -597,8 +612,8 @@ def test_the_trainer_fine_tunes_a_live_version_on_its_own_features(
 ) -> None:
     # Workers serve such a version (it reads no feature they lack), packing its features in
     # its order: the trainer must train it on the same columns, not the buffer's order.
-    core = trainer_with_feedback(max_threads=1)
     live = TorchPolicy.initial(names, seed=1)
+    core = trainer_with_feedback(max_threads=1, version=live.version)  # live's impressions
     assert core.observe_policy_update(policy_to_bytes(live)) == live.version
     job = core.next_job(now_s=0.0)
     assert job is not None and job.start.version == live.version
