@@ -125,16 +125,25 @@ DEMO_OFFERS_ENV = {
 TRAINER_METRICS_PORT = "STREAMER__TRAINER__METRICS_PORT"
 
 
+def _configured(settings: Settings, name: str) -> bool:
+    """Whether ``settings`` got the field ``STREAMER__SECTION__FIELD`` names from a source (the
+    environment, ``.env``, an argument) rather than its default."""
+    _, section, field_name = name.lower().split("__")
+    return field_name in getattr(settings, section).model_fields_set
+
+
 def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
              data_dir: Path) -> dict[str, str]:
     """The environment of the demo's (and ``streamer simulate``'s) worker and trainer: this
     broker (and the embedded broker's fetch wait, unless one is configured), app, the
     storefront's segments, seconds-long reward windows, and the trainer's and the offers' demo
-    cadence (:data:`DEMO_TRAINER_ENV`, :data:`DEMO_OFFERS_ENV`) where the environment sets
-    none."""
+    cadence (:data:`DEMO_TRAINER_ENV`, :data:`DEMO_OFFERS_ENV`) where neither the environment
+    nor the ``.env`` file ``settings`` was read from sets one (a cadence variable would
+    override the ``.env`` line the children read)."""
+    cadence = {name: value for name, value in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}.items()
+               if not _configured(settings, name)}
     return {
-        **DEMO_TRAINER_ENV,
-        **DEMO_OFFERS_ENV,
+        **cadence,
         **os.environ,
         "STREAMER__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "STREAMER__KAFKA__FETCH_MAX_WAIT_MS": str(fetch_wait_ms_for_embedded(settings.kafka)),

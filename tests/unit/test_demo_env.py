@@ -51,6 +51,23 @@ def test_a_cadence_set_in_the_environment_is_kept(
     assert env["STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S"] == "0"
 
 
+def test_a_cadence_set_in_the_env_file_is_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The children read .env too, but a variable in their environment wins over it: the
+    # demo's 0.3 overrode a user's .env line.
+    for name in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("STREAMER__OFFERS__EPSILON=0.2\n")
+    env = demo_env(Settings(), bootstrap="127.0.0.1:1", app_id="demo-x", web_port=2,
+                   data_dir=tmp_path)
+    assert "STREAMER__OFFERS__EPSILON" not in env
+    assert env["STREAMER__OFFERS__MIN_CHANGE"] == "0"  # the rest of the cadence still applies
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().offers.epsilon == 0.2  # what a child reads
+
+
 def test_workers_against_the_embedded_broker_fetch_with_its_short_wait(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's default fetch wait is Kafka's (500 ms: no latency there, no idle polling);
