@@ -75,12 +75,16 @@ class StreamerProcess:
                 start_new_session=True,
             )
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> str:
-        """Stop it (:func:`stop_process_group`: SIGTERM, SIGKILL after ``timeout_s``) and say
-        how it ended (:func:`stopped`), an end that came before it was asked told apart."""
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Stop it (:func:`stop_process_group`: SIGTERM, SIGKILL after ``timeout_s``); its exit
+        code (negative: the signal that ended it)."""
+        return stop_process_group(self.proc, timeout_s)
+
+    def stop_and_say(self, timeout_s: float = STOP_TIMEOUT_S) -> str:
+        """:meth:`stop` it and say how it ended (:func:`stopped`), an end that came before it
+        was asked told apart."""
         ended_before = self.proc.poll() is not None
-        code = stop_process_group(self.proc, timeout_s)
-        return stopped(self.command, code, timeout_s, ended_before=ended_before,
+        return stopped(self.command, self.stop(timeout_s), timeout_s, ended_before=ended_before,
                        log=self.log_path.name)
 
 
@@ -125,11 +129,12 @@ DEMO_OFFERS_ENV = {
 TRAINER_METRICS_PORT = "STREAMER__TRAINER__METRICS_PORT"
 
 
-def _configured(settings: Settings, name: str) -> bool:
-    """Whether ``settings`` got the field ``STREAMER__SECTION__FIELD`` names from a source (the
-    environment, ``.env``, an argument) rather than its default."""
-    _, section, field_name = name.lower().split("__")
-    return field_name in getattr(settings, section).model_fields_set
+def _cadence(settings: Settings, name: str, demo_value: str) -> str:
+    """The value for the field ``STREAMER__SECTION__FIELD`` names: ``settings``' own when a
+    source set it (the environment, ``.env``, code), else the demo's."""
+    _, section, field_name = name.lower().split("__", 2)
+    values = getattr(settings, section)
+    return str(getattr(values, field_name)) if field_name in values.model_fields_set else demo_value
 
 
 def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
@@ -137,14 +142,14 @@ def demo_env(settings: Settings, *, bootstrap: str, app_id: str, web_port: int,
     """The environment of the demo's (and ``streamer simulate``'s) worker and trainer: this
     broker (and the embedded broker's fetch wait, unless one is configured), app, the
     storefront's segments, seconds-long reward windows, and the trainer's and the offers' demo
-    cadence (:data:`DEMO_TRAINER_ENV`, :data:`DEMO_OFFERS_ENV`) where neither the environment
-    nor the ``.env`` file ``settings`` was read from sets one (a cadence variable would
-    override the ``.env`` line the children read)."""
-    cadence = {name: value for name, value in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}.items()
-               if not _configured(settings, name)}
+    cadence (:data:`DEMO_TRAINER_ENV`, :data:`DEMO_OFFERS_ENV`) where ``settings`` (the
+    environment, the ``.env`` file, code) set none: the children get the value either way (a
+    cadence variable overrode the ``.env`` line they read, and code reaches them only so)."""
+    cadence = {name: _cadence(settings, name, value)
+               for name, value in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}.items()}
     return {
-        **cadence,
         **os.environ,
+        **cadence,
         "STREAMER__KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "STREAMER__KAFKA__FETCH_MAX_WAIT_MS": str(fetch_wait_ms_for_embedded(settings.kafka)),
         "STREAMER__WORKER__APP_ID": app_id,
@@ -362,7 +367,7 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
         env = demo_env(settings, bootstrap=broker.bootstrap, app_id=app_id,
                        web_port=web_port, data_dir=workdir / "data")
         # The trainer's /metrics (its candidates and the gate's verdicts), for the view.
-        trainer_port = int(env.get(TRAINER_METRICS_PORT) or 0) or free_port()
+        trainer_port = settings.trainer.metrics_port or free_port()  # environment or .env
         env[TRAINER_METRICS_PORT] = str(trainer_port)
         trainer_url = f"http://127.0.0.1:{trainer_port}/metrics"
 
@@ -428,8 +433,8 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
             result.offers_seen = driver.cache.book.revisions if driver.cache else 0
         finally:
             if trainer is not None:
-                console.print(trainer.stop())
-            console.print(worker.stop())
+                console.print(trainer.stop_and_say())
+            console.print(worker.stop_and_say())
     console.print(Panel(summary(result), title="demo summary"))
     return result
 

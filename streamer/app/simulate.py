@@ -134,8 +134,8 @@ async def run_simulation(settings: Settings, *, duration_s: float, console: Cons
             report = await store.run(duration_s)
         finally:
             if trainer is not None:
-                console.print(trainer.stop())
-            console.print(worker.stop())
+                console.print(trainer.stop_and_say())
+            console.print(worker.stop_and_say())
     console.print(report_table(report))
     logs = ", ".join(sorted(p.name for p in workdir.glob("*.log")))
     console.print(f"logs: {workdir} ({logs}); the README's *How "

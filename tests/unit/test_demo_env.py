@@ -44,7 +44,7 @@ def test_a_cadence_set_in_the_environment_is_kept(
     monkeypatch.setenv("STREAMER__OFFERS__MIN_CHANGE", "0.05")
     monkeypatch.delenv("STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S", raising=False)
     env = env_for(tmp_path)
-    assert env["STREAMER__TRAINER__EVERY_S"] == "3"
+    assert float(env["STREAMER__TRAINER__EVERY_S"]) == 3.0  # as settings read it
     assert env["STREAMER__TRAINER__MIN_RECORDS"] == DEMO_TRAINER_ENV[
         "STREAMER__TRAINER__MIN_RECORDS"]
     assert env["STREAMER__OFFERS__MIN_CHANGE"] == "0.05"
@@ -61,11 +61,18 @@ def test_a_cadence_set_in_the_env_file_is_kept(
     (tmp_path / ".env").write_text("STREAMER__OFFERS__EPSILON=0.2\n")
     env = demo_env(Settings(), bootstrap="127.0.0.1:1", app_id="demo-x", web_port=2,
                    data_dir=tmp_path)
-    assert "STREAMER__OFFERS__EPSILON" not in env
+    assert env["STREAMER__OFFERS__EPSILON"] == "0.2"
     assert env["STREAMER__OFFERS__MIN_CHANGE"] == "0"  # the rest of the cadence still applies
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings().offers.epsilon == 0.2  # what a child reads
+    # Set in code: the children see it only through their environment.
+    for name in {**DEMO_TRAINER_ENV, **DEMO_OFFERS_ENV}:
+        monkeypatch.delenv(name, raising=False)
+    coded = Settings(trainer={"every_s": 5.0})
+    env = demo_env(coded, bootstrap="127.0.0.1:1", app_id="demo-x", web_port=2,
+                   data_dir=tmp_path)
+    assert env["STREAMER__TRAINER__EVERY_S"] == "5.0"
 
 
 def test_workers_against_the_embedded_broker_fetch_with_its_short_wait(

@@ -140,7 +140,7 @@ def test_stopping_a_child_says_whether_it_had_already_ended(tmp_path: Path) -> N
     # `python -m streamer no-such-command` exits 2 at once, before anyone asks it to stop.
     child = StreamerProcess("no-such-command", dict(os.environ), tmp_path / "child.log")
     child.proc.wait(timeout=60)
-    assert child.stop(timeout_s=5) == (
+    assert child.stop_and_say(timeout_s=5) == (
         "no-such-command had ended before the run did: exit code 2 (see its log, child.log)")
 
 
