@@ -68,6 +68,7 @@ from streamer.policy import (
     gate_against_logged,
 )
 from streamer.policy.feedback import MissingFeaturesError
+from streamer.policy.torch_policy import DEFAULT_DISCOUNT_LEVELS
 from streamer.policy.training import TOO_FEW_LIVE
 from streamer.rewards import REWARD_ATTRIBUTIONS, RewardAttribution
 from streamer.settings import Settings, TrainerSettings
@@ -140,7 +141,8 @@ class FeedbackTrainer:
                  segments: tuple[str, ...] = (),
                  reward_attribution: RewardAttribution = "offer",
                  max_variants: int | None = None,
-                 metrics: TrainerMetrics | None = None) -> None:
+                 metrics: TrainerMetrics | None = None,
+                 v0_discount_pct: float | None = None) -> None:
         self.settings = config
         self.metrics = metrics or TrainerMetrics()
         #: Records buffered by where their decision came from: ``logged`` (carried by the
@@ -180,7 +182,12 @@ class FeedbackTrainer:
         # on the live ones it fine-tunes and judges: what it evaluates is what they show.
         # The discount's level one-hot: without it the first candidate kept most of its
         # probability on discounts v0 never showed (VariantScorer's one_hot).
-        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed,
+        # v0's discount among its levels when off them (``v0_discount_pct``): the only rows v0
+        # tries, which a policy without that level never serves (served_rows), so nothing
+        # could ever be promoted.
+        levels = tuple(sorted({*DEFAULT_DISCOUNT_LEVELS,
+                               *(() if v0_discount_pct is None else (v0_discount_pct,))}))
+        self.initial = TorchPolicy.initial(FEATURE_NAMES, seed=config.seed, discount_levels=levels,
                                            discount_one_hot=True).capped(max_variants)
         self.versions = PolicyVersions(base_version=base_version, max_variants=max_variants)
         self.conversion = ConversionModel()
@@ -384,13 +391,15 @@ async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
 
 def trainer_core(settings: Settings, metrics: TrainerMetrics | None = None) -> FeedbackTrainer:
     """The trainer's core as ``settings`` configure it, with the workers' own settings where
-    they must agree: their segments (feature slots), the reward they learn from, and the most
-    variants an offer shows (``offers.max_variants``), so it evaluates what they serve."""
+    they must agree: their segments (feature slots), the reward they learn from, the most
+    variants an offer shows (``offers.max_variants``), so it evaluates what they serve, and
+    v0's discount (``offers.discount_pct``), among the levels its fresh policy can serve."""
     return FeedbackTrainer(settings.trainer,
                            base_version=Engine.v0_policy(EngineConfig()).version,
                            segments=settings.offers.segment_names,
                            reward_attribution=settings.policy.reward_attribution,
-                           max_variants=settings.offers.max_variants, metrics=metrics)
+                           max_variants=settings.offers.max_variants, metrics=metrics,
+                           v0_discount_pct=settings.offers.discount_pct)
 
 
 async def run_trainer(

@@ -36,15 +36,15 @@ floor forces onto untried variants, whatever it learned): that much of its unsup
 probability per decision is valued at the live policy's own estimate on that impression
 (:func:`~streamer.policy.ope.within_allowance`). So a promoted candidate beats the live policy
 on everything the logs vouch for, and its forced exploration costs at most its allowance times
-the live value. Rows at a discount the policy never serves are not credited to it
-(:func:`served_rows`). Its share of unsupported probability, and of it within the allowance, is
-reported (``unsupported_mass``, ``allowed_mass``). The lower bound is the *paired* one: the live
-estimate plus the lower bound of the candidate-minus-live difference estimated impression by
-impression (:func:`~streamer.policy.ope.paired_difference`). Both policies are judged on the
-same rewards, so the difference's interval is several times narrower than either policy's own;
-comparing the two unpaired intervals (:func:`should_promote`, kept for callers holding two
-separate estimates) rejected a candidate truly 15 % better on a holdout of a few thousand
-records.
+the live value less ``unsupported_reward``. Rows at a discount the policy never serves are not
+credited to it (:func:`served_rows`). Its share of unsupported probability, and of it within the
+allowance, is reported (``unsupported_mass``, ``allowed_mass``). The lower bound is the *paired*
+one: the live estimate plus the lower bound of the candidate-minus-live difference estimated
+impression by impression (:func:`~streamer.policy.ope.paired_difference`). Both policies are
+judged on the same rewards, so the difference's interval is several times narrower than either
+policy's own; comparing the two unpaired intervals (:func:`should_promote`, kept for callers
+holding two separate estimates) rejected a candidate truly 15 % better on a holdout of a few
+thousand records.
 """
 
 from __future__ import annotations
@@ -235,6 +235,15 @@ def served_rows(shape: PolicyShape, features: torch.Tensor, valid: torch.Tensor)
     return valid & on_grid
 
 
+def _unsupported_mass(probs: torch.Tensor, supported: torch.Tensor, logged: torch.Tensor,
+                      served: torch.Tensor) -> torch.Tensor:
+    """Each decision's probability on rows the logs never tried; all of it (1) for a decision
+    none of whose logged rows the policy would serve (it shows something else there, untried)."""
+    off = (probs * ~supported).sum(-1)
+    lost = logged.any(-1) & ~served.any(-1)
+    return torch.where(lost, torch.ones_like(off), off)
+
+
 def _target_probabilities(
     scorer: VariantScorer,
     shape: PolicyShape,
@@ -265,7 +274,8 @@ def _target_probabilities(
                 x = torch.from_numpy(part.features).to(device)
                 scores = scorer(x).double()
                 finite = finite and bool(torch.isfinite(scores).all())
-                valid = served_rows(shape, x, torch.from_numpy(part.valid).to(device))
+                logged = torch.from_numpy(part.valid).to(device)
+                valid = served_rows(shape, x, logged)
                 probs = variant_probabilities(
                     scores,
                     valid,
@@ -277,7 +287,7 @@ def _target_probabilities(
                 end = start + len(part)
                 supported = torch.from_numpy(support[start:end]).to(device)
                 p_chosen[start:end] = probs.gather(1, chosen[:, None]).squeeze(1).cpu().numpy()
-                off = (probs * ~supported).sum(1)
+                off = _unsupported_mass(probs, supported, logged, valid)
                 unsupported[start:end] = off.cpu().numpy()
                 allowed[start:end] = torch.minimum(
                     off, exploration_allowance(shape, valid, supported, allowance)).cpu().numpy()
@@ -535,7 +545,7 @@ def gate_against_logged(
     holdout, and on records another version logged (the newest after a promotion or a
     rollback) the live version's probability on variants those never showed is valued at
     the worst, while the candidate's allowance is valued at that deflated estimate: a copy
-    of the live version then beat it (+0.07 per impression, promoted 5 of 5 times), and a
+    of the live version then beat it (promoted 3 of 3 in its unit test), and a
     worse candidate too. On its own records the live version has no unsupported mass.
 
     Only the holdout's records ``live_version`` logged count (when the batch says who logged
@@ -666,7 +676,8 @@ def _train(
             r = reward[idx].to(device)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 scores = scorer(x)
-            mask = served_rows(shape, x, valid[idx].to(device))
+            logged = valid[idx].to(device)
+            mask = served_rows(shape, x, logged)
             probs = variant_probabilities(
                 scores.float(),
                 mask,
@@ -677,7 +688,7 @@ def _train(
             p_chosen = probs.gather(1, a[:, None]).squeeze(1)
             w = torch.clamp(p_chosen / p0, max=config.weight_clip)
             supported = support[idx].to(device)
-            unsupported = (probs * ~supported).sum(1)
+            unsupported = _unsupported_mass(probs, supported, logged, mask)
             excess = torch.relu(unsupported - exploration_allowance(
                 shape, mask, supported, config.exploration_allowance).float())
             allowed = unsupported - excess

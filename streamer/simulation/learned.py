@@ -269,7 +269,8 @@ class LearnedDecisions:
             decision = logged_decision(record, offer, prices=self.engine.state.catalog,
                                        conversion=self.engine.conversion,
                                        segments=self.engine.config.segments)
-            self.trainer.add(decision)
+            # Who logged it: the gate judges a candidate on the live version's own records.
+            self.trainer.add(dataclasses.replace(decision, policy_version=offer.policy_version))
             if self.engine.learn_conversion(decision.variant_features[decision.chosen],
                                             converted, outcome.clicked, reward=reward,
                                             policy_version=offer.policy_version):

@@ -138,8 +138,8 @@ def test_a_candidate_better_on_the_support_exploring_within_its_allowance_is_pro
     # never showed, its allowance. On the rows v0 showed it earns 0.75 with its other 0.8,
     # 0.94 per unit against v0's 0.9; those 0.2 valued at v0's own 0.9 make 0.93 > 0.9, so
     # it is promoted. In truth it earns 0.80, its forced exploration 0.05 of it: the cost
-    # the allowance accepts (at most the allowance times the live value, README). Valued at
-    # the worst reward (0), as before the allowance, it was refused.
+    # the allowance accepts (at most the allowance times the live value less the worst,
+    # README). Valued at the worst reward (0), as before the allowance, it was refused.
     logging = np.array([0.0, 0.8, 0.0, 0.2])
     candidate = policy(+300.0, -30.0, floor=0.1, max_variants=None)
     p1 = probabilities(candidate)
@@ -216,7 +216,8 @@ def test_a_torch_live_version_is_judged_on_the_records_it_logged() -> None:
     # After a promotion (or a rollback) the holdout also holds another version's records: on
     # those the live version's probability on rows they never showed was valued at the worst,
     # while the candidate's allowance was valued at that deflated estimate, so a copy of the
-    # live version beat it (promoted 5 of 5 runs in review) and so did a worse candidate.
+    # live version beat it (promoted 3 of 3 on these holdouts, 5 of 5 in review), and so did a
+    # worse candidate.
     live = policy(+30.0, -3.0, floor=0.02, max_variants=None)
     p_live = probabilities(live)
     p_live /= p_live.sum()
@@ -268,3 +269,18 @@ def test_rows_at_a_discount_the_policy_never_serves_are_not_credited_to_it() -> 
     evaluation = evaluate_scorer(candidate.scorer, candidate.shape, batch)
     assert evaluation.unsupported_mass == pytest.approx(1.0)
     assert evaluation.primary.value == pytest.approx(0.0)  # all of it at the worst
+
+
+def test_a_decision_the_policy_would_serve_none_of_is_all_unsupported() -> None:
+    # Every logged row at a discount off the policy's grid: it would show something else there,
+    # which no log tried. Its probabilities over the served rows are all 0, and that read as
+    # nothing unsupported (IPS and DR 0 instead of the worst, SNIPS the supported average).
+    candidate = policy(+30.0, -3.0, floor=0.02, max_variants=None)
+    batch = logs(V0, 2_000, 0)
+    off_grid = batch.features.copy()
+    off_grid[..., 0] = 0.2
+    batch = dataclasses.replace(batch, features=off_grid)
+    evaluation = evaluate_scorer(candidate.scorer, candidate.shape, batch, worst_reward=-1.0)
+    assert evaluation.unsupported_mass == pytest.approx(1.0)
+    for name, estimate in evaluation.estimates.items():
+        assert estimate.value == pytest.approx(-1.0), name
