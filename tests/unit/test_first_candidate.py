@@ -107,3 +107,14 @@ def test_a_scorer_and_shape_that_disagree_on_the_one_hot_are_refused() -> None:
     for scorer, shape in ((with_it.scorer, without.shape), (without.scorer, with_it.shape)):
         with pytest.raises(ValueError, match="discount one-hot"):
             TorchPolicy(scorer, shape, version="v", parent=None)
+
+
+def test_the_trainers_fresh_policy_can_serve_v0s_discount() -> None:
+    # v0 at 20 % logs its rows at 20 %, the only ones it tries; a policy without that level
+    # never serves them (served_rows), so none of its candidates could ever be promoted.
+    from streamer.app.trainer import trainer_core
+    from streamer.settings import Settings
+
+    assert trainer_core(Settings()).initial.shape.discount_levels == LEVELS  # names unchanged
+    off_grid = trainer_core(Settings(offers={"discount_pct": 20.0})).initial.shape
+    assert off_grid.discount_levels == (*LEVELS, 20.0) and off_grid.discount_one_hot

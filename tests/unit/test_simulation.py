@@ -409,6 +409,9 @@ def test_the_learned_loop_logs_decisions_as_served(catalogue: Catalogue,
                                       max_shown=shape.max_variants).numpy()
     p_chosen = probs[np.arange(len(batch)), batch.chosen]
     np.testing.assert_allclose(p_chosen, batch.propensity, rtol=1e-4)
+    # ... and by whom: the gate judges candidates on the live version's own records (with
+    # no version named, on every version's rewards mixed).
+    assert batch.logged_by is not None and set(batch.logged_by) == {learned.live.version}
     # Offers for every segment were shown, each with its own slot set.
     segments = batch.features[np.arange(len(batch)), batch.chosen][:, -5:-1]
     assert set(map(tuple, segments.tolist())) >= {(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0)}
