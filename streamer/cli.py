@@ -45,7 +45,7 @@ console = Console(stderr=False)
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 180.0,
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 240.0,
     rate: Annotated[float | None, typer.Option(help="Simulated shopper sessions per second.")]
     = None,
     live: Annotated[bool, typer.Option(help="Show the live terminal view.")] = True,
@@ -302,7 +302,7 @@ def evaluate(
 
 @app.command()
 def simulate(
-    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 180.0,
+    duration: Annotated[float, typer.Option(help="Seconds of simulated traffic.")] = 240.0,
     rate: Annotated[float | None, typer.Option(help="Simulated sessions per second.")] = None,
     trainer: Annotated[bool, typer.Option(help="Also run the trainer.")] = True,
 ) -> None:

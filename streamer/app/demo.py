@@ -116,8 +116,8 @@ DEMO_TRAINER_ENV = {
 #: judges a candidate only on what v0's logs can vouch for, so its paired interval narrows with
 #: v0's probability of the variants the candidate prefers. At 0.1 (0.025 for each variant v0
 #: does not favour) one 600 s ``streamer simulate`` promoted at ~290 s and another never; at 0.3
-#: a 300 s one promoted at 84 s, and 180 s demos at ~100 s and ~168 s (README, "What the
-#: gate vouches for").
+#: a 300 s one promoted at 84 s, and 180 s demos at ~100, ~168 and ~178 s, hence demos of 240 s
+#: (README, "What the gate vouches for").
 DEMO_OFFERS_ENV = {
     "STREAMER__OFFERS__MAX_RECHECK_INTERVAL_S": "0",
     "STREAMER__OFFERS__MIN_CHANGE": "0",
