@@ -109,6 +109,7 @@ from streamer.policy import (
     LoggedDecision,
     Policy,
     Proposal,
+    action_rows,
     decision_actions,
     featurize,
 )
@@ -990,7 +991,7 @@ class Engine:
             levels = list(DISCOUNT_LEVELS)
             levels += sorted({p.discount_pct for p in proposals} - set(levels))
             actions = decision_actions(candidates, levels)
-            index = {(tuple(c.items), d): i for i, (c, d) in enumerate(actions)}
+            index = action_rows(actions)
             rows = featurize(featurizer, actions)
             shown = [index[(tuple(p.candidate.items), p.discount_pct)] for p in proposals]
         model = self.conversion
@@ -1569,8 +1570,8 @@ def logged_decision(
     if shown.discount_pct not in levels:
         levels.append(shown.discount_pct)
     actions = decision_actions(bundles.values(), [float(d) for d in levels])
-    chosen = actions.index((bundles[tuple(shown.items)], shown.discount_pct))
-    rows_of = {(tuple(c.items), d): i for i, (c, d) in enumerate(actions)}
+    rows_of = action_rows(actions)
+    chosen = rows_of[(tuple(shown.items), float(shown.discount_pct))]
     keys = [(tuple(v.items), v.discount_pct) for v in offer.variants if v.probability > 0]
     support = sorted({rows_of[k] for k in keys if k in rows_of})
     ts = fields.ts or offer.ts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from msgspec import Struct
 
@@ -79,6 +79,17 @@ def decision_actions(candidates: Iterable[R], levels: Iterable[float]) -> list[t
     levels = tuple(levels)
     ordered = sorted(candidates, key=lambda c: (-c.score, tuple(c.items)))
     return [(c, d) for c in ordered for d in levels]
+
+
+def action_rows(actions: Iterable[tuple[Any, float]]) -> dict[tuple[tuple[str, ...], float], int]:
+    """The row of each action of :func:`decision_actions`, by its bundle's items and discount:
+    how a logged or rebuilt decision finds the rows of the variants an offer shows.
+
+    >>> from types import SimpleNamespace as C
+    >>> action_rows([(C(items=["x", "b"]), 0.0), (C(items=["x", "b"]), 10.0)])
+    {(('x', 'b'), 0.0): 0, (('x', 'b'), 10.0): 1}
+    """
+    return {(tuple(c.items), d): i for i, (c, d) in enumerate(actions)}
 
 
 class Proposal(Struct, frozen=True):
