@@ -2,7 +2,7 @@
 
 Worker A's interpreter imports a ``sitecustomize`` (the test's, as in ``test_agent_crash``)
 that makes ``Engine.learn_baskets`` hold the event loop, as CPU-bound work on a huge batch
-would, from the first call after the test creates a file until it creates another.
+would, from the first call after the test creates a file until the test writes to a FIFO.
 
 Against the embedded broker a stalled batch alone loses A nothing: A's consumer thread keeps
 heartbeating, and Tansu holds the rebalance B's join starts until A rejoins (B's joins time out
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.integration
 
 SLOW_BATCH = '''
 import os
-import time
+import select
 
 import streamer.engine
 
@@ -58,15 +58,31 @@ _learn_baskets = streamer.engine.Engine.learn_baskets
 
 def learn_baskets(self, baskets):
     if os.path.exists({stall!r}) and not os.path.exists({stalled!r}):
+        # The slow batch: the event loop is held, as by CPU-bound work, until the test writes
+        # to the release FIFO (or 120 s pass). Opened before "stalled" is created, so the
+        # test's write always finds this reader.
+        release = os.open({release!r}, os.O_RDONLY | os.O_NONBLOCK)
         open({stalled!r}, "w").close()
-        deadline = time.monotonic() + 120
-        while not os.path.exists({release!r}) and time.monotonic() < deadline:
-            time.sleep(0.05)  # the slow batch: the event loop is held, as by CPU-bound work
+        select.select([release], [], [], 120)
+        os.close(release)
     return _learn_baskets(self, baskets)
 
 
 streamer.engine.Engine.learn_baskets = learn_baskets
 '''
+
+
+def release_stall(fifo: Path) -> None:
+    """End A's held batch: write to the FIFO its hook waits on (nothing, when no one waits)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader, A never stalled (or already went on)
+        return
+    try:
+        os.write(fd, b"go")
+    finally:
+        os.close(fd)
+
 
 def split(a: Worker, b: Worker, partitions: int) -> bool:
     """Whether ``a`` and ``b`` both own partitions, each partition exactly one of them."""
@@ -87,6 +103,7 @@ def test_a_worker_stalled_in_a_batch_through_a_rebalance_loses_and_doubles_nothi
     settings = fresh_settings(broker.bootstrap, tmp_path, partitions=4)
     asyncio.run(ensure_topics(settings))
     stall, stalled, release = (tmp_path / name for name in ("stall", "stalled", "release"))
+    os.mkfifo(release)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
@@ -115,7 +132,7 @@ def test_a_worker_stalled_in_a_batch_through_a_rebalance_loses_and_doubles_nothi
                  timeout_s, "B to own every partition while A is stalled")
         wait_settled(settings, [b], timeout_s)
         os.killpg(a.process.proc.pid, signal.SIGCONT)
-        release.touch()  # A's batch ends: A finds itself dropped, writes nothing and stops
+        release_stall(release)  # A's batch ends: A finds itself dropped, writes nothing, stops
         # Stopping, A may still rejoin and get partitions for a moment: its log tells first.
         wait_for(lambda: dropped(a) or split(a, b, settings.topics.partitions), timeout_s,
                  "A to find itself dropped, or to rejoin")
@@ -138,7 +155,7 @@ def test_a_worker_stalled_in_a_batch_through_a_rebalance_loses_and_doubles_nothi
         assert ledger.equal, ledger.line()
         assert stopped, "A went on after the group dropped it"
     finally:
-        release.touch()
+        release_stall(release)
         a.stop()
         if b is not None:
             b.stop()
