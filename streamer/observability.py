@@ -290,7 +290,9 @@ class TrainerMetrics(Metrics):
             "streamer_trainer_skips",
             "Fine-tune rounds the trainer ended without a candidate, per reason (features: "
             "skipped, the live version reads features its feedback buffer does not hold; "
-            "shutdown: abandoned mid-fine-tune because the trainer was asked to stop).",
+            "too_few_live: skipped, the holdout would hold too few records the live version "
+            "logged to judge a candidate; shutdown: abandoned mid-fine-tune because the "
+            "trainer was asked to stop).",
             ["reason"],
             registry=self.registry,
         )

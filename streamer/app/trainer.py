@@ -69,7 +69,7 @@ from streamer.policy import (
 )
 from streamer.policy.feedback import MissingFeaturesError
 from streamer.policy.torch_policy import DEFAULT_DISCOUNT_LEVELS
-from streamer.policy.training import TOO_FEW_LIVE
+from streamer.policy.training import TOO_FEW_LIVE, too_few_live
 from streamer.rewards import REWARD_ATTRIBUTIONS, RewardAttribution
 from streamer.settings import Settings, TrainerSettings
 
@@ -302,11 +302,14 @@ class FeedbackTrainer:
     def next_job(self, now_s: float) -> FineTuneJob | None:
         """A fine-tune to run now, or None when none is due, or when this round is skipped:
         the live version reads features the buffer does not hold (a version published by a
-        trainer of another release, during a rolling upgrade). Then nothing can train or
-        judge it: the round is logged once, counted (``streamer_trainer_skips{reason=
-        "features"}``) and kept in the history, and the next waits for the next trigger. The
-        buffer's columns are taken in the live version's order: one that reads the same
-        features in another order, or fewer of them, is fine-tuned on its own columns."""
+        trainer of another release, during a rolling upgrade: nothing can train or judge
+        it), or the holdout would hold too few records the live version logged to judge a
+        candidate against (:func:`~streamer.policy.training.too_few_live`: for a while after
+        each promotion or rollback). A skipped round is logged once, counted
+        (``streamer_trainer_skips{reason="features"|"too_few_live"}``) and kept in the
+        history, and the next waits for the next trigger. The buffer's columns are taken in
+        the live version's order: one that reads the same features in another order, or
+        fewer of them, is fine-tuned on its own columns."""
         reason = self.trainer.due(now_s)
         if reason is None:
             return None
@@ -315,7 +318,17 @@ class FeedbackTrainer:
         try:
             batch = self.trainer.buffer.snapshot(start.shape.feature_names)
         except MissingFeaturesError as e:
-            self._skip_round(now_s, e)
+            self._skip_round(now_s, f"live version {self.versions.live_version} reads "
+                             f"features the feedback buffer does not hold "
+                             f"({', '.join(e.missing[:10])}); a trainer of the release that "
+                             "published it can fine-tune it", "features")
+            return None
+        # Before training, not after: a candidate its holdout cannot judge would be turned
+        # down unjudged (gate_against_logged), its fine-tune's CPU spent for nothing.
+        why = too_few_live(batch, self.fine_tune_config, live_version=self.versions.live_version,
+                           min_live=self.min_live)
+        if why is not None:
+            self._skip_round(now_s, why, "too_few_live", level=logging.INFO)
             return None
         return FineTuneJob(
             start=start,
@@ -326,14 +339,18 @@ class FeedbackTrainer:
             reason=reason,
         )
 
-    def _skip_round(self, now_s: float, error: MissingFeaturesError) -> None:
-        live = self.versions.live_version
-        reason = (f"skipped: live version {live} reads features the feedback buffer does not "
-                  f"hold ({', '.join(error.missing[:10])}); a trainer of the release that "
-                  "published it can fine-tune it")
-        self.trainer.skip(now_s, live_version=live, reason=reason)
-        self.metrics.trainer_skips.labels("features").inc()
-        log.warning("fine-tune round %s", reason)
+    def _skip_round(self, now_s: float, why: str, label: str,
+                    level: int = logging.WARNING) -> None:
+        reason = f"skipped: {why}"
+        self.trainer.skip(now_s, live_version=self.versions.live_version, reason=reason)
+        self.metrics.trainer_skips.labels(label).inc()
+        log.log(level, "fine-tune round %s", reason)
+
+    @property
+    def min_live(self) -> int:
+        """The fewest records of the live version a holdout must hold to judge a candidate:
+        as many as a holdout of ``min_records`` would be."""
+        return max(2, round(self.settings.min_records * self.fine_tune_config.holdout_fraction))
 
     def run(self, job: FineTuneJob, stop: threading.Event | None = None) -> FineTuneResult:
         """Fine-tune and gate (blocks for seconds: call it in an executor). The candidate is
@@ -343,10 +360,9 @@ class FeedbackTrainer:
         holdout of ``min_records`` would be (:func:`gate_against_logged`). Raises
         ``FineTuneAbandoned`` soon after ``stop`` is set (the trainer is shutting down)."""
         result = fine_tune(job.start, job.batch, self.fine_tune_config, stop=stop)
-        min_live = max(2, round(self.settings.min_records
-                                * self.fine_tune_config.holdout_fraction))
         return gate_against_logged(result, job.batch, self.fine_tune_config,
-                                   live_version=job.live_version, min_live=min_live, stop=stop)
+                                   live_version=job.live_version, min_live=self.min_live,
+                                   stop=stop)
 
     def finish(self, job: FineTuneJob, result: FineTuneResult, now_s: float) -> FineTuneResult:
         """Reset the triggers and remember the outcome (call on the consumer's thread); returns

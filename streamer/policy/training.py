@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from streamer.policy.checkpoint import policy_to_bytes, weights_are_finite
-from streamer.policy.feedback import FeedbackBatch, FeedbackBuffer, LoggedDecision
+from streamer.policy.feedback import FeedbackBatch, FeedbackBuffer, IntArray, LoggedDecision
 from streamer.policy.network import VariantScorer, variant_probabilities
 from streamer.policy.ope import (
     Estimate,
@@ -532,6 +532,34 @@ def fine_tune(
 TOO_FEW_LIVE = "too few records logged by"
 
 
+def live_holdout_rows(holdout: FeedbackBatch, live_version: str) -> IntArray | None:
+    """The rows of ``holdout`` that ``live_version`` logged, the ones a candidate is judged
+    on (:func:`gate_against_logged`); None when no record says who logged it (a batch built
+    without versions): then nothing tells them apart and every row counts."""
+    if holdout.logged_by is None or all(v is None for v in holdout.logged_by):
+        return None
+    return np.flatnonzero(holdout.logged_by == live_version)
+
+
+def too_few_live(batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
+                 min_live: int) -> str | None:
+    """Why a candidate fine-tuned on ``batch`` could not be judged, or None: its holdout
+    holds fewer than ``min_live`` (at least 2) records ``live_version`` logged. Cheap (no
+    features touched): the trainer asks before fine-tuning, so a round after a promotion or
+    a rollback does not train a candidate only for :func:`gate_against_logged` to turn it
+    down unjudged."""
+    _, holdout = batch.split(config.holdout_fraction)
+    rows = live_holdout_rows(holdout, live_version)
+    return None if rows is None else _too_few(rows, len(holdout), live_version, min_live)
+
+
+def _too_few(rows: IntArray, holdout_size: int, live_version: str, min_live: int) -> str | None:
+    if len(rows) >= max(2, min_live):
+        return None
+    return (f"{TOO_FEW_LIVE} {live_version} in the holdout ({len(rows)} of {holdout_size}, "
+            f"at least {max(2, min_live)} needed)")
+
+
 def gate_against_logged(
     result: FineTuneResult, batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
     min_live: int = 2, stop: threading.Event | None = None,
@@ -568,19 +596,16 @@ def gate_against_logged(
         live_version=live_version,
     )
     candidate_eval = result.candidate_evaluation
-    # Records that do not say who logged them (a batch built without versions) leave the
-    # holdout as it is: nothing tells them apart.
-    if holdout.logged_by is not None and any(v is not None for v in holdout.logged_by):
-        live_only = np.flatnonzero(holdout.logged_by == live_version)
-        if len(live_only) < max(2, min_live):
+    live_only = live_holdout_rows(holdout, live_version)
+    if live_only is not None:
+        if (why := _too_few(live_only, len(holdout), live_version, min_live)) is not None:
             nan = math.nan
             missing = {name: Estimate(e.estimator, nan, nan, nan, nan, config.confidence, 0, 0.0)
                        for name, e in candidate_eval.estimates.items()}
             return dataclasses.replace(
                 judged, promoted=False, difference=None, holdout_size=len(live_only),
                 live_evaluation=PolicyEvaluation(estimates=missing, outputs_finite=True),
-                reason=(f"rejected: {TOO_FEW_LIVE} {live_version} in the holdout "
-                        f"({len(live_only)} of {len(holdout)}, at least {min_live} needed)"))
+                reason=f"rejected: {why}")
         if len(live_only) < len(holdout):
             holdout = holdout.take(live_only)
             candidate_eval = evaluate_scorer(candidate.scorer, candidate.shape, holdout,

@@ -22,6 +22,7 @@ from streamer.app.policy_updates import PolicyFollower
 from streamer.app.reward_tracking import FeedbackRecord
 from streamer.app.trainer import (
     FeedbackTrainer,
+    FineTuneJob,
     _abandon,
     _dispatch,
     _publish,
@@ -175,6 +176,14 @@ def trainer_with_feedback(n: int = 600, *, max_variants: int | None = None,
     for record in bandit_records(n, offer.offer_id, version=version):
         assert core.observe_feedback(record)
     return core
+
+
+def logged_by(core: FeedbackTrainer, version: str, n: int = 200, seed: int = 7) -> None:
+    """``n`` more records of the bandit, logged by ``version``: the newest a holdout judges
+    it on."""
+    offer_id = next(iter(core.offers))
+    for record in bandit_records(n, offer_id, seed, version=version):
+        assert core.observe_feedback(record)
 
 
 def test_trainer_picks_the_cpu_without_a_gpu_and_records_it(
@@ -509,11 +518,19 @@ def test_a_torch_live_version_is_judged_on_its_own_impressions_only() -> None:
     live = torch_policy(2)
     core = trainer_with_feedback(max_threads=1, version="v0-greedy")
     core.observe_policy_update(policy_to_bytes(live))
-    job = core.next_job(now_s=0.0)
+    assert core.next_job(now_s=0.0) is None  # none of its own yet: skipped, nothing trained
+    assert core.trainer.history[-1]["reason"].startswith(
+        f"skipped: {TOO_FEW_LIVE} {live.version} in the holdout (0 of 120")
+    # Once it logged some, the candidate is judged on those only.
+    logged_by(core, live.version, n=100)
+    core.trainer.request_fine_tune("test")
+    job = core.next_job(now_s=1.0)
     assert job is not None and job.live_version == live.version
     result = core.run(job)
-    assert not result.promoted
-    assert result.reason.startswith(f"rejected: {TOO_FEW_LIVE} {live.version}"), result.reason
+    live_rewards = [r for r, v in zip(job.batch.reward, job.batch.logged_by, strict=True)
+                    if v == live.version]
+    assert result.holdout_size == 100 == len(live_rewards)  # the newest 140: 100 of its own
+    assert result.live_evaluation.primary.value == pytest.approx(np.mean(live_rewards))
 
 
 def test_versions_are_bounded_but_keep_the_live_one() -> None:
@@ -677,6 +694,7 @@ def test_a_promoted_versions_parent_is_the_version_it_replaced_on_the_topic() ->
     # With a torch version live, it is both the parent and where the weights started.
     core.observe_policy_update(first.checkpoint())
     core.finish(job, first, now_s=1.0)
+    logged_by(core, first.candidate.version)
     core.trainer.request_fine_tune("test")
     second_job = core.next_job(now_s=2.0)
     assert second_job is not None and second_job.live_version == first.candidate.version
@@ -696,12 +714,22 @@ def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> 
     v0 = bandit_records(480, "o", 1, logging=[0.25] * 4, version="v0-greedy")
     bad = bandit_records(120, "o", 2, logging=[0.85, 0.05, 0.05, 0.05],
                          version="torch-bad")
-    # The newest fifth (the holdout) all logged by the version rolled back from: no v0 value.
+    # The newest fifth (the holdout) all logged by the version rolled back from: no v0 value,
+    # so nothing to judge a candidate against, and the round is skipped before training.
     core = trainer(v0 + bad)
     assert core.versions.live_version == "v0-greedy"
-    job = core.next_job(now_s=0.0)
-    assert job is not None
-    result = core.run(job)
+    assert core.next_job(now_s=0.0) is None
+    assert core.next_job(now_s=0.1) is None  # not due again at once: the round was closed
+    skipped = core.trainer.history[-1]
+    assert skipped["skipped"] and not skipped["promoted"] and skipped["version"] is None
+    assert skipped["reason"] == (f"skipped: {TOO_FEW_LIVE} v0-greedy in the holdout (0 of "
+                                 "120, at least 20 needed)")
+    assert core.metrics.snapshot()["streamer_trainer_skips_total"] == {"too_few_live": 1.0}
+    # The gate itself refuses such a candidate too, unjudged (a caller that trains anyway).
+    batch = core.trainer.buffer.snapshot(core.initial.shape.feature_names)
+    result = core.run(FineTuneJob(start=core.initial, live_version="v0-greedy",
+                                  live_is_torch=False, batch=batch,
+                                  records_at_start=len(batch), reason="test"))
     assert not result.promoted and "too few records logged by v0-greedy" in result.reason
     assert rejection_label(result) == "too_few_live" and result.holdout_size == 0
     # Some of the holdout logged by v0: its value is their mean reward, not the holdout's.
@@ -734,6 +762,7 @@ def test_the_trainer_creates_judges_and_publishes_policies_within_offers_max_var
     assert earlier.shape.max_variants == 8
     core.observe_policy_update(policy_to_bytes(earlier))
     core.finish(job, first, now_s=1.0)
+    logged_by(core, earlier.version)
     core.trainer.request_fine_tune("test")
     second = core.next_job(now_s=2.0)
     assert second is not None and second.live_version == earlier.version
