@@ -56,6 +56,8 @@ class DemoResult:
     reward: str = "revenue"
     #: Where the broker's, the worker's and the trainer's logs are.
     workdir: Path | None = None
+    #: Seconds of simulated traffic the run was asked for.
+    duration_s: float = 240.0
 
 
 #: Seconds a child process has to stop after SIGTERM before it is killed.
@@ -253,6 +255,9 @@ class Candidates:
     rejected: int
     #: The last one's paired lower bound of reward per impression minus the live policy's.
     margin: float
+    #: Rounds that trained no candidate, as too few impressions of the live version had
+    #: closed yet to judge one against (after a promotion).
+    skipped: int = 0
 
 
 def trainer_candidates(stats: dict[str, Any]) -> Candidates:
@@ -260,12 +265,14 @@ def trainer_candidates(stats: dict[str, Any]) -> Candidates:
     return Candidates(
         promoted=int(stats.get("streamer_trainer_promotions_total", 0)),
         rejected=int(sum(_by_topic(stats, "streamer_trainer_rejections_total").values())),
-        margin=float(stats.get("streamer_trainer_gate_margin", 0.0)))
+        margin=float(stats.get("streamer_trainer_gate_margin", 0.0)),
+        skipped=int(_by_topic(stats, "streamer_trainer_skips_total").get("too_few_live", 0)))
 
 
-def trainer_lines(stats: dict[str, Any], adopted: int) -> list[str]:
+def trainer_lines(stats: dict[str, Any], adopted: int, duration_s: float = 240.0) -> list[str]:
     """The summary's lines on the trainer (none without its metrics): its candidates, and
-    why no learned version went live when none did."""
+    why no learned version went live when none did (``duration_s``: the run's, to suggest
+    a longer one)."""
     if not stats:
         return []
     judged = trainer_candidates(stats)
@@ -275,7 +282,12 @@ def trainer_lines(stats: dict[str, Any], adopted: int) -> list[str]:
     if n:
         line += (f" (the last one's margin at the gate: {judged.margin:+.3f} reward per "
                  "impression; promoted above 0)")
+    if judged.skipped:
+        line += (f"; {judged.skipped:,} round{'s' * (judged.skipped != 1)} skipped before "
+                 "training (too few impressions of the live version yet to judge a candidate "
+                 "against)")
     lines = [line]
+    longer = f"--duration {2 * duration_s:.0f}"
     if adopted:
         return lines
     if judged.promoted:
@@ -285,11 +297,11 @@ def trainer_lines(stats: dict[str, Any], adopted: int) -> list[str]:
         lines.append("no learned version went live: the gate promotes a candidate once the "
                      "paired lower bound of its reward per impression beats the live "
                      "policy's, and each fine-tune has more closed impressions to learn and "
-                     "be judged on; a longer run (--duration 180) gives it more")
+                     f"be judged on; a longer run ({longer}) gives it more")
     else:
         lines.append("no learned version yet: the trainer had not judged a candidate (it "
                      "fine-tunes once enough impressions have closed); a longer run "
-                     "(--duration 180) gets there")
+                     f"({longer}) gets there")
     return lines
 
 
@@ -360,7 +372,7 @@ async def run_demo(settings: Settings, *, duration_s: float, console: Console,
     (``streamer trainer``, at the demo's cadence: :data:`DEMO_TRAINER_ENV`) the workers adopt
     the torch versions it promotes, and the reward table shows them beside v0."""
     workdir = Path(tempfile.mkdtemp(prefix="streamer-demo-"))
-    result = DemoResult(reward=settings.rewards.reward, workdir=workdir)
+    result = DemoResult(reward=settings.rewards.reward, workdir=workdir, duration_s=duration_s)
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         web_port = free_port()
         app_id = f"streamer-demo-{os.getpid()}"
@@ -464,7 +476,7 @@ def summary(result: DemoResult) -> str:
     adopted = adopted_versions(s)
     lines.append(f"policy versions adopted: {len(adopted)}"
                  + (f" ({', '.join(adopted)})" if adopted else ""))
-    lines += trainer_lines(result.trainer_stats, len(adopted))
+    lines += trainer_lines(result.trainer_stats, len(adopted), result.duration_s)
     lines.append(f"worker ready after: {result.worker_ready_s:.1f} s")
     if result.workdir is not None:
         logs = ", ".join(sorted(p.name for p in result.workdir.glob("*.log")))

@@ -26,10 +26,13 @@ from streamer.simulation import SimulationReport
 
 
 def trainer_metrics(promoted: int = 0, rejected: int = 0, margin: float | None = None,
-                    ) -> dict[str, object]:
+                    skipped: int = 0) -> dict[str, object]:
     """A trainer's metrics as the demo reads them: its /metrics page, parsed."""
     m = TrainerMetrics()
     m.trainer_promotions.inc(promoted)
+    if skipped:
+        m.trainer_skips.labels("too_few_live").inc(skipped)
+        m.trainer_skips.labels("shutdown").inc()  # not a round the summary speaks of
     if rejected:
         m.trainer_rejections.labels("gate").inc(rejected - 1)
         m.trainer_rejections.labels("non_finite").inc()
@@ -41,6 +44,7 @@ def trainer_metrics(promoted: int = 0, rejected: int = 0, margin: float | None =
 def test_the_trainers_metrics_page_reads_as_its_candidates() -> None:
     assert trainer_candidates(trainer_metrics(1, 3, -0.45)) == Candidates(1, 3, -0.45)
     assert trainer_candidates(trainer_metrics()) == Candidates(0, 0, 0.0)
+    assert trainer_candidates(trainer_metrics(skipped=2)) == Candidates(0, 0, 0.0, skipped=2)
 
 
 def test_rejected_candidates_and_nothing_live_say_why_and_what_to_do() -> None:
@@ -48,7 +52,17 @@ def test_rejected_candidates_and_nothing_live_say_why_and_what_to_do() -> None:
     assert lines[0] == ("trainer candidates: 4 judged, 0 promoted, 4 rejected (the last one's "
                         "margin at the gate: -0.450 reward per impression; promoted above 0)")
     assert lines[1].startswith("no learned version went live: the gate promotes")
-    assert "--duration 180" in lines[1] and len(lines) == 2
+    assert "(--duration 480)" in lines[1] and len(lines) == 2  # twice the default run's
+    assert "(--duration 180)" in trainer_lines(trainer_metrics(rejected=1), 0, 90.0)[1]
+
+
+def test_rounds_skipped_after_a_promotion_are_told_apart_from_judged_ones() -> None:
+    lines = trainer_lines(trainer_metrics(promoted=1, rejected=1, margin=0.5, skipped=3),
+                          adopted=1)
+    assert lines == [
+        "trainer candidates: 2 judged, 1 promoted, 1 rejected (the last one's margin at the "
+        "gate: +0.500 reward per impression; promoted above 0); 3 rounds skipped before "
+        "training (too few impressions of the live version yet to judge a candidate against)"]
 
 
 def test_a_promotion_not_adopted_yet_is_told_apart() -> None:
