@@ -33,7 +33,7 @@ import base64
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -93,6 +93,11 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+#: A message's key is kept up to this many bytes in its dead letter (as the letter's own key
+#: and in ``key_b64``): the broker takes keys up to its message size, and a letter carrying a
+#: 450 KB key twice (once base64) outgrew the producer's request size, so the agent raised on
+#: the letter meant to set that message aside, on every restart.
+_DEAD_LETTER_KEY_LIMIT = 1024
 #: faust's stream buffer size unless set (4,096): the events an agent's stream holds.
 STREAM_BUFFER_DEFAULT: int = (
     FaustSettings.stream_buffer_maxsize.default)  # type: ignore[attr-defined]
@@ -203,6 +208,8 @@ class StreamerApp:
     buffer: WriteBuffer
     #: Guards the agents: a crash stops the worker (streamer.app.crashes).
     crashes: AgentCrashes
+    #: ``await dead_letter(message, error)``: sets a message aside on ``dead-letters``.
+    dead_letter: Callable[[Any, InvalidEvent], Awaitable[None]]
     ready: bool = False
 
 
@@ -351,12 +358,18 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     encode = msgspec.json.Encoder().encode
 
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
+        """Set ``message`` aside on ``dead-letters`` with ``error``'s reason, durable before
+        the next offset commit (a letter lost in flight would leave no trace of the message
+        once its offset is committed)."""
         value = bytes(message.value or b"")
         reason = error.reason[:900]
         if len(value) > _DEAD_LETTER_VALUE_LIMIT:
             reason += f" (value truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
             value = value[:_DEAD_LETTER_VALUE_LIMIT]
-        key = message.key
+        key = bytes(message.key) if message.key else None
+        if key is not None and len(key) > _DEAD_LETTER_KEY_LIMIT:
+            reason += f" (key truncated to {_DEAD_LETTER_KEY_LIMIT} of {len(key)} bytes)"
+            key = key[:_DEAD_LETTER_KEY_LIMIT]
         letter = DeadLetter(
             ts=int(time.time() * 1000),
             source_topic=message.topic,
@@ -365,12 +378,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             kind=error.kind,
             reason=reason,
             value_b64=base64.b64encode(value).decode(),
-            key_b64=base64.b64encode(bytes(key)).decode() if key else None,
+            key_b64=base64.b64encode(key).decode() if key else None,
         )
         metrics.dead_letters.labels(message.topic, error.kind).inc()
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
                     message.offset, reason)
-        await dead_letters_topic.send(key=key, value=encode(letter))
+        buffer.defer(await dead_letters_topic.send(key=key, value=encode(letter)))
 
     def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
                          decision: OfferDecision | None) -> None:
@@ -411,7 +424,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                                       guard=crashes.guard,
                                       after_tick=reprice if price_check_s else None)
     sa = StreamerApp(app, settings, engine, click_dedup, metrics, codec, rewards, buffer,
-                     crashes)
+                     crashes, dead_letter)
     install_policy_follower(sa)  # hot-swaps engine.policy on policy-updates
     install_state_pages(sa)  # /state/items/: the co-purchase state dump the crash tests read
 

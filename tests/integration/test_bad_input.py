@@ -127,6 +127,26 @@ def test_fuzzed_messages_are_dead_lettered_and_good_ones_processed(
     assert item_view(worker, "i")["count"] == 0  # no bad purchase of it was learned
 
 
+def test_a_bad_message_with_a_huge_key_is_dead_lettered_with_its_key_cut(
+    settings: Settings, start_worker: Any
+) -> None:
+    # The broker takes keys up to its message size; a letter carrying a 450 KB key twice
+    # (as its own key and base64) outgrew the producer's request size, and the agent raised
+    # on it, on every restart (the fixture fails the test on an agent crash).
+    worker = start_worker()
+    key = b"k" * 450_000
+    good = purchase(0, ["tea", "cup"], ts=int(time.time() * 1000))
+    produce(settings, settings.topics.purchases,
+            [(key, b"not json"), (good.session_id.encode(), msgspec.json.encode(good))])
+    [record] = consume(settings, settings.topics.dead_letters, lambda rs: len(rs) >= 1,
+                       timeout_s=60)
+    letter = msgspec.json.decode(record.value, type=DeadLetter)
+    assert letter.kind == "not_json" and "(key truncated to 1024 of 450000 bytes)" in letter.reason
+    assert record.key == base64.b64decode(letter.key_b64 or "") == key[:1024]
+    wait_for(lambda: item_view(worker, "tea")["count"] > 0.99, 30, "the good purchase learned")
+    assert worker.process.proc.poll() is None
+
+
 def test_stray_messages_on_internal_topics_are_dead_lettered(
     settings: Settings, start_worker: Any
 ) -> None:

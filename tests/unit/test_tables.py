@@ -607,3 +607,39 @@ def test_a_value_that_does_not_decode_for_any_reason_reads_as_absent(
         value_type: Any, bad: bytes) -> None:
     table = EncodedTable({"k": bad}, value_type)
     assert table.get("k") is None and table.undecodable == 1
+
+
+def test_a_dead_letter_is_durable_before_the_next_offset_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A dead letter is the only trace of its message once that message's offset is
+    committed: the commit waits for its delivery, and fails when it failed."""
+    from types import SimpleNamespace
+
+    from streamer.app.factory import create_app
+    from streamer.events import InvalidEvent
+    from streamer.settings import Settings
+
+    sa = create_app(Settings(worker={"app_id": "dead-letter-durable"}))
+    sent: list[dict[str, Any]] = []
+
+    async def send(self: Any, **kw: Any) -> asyncio.Future[Any]:
+        sent.append({"topic": self.get_topic_name(), **kw})
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("the broker refused the letter"))
+        return future
+
+    monkeypatch.setattr(faust.topics.Topic, "send", send)
+    message = SimpleNamespace(topic="clicks", partition=0, offset=7, key=b"k" * 5000,
+                              value=b"not json")
+
+    async def run() -> None:
+        await sa.dead_letter(message, InvalidEvent("not_json", "JSON is malformed"))
+        with pytest.raises(RuntimeError, match="refused the letter"):
+            await sa.buffer.write()
+
+    asyncio.run(run())
+    [letter] = sent
+    assert letter["topic"] == sa.settings.topics.dead_letters
+    assert letter["key"] == b"k" * 1024  # cut: a letter stays far below a request's size
+    assert b"(key truncated to 1024 of 5000 bytes)" in letter["value"]
