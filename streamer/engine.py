@@ -68,7 +68,7 @@ import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import msgspec
 
@@ -84,6 +84,7 @@ from streamer.copurchase import (
 from streamer.events import BundleOffer, ClickEvent, InvalidEvent, PurchaseEvent, internal_decoder
 from streamer.events.candidates import BundleCandidate
 from streamer.events.dedup import Deduplicator, SeenId
+from streamer.events.models import MAX_PRICE, TimestampMs
 from streamer.offers import (
     MATERIAL_SHIFT,
     OfferBuilder,
@@ -123,20 +124,28 @@ _Plan = tuple[tuple[int, int] | None, list[BundleOffer | None], list[BundleCandi
               dict[str, float]]
 
 
+_BasketPrice = Annotated[float, msgspec.Meta(ge=-1.0, le=MAX_PRICE)]
+
+
 class ItemBasket(msgspec.Struct, array_like=True, frozen=True):
     """One anchor's view of an order: the internal message of the repartition on item.
 
     ``anchor`` is :data:`~streamer.copurchase.TOTAL_KEY` for the one message per order that
-    counts orders (the denominator of support and lift).
+    counts orders (the denominator of support and lift). Its numbers are bounded as the events
+    they come from are (a weight in (0, 1], prices -1 or a list price, an event time): a
+    basket another writer got wrong (a stray producer, a worker of another version) is
+    dead-lettered on decoding, not learned (a weight of 0 raised in the middle of learning and
+    stopped the agent; a price of 1e308 was published in offers).
     """
 
     anchor: str
     partners: list[str]
-    ts: int
+    ts: TimestampMs
     event_id: str
-    price: float = -1.0  # the anchor's unit price; negative: not a list price, do not learn it
-    weight: float = 1.0
-    partner_prices: list[float] = []  # aligned with partners, same convention as ``price``
+    #: The anchor's unit price; negative (-1): not a list price, do not learn it.
+    price: _BasketPrice = -1.0
+    weight: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    partner_prices: list[_BasketPrice] = []  # aligned with partners, as ``price``
     #: Where the purchase was read: its ``purchases`` partition and offset (-1: unknown, e.g. a
     #: replay in process; then only the event-id check guards against counting it twice). For
     #: a session's co-view or co-cart (:meth:`Engine.session_baskets`), ``clicks`` partition

@@ -64,6 +64,7 @@ from streamer.events import BundleOffer, InvalidEvent, RewardWindow, internal_de
 from streamer.events.dedup import SeenId
 from streamer.observability import Metrics
 from streamer.rewards import ImpressionOutcome, SessionState, WindowAggregate, WindowSpec
+from streamer.rewards.attribution import check_outcome
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -261,19 +262,24 @@ def install_reward_tracking(
                 partition, tracker.event_time(partition, wall_ms=tick.wall_ms, now_ms=now_ms))
             buffer.defer(*sent)  # durable before the next offset commit
 
+    # An outcome's times are those of events the worker accepted: at most this far ahead.
+    outcome_ahead_ms = round(settings.worker.max_event_ahead_s * 1000)
+
     @app.agent(outcomes_topic, name="reward-ledger")
     @guarded("reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
+            wall_ms = int(time.time() * 1000)
             try:
                 outcome = _decode_outcome(event.value)
+                check_outcome(outcome, now_ms=wall_ms, max_ahead_ms=outcome_ahead_ms)
             except InvalidEvent as e:
                 await rejected(event, e)
                 continue
             with buffer.holding() as hold:
                 buffer.partition = event.message.partition
                 windows = tracker.record(outcome, partition=event.message.partition,
-                                         wall_ms=int(time.time() * 1000))
+                                         wall_ms=wall_ms)
                 if windows:
                     hold.hold()
                 await publish_windows(windows)

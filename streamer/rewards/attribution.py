@@ -105,7 +105,16 @@ from typing import Literal, TypeAlias
 
 from msgspec import Struct
 
-from streamer.events.models import BundleOffer, ClickEvent, OrderLine, PurchaseEvent
+from streamer.events.codec import InvalidEvent, check_not_ahead
+from streamer.events.models import (
+    MAX_ORDER_LINES,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    BundleOffer,
+    ClickEvent,
+    OrderLine,
+    PurchaseEvent,
+)
 
 OfferLookup: TypeAlias = Mapping[str, BundleOffer] | Callable[[str], BundleOffer | None]
 RewardKind = Literal["revenue", "margin"]
@@ -273,6 +282,47 @@ class ImpressionOutcome(Struct, frozen=True, kw_only=True):
     attribution: Attribution = "none"
     direct_revenue: float = 0.0
     direct_reward: float = 0.0
+
+
+#: The most one order can be worth (every line at the largest quantity and price): an outcome
+#: is bounded by a few orders' worth.
+MAX_ORDER_VALUE = MAX_ORDER_LINES * MAX_QUANTITY * MAX_PRICE
+MAX_OUTCOME_VALUE = 10 * MAX_ORDER_VALUE
+
+
+def check_outcome(outcome: ImpressionOutcome, *, now_ms: int, max_ahead_ms: int | None) -> None:
+    """Refuse (:class:`~streamer.events.InvalidEvent`, kind ``semantic``) an outcome no
+    attribution could have written: its rewards and revenues not finite or beyond a few
+    orders' worth, its propensity outside (0, 1], or its times more than ``max_ahead_ms``
+    after ``now_ms`` (None: not judged). Outcomes travel on an internal topic, decoded by type
+    only; one of 1e308 made every later window of its version unpublishable, and one stamped
+    decades ahead moved the ledger's clock there, so that every later outcome was too late.
+
+    >>> o = ImpressionOutcome(impression_id="i", ts=0, session_id="s", user_id="u",
+    ...     offer_id="o", variant=0, propensity=1.0, policy_version="v", anchor_item_id="a",
+    ...     segment="all", items=("a", "b"), discount_pct=0.0, clicked=False, converted=True,
+    ...     revenue=1e308, reward=30.0, purchase_ids=("p",), attributed_at=0, late=False)
+    >>> check_outcome(o, now_ms=0, max_ahead_ms=None)
+    Traceback (most recent call last):
+    ...
+    streamer.events.codec.InvalidEvent: semantic: outcome revenue 1e+308 is not within [0, 2e+14]
+    """
+    for name in ("revenue", "direct_revenue"):
+        value = getattr(outcome, name)
+        if not 0.0 <= value <= MAX_OUTCOME_VALUE:
+            raise InvalidEvent("semantic", f"outcome {name} {value:.6g} is not within "
+                                           f"[0, {MAX_OUTCOME_VALUE:.6g}]")
+    for name in ("reward", "direct_reward"):
+        value = getattr(outcome, name)
+        if not -MAX_OUTCOME_VALUE <= value <= MAX_OUTCOME_VALUE:
+            raise InvalidEvent("semantic", f"outcome {name} {value:.6g} is not within "
+                                           f"[-{MAX_OUTCOME_VALUE:.6g}, {MAX_OUTCOME_VALUE:.6g}]")
+    if not 0.0 < outcome.propensity <= 1.0:
+        raise InvalidEvent("semantic", f"outcome propensity {outcome.propensity:.6g} is not "
+                                       "within (0, 1]")
+    if max_ahead_ms is not None:
+        check_not_ahead(max(outcome.ts, outcome.attributed_at), now_ms=now_ms,
+                        max_ahead_ms=max_ahead_ms)
 
 
 def learning_reward(outcome: ImpressionOutcome, mode: RewardAttribution) -> tuple[float, bool]:

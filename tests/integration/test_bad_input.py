@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from streamer.events import DeadLetter
+from streamer.rewards import ImpressionOutcome
 from streamer.settings import Settings
 from tests.conftest import consume, item_view, produce, settings_env, wait_for
 from tests.integration.test_pipeline import purchase
@@ -159,16 +160,35 @@ def test_stray_messages_on_internal_topics_are_dead_lettered(
     for topic in internal:
         produce(settings, topic, [(b"k", b"not json"), (b"k", b'{"unexpected": 1}'),
                                   (b"k", None)])
-    good = purchase(0, ["tea", "cup"], ts=int(time.time() * 1000))
+    # Item baskets of the right shape but out of bounds: a weight of 0 raised in the middle of
+    # learning (the agent stopped), a price of 1e308 reached published offers.
+    now = int(time.time() * 1000)
+    produce(settings, internal[0], [
+        (b"k", msgspec.json.encode([["tea", ["cup"], now, "e-w", 2.0, 0.0]])),
+        (b"k", msgspec.json.encode([["tea", ["cup"], now, "e-p", 1e308, 1.0]]))])
+    # Outcomes of the right shape no attribution writes: one of 1e308 made every later window
+    # of its version unpublishable, one stamped in 2099 moved the ledger's clock there.
+    outcome = ImpressionOutcome(
+        impression_id="i", ts=now, session_id="s", user_id="u", offer_id="o", variant=0,
+        propensity=0.5, policy_version="v0-greedy", anchor_item_id="tea", segment="all",
+        items=("tea", "cup"), discount_pct=10.0, clicked=True, converted=True, revenue=20.0,
+        reward=20.0, purchase_ids=("p",), attributed_at=now, late=False)
+    produce(settings, internal[2], [
+        (b"k", msgspec.json.encode(msgspec.structs.replace(outcome, revenue=1e308))),
+        (b"k", msgspec.json.encode(msgspec.structs.replace(outcome, ts=4_070_908_800_000)))])
+    good = purchase(0, ["tea", "cup"], ts=now)
     produce(settings, settings.topics.purchases,
             [(good.session_id.encode(), msgspec.json.encode(good))])
-    records = consume(settings, settings.topics.dead_letters, lambda rs: len(rs) >= 9,
+    records = consume(settings, settings.topics.dead_letters, lambda rs: len(rs) >= 13,
                       timeout_s=60)
     letters = [msgspec.json.decode(r.value, type=DeadLetter) for r in records]
-    assert sorted(d.source_topic for d in letters) == sorted(internal * 3)
-    # Garbage and a null value are not_json, a wrong document is schema, on every topic.
+    assert sorted(d.source_topic for d in letters) == sorted(
+        internal * 3 + internal[:1] * 2 + internal[2:] * 2)
+    # Garbage and a null value are not_json, a wrong document is schema, on every topic;
+    # out-of-bounds baskets are schema, impossible outcomes semantic.
     assert sorted((d.source_topic, d.kind) for d in letters) == sorted(
-        (topic, kind) for topic in internal for kind in ("not_json", "not_json", "schema"))
+        [(topic, kind) for topic in internal for kind in ("not_json", "not_json", "schema")]
+        + [(internal[0], "schema")] * 2 + [(internal[2], "semantic")] * 2)
     assert all(d.reason for d in letters)
     wait_for(lambda: item_view(worker, "tea")["count"] > 0.99, 30, "the good purchase learned")
 
