@@ -365,6 +365,12 @@ class WriteBuffer:
             # changes another writer may have flushed into the outbox meanwhile.
             while self._holds:
                 await asyncio.wait(list(self._holds))
+            # A delivery known to have failed stops the write before it sends anything more:
+            # sent anyway, the records of state learned after the failure (an item basket's
+            # source offset, say) would become durable past the events whose messages were
+            # lost, and those events, delivered again after the restart, would be taken as
+            # learned already.
+            self._inflight = self._undelivered_raised()
             records, self._outbox = self._outbox, []
             if records and self.sender is not None:
                 try:
@@ -376,13 +382,7 @@ class WriteBuffer:
                     # a changelog keeps each key's last value.
                     self._outbox[:0] = records
                     raise
-            pending = []
-            for future in self._inflight:
-                if not future.done():
-                    pending.append(future)
-                else:
-                    _raise_undelivered(future)  # no commit may pass it
-            self._inflight = pending
+            self._inflight = pending = self._undelivered_raised()
         waiting = [*pending, *map(asyncio.ensure_future, also)]
         if waiting:
             # Not gather: cancelling this write would cancel the futures it gathers (aiokafka
@@ -392,6 +392,17 @@ class WriteBuffer:
             for future in waiting:
                 _raise_undelivered(future)
         return n
+
+    def _undelivered_raised(self) -> list[Any]:
+        """The deliveries still pending; raises the error of one that failed (no commit may
+        pass it)."""
+        pending = []
+        for future in self._inflight:
+            if not future.done():
+                pending.append(future)
+            else:
+                _raise_undelivered(future)
+        return pending
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[Hold]:

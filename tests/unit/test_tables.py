@@ -378,6 +378,26 @@ def test_deferred_messages_are_waited_for_by_the_next_write_and_a_failed_one_fai
     asyncio.run(run())
 
 
+def test_a_write_after_a_failed_delivery_sends_nothing_more() -> None:
+    # An item-baskets message lost (purchases 10-14), the next batch's baskets learned (15-19):
+    # their records carry the purchases partition's offset mark 19, and sent, would make the
+    # lost purchases read as learned already when they are delivered again after the restart.
+    async def run() -> None:
+        sender = FakeSender()
+        buffer = WriteBuffer(sender)  # type: ignore[arg-type]
+        table = buffer.table(ChangelogTable(), float)
+        lost = asyncio.get_running_loop().create_future()
+        lost.set_exception(ConnectionError("basket batch expired"))
+        buffer.defer(lost)
+        table["tea"] = 19.0  # learned after the lost message
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await buffer.write()
+        assert sender.sent == []
+
+    asyncio.run(run())
+
+
 class FailingOnceSender(FakeSender):
     """A FakeSender whose first send fails: it raises (aiokafka's add_batch timing out, a
     closed producer) or, with ``cancelled``, waits until the write sending is cancelled."""
