@@ -378,12 +378,17 @@ class RewardTracker:
         return part.attributor.advance()
 
     # -- the ledger (outcomes agent, partition = the policy version's) ---------------------
-    def record(self, outcome: ImpressionOutcome, *, partition: int,
-               wall_ms: int) -> list[RewardWindow]:
-        """Count one closed impression (once by impression id); return closed windows."""
+    def record(self, outcome: ImpressionOutcome, *, partition: int, wall_ms: int,
+               offset: int = -1) -> list[RewardWindow]:
+        """Count one closed impression (once by impression id) read at ``offset`` of
+        ``partition`` (-1: unknown); return closed windows. The same message read again (a
+        redelivery after a crash: same id, same offset) is let through the id check and
+        recognised by each window's own mark (:class:`~streamer.rewards.RewardLedger`): the
+        ids and the windows are two tables, and either's changes may have reached its
+        changelog without the other's."""
         part = self._partition(partition, wall_ms)
         if not self.outcome_dedup.first_time(outcome.impression_id, ts_ms=outcome.ts,
-                                             partition=partition):
+                                             partition=partition, offset=offset):
             self.metrics.duplicates.labels("reward-outcomes").inc()
             return []
         version = outcome.policy_version
@@ -400,7 +405,7 @@ class RewardTracker:
             gain.inc(outcome.reward)
         else:
             loss.inc(-outcome.reward)
-        if not part.ledger.add(outcome):
+        if not part.ledger.add(outcome, offset):
             m.late_events.labels("ledger", "missed_window").inc()
         part.ledger_clock.seen(outcome.ts, wall_ms)
         return self._published(part.ledger.advance())

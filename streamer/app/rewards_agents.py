@@ -279,7 +279,7 @@ def install_reward_tracking(
             with buffer.holding() as hold:
                 buffer.partition = event.message.partition
                 windows = tracker.record(outcome, partition=event.message.partition,
-                                         wall_ms=wall_ms)
+                                         wall_ms=wall_ms, offset=event.message.offset)
                 if windows:
                     hold.hold()
                 await publish_windows(windows)

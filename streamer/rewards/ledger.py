@@ -32,7 +32,12 @@ Contract
   ``watermarks`` keeps the clock (key ``"max_record_ts"``); make it changelog-backed so a
   restarted worker does not reopen windows it already emitted.
 - The ledger trusts each impression to arrive once (the attributor emits one record per
-  impression); it keeps no per-impression ids, which would grow with traffic.
+  impression); it keeps no per-impression ids, which would grow with traffic. The same record
+  read again (a redelivery after a crash) is recognised by its ``offset`` in the ledger's input
+  partition, when given: each window keeps the highest offset it counted (``applied_to``), and
+  records arrive in offset order, so a window holding an offset at or past a record's has
+  counted it. The window itself carries the mark, in the same changelog record as its counts:
+  a mark kept elsewhere (another table) could land without them, or they without it.
 
 >>> from streamer.rewards.attribution import ImpressionOutcome
 >>> def rec(ts, reward):
@@ -111,16 +116,20 @@ class WindowAggregate(Struct, frozen=True, kw_only=True):
     rewards: RewardMoments = RewardMoments()
     direct_conversions: int = 0
     direct_revenue: float = 0.0
+    #: The highest offset of the ledger's input partition counted here (-1: none known).
+    applied_to: int = -1
 
     @property
     def end(self) -> int:
         """Exclusive end of the window."""
         return self.start + self.size_ms
 
-    def add(self, outcome: ImpressionOutcome) -> WindowAggregate:
-        """A new aggregate with one more impression outcome."""
+    def add(self, outcome: ImpressionOutcome, offset: int = -1) -> WindowAggregate:
+        """A new aggregate with one more impression outcome (read at ``offset``, -1:
+        unknown)."""
         return msgspec.structs.replace(
             self,
+            applied_to=max(self.applied_to, offset),
             impressions=self.impressions + 1,
             offer_clicks=self.offer_clicks + outcome.clicked,
             conversions=self.conversions + outcome.converted,
@@ -206,8 +215,11 @@ class RewardLedger:
             math.ceil((s.size_ms + self.allowed_lateness_ms) / s.step_ms) + 1 for s in self.specs
         )
 
-    def add(self, outcome: ImpressionOutcome) -> bool:
-        """Count one impression outcome; False when it was late for some window (counted)."""
+    def add(self, outcome: ImpressionOutcome, offset: int = -1) -> bool:
+        """Count one impression outcome, read at ``offset`` of the ledger's input partition
+        (-1: unknown; then always counted); False when it was late for some window
+        (counted). A window that counted that offset already (a redelivery) is left as it
+        is."""
         if outcome.policy_version is None:
             self.counts["unversioned"] += 1
             return False
@@ -234,7 +246,8 @@ class RewardLedger:
                         anchor_item_id=group[1],
                         segment=group[2],
                     )
-                    self._windows[key] = agg.add(outcome)
+                    if offset < 0 or agg.applied_to < offset:
+                        self._windows[key] = agg.add(outcome, offset)
                 if self._next_end is not None:
                     self._next_end = min(self._next_end, end)
         m = self._clock.get(WATERMARK_KEY)

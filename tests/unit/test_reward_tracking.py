@@ -4,6 +4,7 @@ partitions, outcomes count once, the board's guardrails, the dashboard data and 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import pytest
 
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.offer_index import OfferIndex
@@ -69,6 +71,28 @@ def test_a_redelivered_outcome_counts_once_and_windows_expire() -> None:
     assert [(w.policy_version, w.impressions) for w in closed] == [("v1", 1)]
     assert t.open_state() == (0, 0)
     assert t.metrics.reward_impressions.labels("v1")._value.get() == 1
+
+
+@pytest.mark.parametrize("landed", [{0, 1}, {0, 1, 3}, {3}, set()])
+def test_an_outcome_read_again_after_a_crash_counts_once_whatever_part_of_its_state_landed(
+    landed: set[int],
+) -> None:
+    """The worker died mid write-back, its outcome's offset uncommitted: some of the tables'
+    changelog records had reached the broker (``landed``: indexes of the tracker's tables,
+    1 the windows, 3 the ids seen), the others not. The outcome read again counts once."""
+    t, tables = tracker()
+    for i in range(2):
+        t.observe(imp(f"i{i}", f"s{i}"), partition=0, wall_ms=0)
+    first, second = t.tick(0, wall_ms=1_000)[0]
+    t.record(first, partition=3, wall_ms=1_000, offset=10)  # committed
+    before = [copy.deepcopy(table) for table in tables]
+    t.record(second, partition=3, wall_ms=1_000, offset=11)  # flushed, not committed
+    recovered = [copy.deepcopy(tables[i] if i in landed else before[i]) for i in range(4)]
+    again = RewardTracker(*recovered, offers={"o1": make_offer("o1", "v1")}, config=t.config,
+                          metrics=Metrics())
+    assert again.record(second, partition=3, wall_ms=1_000, offset=11) == []
+    _, closed = again.tick(3, wall_ms=20_000)
+    assert [(w.policy_version, w.impressions) for w in closed] == [("v1", 2)]
 
 
 def test_a_negative_reward_is_counted_as_a_loss_not_clipped() -> None:
