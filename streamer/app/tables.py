@@ -508,7 +508,7 @@ class BufferedTable(EncodedTable[V]):
     (1, ['tea'], 2.5)
     """
 
-    __slots__ = ("_buffer", "_dirty", "_key_bytes")
+    __slots__ = ("_buffer", "_dirty", "_key_bytes", "_key_partition")
 
     #: Serialized changelog keys kept for reuse (cleared when full).
     KEY_CACHE_SIZE = 1 << 16
@@ -521,6 +521,14 @@ class BufferedTable(EncodedTable[V]):
         # Changelog key bytes by key: faust's serialization (a JSON string through its codec
         # registry for str keys) cost more than encoding the values, and hot keys recur.
         self._key_bytes: dict[Any, bytes] = {}
+        # faust's memory store forgets, once a rebalance's recovery completes, the keys of
+        # partitions this worker no longer holds, but knows the partition only of keys it
+        # recovered: keys written since stayed in memory (each rebalance kept another
+        # worker's share), and came back if their partition did after their tombstones were
+        # compacted away. Each flush tells it where its keys went.
+        store = getattr(raw, "data", None)
+        self._key_partition: dict[Any, int] | None = (
+            getattr(store, "_key_partition", None) if hasattr(raw, "send_changelog") else None)
 
     def __getitem__(self, key: str) -> V:
         pending = self._dirty.get(key)
@@ -618,14 +626,19 @@ class BufferedTable(EncodedTable[V]):
                 keys.clear()
             outbox = buffer._outbox
         encode, cache, sent = self._encode, self._cache, buffer._inflight
+        key_partition = self._key_partition
         try:
             for key, (partition, value) in dirty.items():
                 data = None if value is _DELETED else encode(value)
                 cache.pop(key, None)
                 if data is None:
                     store.pop(key, None)
+                    if key_partition is not None:
+                        key_partition.pop(key, None)
                 else:
                     store[key] = data
+                    if key_partition is not None:
+                        key_partition[key] = partition
                     self._remember(key, data, value)
                 if outbox is not None:
                     if json_keys and type(key) is str:

@@ -663,3 +663,29 @@ def test_a_dead_letter_is_durable_before_the_next_offset_commit(
     assert letter["topic"] == sa.settings.topics.dead_letters
     assert letter["key"] == b"k" * 1024  # cut: a letter stays far below a request's size
     assert b"(key truncated to 1024 of 5000 bytes)" in letter["value"]
+
+
+def test_keys_written_live_are_forgotten_with_their_partition_after_a_rebalance() -> None:
+    """faust's memory store drops, once a rebalance's recovery completes, the keys of the
+    partitions this worker no longer holds: the keys a flush wrote too, not only the ones
+    recovery read (those written live stayed: another worker's share kept in memory, and
+    come back as they were if their partition did after their tombstones were compacted)."""
+    from faust.types import TP
+
+    app = faust.App("tables-purge", broker="kafka://127.0.0.1:9", store="memory://")
+    table = app.Table("sessions", key_type=str, value_type=bytes, partitions=4)
+    buffer = WriteBuffer(FakeSender())  # type: ignore[arg-type]
+    view = buffer.table(table, float)
+    for partition, key in enumerate(["a", "b", "c"]):
+        buffer.partition = partition
+        view[key] = float(partition)
+    buffer.partition = 2
+    del view["c"]
+
+    async def run() -> None:
+        await buffer.write()
+        topic = table.changelog_topic.get_topic_name()
+        await table.data.on_recovery_completed({TP(topic, 1), TP(topic, 3)}, set())
+
+    asyncio.run(run())
+    assert sorted(store_of(table)) == ["b"] and view.get("a") is None and view["b"] == 1.0
