@@ -1302,6 +1302,11 @@ class DecisionLog:
     living a day, the successor rule keeps ~35 minutes of revisions instead of a day's. A
     :class:`DecisionSink`. Not thread-safe.
 
+    That clock only moves forward, so a decision added with the reader's wall clock
+    (``wall_ms``) is skipped and counted in :attr:`ahead` when stamped more than
+    ``max_ahead_ms`` after it: one decision stamped in 2099 on the decisions topic would
+    otherwise have evicted every decision held and each later one as it came.
+
     >>> from types import SimpleNamespace as C
     >>> def decision(oid, ts, anchor="a"):
     ...     offer = C(offer_id=oid, ts=ts, expires_at=ts + 1_000, policy_version="v",
@@ -1319,13 +1324,20 @@ class DecisionLog:
     ['o4', 'o5']
     >>> log.add(decision("o6", 2_062, "e")); log.add(decision("o7", 2_063, "f")); log.ids()
     ['o5', 'o6', 'o7']
+    >>> guarded = DecisionLog(retention_ms=500, max_ahead_ms=1_000)
+    >>> guarded.add(decision("o8", 4_070_000_000_000), wall_ms=1_700_000_000_000)
+    >>> guarded.ahead, len(guarded), guarded.clock_ms
+    (1, 0, None)
     """
 
-    def __init__(self, *, retention_ms: int, capacity: int = 1_000_000) -> None:
+    def __init__(self, *, retention_ms: int, capacity: int = 1_000_000,
+                 max_ahead_ms: int | None = None) -> None:
         if retention_ms < 0 or capacity <= 0:
             raise ValueError("need retention_ms >= 0 and capacity > 0")
         self.retention_ms = retention_ms
         self.capacity = capacity
+        self.max_ahead_ms = max_ahead_ms
+        self.ahead = 0  # decisions skipped: stamped more than max_ahead_ms after wall_ms
         # Held encoded, as on the decisions topic (encode_decision: ~3 KB for a typical
         # 12-row decision, against ~9 KB as decoded tuples of Python floats), decoded by get()
         # once per closing impression: a worker reading the topic (add_encoded) decodes only
@@ -1337,18 +1349,24 @@ class DecisionLog:
         self.clock_ms: int | None = None
         self.evicted = 0
 
-    def add(self, decision: OfferDecision) -> None:
-        """Keep ``decision`` (idempotent by offer_id) and drop what is no longer needed."""
-        self._keep(decision, encode_decision(decision))
+    def add(self, decision: OfferDecision, *, wall_ms: int | None = None) -> None:
+        """Keep ``decision`` (idempotent by offer_id) and drop what is no longer needed;
+        skipped when stamped more than ``max_ahead_ms`` after ``wall_ms`` (given)."""
+        self._keep(decision, encode_decision(decision), wall_ms)
 
-    def add_encoded(self, value: bytes) -> None:
+    def add_encoded(self, value: bytes, *, wall_ms: int | None = None) -> None:
         """:meth:`add` for an encoded decision (a message of the decisions topic:
         :data:`encode_decision`'s, or JSON from a worker of an earlier version), decoding only
         its header. Raises :class:`~streamer.events.InvalidEvent` when it is not one."""
         decode = _decode_header_json if _is_json(value) else _decode_header
-        self._keep(decode(value), value)
+        self._keep(decode(value), value, wall_ms)
 
-    def _keep(self, decision: OfferDecision | DecisionHeader, encoded: bytes) -> None:
+    def _keep(self, decision: OfferDecision | DecisionHeader, encoded: bytes,
+              wall_ms: int | None) -> None:
+        if (wall_ms is not None and self.max_ahead_ms is not None
+                and decision.ts - wall_ms > self.max_ahead_ms):
+            self.ahead += 1
+            return
         oid = decision.offer_id
         if oid not in self._decisions:
             self._set_end(oid, decision.expires_at + self.retention_ms)

@@ -34,20 +34,32 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     """How to reach Kafka. Security settings pass through to faust and aiokafka unchanged."""
 
+    # An error about this section (its security settings are checked together) would otherwise
+    # show the section's input, the SASL password included.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol."
+        "PLAINTEXT", description="Kafka security protocol. The SASL_* settings are for "
+        "SASL_PLAINTEXT and SASL_SSL only, the SSL_* ones for SSL and SASL_SSL only: set with "
+        "another protocol, they are refused at start-up, not ignored."
     )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="SASL mechanism when the protocol is SASL_*."
+        None, description="SASL mechanism when the protocol is SASL_* (PLAIN when unset)."
     )
-    sasl_username: str | None = Field(None, description="SASL user name.")
-    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    sasl_username: str | None = Field(
+        None, description="SASL user name (required when the protocol is SASL_*)."
+    )
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (required when the protocol is SASL_*; never logged)."
+    )
     ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers (TLS).")
     ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
-    ssl_keyfile: str | None = Field(None, description="Client private key (mutual TLS).")
+    ssl_keyfile: str | None = Field(
+        None, description="Client private key (mutual TLS), with SSL_CERTFILE."
+    )
     session_timeout_s: float = Field(
         6.0, gt=0, description="Consumer group session timeout; low values join groups fast and "
         "hand a dead worker's partitions on sooner, but a worker cut off from the broker for "
@@ -72,6 +84,58 @@ class KafkaSettings(_Section):
         "builds per partition (faust's own: 16 KiB). Keep it below the brokers' "
         "message.max.bytes (Kafka's default: 1 MiB)."
     )
+
+    @model_validator(mode="after")
+    def _security_settings_apply(self) -> KafkaSettings:
+        """Refuse TLS or SASL settings the protocol would ignore, and SASL without its
+        credentials. Why: the clients only read what the protocol uses, so ``SSL_CAFILE`` with
+        ``SASL_PLAINTEXT`` sent the SASL password in cleartext while TLS looked configured
+        (and a missing CA file was no error), and SASL credentials with ``SSL`` were dropped;
+        SASL without a user name reached faust as ``''``."""
+        protocol = self.security_protocol
+        tls, sasl = protocol in ("SSL", "SASL_SSL"), protocol.startswith("SASL")
+        ignored_tls = [] if tls else _given(self, _TLS_FIELDS)
+        if ignored_tls:
+            raise ValueError(
+                f"{_variables(ignored_tls)} set, but STREAMER__KAFKA__SECURITY_PROTOCOL="
+                f"{protocol} uses no TLS: they would be ignored"
+                + (" and the SASL password sent in cleartext" if sasl else "")
+                + f". Set STREAMER__KAFKA__SECURITY_PROTOCOL={'SASL_SSL' if sasl else 'SSL'} "
+                "to use them, or unset them")
+        ignored_sasl = [] if sasl else _given(self, _SASL_FIELDS)
+        if ignored_sasl:
+            raise ValueError(
+                f"{_variables(ignored_sasl)} set, but STREAMER__KAFKA__SECURITY_PROTOCOL="
+                f"{protocol} uses no SASL: they would be ignored. Set "
+                f"STREAMER__KAFKA__SECURITY_PROTOCOL={'SASL_SSL' if tls else 'SASL_PLAINTEXT'} "
+                "to use them, or unset them")
+        missing = [f for f in ("sasl_username", "sasl_password")
+                   if sasl and f not in _given(self, _SASL_FIELDS)]
+        if missing:
+            them = "it" if len(missing) == 1 else "them"
+            raise ValueError(f"STREAMER__KAFKA__SECURITY_PROTOCOL={protocol} needs "
+                             f"{_variables(missing)}: set {them}, or choose a protocol "
+                             "without SASL")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("STREAMER__KAFKA__SSL_KEYFILE set without STREAMER__KAFKA__SSL_"
+                             "CERTFILE: it would be ignored; set the client certificate it "
+                             "belongs to, or unset it")
+        return self
+
+
+_TLS_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+_SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password")
+
+
+def _given(section: BaseModel, fields: tuple[str, ...]) -> list[str]:
+    """The ``fields`` set to something (an empty value counts as unset, as the clients read
+    it: an empty ``SSL_CAFILE`` loads no CA file)."""
+    return [f for f in fields if getattr(section, f)]
+
+
+def _variables(fields: list[str]) -> str:
+    """``fields`` of the kafka section as the environment variables that set them."""
+    return ", ".join(f"STREAMER__KAFKA__{f.upper()}" for f in fields)
 
 
 class TopicSettings(_Section):

@@ -138,10 +138,12 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., R
 
 
 async def _produce(settings: Settings, topic: str,
-                   messages: list[tuple[bytes | None, bytes | None]]) -> None:
+                   messages: list[tuple[bytes | None, bytes | None]],
+                   compression_type: str | None) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                compression_type=compression_type)
     await producer.start()
     try:
         for key, value in messages:
@@ -152,10 +154,12 @@ async def _produce(settings: Settings, topic: str,
 
 
 def produce(settings: Settings, topic: str,
-            messages: list[tuple[bytes | None, bytes | None]]) -> None:
+            messages: list[tuple[bytes | None, bytes | None]],
+            compression_type: str | None = None) -> None:
     """Send ``(key, value)`` messages to ``topic`` (None: a null key or value) and wait until
-    the broker has them."""
-    asyncio.run(_produce(settings, topic, messages))
+    the broker has them; ``compression_type`` (``gzip``, ``snappy``, ``lz4``, ``zstd``)
+    compresses their batches as a storefront's producer may."""
+    asyncio.run(_produce(settings, topic, messages, compression_type))
 
 
 async def _consume(settings: Settings, topic: str, done: Callable[[list[Any]], bool],

@@ -22,6 +22,12 @@ in-memory :class:`OfferIndex`:
   policy version, hence their place in the ledger (the crash harness saw 90 of ~5,000 so).
   :attr:`OfferIndexFeed.caught_up` is set once the feed has read every partition up to the
   high watermark of its first fetches; attribution waits for it (``RewardTracking``).
+- an offer stamped further ahead of the reader's wall clock than ``max_ahead_ms`` (the
+  worker's ``worker.max_event_ahead_s``, the bound its clicks and purchases are held to) is
+  refused by the feed, counted and logged once: the index's clock is the newest offer's ``ts``,
+  so one offer stamped in 2099 (the schema allows up to 2100) moved it there and evicted every
+  offer indexed, and every later one as soon as it was added (attribution found no offer for a
+  day, its retention).
 - the feed fetches with the worker's ``kafka.fetch_max_wait_ms``, not aiokafka's own 500 ms:
   the embedded broker holds a fetch of several partitions for the whole wait, and until the
   feeds caught up the worker's first batch of events waited (the throughput benchmark's worker
@@ -43,7 +49,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamer.app.kafka import aiokafka_kwargs, start_client
-from streamer.events import BundleOffer, EventCodec, InvalidEvent
+from streamer.events import BundleOffer, EventCodec, InvalidEvent, check_not_ahead
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -126,6 +132,10 @@ class OfferIndex:
         return len(self._offers)
 
 
+class OfferAhead(InvalidEvent):
+    """An offer stamped further ahead of the reader's wall clock than the feed allows."""
+
+
 class Index(Protocol):
     """What a feed fills: anything that adds decoded messages (:class:`OfferIndex`, the
     worker's ``streamer.engine.DecisionLog``)."""
@@ -143,20 +153,37 @@ class OfferIndexFeed:
     watermark: the offers published before the worker started are in the index. ``decode``
     turns a message's bytes into what ``index.add`` takes, raising ``InvalidEvent`` (default:
     an offer, validated by the codec and ``check_offer``, as the storefront's ``OfferCache``
-    does: an offer it would not show is none an impression can be of).
+    does: an offer it would not show is none an impression can be of; with ``max_ahead_ms``,
+    also not stamped further ahead of the wall clock than that, else :class:`OfferAhead`).
+    Offers refused for that are counted in :attr:`ahead` and logged once (a producer with a
+    wrong clock writes many); other invalid messages in :attr:`invalid`, each logged.
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, index: Index, *,
                  lookback_ms: int, on_change: Callable[[], None] | None = None,
-                 decode: Callable[[bytes], Any] | None = None) -> None:
+                 decode: Callable[[bytes], Any] | None = None,
+                 max_ahead_ms: int | None = None) -> None:
         self._kafka = kafka
         self.topic = topic
         self.index = index
         self.lookback_ms = lookback_ms
         self.invalid = 0
-        self._decode = decode or EventCodec(kafka.max_message_bytes).decode_coherent_offer
+        self.ahead = 0
+        self._codec = EventCodec(kafka.max_message_bytes)
+        self._max_ahead_ms = max_ahead_ms
+        self._decode = decode or self._decode_offer
         self._on_change = on_change
         self.caught_up = asyncio.Event()
+
+    def _decode_offer(self, data: bytes) -> BundleOffer:
+        offer = self._codec.decode_coherent_offer(data)
+        if self._max_ahead_ms is not None:
+            try:
+                check_not_ahead(offer.ts, now_ms=int(time.time() * 1000),
+                                max_ahead_ms=self._max_ahead_ms)
+            except InvalidEvent as e:
+                raise OfferAhead(e.kind, e.reason) from e
+        return offer
 
     async def run(self) -> None:
         while True:
@@ -189,6 +216,12 @@ class OfferIndexFeed:
                     for record in records:
                         try:
                             self.index.add(self._decode(record.value or b""))
+                        except OfferAhead as e:
+                            self.ahead += 1
+                            if self.ahead == 1:
+                                log.warning("offer refused at %s[%d]@%d: %s; later offers "
+                                            "refused so are only counted", record.topic,
+                                            record.partition, record.offset, e)
                         except InvalidEvent as e:
                             self.invalid += 1
                             log.warning("invalid message at %s[%d]@%d: %s", record.topic,

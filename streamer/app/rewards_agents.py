@@ -79,7 +79,9 @@ class EncodedDecisions:
     (:data:`streamer.engine.encode_decision`'s MessagePack, or an earlier worker's JSON),
     decoding only its header (``InvalidEvent`` when it is not a logged decision, whatever
     the reason: the feed counts and skips those, and anything else it raises restarts it from
-    its lookback, where it would meet the message again)."""
+    its lookback, where it would meet the message again), with the wall clock: the log skips
+    and counts a decision stamped too far ahead of it (``DecisionLog.ahead``), and the first
+    is logged here."""
 
     __slots__ = ("log",)
 
@@ -87,7 +89,12 @@ class EncodedDecisions:
         self.log = log
 
     def add(self, value: bytes, /) -> None:
-        self.log.add_encoded(value)
+        ahead = self.log.ahead
+        self.log.add_encoded(value, wall_ms=int(time.time() * 1000))
+        if ahead == 0 and self.log.ahead == 1:
+            log.warning("a decision stamped more than %d s ahead of this worker's clock was "
+                        "skipped; later ones are only counted",
+                        (self.log.max_ahead_ms or 0) // 1000)
 
 
 def reward_config(settings: Settings) -> RewardConfig:
@@ -178,7 +185,11 @@ def install_reward_tracking(
     offers = OfferIndex(retention_ms=retention_ms)
     # Twice the window: the log's clock is the newest decision of any partition, and one
     # partition's attribution may lag the others (DecisionLog).
-    decisions = DecisionLog(retention_ms=2 * retention_ms, capacity=w.decision_log_capacity)
+    # Offers and decisions stamped further ahead of the wall clock than the events a worker
+    # accepts are refused: either index's clock is the newest ts it holds (OfferIndexFeed).
+    max_ahead_ms = round(w.max_event_ahead_s * 1000)
+    decisions = DecisionLog(retention_ms=2 * retention_ms, capacity=w.decision_log_capacity,
+                            max_ahead_ms=max_ahead_ms)
     decisions_lookback_ms = int(settings.offers.ttl_s * 1000) + 2 * retention_ms
     decisions_topic = app.topic(f"{w.app_id}-decisions", internal=True,
                                 partitions=t.partitions, deleting=True,
@@ -303,7 +314,8 @@ def install_reward_tracking(
     async def index_offers() -> None:
         feed = OfferIndexFeed(settings.kafka, t.offers, offers,
                               lookback_ms=int(settings.offers.ttl_s * 1000) + retention_ms,
-                              on_change=lambda: metrics.offer_index_size.set(len(offers)))
+                              on_change=lambda: metrics.offer_index_size.set(len(offers)),
+                              max_ahead_ms=max_ahead_ms)
 
         await decisions_topic.maybe_declare()
         decision_feed = OfferIndexFeed(settings.kafka, decisions_topic.get_topic_name(),

@@ -12,6 +12,7 @@ from streamer.events.codec import (
 )
 from streamer.events.models import (
     CLICK_KINDS,
+    MAX_DISCOUNT_PCT,
     BundleOffer,
     ClickEvent,
     ClickKind,
@@ -28,6 +29,7 @@ from streamer.events.models import (
 __all__ = [
     "CLICK_KINDS",
     "DECODE_ERRORS",
+    "MAX_DISCOUNT_PCT",
     "BundleOffer",
     "ClickEvent",
     "ClickKind",

@@ -23,6 +23,10 @@ MAX_BUNDLE_ITEMS = 3
 #: The dearest bundle: one of each item at the highest unit price, no discount. Capped like a
 #: unit price, the engine could build offers (two items at 900,000) its own codec rejects.
 MAX_BUNDLE_PRICE = MAX_BUNDLE_ITEMS * MAX_PRICE
+#: The deepest discount an offer may carry (percent; the schema's ``discount_pct`` maximum).
+#: Policies are held to it when they are read (``streamer.policy.PolicyShape``): a version
+#: with a deeper level was adopted, then every offer it made was refused downstream.
+MAX_DISCOUNT_PCT = 90.0
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
 #: An item id also keys the co-purchase state, whose internal keys use control characters
@@ -100,7 +104,7 @@ class Variant(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One bundle (anchor first) with a discount, and the probability the storefront shows it."""
 
     items: Annotated[list[Id], Meta(min_length=2, max_length=MAX_BUNDLE_ITEMS)]
-    discount_pct: Annotated[float, Meta(ge=0.0, le=90.0)]
+    discount_pct: Annotated[float, Meta(ge=0.0, le=MAX_DISCOUNT_PCT)]
     bundle_price: BundlePrice
     probability: Probability
     score: Annotated[float, Meta(ge=-1e12, le=1e12)]

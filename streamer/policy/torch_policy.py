@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from streamer.events import MAX_DISCOUNT_PCT
 from streamer.policy.base import (
     BundleCandidate,
     Proposal,
@@ -97,8 +98,10 @@ class PolicyShape:
             raise ValueError(f"value_prior {self.value_prior} names unknown features")
         if self.discount_one_hot and DISCOUNT_FEATURE not in self.feature_names:
             raise ValueError(f"discount_one_hot needs the feature {DISCOUNT_FEATURE!r}")
-        if not self.discount_levels or any(not 0 <= d < 100 for d in self.discount_levels):
-            raise ValueError("discount levels must be in [0, 100)")
+        if not self.discount_levels or any(not 0 <= d <= MAX_DISCOUNT_PCT
+                                           for d in self.discount_levels):
+            raise ValueError(f"discount levels must be in [0, {MAX_DISCOUNT_PCT:g}] (an offer's "
+                             f"discount_pct), got {list(self.discount_levels)}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.floor <= 1.0:

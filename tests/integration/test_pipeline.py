@@ -132,6 +132,30 @@ def test_the_same_events_twice_count_once(settings: Settings, start_worker: Any)
     assert view["count"] == pytest.approx(3.0, rel=1e-4)
 
 
+def test_compressed_batches_are_processed(settings: Settings, start_worker: Any) -> None:
+    # A storefront producer with compression.type lz4 (common), snappy or zstd: aiokafka reads
+    # those batches only with cramjam installed; without it every fetch raised
+    # UnsupportedCodecError and nothing of theirs was processed.
+    worker = start_worker()
+    now = int(time.time() * 1000)
+    codecs = ("gzip", "snappy", "lz4", "zstd")
+    for n, codec in enumerate(codecs):
+        orders = [purchase(10 * n + k, [f"{codec}-a", f"{codec}-b"], ts=now) for k in range(2)]
+        clicks = [ClickEvent(event_id=f"c-{codec}-{k}", ts=now, user_id="u", session_id="s",
+                             item_id=f"{codec}-a", kind="view") for k in range(3)]
+        produce(settings, settings.topics.purchases, as_messages(orders), compression_type=codec)
+        produce(settings, settings.topics.clicks, as_messages(clicks), compression_type=codec)
+    wait_for(lambda: worker.consumed(settings.topics.purchases) == 2 * len(codecs)
+             and worker.consumed(settings.topics.clicks) == 3 * len(codecs), 60,
+             "the events of every codec consumed",
+             explain=lambda: {t: worker.consumed(t) for t in (settings.topics.purchases,
+                                                              settings.topics.clicks)})
+    for codec in codecs:
+        view = wait_for(lambda c=codec: (v := item_view(worker, f"{c}-a"))["count"] > 1.99 and v,
+                        30, f"the {codec} purchases learned")
+        assert view["count"] == pytest.approx(2.0, rel=1e-4)
+
+
 def test_co_carts_in_a_session_are_learned_once_at_their_weight(
     settings: Settings, start_worker: Any
 ) -> None:

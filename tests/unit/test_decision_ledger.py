@@ -296,6 +296,37 @@ def test_a_decision_message_that_does_not_decode_is_invalid_whatever_the_reason(
     assert feed.log.get(decision.offer_id) is None
 
 
+def test_a_decision_stamped_far_ahead_of_the_wall_clock_is_skipped_counted_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The log's clock is the newest ts it holds: one decision on the decisions topic stamped
+    # in 2099 moved it there, evicting every decision held and each later one as it came.
+    from streamer.app.rewards_agents import EncodedDecisions
+
+    made = DecisionLog(retention_ms=3_600_000)
+    engine = Engine.in_memory(CONFIG, decisions=made)
+    for e in orders(40):
+        engine.handle_purchase(e)
+    first, *rest = (d for oid in made.ids() if (d := made.get(oid)) is not None)
+    feed = EncodedDecisions(DecisionLog(retention_ms=3_600_000, max_ahead_ms=3_600_000))
+    feed.add(encode_decision(first))
+    with caplog.at_level("WARNING", logger="streamer.app.rewards_agents"):
+        for n in range(2):
+            feed.add(encode_decision(msgspec.structs.replace(
+                first, offer_id=f"from-2099-{n}", ts=4_070_000_000_000,
+                expires_at=4_070_086_400_000)))
+    for decision in rest:
+        feed.add(encode_decision(decision))
+    assert feed.log.ahead == 2 and feed.log.clock_ms == made.clock_ms
+    assert feed.log.ids() == made.ids()  # nothing evicted, nothing of 2099 kept
+    assert [r.message for r in caplog.records if "ahead" in r.message] == [
+        "a decision stamped more than 3600 s ahead of this worker's clock was skipped; later "
+        "ones are only counted"]
+    # Without the wall clock (the engine's own decisions, replay), nothing is skipped.
+    unguarded = DecisionLog(retention_ms=3_600_000, max_ahead_ms=3_600_000)
+    unguarded.add(msgspec.structs.replace(first, ts=4_070_000_000_000))
+    assert unguarded.ahead == 0 and unguarded.clock_ms == 4_070_000_000_000
+
+
 def test_a_decision_on_the_topic_is_smaller_than_its_json() -> None:
     # Mostly floats: MessagePack copies each as 9 bytes; JSON writes up to ~20 characters
     # (0.6931471805599453), though only 3 for 0.0 or 1.0. Measured here: 0.72x.

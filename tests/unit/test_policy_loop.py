@@ -511,6 +511,38 @@ def test_a_record_that_only_starts_like_a_rollback_is_refused_by_every_reader(
     assert core.observe_policy_update(record) is None
 
 
+def test_a_version_discounting_deeper_than_an_offer_may_is_refused_by_every_reader(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A level of 95 passed the policy's own check ([0, 100)) and the version was adopted;
+    # then every offer it made failed the offers schema (discount_pct <= 90) downstream.
+    # Written as a writer without the cap (crafted, or a release before it) writes it.
+    from streamer.policy import torch_policy as module
+
+    monkeypatch.setattr(module, "MAX_DISCOUNT_PCT", 100.0)
+    deep = policy_to_bytes(TorchPolicy.initial(FEATURE_NAMES, seed=1,
+                                               discount_levels=(10.0, 95.0)))
+    monkeypatch.undo()
+    versions = PolicyVersions(base_version="v0-greedy", features=FEATURE_NAMES)
+    with pytest.raises(UnsafeCheckpointError, match=r"discount levels must be in \[0, 90\]"):
+        versions.apply(deep)
+    assert (versions.live_version, versions.rejected) == ("v0-greedy", 1)
+    engine = Engine.in_memory(CONFIG)
+    follower = PolicyFollower(Settings(), engine, Metrics())
+    assert follower.apply(deep) is None
+    assert engine.policy.version == "v0-greedy"
+    assert follower.metrics.snapshot()["streamer_policy_refused_total"] == 1.0
+    core = FeedbackTrainer(TrainerSettings(), base_version="v0-greedy")
+    assert core.observe_policy_update(deep) is None
+    # The cap itself is a level a version may have, and its offers pass the codec.
+    capped = TorchPolicy.initial(FEATURE_NAMES, seed=1, discount_levels=(90.0,))
+    assert follower.apply(policy_to_bytes(capped)) is not None
+    offers = [o for e in orders(50) for o in engine.handle_purchase(e)]
+    assert {v.discount_pct for o in offers for v in o.variants} == {90.0}
+    codec = EventCodec()
+    for offer in offers:
+        codec.decode_coherent_offer(codec.encode(offer))
+
+
 def test_a_torch_live_version_is_judged_on_its_own_impressions_only() -> None:
     # Judged off-policy on v0's impressions, the live version's probability on variants v0
     # never showed was valued at the worst while the candidate's allowance was valued at that

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -443,6 +444,74 @@ console.log(JSON.stringify(div.children.map(c => [c.tag, c.id ?? null, c.textCon
     nodes = json.loads(out.stdout)
     assert [tag for tag, _, _ in nodes] == ["span", "#text", "br", "span", "#text"]
     assert nodes[3][1] == "regression" and evil in nodes[4][2]  # as text
+
+
+def test_the_offer_feed_refuses_counts_and_logs_once_offers_stamped_far_ahead(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # The index's clock is the newest offer's ts: one offer stamped in 2099 evicted every
+    # offer indexed, and every later real one as soon as it was added (no attribution).
+    import time
+
+    from aiokafka import TopicPartition
+
+    from streamer.app import offer_index
+    from streamer.events import EventCodec
+    from streamer.settings import KafkaSettings
+
+    now = int(time.time() * 1000)
+
+    def offer(oid: str, ts: int) -> bytes:
+        made = msgspec.structs.replace(make_offer(oid, "v1"), ts=ts, expires_at=ts + 86_400_000)
+        return EventCodec().encode(made)
+
+    sent = [offer("live-1", now), offer("from-2099", 4_070_000_000_000),
+            offer("live-2", now + 1_000), offer("also-2099", 4_070_000_000_000),
+            offer("in-the-hour", now + 3_000_000)]
+    tp = TopicPartition("offers", 0)
+
+    class Consumer:  # one fetch of ``sent``, then the feed is cancelled
+        def __init__(self, **_: Any) -> None:
+            self.fetches = 0
+
+        async def start(self) -> None: ...
+        async def stop(self) -> None: ...
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0}
+
+        def assign(self, tps: list[TopicPartition]) -> None: ...
+
+        async def offsets_for_times(self, times: dict[TopicPartition, int]) -> dict[Any, Any]:
+            return {tp: SimpleNamespace(offset=0)}
+
+        def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+        async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+            self.fetches += 1
+            if self.fetches > 1:
+                raise asyncio.CancelledError
+            return {tp: [SimpleNamespace(topic="offers", partition=0, offset=n, value=v)
+                         for n, v in enumerate(sent)]}
+
+        def highwater(self, tp: TopicPartition) -> int:
+            return len(sent)
+
+        async def position(self, tp: TopicPartition) -> int:
+            return len(sent)
+
+    monkeypatch.setattr(offer_index, "AIOKafkaConsumer", Consumer)
+    index = OfferIndex(retention_ms=2 * 3_600_000)
+    feed = offer_index.OfferIndexFeed(KafkaSettings(), "offers", index, lookback_ms=0,
+                                      max_ahead_ms=3_600_000)
+    with caplog.at_level("WARNING", logger="streamer.app.offer_index"), \
+            pytest.raises(asyncio.CancelledError):
+        asyncio.run(feed.run())
+    assert [o for o in ("live-1", "live-2", "in-the-hour") if index.get(o) is None] == []
+    assert index.get("from-2099") is None and index.clock_ms == now + 3_000_000
+    assert (feed.ahead, feed.invalid, feed.caught_up.is_set()) == (2, 0, True)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "offer refused at offers[0]@1" in warnings[0], warnings
+    assert "ahead of the reader's clock" in warnings[0]
 
 
 def test_the_offer_feed_is_caught_up_once_every_partition_reached_its_high_watermark() -> None:

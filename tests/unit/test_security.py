@@ -21,6 +21,7 @@ from typing import Any
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from pydantic import ValidationError
 
 from streamer.app.kafka import aiokafka_kwargs, faust_broker_urls, faust_credentials, ssl_context
 from streamer.events import EventCodec, InvalidEvent
@@ -264,8 +265,10 @@ def test_faust_and_aiokafka_clients_get_the_same_connection_arguments(
         protocol: str, pki: Pki) -> None:
     """faust turns ``broker_credentials`` into aiokafka arguments itself; they must equal the
     ones streamer's own aiokafka clients (readers, trainer, storefront) get."""
-    k = KafkaSettings(security_protocol=protocol, sasl_mechanism="SCRAM-SHA-256",
-                      sasl_username="u", sasl_password="p", ssl_cafile=str(pki.ca))
+    sasl = {"sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "u", "sasl_password": "p"}
+    k = KafkaSettings(security_protocol=protocol,
+                      **(sasl if protocol.startswith("SASL") else {}),
+                      **({"ssl_cafile": str(pki.ca)} if protocol.endswith("SSL") else {}))
     via_faust = dict(credentials_to_aiokafka_auth(faust_credentials(k)))
     direct = aiokafka_kwargs(k)
     assert direct.pop("bootstrap_servers") == k.bootstrap_servers
@@ -278,6 +281,51 @@ def test_faust_and_aiokafka_clients_get_the_same_connection_arguments(
                 b.verify_mode, b.check_hostname, b.get_ca_certs())
         else:
             assert a == b, key
+
+
+@pytest.mark.parametrize(("fields", "refused", "instead"), [
+    # TLS files with a protocol without TLS: the password went in cleartext, and a CA file
+    # that does not exist was no error.
+    ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u", "sasl_password": "hunter2",
+      "ssl_cafile": "/nonexistent/ca.pem"}, "SSL_CAFILE set", "PROTOCOL=SASL_SSL"),
+    ({"security_protocol": "PLAINTEXT", "ssl_certfile": "c.pem", "ssl_keyfile": "k.pem"},
+     "SSL_CERTFILE, STREAMER__KAFKA__SSL_KEYFILE set", "PROTOCOL=SSL "),
+    # SASL settings with a protocol without SASL: dropped.
+    ({"security_protocol": "PLAINTEXT", "sasl_username": "u", "sasl_password": "hunter2",
+      "sasl_mechanism": "SCRAM-SHA-512"},
+     "SASL_MECHANISM, STREAMER__KAFKA__SASL_USERNAME, STREAMER__KAFKA__SASL_PASSWORD set",
+     "PROTOCOL=SASL_PLAINTEXT "),
+    ({"security_protocol": "SSL", "sasl_password": "hunter2"}, "SASL_PASSWORD set",
+     "PROTOCOL=SASL_SSL "),
+    # SASL without its credentials: faust got a user name of ''.
+    ({"security_protocol": "SASL_PLAINTEXT"}, "needs STREAMER__KAFKA__SASL_USERNAME, "
+     "STREAMER__KAFKA__SASL_PASSWORD", "without SASL"),
+    ({"security_protocol": "SASL_SSL", "sasl_password": "hunter2"},
+     "needs STREAMER__KAFKA__SASL_USERNAME:", "without SASL"),
+    # A client key without its certificate: never loaded.
+    ({"security_protocol": "SSL", "ssl_keyfile": "k.pem"}, "SSL_KEYFILE set without", "unset"),
+])
+def test_security_settings_the_protocol_would_ignore_are_refused(
+        fields: dict[str, str], refused: str, instead: str) -> None:
+    for build in (lambda: Settings(kafka=fields), lambda: KafkaSettings(**fields)):
+        with pytest.raises(ValidationError) as raised:
+            build()
+        message = str(raised.value)
+        assert refused in message and instead in message, message
+        assert "hunter2" not in message  # the section's input (the password) is never shown
+
+
+def test_security_settings_from_the_environment_are_checked_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMER__KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("STREAMER__KAFKA__SASL_USERNAME", "u")
+    monkeypatch.setenv("STREAMER__KAFKA__SASL_PASSWORD", "hunter2")
+    assert Settings().kafka.security_protocol == "SASL_PLAINTEXT"
+    monkeypatch.setenv("STREAMER__KAFKA__SSL_CAFILE", "/etc/kafka/ca.pem")
+    with pytest.raises(ValidationError, match="STREAMER__KAFKA__SSL_CAFILE set"):
+        Settings()
+    monkeypatch.setenv("STREAMER__KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    assert Settings().kafka.ssl_cafile == "/etc/kafka/ca.pem"
 
 
 def test_worker_app_gets_the_credentials(pki: Pki) -> None:
