@@ -85,6 +85,7 @@ from streamer.events import (
     internal_decoder,
 )
 from streamer.events.dedup import Deduplicator, SeenId
+from streamer.events.models import Price
 from streamer.observability import Metrics
 from streamer.online import DriftMonitor
 from streamer.rewards import ImpressionOutcome, RewardAttribution, learning_reward
@@ -335,7 +336,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     state = EngineState(
         items=buffer.table(items_t, ItemRecord),
         counts=buffer.table(counts_t, Decayed),
-        catalog=buffer.table(catalog_t, float),
+        catalog=buffer.table(catalog_t, Price),  # out of bounds: undecodable, read as absent
         offers=buffer.table(offers_t, BundleOffer),
         # Purchases by event id (Engine.accept, in the purchases agent); clicks by click_dedup.
         seen=buffer.table(seen_purchases_t, SeenId),

@@ -689,3 +689,19 @@ def test_keys_written_live_are_forgotten_with_their_partition_after_a_rebalance(
 
     asyncio.run(run())
     assert sorted(store_of(table)) == ["b"] and view.get("a") is None and view["b"] == 1.0
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), -5.0, 1e300])
+def test_the_workers_catalog_reads_a_price_out_of_bounds_as_absent(poison: float) -> None:
+    """The catalog is a global table: every worker applies every record of its changelog. A
+    price no event could carry (a stray producer's record) priced bundles at NaN or 9e299 in
+    the offers published; it reads as absent, as any value that does not decode."""
+    from streamer.app.factory import create_app
+    from streamer.settings import Settings
+
+    sa = create_app(Settings(worker={"app_id": f"catalog-bounds-{poison}"}))
+    catalog = sa.engine.state.catalog
+    store = store_of(sa.app.tables["catalog"])
+    store["cup"], store["tea"] = packed(poison), packed(2.5)  # as recovery stores them
+    assert catalog.get("cup") is None and catalog.get("tea") == 2.5
+    assert catalog.undecodable == 1
