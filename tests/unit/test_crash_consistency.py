@@ -137,3 +137,57 @@ def test_each_event_counts_once_per_anchor_and_the_marks_stay_bounded() -> None:
     assert record.count.value == pytest.approx(
         sum(2 ** ((e.ts - T0) / (config.half_life_s * 1000)) for e in events
             if any(i.item_id == "tea" for i in e.items)), rel=1e-12)
+
+
+def test_the_reward_ledger_counts_each_outcome_once_whatever_part_of_its_writes_landed() -> None:
+    """The ledger's windows and its seen impression ids are two tables, two changelogs: a
+    crash may leave any prefix of either's writes. Every outcome is then delivered again (at
+    the same offsets) and each is counted once, as in a run that never stopped."""
+    from streamer.app.reward_tracking import RewardConfig, RewardTracker
+    from streamer.rewards import ImpressionOutcome, WindowSpec
+
+    config = RewardConfig(window_ms=1_000, allowed_lateness_ms=0,
+                          specs=(WindowSpec(60_000, 60_000), WindowSpec(120_000, 60_000)),
+                          ledger_lateness_ms=600_000)
+    outcomes = [ImpressionOutcome(
+        impression_id=f"i{k}", ts=T0 + k * 7_000, session_id="s", user_id="u", offer_id="o",
+        variant=0, propensity=0.5, policy_version=f"v{k % 2}", anchor_item_id="a",
+        segment="all", items=("a", "b"), discount_pct=10.0, clicked=True, converted=k % 3 == 0,
+        revenue=float(k), reward=float(k), purchase_ids=(), attributed_at=T0 + k * 7_000,
+        late=False) for k in range(6)]
+
+    def tracker(log: Log, windows: Log = (), seen: Log = ()) -> RewardTracker:  # type: ignore[assignment]
+        tables = {"windows": dict(_replay(windows)), "seen": dict(_replay(seen))}
+        return RewardTracker({}, ChangelogTable("windows", log, tables["windows"]), {},
+                             ChangelogTable("seen", log, tables["seen"]), offers={}.get,
+                             config=config)
+
+    def totals(t: RewardTracker) -> list[tuple[str, int, int, int, float]]:
+        return sorted((w.policy_version, w.size_ms, w.start, w.impressions, w.revenue)
+                      for _, w in t.open_windows())
+
+    log: Log = []
+    uninterrupted = tracker(log)
+    for offset, o in enumerate(outcomes):
+        uninterrupted.record(o, partition=0, wall_ms=0, offset=offset)
+    expected = totals(uninterrupted)
+    assert sum(n for *_, n, _ in expected) == 3 * len(outcomes)  # in 3 windows each
+    windows = [w for w in log if w[0] == "windows"]
+    seen = [w for w in log if w[0] == "seen"]
+    for w_cut in range(len(windows) + 1):
+        for s_cut in range(len(seen) + 1):
+            recovered = tracker([], windows[:w_cut], seen[:s_cut])
+            for offset, o in enumerate(outcomes):  # nothing committed: all delivered again
+                recovered.record(o, partition=0, wall_ms=0, offset=offset)
+            assert totals(recovered) == expected, (w_cut, s_cut)
+
+
+def _replay(log: Log) -> Iterator[tuple[str, Any]]:
+    """The (key, value) pairs a changelog ``log`` leaves, deletes applied."""
+    data: dict[str, Any] = {}
+    for _, key, value in log:
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return iter(data.items())
