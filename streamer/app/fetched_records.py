@@ -347,9 +347,13 @@ class LenientPartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
         first = max(batch.base_offset, self.next_fetch_offset)
         last = batch.next_offset - 1
         reason = f"{type(error).__name__}: {error}"
+        if last < first:  # every record was read, then the batch's end did not parse
+            log.error("%s[%d]: the record batch at offset %d ends unreadably, after its last "
+                      "record (%s)", tp.topic, tp.partition, batch.base_offset, reason)
+            return None
         log.error("%s[%d]: skipped offsets %d..%d, a record batch that cannot be read (%s)",
                   tp.topic, tp.partition, first, last, reason)
-        if last < first or not getattr(_reporting, "markers", False):
+        if not getattr(_reporting, "markers", False):
             return None
         data = self._fetched_bytes()
         try:
