@@ -49,6 +49,7 @@ from streamer.app.crashes import AgentCrashes
 from streamer.app.dashboard import DASHBOARD_HTML, dashboard_data
 from streamer.app.fast_consumer import FastConsumer, install_fast_consumer
 from streamer.app.fast_recovery import install_fast_recovery
+from streamer.app.fetched_records import SkippedBatch
 from streamer.app.kafka import (
     TableSchema,
     WireSchema,
@@ -304,6 +305,8 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                           fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write,
                           on_suspended=metrics.suspended_deliveries.inc,
                           on_dropped=stop_when_dropped,
+                          # A batch nobody can parse: its offsets skipped, one dead letter.
+                          on_skipped_batch=lambda skipped: dead_letter_batch(skipped),
                           # Commits every commit_interval_s only, not also every 10,000 events
                           # (faust's broker_commit_every): FastConsumer.count_commits.
                           count_commits=False)
@@ -385,6 +388,27 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
                     message.offset, reason)
         buffer.defer(await dead_letters_topic.send(key=key, value=encode(letter)))
+
+    async def dead_letter_batch(skipped: SkippedBatch) -> None:
+        """One dead letter for a record batch the consumer could not parse and skipped
+        (streamer.app.fetched_records): its offsets, the error, its bytes (truncated as a
+        message's value is)."""
+        value, reason = skipped.data, skipped.error[:900]
+        if len(value) > _DEAD_LETTER_VALUE_LIMIT:
+            reason += f" (batch truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
+            value = value[:_DEAD_LETTER_VALUE_LIMIT]
+        letter = DeadLetter(
+            ts=int(time.time() * 1000),
+            source_topic=skipped.topic,
+            partition=skipped.partition,
+            offset=skipped.first_offset,
+            last_offset=skipped.last_offset,
+            kind="unreadable_batch",
+            reason=reason,
+            value_b64=base64.b64encode(value).decode(),
+        )
+        metrics.dead_letters.labels(skipped.topic, "unreadable_batch").inc()
+        buffer.defer(await dead_letters_topic.send(key=None, value=encode(letter)))
 
     def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
                          decision: OfferDecision | None) -> None:

@@ -57,8 +57,14 @@ their earliest offset when ``consumer_auto_offset_reset`` is ``earliest``: stock
 ``seek_to_committed``) leaves such a partition wherever the fetcher got to, so records fetched
 but not processed before the seek were never read again.
 
-The drain loop is faust's, copied verbatim except for the delivery line, the seek marks (and two
-type annotations); ``tests/unit/test_fast_consumer.py`` pins the difference and shows stock
+**Unreadable batches.** A record batch the fetch could not parse is skipped there
+(:mod:`streamer.app.fetched_records`) and arrives here as a marker record where the batch was;
+the loop does not deliver it but counts it, has it dead-lettered, and counts its offsets as done
+(:meth:`FastConsumer._skip_batch`).
+
+The drain loop is faust's, copied verbatim except for the delivery line, the seek marks, the
+skipped batch's marker (and two type annotations); ``tests/unit/test_fast_consumer.py`` pins the
+difference and shows stock
 faust's loop dropping records after a seek mid-batch. :func:`install_fast_consumer` refuses to
 install (:class:`FastConsumerUnsupported`) unless faust's loop is still byte for byte the one it
 was copied from. Upgrading faust therefore fails at start-up, not silently.
@@ -77,6 +83,7 @@ import asyncio
 import hashlib
 import inspect
 import itertools
+import json
 import types
 from collections.abc import (
     Awaitable,
@@ -99,6 +106,9 @@ from faust.types import TP, Message
 from faust.types.transports import ConsumerCallback
 from mode import Service, ServiceT
 
+from streamer.app.fetched_records import SkippedBatch, report_skipped_batches
+from streamer.app.kafka import SKIPPED_KEY
+
 __all__ = ["FAUST_VERSION", "DroppedByGroup", "FastConsumer", "FastConsumerUnsupported",
            "install_fast_consumer"]
 
@@ -119,6 +129,11 @@ COMMIT_TPS_SHA256 = "a20e230b05ae8b151ac9f78fa77a102003a948c66c24c9d3588e39cb128
 #: property in faust-streaming 0.15.3 (:func:`_fast_ebb` answers the first's question).
 WAIT_UNTIL_EBB_SHA256 = "758dd5744044071bbc79609fa8e5bfc339818f186bc19b723de2c4c877412e00"
 PRODUCER_BUFFER_SIZE_SHA256 = "b543a978fdece62e7d7c434eea6e842995d67cc1d3288434f5f26ad72c10a779"
+
+
+#: The changelog key a skipped batch is applied under (:meth:`FastConsumer._skip_batch`): JSON,
+#: as faust writes a table's keys.
+_SKIPPED_CHANGELOG_KEY = json.dumps(SKIPPED_KEY).encode()
 
 
 class FastConsumerUnsupported(RuntimeError):
@@ -178,6 +193,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     fetch_max_wait_ms: int | None = None
 
+    async def on_start(self) -> None:
+        # In the consumer's own thread, before it starts: its fetches hand the drain loop a
+        # marker for each record batch they skip (FastConsumer._skip_batch).
+        report_skipped_batches()
+        await super().on_start()
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         if self.fetch_max_wait_ms is not None:
@@ -204,6 +225,12 @@ class FastConsumer(faust_aiokafka.Consumer):
 
     #: Called once per such delivery (e.g. a metric's ``inc``); None: only counted above.
     on_suspended: Callable[[], Any] | None = None
+
+    #: Record batches skipped because they could not be parsed (:meth:`_skip_batch`).
+    skipped_batches: int = 0
+
+    #: Awaited with each such batch (e.g. to dead-letter it); None: only logged and counted.
+    on_skipped_batch: Callable[[SkippedBatch], Awaitable[Any]] | None = None
 
     #: Corrects the end offsets the broker reports (faust recovers tables up to them), e.g.
     #: :func:`streamer.app.kafka.fetched_end_offsets`; None trusts the broker.
@@ -548,11 +575,42 @@ class FastConsumer(faust_aiokafka.Consumer):
             coro = _Continuation(coro, pending)
         await self.wait_first(coro, self.suspend_flow.wait())
 
+    async def _skip_batch(self, tp: TP, marker: Message) -> None:
+        """Count the offsets of a record batch the fetch skipped (it could not be parsed:
+        :mod:`streamer.app.fetched_records`) as done, and hand it to :attr:`on_skipped_batch`.
+        ``marker`` is the fetch's marker record for it (its ``headers`` the
+        :class:`~streamer.app.fetched_records.SkippedBatch`).
+
+        Why here: the fetch moved past the batch already, so only the commit is left to move,
+        and it is this consumer's. The offsets become a gap (as the drain loop's gaps between
+        fetched records, a compacted topic's say): commits pass them once a later offset of
+        the partition is acknowledged. A skipped batch last in its partition is therefore met
+        again after a restart, and reported again (at least once, like every message). The
+        marker arrives where the batch was, among the partition's records, so it is counted
+        once, in order, by the consumer that read it.
+
+        A table's changelog batch is delivered instead as a tombstone of
+        :data:`~streamer.app.kafka.SKIPPED_KEY` at its last offset, a key no table holds, as a
+        changelog record whose key does not decode is (:class:`~streamer.app.kafka.TableSchema`):
+        recovery counts a partition's offsets by the records it applies, so without it a worker
+        whose changelog partition ends with such a batch waited for its offsets for good."""
+        skipped = cast(SkippedBatch, marker.headers)
+        self.skipped_batches += 1
+        if self.on_skipped_batch is not None:
+            await self.on_skipped_batch(skipped)
+        if tp.topic in self.app.tables.changelog_topics:
+            marker.key, marker.headers = _SKIPPED_CHANGELOG_KEY, []
+            await self._deliver(self.callback, marker)
+        elif self.app.topics.acks_enabled_for(tp.topic):
+            await self._add_gap(tp, skipped.first_offset, skipped.last_offset)
+
     # Copied from faust-streaming 0.15.3 faust/transport/consumer.py, Consumer._drain_messages;
     # the changes are ``await deliver(callback, message)`` where faust has
-    # ``await self.wait_first(callback(message), self.suspend_flow.wait())``, and the seek
+    # ``await self.wait_first(callback(message), self.suspend_flow.wait())``, the seek
     # marks (``seeking``): re-seek and clear them before a fetch, skip records of marked
-    # partitions, never set the read offset of a marked partition (see the module doc).
+    # partitions, never set the read offset of a marked partition (see the module doc), and
+    # a skipped batch's marker (a null value, a SkippedBatch as its headers) counted and
+    # reported (:meth:`_skip_batch`) instead of delivered.
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         # This is the background thread started by Fetcher, used to
         # constantly read messages using Consumer.getmany.
@@ -562,6 +620,7 @@ class FastConsumer(faust_aiokafka.Consumer):
         getmany = self.getmany
         deliver = self._deliver
         seeking = self._seeking
+        skipped: Any = SkippedBatch  # compared with a message's headers (typed as headers)
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
 
@@ -609,7 +668,10 @@ class FastConsumer(faust_aiokafka.Consumer):
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            await deliver(callback, message)
+                            if message.value is None and type(message.headers) is skipped:
+                                await self._skip_batch(tp, message)
+                            else:
+                                await deliver(callback, message)
                             if tp not in seeking:  # a seek during the delivery set it
                                 set_read_offset(tp, offset)
                         else:
@@ -717,12 +779,15 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
         before_commit: Callable[[], Awaitable[Any]] | None = None,
         on_suspended: Callable[[], Any] | None = None,
         on_dropped: Callable[[BaseException], Any] | None = None,
+        on_skipped_batch: Callable[[SkippedBatch], Awaitable[Any]] | None = None,
         count_commits: bool = True) -> None:
     """Make ``app`` consume with :class:`FastConsumer`; call before the worker starts.
     ``before_commit`` is awaited by every commit before it commits
     (:meth:`FastConsumer._commit_tps`); ``on_suspended`` is called for every delivery that
     had to wait (:attr:`FastConsumer.on_suspended`); ``on_dropped`` is called when the group
-    dropped the consumer (:attr:`FastConsumer.on_dropped`); ``count_commits=False``: commits on
+    dropped the consumer (:attr:`FastConsumer.on_dropped`); ``on_skipped_batch`` is awaited
+    with each record batch the fetch skipped (:meth:`FastConsumer._skip_batch`);
+    ``count_commits=False``: commits on
     faust's interval only (:attr:`FastConsumer.count_commits`).
 
     Sets the consumer class on this app's transport only (other apps keep faust's). Idempotent.
@@ -743,7 +808,8 @@ def install_fast_consumer(app: faust.App, *, end_offsets_check: Callable[
                                       "consumer before the worker starts")
     consumer: type[FastConsumer] = FastConsumer
     hooks = {"end_offsets_check": end_offsets_check, "before_commit": before_commit,
-             "on_suspended": on_suspended, "on_dropped": on_dropped}
+             "on_suspended": on_suspended, "on_dropped": on_dropped,
+             "on_skipped_batch": on_skipped_batch}
     if (fetch_max_wait_ms is not None or not count_commits
             or any(h is not None for h in hooks.values())):
         # Functions as class attributes: staticmethod, or they would bind as methods.

@@ -14,10 +14,17 @@ from typing import Any, TypeVar
 import faust
 from aiokafka.partitioner import murmur2
 
+from streamer.app.fetched_records import install_fetched_records
 from streamer.events import InvalidEvent, internal_decoder
 from streamer.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+# Every Kafka client of streamer takes its settings from here, so every aiokafka consumer of the
+# process reads fetched batches this way: one record whose header key is not UTF-8, or a batch
+# that cannot be parsed, no longer stops it for good (streamer.app.fetched_records). Refuses
+# (FetchedRecordsUnsupported) an aiokafka other than the one its copies were taken from.
+install_fetched_records()
 
 
 def ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:

@@ -146,13 +146,17 @@ class RewardWindow(
     direct_revenue: Annotated[float, Meta(ge=0.0, le=1e15)] | None = None
 
 
-DeadLetterKind = Literal["too_large", "not_json", "schema", "semantic"]
+#: Which check failed; ``unreadable_batch``: a record batch the consumer could not parse (a
+#: CRC mismatch, an unknown codec, a malformed record), its offsets skipped, one letter each.
+DeadLetterKind = Literal["too_large", "not_json", "schema", "semantic", "unreadable_batch"]
 
 
 class DeadLetter(
     Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
-    """A message that failed validation, with its original bytes (base64) and why."""
+    """A message that failed validation, with its original bytes (base64) and why; or a record
+    batch that could not be read, with its bytes as fetched and its offsets ``offset`` to
+    ``last_offset``."""
 
     ts: TimestampMs
     source_topic: Annotated[str, Meta(min_length=1, max_length=249)]
@@ -162,6 +166,7 @@ class DeadLetter(
     reason: Annotated[str, Meta(min_length=1, max_length=1000)]
     value_b64: str
     key_b64: str | None = None
+    last_offset: Annotated[int, Meta(ge=0)] | None = None
 
 
 Event = ClickEvent | PurchaseEvent

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
 
 from streamer.events import DeadLetter
 from streamer.rewards import ImpressionOutcome
@@ -315,3 +318,126 @@ def test_a_changelog_record_whose_key_does_not_decode_lets_a_worker_restart(
     produce(settings, settings.topics.purchases,
             [(good.session_id.encode(), msgspec.json.encode(good))])
     wait_for(lambda: item_view(again, "tea")["count"] > 0.99, 30, "a purchase learned")
+
+
+CRC_AT = struct.calcsize(">qiib")  # where a v2 batch's CRC sits; it covers what follows it
+#: A batch's codec bits for lz4: on records that are not lz4, a batch the embedded broker keeps
+#: as it is (it refuses a codec number it does not know) and no client can decompress.
+LZ4 = 3
+
+
+def click_batch(clicks: list[bytes], *, bad_key_at: int | None = None,
+                codec: int | None = None) -> bytes:
+    """One v2 record batch of ``clicks`` (each with a ``trace`` header); the header key of the
+    one at ``bad_key_at`` replaced by bytes that are not UTF-8 (as Java and librdkafka
+    producers may write them), or the codec bits set to ``codec``: the CRC recomputed, a
+    batch the broker takes as it is."""
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 20)
+    for i, value in enumerate(clicks):
+        key = "ZZZZZ" if i == bad_key_at else "trace"
+        builder.append(i, timestamp=None, key=b"s", value=value, headers=[(key, b"t")])
+    raw = bytearray(builder.build())
+    if bad_key_at is not None:
+        i = raw.index(b"ZZZZZ")
+        raw[i:i + 5] = b"\xff\xfe-id"
+    if codec is not None:
+        struct.pack_into(">h", raw, CRC_AT + 4, codec)
+    struct.pack_into(">I", raw, CRC_AT, calc_crc32c(bytes(raw[CRC_AT + 4:])))
+    return bytes(raw)
+
+
+def produce_batch(settings: Settings, topic: str, partition: int, data: bytes) -> None:
+    """Send the record batch ``data`` to ``topic[partition]`` as it is (a produce request of
+    its own: aiokafka's producer only sends batches it built)."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.protocol.produce import ProduceRequest
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.partitions_for(topic)
+            leader = producer.client.cluster.leader_for_partition(
+                TopicPartition(topic, partition))
+            response = await producer.client.send(leader, ProduceRequest(
+                transactional_id=None, required_acks=-1, timeout=10_000,
+                topics=[(topic, [(partition, data)])]))
+            ((_, ((_, error, *_),)),) = response.topics
+            assert error == 0, response
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def good_click(event_id: str, now: int) -> bytes:
+    return msgspec.json.encode({"event_id": event_id, "ts": now, "user_id": "u",
+                                "session_id": "s", "item_id": "i", "kind": "view"})
+
+
+def test_a_click_whose_header_key_is_not_utf8_is_processed_with_the_others(
+        settings: Settings, start_worker: Any) -> None:
+    # aiokafka's parser raised UnicodeDecodeError out of the worker's fetch: the worker
+    # exited 1, and met the record again after each restart (streamer.app.fetched_records).
+    worker = start_worker()
+    now = int(time.time() * 1000)
+    t = settings.topics
+    clicks = [good_click(f"c{i}", now) for i in range(3)]
+    produce_batch(settings, t.clicks, 0, click_batch(clicks, bad_key_at=1))
+    wait_for(lambda: worker.consumed(t.clicks) >= 3, 60, "the three clicks consumed",
+             explain=lambda: worker.stats().get("streamer_events_consumed_total"))
+    good = purchase(0, ["tea", "cup"], ts=now)
+    produce(settings, t.purchases, [(good.session_id.encode(), msgspec.json.encode(good))])
+    wait_for(lambda: item_view(worker, "tea")["count"] > 0.99, 30, "a purchase learned after")
+    assert worker.consumed(t.clicks) == 3
+    assert worker.process.proc.poll() is None
+    assert "header key that is not UTF-8" in worker.process.log_path.read_text()
+    assert not consume(settings, t.dead_letters, lambda rs: False, timeout_s=3)
+
+
+def test_a_batch_that_cannot_be_parsed_is_dead_lettered_and_skipped(
+        settings: Settings, start_worker: Any) -> None:
+    # A batch no parser reads (here: lz4 that is not lz4) raised out of the worker's fetch as
+    # the header key did, and would on every refetch: skipped, with one dead letter.
+    worker = start_worker()
+    now = int(time.time() * 1000)
+    t = settings.topics
+    produce_batch(settings, t.clicks, 0, click_batch([good_click("before", now)]))
+    unreadable = click_batch([good_click(f"lost{i}", now) for i in range(2)], codec=LZ4)
+    produce_batch(settings, t.clicks, 0, unreadable)
+    produce_batch(settings, t.clicks, 0, click_batch([good_click("after", now)]))
+    (record,) = consume(settings, t.dead_letters, lambda rs: len(rs) >= 1, timeout_s=60)
+    letter = msgspec.json.decode(record.value, type=DeadLetter)
+    assert (letter.source_topic, letter.partition, letter.kind) == (
+        t.clicks, 0, "unreadable_batch")
+    assert (letter.offset, letter.last_offset) == (1, 2)
+    assert "lz4" in letter.reason.lower()
+    assert record.key is None
+    sent = base64.b64decode(letter.value_b64)
+    assert sent[12:] == unreadable[12:]  # as fetched: the broker set its base offset
+    wait_for(lambda: worker.consumed(t.clicks) >= 2, 30, "the clicks around it consumed")
+    stats = worker.stats()
+    assert stats["streamer_dead_letters_total"][f"{t.clicks},unreadable_batch"] == 1, stats
+    assert worker.consumed(t.clicks) == 2
+    assert worker.process.proc.poll() is None
+
+
+def test_an_unreadable_changelog_batch_lets_a_worker_restart(
+        settings: Settings, start_worker: Any) -> None:
+    # The last batch of a global table's changelog partition (every worker recovers all of
+    # them), unreadable: skipped, recovery must still count its offsets, or a restarted worker
+    # waits for them for good, never ready.
+    first = start_worker()
+    changelog = f"{settings.worker.app_id}-catalog-changelog"
+    produce_batch(settings, changelog, 0, click_batch([b"1.5"], codec=LZ4))
+    first.process.stop()
+    again = start_worker(ready_timeout_s=60)
+    good = purchase(0, ["tea", "cup"], ts=int(time.time() * 1000))
+    produce(settings, settings.topics.purchases,
+            [(good.session_id.encode(), msgspec.json.encode(good))])
+    wait_for(lambda: item_view(again, "tea")["count"] > 0.99, 30, "a purchase learned")
+    # A letter from each worker that met it (the first may have been stopped before).
+    letters = consume(settings, settings.topics.dead_letters, lambda rs: len(rs) >= 1)
+    found = {(d.source_topic, d.kind, d.offset, d.last_offset) for r in letters
+             if (d := msgspec.json.decode(r.value, type=DeadLetter))}
+    assert found == {(changelog, "unreadable_batch", 0, 0)}

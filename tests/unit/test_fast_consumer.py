@@ -30,6 +30,7 @@ from streamer.app.fast_consumer import (
     check_supported,
     install_fast_consumer,
 )
+from streamer.app.fetched_records import SkippedBatch
 from tests.conftest import quiescent, until
 
 
@@ -130,13 +131,15 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
     diff = difflib.unified_diff(stock, ours, lineterm="", n=0)
     changed = [line[0] + line[1:].strip() for line in diff
                if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-    # The delivery line (see _deliver), the seek marks (see the module doc: "Seeks"), a type
-    # annotation, a cast mypy finds redundant, and a qualified import.
+    # The delivery line (see _deliver), the seek marks (see the module doc: "Seeks"), a
+    # skipped batch's marker (_skip_batch), a type annotation, a cast mypy finds redundant,
+    # and a qualified import.
     assert changed == [
         "-async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover",
         "+async def _drain_messages(self, fetcher: ServiceT) -> None:",
         "+deliver = self._deliver",
         "+seeking = self._seeking",
+        "+skipped: Any = SkippedBatch  # compared with a message's headers (typed as headers)",
         "-flag_consumer_fetching = CONSUMER_FETCHING",
         "+flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING",
         "+if seeking:",
@@ -151,6 +154,9 @@ def test_the_copied_loop_differs_from_fausts_only_where_documented() -> None:
         "-callback(message), self.suspend_flow.wait()",
         "-)",
         "-set_read_offset(tp, offset)",
+        "+if message.value is None and type(message.headers) is skipped:",
+        "+await self._skip_batch(tp, message)",
+        "+else:",
         "+await deliver(callback, message)",
         "+if tp not in seeking:  # a seek during the delivery set it",
         "+set_read_offset(tp, offset)",
@@ -585,8 +591,10 @@ class FakeFetcher:
     them; a seek sets the position. Stops the drain loop (its ``fetcher``) once a fetch finds
     nothing left."""
 
-    def __init__(self, size: int, batch: int) -> None:
+    def __init__(self, size: int, batch: int,
+                 skipped: Mapping[int, SkippedBatch] | None = None) -> None:
         self.size, self.batch = size, batch
+        self.skipped = skipped or {}  # markers handed out at their last offset instead
         self.position = 0
         self.fetches = 0
         self.before_fetch: Callable[[int], Awaitable[None]] | None = None
@@ -603,8 +611,16 @@ class FakeFetcher:
             self._stopped.set()
             return
         for offset in range(start, end):
+            marker = self.skipped.get(offset)
+            if marker is not None:  # as faust's _to_message makes it of the fetch's marker
+                yield TP0, SimpleNamespace(topic=TP0.topic, partition=TP0.partition,
+                                           offset=offset, key=None, value=None,
+                                           headers=marker)
+                continue
+            if any(s.first_offset <= offset <= s.last_offset for s in self.skipped.values()):
+                continue  # skipped by the fetch
             yield TP0, SimpleNamespace(topic=TP0.topic, partition=TP0.partition, offset=offset,
-                                       key=None, value=offset)
+                                       key=None, value=offset, headers=())
 
 
 def seekable_consumer(fetcher: FakeFetcher, committed: int, *, count_commits: bool = True,
@@ -761,6 +777,44 @@ def test_the_drain_loop_commits_every_so_many_acks_unless_told_not_to(
         return commits
 
     assert asyncio.run(main()) == ([3, 6, 9] if count_commits else [])
+
+
+def test_a_skipped_batch_is_reported_and_its_offsets_count_as_done_not_delivered() -> None:
+    """The fetch skipped offsets 3..5 (a batch it could not parse: fetched_records) and hands
+    the loop a marker at 5: the loop delivers the records around it, hands the batch to
+    on_skipped_batch and makes its offsets a gap, so the commit passes them."""
+    skipped = SkippedBatch(TP0.topic, TP0.partition, 3, 5, "CorruptRecordException: crc", b"")
+
+    async def main() -> tuple[list[int], list[SkippedBatch], FastConsumer]:
+        fetcher = FakeFetcher(size=10, batch=4, skipped={5: skipped})
+        app = new_app()
+        reported: list[SkippedBatch] = []
+
+        async def on_skipped_batch(batch: SkippedBatch) -> None:
+            reported.append(batch)
+
+        install_fast_consumer(app, on_skipped_batch=on_skipped_batch)
+        consumer = app.consumer
+        assert isinstance(consumer, FastConsumer)
+        consumer.getmany = fetcher.getmany  # type: ignore[method-assign]
+        app.topics.acks_enabled_for = lambda topic: True  # type: ignore[method-assign]
+        delivered: list[int] = []
+
+        async def on_message(message: Any) -> None:
+            delivered.append(message.offset)
+
+        consumer.callback = on_message
+        await asyncio.wait_for(FastConsumer._drain_messages(consumer, fetcher),  # type: ignore
+                               timeout=10)
+        return delivered, reported, consumer
+
+    delivered, reported, consumer = asyncio.run(main())
+    assert delivered == [0, 1, 2, 6, 7, 8, 9]
+    assert reported == [skipped]
+    assert consumer.skipped_batches == 1
+    assert consumer._read_offset[TP0] == 9
+    consumer._acked[TP0] = [0, 1, 2, 6]  # the agents acknowledged these
+    assert consumer._new_offset(TP0) == 7  # past the skipped batch
 
 
 def test_the_worker_commits_on_its_interval_only() -> None:

@@ -140,6 +140,7 @@ EXAMPLES: dict[str, Json] = {
         "reason": "Object missing required field `ts`",
         "value_b64": "eyJldmVudF9pZCI6ImUxIn0=",
         "key_b64": "czE=",
+        "last_offset": 12_347,
     },
 }
 
