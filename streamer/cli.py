@@ -177,12 +177,44 @@ def _check_output(value: Path | None) -> Path | None:
     return value
 
 
+def _check_png(value: Path | None) -> Path | None:
+    # The plot is PNG bytes whatever the name says: a name that says otherwise misleads.
+    if value is not None and value.suffix.lower() != ".png":
+        raise typer.BadParameter(f"the plot is a PNG: name it .png, not {value.name}")
+    return _check_output(value)
+
+
+def _check_converted(value: Path) -> Path:
+    from streamer.replay.convert import OUTPUT_SUFFIXES
+
+    if not value.name.lower().endswith(OUTPUT_SUFFIXES):
+        raise typer.BadParameter(f"{value.name}: one of {', '.join(OUTPUT_SUFFIXES)}")
+    checked = _check_output(value)
+    assert checked is not None
+    return checked
+
+
+def _check_distinct(path: Path, **outputs: Path | None) -> None:
+    """Refuse an output that is the command's input or another of its outputs (by resolved
+    path, so ``./x`` and ``x`` are one): either would overwrite data the user keeps. Options
+    are named by their keyword, ``json_path`` for ``--json``."""
+    seen = {path.resolve(): "the input file"}
+    for name, output in outputs.items():
+        if output is None:
+            continue
+        option = "--" + name.removesuffix("_path").replace("_", "-")
+        where = output.resolve()
+        if where in seen:
+            raise typer.BadParameter(f"{output} is {seen[where]}", param_hint=f"'{option}'")
+        seen[where] = f"the {option} file"
+
+
 @app.command()
 def convert(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Output path: schema JSONL (.jsonl, .jsonl.gz) or .parquet.",
-        callback=_check_output)],
+        callback=_check_converted)],
     format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
     = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Stop after this many events.")]
@@ -192,8 +224,7 @@ def convert(
     Parquet (one event per row)."""
     from streamer.replay.convert import convert as run_convert
 
-    if output.exists() and output.resolve() == path.resolve():
-        raise typer.BadParameter("is the input file", param_hint="'--output'")
+    _check_distinct(path, output=output)
     with _reading(path):
         stats = run_convert(path, _format_of(path, format), output, limit=limit)
     console.print(stats.summary())
@@ -267,7 +298,7 @@ def evaluate(
     json_path: Annotated[Path | None, typer.Option(
         "--json", help="Write the results here.", callback=_check_output)] = None,
     plot: Annotated[Path | None, typer.Option(
-        help="Write the hit-rate-over-time plot (PNG).", callback=_check_output)] = None,
+        help="Write the hit-rate-over-time plot (a .png).", callback=_check_png)] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Read at most this many events.")]
     = None,
     bootstrap: Annotated[int, typer.Option(
@@ -285,6 +316,7 @@ def evaluate(
     from streamer.replay.evaluate import run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
+    _check_distinct(path, json_path=json_path, plot=plot)
     with _reading(path), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("evaluate", total=None)
@@ -415,7 +447,8 @@ def rewards(
         "--follow", "-f", help="Keep reading and refresh the table live (Ctrl-C stops).")]
     = False,
     jsonl: Annotated[Path | None, typer.Option(
-        help="Also write every window read to this JSONL file.")] = None,
+        help="Also write every window read to this JSONL file.", callback=_check_output)]
+    = None,
 ) -> None:
     """Show the newest reward windows per policy version from the rewards topic (latest
     window per version and size, with 95% intervals and the guardrails)."""
@@ -459,7 +492,8 @@ def rewards(
 
 @app.command()
 def report(
-    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")]
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.",
+                                         callback=_check_output)]
     = Path("rewards-report.html"),
     input: Annotated[Path | None, typer.Option(
         "--input", "-i", help="RewardWindows as JSONL (default: read the rewards topic).",
@@ -473,7 +507,15 @@ def report(
 
     skipped: list[InvalidEvent] = []  # messages of the topic that are no window
     if input is not None:
-        windows = read_jsonl(input.read_text().splitlines())
+        _check_distinct(input, output=output)
+        with _reading(input):
+            try:
+                windows = read_jsonl(input.read_text(encoding="utf-8").splitlines())
+            except ValueError as e:  # (UnicodeDecodeError is one: _reading words it)
+                if isinstance(e, UnicodeError):
+                    raise
+                _fail(f"{input}: {e} (a JSONL of RewardWindows, as `streamer rewards "
+                      "--jsonl` writes)")
     else:
         settings = _settings()
         windows = asyncio.run(read_reward_windows(settings.kafka, settings.topics.rewards,

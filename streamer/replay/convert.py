@@ -25,7 +25,10 @@ from pathlib import Path
 from streamer.events import EventCodec
 from streamer.replay.readers import Event, PathLike, ReaderFormat, ReaderStats, read_events
 
-__all__ = ["convert"]
+__all__ = ["OUTPUT_SUFFIXES", "convert"]
+
+#: What ``convert`` can write, by the output's name: schema JSONL (gzipped or not), Parquet.
+OUTPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 
 
 def convert(

@@ -150,6 +150,14 @@ BAKERY = ("Date,Time,Transaction,Item\n"
     (["convert", "{f}", "-o", "{f}"], "--output"),
     (["convert", "{f}", "-o", "{tmp}/no/such/dir/o.jsonl"], "--output"),
     (["convert", "{f}", "-o", "{tmp}"], "--output"),
+    (["convert", "{f}", "-o", "{tmp}/o.csv"], "--output"),  # it would hold JSONL
+    (["evaluate", "{f}", "--json", "{f}"], "--json"),
+    (["evaluate", "{f}", "--plot", "{tmp}/../{tmp.name}/b.png", "--json", "{tmp}/b.png"],
+     "--plot"),  # one file for both, however spelt
+    (["evaluate", "{f}", "--plot", "{tmp}/p.pdf"], "--plot"),  # it would hold PNG bytes
+    (["report", "-i", "{f}", "-o", "{tmp}/no/such/dir/r.html"], "--output"),
+    (["report", "-i", "{f}", "-o", "{f}"], "--output"),
+    (["rewards", "--jsonl", "{tmp}/no/such/dir/w.jsonl"], "--jsonl"),
 ])
 def test_a_bad_option_value_is_a_usage_error_before_any_work(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str) -> None:
@@ -254,3 +262,19 @@ def test_replay_with_undelivered_events_says_how_to_resume(
     result = CliRunner().invoke(app, ["replay", str(f), "--skip", "3", "--limit", "4"])
     assert result.exit_code == 1, result.output
     assert f"to resume: streamer replay {f} --skip 4 --limit 3" in result.output
+
+
+def test_report_of_a_file_that_holds_no_reward_windows_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event_id": "e1", "kind": "view"}\n')
+    binary = tmp_path / "w.parquet"
+    binary.write_bytes(b"PAR1\xff\xfe\x00")
+    for source, says in ((events, f"{events}: line 1: not a RewardWindow"),
+                         (binary, f"{binary}: unreadable")):
+        result = CliRunner().invoke(app, ["report", "-i", str(source),
+                                          "-o", str(tmp_path / "r.html")])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(says) and len(result.output.splitlines()) == 1
+        assert not (tmp_path / "r.html").exists()
