@@ -22,7 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from streamer.replay.pacing import parse_since
-from streamer.replay.readers import FORMATS, InvalidRecord, ReaderFormat, detect_format
+from streamer.replay.readers import (
+    FORMATS,
+    InvalidRecord,
+    ReaderFormat,
+    ReaderStats,
+    detect_format,
+)
 from streamer.settings import Settings
 
 if TYPE_CHECKING:
@@ -164,8 +170,26 @@ def _check_since(value: str | None) -> str | None:
     try:
         parse_since(value)
     except ValueError as e:
-        raise typer.BadParameter(f"epoch ms or an ISO date/time, not {value!r}") from e
+        raise typer.BadParameter(str(e)) from e
     return value
+
+
+def _print_reading(stats: ReaderStats, fmt: ReaderFormat) -> None:
+    """The reader's summary, and in plain words what it cut or that there was nothing; a file
+    whose rows were all skipped ends the command (status 1): it is most likely not ``fmt``."""
+    console.print(escape(stats.summary()), soft_wrap=True)
+    if note := stats.cut_note():
+        console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
+    if stats.rows == 0:
+        console.print("[yellow]the file has no data rows[/yellow]")
+    elif stats.events == 0:
+        _fail(f"no events: every row was skipped; is the file really {fmt}? (--format: one of "
+              f"{', '.join(FORMATS)})")
+
+
+def _utc(ts: int | None) -> str:
+    return "?" if ts is None else datetime.fromtimestamp(ts / 1000, UTC).isoformat(
+        timespec="seconds")
 
 
 def _check_output(value: Path | None) -> Path | None:
@@ -222,12 +246,17 @@ def convert(
 ) -> None:
     """Convert a supported historical format to schema JSONL (one event per line) or
     Parquet (one event per row)."""
+    from streamer.replay.convert import NoEvents
     from streamer.replay.convert import convert as run_convert
 
     _check_distinct(path, output=output)
+    fmt = _format_of(path, format)
     with _reading(path):
-        stats = run_convert(path, _format_of(path, format), output, limit=limit)
-    console.print(stats.summary())
+        try:
+            stats = run_convert(path, fmt, output, limit=limit)
+        except NoEvents as e:
+            stats = e.stats
+    _print_reading(stats, fmt)
 
 
 @app.command()
@@ -264,9 +293,20 @@ def replay(
 
     factor = None if speed == "max" else float(speed)
     settings = _settings()
+    fmt = _format_of(path, format)
+    stats = ReaderStats()
     with _reading(path):
-        events = list(resume(read_events(path, _format_of(path, format)),
+        events = list(resume(read_events(path, fmt, stats=stats),
                              skip=skip, since_ms=parse_since(since), limit=limit))
+    if limit == 0:
+        return
+    _print_reading(stats, fmt)
+    if not events and stats.events:  # --skip or --since left nothing: say where the data is
+        _fail(f"nothing to replay: {'--since ' + since if since is not None else '--skip'} "
+              f"leaves none of the {stats.events:,} events, from {_utc(stats.first_ts)} to "
+              f"{_utc(stats.last_ts)} (UTC)")
+    if not events:
+        _fail("nothing to replay")
     with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[when]}"), TimeRemainingColumn(),
                   console=console) as progress:
@@ -313,19 +353,26 @@ def evaluate(
     streamer against popularity, co-count, lift, frozen-rules and random baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from streamer.replay.evaluate import run_evaluation, with_engine_config
+    from streamer.replay.evaluate import NothingToEvaluate, run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
     _check_distinct(path, json_path=json_path, plot=plot)
+    fmt = _format_of(path, format)
+    stats = ReaderStats()
     with _reading(path), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("evaluate", total=None)
-        result = run_evaluation(
-            path, _format_of(path, format), json_path=json_path, plot_path=plot,
-            limit=limit, bootstrap=bootstrap,
-            config=with_engine_config(co_view_weight=co_view_weight,
-                                      co_cart_weight=co_cart_weight),
-            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        try:
+            result = run_evaluation(
+                path, fmt, json_path=json_path, plot_path=plot,
+                limit=limit, bootstrap=bootstrap, stats=stats,
+                config=with_engine_config(co_view_weight=co_view_weight,
+                                          co_cart_weight=co_cart_weight),
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except NothingToEvaluate as e:
+            bar.stop()
+            _print_reading(stats, fmt)  # no events: says why
+            _fail(f"{e} (nothing written)")
     console.print(result_table(result))
     for label, target in (("results", json_path), ("plot", plot)):
         if target is not None:

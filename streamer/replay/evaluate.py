@@ -70,7 +70,7 @@ from streamer.replay.baselines import (
 )
 
 if TYPE_CHECKING:
-    from streamer.replay.readers import ReaderFormat
+    from streamer.replay.readers import ReaderFormat, ReaderStats
 
 __all__ = [
     "EVALUATION_CONFIG",
@@ -78,6 +78,7 @@ __all__ = [
     "BundleMetrics",
     "EvaluationResult",
     "MethodResult",
+    "NothingToEvaluate",
     "Progress",
     "StreamerMethod",
     "evaluate",
@@ -99,7 +100,10 @@ EVALUATION_CONFIG = EngineConfig(min_interval_ms=0, min_support=0.0)
 # Per (method, bundle size): these four sums per order, in this order.
 _BUNDLE, _PAIR, _REVENUE, _OFFERED = range(4)
 _METRICS = 4
-_PROGRESS_EVERY = 2_000
+# Progress about once a second: the clock is read every few events (an Online Retail order of
+# hundreds of items takes milliseconds to score, a Taobao click microseconds).
+_PROGRESS_EVERY = 64
+_PROGRESS_S = 1.0
 
 
 class StreamerMethod:
@@ -318,6 +322,9 @@ def evaluate(
     started = time.perf_counter()
     stream = list(events)
     total_events = len(stream)
+    if progress is not None:  # the total, as soon as it is known (reading a file takes a while)
+        progress(0, total_events)
+    next_progress = time.monotonic() + _PROGRESS_S
     purchases = sum(isinstance(e, PurchaseEvent) for e in stream)
     train_orders = max(1, round(purchases * rules_share))
     if engine is None:
@@ -338,8 +345,10 @@ def evaluate(
     seen: set[str] = set()
     seq = 0
     for done, event in enumerate(stream, 1):
-        if progress is not None and done % _PROGRESS_EVERY == 0:
+        if progress is not None and done % _PROGRESS_EVERY == 0 and (
+                time.monotonic() >= next_progress):
             progress(done, total_events)
+            next_progress = time.monotonic() + _PROGRESS_S
         if isinstance(event, ClickEvent):
             engine.handle_click(event)
             continue
@@ -501,6 +510,11 @@ def _bootstrap(
 # -- file-level conveniences for the CLI -------------------------------------------------------
 
 
+class NothingToEvaluate(ValueError):
+    """The events hold no order of two or more distinct items: no rate can be computed, and a
+    table or plot of zeros would read as a method that never hits."""
+
+
 def evaluate_file(
     path: str | Path,
     fmt: ReaderFormat,
@@ -511,9 +525,11 @@ def evaluate_file(
     seed: int = 0,
     progress: Progress | None = None,
     max_order_lines: int | None = None,
+    stats: ReaderStats | None = None,
 ) -> EvaluationResult:
     """:func:`evaluate` on a file read by ``streamer.replay.readers.read_events``; the dataset
     is named after the file. Raises whatever the reader raises for a bad file or format.
+    ``stats``, if given, is filled in by the reader.
 
     Orders are read whole (``max_order_lines=None``), not cut to the wire schema's 200 lines:
     the protocol scores every anchor of every order against everything bought with it, and
@@ -523,7 +539,7 @@ def evaluate_file(
     from streamer.replay.readers import read_events
 
     result = evaluate(
-        read_events(path, fmt, limit=limit, max_order_lines=max_order_lines),
+        read_events(path, fmt, limit=limit, max_order_lines=max_order_lines, stats=stats),
         dataset=Path(path).name,
         config=config,
         bootstrap=bootstrap,
@@ -545,11 +561,13 @@ def run_evaluation(
     bootstrap: int = 1000,
     seed: int = 0,
     max_order_lines: int | None = None,
+    stats: ReaderStats | None = None,
 ) -> EvaluationResult:
     """What ``streamer evaluate PATH --format F --json J --plot P`` does, minus the printing:
     evaluate the file, write the JSON (``json_path``) and the monthly hit-rate plot
     (``plot_path``, PNG) when asked, return the result (render it with
-    :func:`streamer.replay.report.result_table`)."""
+    :func:`streamer.replay.report.result_table`). A file without an order of two or more
+    items raises :class:`NothingToEvaluate` and writes neither."""
     result = evaluate_file(
         path,
         fmt,
@@ -559,7 +577,11 @@ def run_evaluation(
         seed=seed,
         progress=progress,
         max_order_lines=max_order_lines,
+        stats=stats,
     )
+    if result.orders == 0:
+        raise NothingToEvaluate(f"{path}: no order of two or more items among its "
+                                f"{result.learned_orders:,} orders: nothing to evaluate")
     if json_path is not None:
         Path(json_path).write_text(result.to_json() + "\n")
     if plot_path is not None:

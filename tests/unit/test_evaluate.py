@@ -315,3 +315,12 @@ def test_a_catalogue_beyond_what_a_dense_table_held_is_evaluated_in_bounded_memo
         tracemalloc.stop()
     assert counts.size == 2 * pairs
     assert peak < 16 * 2**20, peak  # about 300 bytes per item
+
+
+def test_progress_reports_the_total_as_soon_as_the_events_are_read() -> None:
+    """Reading a file takes a while (35 s for Online Retail); the progress bar showed ``0/?``
+    until the first few thousand events were scored."""
+    seen: list[tuple[int, int]] = []
+    evaluate([purchase(n, ["tea", "cup"]) for n in range(3)], dataset="toy", bootstrap=10,
+             progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 3), (3, 3)]  # and then about once a second, and at the end
