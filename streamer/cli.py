@@ -418,9 +418,16 @@ def policy_list() -> None:
     """Versions published on policy-updates with their metadata; marks the live one."""
     from rich.table import Table
 
-    from streamer.app.policy_updates import read_versions
+    from streamer.app.kafka import MissingTopicError
+    from streamer.app.policy_updates import no_versions, read_versions
 
-    versions = asyncio.run(read_versions(_settings()))
+    settings = _settings()
+    missing: str | None = None  # the topic, when there is none yet
+    try:
+        versions = asyncio.run(read_versions(settings))
+    except MissingTopicError as e:  # a fresh broker: workers start on v0, and so it is live
+        versions = no_versions(settings)
+        missing = e.topic
     table = Table(title="policy versions (oldest first)")
     for column in ("live", "version", "parent", "estimate [interval]", "live estimate",
                    "train size", "device", "seconds"):
@@ -434,6 +441,10 @@ def policy_list() -> None:
                       _fmt(m.get("live_estimate")), str(m.get("train_size", "")),
                       str(m.get("device", "")), _fmt(m.get("seconds")))
     console.print(table)
+    if missing is not None:
+        console.print(f"no topic {escape(missing)} at {escape(settings.kafka.bootstrap_servers)}"
+                      f" yet: nothing was published, {versions.live_version} is live",
+                      soft_wrap=True)
     if versions.rejected:
         console.print(f"{versions.rejected} record(s) refused (untrusted weights, features "
                       "workers do not compute, or rollbacks to unknown versions)")
@@ -452,11 +463,12 @@ def policy_rollback(
     from streamer.app.policy_updates import publish_rollback
 
     try:
-        asyncio.run(publish_rollback(_settings(), version, reason=reason))
+        published = asyncio.run(publish_rollback(_settings(), version, reason=reason))
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
-    console.print(f"rollback to {version} published")
+    console.print(f"rollback to {version} published" if published else
+                  f"{version} is live already: nothing changes, nothing published")
 
 
 def _windows_table(board: RewardBoard, title: str) -> Table:
@@ -583,10 +595,17 @@ def main() -> None:
         # fix, not bugs: say so, without a traceback.
         from aiokafka.errors import KafkaConnectionError
 
+        from streamer.app.kafka import MissingTopicError
         from streamer.app.topics import TopicSetupError
 
         if isinstance(e, TopicSetupError):  # says what to fix, and how
             console.print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
+            sys.exit(1)
+        if isinstance(e, MissingTopicError):  # a fresh broker: no worker has created it
+            bootstrap = _settings().kafka.bootstrap_servers
+            Console(stderr=True).print(
+                f"[red]no topic {escape(e.topic)} at {escape(bootstrap)}: start `streamer "
+                "worker` against it first (it creates streamer's topics)[/red]", soft_wrap=True)
             sys.exit(1)
         if not isinstance(e, KafkaConnectionError):
             raise
