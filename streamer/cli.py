@@ -416,6 +416,7 @@ app.add_typer(policy_app, name="policy")
 @policy_app.command("list")
 def policy_list() -> None:
     """Versions published on policy-updates with their metadata; marks the live one."""
+    from rich import box
     from rich.table import Table
 
     from streamer.app.kafka import MissingTopicError
@@ -428,18 +429,26 @@ def policy_list() -> None:
     except MissingTopicError as e:  # a fresh broker: workers start on v0, and so it is live
         versions = no_versions(settings)
         missing = e.topic
-    table = Table(title="policy versions (oldest first)")
-    for column in ("live", "version", "parent", "estimate [interval]", "live estimate",
-                   "train size", "device", "seconds"):
-        table.add_column(column)
+    # 80 columns is rich's width for a pipe: names are what `policy rollback` takes, never cut
+    # (v0-greedy read "v0-gree…"), and the rest wraps between words.
+    table = Table(title="policy versions (oldest first)", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=0)
+    table.add_column("live")
+    table.add_column("version", no_wrap=True)
+    table.add_column("parent", no_wrap=True)
+    for column, longest_word in (("estimate [interval]", 8), ("live estimate", 8),
+                                 ("train size", 6), ("trained on", 7)):
+        table.add_column(column, min_width=longest_word)  # wrapped, never cut
     for v in versions.versions():
         m = v.metadata
         interval = m.get("interval") or [None, None]
         estimate = ("" if m.get("estimate") is None else
                     f"{m['estimate']:.4g} [{_fmt(interval[0])}, {_fmt(interval[1])}]")
+        trained = str(m.get("device", ""))
+        if m.get("seconds") is not None:
+            trained += f" {_fmt(m['seconds'])} s"
         table.add_row("*" if v.live else "", v.version, str(m.get("parent") or ""), estimate,
-                      _fmt(m.get("live_estimate")), str(m.get("train_size", "")),
-                      str(m.get("device", "")), _fmt(m.get("seconds")))
+                      _fmt(m.get("live_estimate")), str(m.get("train_size", "")), trained)
     console.print(table)
     if missing is not None:
         console.print(f"no topic {escape(missing)} at {escape(settings.kafka.bootstrap_servers)}"
@@ -482,7 +491,8 @@ def _windows_table(board: RewardBoard, title: str) -> Table:
     table = Table(title=title)
     for name in ("version", "window", "ends (UTC)", "impressions", "clicks", "conversions",
                  "revenue", "reward / impression", "95% interval"):
-        table.add_column(name, justify="left" if name in ("version", "window") else "right")
+        table.add_column(name, justify="left" if name in ("version", "window") else "right",
+                         no_wrap=name == "version")  # a name to type, never cut
     for size in board.sizes():
         for version in board.versions():
             w = board.latest(version, size)

@@ -16,8 +16,12 @@ per calendar month (UTC) and after the frozen rules' training slice:
 
 - ``bundle_hit_rate``: every offered partner was bought in the order;
 - ``pair_hit_rate``: at least one offered partner was bought;
-- ``captured_revenue``: total revenue of the partner items of hit bundles (quantity x unit
-  price in the order; 0 for data without prices), and ``captured_revenue_per_anchor``;
+- ``captured_revenue``: revenue (quantity x unit price in the order) of the items bought
+  that a hit bundle offered, each item once per order however many of its anchors offered it
+  (so never more than the orders' revenue; summed per anchor, an item offered by three anchors
+  counted three times), and ``captured_revenue_per_anchor``; meaningless for data without
+  prices (every unit price :data:`~streamer.replay.readers.UNPRICED_UNIT_PRICE`), which
+  :attr:`EvaluationResult.priced` tells;
 - ``coverage``: share of anchor occurrences with an offer of that size.
 
 Every rate's denominator is all anchor occurrences, offered or not: silence is a miss. 95%
@@ -37,13 +41,14 @@ correlated and resampling them one by one would understate the variance.
 >>> cooc = result.methods["cooc_count"]
 >>> cooc.pair.bundle_hit_rate, cooc.pair.coverage   # the first order can never be a hit
 (0.75, 0.75)
->>> cooc.pair.captured_revenue   # 3 orders x 2 anchors x the partner's 2.0
+>>> cooc.pair.captured_revenue   # 3 orders x the 2 items' 2.0, each offered by the other
 12.0
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -68,6 +73,7 @@ from streamer.replay.baselines import (
     PopularityBaseline,
     RandomPartnerBaseline,
 )
+from streamer.replay.readers import UNPRICED_UNIT_PRICE
 
 if TYPE_CHECKING:
     from streamer.replay.readers import ReaderFormat, ReaderStats
@@ -164,7 +170,8 @@ class BundleMetrics:
             "captured_revenue": self.captured_revenue,
             "captured_revenue_per_anchor": self.captured_revenue_per_anchor,
             "coverage": self.coverage,
-            "ci95": {k: [lo, hi] for k, (lo, hi) in self.ci95.items()},
+            # null: no interval (no bootstrap replicates); NaN is no JSON
+            "ci95": {k: None if math.isnan(lo) else [lo, hi] for k, (lo, hi) in self.ci95.items()},
         }
 
 
@@ -239,6 +246,9 @@ class EvaluationResult:
     methods: dict[str, MethodResult] = field(default_factory=dict)
     #: The reader's cap on distinct items per order (None: whole orders, the protocol).
     max_order_lines: int | None = None
+    #: Whether any order line has a price other than the readers' stand-in for none (Taobao
+    #: and bakery data have no prices): without, revenue counts units, not money.
+    priced: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict: ``{"dataset", "orders", "methods": {name: {...}}, ...}``."""
@@ -248,6 +258,7 @@ class EvaluationResult:
             "anchors": self.anchors,
             "learned_orders": self.learned_orders,
             "events": self.events,
+            "priced": self.priced,
             "protocol": {
                 "scored": "orders with >= 2 distinct items; every distinct item as anchor",
                 "denominator": "all anchor occurrences (no offer = miss)",
@@ -343,6 +354,7 @@ def evaluate(
     months: list[str] = []
     seqs: list[int] = []
     seen: set[str] = set()
+    priced = False
     seq = 0
     for done, event in enumerate(stream, 1):
         if progress is not None and done % _PROGRESS_EVERY == 0 and (
@@ -355,6 +367,7 @@ def evaluate(
         if event.event_id in seen:
             continue
         seen.add(event.event_id)
+        priced = priced or any(line.unit_price != UNPRICED_UNIT_PRICE for line in event.items)
         order = _order(seq, event)
         if len(order.items) >= 2:
             rows.append(_score(methods, order, width))
@@ -398,6 +411,7 @@ def evaluate(
         bootstrap=bootstrap,
         seconds=time.perf_counter() - started,
         methods=results,
+        priced=priced,
     )
 
 
@@ -418,6 +432,7 @@ def _score(methods: Sequence[BundleMethod], order: Order, width: int) -> list[fl
     bought = set(order.items)
     revenue = order.revenue
     for m, method in enumerate(methods):
+        captured: tuple[set[str], set[str]] = (set(), set())  # per size: items hits offered
         for offer in method.offers(order.items, order.ts):
             for size, partners in enumerate(offer):
                 if partners is None:
@@ -429,7 +444,9 @@ def _score(methods: Sequence[BundleMethod], order: Order, width: int) -> list[fl
                     row[base + _PAIR] += 1.0
                     if got == len(partners):
                         row[base + _BUNDLE] += 1.0
-                        row[base + _REVENUE] += sum(revenue.get(p, 0.0) for p in partners)
+                        captured[size].update(partners)
+        for size, items in enumerate(captured):
+            row[(m * 2 + size) * _METRICS + _REVENUE] = sum(revenue[p] for p in items)
     return row
 
 
@@ -489,7 +506,10 @@ def _bootstrap(
     resampling counts per order, so a chunk of replicates is one matrix product.
     """
     n, k = values.shape
-    if n == 0 or replicates <= 0:
+    if replicates <= 0:  # no interval, rather than [0, 0] around a point outside it
+        none = np.full(2 * k, np.nan)
+        return none, none
+    if n == 0:
         zeros = np.zeros(2 * k)
         return zeros, zeros
     stats = np.empty((replicates, 2 * k))

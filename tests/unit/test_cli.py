@@ -373,3 +373,30 @@ def test_replay_since_a_year_or_past_the_end_of_the_data_is_refused(
     assert result.exit_code == code, result.output
     assert says in " ".join(result.output.split()), result.output
     assert sent == []
+
+
+def test_policy_list_at_80_columns_shows_version_names_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names are what ``policy rollback`` takes; at 80 columns (a pipe) they were cut."""
+    import streamer.app.policy_updates as policy_updates
+    from streamer.policy import PolicyVersions
+    from streamer.policy.registry import VersionInfo
+
+    monkeypatch.setenv("COLUMNS", "80")
+    versions = PolicyVersions(base_version="v0-greedy")
+    versions.versions = lambda: [  # type: ignore[method-assign]
+        VersionInfo("v0-greedy", {"kind": "base"}, False),
+        VersionInfo("torch-0a1b2c3d4e5f", {
+            "parent": "torch-9f8e7d6c5b4a", "estimate": 0.123456, "interval": [0.1, 0.15],
+            "live_estimate": 0.0987, "train_size": 123456, "device": "cpu", "seconds": 12.5},
+            True)]
+
+    async def read(_: object) -> PolicyVersions:
+        return versions
+
+    monkeypatch.setattr(policy_updates, "read_versions", read)
+    result = CliRunner().invoke(app, ["policy", "list"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    for name in ("v0-greedy", "torch-0a1b2c3d4e5f", "torch-9f8e7d6c5b4a"):
+        assert f" {name} " in result.output, result.output
