@@ -326,6 +326,8 @@ def replay(
         if limit is not None:
             again += f" --limit {limit - summary.undelivered}"
         console.print(f"to resume: streamer replay {escape(str(path))} {again}", soft_wrap=True)
+    if summary.interrupted:  # Ctrl-C: the status a shell gives an interrupted command
+        raise typer.Exit(130)
     if summary.errors:
         raise typer.Exit(1)
 

@@ -8,7 +8,9 @@ summary counts acknowledged events only, and when some were not acknowledged it 
 first of them (its position and event time), from which a replay resumes without a gap (later
 events that did get through are sent again and de-duplicated downstream by ``event_id``). A
 send the producer refuses (``KafkaError``: the broker unreachable past the request timeout)
-ends the replay there, with its summary.
+ends the replay there, with its summary. So does a cancellation (Ctrl-C: ``asyncio.run``
+cancels its task): the acknowledgements in flight are awaited for at most
+:data:`INTERRUPT_WAIT_S`, and the summary says where to resume, marked ``interrupted``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from streamer.replay.pacing import ReplayPacer
 from streamer.settings import Settings
 
 MAX_IN_FLIGHT = 5_000
+#: How long an interrupted replay waits for the acknowledgements of what it sent: each one
+#: waited for is an event the resumed replay need not send again; a user who pressed Ctrl-C
+#: is not kept waiting long (a second Ctrl-C stops at once).
+INTERRUPT_WAIT_S = 5.0
 
 
 @dataclass
@@ -44,6 +50,7 @@ class ReplaySummary:
     last_ts: int | None = None
     undelivered: int | None = None
     undelivered_ts: int | None = None
+    interrupted: bool = False
 
     @property
     def events(self) -> int:
@@ -56,8 +63,9 @@ class ReplaySummary:
     def text(self) -> str:
         per_topic = ", ".join(f"{t}: {n:,}" for t, n in sorted(self.sent.items()))
         first = f" (first: {self.first_error})" if self.first_error else ""
-        text = (f"{self.events:,} events in {self.seconds:.1f} s ({self.rate:,.0f}/s): "
-                f"{per_topic}\nerrors: {self.errors}{first}")
+        text = (f"{'interrupted: ' if self.interrupted else ''}{self.events:,} events in "
+                f"{self.seconds:.1f} s ({self.rate:,.0f}/s)"
+                f"{': ' + per_topic if per_topic else ''}\nerrors: {self.errors}{first}")
         if self.undelivered is not None:
             text += (f"\nnot delivered from event #{self.undelivered + 1:,} on "
                      f"(event time {self.undelivered_ts})")
@@ -101,8 +109,12 @@ async def replay_events(
                 summary.sent[topic] = summary.sent.get(topic, 0) + 1
 
     start = time.monotonic()
+    stream = iter(events)
+    sent = 0  # events taken from the stream and handed to the producer
+    in_hand: Event | None = None  # taken, not handed over yet
     try:
-        for position, event in enumerate(events):
+        for position, event in enumerate(stream):
+            in_hand = event
             delay = pacer.delay_s(event_ts_ms=event.ts, elapsed_s=time.monotonic() - start)
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing history at the requested speed
@@ -114,6 +126,7 @@ async def replay_events(
                 failed(position, event.ts, e)
                 break
             pending[fut] = (position, topic, event.ts)
+            in_hand, sent = None, position + 1
             summary.first_ts = summary.first_ts if summary.first_ts is not None else event.ts
             summary.last_ts = event.ts
             if on_sent is not None:
@@ -124,6 +137,19 @@ async def replay_events(
         if pending:
             done, _ = await asyncio.wait(pending)
             settle(done)
+    except asyncio.CancelledError:
+        # Interrupted (Ctrl-C): the summary, not the cancellation, is the result. What is
+        # acknowledged within the wait counts; the replay resumes from the first event that
+        # is not (in flight still, or never sent).
+        summary.interrupted = True
+        unsent = in_hand if in_hand is not None else next(stream, None)
+        if unsent is not None:
+            summary._undelivered(sent, unsent.ts)
+        if pending:
+            done, _ = await asyncio.wait(pending, timeout=INTERRUPT_WAIT_S)
+            settle(done)
+            for position, _topic, ts in pending.values():
+                summary._undelivered(position, ts)
     finally:
         await producer.stop()
     summary.seconds = time.monotonic() - start

@@ -400,3 +400,21 @@ def test_policy_list_at_80_columns_shows_version_names_whole(
     assert "…" not in result.output, result.output
     for name in ("v0-greedy", "torch-0a1b2c3d4e5f", "torch-9f8e7d6c5b4a"):
         assert f" {name} " in result.output, result.output
+
+
+def test_an_interrupted_replay_prints_its_summary_and_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamer.app.replay as replay
+
+    async def interrupted(settings: object, events: list[object], **_: object) -> object:
+        return replay.ReplaySummary(sent={"purchases": 2}, interrupted=True, undelivered=2,
+                                    undelivered_ts=events[2].ts)  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(replay, "replay_events", interrupted)
+    f = tmp_path / "b.csv"
+    f.write_text(BAKERY)
+    result = CliRunner().invoke(app, ["replay", str(f), "--skip", "3"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: 2 events" in result.output
+    assert f"to resume: streamer replay {f} --skip 5" in result.output
