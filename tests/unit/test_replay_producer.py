@@ -51,9 +51,13 @@ def run(producer: FakeProducer, events: list[Event]) -> replay.ReplaySummary:
     async def started(_: object) -> None:
         pass
 
+    async def prepared(_: object, __: int) -> list[str]:
+        return []  # topics: tests/integration/test_replay.py
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(replay, "AIOKafkaProducer", lambda **_: producer)
         mp.setattr(replay, "start_client", started)
+        mp.setattr(replay, "prepare_topics", prepared)
         return asyncio.run(replay.replay_events(Settings(), events, speed=None))
 
 
