@@ -22,7 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from streamer.replay.pacing import parse_since
-from streamer.replay.readers import FORMATS, InvalidRecord, ReaderFormat, detect_format
+from streamer.replay.readers import (
+    FORMATS,
+    InvalidRecord,
+    ReaderFormat,
+    ReaderStats,
+    detect_format,
+)
 from streamer.settings import Settings
 
 if TYPE_CHECKING:
@@ -164,8 +170,26 @@ def _check_since(value: str | None) -> str | None:
     try:
         parse_since(value)
     except ValueError as e:
-        raise typer.BadParameter(f"epoch ms or an ISO date/time, not {value!r}") from e
+        raise typer.BadParameter(str(e)) from e
     return value
+
+
+def _print_reading(stats: ReaderStats, fmt: ReaderFormat) -> None:
+    """The reader's summary, and in plain words what it cut or that there was nothing; a file
+    whose rows were all skipped ends the command (status 1): it is most likely not ``fmt``."""
+    console.print(escape(stats.summary()), soft_wrap=True)
+    if note := stats.cut_note():
+        console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
+    if stats.rows == 0:
+        console.print("[yellow]the file has no data rows[/yellow]")
+    elif stats.events == 0:
+        _fail(f"no events: every row was skipped; is the file really {fmt}? (--format: one of "
+              f"{', '.join(FORMATS)})")
+
+
+def _utc(ts: int | None) -> str:
+    return "?" if ts is None else datetime.fromtimestamp(ts / 1000, UTC).isoformat(
+        timespec="seconds")
 
 
 def _check_output(value: Path | None) -> Path | None:
@@ -177,12 +201,44 @@ def _check_output(value: Path | None) -> Path | None:
     return value
 
 
+def _check_png(value: Path | None) -> Path | None:
+    # The plot is PNG bytes whatever the name says: a name that says otherwise misleads.
+    if value is not None and value.suffix.lower() != ".png":
+        raise typer.BadParameter(f"the plot is a PNG: name it .png, not {value.name}")
+    return _check_output(value)
+
+
+def _check_converted(value: Path) -> Path:
+    from streamer.replay.convert import OUTPUT_SUFFIXES
+
+    if not value.name.lower().endswith(OUTPUT_SUFFIXES):
+        raise typer.BadParameter(f"{value.name}: one of {', '.join(OUTPUT_SUFFIXES)}")
+    checked = _check_output(value)
+    assert checked is not None
+    return checked
+
+
+def _check_distinct(path: Path, **outputs: Path | None) -> None:
+    """Refuse an output that is the command's input or another of its outputs (by resolved
+    path, so ``./x`` and ``x`` are one): either would overwrite data the user keeps. Options
+    are named by their keyword, ``json_path`` for ``--json``."""
+    seen = {path.resolve(): "the input file"}
+    for name, output in outputs.items():
+        if output is None:
+            continue
+        option = "--" + name.removesuffix("_path").replace("_", "-")
+        where = output.resolve()
+        if where in seen:
+            raise typer.BadParameter(f"{output} is {seen[where]}", param_hint=f"'{option}'")
+        seen[where] = f"the {option} file"
+
+
 @app.command()
 def convert(
     path: Annotated[Path, typer.Argument(help="Input file.", exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Output path: schema JSONL (.jsonl, .jsonl.gz) or .parquet.",
-        callback=_check_output)],
+        callback=_check_converted)],
     format: Annotated[ReaderFormat | None, typer.Option("--format", "-f", help=FORMAT_HELP)]
     = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Stop after this many events.")]
@@ -190,13 +246,17 @@ def convert(
 ) -> None:
     """Convert a supported historical format to schema JSONL (one event per line) or
     Parquet (one event per row)."""
+    from streamer.replay.convert import NoEvents
     from streamer.replay.convert import convert as run_convert
 
-    if output.exists() and output.resolve() == path.resolve():
-        raise typer.BadParameter("is the input file", param_hint="'--output'")
+    _check_distinct(path, output=output)
+    fmt = _format_of(path, format)
     with _reading(path):
-        stats = run_convert(path, _format_of(path, format), output, limit=limit)
-    console.print(stats.summary())
+        try:
+            stats = run_convert(path, fmt, output, limit=limit)
+        except NoEvents as e:
+            stats = e.stats
+    _print_reading(stats, fmt)
 
 
 @app.command()
@@ -233,9 +293,20 @@ def replay(
 
     factor = None if speed == "max" else float(speed)
     settings = _settings()
+    fmt = _format_of(path, format)
+    stats = ReaderStats()
     with _reading(path):
-        events = list(resume(read_events(path, _format_of(path, format)),
+        events = list(resume(read_events(path, fmt, stats=stats),
                              skip=skip, since_ms=parse_since(since), limit=limit))
+    if limit == 0:
+        return
+    _print_reading(stats, fmt)
+    if not events and stats.events:  # --skip or --since left nothing: say where the data is
+        _fail(f"nothing to replay: {'--since ' + since if since is not None else '--skip'} "
+              f"leaves none of the {stats.events:,} events, from {_utc(stats.first_ts)} to "
+              f"{_utc(stats.last_ts)} (UTC)")
+    if not events:
+        _fail("nothing to replay")
     with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[when]}"), TimeRemainingColumn(),
                   console=console) as progress:
@@ -255,6 +326,8 @@ def replay(
         if limit is not None:
             again += f" --limit {limit - summary.undelivered}"
         console.print(f"to resume: streamer replay {escape(str(path))} {again}", soft_wrap=True)
+    if summary.interrupted:  # Ctrl-C: the status a shell gives an interrupted command
+        raise typer.Exit(130)
     if summary.errors:
         raise typer.Exit(1)
 
@@ -267,7 +340,7 @@ def evaluate(
     json_path: Annotated[Path | None, typer.Option(
         "--json", help="Write the results here.", callback=_check_output)] = None,
     plot: Annotated[Path | None, typer.Option(
-        help="Write the hit-rate-over-time plot (PNG).", callback=_check_output)] = None,
+        help="Write the hit-rate-over-time plot (a .png).", callback=_check_png)] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Read at most this many events.")]
     = None,
     bootstrap: Annotated[int, typer.Option(
@@ -282,18 +355,26 @@ def evaluate(
     streamer against popularity, co-count, lift, frozen-rules and random baselines."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from streamer.replay.evaluate import run_evaluation, with_engine_config
+    from streamer.replay.evaluate import NothingToEvaluate, run_evaluation, with_engine_config
     from streamer.replay.report import result_table
 
+    _check_distinct(path, json_path=json_path, plot=plot)
+    fmt = _format_of(path, format)
+    stats = ReaderStats()
     with _reading(path), Progress("[bold]evaluate", BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("evaluate", total=None)
-        result = run_evaluation(
-            path, _format_of(path, format), json_path=json_path, plot_path=plot,
-            limit=limit, bootstrap=bootstrap,
-            config=with_engine_config(co_view_weight=co_view_weight,
-                                      co_cart_weight=co_cart_weight),
-            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        try:
+            result = run_evaluation(
+                path, fmt, json_path=json_path, plot_path=plot,
+                limit=limit, bootstrap=bootstrap, stats=stats,
+                config=with_engine_config(co_view_weight=co_view_weight,
+                                          co_cart_weight=co_cart_weight),
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except NothingToEvaluate as e:
+            bar.stop()
+            _print_reading(stats, fmt)  # no events: says why
+            _fail(f"{e} (nothing written)")
     console.print(result_table(result))
     for label, target in (("results", json_path), ("plot", plot)):
         if target is not None:
@@ -337,24 +418,44 @@ app.add_typer(policy_app, name="policy")
 @policy_app.command("list")
 def policy_list() -> None:
     """Versions published on policy-updates with their metadata; marks the live one."""
+    from rich import box
     from rich.table import Table
 
-    from streamer.app.policy_updates import read_versions
+    from streamer.app.kafka import MissingTopicError
+    from streamer.app.policy_updates import no_versions, read_versions
 
-    versions = asyncio.run(read_versions(_settings()))
-    table = Table(title="policy versions (oldest first)")
-    for column in ("live", "version", "parent", "estimate [interval]", "live estimate",
-                   "train size", "device", "seconds"):
-        table.add_column(column)
+    settings = _settings()
+    missing: str | None = None  # the topic, when there is none yet
+    try:
+        versions = asyncio.run(read_versions(settings))
+    except MissingTopicError as e:  # a fresh broker: workers start on v0, and so it is live
+        versions = no_versions(settings)
+        missing = e.topic
+    # 80 columns is rich's width for a pipe: names are what `policy rollback` takes, never cut
+    # (v0-greedy read "v0-gree…"), and the rest wraps between words.
+    table = Table(title="policy versions (oldest first)", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=0)
+    table.add_column("live")
+    table.add_column("version", no_wrap=True)
+    table.add_column("parent", no_wrap=True)
+    for column, longest_word in (("estimate [interval]", 8), ("live estimate", 8),
+                                 ("train size", 6), ("trained on", 7)):
+        table.add_column(column, min_width=longest_word)  # wrapped, never cut
     for v in versions.versions():
         m = v.metadata
         interval = m.get("interval") or [None, None]
         estimate = ("" if m.get("estimate") is None else
                     f"{m['estimate']:.4g} [{_fmt(interval[0])}, {_fmt(interval[1])}]")
+        trained = str(m.get("device", ""))
+        if m.get("seconds") is not None:
+            trained += f" {_fmt(m['seconds'])} s"
         table.add_row("*" if v.live else "", v.version, str(m.get("parent") or ""), estimate,
-                      _fmt(m.get("live_estimate")), str(m.get("train_size", "")),
-                      str(m.get("device", "")), _fmt(m.get("seconds")))
+                      _fmt(m.get("live_estimate")), str(m.get("train_size", "")), trained)
     console.print(table)
+    if missing is not None:
+        console.print(f"no topic {escape(missing)} at {escape(settings.kafka.bootstrap_servers)}"
+                      f" yet: nothing was published, {versions.live_version} is live",
+                      soft_wrap=True)
     if versions.rejected:
         console.print(f"{versions.rejected} record(s) refused (untrusted weights, features "
                       "workers do not compute, or rollbacks to unknown versions)")
@@ -373,11 +474,12 @@ def policy_rollback(
     from streamer.app.policy_updates import publish_rollback
 
     try:
-        asyncio.run(publish_rollback(_settings(), version, reason=reason))
+        published = asyncio.run(publish_rollback(_settings(), version, reason=reason))
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e
-    console.print(f"rollback to {version} published")
+    console.print(f"rollback to {version} published" if published else
+                  f"{version} is live already: nothing changes, nothing published")
 
 
 def _windows_table(board: RewardBoard, title: str) -> Table:
@@ -391,7 +493,8 @@ def _windows_table(board: RewardBoard, title: str) -> Table:
     table = Table(title=title)
     for name in ("version", "window", "ends (UTC)", "impressions", "clicks", "conversions",
                  "revenue", "reward / impression", "95% interval"):
-        table.add_column(name, justify="left" if name in ("version", "window") else "right")
+        table.add_column(name, justify="left" if name in ("version", "window") else "right",
+                         no_wrap=name == "version")  # a name to type, never cut
     for size in board.sizes():
         for version in board.versions():
             w = board.latest(version, size)
@@ -415,7 +518,8 @@ def rewards(
         "--follow", "-f", help="Keep reading and refresh the table live (Ctrl-C stops).")]
     = False,
     jsonl: Annotated[Path | None, typer.Option(
-        help="Also write every window read to this JSONL file.")] = None,
+        help="Also write every window read to this JSONL file.", callback=_check_output)]
+    = None,
 ) -> None:
     """Show the newest reward windows per policy version from the rewards topic (latest
     window per version and size, with 95% intervals and the guardrails)."""
@@ -459,7 +563,8 @@ def rewards(
 
 @app.command()
 def report(
-    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")]
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.",
+                                         callback=_check_output)]
     = Path("rewards-report.html"),
     input: Annotated[Path | None, typer.Option(
         "--input", "-i", help="RewardWindows as JSONL (default: read the rewards topic).",
@@ -473,7 +578,15 @@ def report(
 
     skipped: list[InvalidEvent] = []  # messages of the topic that are no window
     if input is not None:
-        windows = read_jsonl(input.read_text().splitlines())
+        _check_distinct(input, output=output)
+        with _reading(input):
+            try:
+                windows = read_jsonl(input.read_text(encoding="utf-8").splitlines())
+            except ValueError as e:  # (UnicodeDecodeError is one: _reading words it)
+                if isinstance(e, UnicodeError):
+                    raise
+                _fail(f"{input}: {e} (a JSONL of RewardWindows, as `streamer rewards "
+                      "--jsonl` writes)")
     else:
         settings = _settings()
         windows = asyncio.run(read_reward_windows(settings.kafka, settings.topics.rewards,
@@ -494,10 +607,17 @@ def main() -> None:
         # fix, not bugs: say so, without a traceback.
         from aiokafka.errors import KafkaConnectionError
 
+        from streamer.app.kafka import MissingTopicError
         from streamer.app.topics import TopicSetupError
 
         if isinstance(e, TopicSetupError):  # says what to fix, and how
             console.print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
+            sys.exit(1)
+        if isinstance(e, MissingTopicError):  # a fresh broker: no worker has created it
+            bootstrap = _settings().kafka.bootstrap_servers
+            Console(stderr=True).print(
+                f"[red]no topic {escape(e.topic)} at {escape(bootstrap)}: start `streamer "
+                "worker` against it first (it creates streamer's topics)[/red]", soft_wrap=True)
             sys.exit(1)
         if not isinstance(e, KafkaConnectionError):
             raise

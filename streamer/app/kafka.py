@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from streamer.app.fetched_records import install_fetched_records
@@ -72,6 +73,31 @@ async def start_client(client: Any) -> None:
         stop = getattr(client, "stop", None) or client.close  # the admin client closes
         await stop()
         raise
+
+
+class MissingTopicError(RuntimeError):
+    """A topic a client reads does not exist on the broker. The worker creates streamer's
+    topics when it starts, so on a fresh broker this is a step not taken yet, not a bug: the
+    command line says so in one line (``topic`` names the topic)."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} does not exist")
+        self.topic = topic
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, *,
+                           attempts: int = 50) -> list[TopicPartition]:
+    """Every partition of ``topic``, in order. A topic just created may take a few metadata
+    refreshes to show, so it asks up to ``attempts`` times, 0.1 s apart, before raising
+    :class:`MissingTopicError`."""
+    for attempt in range(attempts):
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [TopicPartition(topic, p) for p in sorted(partitions)]
+        await consumer._client.force_metadata_update()
+        if attempt < attempts - 1:
+            await asyncio.sleep(0.1)  # metadata of a topic being created
+    raise MissingTopicError(topic)
 
 
 def faust_credentials(k: KafkaSettings) -> faust.types.auth.CredentialsT | None:

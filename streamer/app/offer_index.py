@@ -48,7 +48,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.kafka import aiokafka_kwargs, start_client, topic_partitions
 from streamer.events import BundleOffer, EventCodec, InvalidEvent, check_not_ahead
 from streamer.settings import KafkaSettings
 
@@ -246,13 +246,8 @@ async def _read_to_highwaters(consumer: AIOKafkaConsumer, tps: list[TopicPartiti
 
 
 async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Assign every partition of ``topic`` (waiting for a brand-new topic's metadata)."""
-    for _ in range(100):
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            return tps
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)  # metadata of a topic being created
-    raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
+    """Assign every partition of ``topic`` (waiting for a brand-new topic's metadata;
+    :class:`~streamer.app.kafka.MissingTopicError` if it does not show)."""
+    tps = await topic_partitions(consumer, topic, attempts=100)
+    consumer.assign(tps)
+    return tps

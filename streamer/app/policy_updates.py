@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.kafka import aiokafka_kwargs, start_client, topic_partitions
 from streamer.engine import Engine
 from streamer.observability import Metrics
 from streamer.online import FEATURE_NAMES
@@ -116,25 +116,26 @@ def install_policy_follower(sa: StreamerApp) -> PolicyFollower:
     return follower
 
 
-async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> PolicyVersions:
-    """Every record of ``policy-updates`` up to its current end, applied in order (what a
-    worker starting now would adopt). Records it refuses are counted in ``rejected``."""
+def no_versions(settings: Settings) -> PolicyVersions:
+    """The registry before any record: v0 live, what a worker starts on."""
     from streamer.policy import PolicyVersions
 
+    return PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version,
+                          features=FEATURE_NAMES)
+
+
+async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> PolicyVersions:
+    """Every record of ``policy-updates`` up to its current end, applied in order (what a
+    worker starting now would adopt). Records it refuses are counted in ``rejected``.
+    :class:`~streamer.app.kafka.MissingTopicError` when the topic does not exist (no worker
+    has run against this broker yet)."""
     topic = settings.topics.policy_updates
-    versions = PolicyVersions(base_version=Engine.v0_policy(_engine_config(settings)).version,
-                              features=FEATURE_NAMES)
+    versions = no_versions(settings)
     consumer = AIOKafkaConsumer(**aiokafka_kwargs(settings.kafka), enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await start_client(consumer)
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            raise RuntimeError(f"topic {topic!r} does not exist")
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = await topic_partitions(consumer, topic, attempts=2)
         consumer.assign(assigned)
         await consumer.seek_to_beginning()
         ends = await consumer.end_offsets(assigned)
@@ -157,9 +158,11 @@ async def read_versions(settings: Settings, *, timeout_s: float = 30.0) -> Polic
     return versions
 
 
-async def publish_rollback(settings: Settings, version: str, *, reason: str = "") -> None:
+async def publish_rollback(settings: Settings, version: str, *, reason: str = "") -> bool:
     """Publish a rollback to ``version``; raises ``ValueError`` when ``version`` is neither
-    the base version nor one on the topic that workers would have adopted."""
+    the base version nor one on the topic that workers would have adopted. Publishes nothing
+    and returns False when ``version`` is live already: the record would change nothing but
+    the topic's history, which is kept forever."""
     from aiokafka import AIOKafkaProducer
 
     from streamer.policy import rollback_record
@@ -168,6 +171,8 @@ async def publish_rollback(settings: Settings, version: str, *, reason: str = ""
     if not versions.knows(version):
         known = ", ".join(v.version for v in versions.versions())
         raise ValueError(f"unknown version {version!r}; known: {known}")
+    if versions.live_version == version:
+        return False
     producer = AIOKafkaProducer(**aiokafka_kwargs(settings.kafka))
     await start_client(producer)
     try:
@@ -175,6 +180,7 @@ async def publish_rollback(settings: Settings, version: str, *, reason: str = ""
                                      rollback_record(version, reason=reason), key=b"policy")
     finally:
         await producer.stop()
+    return True
 
 
 def _engine_config(settings: Settings) -> Any:

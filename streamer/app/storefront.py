@@ -23,7 +23,7 @@ from types import TracebackType
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.kafka import aiokafka_kwargs, start_client, topic_partitions
 from streamer.events import ClickEvent, EventCodec, InvalidEvent, PurchaseEvent
 from streamer.offers import Choice, OfferBook
 from streamer.settings import KafkaSettings
@@ -74,13 +74,7 @@ class OfferCache:
         return self
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
-        for _ in range(50):
-            partitions = consumer.partitions_for_topic(self.topic)
-            if partitions:
-                return set(partitions)
-            await consumer._client.force_metadata_update()  # topic may be brand new
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"topic {self.topic!r} has no partitions (does it exist?)")
+        return {tp.partition for tp in await topic_partitions(consumer, self.topic)}
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:

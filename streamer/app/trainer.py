@@ -42,7 +42,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.kafka import aiokafka_kwargs, start_client, topic_partitions
 from streamer.engine import Engine, EngineConfig, carries_decision, logged_decision
 from streamer.events import (
     BundleOffer,
@@ -391,16 +391,7 @@ def rejection_label(result: FineTuneResult) -> str:
 async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
     partitions: list[TopicPartition] = []
     for topic in topics:
-        found: set[int] = set()
-        for _ in range(50):
-            found = consumer.partitions_for_topic(topic) or set()
-            if found:
-                break
-            await consumer._client.force_metadata_update()  # a brand-new topic
-            await asyncio.sleep(0.1)  # waiting for metadata of a topic just created
-        if not found:
-            raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
-        partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        partitions += await topic_partitions(consumer, topic)
     consumer.assign(partitions)
     await consumer.seek_to_beginning()
 

@@ -25,7 +25,19 @@ from pathlib import Path
 from streamer.events import EventCodec
 from streamer.replay.readers import Event, PathLike, ReaderFormat, ReaderStats, read_events
 
-__all__ = ["convert"]
+__all__ = ["OUTPUT_SUFFIXES", "NoEvents", "convert"]
+
+#: What ``convert`` can write, by the output's name: schema JSONL (gzipped or not), Parquet.
+OUTPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+
+
+class NoEvents(ValueError):
+    """Every row of the input was skipped (often the wrong format); ``stats`` says what was
+    read and why it was skipped."""
+
+    def __init__(self, path: Path, stats: ReaderStats) -> None:
+        super().__init__(f"{path}: no events ({stats.summary()})")
+        self.stats = stats
 
 
 def convert(
@@ -40,8 +52,10 @@ def convert(
     ``read_events(out_path, "parquet")`` gives the same events back. The output appears
     atomically: it is written to a temporary sibling and renamed, so a failed conversion
     (``InvalidRecord``, ``OSError``) leaves no partial file and an existing ``out_path``
-    untouched. Refuses (``ValueError``) to overwrite its own input. Returns what was read,
-    written and skipped.
+    untouched. Refuses (``ValueError``) to overwrite its own input. An input whose rows all
+    were skipped (unless ``limit`` is 0) raises :class:`NoEvents` and writes nothing: an empty
+    output would pass for a conversion (an input without rows gives an empty output). Returns
+    what was read, written and skipped.
     """
     source, target = Path(path), Path(out_path)
     if target.exists() and target.resolve() == source.resolve():
@@ -56,6 +70,8 @@ def convert(
             write_events(events, partial)
         else:
             _write_jsonl(events, partial, compress=target.suffix == ".gz")
+        if stats.rows > 0 and stats.events == 0 and limit != 0:
+            raise NoEvents(source, stats)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

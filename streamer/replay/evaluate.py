@@ -16,8 +16,12 @@ per calendar month (UTC) and after the frozen rules' training slice:
 
 - ``bundle_hit_rate``: every offered partner was bought in the order;
 - ``pair_hit_rate``: at least one offered partner was bought;
-- ``captured_revenue``: total revenue of the partner items of hit bundles (quantity x unit
-  price in the order; 0 for data without prices), and ``captured_revenue_per_anchor``;
+- ``captured_revenue``: revenue (quantity x unit price in the order) of the items bought
+  that a hit bundle offered, each item once per order however many of its anchors offered it
+  (so never more than the orders' revenue; summed per anchor, an item offered by three anchors
+  counted three times), and ``captured_revenue_per_anchor``; meaningless for data without
+  prices (every unit price :data:`~streamer.replay.readers.UNPRICED_UNIT_PRICE`), which
+  :attr:`EvaluationResult.priced` tells;
 - ``coverage``: share of anchor occurrences with an offer of that size.
 
 Every rate's denominator is all anchor occurrences, offered or not: silence is a miss. 95%
@@ -37,13 +41,14 @@ correlated and resampling them one by one would understate the variance.
 >>> cooc = result.methods["cooc_count"]
 >>> cooc.pair.bundle_hit_rate, cooc.pair.coverage   # the first order can never be a hit
 (0.75, 0.75)
->>> cooc.pair.captured_revenue   # 3 orders x 2 anchors x the partner's 2.0
+>>> cooc.pair.captured_revenue   # 3 orders x the 2 items' 2.0, each offered by the other
 12.0
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -68,9 +73,10 @@ from streamer.replay.baselines import (
     PopularityBaseline,
     RandomPartnerBaseline,
 )
+from streamer.replay.readers import UNPRICED_UNIT_PRICE
 
 if TYPE_CHECKING:
-    from streamer.replay.readers import ReaderFormat
+    from streamer.replay.readers import ReaderFormat, ReaderStats
 
 __all__ = [
     "EVALUATION_CONFIG",
@@ -78,6 +84,7 @@ __all__ = [
     "BundleMetrics",
     "EvaluationResult",
     "MethodResult",
+    "NothingToEvaluate",
     "Progress",
     "StreamerMethod",
     "evaluate",
@@ -99,7 +106,10 @@ EVALUATION_CONFIG = EngineConfig(min_interval_ms=0, min_support=0.0)
 # Per (method, bundle size): these four sums per order, in this order.
 _BUNDLE, _PAIR, _REVENUE, _OFFERED = range(4)
 _METRICS = 4
-_PROGRESS_EVERY = 2_000
+# Progress about once a second: the clock is read every few events (an Online Retail order of
+# hundreds of items takes milliseconds to score, a Taobao click microseconds).
+_PROGRESS_EVERY = 64
+_PROGRESS_S = 1.0
 
 
 class StreamerMethod:
@@ -160,7 +170,8 @@ class BundleMetrics:
             "captured_revenue": self.captured_revenue,
             "captured_revenue_per_anchor": self.captured_revenue_per_anchor,
             "coverage": self.coverage,
-            "ci95": {k: [lo, hi] for k, (lo, hi) in self.ci95.items()},
+            # null: no interval (no bootstrap replicates); NaN is no JSON
+            "ci95": {k: None if math.isnan(lo) else [lo, hi] for k, (lo, hi) in self.ci95.items()},
         }
 
 
@@ -235,6 +246,9 @@ class EvaluationResult:
     methods: dict[str, MethodResult] = field(default_factory=dict)
     #: The reader's cap on distinct items per order (None: whole orders, the protocol).
     max_order_lines: int | None = None
+    #: Whether any order line has a price other than the readers' stand-in for none (Taobao
+    #: and bakery data have no prices): without, revenue counts units, not money.
+    priced: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict: ``{"dataset", "orders", "methods": {name: {...}}, ...}``."""
@@ -244,6 +258,7 @@ class EvaluationResult:
             "anchors": self.anchors,
             "learned_orders": self.learned_orders,
             "events": self.events,
+            "priced": self.priced,
             "protocol": {
                 "scored": "orders with >= 2 distinct items; every distinct item as anchor",
                 "denominator": "all anchor occurrences (no offer = miss)",
@@ -318,6 +333,9 @@ def evaluate(
     started = time.perf_counter()
     stream = list(events)
     total_events = len(stream)
+    if progress is not None:  # the total, as soon as it is known (reading a file takes a while)
+        progress(0, total_events)
+    next_progress = time.monotonic() + _PROGRESS_S
     purchases = sum(isinstance(e, PurchaseEvent) for e in stream)
     train_orders = max(1, round(purchases * rules_share))
     if engine is None:
@@ -336,16 +354,20 @@ def evaluate(
     months: list[str] = []
     seqs: list[int] = []
     seen: set[str] = set()
+    priced = False
     seq = 0
     for done, event in enumerate(stream, 1):
-        if progress is not None and done % _PROGRESS_EVERY == 0:
+        if progress is not None and done % _PROGRESS_EVERY == 0 and (
+                time.monotonic() >= next_progress):
             progress(done, total_events)
+            next_progress = time.monotonic() + _PROGRESS_S
         if isinstance(event, ClickEvent):
             engine.handle_click(event)
             continue
         if event.event_id in seen:
             continue
         seen.add(event.event_id)
+        priced = priced or any(line.unit_price != UNPRICED_UNIT_PRICE for line in event.items)
         order = _order(seq, event)
         if len(order.items) >= 2:
             rows.append(_score(methods, order, width))
@@ -389,6 +411,7 @@ def evaluate(
         bootstrap=bootstrap,
         seconds=time.perf_counter() - started,
         methods=results,
+        priced=priced,
     )
 
 
@@ -409,6 +432,7 @@ def _score(methods: Sequence[BundleMethod], order: Order, width: int) -> list[fl
     bought = set(order.items)
     revenue = order.revenue
     for m, method in enumerate(methods):
+        captured: tuple[set[str], set[str]] = (set(), set())  # per size: items hits offered
         for offer in method.offers(order.items, order.ts):
             for size, partners in enumerate(offer):
                 if partners is None:
@@ -420,7 +444,9 @@ def _score(methods: Sequence[BundleMethod], order: Order, width: int) -> list[fl
                     row[base + _PAIR] += 1.0
                     if got == len(partners):
                         row[base + _BUNDLE] += 1.0
-                        row[base + _REVENUE] += sum(revenue.get(p, 0.0) for p in partners)
+                        captured[size].update(partners)
+        for size, items in enumerate(captured):
+            row[(m * 2 + size) * _METRICS + _REVENUE] = sum(revenue[p] for p in items)
     return row
 
 
@@ -480,7 +506,10 @@ def _bootstrap(
     resampling counts per order, so a chunk of replicates is one matrix product.
     """
     n, k = values.shape
-    if n == 0 or replicates <= 0:
+    if replicates <= 0:  # no interval, rather than [0, 0] around a point outside it
+        none = np.full(2 * k, np.nan)
+        return none, none
+    if n == 0:
         zeros = np.zeros(2 * k)
         return zeros, zeros
     stats = np.empty((replicates, 2 * k))
@@ -501,6 +530,11 @@ def _bootstrap(
 # -- file-level conveniences for the CLI -------------------------------------------------------
 
 
+class NothingToEvaluate(ValueError):
+    """The events hold no order of two or more distinct items: no rate can be computed, and a
+    table or plot of zeros would read as a method that never hits."""
+
+
 def evaluate_file(
     path: str | Path,
     fmt: ReaderFormat,
@@ -511,9 +545,11 @@ def evaluate_file(
     seed: int = 0,
     progress: Progress | None = None,
     max_order_lines: int | None = None,
+    stats: ReaderStats | None = None,
 ) -> EvaluationResult:
     """:func:`evaluate` on a file read by ``streamer.replay.readers.read_events``; the dataset
     is named after the file. Raises whatever the reader raises for a bad file or format.
+    ``stats``, if given, is filled in by the reader.
 
     Orders are read whole (``max_order_lines=None``), not cut to the wire schema's 200 lines:
     the protocol scores every anchor of every order against everything bought with it, and
@@ -523,7 +559,7 @@ def evaluate_file(
     from streamer.replay.readers import read_events
 
     result = evaluate(
-        read_events(path, fmt, limit=limit, max_order_lines=max_order_lines),
+        read_events(path, fmt, limit=limit, max_order_lines=max_order_lines, stats=stats),
         dataset=Path(path).name,
         config=config,
         bootstrap=bootstrap,
@@ -545,11 +581,13 @@ def run_evaluation(
     bootstrap: int = 1000,
     seed: int = 0,
     max_order_lines: int | None = None,
+    stats: ReaderStats | None = None,
 ) -> EvaluationResult:
     """What ``streamer evaluate PATH --format F --json J --plot P`` does, minus the printing:
     evaluate the file, write the JSON (``json_path``) and the monthly hit-rate plot
     (``plot_path``, PNG) when asked, return the result (render it with
-    :func:`streamer.replay.report.result_table`)."""
+    :func:`streamer.replay.report.result_table`). A file without an order of two or more
+    items raises :class:`NothingToEvaluate` and writes neither."""
     result = evaluate_file(
         path,
         fmt,
@@ -559,7 +597,11 @@ def run_evaluation(
         seed=seed,
         progress=progress,
         max_order_lines=max_order_lines,
+        stats=stats,
     )
+    if result.orders == 0:
+        raise NothingToEvaluate(f"{path}: no order of two or more items among its "
+                                f"{result.learned_orders:,} orders: nothing to evaluate")
     if json_path is not None:
         Path(json_path).write_text(result.to_json() + "\n")
     if plot_path is not None:

@@ -39,25 +39,47 @@ class ReplayPacer:
         return max(0.0, due_s - elapsed_s)
 
 
+#: 2000-01-01 in epoch ms. All digits below it are no time in this century's data but a year
+#: or a date typed without dashes: read as milliseconds, ``--since 2017`` would be in 1970 and
+#: replay everything.
+EPOCH_MS_2000 = 946_684_800_000
+
+
 def parse_since(value: str | None) -> int | None:
     """``--since``: epoch milliseconds, or an ISO date/time (UTC unless it says otherwise).
+    ``ValueError`` says what is wrong, in words for the command line.
 
     >>> parse_since("2011-01-01")
     1293840000000
     >>> parse_since("1293840000000")
     1293840000000
+    >>> parse_since("2017")
+    Traceback (most recent call last):
+    ...
+    ValueError: 2017 is not epoch milliseconds since 2000 (13 digits): did you mean 2017-01-01?
     """
     if value is None:
         return None
     if value.isdigit():
+        if int(value) < EPOCH_MS_2000:
+            raise ValueError(f"{value} is not epoch milliseconds since 2000 (13 digits)"
+                             + _date_hint(value))
         return int(value)
     try:
         dt = datetime.fromisoformat(value)
     except ValueError as e:
-        raise ValueError(f"--since wants epoch ms or an ISO date/time, got {value!r}") from e
+        raise ValueError(f"epoch ms or an ISO date/time, not {value!r}") from e
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
+
+
+def _date_hint(digits: str) -> str:
+    if len(digits) == 4:
+        return f": did you mean {digits}-01-01?"
+    if len(digits) == 8:  # 20170101
+        return f": did you mean {digits[:4]}-{digits[4:6]}-{digits[6:]}?"
+    return ""
 
 
 def resume(

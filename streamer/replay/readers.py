@@ -131,8 +131,9 @@ class ReaderStats:
     ``rows`` counts source records (CSV data rows, JSONL lines or Parquet rows);
     ``orders_seen`` counts source orders (invoices, transactions, a Taobao user's buying days);
     every order seen either became a purchase or is counted in ``dropped_orders`` by reason.
-    ``skipped_rows`` counts rows left out by reason. The event counts are of events actually
-    yielded, so they honour ``limit``.
+    ``skipped_rows`` counts rows left out by reason; ``cut_orders`` the orders among them cut to
+    their first ``line_limit`` items (their other rows are ``over_line_limit``). The event
+    counts are of events actually yielded, so they honour ``limit``.
     """
 
     rows: int = 0
@@ -144,6 +145,8 @@ class ReaderStats:
     last_ts: int | None = None
     skipped_rows: Counter[str] = field(default_factory=Counter)
     dropped_orders: Counter[str] = field(default_factory=Counter)
+    cut_orders: int = 0
+    line_limit: int | None = None
 
     @property
     def events(self) -> int:
@@ -179,6 +182,19 @@ class ReaderStats:
             if counts:
                 text += f"; {title}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         return text
+
+    def cut_note(self) -> str | None:
+        """The orders cut to the wire's line limit, in plain words (None if none were): a
+        count of skipped rows alone does not tell a user that whole orders are not whole.
+
+        >>> print(ReaderStats(cut_orders=2, line_limit=200).cut_note())  # doctest: +ELLIPSIS
+        2 orders over 200 lines were cut to their first 200: the wire format's limit; ...
+        """
+        if not self.cut_orders:
+            return None
+        return (f"{self.cut_orders:,} orders over {self.line_limit} lines were cut to their "
+                f"first {self.line_limit}: the wire format's limit; `streamer evaluate` the "
+                "original file for whole orders")
 
 
 def read_events(
@@ -416,9 +432,11 @@ class _Basket:
         """The first ``max_lines`` items' lines (all for None); rows of later items are
         counted as skipped."""
         out: list[OrderLine] = []
+        cut = False
         for item_id, (quantity, revenue, rows) in self.lines.items():
             if len(out) == max_lines:
                 stats.skipped_rows["over_line_limit"] += int(rows)
+                cut = True
                 continue
             if quantity > MAX_QUANTITY or revenue / quantity > MAX_PRICE:
                 stats.skipped_rows["out_of_bounds"] += int(rows)
@@ -426,6 +444,9 @@ class _Basket:
             # Weighted mean keeps the line's revenue when one item was entered at two prices.
             unit_price = round(revenue / quantity, 4)
             out.append(OrderLine(item_id=item_id, quantity=int(quantity), unit_price=unit_price))
+        if cut:
+            stats.cut_orders += 1
+            stats.line_limit = max_lines
         return out
 
 

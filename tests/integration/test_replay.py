@@ -91,3 +91,53 @@ def test_replay_command_resumes_and_summarises(settings: Settings, tmp_path: Pat
     records = read_back(settings, events[40:])
     sent_ids = {msgspec.json.decode(r.value)["event_id"] for r in records}
     assert sent_ids == {e.event_id for e in events[40:]}
+
+
+def test_a_replay_before_any_worker_creates_its_topics_as_the_worker_would(
+        settings: Settings) -> None:
+    """Not left to the broker's auto-create (its default partition count, which the worker
+    then refuses), and kept whatever the events' age (Kafka deletes by record time)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streamer.app.topics import TopicNeeds, describe
+
+    events = history(50)
+    summary = asyncio.run(replay_events(settings, events, speed=None))
+    assert summary.events == 50 and summary.errors == 0 and summary.warnings == []
+    t = settings.topics
+
+    async def described() -> dict[str, Any]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            needs = [TopicNeeds(n, configs={"retention.ms": "-1"})
+                     for n in (t.clicks, t.purchases)]
+            return await describe(admin, needs, {t.clicks, t.purchases})
+        finally:
+            await admin.close()
+
+    for topic in asyncio.run(described()).values():
+        assert topic.partitions == t.partitions  # 4, not the broker's default
+        assert topic.configs is not None and topic.configs.get("retention.ms") == "-1"
+    read_back(settings, events)
+
+
+def test_a_replay_into_topics_the_worker_would_refuse_sends_nothing(settings: Settings) -> None:
+    from streamer.app.topics import TopicSetupError
+    from tests.integration.test_topics import create
+
+    create(settings, settings.topics.clicks, 8)
+    with pytest.raises(TopicSetupError, match="has 8 partitions, streamer needs 4"):
+        asyncio.run(replay_events(settings, history(20), speed=None))  # before any send
+
+
+def test_a_replay_into_a_topic_that_would_delete_its_history_says_what_to_set(
+        settings: Settings) -> None:
+    from tests.integration.test_topics import create
+
+    create(settings, settings.topics.clicks, 4, {"retention.ms": "604800000"})
+    summary = asyncio.run(replay_events(settings, history(20), speed=None))
+    (warning,) = summary.warnings  # purchases was created: kept forever
+    assert warning.startswith(f"{settings.topics.clicks} keeps records 7 days (retention.ms)")
+    assert f"--entity-name {settings.topics.clicks} --add-config retention.ms=-1" in warning
+    assert summary.text().startswith(warning)

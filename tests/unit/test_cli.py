@@ -150,6 +150,14 @@ BAKERY = ("Date,Time,Transaction,Item\n"
     (["convert", "{f}", "-o", "{f}"], "--output"),
     (["convert", "{f}", "-o", "{tmp}/no/such/dir/o.jsonl"], "--output"),
     (["convert", "{f}", "-o", "{tmp}"], "--output"),
+    (["convert", "{f}", "-o", "{tmp}/o.csv"], "--output"),  # it would hold JSONL
+    (["evaluate", "{f}", "--json", "{f}"], "--json"),
+    (["evaluate", "{f}", "--plot", "{tmp}/../{tmp.name}/b.png", "--json", "{tmp}/b.png"],
+     "--plot"),  # one file for both, however spelt
+    (["evaluate", "{f}", "--plot", "{tmp}/p.pdf"], "--plot"),  # it would hold PNG bytes
+    (["report", "-i", "{f}", "-o", "{tmp}/no/such/dir/r.html"], "--output"),
+    (["report", "-i", "{f}", "-o", "{f}"], "--output"),
+    (["rewards", "--jsonl", "{tmp}/no/such/dir/w.jsonl"], "--jsonl"),
 ])
 def test_a_bad_option_value_is_a_usage_error_before_any_work(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str) -> None:
@@ -254,3 +262,159 @@ def test_replay_with_undelivered_events_says_how_to_resume(
     result = CliRunner().invoke(app, ["replay", str(f), "--skip", "3", "--limit", "4"])
     assert result.exit_code == 1, result.output
     assert f"to resume: streamer replay {f} --skip 4 --limit 3" in result.output
+
+
+def test_report_of_a_file_that_holds_no_reward_windows_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event_id": "e1", "kind": "view"}\n')
+    binary = tmp_path / "w.parquet"
+    binary.write_bytes(b"PAR1\xff\xfe\x00")
+    for source, says in ((events, f"{events}: line 1: not a RewardWindow"),
+                         (binary, f"{binary}: unreadable")):
+        result = CliRunner().invoke(app, ["report", "-i", str(source),
+                                          "-o", str(tmp_path / "r.html")])
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(says) and len(result.output.splitlines()) == 1
+        assert not (tmp_path / "r.html").exists()
+
+
+def fake_replay_recording(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """``replay_events`` replaced by one that acknowledges everything: the event ids per call."""
+    import streamer.app.replay as replay
+
+    sent: list[list[str]] = []
+
+    async def fake_replay(settings: object, events: list[object], **_: object) -> object:
+        sent.append([e.event_id for e in events])  # type: ignore[attr-defined]
+        return replay.ReplaySummary(sent={"purchases": len(events)})
+
+    monkeypatch.setattr(replay, "replay_events", fake_replay)
+    return sent
+
+
+def test_replay_says_what_the_reader_skipped_and_which_orders_it_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``convert`` does: an order of more than 200 items goes out as its first 200, which
+    the user must hear of in words (a count of skipped rows hid 3.9% of a data set's revenue)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    sent = fake_replay_recording(monkeypatch)
+    header = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    rows = "".join(f"536999,{code},X,1,2010-12-02 10:00:00,1.0,12345.0,UK\n" for code in range(203))
+    big = tmp_path / "retail.csv"
+    big.write_text(header + rows + "C537000,1,X,-1,2010-12-02 11:00:00,1.0,12345.0,UK\n")
+    runner = CliRunner()
+    for command in (["replay", str(big)], ["convert", str(big), "-o", str(tmp_path / "o.jsonl")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+        said = " ".join(result.output.split())
+        assert ("204 rows -> 1 events (0 clicks, 1 purchases, 200 order lines); skipped rows: "
+                "cancellation 1, over_line_limit 3") in said
+        assert ("1 orders over 200 lines were cut to their first 200: the wire format's limit; "
+                "`streamer evaluate` the original file for whole orders") in said
+    assert sent == [["or-536999"]]
+
+
+def test_a_file_that_gives_no_events_fails_with_the_readers_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong --format (every row malformed) or a file without data rows is no success:
+    status 1, what the reader made of it, and nothing written or sent."""
+    monkeypatch.setenv("COLUMNS", "400")
+    sent = fake_replay_recording(monkeypatch)
+    bakery = tmp_path / "b.csv"
+    bakery.write_text(BAKERY)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("Date,Time,Transaction,Item\n")
+    out, plot = tmp_path / "o.jsonl", tmp_path / "p.png"
+    runner = CliRunner()
+    for args, says in (
+            (["convert", str(bakery), "-f", "taobao", "-o", str(out)],
+             "11 rows -> 0 events (0 clicks, 0 purchases, 0 order lines); skipped rows: "
+             "malformed 11 no events: every row was skipped; is the file really taobao?"),
+            (["replay", str(bakery), "-f", "taobao"], "skipped rows: malformed 11 no events"),
+            (["replay", str(empty)], "the file has no data rows nothing to replay"),
+            (["evaluate", str(empty), "--plot", str(plot)],
+             "the file has no data rows"),
+            (["evaluate", str(bakery), "-f", "taobao", "--plot", str(plot)],
+             "malformed 11 no events: every row was skipped"),
+            # Ten orders of one item each: no rate to compute, rather than a table of zeros.
+            (["evaluate", str(bakery), "--plot", str(plot), "--json", str(tmp_path / "r.json")],
+             f"{bakery}: no order of two or more items among its 10 orders: nothing to "
+             "evaluate (nothing written)"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert says in " ".join(result.output.split()), result.output
+    assert not out.exists() and not plot.exists() and not (tmp_path / "r.json").exists()
+    assert sent == []
+    # An empty file converts to an empty one, with a word on why it is empty.
+    result = runner.invoke(app, ["convert", str(empty), "-o", str(out)])
+    assert result.exit_code == 0 and "the file has no data rows" in result.output
+    assert out.read_text() == ""
+
+
+@pytest.mark.parametrize(("since", "code", "says"), [
+    ("2017", 2, "2017 is not epoch milliseconds since 2000 (13 digits): did you mean "
+     "2017-01-01?"),
+    ("20161030", 2, "did you mean 2016-10-30?"),
+    ("2030-01-01", 1, "nothing to replay: --since 2030-01-01 leaves none of the 10 events, from "
+     "2016-10-30T09:00:00+00:00 to 2016-10-30T09:09:00+00:00 (UTC)"),
+])
+def test_replay_since_a_year_or_past_the_end_of_the_data_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: str, code: int, says: str) -> None:
+    """``--since 2017`` read as epoch ms is 1970 (everything replayed); a --since past the data
+    sent nothing and exited 0."""
+    monkeypatch.setenv("COLUMNS", "400")
+    sent = fake_replay_recording(monkeypatch)
+    f = tmp_path / "b.csv"
+    f.write_text(BAKERY)
+    result = CliRunner().invoke(app, ["replay", str(f), "--since", since])
+    assert result.exit_code == code, result.output
+    assert says in " ".join(result.output.split()), result.output
+    assert sent == []
+
+
+def test_policy_list_at_80_columns_shows_version_names_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The names are what ``policy rollback`` takes; at 80 columns (a pipe) they were cut."""
+    import streamer.app.policy_updates as policy_updates
+    from streamer.policy import PolicyVersions
+    from streamer.policy.registry import VersionInfo
+
+    monkeypatch.setenv("COLUMNS", "80")
+    versions = PolicyVersions(base_version="v0-greedy")
+    versions.versions = lambda: [  # type: ignore[method-assign]
+        VersionInfo("v0-greedy", {"kind": "base"}, False),
+        VersionInfo("torch-0a1b2c3d4e5f", {
+            "parent": "torch-9f8e7d6c5b4a", "estimate": 0.123456, "interval": [0.1, 0.15],
+            "live_estimate": 0.0987, "train_size": 123456, "device": "cpu", "seconds": 12.5},
+            True)]
+
+    async def read(_: object) -> PolicyVersions:
+        return versions
+
+    monkeypatch.setattr(policy_updates, "read_versions", read)
+    result = CliRunner().invoke(app, ["policy", "list"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output, result.output
+    for name in ("v0-greedy", "torch-0a1b2c3d4e5f", "torch-9f8e7d6c5b4a"):
+        assert f" {name} " in result.output, result.output
+
+
+def test_an_interrupted_replay_prints_its_summary_and_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import streamer.app.replay as replay
+
+    async def interrupted(settings: object, events: list[object], **_: object) -> object:
+        return replay.ReplaySummary(sent={"purchases": 2}, interrupted=True, undelivered=2,
+                                    undelivered_ts=events[2].ts)  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("COLUMNS", "400")
+    monkeypatch.setattr(replay, "replay_events", interrupted)
+    f = tmp_path / "b.csv"
+    f.write_text(BAKERY)
+    result = CliRunner().invoke(app, ["replay", str(f), "--skip", "3"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted: 2 events" in result.output
+    assert f"to resume: streamer replay {f} --skip 5" in result.output

@@ -81,7 +81,9 @@ def test_popularity_metrics_match_the_hand_computation(hand: EvaluationResult) -
     pair, triple = hand.methods["popularity"].pair, hand.methods["popularity"].triple
     assert pair.bundle_hit_rate == pytest.approx(4 / 7)
     assert pair.coverage == pytest.approx(5 / 7)
-    assert pair.captured_revenue == pytest.approx(5.0)
+    # o1's a, offered by b and by c, is revenue once: a (1) + b (2); o2's a (1). Counted per
+    # anchor it was 5, more than some orders' revenue: money no order paid.
+    assert pair.captured_revenue == pytest.approx(4.0)
     assert triple.bundle_hit_rate == pytest.approx(1 / 7)
     assert triple.pair_hit_rate == pytest.approx(3 / 7)
     assert triple.coverage == pytest.approx(3 / 7)
@@ -228,7 +230,7 @@ def test_json_shape_and_intervals(hand: EvaluationResult) -> None:
         assert [m["month"] for m in method["monthly"]] == ["2023-11"]
         assert "triple" in method["monthly"][0]
     assert doc["methods"]["cooc_lift"]["params"]["min_support"] == 3
-    assert result_table(hand).row_count == len(METHOD_NAMES)
+    assert result_table(hand).row_count == 2 * len(METHOD_NAMES)  # 2- and 3-item rows
 
 
 def data_dir() -> Path:
@@ -315,3 +317,76 @@ def test_a_catalogue_beyond_what_a_dense_table_held_is_evaluated_in_bounded_memo
         tracemalloc.stop()
     assert counts.size == 2 * pairs
     assert peak < 16 * 2**20, peak  # about 300 bytes per item
+
+
+def test_progress_reports_the_total_as_soon_as_the_events_are_read() -> None:
+    """Reading a file takes a while (35 s for Online Retail); the progress bar showed ``0/?``
+    until the first few thousand events were scored."""
+    seen: list[tuple[int, int]] = []
+    evaluate([purchase(n, ["tea", "cup"]) for n in range(3)], dataset="toy", bootstrap=10,
+             progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 3), (3, 3)]  # and then about once a second, and at the end
+
+
+def test_captured_revenue_is_never_more_than_the_orders_revenue() -> None:
+    """Every anchor of a repeated basket offers the same popular partner: its revenue is
+    captured once per order, not once per anchor."""
+    basket = ["a", "b", "c"]
+    result = evaluate([purchase(n, basket) for n in range(5)], dataset="toy", bootstrap=10)
+    paid = sum(PRICES[i] for i in basket) * (result.orders - 1)  # the first: no offer yet
+    for method in result.methods.values():
+        for metrics in (method.pair, method.triple):
+            assert metrics.captured_revenue <= paid + 1e-9, method.name
+    assert result.methods["cooc_count"].triple.captured_revenue == pytest.approx(paid)
+    assert result.priced
+
+
+def test_data_without_prices_is_marked_so() -> None:
+    unpriced = [PurchaseEvent(event_id=f"e{n}", ts=T0 + n, user_id="u", session_id="s",
+                              order_id=f"o{n}", items=[OrderLine(item_id=i, quantity=1,
+                                                                 unit_price=1.0)
+                                                       for i in ("a", "b")])
+                for n in range(3)]
+    result = evaluate(unpriced, dataset="toy", bootstrap=10)
+    assert not result.priced and result.to_dict()["priced"] is False
+
+
+def rendered(result: EvaluationResult, width: int = 80) -> str:
+    """The table as rich prints it to a pipe or a CI log (80 columns: not a terminal)."""
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(result_table(result))
+    return console.export_text()
+
+
+def test_the_table_at_80_columns_keeps_method_names_whole(hand: EvaluationResult) -> None:
+    """Nothing cut at 80 columns: names (cut, cooc_count and cooc_lift both read "cooc_…"),
+    headers, intervals."""
+    text = rendered(hand)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for name in hand.methods:
+        assert any(line.split()[:2] == [name, "2-item"] for line in text.splitlines()), name
+    assert "…" not in text and "[0.000, 0.667]" in text
+    # A 2-item bundle's one partner makes its pair hit its bundle hit: said, not repeated.
+    assert all(m.pair.pair_hit_rate == m.pair.bundle_hit_rate for m in hand.methods.values())
+    assert text.count("= bundle hit") == len(hand.methods)
+
+
+def test_without_prices_or_bootstrap_the_table_says_so_rather_than_print_a_figure() -> None:
+    unpriced = [purchase(n, ["x", "y"]) for n in range(3)]  # unit price 1.0: none
+    result = evaluate(unpriced, dataset="toy", bootstrap=0)
+    lines = rendered(result).splitlines()
+    text = " ".join(" ".join(lines).split())
+    assert "n/a" in text and "hit revenue n/a: the data has no prices" in text
+    # No interval, rather than [0.000, 0.000] under a rate of 0.667.
+    assert "[0.000, 0.000]" not in text and ["-", "-"] in [line.split() for line in lines]
+    assert "no intervals (--bootstrap 0)" in text
+    assert result.to_dict()["methods"]["cooc_count"]["ci95"]["bundle_hit_rate"] is None
+
+
+def test_the_plots_rate_axis_starts_at_zero(hand: EvaluationResult) -> None:
+    from streamer.replay.report import hit_rate_figure
+
+    # Autoscaling put a margin below the lowest band: Taobao's axis went negative.
+    assert [ax.get_ylim()[0] for ax in hit_rate_figure(hand).axes] == [0.0, 0.0]

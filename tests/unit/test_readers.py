@@ -214,6 +214,10 @@ def test_online_retail_keeps_the_first_200_items_of_a_huge_invoice(tmp_path: Pat
     assert [x.item_id for x in order.items] == [str(c) for c in range(200)]
     assert order.items[0].quantity == 2
     assert stats.skipped_rows == Counter(over_line_limit=6)
+    assert stats.cut_orders == 1  # ... and said in words, not only as a count of rows
+    assert stats.cut_note() == ("1 orders over 200 lines were cut to their first 200: the wire "
+                                "format's limit; `streamer evaluate` the original file for "
+                                "whole orders")
     assert_schema_valid(events)
 
 
@@ -225,10 +229,11 @@ def test_online_retail_keeps_whole_invoices_when_asked(tmp_path: Path) -> None:
     (order,) = events
     assert isinstance(order, PurchaseEvent)
     assert [x.item_id for x in order.items] == [str(c) for c in range(205)]
-    assert stats.skipped_rows == Counter()
+    assert stats.skipped_rows == Counter() and stats.cut_note() is None
     events, stats = read(path, "online-retail", max_order_lines=3)
     assert [x.item_id for x in events[0].items] == ["0", "1", "2"]  # type: ignore[union-attr]
     assert stats.skipped_rows == Counter(over_line_limit=202)
+    assert stats.cut_note().startswith("1 orders over 3 lines were cut")  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         read_events(path, "online-retail", max_order_lines=0)
 
@@ -622,6 +627,7 @@ def test_real_online_retail_counts_match_provenance(
     # Rows with UnitPrice <= 0 outside cancellations are all skipped for quantity or price.
     assert stats.skipped_rows["non_positive_price"] <= 2_517
     assert stats.clicks == 0
+    assert stats.cut_orders == 236  # invoices of more than 200 items, cut to fit the wire
     # London is on GMT in December, so local and UTC times agree at both ends.
     assert utc(events[0].ts) == datetime(2010, 12, 1, 8, 26, tzinfo=UTC)
     assert utc(events[-1].ts) == datetime(2011, 12, 9, 12, 50, tzinfo=UTC)
