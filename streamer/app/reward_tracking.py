@@ -238,6 +238,9 @@ class RewardConfig:
     reward: RewardKind = "revenue"
     cost_ratio: float = 0.0
     dedup_capacity: int = 1_000_000
+    #: The ledgers' clocks and closed windows' deletions trail their windows by write-backs
+    #: (:meth:`RewardTracker.flushed` after each: :class:`~streamer.rewards.RewardLedger`).
+    keep_closed: bool = False
 
     @property
     def outcome_dedup_ttl_ms(self) -> int:
@@ -345,7 +348,8 @@ class RewardTracker:
                     KeyPrefixView(self._windows, f"{p}|"), specs=c.specs,
                     allowed_lateness_ms=c.ledger_lateness_ms, by_anchor=c.by_anchor,
                     by_segment=c.by_segment,
-                    watermarks=KeyPrefixView(self._clocks, f"ledger:{p}|")),
+                    watermarks=KeyPrefixView(self._clocks, f"ledger:{p}|"),
+                    keep_closed=c.keep_closed),
             )
             # A recovered clock resumes from where it was, as if just seen: at ``wall_ms``,
             # this process's time now (module docstring: Restarts).
@@ -441,13 +445,22 @@ class RewardTracker:
             self.metrics.reward_windows.labels(spec_label(w.window_end - w.window_start)).inc()
         return windows
 
+    def flushed(self) -> None:
+        """A write-back flushed the tables: each ledger's trailing writes (its clock, its
+        closed windows' deletions) become due (``keep_closed``; see
+        :class:`~streamer.rewards.RewardLedger`). Writes nothing itself: each ledger writes
+        them on its next record or tick, in its agent, on its own partition."""
+        for part in self._partitions.values():
+            if part.ledger.keep_closed:
+                part.ledger.flushed()
+
     def open_windows(self) -> Iterator[tuple[int, WindowAggregate]]:
         """``(partition, window)`` for every open reward window (in the tables, not only the
-        partitions touched since :meth:`reset`)."""
+        partitions touched since :meth:`reset`; closed markers left out)."""
         for key in list(self._windows):
             prefix, _, _ = key.partition("|")
             window = self._windows.get(key)
-            if window is not None and prefix.isdigit():
+            if window is not None and not window.closed and prefix.isdigit():
                 yield int(prefix), window
 
     def open_state(self) -> tuple[int, int]:

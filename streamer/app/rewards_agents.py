@@ -39,6 +39,7 @@ while an event of the key's partition is processed, so the timer cannot close wi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -173,7 +174,10 @@ def install_reward_tracking(
     closed impressions until then (:meth:`WriteBuffer.holding`); everything else runs here.
     """
     t, r, w = settings.topics, settings.rewards, settings.worker
-    config = reward_config(settings)
+    # The ledgers' clocks and closed windows' deletions trail their windows by write-backs
+    # (tracker.flushed after each flush): what a crash leaves of the three tables' changelogs
+    # then always holds together (streamer.rewards.ledger).
+    config = dataclasses.replace(reward_config(settings), keep_closed=True)
     feedback_topic = app.topic(t.feedback, schema=WireSchema())
     rewards_topic = app.topic(t.rewards, schema=WireSchema())
     ticks_topic = app.topic(f"{w.app_id}-reward-ticks", internal=True,
@@ -205,6 +209,8 @@ def install_reward_tracking(
                      SeenId),
         offers=offers.get, config=config, metrics=metrics)
     board = RewardBoard.from_settings(r)
+
+    buffer.after_flush.append(tracker.flushed)
 
     # Both publish functions return once the broker has every message: the state change that
     # produced them (a closed impression, a closed window) is held back until then

@@ -38,6 +38,16 @@ Contract
   records arrive in offset order, so a window holding an offset at or past a record's has
   counted it. The window itself carries the mark, in the same changelog record as its counts:
   a mark kept elsewhere (another table) could land without them, or they without it.
+- With ``keep_closed`` (the worker), the clock and the closed windows' deletions trail the
+  windows by write-backs, as the write-back calls :meth:`flushed` after each flush: the clock
+  is written in the write-back after the one holding the windows' changes it accounts for, so
+  a recovered clock is never ahead of the windows (it was: windows closed early on recovery,
+  before the outcomes read again were counted, and were published short); and a closed window
+  is kept as a *closed marker* (``closed``: counted nowhere, refusing what comes for it) until
+  two write-backs later, after the clock that passed it, so its deletion never lands where
+  that clock's record did not (an outcome read again then opened the window anew and
+  published it again with the outcomes read since). Each write-back goes out once the
+  previous one landed and its offsets were committed.
 
 >>> from streamer.rewards.attribution import ImpressionOutcome
 >>> def rec(ts, reward):
@@ -118,6 +128,8 @@ class WindowAggregate(Struct, frozen=True, kw_only=True):
     direct_revenue: float = 0.0
     #: The highest offset of the ledger's input partition counted here (-1: none known).
     applied_to: int = -1
+    #: Closed and published: kept only as a marker until purged (``RewardLedger``).
+    closed: bool = False
 
     @property
     def end(self) -> int:
@@ -182,6 +194,7 @@ class RewardLedger:
         by_segment: bool = False,
         confidence: float = 0.95,
         watermarks: MutableMapping[str, int] | None = None,
+        keep_closed: bool = False,
     ) -> None:
         if not specs:
             raise ValueError("at least one window spec is needed")
@@ -202,12 +215,47 @@ class RewardLedger:
         self.counts: Counter[str] = Counter()
         # None: unknown (after a restart), scan on the next advance; inf: nothing open.
         self._next_end: float | None = None
+        self.keep_closed = keep_closed
+        self._wm: int | None = self._clock.get(WATERMARK_KEY)  # the clock (max record ts)
+        # keep_closed: closed markers by age in write-backs, and what the next call of
+        # add/advance writes (flushed(): the clock, the markers closed two write-backs ago).
+        self._closed_new: list[str] = ([k for k, a in windows.items() if a.closed]
+                                       if keep_closed else [])
+        self._closed_old: list[str] = []
+        self._due_deletes: list[str] = []
+        self._due_clock: int | None = None
 
     @property
     def watermark_ms(self) -> int | None:
         """``max record ts - allowed_lateness_ms``; ``None`` before any record."""
-        m = self._clock.get(WATERMARK_KEY)
+        m = self._wm
         return None if m is None else m - self.allowed_lateness_ms
+
+    def flushed(self) -> None:
+        """A write-back flushed this ledger's changes (``keep_closed``): the clock as it is
+        now, and the deletions of the markers closed before the previous flush, are written
+        by the next :meth:`add` or :meth:`advance` (in the agent, on this ledger's partition),
+        so they go out with the next write-back. Writes nothing itself."""
+        self._due_deletes += self._closed_old
+        self._closed_old, self._closed_new = self._closed_new, []
+        self._due_clock = self._wm
+
+    def _settle(self) -> None:
+        """Write what :meth:`flushed` left due."""
+        if self._due_clock is not None:
+            if self._clock.get(WATERMARK_KEY) != self._due_clock:
+                self._clock[WATERMARK_KEY] = self._due_clock
+            self._due_clock = None
+        if self._due_deletes:
+            for key in self._due_deletes:
+                self._windows.pop(key, None)
+            self._due_deletes = []
+
+    def _move_clock(self, ts: int) -> None:
+        if self._wm is None or ts > self._wm:
+            self._wm = ts
+            if not self.keep_closed:
+                self._clock[WATERMARK_KEY] = ts
 
     def max_open_windows(self) -> int:
         """The most windows one group can have open at once (the state bound)."""
@@ -220,6 +268,8 @@ class RewardLedger:
         (-1: unknown; then always counted); False when it was late for some window
         (counted). A window that counted that offset already (a redelivery) is left as it
         is."""
+        if self.keep_closed:
+            self._settle()
         if outcome.policy_version is None:
             self.counts["unversioned"] += 1
             return False
@@ -233,26 +283,35 @@ class RewardLedger:
         for spec in self.specs:
             for start in spec.starts(outcome.ts):
                 end = start + spec.size_ms
-                if wm is not None and end <= wm:
-                    on_time = False  # that window is closed (or about to be emitted)
-                    continue
+                late = wm is not None and end <= wm
                 for group in groups:
                     key = _window_key(spec, start, group)
-                    agg = self._windows.get(key) or WindowAggregate(
-                        size_ms=spec.size_ms,
-                        step_ms=spec.step_ms,
-                        start=start,
-                        policy_version=group[0],
-                        anchor_item_id=group[1],
-                        segment=group[2],
-                    )
+                    agg = self._windows.get(key)
+                    if agg is None:
+                        if late:
+                            on_time = False  # that window is closed (or about to be emitted)
+                            continue
+                        agg = WindowAggregate(
+                            size_ms=spec.size_ms,
+                            step_ms=spec.step_ms,
+                            start=start,
+                            policy_version=group[0],
+                            anchor_item_id=group[1],
+                            segment=group[2],
+                        )
+                    elif agg.closed or (late and offset < 0):
+                        on_time = False  # closed (the clock, recovered older, did not know)
+                        continue
+                    # Read at a known offset, an open window the clock has passed is not
+                    # published yet: the clock was recovered from a record newer than the
+                    # window's (a worker advances after every record, so nothing else leaves
+                    # one open). It counts what it has not counted, and closes on the next
+                    # advance.
                     if offset < 0 or agg.applied_to < offset:
                         self._windows[key] = agg.add(outcome, offset)
-                if self._next_end is not None:
-                    self._next_end = min(self._next_end, end)
-        m = self._clock.get(WATERMARK_KEY)
-        if m is None or outcome.ts > m:
-            self._clock[WATERMARK_KEY] = outcome.ts
+                        if self._next_end is not None:
+                            self._next_end = min(self._next_end, end)
+        self._move_clock(outcome.ts)
         self.counts["added" if on_time else "late"] += 1
         return on_time
 
@@ -262,19 +321,25 @@ class RewardLedger:
         ``now_ms`` moves the clock forward (a timer keeps windows closing when no records
         come); it never moves it back.
         """
+        if self.keep_closed:
+            self._settle()
         if now_ms is not None:
-            m = self._clock.get(WATERMARK_KEY)
-            if m is None or now_ms > m:
-                self._clock[WATERMARK_KEY] = now_ms
+            self._move_clock(now_ms)
         wm = self.watermark_ms
         if wm is None or (self._next_end is not None and wm < self._next_end):
             return []
         closed: list[WindowAggregate] = []
         next_end = math.inf
         for key, agg in list(self._windows.items()):
+            if agg.closed:
+                continue
             if agg.end <= wm:
                 closed.append(agg)
-                del self._windows[key]
+                if self.keep_closed:
+                    self._windows[key] = msgspec.structs.replace(agg, closed=True)
+                    self._closed_new.append(key)
+                else:
+                    del self._windows[key]
             else:
                 next_end = min(next_end, agg.end)
         self._next_end = next_end

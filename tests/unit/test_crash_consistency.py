@@ -8,6 +8,7 @@ through again.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -180,6 +181,76 @@ def test_the_reward_ledger_counts_each_outcome_once_whatever_part_of_its_writes_
             for offset, o in enumerate(outcomes):  # nothing committed: all delivered again
                 recovered.record(o, partition=0, wall_ms=0, offset=offset)
             assert totals(recovered) == expected, (w_cut, s_cut)
+
+
+@pytest.mark.parametrize("per", [1, 2, 3])
+def test_the_reward_ledger_publishes_no_window_twice_with_other_counts_after_a_crash(
+    per: int,
+) -> None:
+    """Windows closing as outcomes come: a window closed and published must not be opened
+    again, nor published short, whatever its clock's changelog kept (a third table). ``per``
+    outcomes per write-back; write-back ``d`` goes out after ``d - 1`` landed and its outcomes
+    were committed, and carries what the ledger left due after ``d - 1`` (``flushed``: the
+    clock, closed windows' deletions). The worker dies with the outcomes of write-backs
+    ``0 .. d - 1`` committed and any prefix of each table's records of write-back ``d``
+    landed; the others are read again. Every window the recovered run publishes is the one the
+    uninterrupted run published, and the windows left open are the same. (With three per
+    write-back, one holds a window's outcomes and the one closing it: with the clock and the
+    deletion written at once, a clock record lost let them open it anew, and a clock record
+    landed ahead of the windows' closed it before they were counted again.)"""
+    from streamer.app.reward_tracking import RewardConfig, RewardTracker
+    from streamer.rewards import ImpressionOutcome, WindowSpec
+
+    config = RewardConfig(window_ms=1_000, allowed_lateness_ms=0,
+                          specs=(WindowSpec(60_000, 60_000),), ledger_lateness_ms=0,
+                          keep_closed=True)  # as the worker's
+    outcomes = [ImpressionOutcome(
+        impression_id=f"i{k}", ts=T0 + k * 25_000, session_id="s", user_id="u", offer_id="o",
+        variant=0, propensity=0.5, policy_version="v1", anchor_item_id="a", segment="all",
+        items=("a", "b"), discount_pct=10.0, clicked=True, converted=True, revenue=1.0 + k,
+        reward=1.0 + k, purchase_ids=(), attributed_at=T0 + k * 25_000, late=False)
+        for k in range(7)]
+    names = ("windows", "clocks", "seen")
+
+    def tracker(log: Log, landed: dict[str, Log] | None = None) -> RewardTracker:
+        tables = [ChangelogTable(n, log, dict(_replay((landed or {}).get(n, ()))))
+                  for n in names]
+        return RewardTracker({}, tables[0], tables[1], tables[2], offers={}.get,
+                             config=config)
+
+    def step(t: RewardTracker, offset: int, out: dict[int, tuple[int, float]]) -> None:
+        for w in t.record(outcomes[offset], partition=0, wall_ms=0, offset=offset):
+            out[w.window_start] = (w.impressions, w.revenue)
+
+    def still_open(t: RewardTracker) -> list[tuple[int, int, float]]:
+        return sorted((w.start, w.impressions, w.revenue) for _, w in t.open_windows())
+
+    flushes = [range(i, min(i + per, len(outcomes))) for i in range(0, len(outcomes), per)]
+    log: Log = []
+    uninterrupted = tracker(log)
+    expected: dict[int, tuple[int, float]] = {}
+    sent: list[dict[str, int]] = []  # per table, the records written by write-back d's end
+    for flush in flushes:
+        for offset in flush:
+            step(uninterrupted, offset, expected)
+        sent.append({n: sum(1 for e in log if e[0] == n) for n in names})
+        uninterrupted.flushed()  # the flush's hook: clock and deletions trail by write-backs
+    assert len(expected) >= 2, "windows closed"
+    expected_open = still_open(uninterrupted)
+    by_table = {n: [e for e in log if e[0] == n] for n in names}
+    for done, flush in enumerate(flushes):
+        floor = sent[done - 1] if done else dict.fromkeys(names, 0)
+        ranges = [range(floor[n], sent[done][n] + 1) for n in names]
+        for cuts in itertools.product(*ranges):
+            recovered = tracker([], {n: by_table[n][:c] for n, c in zip(names, cuts,
+                                                                           strict=True)})
+            again: dict[int, tuple[int, float]] = {}
+            for later in flushes[done:]:
+                for offset in later:
+                    step(recovered, offset, again)
+                recovered.flushed()
+            assert all(expected[k] == v for k, v in again.items()), (flush, cuts)
+            assert still_open(recovered) == expected_open, (flush, cuts)
 
 
 def _replay(log: Log) -> Iterator[tuple[str, Any]]:
