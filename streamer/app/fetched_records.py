@@ -303,7 +303,13 @@ class LenientPartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
                 except UnicodeDecodeError:  # a header key (the C parser): read it leniently
                     yield from self._lenient_records(next_batch)
             except Exception as e:
+                if not hasattr(next_batch, "base_offset"):
+                    raise  # a legacy (v0/v1) batch: no offsets to skip to, as aiokafka did
                 marker = self._skip(next_batch, e)
+                # Past the batch before the marker is yielded, as the stock loop moves before
+                # each record: a FetchResult that stops at the marker (getall's max_records)
+                # keeps its position there, and a refetch would report the batch again.
+                self.next_fetch_offset = next_batch.next_offset
                 if marker is not None:
                     yield marker
 

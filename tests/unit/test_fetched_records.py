@@ -161,6 +161,32 @@ def test_a_skipped_batch_is_reported_as_a_marker_to_threads_that_asked() -> None
     assert [r.offset for r in read(data)] == [0, 1, 2, 20, 21, 22]  # this thread did not ask
 
 
+def test_a_fetch_result_stopping_at_a_marker_has_moved_past_its_batch() -> None:
+    """aiokafka's FetchResult.getall(max_records) takes the position from the records after
+    the last one it returns: a marker returned last must leave it past the skipped batch, or
+    a refetch (a partition paused, a seek) reports the batch again."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(paused=False, position=0)
+    state.consumed_to = lambda position: setattr(state, "position", position)
+    assignment = SimpleNamespace(active=True, state_value=lambda tp: state)
+    data = batch(0, 2) + BROKEN["crc"]() + batch(20, 2)
+    found: list[Any] = []
+
+    def in_thread() -> None:
+        report_skipped_batches()
+        records = LenientPartitionRecords(TP, FetchedRecords(data), [], 0, None, None, True, 0)
+        result = fetcher.FetchResult(TP, assignment=assignment, partition_records=records,
+                                     backoff=0)
+        found.extend(result.getall(max_records=3))
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert [r.offset for r in found] == [0, 1, 12] and found[2].value is None
+    assert state.position == 13
+
+
 def test_a_batch_failing_mid_way_skips_only_what_was_not_delivered() -> None:
     # Record 1's header key is bad and record 2 corrupt: the strict parser delivers record 0,
     # the lenient one record 1, and fails on record 2, the one offset skipped.
