@@ -596,7 +596,12 @@ class FastConsumer(faust_aiokafka.Consumer):
         whose changelog partition ends with such a batch waited for its offsets for good."""
         skipped = cast(SkippedBatch, marker.headers)
         self.skipped_batches += 1
-        if self.on_skipped_batch is not None:
+        # Once per batch in this process: a changelog's is met again by every recovery (a
+        # memory store recovers from the start), and a global table's by every worker.
+        reported = self.__dict__.setdefault("_reported_batches", set())
+        batch_id = (skipped.topic, skipped.partition, skipped.first_offset)
+        if self.on_skipped_batch is not None and batch_id not in reported:
+            reported.add(batch_id)
             await self.on_skipped_batch(skipped)
         if tp.topic in self.app.tables.changelog_topics:
             marker.key, marker.headers = _SKIPPED_CHANGELOG_KEY, []

@@ -817,6 +817,33 @@ def test_a_skipped_batch_is_reported_and_its_offsets_count_as_done_not_delivered
     assert consumer._new_offset(TP0) == 7  # past the skipped batch
 
 
+def test_a_skipped_batch_met_again_is_reported_once_per_process() -> None:
+    """A changelog's unreadable batch is met by every recovery (a memory store recovers from
+    the start) and a global table's by every worker: one dead letter per batch and process."""
+    from types import SimpleNamespace
+
+    skipped = SkippedBatch(TP0.topic, TP0.partition, 3, 5, "CorruptRecordException: crc", b"")
+    app = new_app()
+    reported: list[SkippedBatch] = []
+
+    async def on_skipped_batch(batch: SkippedBatch) -> None:
+        reported.append(batch)
+
+    install_fast_consumer(app, on_skipped_batch=on_skipped_batch)
+    consumer = app.consumer
+    assert isinstance(consumer, FastConsumer)
+    app.topics.acks_enabled_for = lambda topic: False  # type: ignore[method-assign]
+
+    async def main() -> None:
+        for _ in range(2):
+            await consumer._skip_batch(TP0, SimpleNamespace(headers=skipped))  # type: ignore
+        other = SkippedBatch(TP0.topic, TP0.partition, 9, 9, "UnsupportedCodecError", b"")
+        await consumer._skip_batch(TP0, SimpleNamespace(headers=other))  # type: ignore
+
+    asyncio.run(main())
+    assert [b.first_offset for b in reported] == [3, 9] and consumer.skipped_batches == 3
+
+
 def test_the_worker_commits_on_its_interval_only() -> None:
     from streamer.app.factory import create_app
     from streamer.settings import Settings
