@@ -324,7 +324,12 @@ def replay(
         again = (f"--since {summary.undelivered_ts}" if since is not None
                  else f"--skip {skip + summary.undelivered}")
         if limit is not None:
-            again += f" --limit {limit - summary.undelivered}"
+            # Resumed --since that instant, the events of it delivered already come again:
+            # the limit counts them too.
+            again_too = (0 if since is None else
+                         sum(e.ts == summary.undelivered_ts
+                             for e in events[:summary.undelivered]))
+            again += f" --limit {limit - summary.undelivered + again_too}"
         console.print(f"to resume: streamer replay {escape(str(path))} {again}", soft_wrap=True)
     if summary.interrupted:  # Ctrl-C: the status a shell gives an interrupted command
         raise typer.Exit(130)

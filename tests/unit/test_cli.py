@@ -264,6 +264,34 @@ def test_replay_with_undelivered_events_says_how_to_resume(
     assert f"to resume: streamer replay {f} --skip 4 --limit 3" in result.output
 
 
+def test_a_replay_resumed_since_an_instant_counts_that_instants_events_in_its_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumed ``--since`` the first undelivered event's time, the events of that instant
+    delivered already come again: the limit counts them too (events at 10, 20, 20, 20, 30,
+    40; the third undelivered: the resumed run sends 20, 20, 20, 30 and 40)."""
+    import msgspec
+
+    import streamer.app.replay as replay
+    from streamer.events import OrderLine, PurchaseEvent
+
+    async def fake_replay(settings: object, events: list[object], **_: object) -> object:
+        return replay.ReplaySummary(sent={"purchases": 2}, errors=1, undelivered=2,
+                                    undelivered_ts=events[2].ts)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(replay, "replay_events", fake_replay)
+    monkeypatch.setenv("COLUMNS", "400")
+    base = 1_700_000_000_000
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(b"\n".join(msgspec.json.encode(PurchaseEvent(
+        event_id=f"e{k}", ts=base + ts, user_id="u", session_id=f"s{k}", order_id=f"o{k}",
+        items=[OrderLine(item_id="tea", quantity=1, unit_price=1.0)]))
+        for k, ts in enumerate([10, 20, 20, 20, 30, 40])) + b"\n")
+    since = str(base)
+    result = CliRunner().invoke(app, ["replay", str(f), "--since", since, "--limit", "6"])
+    assert result.exit_code == 1, result.output
+    assert f"--since {base + 20} --limit 5" in result.output
+
+
 def test_report_of_a_file_that_holds_no_reward_windows_is_a_one_line_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "400")
