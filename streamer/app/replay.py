@@ -49,13 +49,16 @@ INTERRUPT_WAIT_S = 5.0
 #: original time, is older than ``retention.ms`` (7 days by default): years-old history would
 #: go within minutes of landing, before a worker read it.
 KEEP_HISTORY: dict[str, str] = {"retention.ms": "-1"}
+#: Apache Kafka's default retention, to suggest for a topic created with KEEP_HISTORY.
+WEEK: dict[str, str] = {"retention.ms": str(7 * 86_400_000)}
 
 
 async def prepare_topics(settings: Settings, oldest_ts: int) -> list[str]:
     """Check ``clicks`` and ``purchases`` as the worker does (a partition count other than
     ``topics.partitions`` raises :class:`~streamer.app.topics.TopicSetupError` before anything
     is created or sent), create the missing ones with the configured partitions and
-    :data:`KEEP_HISTORY`, and return a warning, with the command that fixes it, per existing
+    :data:`KEEP_HISTORY`, and return a note per topic created so (kept forever: the command
+    to give it a retention later), and a warning, with the command that fixes it, per existing
     topic whose retention would delete events as old as ``oldest_ts`` (epoch ms). Existing
     topics' configs are not changed: keeping a live topic forever is the operator's call."""
     from streamer.app.worker import topic_needs
@@ -68,6 +71,7 @@ async def prepare_topics(settings: Settings, oldest_ts: int) -> list[str]:
     await start_client(admin)
     try:
         existing = set(await admin.list_topics())
+        created = [n.name for n in needs if n.name not in existing]
         await reconcile(admin, needs, existing, bootstrap=bootstrap)
         await create_missing(admin, [n.name for n in needs], existing,
                              partitions=t.partitions,
@@ -78,15 +82,22 @@ async def prepare_topics(settings: Settings, oldest_ts: int) -> list[str]:
     finally:
         await admin.close()
     age_ms = int(time.time() * 1000) - oldest_ts
-    warnings = []
+    warnings = [
+        f"created {name} ({t.partitions} partitions) with retention.ms=-1: replayed history "
+        "is kept forever, where the broker's default retention would delete it by its own "
+        "old timestamps; if the storefront's live events will use this topic too, give it "
+        f"a retention once the replay is consumed: `{config_command(bootstrap, name, WEEK)}`"
+        for name in created]
     for topic in described.values():
         retention = int((topic.configs or {}).get("retention.ms", "-1"))
         if 0 <= retention < age_ms:
             warnings.append(
                 f"{topic.name} keeps records {retention / 86_400_000:g} days (retention.ms), "
                 f"and the oldest events replayed are {age_ms / 86_400_000:,.0f} days old: the "
-                f"broker deletes them within minutes of landing. Set "
-                f"`{config_command(bootstrap, topic.name, KEEP_HISTORY)}` first")
+                f"broker deletes them within minutes of landing. Give it a retention longer "
+                f"than that first (`{config_command(bootstrap, topic.name, KEEP_HISTORY)}` "
+                "keeps its records forever), or replay into topics of their own "
+                "(STREAMER__TOPICS__CLICKS, STREAMER__TOPICS__PURCHASES)")
     return warnings
 
 

@@ -103,8 +103,13 @@ def test_a_replay_before_any_worker_creates_its_topics_as_the_worker_would(
 
     events = history(50)
     summary = asyncio.run(replay_events(settings, events, speed=None))
-    assert summary.events == 50 and summary.errors == 0 and summary.warnings == []
+    assert summary.events == 50 and summary.errors == 0
     t = settings.topics
+    # Each topic created so is said to be kept forever, with the command to change that.
+    assert [w.split(" ")[:2] for w in summary.warnings] == [["created", t.clicks],
+                                                            ["created", t.purchases]]
+    assert all("retention.ms=-1" in w and "--add-config retention.ms=604800000" in w
+               for w in summary.warnings)
 
     async def described() -> dict[str, Any]:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -137,7 +142,8 @@ def test_a_replay_into_a_topic_that_would_delete_its_history_says_what_to_set(
 
     create(settings, settings.topics.clicks, 4, {"retention.ms": "604800000"})
     summary = asyncio.run(replay_events(settings, history(20), speed=None))
-    (warning,) = summary.warnings  # purchases was created: kept forever
+    created, warning = summary.warnings  # purchases was created: kept forever
+    assert created.startswith(f"created {settings.topics.purchases} ")
     assert warning.startswith(f"{settings.topics.clicks} keeps records 7 days (retention.ms)")
     assert f"--entity-name {settings.topics.clicks} --add-config retention.ms=-1" in warning
-    assert summary.text().startswith(warning)
+    assert summary.text().startswith(f"{created}\n{warning}")
