@@ -42,11 +42,12 @@ kill anywhere, but only a few percent of such kills land inside a write-back, af
 flush's changelog records reached the broker and before the rest did or before the offset
 commit, where a defect that tears state shows. So some kills are *torn write-backs*
 (:data:`TORN_WRITE`, a ``sitecustomize`` on the worker's path, armed per kill): at the
-``write``-th write-back with records of at least two changelog topics, the worker sends a seeded
-subset of those topics (all of them: a write-back complete but not committed), waits until the
-broker has them, and SIGKILLs itself. ``--kill`` picks the mode: ``mixed`` (the default; in
-the single-worker run every other chunk's kill and the one while closing are torn, in the
-rebalance run chunk 1's), ``torn`` or ``polled``. The trial line says which topics went out.
+``write``-th write-back with records of at least two changelog topics (the first, unless
+``--torn-write``), the worker sends a seeded subset of those topics (all of them: a
+write-back complete but not committed), waits until the broker has them, and SIGKILLs itself.
+``--kill`` picks the mode: ``mixed`` (the default; in the single-worker run every other
+chunk's kill and the one while closing are torn, in the rebalance run chunk 1's), ``torn`` or
+``polled``. The trial line says which topics went out.
 
 Run more trials than the test does with ``python -m tests.crash_harness --trials 20``;
 ``--single-runs 5`` makes five single-worker runs (five kills while closing impressions),
@@ -461,11 +462,13 @@ class TornWrite:
     seed: int
 
     @classmethod
-    def draw(cls, rng: random.Random) -> TornWrite:
-        """The first write-back (two times in three) or the second: a chunk of the test's
-        size (150 purchases) is often learned within one commit interval, and when there is
-        no second write-back the kill tears nothing (:func:`kill_torn`)."""
-        return cls(rng.choice((1, 1, 2)), rng.randrange(1 << 31))
+    def draw(cls, rng: random.Random, write: int = 1) -> TornWrite:
+        """At write-back ``write``; the topics sent seeded by ``rng``. Why the first by
+        default: a chunk of 150 purchases, or the outcomes of closing its impressions, is
+        learned within one commit interval, so one write-back carries it (8 of 8 kills drawn
+        at the second found none and tore nothing: :func:`kill_torn`); ``--torn-write``
+        picks a later one for longer chunks."""
+        return cls(write, rng.randrange(1 << 31))
 
 
 def worker_settings(base: Settings, index: int, data_root: Path) -> Settings:
@@ -506,6 +509,7 @@ class Worker:
         self.torn = torn
         self.url = f"http://127.0.0.1:{settings.worker.web_port}"
         self.arm_path = log_path.with_suffix(".torn")
+        self.arm_path.unlink(missing_ok=True)  # started disarmed, whatever ran here before
         env = dict(env or {})
         if torn:
             hook = log_path.parent / "torn-hook"
@@ -924,14 +928,14 @@ class RunEvents:
 
 def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: RunEvents,
                              workdir: Path, *, victim_index: int | None, seed: int,
-                             timeout_s: float, torn: bool = False,
+                             timeout_s: float, torn: bool = False, torn_write: int = 1,
                              ) -> tuple[list[Worker], LedgerDiff, Kill]:
     """Close every impression (:func:`closing_events`); with ``victim_index``, kill that
     worker, ``torn`` at a seeded write-back or else once the group published a seeded number
     of outcomes, and restart it. Waits until the group settled, then compares the ledger;
     returns the workers now live."""
     rng = random.Random(seed)
-    torn_write = TornWrite.draw(rng)
+    torn_at = TornWrite.draw(rng, torn_write)
     for worker in workers:  # a worker closing impressions of unknown offers has no versions
         wait_for(lambda w=worker: w.offers_indexed() >= len(run.offers), timeout_s,
                  f"{worker.url} to index the offers")
@@ -943,7 +947,7 @@ def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: Run
     start = published()
     at = rng.randint(1, max(1, impressions // 2))
     if victim_index is not None and torn:
-        workers[victim_index].arm_torn(torn_write)
+        workers[victim_index].arm_torn(torn_at)
     produce_orders(settings, [], closing)
     kill = Kill(0)
     if victim_index is not None:
@@ -963,7 +967,8 @@ def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: Run
 
 def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, orders_per: int,
                              seed: int, on_trial: Callable[[Trial], None] | None = None,
-                             timeout_s: float = 60.0, kill: KillMode = "mixed") -> list[Trial]:
+                             timeout_s: float = 60.0, kill: KillMode = "mixed",
+                             torn_write: int = 1) -> list[Trial]:
     """One worker, ``trials`` chunks of ``orders_per`` purchases (and their sessions' clicks);
     during each chunk the worker is killed at a seeded random point and restarted (same app
     id: tables recover from their changelogs), then the co-purchase state is compared with the
@@ -982,7 +987,7 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
             # In the first half of the chunk: the consumed counter also counts redeliveries
             # (after the rebalance that follows a restart), so a later point may never come.
             at = rng.randint(1, orders_per // 2)
-            torn = TornWrite.draw(rng)
+            torn = TornWrite.draw(rng, torn_write)
             killed = kill_in_chunk(settings, worker, [worker], run.chunk(n, orders_per), at=at,
                                    torn=torn if tears(kill, n % 2 == 0) else None,
                                    timeout_s=timeout_s)
@@ -1001,7 +1006,7 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
         begin = time.monotonic()
         live, ledger, killed = close_and_compare_ledger(
             settings, [worker], run, workdir, victim_index=0, seed=seed, timeout_s=timeout_s,
-            torn=tears(kill, True))
+            torn=tears(kill, True), torn_write=torn_write)
         worker = live[0]
         diff = compare(reference_state(settings, run.orders, run.all_clicks()),
                        group_state([worker], settings.topics.partitions))
@@ -1018,7 +1023,8 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
 
 def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, seed: int,
                          on_trial: Callable[[Trial], None] | None = None,
-                         timeout_s: float = 90.0, kill: KillMode = "mixed") -> list[Trial]:
+                         timeout_s: float = 90.0, kill: KillMode = "mixed",
+                         torn_write: int = 1) -> list[Trial]:
     """Two workers on ``settings.topics.partitions`` partitions. Chunk 1: B is killed mid-run
     and A takes its partitions over (rebalance after B's session times out). Then B is
     restarted (rebalance back) and, during chunk 2, A is killed and B takes over; A comes
@@ -1046,7 +1052,7 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
             # Worker, and that one survives chunk 2.
             victim, survivor = (b, a) if n == 0 else (a, b)
             begin = time.monotonic()
-            at, torn = rng.randint(1, orders_per // 2), TornWrite.draw(rng)
+            at, torn = rng.randint(1, orders_per // 2), TornWrite.draw(rng, torn_write)
             killed = kill_in_chunk(settings, victim, [a, b], run.chunk(n, orders_per), at=at,
                                    torn=torn if tears(kill, n == 0) else None,
                                    timeout_s=timeout_s)
@@ -1077,7 +1083,7 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
         begin = time.monotonic()
         live, ledger, killed = close_and_compare_ledger(
             settings, [a, b], run, workdir, victim_index=1, seed=seed, timeout_s=timeout_s,
-            torn=tears(kill, False))
+            torn=tears(kill, False), torn_write=torn_write)
         a, b = live
         diff = compare(reference_state(settings, run.orders, run.all_clicks()),
                        group_state([a, b], settings.topics.partitions))
@@ -1136,6 +1142,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="1-worker runs (fresh topics and group each, seeds seed, seed+1..)")
     parser.add_argument("--kill", choices=["mixed", "torn", "polled"], default="mixed",
                         help="torn write-backs for some kills (mixed), every kill, or none")
+    parser.add_argument("--torn-write", type=int, default=1,
+                        help="the write-back a torn kill tears (counted from its arming)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="crash-"))
     trials: list[Trial] = []
@@ -1149,24 +1157,29 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(0 if args.no_single else args.single_runs):
             runs.append((f"single run {r + 1}", lambda s, d, r=r: run_single_worker_trials(
                 s, d, trials=args.trials, orders_per=args.orders, seed=args.seed + r,
-                on_trial=show, kill=args.kill)))
+                on_trial=show, kill=args.kill, torn_write=args.torn_write)))
         if args.rebalance:
             for r in range(args.rebalance_runs):
                 runs.append((f"rebalance run {r + 1}", lambda s, d, r=r: run_rebalance_trials(
                     s, d, orders_per=args.orders, seed=args.seed + r, on_trial=show,
-                    kill=args.kill)))
-        for name, run in runs:
-            s = fresh_settings(broker.bootstrap, workdir)
+                    kill=args.kill, torn_write=args.torn_write)))
+        for n, (name, run) in enumerate(runs):
+            rundir = workdir / f"run-{n + 1}"  # its own logs (and arm files: Worker.arm_torn)
+            rundir.mkdir()
+            s = fresh_settings(broker.bootstrap, rundir)
             asyncio.run(ensure_topics(s))
-            print(f"-- {name} (app {s.worker.app_id})", flush=True)
+            print(f"-- {name} (app {s.worker.app_id}, in {rundir})", flush=True)
             try:
-                trials += run(s, workdir)
+                trials += run(s, rundir)
             except AssertionError as e:  # a run that did not settle: report, go on
                 failed.append(f"{name}: {e}")
                 print(f"{name} FAILED: {e}", flush=True)
     bad = [t for t in trials if not t.equal]
+    torn = [t for t in trials if t.torn]
+    untorn = [t for t in torn if not t.torn.startswith("torn write-back #")]
     print(f"{len(trials)} trials, {len(bad)} with a state or ledger different from the "
-          f"uninterrupted run, {len(failed)} runs failed; logs in {workdir}")
+          f"uninterrupted run, {len(failed)} runs failed; {len(torn)} torn kills "
+          f"({len(untorn)} found no such write-back); logs in {workdir}")
     for f in failed:
         print(f"failed: {f[:2000]}")
 
