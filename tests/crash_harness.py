@@ -12,7 +12,8 @@ of a purchase (:func:`fresh_settings`), so the baskets the clicks agent derives 
 (``Engine.session_baskets``) must be learned exactly once too; the reference gets the same
 clicks through :meth:`Engine.handle_click`.
 
-Compared per anchor: its order count and its partner co-counts, and the order total. Triples
+Compared per anchor: its order count and its partner co-counts, the order total, and the
+``item-counts`` table (each record's count mirrored there, in another changelog). Triples
 are left out on purpose: whether an order bumps a triple depends on which partners were
 already strong at that moment, so it depends on arrival order, which differs between any two
 runs (crashed or not).
@@ -31,11 +32,25 @@ window later, closes every impression. The closed impressions go to ``feedback``
 the ``reward-outcomes`` topic, to the reward ledger. Compared with the in-process reference
 (:class:`~streamer.app.reward_tracking.RewardTracker` over dicts, the same events): every
 impression's outcome on ``feedback`` (records deduplicated by impression id: the topic is
-at-least-once, a duplicate must be identical), and the ledger's totals per policy version
-(impressions, offer clicks, conversions, revenue) summed over its open windows
-(``/state/rewards/``; the one window, 1 h, stays open) and any window published to ``rewards``.
+at-least-once, a duplicate must be identical), every window of the ledger (per version, per
+version and anchor, per version and segment: impressions, offer clicks, conversions, direct
+conversions, revenue, direct revenue, mean reward), open (``/state/rewards/``; the one window
+size, 1 h, stays open) or published to ``rewards``, and the totals per policy version.
+
+Where a worker is killed. Polled counters (purchases consumed, outcomes published) put the
+kill anywhere, but only a few percent of such kills land inside a write-back, after some of a
+flush's changelog records reached the broker and before the rest did or before the offset
+commit, where a defect that tears state shows. So some kills are *torn write-backs*
+(:data:`TORN_WRITE`, a ``sitecustomize`` on the worker's path, armed per kill): at the
+``write``-th write-back with records of at least two changelog topics (the first, unless
+``--torn-write``), the worker sends a seeded subset of those topics (all of them: a
+write-back complete but not committed), waits until the broker has them, and SIGKILLs itself.
+``--kill`` picks the mode: ``mixed`` (the default; in the single-worker run every other
+chunk's kill and the one while closing are torn, in the rebalance run chunk 1's), ``torn`` or
+``polled``. The trial line says which topics went out.
 
 Run more trials than the test does with ``python -m tests.crash_harness --trials 20``;
+``--single-runs 5`` makes five single-worker runs (five kills while closing impressions),
 ``--rebalance --rebalance-runs 5`` adds five 2-worker runs, ``--no-single`` skips the
 single-worker trials. A run whose group does not settle in time sends ``SIGUSR2`` to its live
 workers first (they log their partitions' consumer state and their tasks' stacks).
@@ -47,6 +62,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -56,7 +72,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -108,6 +124,8 @@ class CoPurchaseState:
     orders: float
     counts: dict[str, float]
     partners: dict[str, dict[str, float]]
+    #: The ``item-counts`` table: each record's count mirrored (the order total's included).
+    item_counts: dict[str, float] = field(default_factory=dict)
 
 
 def reference_state(settings: Settings, orders: Sequence[PurchaseEvent],
@@ -122,7 +140,9 @@ def reference_state(settings: Settings, orders: Sequence[PurchaseEvent],
     return state_from_dump({"orders": msgspec.to_builtins(engine.state.counts.get(TOTAL_KEY)),
                             "items": {a: msgspec.to_builtins(r.stats)
                                       for a, r in engine.state.items.items()
-                                      if r.stats is not None}})
+                                      if r.stats is not None},
+                            "counts": {a: msgspec.to_builtins(c)
+                                       for a, c in engine.state.counts.items()}})
 
 
 def state_from_dump(dump: dict[str, Any]) -> CoPurchaseState:
@@ -134,7 +154,9 @@ def state_from_dump(dump: dict[str, Any]) -> CoPurchaseState:
         # ItemStats encodes as [landmark_ms, count, partners, partner_offset, triples, ...].
         counts[anchor] = float(stats[1])
         partners[anchor] = {p: float(c) for p, c in stats[2].items()}
-    return CoPurchaseState(float(orders[0]) if orders else 0.0, counts, partners)
+    # Decayed encodes as [value, landmark_ms].
+    item_counts = {anchor: float(c[0]) for anchor, c in dump["counts"].items()}
+    return CoPurchaseState(float(orders[0]) if orders else 0.0, counts, partners, item_counts)
 
 
 @dataclass
@@ -144,14 +166,18 @@ class StateDiff:
     lost: float = 0.0
     doubled: float = 0.0
     anchors_off: list[str] = field(default_factory=list)
+    #: Anchors whose ``item-counts`` value is not their reference count: ``{anchor: (want,
+    #: got)}`` (None: absent). Kept apart from lost and doubled, which are learned baskets.
+    counts_off: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     @property
     def equal(self) -> bool:
-        return self.lost == 0 and self.doubled == 0
+        return self.lost == 0 and self.doubled == 0 and not self.counts_off
 
 
 def compare(expected: CoPurchaseState, actual: CoPurchaseState) -> StateDiff:
-    """Count missing (lost) and extra (doubled) increments: anchor counts, co-counts, orders."""
+    """Count missing (lost) and extra (doubled) increments: anchor counts, co-counts, orders;
+    and list the ``item-counts`` values that differ."""
     diff = StateDiff()
 
     def account(want: float, got: float) -> bool:
@@ -170,6 +196,10 @@ def compare(expected: CoPurchaseState, actual: CoPurchaseState) -> StateDiff:
             off = account(want.get(partner, 0.0), got.get(partner, 0.0)) or off
         if off:
             diff.anchors_off.append(anchor)
+    for anchor in sorted(expected.item_counts.keys() | actual.item_counts.keys()):
+        want_count, got_count = expected.item_counts.get(anchor), actual.item_counts.get(anchor)
+        if want_count != got_count:
+            diff.counts_off[anchor] = (want_count, got_count)
     return diff
 
 
@@ -263,38 +293,58 @@ def outcome_key(o: ImpressionOutcome) -> tuple[Any, ...]:
 
 #: Ledger totals of one policy version: impressions, offer clicks, conversions, revenue.
 Totals = tuple[int, int, int, float]
+#: A reward window: policy version, anchor, segment (None: all), start, end.
+WindowKey = tuple[str, str | None, str | None, int, int]
+#: What a window counted: impressions, offer clicks, conversions, direct conversions (the
+#: integers), then revenue, direct revenue and the mean reward (sums of floats: compared
+#: within rounding, their order of addition differs between runs).
+WindowValues = tuple[int, int, int, int, float, float, float]
 
 
 @dataclass
 class LedgerState:
-    """Outcomes on ``feedback`` by impression id, and the ledger's totals per version."""
+    """Outcomes on ``feedback`` by impression id, and the ledger's windows and their totals
+    per version."""
 
     outcomes: dict[str, tuple[Any, ...]]
-    totals: dict[str, Totals]
+    windows: dict[WindowKey, WindowValues]
     duplicates: int = 0  # feedback records repeating an impression (at-least-once)
     conflicting: list[str] = field(default_factory=list)  # repeated with another outcome
 
+    @property
+    def totals(self) -> dict[str, Totals]:
+        """Per version, over its version-level windows (one spec: see :func:`fresh_settings`)."""
+        totals: dict[str, list[float]] = {}
+        for (version, anchor, segment, _, _), values in self.windows.items():
+            if anchor is None and segment is None:
+                acc = totals.setdefault(version, [0, 0, 0, 0.0])
+                for i, v in enumerate((*values[:3], values[4])):
+                    acc[i] += v
+        return {v: (int(t[0]), int(t[1]), int(t[2]), round(t[3], 6)) for v, t in totals.items()}
 
-def ledger_totals(open_windows: Sequence[WindowAggregate],
-                  published: Sequence[dict[str, Any]]) -> dict[str, Totals]:
-    """Per version, over the open windows and the published ones (deduplicated by window; an
-    open window wins over a publication of the same window, a later publication over an
-    earlier one). Version-level windows only."""
-    windows: dict[tuple[Any, ...], Totals] = {}
+
+def ledger_windows(open_windows: Sequence[WindowAggregate],
+                   published: Sequence[dict[str, Any]]) -> dict[WindowKey, WindowValues]:
+    """Every window of every group (version; with ``by_anchor``, ``by_segment``: version and
+    anchor, version and segment), open or published (deduplicated by window; an open window
+    wins over a publication of the same window, a later publication over an earlier one)."""
+    windows: dict[WindowKey, WindowValues] = {}
     for w in published:
-        if w.get("anchor_item_id") is None and w.get("segment") is None:
-            windows[(w["policy_version"], w["window_start"], w["window_end"])] = (
-                w["impressions"], w["offer_clicks"], w["conversions"], w["revenue"])
+        windows[(w["policy_version"], w.get("anchor_item_id"), w.get("segment"),
+                 w["window_start"], w["window_end"])] = (
+            w["impressions"], w["offer_clicks"], w["conversions"], w["direct_conversions"],
+            w["revenue"], w["direct_revenue"], w["reward_rate"])
     for a in open_windows:
-        if a.anchor_item_id is None and a.segment is None:
-            windows[(a.policy_version, a.start, a.start + a.size_ms)] = (
-                a.impressions, a.offer_clicks, a.conversions, a.revenue)
-    totals: dict[str, list[float]] = {}
-    for (version, _, _), values in windows.items():
-        acc = totals.setdefault(version, [0, 0, 0, 0.0])
-        for i, v in enumerate(values):
-            acc[i] += v
-    return {v: (int(t[0]), int(t[1]), int(t[2]), round(t[3], 6)) for v, t in totals.items()}
+        windows[(a.policy_version, a.anchor_item_id, a.segment, a.start, a.end)] = (
+            a.impressions, a.offer_clicks, a.conversions, a.direct_conversions, a.revenue,
+            a.direct_revenue, a.rewards.mean)
+    return windows
+
+
+def same_window(want: WindowValues, got: WindowValues) -> bool:
+    """Counts equal, sums of floats equal within rounding."""
+    return want[:4] == got[:4] and all(math.isclose(w, g, rel_tol=1e-9, abs_tol=1e-9)
+                                       for w, g in zip(want[4:], got[4:], strict=True))
 
 
 def reference_ledger(settings: Settings, offers: Sequence[BundleOffer],
@@ -313,7 +363,7 @@ def reference_ledger(settings: Settings, offers: Sequence[BundleOffer],
         assert o.policy_version is not None
         tracker.record(o, partition=key_partition(o.policy_version, n), wall_ms=0)
     return LedgerState({o.impression_id: outcome_key(o) for o in outcomes},
-                       ledger_totals([w for _, w in tracker.open_windows()], []))
+                       ledger_windows([w for _, w in tracker.open_windows()], []))
 
 
 @dataclass
@@ -326,17 +376,23 @@ class LedgerDiff:
     conflicting: list[str] = field(default_factory=list)  # published twice, differently
     duplicates: int = 0  # identical repeats on feedback (allowed: at-least-once topic)
     totals_off: dict[str, tuple[Totals | None, Totals | None]] = field(default_factory=dict)
+    #: Windows (any group) that differ: ``{window: (want, got)}`` (None: absent).
+    windows_off: dict[WindowKey, tuple[WindowValues | None, WindowValues | None]] = field(
+        default_factory=dict)
 
     @property
     def equal(self) -> bool:
         return not (self.lost or self.extra or self.changed or self.conflicting
-                    or self.totals_off)
+                    or self.totals_off or self.windows_off)
 
     def line(self) -> str:
         off = ", ".join(f"{v}: want {w} got {g}" for v, (w, g) in sorted(self.totals_off.items()))
         return (f"ledger equal={self.equal} lost={len(self.lost)} extra={len(self.extra)} "
                 f"changed={len(self.changed)} conflicting={len(self.conflicting)} "
-                f"duplicate records={self.duplicates}" + (f"; totals off: {off}" if off else "")
+                f"duplicate records={self.duplicates} windows off={len(self.windows_off)}"
+                + (f"; totals off: {off}" if off else "")
+                + (f"; e.g. window {next(iter(self.windows_off.items()))}"
+                   if self.windows_off else "")
                 + (f"; e.g. lost {self.lost[:3]}" if self.lost else "")
                 + (f"; e.g. changed {self.changed[:3]}" if self.changed else ""))
 
@@ -351,10 +407,70 @@ def compare_ledger(expected: LedgerState, actual: LedgerState) -> LedgerDiff:
         w, g = expected.totals.get(version), actual.totals.get(version)
         if w != g:
             diff.totals_off[version] = (w, g)
+    for key in sorted(expected.windows.keys() | actual.windows.keys(), key=repr):
+        want_w, got_w = expected.windows.get(key), actual.windows.get(key)
+        if want_w is None or got_w is None or not same_window(want_w, got_w):
+            diff.windows_off[key] = (want_w, got_w)
     return diff
 
 
 # -- workers ----------------------------------------------------------------------------------
+#: The torn write-back (see the module doc): a ``sitecustomize`` that wraps the sender of the
+#: worker's write-backs (``WriteBuffer.write`` hands each flush's records to it in one call).
+#: Inert until the file named by ``STREAMER_TEST_TORN_ARM`` exists; it holds ``write seed``.
+TORN_WRITE = '''
+import asyncio
+import os
+import random
+import signal
+import sys
+
+import streamer.app.tables
+
+_send = streamer.app.tables.ChangelogSender.send
+_arm = os.environ["STREAMER_TEST_TORN_ARM"]
+_writes = [0]
+
+
+async def send(self, records):
+    topics = list(dict.fromkeys(r[0] for r in records if r[0].endswith("-changelog")))
+    if len(topics) < 2 or not os.path.exists(_arm):
+        return await _send(self, records)
+    with open(_arm) as f:
+        at, seed = map(int, f.read().split())
+    _writes[0] += 1
+    if _writes[0] < at:
+        return await _send(self, records)
+    rng = random.Random(seed)
+    first = rng.sample(topics, rng.randint(1, len(topics)))
+    await asyncio.wait(await _send(self, [r for r in records if r[0] in first]))
+    print(f"torn write-back #{at}: sent {len(first)} of {len(topics)} changelog topics "
+          f"({', '.join(first)}), delivered; SIGKILL", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+streamer.app.tables.ChangelogSender.send = send
+'''
+
+
+@dataclass(frozen=True)
+class TornWrite:
+    """Where a torn kill lands: the ``write``-th write-back (with records of two changelog
+    topics or more) after the worker was armed; ``seed`` picks the topics sent."""
+
+    write: int
+    seed: int
+
+    @classmethod
+    def draw(cls, rng: random.Random, write: int = 1) -> TornWrite:
+        """At write-back ``write``; the topics sent seeded by ``rng``. Why the first by
+        default: a chunk of 150 purchases, or the outcomes of closing its impressions, is
+        learned within one commit interval, so one write-back carries it (8 of 8 kills drawn
+        at the second found none and tore nothing: :func:`kill_torn`); ``--torn-write``
+        picks a later one for longer chunks."""
+        return cls(write, rng.randrange(1 << 31))
+
+
 def worker_settings(base: Settings, index: int, data_root: Path) -> Settings:
     """``base`` for the ``index``-th worker of a group: own web port and data dir."""
     worker = base.worker.model_copy(update={"web_port": free_port(),
@@ -386,11 +502,40 @@ class Worker:
     """A ``streamer worker`` process of a crash trial."""
 
     def __init__(self, settings: Settings, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        """Start the worker; ``env`` (optional) is added to its environment."""
+                 env: dict[str, str] | None = None, *, torn: bool = False) -> None:
+        """Start the worker; ``env`` (optional) is added to its environment. ``torn``: with
+        :data:`TORN_WRITE` on its path, so :meth:`arm_torn` can make it kill itself."""
         self.settings = settings
+        self.torn = torn
         self.url = f"http://127.0.0.1:{settings.worker.web_port}"
-        self.process = WorkerProcess(settings_env(settings) | (env or {}), log_path)
+        self.arm_path = log_path.with_suffix(".torn")
+        self.arm_path.unlink(missing_ok=True)  # started disarmed, whatever ran here before
+        env = dict(env or {})
+        if torn:
+            hook = log_path.parent / "torn-hook"
+            hook.mkdir(exist_ok=True)
+            (hook / "sitecustomize.py").write_text(TORN_WRITE)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+            env["STREAMER_TEST_TORN_ARM"] = str(self.arm_path)
+        self.process = WorkerProcess(settings_env(settings) | env, log_path)
+
+    def arm_torn(self, torn: TornWrite) -> None:
+        """From now on, the worker kills itself at ``torn`` (it must run :data:`TORN_WRITE`).
+        Written whole then renamed: the hook never reads half of it."""
+        part = self.arm_path.with_suffix(".part")
+        part.write_text(f"{torn.write} {torn.seed}")
+        part.replace(self.arm_path)
+
+    def torn_kill(self) -> str | None:
+        """What the worker's torn write-back sent before it killed itself (None: it did not)."""
+        said = "torn write-back #"  # after the log's prefix: faust logs what goes to stderr
+        lines = [line[line.index(said):] for line in self.log_tail(200_000).splitlines()
+                 if said in line]
+        if not lines:
+            return None
+        return lines[-1].strip().replace(f"{self.settings.worker.app_id}-", "").replace(
+            "-changelog", "")
 
     @property
     def alive(self) -> bool:
@@ -575,12 +720,13 @@ def wait_settled(settings: Settings, workers: Sequence[Worker], timeout_s: float
 
 def group_state(workers: Sequence[Worker], partitions: int) -> CoPurchaseState:
     """The union of the live workers' active partitions; each partition owned exactly once."""
-    union: dict[str, Any] = {"orders": None, "items": {}}
+    union: dict[str, Any] = {"orders": None, "items": {}, "counts": {}}
     owned: list[int] = []
     for worker in workers:
         dump = wait_for(worker.state, 10, f"{worker.url}/state/items/")
         owned += dump["partitions"]
         union["items"].update(dump["items"])
+        union["counts"].update(dump["counts"])
         if dump["orders"] is not None:
             union["orders"] = dump["orders"]
     assert sorted(owned) == list(range(partitions)), f"partitions owned: {sorted(owned)}"
@@ -607,7 +753,7 @@ def group_ledger(settings: Settings, workers: Sequence[Worker]) -> LedgerState:
         windows += [msgspec.convert(w, WindowAggregate) for _, w in dump["windows"]]
     assert sorted(owned) == list(range(settings.topics.partitions)), f"owned: {sorted(owned)}"
     published = [msgspec.json.decode(v) for v in read_topic(settings, settings.topics.rewards)]
-    state.totals = ledger_totals(windows, published)
+    state.windows = ledger_windows(windows, published)
     return state
 
 
@@ -626,6 +772,7 @@ class Trial:
     ledger: LedgerDiff | None = None  # compared once the impressions are closed
     #: Baskets the live workers learned in place (since they started), not through the topic.
     in_place: int = 0
+    torn: str = ""  # what the torn write-back that killed the victim sent ("": a polled kill)
 
     @property
     def equal(self) -> bool:
@@ -635,11 +782,15 @@ class Trial:
         d = self.diff
         when = (f"~{self.kill_at}/{self.chunk} of the chunk" if self.chunk
                 else f"~{self.kill_at} outcomes published")
+        if self.torn:
+            when += f" ({self.torn})"
         line = (f"{self.name}: events={self.events} baskets={self.baskets} "
                 f"killed after {when}; "
                 f"equal={d.equal} lost={d.lost:g} doubled={d.doubled:g} "
                 f"({100 * d.doubled / self.baskets:.2f}% / {100 * d.lost / self.baskets:.2f}%) "
-                f"anchors off={len(d.anchors_off)} in place={self.in_place} "
+                f"anchors off={len(d.anchors_off)} item-counts off={len(d.counts_off)} "
+                + (f"(e.g. {next(iter(d.counts_off.items()))}) " if d.counts_off else "")
+                + f"in place={self.in_place} "
                 f"[{self.seconds:.1f} s]")
         return line if self.ledger is None else f"{line}; {self.ledger.line()}"
 
@@ -688,6 +839,67 @@ def kill_when_consumed(victim: Worker, observers: Sequence[Worker], at: int,
                              f"{[str(w.process.log_path) for w in observers]}") from e
 
 
+@dataclass(frozen=True)
+class Kill:
+    """A kill's point: the progress seen at the last poll before it, and, torn, what the
+    write-back sent (:meth:`Worker.torn_kill`)."""
+
+    at: int
+    torn: str = ""
+
+
+def kill_torn(victim: Worker, settings: Settings, progress: Callable[[], float],
+              timeout_s: float, *, start: float) -> Kill:
+    """Wait until ``victim``, armed (:meth:`Worker.arm_torn`) before the events were produced,
+    killed itself in its torn write-back. When the group settles first (the events took fewer
+    write-backs than ``write``), ``victim`` is SIGKILLed then, and the kill says so: it tore
+    nothing. Then its process group is killed whatever it started."""
+    seen = [0.0]
+
+    def ended() -> bool:
+        if not victim.alive:
+            return True
+        # The most seen: a worker that does not answer (busy, or dying) reads as 0.
+        seen[0] = max(seen[0], progress() - start)
+        return not unsettled(settings)
+
+    try:
+        wait_for(ended, timeout_s, "a torn write-back's kill, or the group to settle",
+                 interval_s=0.25)
+    except AssertionError as e:
+        victim.dump_state()
+        raise AssertionError(f"{e}; the victim was sent SIGUSR2: see "
+                             f"{victim.process.log_path}") from e
+    torn = victim.torn_kill() or "no torn write-back came: killed once settled"
+    victim.kill()
+    return Kill(int(seen[0]), torn)
+
+
+def kill_in_chunk(settings: Settings, victim: Worker, observers: Sequence[Worker],
+                  events: tuple[list[PurchaseEvent], list[ClickEvent]], *, at: int,
+                  torn: TornWrite | None, timeout_s: float) -> Kill:
+    """Produce a chunk's ``events`` and kill ``victim`` during it: at ``torn`` (armed first),
+    or once ``observers`` consumed ``at`` of its purchases."""
+    start = consumed_purchases(observers)
+    if torn is not None:
+        victim.arm_torn(torn)
+    produce_orders(settings, *events)
+    if torn is not None:
+        return kill_torn(victim, settings, lambda: consumed_purchases(observers), timeout_s,
+                         start=start)
+    return Kill(kill_when_consumed(victim, observers, at, timeout_s, start=start))
+
+
+#: How a run kills: ``mixed`` (some kills torn, see the module doc), every kill ``torn``, or
+#: every kill at a ``polled`` counter.
+KillMode = Literal["mixed", "torn", "polled"]
+
+
+def tears(mode: KillMode, in_mixed: bool) -> bool:
+    """Whether a kill is torn in ``mode`` (``in_mixed``: whether it is when mixed)."""
+    return mode == "torn" or (mode == "mixed" and in_mixed)
+
+
 @dataclass
 class RunEvents:
     """A run's events: offers first, then chunks of orders with their sessions' clicks."""
@@ -716,11 +928,14 @@ class RunEvents:
 
 def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: RunEvents,
                              workdir: Path, *, victim_index: int | None, seed: int,
-                             timeout_s: float) -> tuple[list[Worker], LedgerDiff, int]:
-    """Close every impression (:func:`closing_events`); with ``victim_index``, SIGKILL that
-    worker once the group published a seeded number of outcomes and restart it. Waits until
-    the group settled, then compares the ledger; returns the workers now live."""
+                             timeout_s: float, torn: bool = False, torn_write: int = 1,
+                             ) -> tuple[list[Worker], LedgerDiff, Kill]:
+    """Close every impression (:func:`closing_events`); with ``victim_index``, kill that
+    worker, ``torn`` at a seeded write-back or else once the group published a seeded number
+    of outcomes, and restart it. Waits until the group settled, then compares the ledger;
+    returns the workers now live."""
     rng = random.Random(seed)
+    torn_at = TornWrite.draw(rng, torn_write)
     for worker in workers:  # a worker closing impressions of unknown offers has no versions
         wait_for(lambda w=worker: w.offers_indexed() >= len(run.offers), timeout_s,
                  f"{worker.url} to index the offers")
@@ -730,33 +945,40 @@ def close_and_compare_ledger(settings: Settings, workers: list[Worker], run: Run
         return sum(w.feedback_records() for w in workers)
 
     start = published()
+    at = rng.randint(1, max(1, impressions // 2))
+    if victim_index is not None and torn:
+        workers[victim_index].arm_torn(torn_at)
     produce_orders(settings, [], closing)
-    killed_at = 0
+    kill = Kill(0)
     if victim_index is not None:
         victim = workers[victim_index]
-        killed_at = kill_when(victim, published, rng.randint(1, max(1, impressions // 2)),
-                              timeout_s, "outcomes published", start=start)
+        kill = (kill_torn(victim, settings, published, timeout_s, start=start) if torn
+                else Kill(kill_when(victim, published, at, timeout_s, "outcomes published",
+                                    start=start)))
         log_path = victim.process.log_path
         workers[victim_index] = Worker(victim.settings,
-                                       log_path.with_name(f"{log_path.stem}-closed.log"))
+                                       log_path.with_name(f"{log_path.stem}-closed.log"),
+                                       torn=victim.torn)
         workers[victim_index].wait_ready(timeout_s)
     wait_settled(settings, workers, timeout_s)
     expected = reference_ledger(settings, run.offers, run.orders, run.all_clicks(), closing)
-    return workers, compare_ledger(expected, group_ledger(settings, workers)), killed_at
+    return workers, compare_ledger(expected, group_ledger(settings, workers)), kill
 
 
 def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, orders_per: int,
                              seed: int, on_trial: Callable[[Trial], None] | None = None,
-                             timeout_s: float = 60.0) -> list[Trial]:
+                             timeout_s: float = 60.0, kill: KillMode = "mixed",
+                             torn_write: int = 1) -> list[Trial]:
     """One worker, ``trials`` chunks of ``orders_per`` purchases (and their sessions' clicks);
     during each chunk the worker is killed at a seeded random point and restarted (same app
     id: tables recover from their changelogs), then the co-purchase state is compared with the
     reference for every chunk so far. Last, every impression is closed, the worker killed
-    once more while it publishes the outcomes, and the reward ledger compared."""
+    once more while it publishes the outcomes, and the reward ledger compared. ``mixed``:
+    chunk 1's kill is torn, chunk 2's polled, and so on; the one while closing is torn."""
     rng = random.Random(seed)
     run = RunEvents.make(trials * orders_per, seed=seed)
     produce_offers(settings, run.offers)
-    worker = Worker(worker_settings(settings, 0, workdir), workdir / "worker-0.log")
+    worker = Worker(worker_settings(settings, 0, workdir), workdir / "worker-0.log", torn=True)
     results: list[Trial] = []
     try:
         worker.wait_ready(timeout_s)
@@ -765,30 +987,32 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
             # In the first half of the chunk: the consumed counter also counts redeliveries
             # (after the rebalance that follows a restart), so a later point may never come.
             at = rng.randint(1, orders_per // 2)
-            start = consumed_purchases([worker])
-            produce_orders(settings, *run.chunk(n, orders_per))
-            killed_at = kill_when_consumed(worker, [worker], at, timeout_s, start=start)
-            worker = Worker(worker.settings, workdir / f"worker-0-{n + 1}.log")
+            torn = TornWrite.draw(rng, torn_write)
+            killed = kill_in_chunk(settings, worker, [worker], run.chunk(n, orders_per), at=at,
+                                   torn=torn if tears(kill, n % 2 == 0) else None,
+                                   timeout_s=timeout_s)
+            worker = Worker(worker.settings, workdir / f"worker-0-{n + 1}.log", torn=True)
             worker.wait_ready(timeout_s)
             wait_settled(settings, [worker], timeout_s)
             so_far = run.orders[:(n + 1) * orders_per]
             diff = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
                            group_state([worker], settings.topics.partitions))
-            trial = Trial(f"single #{n + 1}", len(so_far), baskets_of(so_far), killed_at,
+            trial = Trial(f"single #{n + 1}", len(so_far), baskets_of(so_far), killed.at,
                           orders_per, diff, time.monotonic() - begin,
-                          in_place=worker.baskets_in_place())
+                          in_place=worker.baskets_in_place(), torn=killed.torn)
             results.append(trial)
             if on_trial:
                 on_trial(trial)
         begin = time.monotonic()
-        live, ledger, killed_at = close_and_compare_ledger(
-            settings, [worker], run, workdir, victim_index=0, seed=seed, timeout_s=timeout_s)
+        live, ledger, killed = close_and_compare_ledger(
+            settings, [worker], run, workdir, victim_index=0, seed=seed, timeout_s=timeout_s,
+            torn=tears(kill, True), torn_write=torn_write)
         worker = live[0]
         diff = compare(reference_state(settings, run.orders, run.all_clicks()),
                        group_state([worker], settings.topics.partitions))
         trial = Trial("single, closing the impressions", len(run.orders),
-                      baskets_of(run.orders), killed_at, 0, diff, time.monotonic() - begin,
-                      ledger)
+                      baskets_of(run.orders), killed.at, 0, diff, time.monotonic() - begin,
+                      ledger, torn=killed.torn)
         results.append(trial)
         if on_trial:
             on_trial(trial)
@@ -799,17 +1023,20 @@ def run_single_worker_trials(settings: Settings, workdir: Path, *, trials: int, 
 
 def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, seed: int,
                          on_trial: Callable[[Trial], None] | None = None,
-                         timeout_s: float = 90.0) -> list[Trial]:
+                         timeout_s: float = 90.0, kill: KillMode = "mixed",
+                         torn_write: int = 1) -> list[Trial]:
     """Two workers on ``settings.topics.partitions`` partitions. Chunk 1: B is killed mid-run
     and A takes its partitions over (rebalance after B's session times out). Then B is
     restarted (rebalance back) and, during chunk 2, A is killed and B takes over; A comes
     back. Last, every impression is closed, B killed while the outcomes are published, and
-    the reward ledger compared."""
+    the reward ledger compared. ``mixed``: B's kill in chunk 1 is torn, the others polled."""
     rng = random.Random(seed)
     run = RunEvents.make(2 * orders_per, seed=seed)
     produce_offers(settings, run.offers)
-    a = Worker(worker_settings(settings, 0, workdir), workdir / f"worker-a-{seed}.log")
-    b = Worker(worker_settings(settings, 1, workdir), workdir / f"worker-b-{seed}.log")
+    a = Worker(worker_settings(settings, 0, workdir), workdir / f"worker-a-{seed}.log",
+               torn=True)
+    b = Worker(worker_settings(settings, 1, workdir), workdir / f"worker-b-{seed}.log",
+               torn=True)
     results: list[Trial] = []
 
     def split() -> bool:
@@ -825,23 +1052,24 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
             # Worker, and that one survives chunk 2.
             victim, survivor = (b, a) if n == 0 else (a, b)
             begin = time.monotonic()
-            start = consumed_purchases([a, b])
-            produce_orders(settings, *run.chunk(n, orders_per))
-            killed_at = kill_when_consumed(victim, [a, b], rng.randint(1, orders_per // 2),
-                                           timeout_s, start=start)
+            at, torn = rng.randint(1, orders_per // 2), TornWrite.draw(rng, torn_write)
+            killed = kill_in_chunk(settings, victim, [a, b], run.chunk(n, orders_per), at=at,
+                                   torn=torn if tears(kill, n == 0) else None,
+                                   timeout_s=timeout_s)
             wait_settled(settings, [survivor], timeout_s)
             so_far = run.orders[:(n + 1) * orders_per]
             diff = compare(reference_state(settings, so_far, run.all_clicks(len(so_far))),
                            group_state([survivor], settings.topics.partitions))
             trial = Trial(f"rebalance #{n + 1} (killed {'B' if victim is b else 'A'})",
-                          len(so_far), baskets_of(so_far), killed_at, orders_per, diff,
-                          time.monotonic() - begin, in_place=survivor.baskets_in_place())
+                          len(so_far), baskets_of(so_far), killed.at, orders_per, diff,
+                          time.monotonic() - begin, in_place=survivor.baskets_in_place(),
+                          torn=killed.torn)
             results.append(trial)
             if on_trial:
                 on_trial(trial)
             # The victim comes back: partitions move to it again (recovered from changelogs).
             back_log = workdir / f"worker-{'b' if victim is b else 'a'}-{seed}-{n + 2}.log"
-            restarted = Worker(victim.settings, back_log)
+            restarted = Worker(victim.settings, back_log, torn=True)
             if victim is b:
                 b = restarted
             else:
@@ -853,14 +1081,15 @@ def run_rebalance_trials(settings: Settings, workdir: Path, *, orders_per: int, 
                            group_state([a, b], settings.topics.partitions))
             assert back.equal, f"after {'B' if victim is b else 'A'} rejoined: {back}"
         begin = time.monotonic()
-        live, ledger, killed_at = close_and_compare_ledger(
-            settings, [a, b], run, workdir, victim_index=1, seed=seed, timeout_s=timeout_s)
+        live, ledger, killed = close_and_compare_ledger(
+            settings, [a, b], run, workdir, victim_index=1, seed=seed, timeout_s=timeout_s,
+            torn=tears(kill, False), torn_write=torn_write)
         a, b = live
         diff = compare(reference_state(settings, run.orders, run.all_clicks()),
                        group_state([a, b], settings.topics.partitions))
         trial = Trial("rebalance, closing the impressions (killed B)", len(run.orders),
-                      baskets_of(run.orders), killed_at, 0, diff, time.monotonic() - begin,
-                      ledger)
+                      baskets_of(run.orders), killed.at, 0, diff, time.monotonic() - begin,
+                      ledger, torn=killed.torn)
         results.append(trial)
         if on_trial:
             on_trial(trial)
@@ -884,7 +1113,8 @@ def fresh_settings(bootstrap: str, workdir: Path, partitions: int = 4) -> Settin
         worker={"app_id": f"streamer-crash-{suffix}", "web_port": free_port(),
                 "data_dir": str(workdir / "data")},
         offers={"min_interval_s": 0.0, "min_support": 1.0},
-        rewards={"windows": "1h"},
+        # Windows per anchor and per segment too: more windows to compare, each exactly.
+        rewards={"windows": "1h", "by_anchor": True, "by_segment": True},
         # Co-carts at the weight of a purchase: their baskets are learned exactly once too,
         # and every count stays an exact integer.
         copurchase={"co_cart_weight": 1.0},
@@ -908,6 +1138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rebalance-runs", type=int, default=1,
                         help="2-worker runs (fresh topics and group each, seeds seed, seed+1..)")
     parser.add_argument("--no-single", action="store_true", help="skip the 1-worker trials")
+    parser.add_argument("--single-runs", type=int, default=1,
+                        help="1-worker runs (fresh topics and group each, seeds seed, seed+1..)")
+    parser.add_argument("--kill", choices=["mixed", "torn", "polled"], default="mixed",
+                        help="torn write-backs for some kills (mixed), every kill, or none")
+    parser.add_argument("--torn-write", type=int, default=1,
+                        help="the write-back a torn kill tears (counted from its arming)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="crash-"))
     trials: list[Trial] = []
@@ -918,26 +1154,32 @@ def main(argv: list[str] | None = None) -> None:
 
     with _broker(workdir) as broker:
         runs: list[tuple[str, Callable[[Settings, Path], list[Trial]]]] = []
-        if not args.no_single:
-            runs.append(("single", lambda s, d: run_single_worker_trials(
-                s, d, trials=args.trials, orders_per=args.orders, seed=args.seed,
-                on_trial=show)))
+        for r in range(0 if args.no_single else args.single_runs):
+            runs.append((f"single run {r + 1}", lambda s, d, r=r: run_single_worker_trials(
+                s, d, trials=args.trials, orders_per=args.orders, seed=args.seed + r,
+                on_trial=show, kill=args.kill, torn_write=args.torn_write)))
         if args.rebalance:
             for r in range(args.rebalance_runs):
                 runs.append((f"rebalance run {r + 1}", lambda s, d, r=r: run_rebalance_trials(
-                    s, d, orders_per=args.orders, seed=args.seed + r, on_trial=show)))
-        for name, run in runs:
-            s = fresh_settings(broker.bootstrap, workdir)
+                    s, d, orders_per=args.orders, seed=args.seed + r, on_trial=show,
+                    kill=args.kill, torn_write=args.torn_write)))
+        for n, (name, run) in enumerate(runs):
+            rundir = workdir / f"run-{n + 1}"  # its own logs (and arm files: Worker.arm_torn)
+            rundir.mkdir()
+            s = fresh_settings(broker.bootstrap, rundir)
             asyncio.run(ensure_topics(s))
-            print(f"-- {name} (app {s.worker.app_id})", flush=True)
+            print(f"-- {name} (app {s.worker.app_id}, in {rundir})", flush=True)
             try:
-                trials += run(s, workdir)
+                trials += run(s, rundir)
             except AssertionError as e:  # a run that did not settle: report, go on
                 failed.append(f"{name}: {e}")
                 print(f"{name} FAILED: {e}", flush=True)
     bad = [t for t in trials if not t.equal]
+    torn = [t for t in trials if t.torn]
+    untorn = [t for t in torn if not t.torn.startswith("torn write-back #")]
     print(f"{len(trials)} trials, {len(bad)} with a state or ledger different from the "
-          f"uninterrupted run, {len(failed)} runs failed; logs in {workdir}")
+          f"uninterrupted run, {len(failed)} runs failed; {len(torn)} torn kills "
+          f"({len(untorn)} found no such write-back); logs in {workdir}")
     for f in failed:
         print(f"failed: {f[:2000]}")
 

@@ -7,12 +7,17 @@ anchor once)::
 
     {"worker": "...", "partitions": [0, 2], "orders": {...} | null,
      "items": {anchor: [landmark_ms, count, partners, partner_offset, triples, ...]},
+     "counts": {anchor: [value, landmark_ms]},
      "sources": {anchor: {partition: offset}}, "digest": "sha256 of items+orders"}
 
 ``orders`` is the decayed order total (``Decayed`` fields), present only on the worker that
-owns its partition; ``sources`` are each record's marks (the last purchases offset learned per
-partition). Values are the raw stored forward-decay values (landmark, forward count), not
-decayed to now, so two dumps compare exactly. ``?summary=1`` leaves out ``items``.
+owns its partition; ``counts`` is the ``item-counts`` table (each record's count mirrored for
+readers of any item, the order total's included) for the anchors of those partitions: a global
+table, every worker holds every anchor's, but only the owner writes it, and its changelog is
+another topic than the records', so a crash can make one durable without the other;
+``sources`` are each record's marks (the last purchases offset learned per partition). Values
+are the raw stored forward-decay values (landmark, forward count), not decayed to now, so two
+dumps compare exactly. ``?summary=1`` leaves out ``items``, ``counts`` and ``sources``.
 
 ``GET /state/rewards/`` returns the open reward windows of the ``reward-outcomes`` partitions
 this worker owns actively (the reward ledger's state)::
@@ -65,6 +70,7 @@ def install_state_pages(sa: StreamerApp) -> None:
         active = active_partitions(baskets)
         owned = set(active)
         items: dict[str, Any] = {}
+        counts: dict[str, Any] = {}
         sources: dict[str, dict[int, int]] = {}
         orders = None
         for anchor, record in engine.state.items.items():
@@ -76,12 +82,16 @@ def install_state_pages(sa: StreamerApp) -> None:
                 items[anchor] = to_builtins(record.stats)
             else:  # the order counter (TOTAL_KEY)
                 orders = to_builtins(record.count)
+        for anchor, count in engine.state.counts.items():
+            if key_partition(anchor, partitions) in owned:
+                counts[anchor] = to_builtins(count)
         digest = hashlib.sha256(msgspec.json.encode({"items": items, "orders": orders},
                                                     order="sorted")).hexdigest()
         body: dict[str, Any] = {"worker": app.conf.id, "partitions": active, "orders": orders,
                                 "digest": digest, "anchors": len(items)}
         if request.query.get("summary") != "1":
             body["items"] = items
+            body["counts"] = counts
             body["sources"] = sources
         return web_.json(body)
 
