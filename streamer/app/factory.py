@@ -95,6 +95,17 @@ from streamer.settings import Settings
 log = logging.getLogger(__name__)
 
 _DEAD_LETTER_VALUE_LIMIT = 64 * 1024
+def _cut(data: bytes, limit: int, what: str, reason: str) -> tuple[bytes, str]:
+    """``data`` cut to ``limit`` bytes for a dead letter, and ``reason`` saying so if it was.
+
+    >>> _cut(b"abcdef", 4, "value", "not json")
+    (b'abcd', 'not json (value truncated to 4 of 6 bytes)')
+    """
+    if len(data) <= limit:
+        return data, reason
+    return data[:limit], f"{reason} ({what} truncated to {limit} of {len(data)} bytes)"
+
+
 #: A message's key is kept up to this many bytes in its dead letter (as the letter's own key
 #: and in ``key_b64``): the broker takes keys up to its message size, and a letter carrying a
 #: 450 KB key twice (once base64) outgrew the producer's request size, so the agent raised on
@@ -361,20 +372,23 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     )
     encode = msgspec.json.Encoder().encode
 
+    async def post(letter: DeadLetter, key: bytes | None) -> None:
+        """Send ``letter`` to ``dead-letters``, durable before the next offset commit (a
+        letter lost in flight would leave no trace of its message once its offset is
+        committed), and count it."""
+        metrics.dead_letters.labels(letter.source_topic, letter.kind).inc()
+        buffer.defer(await dead_letters_topic.send(key=key, value=encode(letter)))
+
     async def dead_letter(message: Any, error: InvalidEvent) -> None:
-        """Set ``message`` aside on ``dead-letters`` with ``error``'s reason, durable before
-        the next offset commit (a letter lost in flight would leave no trace of the message
-        once its offset is committed)."""
-        value = bytes(message.value or b"")
-        reason = error.reason[:900]
-        if len(value) > _DEAD_LETTER_VALUE_LIMIT:
-            reason += f" (value truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
-            value = value[:_DEAD_LETTER_VALUE_LIMIT]
+        """Set ``message`` aside on ``dead-letters`` with ``error``'s reason."""
+        value, reason = _cut(bytes(message.value or b""), _DEAD_LETTER_VALUE_LIMIT, "value",
+                             error.reason[:900])
         key = bytes(message.key) if message.key else None
-        if key is not None and len(key) > _DEAD_LETTER_KEY_LIMIT:
-            reason += f" (key truncated to {_DEAD_LETTER_KEY_LIMIT} of {len(key)} bytes)"
-            key = key[:_DEAD_LETTER_KEY_LIMIT]
-        letter = DeadLetter(
+        if key is not None:
+            key, reason = _cut(key, _DEAD_LETTER_KEY_LIMIT, "key", reason)
+        log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
+                    message.offset, reason)
+        await post(DeadLetter(
             ts=int(time.time() * 1000),
             source_topic=message.topic,
             partition=message.partition,
@@ -383,21 +397,15 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             reason=reason,
             value_b64=base64.b64encode(value).decode(),
             key_b64=base64.b64encode(key).decode() if key else None,
-        )
-        metrics.dead_letters.labels(message.topic, error.kind).inc()
-        log.warning("dead letter from %s[%d]@%d: %s", message.topic, message.partition,
-                    message.offset, reason)
-        buffer.defer(await dead_letters_topic.send(key=key, value=encode(letter)))
+        ), key)
 
     async def dead_letter_batch(skipped: SkippedBatch) -> None:
         """One dead letter for a record batch the consumer could not parse and skipped
         (streamer.app.fetched_records): its offsets, the error, its bytes (truncated as a
         message's value is)."""
-        value, reason = skipped.data, skipped.error[:900]
-        if len(value) > _DEAD_LETTER_VALUE_LIMIT:
-            reason += f" (batch truncated to {_DEAD_LETTER_VALUE_LIMIT} of {len(value)} bytes)"
-            value = value[:_DEAD_LETTER_VALUE_LIMIT]
-        letter = DeadLetter(
+        value, reason = _cut(skipped.data, _DEAD_LETTER_VALUE_LIMIT, "batch",
+                             skipped.error[:900])
+        await post(DeadLetter(
             ts=int(time.time() * 1000),
             source_topic=skipped.topic,
             partition=skipped.partition,
@@ -406,9 +414,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
             kind="unreadable_batch",
             reason=reason,
             value_b64=base64.b64encode(value).decode(),
-        )
-        metrics.dead_letters.labels(skipped.topic, "unreadable_batch").inc()
-        buffer.defer(await dead_letters_topic.send(key=None, value=encode(letter)))
+        ), None)
 
     def learn_conversion(outcome: ImpressionOutcome, offer: BundleOffer | None,
                          decision: OfferDecision | None) -> None:

@@ -4,15 +4,17 @@ faust (``broker_credentials``) and aiokafka (keyword arguments)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from streamer.app.fetched_records import install_fetched_records
@@ -73,6 +75,20 @@ async def start_client(client: Any) -> None:
         stop = getattr(client, "stop", None) or client.close  # the admin client closes
         await stop()
         raise
+
+
+@contextlib.asynccontextmanager
+async def admin_client(k: KafkaSettings) -> AsyncIterator[tuple[AIOKafkaAdminClient, str]]:
+    """``(admin client, bootstrap servers)`` with ``k``'s connection settings, started (a
+    clear error when the broker cannot be reached: :func:`start_client`) and closed after."""
+    kw = aiokafka_kwargs(k)
+    bootstrap = kw.pop("bootstrap_servers")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kw)
+    await start_client(admin)
+    try:
+        yield admin, bootstrap
+    finally:
+        await admin.close()
 
 
 class MissingTopicError(RuntimeError):

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streamer.app.broker import create_missing
-from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.kafka import admin_client, aiokafka_kwargs, start_client
 from streamer.app.topics import TopicNeeds, config_command, describe, reconcile
 from streamer.events import Event, PurchaseEvent
 from streamer.replay.pacing import ReplayPacer
@@ -65,11 +64,7 @@ async def prepare_topics(settings: Settings, oldest_ts: int) -> list[str]:
 
     t = settings.topics
     needs = [n for n in topic_needs(settings) if n.name in (t.clicks, t.purchases)]
-    kw = aiokafka_kwargs(settings.kafka)
-    bootstrap = kw.pop("bootstrap_servers")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kw)
-    await start_client(admin)
-    try:
+    async with admin_client(settings.kafka) as (admin, bootstrap):
         existing = set(await admin.list_topics())
         created = [n.name for n in needs if n.name not in existing]
         await reconcile(admin, needs, existing, bootstrap=bootstrap)
@@ -79,8 +74,6 @@ async def prepare_topics(settings: Settings, oldest_ts: int) -> list[str]:
                              configs=dict.fromkeys((n.name for n in needs), KEEP_HISTORY))
         described = await describe(
             admin, [TopicNeeds(n.name, configs=KEEP_HISTORY) for n in needs], existing)
-    finally:
-        await admin.close()
     age_ms = int(time.time() * 1000) - oldest_ts
     warnings = [
         f"created {name} ({t.partitions} partitions) with retention.ms=-1: replayed history "

@@ -9,12 +9,11 @@ import signal
 from typing import Any
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streamer.app.broker import create_missing
 from streamer.app.crashes import stop_process
 from streamer.app.factory import create_app
-from streamer.app.kafka import aiokafka_kwargs, start_client
+from streamer.app.kafka import admin_client
 from streamer.app.topics import TopicNeeds, reconcile
 from streamer.settings import Settings, WorkerSettings
 
@@ -72,19 +71,13 @@ async def ensure_topics(settings: Settings) -> None:
     set, raise :class:`~streamer.app.topics.TopicSetupError` on what is not, before creating
     anything), then create the missing ones with the configured partitions (and
     :func:`topic_configs`)."""
-    kw = aiokafka_kwargs(settings.kafka)
-    bootstrap = kw.pop("bootstrap_servers")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kw)
-    await start_client(admin)
-    try:
+    async with admin_client(settings.kafka) as (admin, bootstrap):
         existing = set(await admin.list_topics())
         await reconcile(admin, topic_needs(settings), existing, bootstrap=bootstrap)
         await create_missing(admin, topic_names(settings), existing,
                              partitions=settings.topics.partitions,
                              replication_factor=settings.topics.replication_factor,
                              configs=topic_configs(settings))
-    finally:
-        await admin.close()
 
 
 def run_worker(settings: Settings) -> None:
