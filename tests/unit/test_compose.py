@@ -12,7 +12,7 @@ import pytest
 import yaml
 from aiokafka.admin import NewTopic
 
-from streamer.app import worker
+from streamer.app import kafka
 from streamer.app.worker import ensure_topics, topic_configs, topic_names
 from streamer.settings import Settings
 
@@ -76,7 +76,7 @@ def test_policy_updates_is_kept_forever_by_the_code_and_by_compose(
         async def close(self) -> None:
             pass
 
-    monkeypatch.setattr(worker, "AIOKafkaAdminClient", Admin)
+    monkeypatch.setattr(kafka, "AIOKafkaAdminClient", Admin)  # admin_client builds it
     asyncio.run(ensure_topics(settings))
     configs = {t.name: t.topic_configs for t in created}
     assert set(configs) == set(topic_names(settings)) - {settings.topics.clicks}
