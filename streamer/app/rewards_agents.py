@@ -279,9 +279,6 @@ def install_reward_tracking(
                 partition, tracker.event_time(partition, wall_ms=tick.wall_ms, now_ms=now_ms))
             buffer.defer(*sent)  # durable before the next offset commit
 
-    # An outcome's times are those of events the worker accepted: at most this far ahead.
-    outcome_ahead_ms = round(settings.worker.max_event_ahead_s * 1000)
-
     @app.agent(outcomes_topic, name="reward-ledger")
     @guarded("reward-ledger")
     async def reward_ledger(stream: faust.StreamT[bytes]) -> None:
@@ -289,7 +286,8 @@ def install_reward_tracking(
             wall_ms = int(time.time() * 1000)
             try:
                 outcome = _decode_outcome(event.value)
-                check_outcome(outcome, now_ms=wall_ms, max_ahead_ms=outcome_ahead_ms)
+                # Its times are those of events the worker accepted: no further ahead.
+                check_outcome(outcome, now_ms=wall_ms, max_ahead_ms=max_ahead_ms)
             except InvalidEvent as e:
                 await rejected(event, e)
                 continue

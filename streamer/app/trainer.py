@@ -315,21 +315,24 @@ class FeedbackTrainer:
             return None
         live = self.versions.live_policy
         start = live or self.initial
+        buffer = self.trainer.buffer
         try:
-            batch = self.trainer.buffer.snapshot(start.shape.feature_names)
+            buffer.require(start.shape.feature_names)
         except MissingFeaturesError as e:
             self._skip_round(now_s, f"live version {self.versions.live_version} reads "
                              f"features the feedback buffer does not hold "
                              f"({', '.join(e.missing[:10])}); a trainer of the release that "
                              "published it can fine-tune it", "features")
             return None
-        # Before training, not after: a candidate its holdout cannot judge would be turned
-        # down unjudged (gate_against_logged), its fine-tune's CPU spent for nothing.
-        why = too_few_live(batch, self.fine_tune_config, live_version=self.versions.live_version,
-                           min_live=self.min_live)
+        # Before the snapshot and the training, not after: a candidate its holdout cannot
+        # judge would be turned down unjudged (gate_against_logged), the buffer's copy and the
+        # fine-tune's CPU spent for nothing.
+        why = too_few_live(buffer.logged_by(), self.fine_tune_config,
+                           live_version=self.versions.live_version, min_live=self.min_live)
         if why is not None:
             self._skip_round(now_s, why, "too_few_live", level=logging.INFO)
             return None
+        batch = buffer.snapshot(start.shape.feature_names)
         return FineTuneJob(
             start=start,
             live_version=self.versions.live_version,

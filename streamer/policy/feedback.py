@@ -116,10 +116,20 @@ class FeedbackBatch:
     def split(self, holdout_fraction: float) -> tuple[FeedbackBatch, FeedbackBatch]:
         """``(train, holdout)``: the holdout is the newest ``holdout_fraction`` of records, so
         a candidate is judged on feedback it did not train on, and on the most recent."""
-        if not 0.0 < holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-        cut = len(self) - max(1, round(len(self) * holdout_fraction))
+        cut = holdout_cut(len(self), holdout_fraction)
         return self.take(slice(0, cut)), self.take(slice(cut, len(self)))
+
+
+def holdout_cut(n: int, holdout_fraction: float) -> int:
+    """Where :meth:`FeedbackBatch.split` cuts ``n`` records: the newest
+    ``max(1, round(n * holdout_fraction))`` are the holdout.
+
+    >>> holdout_cut(600, 0.2), holdout_cut(3, 0.1)
+    (480, 2)
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    return n - max(1, round(n * holdout_fraction))
 
 
 class MissingFeaturesError(ValueError):
@@ -273,10 +283,7 @@ class FeedbackBuffer:
         streamer.policy.feedback.MissingFeaturesError: the feedback buffer holds no feature z
         """
         columns = self._columns(feature_names)
-        if self._size < self.capacity:
-            order: slice | IntArray = slice(0, self._size)
-        else:
-            order = (np.arange(self.capacity) + self._next) % self.capacity
+        order = self._order()
         has_dm = bool(self._has_dm[order].all()) and self._size > 0
 
         def copy(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
@@ -295,6 +302,22 @@ class FeedbackBuffer:
             logged_by=copy(self._version),  # type: ignore[arg-type]
             supported=copy(self._supported),  # type: ignore[arg-type]
         )
+
+    def _order(self) -> slice | IntArray:
+        """The ring's rows, oldest first."""
+        if self._size < self.capacity:
+            return slice(0, self._size)
+        return (np.arange(self.capacity) + self._next) % self.capacity
+
+    def logged_by(self) -> ObjectArray:
+        """Who logged each record, oldest first (a copy): what a snapshot's ``logged_by``
+        holds, without copying the features."""
+        return self._version[self._order()].copy()
+
+    def require(self, feature_names: Sequence[str]) -> None:
+        """Raise :class:`MissingFeaturesError` unless the buffer holds ``feature_names``, as
+        :meth:`snapshot` would, without taking one."""
+        self._columns(feature_names)
 
     def _columns(self, feature_names: Sequence[str] | None) -> IntArray | None:
         """The buffer's columns of ``feature_names`` (None: all of them, as they are)."""

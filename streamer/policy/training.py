@@ -61,7 +61,14 @@ import numpy as np
 import torch
 
 from streamer.policy.checkpoint import policy_to_bytes, weights_are_finite
-from streamer.policy.feedback import FeedbackBatch, FeedbackBuffer, IntArray, LoggedDecision
+from streamer.policy.feedback import (
+    FeedbackBatch,
+    FeedbackBuffer,
+    IntArray,
+    LoggedDecision,
+    ObjectArray,
+    holdout_cut,
+)
 from streamer.policy.network import VariantScorer, variant_probabilities
 from streamer.policy.ope import (
     Estimate,
@@ -532,23 +539,24 @@ def fine_tune(
 TOO_FEW_LIVE = "too few records logged by"
 
 
-def live_holdout_rows(holdout: FeedbackBatch, live_version: str) -> IntArray | None:
-    """The rows of ``holdout`` that ``live_version`` logged, the ones a candidate is judged
-    on (:func:`gate_against_logged`); None when no record says who logged it (a batch built
-    without versions): then nothing tells them apart and every row counts."""
-    if holdout.logged_by is None or all(v is None for v in holdout.logged_by):
+def live_holdout_rows(logged_by: ObjectArray | None, live_version: str) -> IntArray | None:
+    """The rows of a holdout (its ``logged_by``) that ``live_version`` logged, the ones a
+    candidate is judged on (:func:`gate_against_logged`); None when no record says who logged
+    it (a batch built without versions): then nothing tells them apart and every row counts."""
+    if logged_by is None or all(v is None for v in logged_by):
         return None
-    return np.flatnonzero(holdout.logged_by == live_version)
+    return np.flatnonzero(logged_by == live_version)
 
 
-def too_few_live(batch: FeedbackBatch, config: FineTuneConfig, *, live_version: str,
+def too_few_live(logged_by: ObjectArray, config: FineTuneConfig, *, live_version: str,
                  min_live: int) -> str | None:
-    """Why a candidate fine-tuned on ``batch`` could not be judged, or None: its holdout
-    holds fewer than ``min_live`` (at least 2) records ``live_version`` logged. Cheap (no
-    features touched): the trainer asks before fine-tuning, so a round after a promotion or
-    a rollback does not train a candidate only for :func:`gate_against_logged` to turn it
-    down unjudged."""
-    _, holdout = batch.split(config.holdout_fraction)
+    """Why a candidate fine-tuned on records logged by ``logged_by`` (oldest first: a
+    :meth:`~streamer.policy.FeedbackBuffer.logged_by`) could not be judged, or None: its
+    holdout holds fewer than ``min_live`` (at least 2) records ``live_version`` logged. Cheap
+    (no features touched): the trainer asks before its snapshot, so a round after a promotion
+    or a rollback neither copies the buffer nor trains a candidate only for
+    :func:`gate_against_logged` to turn it down unjudged."""
+    holdout = logged_by[holdout_cut(len(logged_by), config.holdout_fraction):]
     rows = live_holdout_rows(holdout, live_version)
     return None if rows is None else _too_few(rows, len(holdout), live_version, min_live)
 
@@ -596,7 +604,7 @@ def gate_against_logged(
         live_version=live_version,
     )
     candidate_eval = result.candidate_evaluation
-    live_only = live_holdout_rows(holdout, live_version)
+    live_only = live_holdout_rows(holdout.logged_by, live_version)
     if live_only is not None:
         if (why := _too_few(live_only, len(holdout), live_version, min_live)) is not None:
             nan = math.nan

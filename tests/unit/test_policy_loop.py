@@ -750,7 +750,14 @@ def test_after_a_rollback_to_v0_the_gate_judges_v0_by_its_own_records_only() -> 
     # so nothing to judge a candidate against, and the round is skipped before training.
     core = trainer(v0 + bad)
     assert core.versions.live_version == "v0-greedy"
+    snapshot = core.trainer.buffer.snapshot
+
+    def no_copy(*_: Any) -> None:
+        raise AssertionError("a round skipped for too few live records copies no features")
+
+    core.trainer.buffer.snapshot = no_copy  # type: ignore[method-assign]
     assert core.next_job(now_s=0.0) is None
+    core.trainer.buffer.snapshot = snapshot  # type: ignore[method-assign]
     assert core.next_job(now_s=0.1) is None  # not due again at once: the round was closed
     skipped = core.trainer.history[-1]
     assert skipped["skipped"] and not skipped["promoted"] and skipped["version"] is None
