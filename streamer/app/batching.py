@@ -40,30 +40,179 @@ an event that finds the agent idle at once cost 27% more CPU per purchase (267 v
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, Message, StreamT
 from mode.utils.futures import maybe_async
 
-__all__ = ["take_batches"]
+__all__ = ["DirectQueue", "take_batches"]
+
+
+class DirectQueue:
+    """The messages of one topic, handed by :class:`~streamer.app.fast_consumer.FastConsumer`'s
+    drain loop straight to the one agent that reads the topic with :func:`take_batches`.
+
+    A message of such a topic skips faust's conductor (its lock, its handler coroutine, the
+    event faust makes of the message, the channel queue and its pressure callbacks) and the
+    event's own ack: it is appended here, and :func:`take_batches` admits and acks it as it
+    would the event. What the conductor does for a message is kept: a message arriving while
+    flow control is suspended (a rebalance) waits for it to resume, racing the consumer's
+    ``suspend_flow`` as stock faust's delivery does (:meth:`put_when_flowing`); a partition
+    whose messages pile up past ``maxsize`` stops being fetched until the agent has taken them
+    down to 40 % of it (``Consumer.on_buffer_full`` / ``on_buffer_drop``, as the channel
+    queue's pressure callbacks); the queue is emptied when flow control resumes after a
+    rebalance (as faust's channel queues are: their messages are fetched again from the
+    committed offsets), and the message holds one reference, the one channel's.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_consumer",
+        "_flow_control",
+        "_high",
+        "_low",
+        "_paused",
+        "_waiter",
+        "messages",
+    )
+
+    def __init__(self, consumer: Any, flow_control: Any, maxsize: int) -> None:
+        self.messages: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused: set[TP] = set()
+        self._high = maxsize
+        self._low = int(maxsize * 0.4)
+        self._consumer = consumer
+        self._flow_control = flow_control
+        flow_control.manage_queue(self)  # cleared on resume, with the channel queues
+
+    def put(self, message: Message) -> bool:
+        """Append ``message`` unless flow control is suspended (False then)."""
+        if not self._flow_control.is_active():
+            return False
+        message.refcount += 1  # Message.incref without its lock: this thread only
+        messages = self.messages
+        messages.append(message)
+        if len(messages) >= self._high:
+            # faust's TP: message.tp may be aiokafka's TopicPartition, which the consumer's
+            # active partitions must not hold.
+            tp = TP(message.topic, message.partition)
+            if tp not in self._paused:
+                self._paused.add(tp)
+                self._consumer.on_buffer_full(tp)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    async def put_when_flowing(self, message: Message) -> None:
+        """:meth:`put` once flow control resumes (the consumer races this against its
+        ``suspend_flow``, which drops the message, as stock faust's delivery)."""
+        while not self.put(message):
+            await self._flow_control.acquire()
+
+    async def wait(self) -> None:
+        """Return once a message is waiting."""
+        while not self.messages:
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    def taken(self) -> None:
+        """Fetch paused partitions again once the queue is down to 40 % of ``maxsize``."""
+        if self._paused and len(self.messages) <= self._low:
+            on_drop = self._consumer.on_buffer_drop
+            for tp in self._paused:
+                on_drop(tp)
+            self._paused.clear()
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.taken()
 
 
 def take_batches(stream: StreamT[Any], max_: int, within: float,
-                 ) -> AsyncIterator[list[EventT[Any]]]:
-    """Batches of up to ``max_`` events of ``stream``: after a batch's first event,
-    ``within`` seconds are waited for more (not when ``max_`` are already waiting). Events of
-    a batch are acked when the loop body that got the batch is done (the next iteration
-    starts or the loop ends). Use as ``async for events in take_batches(stream, 1000,
-    0.005)``, like ``take_events``."""
+                 ) -> AsyncIterator[list[Message]]:
+    """Batches of up to ``max_`` messages of ``stream``: after a batch's first message,
+    ``within`` seconds are waited for more (not when ``max_`` are already waiting). Messages
+    of a batch are acked when the loop body that got the batch is done (the next iteration
+    starts or the loop ends). Use as ``async for messages in take_batches(stream, 1000,
+    0.005)``, like ``take_events``; ``message.value`` is the event's value (the topic's
+    schema must hand values over as they came: ``streamer.app.kafka.WireSchema``)."""
     if max_ < 1 or not within > 0:
         raise ValueError("max_ must be positive and within a positive number of seconds")
-    agen = _take_batches(stream, max_, within)
+    direct = _direct_queue(stream)
+    agen = (_take_direct(stream, direct, max_, within) if direct is not None
+            else _take_batches(stream, max_, within))
     stream._active_agens.add(agen)  # type: ignore[attr-defined]  # finalized on stream stop
     return agen
 
 
-async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[EventT[Any]]]:
+def _direct_queue(stream: Any) -> DirectQueue | None:
+    """The consumer's :class:`DirectQueue` for ``stream``'s topic, when it has one."""
+    routes = getattr(stream.app.consumer, "direct_routes", None)
+    names: Any = getattr(stream.channel, "topics", ())
+    if not routes or len(names) != 1 or names[0] not in routes:
+        return None
+    name = names[0]
+    others = [c for c in stream.app.topics._topics
+              if name in getattr(c, "topics", ()) and c is not stream.channel]
+    if others:
+        raise RuntimeError(f"topic {name!r} is delivered straight to one agent, but "
+                           f"{len(others)} more channel(s) read it")
+    return cast(DirectQueue, routes[name])
+
+
+async def _take_direct(stream: Any, direct: DirectQueue, max_: int, within: float,
+                       ) -> AsyncIterator[list[Message]]:
+    app = stream.app
+    consumer = app.consumer
+    flow_control = app.flow_control
+    tracked = app.topics.acks_enabled_for(stream.channel.topics[0])
+    track = consumer.track_message
+    on_message_out = stream._on_message_out
+    messages = direct.messages
+    popleft = messages.popleft
+    wait = direct.wait
+    batch: list[Message] = []
+
+    await stream.maybe_start()
+    while not stream.should_stop:
+        if not messages:
+            await wait()  # sleeps until a message comes
+        if len(messages) < max_:  # linger for more, unless a full batch is waiting
+            await asyncio.sleep(within)
+        generation = app.consumer_generation_id
+        active = flow_control.is_active()
+        for _ in range(min(max_, len(messages))):
+            message = popleft()
+            if not active or message.generation_id != generation:
+                continue  # as the stream iterator: dropped unacked, fetched again
+            if tracked and not message.tracked:
+                message.tracked = True
+                track(message)  # pending ack, and the message-in sensors
+            batch.append(message)
+        direct.taken()
+        if not batch:
+            continue
+        taken, batch = batch, []
+        for processor in stream._processors:  # none in the worker; run for their effects
+            for message in taken:
+                await maybe_async(processor(message.value))
+        try:
+            yield taken
+        finally:
+            for message in taken:  # Event.ack, Stream.ack without the per-event sensor call
+                if message.ack(consumer):
+                    on_message_out(message.tp, message.offset, message)
+
+
+async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Message]]:
     app = stream.app
     queue = stream.channel.queue
     flow_control = app.flow_control
@@ -99,7 +248,7 @@ async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[
             for event in taken:
                 await maybe_async(processor(event.value))
         try:
-            yield taken
+            yield [event.message for event in taken]
         finally:
             for event in taken:  # Stream.ack without its per-event sensor call
                 if event.ack():

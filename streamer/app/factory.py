@@ -320,7 +320,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                           on_skipped_batch=lambda skipped: dead_letter_batch(skipped),
                           # Commits every commit_interval_s only, not also every 10,000 events
                           # (faust's broker_commit_every): FastConsumer.count_commits.
-                          count_commits=False)
+                          count_commits=False,
+                          # Straight from the drain loop to the agent: batching.DirectQueue.
+                          direct_topics=(t.clicks, t.purchases, f"{w.app_id}-item-baskets"))
     install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
     clicks_topic = app.topic(t.clicks, schema=WireSchema())
@@ -474,19 +476,19 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         check_click(click)  # an offer event without what attribution needs is dead-lettered
         return click
 
-    async def decoded(events: list[Any], decode: Any,
+    async def decoded(messages: list[Any], decode: Any,
                       now_ms: int | None = None) -> AsyncIterator[tuple[Any, Any]]:
-        """``(message, decoded event)`` for each valid event; invalid ones dead-lettered, and
-        with ``now_ms`` (the worker's clock) those stamped too far ahead of it too."""
-        for event in events:
+        """``(message, decoded event)`` for each valid message; invalid ones dead-lettered,
+        and with ``now_ms`` (the worker's clock) those stamped too far ahead of it too."""
+        for message in messages:
             try:
-                value = decode(event.value)
+                value = decode(message.value)
                 if now_ms is not None:
                     check_not_ahead(value.ts, now_ms=now_ms, max_ahead_ms=max_ahead_ms)
             except InvalidEvent as e:
-                await dead_letter(event.message, e)
+                await dead_letter(message, e)
                 continue
-            yield event.message, value
+            yield message, value
 
     def by_partition(baskets: list[ItemBasket]) -> dict[int, list[ItemBasket]]:
         """``baskets`` by their anchors' item-baskets partition, in event order."""

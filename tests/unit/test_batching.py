@@ -25,9 +25,9 @@ def run_agent(max_: int, within: float, scenario: Any, **conf: Any) -> list[list
 
     @app.agent()
     async def agent(stream: Any) -> None:
-        async for events in take_batches(stream, max_, within):
-            batches.append([e.value for e in events])
-            acked_in_body.append(any(e.message.acked for e in events))
+        async for messages in take_batches(stream, max_, within):
+            batches.append([m.value for m in messages])
+            acked_in_body.append(any(m.acked for m in messages))
             await gate.wait()
         ended.append(True)
 

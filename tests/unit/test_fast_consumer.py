@@ -409,9 +409,11 @@ def test_install_passes_on_suspended_to_this_apps_consumer_class() -> None:
 
 # -- delivery semantics ------------------------------------------------------------------------
 class FakeConsumer(Service):
-    """What ``_deliver`` uses of a consumer: mode's ``wait_first`` and ``suspend_flow``."""
+    """What ``_deliver`` uses of a consumer: mode's ``wait_first`` and ``suspend_flow``, and
+    its direct routes (none here: every message goes through the callback)."""
 
     suspended_deliveries = 0
+    direct_routes: dict[str, Any] = {}
 
     def __init__(self, on_suspended: Callable[[], Any] | None = None) -> None:
         super().__init__()
