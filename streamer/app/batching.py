@@ -1,4 +1,5 @@
-"""Batches of a faust stream's events for an agent, taken from the stream's channel queue.
+"""Batches of a faust stream's messages for an agent, taken from the stream's channel queue,
+or handed over by the consumer without it (:class:`DirectQueue`).
 
 Written against faust-streaming 0.15.3. Stock ``Stream.take_events(max_, within)`` waits for a
 full buffer with mode's ``wait_for_stopped(buffer_full, timeout=within)`` in a loop: every
@@ -35,13 +36,25 @@ purchases, medians of 5 interleaved repeats): 156 vs 175 us of worker CPU per ev
 event, without the linger; batches then stayed small under load and the worker spent 20% more
 CPU per event than before (207 vs 172 us); before that, in the iterator-fed version, sending
 an event that finds the agent idle at once cost 27% more CPU per purchase (267 vs 210 us).
+
+**Straight from the consumer.** Even so each message went through faust's conductor on its way
+to the queue: a lock and a handler coroutine per message, flow control and the producer
+buffer awaited, an ``Event`` made of it, the queue's put with its pressure callbacks, and the
+event's own ack afterwards. For the topics it is given (the worker's ``clicks``, ``purchases``
+and item baskets: each read by one agent, whose values it decodes itself),
+:class:`~streamer.app.fast_consumer.FastConsumer` appends each message to the topic's
+:class:`DirectQueue` instead, and :func:`take_batches` takes batches of messages from there,
+keeping what the conductor and the stream iterator did that matters (see :class:`DirectQueue`
+and the semantics above: generation, flow control, pending acks, acks after the body, the
+channel that ends the loop when the agent stops). Measured: see *Straight from the drain loop
+to the agent* in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 from faust.types import TP, EventT, Message, StreamT
@@ -58,8 +71,9 @@ class DirectQueue:
     event faust makes of the message, the channel queue and its pressure callbacks) and the
     event's own ack: it is appended here, and :func:`take_batches` admits and acks it as it
     would the event. What the conductor does for a message is kept: a message arriving while
-    flow control is suspended (a rebalance) waits for it to resume, racing the consumer's
-    ``suspend_flow`` as stock faust's delivery does (:meth:`put_when_flowing`); a partition
+    flow control is suspended (a rebalance), or while faust's producer buffer is over its
+    limit, waits for them, racing the consumer's ``suspend_flow`` as stock faust's delivery
+    does (:meth:`put_when_flowing`); a partition
     whose messages pile up past ``maxsize`` stops being fetched until the agent has taken them
     down to 40 % of it (``Consumer.on_buffer_full`` / ``on_buffer_drop``, as the channel
     queue's pressure callbacks); the queue is emptied when flow control resumes after a
@@ -74,11 +88,15 @@ class DirectQueue:
         "_high",
         "_low",
         "_paused",
+        "_producer_full",
+        "_wait_until_ebb",
         "_waiter",
         "messages",
     )
 
-    def __init__(self, consumer: Any, flow_control: Any, maxsize: int) -> None:
+    def __init__(self, consumer: Any, flow_control: Any, maxsize: int,
+                 producer_full: Callable[[], bool] = bool,
+                 wait_until_ebb: Callable[[], Awaitable[None]] | None = None) -> None:
         self.messages: deque[Message] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._paused: set[TP] = set()
@@ -86,11 +104,16 @@ class DirectQueue:
         self._low = int(maxsize * 0.4)
         self._consumer = consumer
         self._flow_control = flow_control
+        #: Whether faust's producer buffer is over its limit, and a wait until it is not
+        #: (``FastConsumer``'s; the conductor awaits the latter before every delivery).
+        self._producer_full = producer_full
+        self._wait_until_ebb = wait_until_ebb
         flow_control.manage_queue(self)  # cleared on resume, with the channel queues
 
     def put(self, message: Message) -> bool:
-        """Append ``message`` unless flow control is suspended (False then)."""
-        if not self._flow_control.is_active():
+        """Append ``message`` unless flow control is suspended or the producer buffer over its
+        limit (False then: :meth:`put_when_flowing`)."""
+        if not self._flow_control.is_active() or self._producer_full():
             return False
         message.refcount += 1  # Message.incref without its lock: this thread only
         messages = self.messages
@@ -110,18 +133,23 @@ class DirectQueue:
         return True
 
     async def put_when_flowing(self, message: Message) -> None:
-        """:meth:`put` once flow control resumes (the consumer races this against its
-        ``suspend_flow``, which drops the message, as stock faust's delivery)."""
+        """:meth:`put` once flow control resumes and the producer buffer ebbs, as the
+        conductor waits for both (the consumer races this against its ``suspend_flow``, which
+        drops the message, as stock faust's delivery)."""
         while not self.put(message):
             await self._flow_control.acquire()
+            if self._wait_until_ebb is not None:
+                await self._wait_until_ebb()
 
-    async def wait(self) -> None:
-        """Return once a message is waiting."""
-        while not self.messages:
-            waiter = self._waiter
-            if waiter is None or waiter.done():
-                waiter = self._waiter = asyncio.get_running_loop().create_future()
-            await waiter
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once a message is waiting (now, if one is)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self.messages:
+            self._waiter = None
+            waiter.set_result(None)
+        return waiter
 
     def taken(self) -> None:
         """Fetch paused partitions again once the queue is down to 40 % of ``maxsize``."""
@@ -173,43 +201,63 @@ async def _take_direct(stream: Any, direct: DirectQueue, max_: int, within: floa
     app = stream.app
     consumer = app.consumer
     flow_control = app.flow_control
-    tracked = app.topics.acks_enabled_for(stream.channel.topics[0])
+    acking_topics = app.topics._acking_topics  # per message: the conductor fills it later
     track = consumer.track_message
     on_message_out = stream._on_message_out
     messages = direct.messages
     popleft = messages.popleft
-    wait = direct.wait
+    waiter = direct.waiter
+    first_completed = asyncio.FIRST_COMPLETED
     batch: list[Message] = []
 
+    def admit(message: Message) -> None:
+        if message.generation_id != generation or not active:
+            return  # as the stream iterator: dropped unacked, fetched again
+        if message.topic in acking_topics and not message.tracked:
+            message.tracked = True
+            track(message)  # pending ack, and the message-in sensors
+        batch.append(message)
+
     await stream.maybe_start()
-    while not stream.should_stop:
-        if not messages:
-            await wait()  # sleeps until a message comes
-        if len(messages) < max_:  # linger for more, unless a full batch is waiting
-            await asyncio.sleep(within)
-        generation = app.consumer_generation_id
-        active = flow_control.is_active()
-        for _ in range(min(max_, len(messages))):
-            message = popleft()
-            if not active or message.generation_id != generation:
-                continue  # as the stream iterator: dropped unacked, fetched again
-            if tracked and not message.tracked:
-                message.tracked = True
-                track(message)  # pending ack, and the message-in sensors
-            batch.append(message)
-        direct.taken()
-        if not batch:
-            continue
-        taken, batch = batch, []
-        for processor in stream._processors:  # none in the worker; run for their effects
-            for message in taken:
-                await maybe_async(processor(message.value))
-        try:
-            yield taken
-        finally:
-            for message in taken:  # Event.ack, Stream.ack without the per-event sensor call
-                if message.ack(consumer):
-                    on_message_out(message.tp, message.offset, message)
+    # The stream's channel still ends the loop: stopping an agent throws StopAsyncIteration
+    # into it (faust's Actor.cancel), and the agent's stop waits for the loop to end. Nothing
+    # else reaches it but what is put on the channel itself (not the consumer's messages).
+    queue = stream.channel.queue
+    channel_get = asyncio.ensure_future(queue.get())
+    try:
+        while not stream.should_stop:
+            if not messages and not channel_get.done():
+                await asyncio.wait((waiter(), channel_get), return_when=first_completed)
+            generation = app.consumer_generation_id
+            active = flow_control.is_active()
+            if channel_get.done():
+                try:
+                    event = channel_get.result()
+                except StopAsyncIteration:
+                    return  # the channel ends (the agent is stopping), as a stream ends
+                channel_get = asyncio.ensure_future(queue.get())
+                admit(event.message)
+            if len(messages) + len(batch) < max_:  # linger for more, unless a batch waits
+                await asyncio.sleep(within)
+                generation = app.consumer_generation_id
+                active = flow_control.is_active()
+            for _ in range(min(max_ - len(batch), len(messages))):
+                admit(popleft())
+            direct.taken()
+            if not batch:
+                continue
+            taken, batch = batch, []
+            for processor in stream._processors:  # none in the worker; run for their effects
+                for message in taken:
+                    await maybe_async(processor(message.value))
+            try:
+                yield taken
+            finally:
+                for message in taken:  # Event.ack, Stream.ack without the sensor call
+                    if message.ack(consumer):
+                        on_message_out(message.tp, message.offset, message)
+    finally:
+        channel_get.cancel()
 
 
 async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Message]]:
