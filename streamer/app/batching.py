@@ -53,6 +53,7 @@ to the agent* in ``benchmarks/README.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
@@ -70,15 +71,26 @@ class DirectQueue:
     A message of such a topic skips faust's conductor (its lock, its handler coroutine, the
     event faust makes of the message, the channel queue and its pressure callbacks) and the
     event's own ack: it is appended here, and :func:`take_batches` admits and acks it as it
-    would the event. What the conductor does for a message is kept: a message arriving while
-    flow control is suspended (a rebalance), or while faust's producer buffer is over its
-    limit, waits for them, racing the consumer's ``suspend_flow`` as stock faust's delivery
-    does (:meth:`put_when_flowing`); a partition
-    whose messages pile up past ``maxsize`` stops being fetched until the agent has taken them
-    down to 40 % of it (``Consumer.on_buffer_full`` / ``on_buffer_drop``, as the channel
-    queue's pressure callbacks); the queue is emptied when flow control resumes after a
-    rebalance (as faust's channel queues are: their messages are fetched again from the
-    committed offsets), and the message holds one reference, the one channel's.
+    would the event. What the conductor does for a message is kept:
+
+    - a message arriving while flow control is suspended (a rebalance), or while faust's
+      producer buffer is over its limit, waits for them as the conductor does, racing the
+      consumer's ``suspend_flow`` as stock faust's delivery does (:meth:`put_when_flowing`);
+    - a partition whose messages pile up to ``maxsize`` stops being fetched until the agent
+      has taken them down to 40 % of it (``Consumer.on_buffer_full`` / ``on_buffer_drop``, as
+      the channel queue's pressure callbacks, and faust's buffer-full sensor). Unlike the
+      channel queue the drain loop is never blocked: what was fetched already is appended, at
+      most about one fetch per partition more (a paused partition is not fetched again);
+    - the queue is emptied when flow control resumes after a rebalance, as faust's channel
+      queues are (their messages are fetched again from the committed offsets);
+    - the message holds one reference, the one channel's.
+
+    The consumer hands messages over only while an agent reads the queue (:attr:`reader`, set
+    by :func:`take_batches` for as long as its loop runs); before that, or once it stops, they
+    go through the conductor to the agent's channel, and :func:`take_batches` takes those
+    first. A topic routed here must be read by that one agent alone: :func:`take_batches`
+    refuses to start when it sees another channel reading it (one added later would get
+    nothing, and its partitions would pause for good once ``maxsize`` wait here).
     """
 
     __slots__ = (
@@ -92,12 +104,15 @@ class DirectQueue:
         "_wait_until_ebb",
         "_waiter",
         "messages",
+        "reader",
     )
 
     def __init__(self, consumer: Any, flow_control: Any, maxsize: int,
                  producer_full: Callable[[], bool] = bool,
                  wait_until_ebb: Callable[[], Awaitable[None]] | None = None) -> None:
         self.messages: deque[Message] = deque()
+        #: The channel of the agent taking batches from here (None: none does now).
+        self.reader: Any = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused: set[TP] = set()
         self._high = maxsize
@@ -113,9 +128,25 @@ class DirectQueue:
     def put(self, message: Message) -> bool:
         """Append ``message`` unless flow control is suspended or the producer buffer over its
         limit (False then: :meth:`put_when_flowing`)."""
-        if not self._flow_control.is_active() or self._producer_full():
+        if self._producer_full():
             return False
-        message.refcount += 1  # Message.incref without its lock: this thread only
+        return self._append(message)
+
+    async def put_when_flowing(self, message: Message) -> None:
+        """Append ``message`` once flow control resumes, after one wait for the producer
+        buffer to ebb, as the conductor does (the consumer races this against its
+        ``suspend_flow``, which drops the message, as stock faust's delivery)."""
+        while True:
+            await self._flow_control.acquire()
+            if self._wait_until_ebb is not None:
+                await self._wait_until_ebb()
+            if self._append(message):
+                return
+
+    def _append(self, message: Message) -> bool:
+        if not self._flow_control.is_active():
+            return False
+        message.refcount += 1  # Message.incref without its lock, as faust's conductor does
         messages = self.messages
         messages.append(message)
         if len(messages) >= self._high:
@@ -124,22 +155,15 @@ class DirectQueue:
             tp = TP(message.topic, message.partition)
             if tp not in self._paused:
                 self._paused.add(tp)
-                self._consumer.on_buffer_full(tp)
+                consumer = self._consumer
+                consumer.app.sensors.on_topic_buffer_full(tp)
+                consumer.on_buffer_full(tp)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
         return True
-
-    async def put_when_flowing(self, message: Message) -> None:
-        """:meth:`put` once flow control resumes and the producer buffer ebbs, as the
-        conductor waits for both (the consumer races this against its ``suspend_flow``, which
-        drops the message, as stock faust's delivery)."""
-        while not self.put(message):
-            await self._flow_control.acquire()
-            if self._wait_until_ebb is not None:
-                await self._wait_until_ebb()
 
     def waiter(self) -> asyncio.Future[None]:
         """A future done once a message is waiting (now, if one is)."""
@@ -160,8 +184,15 @@ class DirectQueue:
             self._paused.clear()
 
     def clear(self) -> None:
+        """Empty the queue (flow control resumed after a rebalance). Paused partitions are
+        forgotten, not made active: the consumer sets its active partitions from the new
+        assignment (faust's ``on_buffer_drop`` here re-added partitions the rebalance had
+        just paused)."""
         self.messages.clear()
-        self.taken()
+        buffered = self._consumer._buffered_partitions
+        for tp in self._paused:
+            buffered.discard(tp)
+        self._paused.clear()
 
 
 def take_batches(stream: StreamT[Any], max_: int, within: float,
@@ -170,8 +201,9 @@ def take_batches(stream: StreamT[Any], max_: int, within: float,
     ``within`` seconds are waited for more (not when ``max_`` are already waiting). Messages
     of a batch are acked when the loop body that got the batch is done (the next iteration
     starts or the loop ends). Use as ``async for messages in take_batches(stream, 1000,
-    0.005)``, like ``take_events``; ``message.value`` is the event's value (the topic's
-    schema must hand values over as they came: ``streamer.app.kafka.WireSchema``)."""
+    0.005)``, like ``take_events``. The messages are faust's as the consumer read them: their
+    ``value`` is the bytes on the wire, whatever the topic's schema would decode (the
+    worker's topics hand values over as they came: ``streamer.app.kafka.WireSchema``)."""
     if max_ < 1 or not within > 0:
         raise ValueError("max_ must be positive and within a positive number of seconds")
     direct = _direct_queue(stream)
@@ -182,11 +214,19 @@ def take_batches(stream: StreamT[Any], max_: int, within: float,
 
 
 def _direct_queue(stream: Any) -> DirectQueue | None:
-    """The consumer's :class:`DirectQueue` for ``stream``'s topic, when it has one."""
+    """The consumer's :class:`DirectQueue` for ``stream``'s topic, when it has one; raises
+    when its messages would go there but another channel reads them too, or a channel of
+    several topics or a pattern reads a topic routed there."""
     routes = getattr(stream.app.consumer, "direct_routes", None)
-    names: Any = getattr(stream.channel, "topics", ())
-    if not routes or len(names) != 1 or names[0] not in routes:
+    if not routes:
         return None
+    names: Any = getattr(stream.channel, "topics", ())
+    routed = [name for name in names if name in routes]
+    if not routed:
+        return None
+    if len(names) != 1 or getattr(stream.channel, "pattern", None):
+        raise RuntimeError(f"topics {routed} are delivered straight to one agent each, "
+                           "which must read that topic alone")
     name = names[0]
     others = [c for c in stream.app.topics._topics
               if name in getattr(c, "topics", ()) and c is not stream.channel]
@@ -219,24 +259,42 @@ async def _take_direct(stream: Any, direct: DirectQueue, max_: int, within: floa
         batch.append(message)
 
     await stream.maybe_start()
-    # The stream's channel still ends the loop: stopping an agent throws StopAsyncIteration
-    # into it (faust's Actor.cancel), and the agent's stop waits for the loop to end. Nothing
-    # else reaches it but what is put on the channel itself (not the consumer's messages).
-    queue = stream.channel.queue
-    channel_get = asyncio.ensure_future(queue.get())
+    # The stream's channel: what came before the consumer handed messages here (or once this
+    # loop stops, for the next), and the end of the loop: stopping an agent throws
+    # StopAsyncIteration into its channel (faust's Actor.cancel). faust cancels the agent's
+    # task right after, so the loop mostly ends by that cancellation, its body not resumed.
+    channel = stream.channel
+    queue = channel.queue
+    getters = queue._getters  # asyncio.Queue's, which mode's ThrowableQueue throws into too
+    loop = asyncio.get_running_loop()
+    on_channel: asyncio.Future[None] | None = None
+    direct.reader = channel
     try:
         while not stream.should_stop:
-            if not messages and not channel_get.done():
-                await asyncio.wait((waiter(), channel_get), return_when=first_completed)
+            if not messages and queue.empty():
+                # Woken by a message handed here, or by the channel: a put or an error wakes
+                # a getter of its queue without taking anything, the items are taken below,
+                # in order.
+                on_channel = loop.create_future()
+                getters.append(on_channel)
+                await asyncio.wait((waiter(), on_channel), return_when=first_completed)
+                if on_channel.done():
+                    error = on_channel.exception()
+                    if isinstance(error, StopAsyncIteration):
+                        return  # the channel ends (the agent is stopping), as a stream ends
+                    if error is not None:
+                        raise error
+                else:
+                    on_channel.cancel()
+                    getters.remove(on_channel)
+                on_channel = None
             generation = app.consumer_generation_id
             active = flow_control.is_active()
-            if channel_get.done():
-                try:
-                    event = channel_get.result()
-                except StopAsyncIteration:
-                    return  # the channel ends (the agent is stopping), as a stream ends
-                channel_get = asyncio.ensure_future(queue.get())
-                admit(event.message)
+            try:
+                while len(batch) < max_ and not queue.empty():  # older than those handed here
+                    admit(queue.get_nowait().message)
+            except StopAsyncIteration:
+                return
             if len(messages) + len(batch) < max_:  # linger for more, unless a batch waits
                 await asyncio.sleep(within)
                 generation = app.consumer_generation_id
@@ -257,7 +315,12 @@ async def _take_direct(stream: Any, direct: DirectQueue, max_: int, within: floa
                     if message.ack(consumer):
                         on_message_out(message.tp, message.offset, message)
     finally:
-        channel_get.cancel()
+        if on_channel is not None and not on_channel.done():
+            on_channel.cancel()
+            with contextlib.suppress(ValueError):
+                getters.remove(on_channel)
+        if direct.reader is channel:
+            direct.reader = None
 
 
 async def _take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Message]]:

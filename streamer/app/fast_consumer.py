@@ -585,7 +585,7 @@ class FastConsumer(faust_aiokafka.Consumer):
         """
         routes = self.direct_routes
         direct = routes.get(message.topic) if routes else None
-        if direct is not None:
+        if direct is not None and direct.reader is not None:
             if not direct.put(message):  # flow control is suspended: wait, as stock faust
                 self.suspended_deliveries += 1
                 if self.on_suspended is not None:

@@ -481,9 +481,13 @@ def test_direct_pressure_pauses_the_partition_at_maxsize_and_resumes_it_at_40_pe
     assert calls == [("full", T0), ("drop", T0)]
 
 
-def test_direct_flow_control_resuming_empties_the_queue_and_fetches_paused_partitions() -> None:
+def test_direct_flow_control_resuming_empties_the_queue_and_forgets_paused_partitions(
+) -> None:
     """As faust clears the channel queues when flow resumes after a rebalance (their messages
-    are fetched again from the committed offsets): what waited is never taken nor acked."""
+    are fetched again from the committed offsets): what waited is never taken nor acked. A
+    partition it had paused is no longer buffered, and not made active either: the consumer
+    sets its active partitions from the new assignment (a drop here re-activated partitions
+    the rebalance had just paused)."""
     async def scenario(d: Direct) -> None:
         consumer = d.consumer
         consumer._active_partitions = {T0}
@@ -494,7 +498,7 @@ def test_direct_flow_control_resuming_empties_the_queue_and_fetches_paused_parti
         d.app.flow_control.suspend()  # a rebalance ...
         d.app.flow_control.resume()  # ... over
         assert not d.direct.messages
-        assert T0 in consumer._active_partitions and T0 not in consumer._buffered_partitions
+        assert T0 not in consumer._active_partitions and T0 not in consumer._buffered_partitions
         (after,) = d.put(4)
         d.gate.open()
         await until(lambda: after.acked, "the message put after the resume")
@@ -547,6 +551,7 @@ async def flow_scenario(name: str, path: str) -> tuple[bool, list[int], list[int
         deliver = consumer.deliver_stock
     else:
         direct = DirectQueue(consumer, flow_control, 100)
+        direct.reader = object()  # an agent takes batches from it
         consumer.direct_routes = {"t": direct}
 
         async def not_called(message: Any) -> None:
@@ -602,8 +607,9 @@ def test_direct_put_refuses_a_message_while_flow_control_is_suspended() -> None:
 
 
 def test_deliver_puts_a_direct_topics_message_on_its_queue_without_the_callback() -> None:
-    """In the delivery's first step (no task, no turn of the loop); other topics' messages
-    still go through the callback (the conductor)."""
+    """In the delivery's first step (no task, no turn of the loop), once an agent reads the
+    queue (before that, through the callback: the conductor puts it on the agent's channel);
+    other topics' messages still go through the callback."""
     async def main() -> None:
         consumer = FakeConsumer()
         direct = DirectQueue(consumer, FlowControlEvent(initially_suspended=False), 10)
@@ -613,6 +619,11 @@ def test_deliver_puts_a_direct_topics_message_on_its_queue_without_the_callback(
         async def callback(message: Any) -> None:
             called.append(message)
 
+        early = consumer_message(0)
+        await consumer.deliver_fast(callback, early)  # no agent reads the queue yet
+        assert called == [early] and not direct.messages
+        called.clear()
+        direct.reader = object()  # take_batches reads it now
         message, other = consumer_message(0), consumer_message(0, topic="u")
         delivery = consumer.deliver_fast(callback, message)
         with pytest.raises(StopIteration):
@@ -681,3 +692,46 @@ def test_direct_messages_are_tracked_when_the_conductor_marks_the_topic_after_ag
 
     asyncio.run(asyncio.wait_for(main(), 10.0))
     assert pending_in_body == [True]
+
+
+def test_direct_messages_on_the_channel_come_first_and_stopping_the_agent_ends_the_loop(
+) -> None:
+    """Messages the conductor put on the agent's channel (delivered before the agent read the
+    queue) are taken before those handed over since, in one batch up to ``max_``; the agent
+    reads the queue while its loop runs, and stopping the agent (faust throws
+    StopAsyncIteration into its channel, then cancels its task) ends the loop without a hang:
+    the queue has no reader any more, and the loop left no waiter on the channel's queue."""
+    app = faust.App("batching-direct-unit", broker="kafka://127.0.0.1:9", store="memory://")
+    topic = app.topic("t", schema=WireSchema())
+    consumer = app.consumer
+    direct = DirectQueue(consumer, app.flow_control, 100)
+    consumer.direct_routes = {"t": direct}
+    batches: list[list[int]] = []
+    readers: list[Any] = []
+
+    @app.agent(topic)
+    async def agent(stream: Any) -> None:
+        async for messages in take_batches(stream, 3, 0.001):
+            readers.append(direct.reader)
+            batches.append([m.value for m in messages])
+
+    async def main() -> None:
+        async with agent.test_context(channel=topic) as wrapper:
+            channel = wrapper.stream().channel
+            await until(lambda: direct.reader is channel, "the agent reading the queue")
+            await quiescent()  # idle, waiting for either
+            # The conductor's puts of messages delivered before (here: just now), then one
+            # handed over since, with no turn of the loop between.
+            for offset in (0, 1, 2, 3):
+                channel.queue.put_nowait(await channel.decode(consumer_message(offset)))
+            assert direct.put(consumer_message(4))
+            await until(lambda: sum(map(len, batches)) == 5, "all five messages")
+            (actor,) = wrapper._actors
+            task = actor.actor_task
+        # test_context stopped the agent: its loop ended, nothing of it left waiting.
+        assert task.done() and direct.reader is None
+        assert [g for g in channel.queue._getters if not g.done()] == []
+
+    asyncio.run(asyncio.wait_for(main(), 10.0))
+    assert batches == [[0, 1, 2], [3, 4]]
+    assert readers and all(r is not None for r in readers)

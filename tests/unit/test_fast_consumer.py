@@ -419,6 +419,7 @@ class FakeConsumer(Service):
         super().__init__()
         self.suspend_flow = asyncio.Event()
         self.on_suspended = on_suspended
+        self._buffered_partitions: set[Any] = set()  # what a DirectQueue's clear reads
 
     async def deliver_stock(self, callback: Callable[[Any], Awaitable[Any]], message: Any) -> None:
         await self.wait_first(callback(message), self.suspend_flow.wait())  # faust 0.15.3's line
