@@ -559,14 +559,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
         dups = metrics.duplicates.labels(t.clicks)
-        async for events in take_batches(stream, batch_max, linger_s):
-            consumed.inc(len(events))
+        async for messages in take_batches(stream, batch_max, linger_s):
+            consumed.inc(len(messages))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, click in decoded(events, decode_click, wall_ms):
+                async for message, click in decoded(messages, decode_click, wall_ms):
                     buffer.partition = source = message.partition
                     # As for purchases: this very message redelivered is let through, and
                     # what it adds to its session is recognised downstream by its offset.
@@ -591,14 +591,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
-        async for events in take_batches(stream, batch_max, linger_s):
-            consumed.inc(len(events))
+        async for messages in take_batches(stream, batch_max, linger_s):
+            consumed.inc(len(messages))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, purchase in decoded(events, codec.decode_purchase, wall_ms):
+                async for message, purchase in decoded(messages, codec.decode_purchase, wall_ms):
                     buffer.partition = source = message.partition
                     # A duplicate id is dropped; this very message redelivered is fanned out
                     # again, and each anchor's record recognises its offset (engine module doc).
@@ -653,12 +653,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     @crashes.guard("items")
     async def items(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(baskets_name)
-        async for events in take_batches(stream, batch_max, linger_s):
+        async for messages in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
             offers: list[BundleOffer] = []
             decisions: list[OfferDecision] = []
-            async for message, baskets in decoded(events, decode_baskets):
+            async for message, baskets in decoded(messages, decode_baskets):
                 # Every anchor of a message is owned by the message's partition.
                 consumed.inc(len(baskets))
                 learn(message.partition, baskets, "topic", offers, decisions)
