@@ -320,7 +320,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                           on_skipped_batch=lambda skipped: dead_letter_batch(skipped),
                           # Commits every commit_interval_s only, not also every 10,000 events
                           # (faust's broker_commit_every): FastConsumer.count_commits.
-                          count_commits=False)
+                          count_commits=False,
+                          # Straight from the drain loop to the agent: batching.DirectQueue.
+                          direct_topics=(t.clicks, t.purchases, f"{w.app_id}-item-baskets"))
     install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
     clicks_topic = app.topic(t.clicks, schema=WireSchema())
@@ -474,19 +476,19 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         check_click(click)  # an offer event without what attribution needs is dead-lettered
         return click
 
-    async def decoded(events: list[Any], decode: Any,
+    async def decoded(messages: list[Any], decode: Any,
                       now_ms: int | None = None) -> AsyncIterator[tuple[Any, Any]]:
-        """``(message, decoded event)`` for each valid event; invalid ones dead-lettered, and
-        with ``now_ms`` (the worker's clock) those stamped too far ahead of it too."""
-        for event in events:
+        """``(message, decoded event)`` for each valid message; invalid ones dead-lettered,
+        and with ``now_ms`` (the worker's clock) those stamped too far ahead of it too."""
+        for message in messages:
             try:
-                value = decode(event.value)
+                value = decode(message.value)
                 if now_ms is not None:
                     check_not_ahead(value.ts, now_ms=now_ms, max_ahead_ms=max_ahead_ms)
             except InvalidEvent as e:
-                await dead_letter(event.message, e)
+                await dead_letter(message, e)
                 continue
-            yield event.message, value
+            yield message, value
 
     def by_partition(baskets: list[ItemBasket]) -> dict[int, list[ItemBasket]]:
         """``baskets`` by their anchors' item-baskets partition, in event order."""
@@ -557,14 +559,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def clicks(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.clicks)
         dups = metrics.duplicates.labels(t.clicks)
-        async for events in take_batches(stream, batch_max, linger_s):
-            consumed.inc(len(events))
+        async for messages in take_batches(stream, batch_max, linger_s):
+            consumed.inc(len(messages))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, click in decoded(events, decode_click, wall_ms):
+                async for message, click in decoded(messages, decode_click, wall_ms):
                     buffer.partition = source = message.partition
                     # As for purchases: this very message redelivered is let through, and
                     # what it adds to its session is recognised downstream by its offset.
@@ -589,14 +591,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     async def purchases(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(t.purchases)
         dups = metrics.duplicates.labels(t.purchases)
-        async for events in take_batches(stream, batch_max, linger_s):
-            consumed.inc(len(events))
+        async for messages in take_batches(stream, batch_max, linger_s):
+            consumed.inc(len(messages))
             outcomes = []
             await rewards.wait_offers()  # attribution may close impressions: know their offers
             wall_ms = int(time.time() * 1000)
             baskets: list[ItemBasket] = []
             with buffer.holding() as hold:
-                async for message, purchase in decoded(events, codec.decode_purchase, wall_ms):
+                async for message, purchase in decoded(messages, codec.decode_purchase, wall_ms):
                     buffer.partition = source = message.partition
                     # A duplicate id is dropped; this very message redelivered is fanned out
                     # again, and each anchor's record recognises its offset (engine module doc).
@@ -651,12 +653,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     @crashes.guard("items")
     async def items(stream: faust.StreamT[bytes]) -> None:
         consumed = metrics.events_consumed.labels(baskets_name)
-        async for events in take_batches(stream, batch_max, linger_s):
+        async for messages in take_batches(stream, batch_max, linger_s):
             # Several messages at once: one wait for the broker per batch, not per message
             # (awaited per message, the round trip capped the agent at ~100 messages/s).
             offers: list[BundleOffer] = []
             decisions: list[OfferDecision] = []
-            async for message, baskets in decoded(events, decode_baskets):
+            async for message, baskets in decoded(messages, decode_baskets):
                 # Every anchor of a message is owned by the message's partition.
                 consumed.inc(len(baskets))
                 learn(message.partition, baskets, "topic", offers, decisions)

@@ -409,14 +409,17 @@ def test_install_passes_on_suspended_to_this_apps_consumer_class() -> None:
 
 # -- delivery semantics ------------------------------------------------------------------------
 class FakeConsumer(Service):
-    """What ``_deliver`` uses of a consumer: mode's ``wait_first`` and ``suspend_flow``."""
+    """What ``_deliver`` uses of a consumer: mode's ``wait_first`` and ``suspend_flow``, and
+    its direct routes (none here: every message goes through the callback)."""
 
     suspended_deliveries = 0
+    direct_routes: dict[str, Any] = {}
 
     def __init__(self, on_suspended: Callable[[], Any] | None = None) -> None:
         super().__init__()
         self.suspend_flow = asyncio.Event()
         self.on_suspended = on_suspended
+        self._buffered_partitions: set[Any] = set()  # what a DirectQueue's clear reads
 
     async def deliver_stock(self, callback: Callable[[Any], Awaitable[Any]], message: Any) -> None:
         await self.wait_first(callback(message), self.suspend_flow.wait())  # faust 0.15.3's line
