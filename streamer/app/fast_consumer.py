@@ -560,9 +560,10 @@ class FastConsumer(faust_aiokafka.Consumer):
         race against ``suspend_flow`` (and the consumer stopping or crashing). Exceptions of the
         callback propagate as they do from ``wait_first``. A message of one of
         :attr:`direct_topics` goes to its :class:`~streamer.app.batching.DirectQueue` instead,
-        the callback not called; while flow control is suspended it waits there in the same
-        race (:meth:`~streamer.app.batching.DirectQueue.put_when_flowing`), as the conductor's
-        callback waits for flow control.
+        the callback not called (once an agent reads that queue); while flow control is
+        suspended or faust's producer buffer is over its limit, it waits there in the same race
+        (:meth:`~streamer.app.batching.DirectQueue.put_when_flowing`), as the conductor's
+        callback waits for both.
 
         A delivery done inline does not yield to the event loop. The stock delivery does (its
         ``wait_first`` always does), which paced it to agents that take one event per loop
@@ -586,7 +587,7 @@ class FastConsumer(faust_aiokafka.Consumer):
         routes = self.direct_routes
         direct = routes.get(message.topic) if routes else None
         if direct is not None and direct.reader is not None:
-            if not direct.put(message):  # flow control is suspended: wait, as stock faust
+            if not direct.put(message):  # flow suspended, or producer buffer full: wait
                 self.suspended_deliveries += 1
                 if self.on_suspended is not None:
                     self.on_suspended()
