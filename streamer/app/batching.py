@@ -125,26 +125,11 @@ class DirectQueue:
         self._wait_until_ebb = wait_until_ebb
         flow_control.manage_queue(self)  # cleared on resume, with the channel queues
 
-    def put(self, message: Message) -> bool:
+    def put(self, message: Message, *, ebbed: bool = False) -> bool:
         """Append ``message`` unless flow control is suspended or the producer buffer over its
-        limit (False then: :meth:`put_when_flowing`)."""
-        if self._producer_full():
-            return False
-        return self._append(message)
-
-    async def put_when_flowing(self, message: Message) -> None:
-        """Append ``message`` once flow control resumes, after one wait for the producer
-        buffer to ebb, as the conductor does (the consumer races this against its
-        ``suspend_flow``, which drops the message, as stock faust's delivery)."""
-        while True:
-            await self._flow_control.acquire()
-            if self._wait_until_ebb is not None:
-                await self._wait_until_ebb()
-            if self._append(message):
-                return
-
-    def _append(self, message: Message) -> bool:
-        if not self._flow_control.is_active():
+        limit (``ebbed``: not asked, waited for already); False then (:meth:`put_when_flowing`).
+        """
+        if not self._flow_control.is_active() or (not ebbed and self._producer_full()):
             return False
         message.refcount += 1  # Message.incref without its lock, as faust's conductor does
         messages = self.messages
@@ -164,6 +149,17 @@ class DirectQueue:
             if not waiter.done():
                 waiter.set_result(None)
         return True
+
+    async def put_when_flowing(self, message: Message) -> None:
+        """Append ``message`` once flow control resumes, after one wait for the producer
+        buffer to ebb, as the conductor does (the consumer races this against its
+        ``suspend_flow``, which drops the message, as stock faust's delivery)."""
+        while True:
+            await self._flow_control.acquire()
+            if self._wait_until_ebb is not None:
+                await self._wait_until_ebb()
+            if self.put(message, ebbed=True):
+                return
 
     def waiter(self) -> asyncio.Future[None]:
         """A future done once a message is waiting (now, if one is)."""

@@ -312,6 +312,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
         if crashes.on_crash is not None:
             crashes.on_crash("consumer", exc)
 
+    baskets_name = f"{w.app_id}-item-baskets"  # internal: each anchor's slice of an order
     install_fast_consumer(app, end_offsets_check=functools.partial(fetched_end_offsets, k),
                           fetch_max_wait_ms=k.fetch_max_wait_ms, before_commit=buffer.write,
                           on_suspended=metrics.suspended_deliveries.inc,
@@ -322,14 +323,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
                           # (faust's broker_commit_every): FastConsumer.count_commits.
                           count_commits=False,
                           # Straight from the drain loop to the agent: batching.DirectQueue.
-                          direct_topics=(t.clicks, t.purchases, f"{w.app_id}-item-baskets"))
+                          direct_topics=(t.clicks, t.purchases, baskets_name))
     install_fast_recovery(app)  # tables recover without a per-message scan of every partition
     codec = EventCodec(max_message_bytes=k.max_message_bytes)
     clicks_topic = app.topic(t.clicks, schema=WireSchema())
     purchases_topic = app.topic(t.purchases, schema=WireSchema())
     offers_topic = app.topic(t.offers, schema=WireSchema())
     dead_letters_topic = app.topic(t.dead_letters, schema=WireSchema())
-    baskets_topic = app.topic(f"{w.app_id}-item-baskets", internal=True, schema=WireSchema())
+    baskets_topic = app.topic(baskets_name, internal=True, schema=WireSchema())
 
     def table(name: str, *, global_: bool = False, help: str) -> Any:
         factory = app.GlobalTable if global_ else app.Table
@@ -466,7 +467,6 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Streame
     decode_baskets = internal_decoder(list[ItemBasket])
     batch_max, linger_s = w.batch_max, w.batch_linger_ms / 1000.0
     partitions = t.partitions
-    baskets_name = baskets_topic.get_topic_name()
     basket_dups = metrics.duplicates.labels(baskets_name)
 
     max_ahead_ms = round(w.max_event_ahead_s * 1000)
